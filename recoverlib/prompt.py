@@ -1,0 +1,123 @@
+"""The recovery prompt: one template for inference and fine-tuning, truncation, and cleaning generations.
+
+A recovery prompt is the model's chat template applied to one user turn (instruction + original text +
+rewritten text), followed by a fixed response prefix. The model continues after the prefix with the
+rewrite prompt it believes was used. Training (completion-only loss) and both engines render rows through
+:class:`RecoveryTemplate`, so what a model is trained on is exactly what it is served.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+log = logging.getLogger("recoverlib")
+
+RESPONSE_PREFIX = (
+    "The most likely text prompt given to transform the original text into the rewritten text was:"
+)
+INSTRUCTION = (
+    "Below are an original text and the text an LLM rewrote from it. "
+    "Recover the instruction (the rewrite prompt) that was given to the LLM."
+)
+_QUOTES = "\"'`\u201c\u201d\u2018\u2019"
+
+
+@dataclass(frozen=True)
+class RecoveryTemplate:
+    """How a row becomes a prompt. Defaults follow the seed's fine-tuning recipe."""
+
+    instruction: str = INSTRUCTION
+    response_prefix: str = RESPONSE_PREFIX
+    ellipsis: str = " ..."
+
+    def user_message(self, original_text: str, rewritten_text: str) -> str:
+        return (
+            f"{self.instruction}\n\nOriginal text:\n{original_text}\n\nRewritten text:\n{rewritten_text}"
+        )
+
+    def render(self, tokenizer, original_text: str, rewritten_text: str, prime: str = "") -> str:
+        """The full prompt string, ending right where the model must start writing.
+
+        ``prime`` is an opening the prediction is forced to start with (e.g. "Rewrite"); it is part of the
+        prompt, and :func:`clean_prediction` keeps it in the prediction.
+        """
+        messages = [{"role": "user", "content": self.user_message(original_text, rewritten_text)}]
+        head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = head + self.response_prefix
+        return f"{text} {prime}" if prime else text
+
+    def render_fitted(
+        self, tokenizer, original_text: str, rewritten_text: str, max_prompt_tokens: int, prime: str = ""
+    ) -> tuple[str, bool]:
+        """Render, truncating the two texts so the prompt fits ``max_prompt_tokens`` tokens.
+
+        Returns ``(prompt, truncated)``. The longer text is cut first, each keeps at least half the budget;
+        a cut text ends with ``self.ellipsis``. Never raises for long inputs: if even empty texts do not fit,
+        both texts are dropped and the caller is told by ``truncated``.
+        """
+        prompt = self.render(tokenizer, original_text, rewritten_text, prime)
+        if _n_tokens(tokenizer, prompt) <= max_prompt_tokens:
+            return prompt, False
+        overhead = _n_tokens(tokenizer, self.render(tokenizer, "", "", prime))
+        budget = max(0, max_prompt_tokens - overhead - 2 * _n_tokens(tokenizer, self.ellipsis))
+        ids = [_encode(tokenizer, t) for t in (original_text, rewritten_text)]
+        keep = _split_budget([len(x) for x in ids], budget)
+        texts = [
+            tokenizer.decode(x[:k]) + (self.ellipsis if k < len(x) else "") for x, k in zip(ids, keep, strict=True)
+        ]
+        prompt = self.render(tokenizer, texts[0], texts[1], prime)
+        # Re-tokenising decoded text can merge differently; shave until it fits.
+        while _n_tokens(tokenizer, prompt) > max_prompt_tokens and any(keep):
+            i = 0 if keep[0] >= keep[1] else 1
+            keep[i] = max(0, keep[i] - 4)
+            texts[i] = tokenizer.decode(ids[i][: keep[i]]) + self.ellipsis
+            prompt = self.render(tokenizer, texts[0], texts[1], prime)
+        return prompt, True
+
+    def completion(self, rewrite_prompt: str, prime: str = "") -> str:
+        """The training target that follows :meth:`render` (without eos; the trainer appends it)."""
+        text = rewrite_prompt.strip()
+        if prime and text.startswith(prime):
+            text = text[len(prime) :]
+        return text if prime else " " + text
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _n_tokens(tokenizer, text: str) -> int:
+    return len(_encode(tokenizer, text))
+
+
+def _split_budget(lengths: list[int], budget: int) -> list[int]:
+    """Token counts to keep per text: short texts keep all, the rest share what is left evenly."""
+    keep = [0] * len(lengths)
+    remaining, order = budget, sorted(range(len(lengths)), key=lambda i: lengths[i])
+    for pos, i in enumerate(order):
+        share = remaining // (len(lengths) - pos)
+        keep[i] = min(lengths[i], share)
+        remaining -= keep[i]
+    return keep
+
+
+def clean_prediction(text: str, template: RecoveryTemplate | None = None, stop: tuple[str, ...] = ()) -> str:
+    """Turn one raw generation into a prompt: strip the response prefix, cut at end of text, unquote.
+
+    ``stop`` holds strings that end the text (e.g. the tokenizer's eos token). A blank line also ends it:
+    a rewrite prompt is one paragraph. Returns ``""`` when nothing usable is left.
+    """
+    template = template or RecoveryTemplate()
+    out = text
+    for marker in (*stop, "\n\n"):
+        if marker and marker in out:
+            out = out.split(marker, 1)[0]
+    out = out.strip()
+    if out.startswith(template.response_prefix):
+        out = out[len(template.response_prefix) :].strip()
+    while len(out) >= 2 and out[0] in _QUOTES and out[-1] in _QUOTES:
+        out = out[1:-1].strip()
+    out = out.strip(_QUOTES + " ")
+    return re.sub(r"\s+", " ", out)
