@@ -77,11 +77,27 @@ class RecoveryTemplate:
         return prompt, True
 
     def completion(self, rewrite_prompt: str, prime: str = "") -> str:
-        """The training target that follows :meth:`render` (without eos; the trainer appends it)."""
+        """The training target that follows :meth:`render` (without eos; the trainer appends it).
+
+        Unprimed: ``" " + prompt``. Primed: the prompt must start with ``prime`` (see :func:`has_prime`) and the
+        target is what follows it, separator included (``"Rewrite the text."`` -> ``" the text."``), so
+        prompt + completion is the same string as unprimed and tokenizes the same way.
+        """
         text = rewrite_prompt.strip()
-        if prime and text.startswith(prime):
-            text = text[len(prime) :]
-        return text if prime else " " + text
+        if not prime:
+            return " " + text
+        if not has_prime(text, prime):
+            raise ValueError(f"rewrite prompt {text!r} does not start with the prime {prime!r}")
+        return text[len(prime) :]
+
+
+def has_prime(rewrite_prompt: str, prime: str) -> bool:
+    """Whether ``rewrite_prompt`` opens with ``prime`` as whole words ("Rewrite" opens "Rewrite it", not "Rewritten")."""
+    text = rewrite_prompt.strip()
+    if not prime or not text.startswith(prime):
+        return not prime
+    rest = text[len(prime) :]
+    return not rest or not (rest[0].isalnum() and prime[-1].isalnum())
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -103,14 +119,18 @@ def _split_budget(lengths: list[int], budget: int) -> list[int]:
     return keep
 
 
-def clean_prediction(text: str, template: RecoveryTemplate | None = None, stop: tuple[str, ...] = ()) -> str:
+def clean_prediction(
+    text: str, template: RecoveryTemplate | None = None, stop: tuple[str, ...] = (), prime: str = ""
+) -> str:
     """Turn one raw generation into a prompt: strip the response prefix, cut at end of text, unquote.
 
     ``stop`` holds strings that end the text (e.g. the tokenizer's eos token). A blank line also ends it:
-    a rewrite prompt is one paragraph. Returns ``""`` when nothing usable is left.
+    a rewrite prompt is one paragraph. ``prime``: the opening the prompt was rendered with (engines return the
+    continuation only); it is put back in front, so a primed prediction starts with its opening.
+    Returns ``""`` when nothing usable is left.
     """
     template = template or RecoveryTemplate()
-    out = text
+    out = prime + text if prime else text
     for marker in (*stop, "\n\n"):
         if marker and marker in out:
             out = out.split(marker, 1)[0]

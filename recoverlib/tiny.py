@@ -52,8 +52,11 @@ def tokenizer_corpus() -> list[str]:
     return [INSTRUCTION, RESPONSE_PREFIX, "Original text:", "Rewritten text:", *corpus_texts()]
 
 
-def train_tokenizer(vocab_size: int):
-    """A byte-level BPE fast tokenizer with ``<pad> <s> </s>`` and a Mixtral-style chat template."""
+def train_tokenizer(vocab_size: int, corpus: list[str] | None = None):
+    """A byte-level BPE fast tokenizer with ``<pad> <s> </s>`` and a Mixtral-style chat template.
+
+    ``corpus``: the texts to learn merges from (default: :func:`tokenizer_corpus`).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -66,7 +69,7 @@ def train_tokenizer(vocab_size: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    core.train_from_iterator(tokenizer_corpus(), trainer=trainer)
+    core.train_from_iterator(corpus if corpus is not None else tokenizer_corpus(), trainer=trainer)
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token=None
     )

@@ -1,6 +1,6 @@
 """Original texts for the synthetic task: short English paragraphs on varied topics, from seeded templates.
 
-A text is 1-4 sentences (about 8-60 words). Each sentence fills a pattern with one topic's words, so texts on
+A text is 1-3 sentences (about 6-50 words). Each sentence fills a pattern with one topic's words, so texts on
 one topic read alike and topics differ in vocabulary (as real Kaggle originals do).
 """
 
@@ -145,7 +145,7 @@ def sentence(rng: random.Random, topic: Topic) -> str:
     return rng.choice(PATTERNS).format(**slots)
 
 
-def original_text(rng: random.Random, max_sentences: int = 4) -> str:
+def original_text(rng: random.Random, max_sentences: int = 3) -> str:
     """A paragraph of 1-``max_sentences`` sentences on one topic, no sentence repeated."""
     topic = TOPICS[rng.choice(sorted(TOPICS))]
     n = rng.randint(1, max_sentences)

@@ -1,0 +1,315 @@
+"""LoRA fine-tuning for prompt recovery through TRL's SFTTrainer (QLoRA on a CUDA machine).
+
+Rows are rendered by :class:`RecoveryTemplate` exactly as the engines render them; the loss covers the
+completion only (the rewrite prompt after the response prefix, or after the prime, plus eos). After every
+epoch the validation loss and a greedy validation score are taken, and the best epoch's adapter is saved:
+a plain PEFT folder both engines load as it is, plus ``recoverlib_adapter.json`` (prime, history).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from recoverlib.errors import RecoverlibError
+from recoverlib.prompt import RecoveryTemplate, has_prime
+
+log = logging.getLogger("recoverlib")
+
+ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+EXPERT_PARAMETERS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+TARGETS = ("attention", "attention+experts")
+QUANTIZE = ("auto", "none", "4bit")
+ADAPTER_INFO = "recoverlib_adapter.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """LoRA settings. Defaults suit a real Mixtral; the tiny model wants a larger ``lr`` (about 2e-3)."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    targets: str = "attention"  # or "attention+experts" (LoRA on the fused expert weights too)
+    prime: str = ""  # fixed opening of every completion (e.g. "Rewrite"); only rows starting with it are used
+    epochs: int = 2
+    lr: float = 2e-4
+    batch_size: int = 16
+    dropout: float = 0.0  # must be 0 with experts (PEFT's parameter LoRA has no dropout)
+    max_length: int = 512  # tokens per training sequence; prompts are fitted to leave room for the completion
+    max_rows: int | None = None  # train on a seeded subset of at most this many rows
+    score_rows: int = 200  # validation rows scored by greedy generation each epoch (0: pick the epoch by loss)
+    embedder: str = "minilm"  # scorer for the per-epoch score
+    quantize: str = "auto"  # "auto": 4-bit NF4 base (QLoRA) when CUDA and bitsandbytes are there
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.targets not in TARGETS:
+            raise RecoverlibError(f"targets must be one of {', '.join(TARGETS)} (got {self.targets!r})")
+        if self.quantize not in QUANTIZE:
+            raise RecoverlibError(f"quantize must be one of {', '.join(QUANTIZE)} (got {self.quantize!r})")
+        if self.rank < 1 or self.alpha <= 0 or self.epochs < 1 or self.lr <= 0 or self.batch_size < 1:
+            raise RecoverlibError(
+                f"bad training settings: rank {self.rank}, alpha {self.alpha}, epochs {self.epochs}, lr {self.lr}"
+            )
+        if self.experts and self.dropout:
+            raise RecoverlibError("LoRA on experts needs dropout 0 (PEFT's ParamWrapper has no dropout)")
+
+    @property
+    def experts(self) -> bool:
+        return self.targets == "attention+experts"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    adapter: Path
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)  # per epoch: epoch, val_loss, val_score
+    train_rows: int = 0
+    seconds: float = 0.0
+
+
+def import_trl():
+    try:
+        import datasets  # noqa: F401
+        import trl
+    except ImportError as err:
+        raise RecoverlibError(f"training needs TRL ({err.name} missing): pip install trl==1.16.0 datasets") from None
+    return trl
+
+
+def load_training_rows(path: str | Path, prime: str = "", what: str = "training"):
+    """Rows with prompts from a CSV; every text and prompt must be non-empty (one-line error otherwise)."""
+    from recoverlib.io import read_rows
+
+    rows = read_rows(path, with_truth=True)
+    bad = [r.id for r in rows if r.problem or not (r.rewrite_prompt or "").strip()]
+    if bad:
+        raise RecoverlibError(
+            f"{path}: {len(bad)} {what} row(s) have an empty text or rewrite_prompt (id {', '.join(bad[:3])}); fix or drop them"
+        )
+    if not rows:
+        raise RecoverlibError(f"{path}: no {what} rows")
+    kept = [r for r in rows if has_prime(r.rewrite_prompt, prime)]
+    if not kept:
+        raise RecoverlibError(f"{path}: no rewrite_prompt starts with the prime {prime!r}")
+    return kept
+
+
+def subset(rows: Sequence, max_rows: int | None, seed: int) -> list:
+    """At most ``max_rows`` rows, a seeded sample in the original order."""
+    if max_rows is None or len(rows) <= max_rows:
+        return list(rows)
+    keep = sorted(random.Random(seed).sample(range(len(rows)), max_rows))
+    return [rows[i] for i in keep]
+
+
+def dedicated_pad(tokenizer) -> None:
+    """Give the tokenizer a pad token that is not eos: with pad = eos, eos is masked and generation never stops."""
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return
+    if tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
+        tokenizer.pad_token = tokenizer.unk_token  # an existing token: no new embedding row, nothing to convert
+        return
+    raise RecoverlibError("the tokenizer has no pad or unk token distinct from eos; add a <pad> token to the base first")
+
+
+def to_dataset(tokenizer, rows, template: RecoveryTemplate, prime: str, max_length: int):
+    """A TRL prompt-completion dataset: ``prompt`` rendered by ``template``, ``completion`` its target."""
+    from datasets import Dataset
+
+    prompts = [template.render_fitted(tokenizer, r.original_text, r.rewritten_text, max_length - 64, prime)[0] for r in rows]
+    return Dataset.from_dict({"prompt": prompts, "completion": [template.completion(r.rewrite_prompt, prime) for r in rows]})
+
+
+def resolve_quantize(quantize: str) -> bool:
+    """Whether to load the base in 4 bits (QLoRA)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if quantize == "4bit" and not cuda:
+        raise RecoverlibError("QLoRA (--quantize 4bit) needs a CUDA GPU; use --quantize none on this machine")
+    if quantize != "auto":
+        return quantize == "4bit"
+    return cuda and _has_bitsandbytes()
+
+
+def _has_bitsandbytes() -> bool:
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def load_base(model_path: str | Path, four_bit: bool):
+    """The base for training: fp32 on CPU; on CUDA bf16, or NF4 4-bit (router and lm_head kept 16-bit)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not four_bit:
+        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        return model.to("cuda") if torch.cuda.is_available() else model
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    bnb = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_use_double_quant=True, llm_int8_skip_modules=["gate", "lm_head"],
+    )
+    model = AutoModelForCausalLM.from_pretrained(model_path, quantization_config=bnb, device_map={"": 0})
+    return prepare_model_for_kbit_training(model)
+
+
+def lora_config(config: TrainConfig):
+    from peft import LoraConfig
+
+    extra = {"target_parameters": list(EXPERT_PARAMETERS)} if config.experts else {}
+    return LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                      target_modules=list(ATTENTION_MODULES), task_type="CAUSAL_LM", **extra)
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """The Trainer seeds the global RNGs; restore them afterwards so callers' randomness is untouched."""
+    import numpy as np
+    import torch
+
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    random.setstate(py)
+    np.random.set_state(npy)
+
+
+class _BestEpoch:
+    """Per-epoch validation (loss from the Trainer, score by greedy generation) keeping the best LoRA weights."""
+
+    def __init__(self, tokenizer, val_rows, config: TrainConfig, template: RecoveryTemplate):
+        self.tokenizer, self.config, self.template = tokenizer, config, template
+        self.rows = subset(val_rows, config.score_rows, config.seed) if config.score_rows else []
+        self.scorer = None
+        self.history: list[dict] = []
+        self.best_key, self.best_state, self.best_epoch = None, None, 0
+
+    def evaluate(self, model, epoch: int, val_loss: float | None) -> None:
+        from peft import get_peft_model_state_dict
+
+        entry = {"epoch": epoch, "val_loss": val_loss}
+        if self.rows:
+            entry["val_score"] = self._score(model)
+        self.history.append(entry)
+        key = entry.get("val_score", -(val_loss if val_loss is not None else 0.0))
+        if self.best_key is None or key > self.best_key:
+            self.best_key, self.best_epoch = key, epoch
+            self.best_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+        log.info("epoch %d: %s", epoch, entry)
+
+    def _score(self, model) -> float:
+        from recoverlib.evaluation import greedy_predictions
+        from recoverlib.metric import Scorer
+
+        self.scorer = self.scorer or Scorer(self.config.embedder, progress=False)
+        preds = greedy_predictions(model, self.tokenizer, [(r.original_text, r.rewritten_text) for r in self.rows],
+                                   self.template, self.config.prime, max_prompt_tokens=self.config.max_length - 64)
+        return self.scorer.score(preds, [r.rewrite_prompt for r in self.rows])
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        selector = self
+
+        class Callback(TrainerCallback):
+            def on_evaluate(self, args, state, control, metrics=None, model=None, **kw):
+                selector.evaluate(model, round(state.epoch or 0), (metrics or {}).get("eval_loss"))
+
+        return Callback()
+
+
+def sft_config(config: TrainConfig, work_dir: str, has_validation: bool, four_bit: bool):
+    import torch
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=work_dir, num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=max(config.batch_size, 32), learning_rate=config.lr,
+        lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.0, max_grad_norm=1.0,
+        completion_only_loss=True, max_length=config.max_length, train_sampling_strategy="group_by_length",
+        eval_strategy="epoch" if has_validation else "no", save_strategy="no", logging_strategy="epoch",
+        use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available(), report_to="none",
+        seed=config.seed, data_seed=config.seed, disable_tqdm=False, dataloader_num_workers=0,
+        gradient_checkpointing=four_bit,
+    )
+
+
+def train_adapter(model_path: str | Path, train, out_dir: str | Path, validation=None,
+                  config: TrainConfig | None = None) -> TrainResult:
+    """Train a LoRA adapter on ``model_path`` and save the best epoch's as a PEFT folder in ``out_dir``.
+
+    ``train``/``validation``: CSV paths or lists of rows with ``original_text, rewritten_text, rewrite_prompt``.
+    With ``config.prime`` only rows whose prompt starts with it are used. Returns the adapter folder, the best
+    epoch (by validation score, else loss, else the last) and the per-epoch history.
+    """
+    import_trl()
+    from peft import set_peft_model_state_dict
+    from transformers import AutoTokenizer
+    from trl import SFTTrainer
+
+    config = config or TrainConfig()
+    start = time.perf_counter()
+    train_rows = _rows(train, config.prime, "training")
+    train_rows = subset(train_rows, config.max_rows, config.seed)
+    val_rows = _rows(validation, config.prime, "validation") if validation is not None else []
+    model_path, out_dir = Path(model_path), Path(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    dedicated_pad(tokenizer)
+    template = RecoveryTemplate()
+    four_bit = resolve_quantize(config.quantize)
+    selector = _BestEpoch(tokenizer, val_rows, config, template)
+    with preserved_rng(), tempfile.TemporaryDirectory(prefix="recoverlib-train-") as work:
+        trainer = SFTTrainer(
+            model=load_base(model_path, four_bit), args=sft_config(config, work, bool(val_rows), four_bit),
+            train_dataset=to_dataset(tokenizer, train_rows, template, config.prime, config.max_length),
+            eval_dataset=to_dataset(tokenizer, val_rows, template, config.prime, config.max_length) if val_rows else None,
+            processing_class=tokenizer, peft_config=lora_config(config), callbacks=[selector.callback()],
+        )
+        trainer.train()
+        model = trainer.model
+        if selector.best_state is not None:
+            set_peft_model_state_dict(model, selector.best_state)
+        else:
+            selector.best_epoch = config.epochs
+    return _save(model, model_path, out_dir, config, selector, len(train_rows), time.perf_counter() - start)
+
+
+def _rows(source, prime: str, what: str):
+    if isinstance(source, (str, Path)):
+        return load_training_rows(source, prime, what)
+    kept = [r for r in source if has_prime(r.rewrite_prompt, prime)]
+    if not kept:
+        raise RecoverlibError(f"no {what} rewrite_prompt starts with the prime {prime!r}")
+    return kept
+
+
+def _save(model, model_path: Path, out_dir: Path, config: TrainConfig, selector: _BestEpoch, n_rows: int,
+          seconds: float) -> TrainResult:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.peft_config["default"].base_model_name_or_path = str(model_path)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    info = {"prime": config.prime, "best_epoch": selector.best_epoch, "history": selector.history,
+            "train_rows": n_rows, "config": asdict(config)}
+    (out_dir / ADAPTER_INFO).write_text(json.dumps(info, indent=1) + "\n")
+    return TrainResult(out_dir, selector.best_epoch, selector.history, n_rows, round(seconds, 1))
+
+
+def adapter_prime(adapter_dir: str | Path) -> str:
+    """The prime an adapter was trained with ("" if none or not trained by recoverlib): render and clean with it."""
+    info = Path(adapter_dir) / ADAPTER_INFO
+    return json.loads(info.read_text()).get("prime", "") if info.is_file() else ""
