@@ -1,0 +1,85 @@
+"""The ``make-task`` and ``train`` subcommands; :func:`add_task_commands` registers them on the main CLI."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_task_commands(subparsers) -> None:
+    """Register ``make-task`` and ``train`` on an ``argparse`` subparsers object (each sets ``func``)."""
+    from recoverlib.synthetic.generator import TaskConfig
+    from recoverlib.train import TARGETS, TrainConfig
+
+    task, tc = subparsers.add_parser("make-task", help="write a synthetic prompt-recovery task"), TaskConfig()
+    task.add_argument("out_dir", type=Path)
+    task.add_argument("--rows", type=int, default=tc.rows, help="train rows (default %(default)s)")
+    task.add_argument("--eval-rows", type=int, default=tc.eval_rows, help="validation and test rows each")
+    task.add_argument("--ambiguity", type=float, default=tc.ambiguity,
+                      help="0-1: weight of alias instructions that share a rewrite (default %(default)s)")
+    task.add_argument("--seed", type=int, default=tc.seed)
+    task.set_defaults(func=run_make_task)
+
+    cfg = TrainConfig()
+    train = subparsers.add_parser("train", help="fine-tune a LoRA adapter (QLoRA on CUDA) for prompt recovery")
+    train.add_argument("--model", type=Path, required=True, help="base HF model folder")
+    train.add_argument("--train", type=Path, required=True, help="CSV with id, original_text, rewritten_text, rewrite_prompt")
+    train.add_argument("--validation", type=Path, help="CSV like --train; picks the best epoch")
+    train.add_argument("--out", type=Path, required=True, help="adapter folder to write")
+    train.add_argument("--rank", type=int, default=cfg.rank)
+    train.add_argument("--alpha", type=float, default=cfg.alpha)
+    train.add_argument("--targets", choices=TARGETS, default=cfg.targets)
+    train.add_argument("--prime", default=cfg.prime, help='fixed opening of every prediction, e.g. "Rewrite"')
+    train.add_argument("--epochs", type=int, default=cfg.epochs)
+    train.add_argument("--lr", type=float, default=cfg.lr)
+    train.add_argument("--batch-size", type=int, default=cfg.batch_size)
+    train.add_argument("--max-rows", type=int, default=cfg.max_rows, help="train on a seeded subset")
+    train.add_argument("--score-rows", type=int, default=cfg.score_rows,
+                       help="validation rows scored per epoch (0: choose the epoch by loss)")
+    train.add_argument("--embedder", default=cfg.embedder, help="scorer for the per-epoch score")
+    train.add_argument("--quantize", choices=("auto", "none", "4bit"), default=cfg.quantize)
+    train.add_argument("--seed", type=int, default=cfg.seed)
+    train.set_defaults(func=run_train)
+
+
+def run_make_task(args: argparse.Namespace) -> int:
+    from recoverlib.synthetic.generator import TaskConfig, write_task
+
+    config = TaskConfig(rows=args.rows, eval_rows=args.eval_rows, ambiguity=args.ambiguity, seed=args.seed)
+    out = write_task(args.out_dir, config)
+    print(f"wrote {out}/train.csv ({config.rows} rows), validation.csv, test.csv and test_truth.csv "
+          f"({config.eval_rows} rows each)")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from recoverlib.train import TrainConfig, train_adapter
+
+    config = TrainConfig(
+        rank=args.rank, alpha=args.alpha, targets=args.targets, prime=args.prime, epochs=args.epochs, lr=args.lr,
+        batch_size=args.batch_size, max_rows=args.max_rows, score_rows=args.score_rows, embedder=args.embedder,
+        quantize=args.quantize, seed=args.seed,
+    )
+    result = train_adapter(args.model, args.train, args.out, args.validation, config)
+    for h in result.history:
+        print("epoch {epoch}: val_loss {val_loss}, val_score {score}".format(score=h.get("val_score", "-"), **h))
+    print(f"wrote {result.adapter} (best epoch {result.best_epoch}, {result.train_rows} rows, {result.seconds:.0f} s)")
+    return 0
+
+
+def main(argv=None) -> int:
+    """Standalone entry (``python -m recoverlib.train_cli``) until the main CLI registers these commands."""
+    from recoverlib.errors import RecoverlibError
+
+    parser = argparse.ArgumentParser(prog="recoverlib")
+    add_task_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except RecoverlibError as err:
+        print(f"error: {err}")
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
