@@ -78,7 +78,7 @@ def read_rows(path: str | Path, with_truth: bool = False) -> list[Row]:
         problem = f"empty {' and '.join(empty)}" if empty else None
         if problem:
             log.warning("row id=%s: %s; it gets the fallback prompt", rec.id, problem)
-        truth = getattr(rec, "rewrite_prompt") if has_truth else None
+        truth = rec.rewrite_prompt if has_truth else None
         rows.append(
             Row(
                 id=str(rec.id),

@@ -140,4 +140,5 @@ def clean_prediction(
     while len(out) >= 2 and out[0] in _QUOTES and out[-1] in _QUOTES:
         out = out[1:-1].strip()
     out = out.strip(_QUOTES + " ")
-    return re.sub(r"\s+", " ", out)
+    out = "".join(c for c in out if c.isprintable() or c.isspace())  # byte-level models can emit control bytes
+    return re.sub(r"\s+", " ", out).strip()

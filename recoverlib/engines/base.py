@@ -20,6 +20,10 @@ from recoverlib.errors import RecoverlibError
 
 # adapter name (None = the base model) -> one list per prompt -> n generated texts
 Samples = dict[str | None, list[list[str]]]
+# Either one prompt list shared by every adapter, or a prompt list per adapter (primed adapters differ).
+Prompts = Sequence[str] | Mapping[str | None, Sequence[str]]
+# Written by recoverlib's trainer beside a PEFT adapter: {"prime": "Rewrite", ...}
+ADAPTER_META = "recoverlib_adapter.json"
 # Name parts that mark MoE expert weights (Mixtral's w1/w2/w3, transformers 5's fused experts, Qwen-style MoE).
 EXPERT_MARKERS = ("experts", "block_sparse_moe", "w1", "w2", "w3", "gate_up_proj")
 
@@ -76,6 +80,7 @@ class AdapterInfo:
     path: Path
     rank: int
     target_modules: tuple[str, ...]  # module names that carry LoRA weights (e.g. "model.layers.0.self_attn.q_proj")
+    prime: str = ""  # opening every prediction of this adapter starts with (see RecoveryTemplate.render)
 
     @property
     def targets_experts(self) -> bool:
@@ -94,7 +99,9 @@ def read_adapter(name: str, path: str | Path) -> AdapterInfo:
     if cfg.get("peft_type", "LORA") != "LORA":
         raise RecoverlibError(f"adapter {name!r}: peft_type {cfg.get('peft_type')} is not LoRA")
     modules = tuple(sorted({_module_of(k) for k in _tensor_shapes(name, path)}))
-    return AdapterInfo(name=name, path=path, rank=int(cfg["r"]), target_modules=modules)
+    meta_file = path / ADAPTER_META
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    return AdapterInfo(name=name, path=path, rank=int(cfg["r"]), target_modules=modules, prime=meta.get("prime", ""))
 
 
 def _tensor_shapes(name: str, path: Path) -> dict[str, tuple[int, ...]]:
@@ -172,9 +179,13 @@ class Engine(ABC):
     def max_model_len(self) -> int: ...
 
     @abstractmethod
-    def generate(self, prompts: Sequence[str], sampling: SamplingConfig, adapters: Sequence[str | None]) -> Samples:
-        """For each adapter name (``None`` = base), ``n`` texts per prompt, continuation only, special tokens removed."""
+    def generate(self, prompts: Prompts, sampling: SamplingConfig, adapters: Sequence[str | None]) -> Samples:
+        """For each adapter name (``None`` = base), ``n`` texts per prompt, continuation only, special tokens removed.
 
+        ``prompts`` is one list for every adapter, or a mapping adapter -> list (same length for each).
+        """
+
+    @abstractmethod
     def close(self) -> None:
         """Free the model; the engine cannot be used afterwards."""
 
@@ -184,7 +195,18 @@ class Engine(ABC):
     def __exit__(self, *exc):
         self.close()
 
-    def _check_requested(self, adapters: Sequence[str | None]) -> None:
+    def _requests(self, prompts: Prompts, adapters: Sequence[str | None]) -> dict[str | None, Sequence[str]]:
+        """Check the adapter names and give each its prompt list."""
         unknown = [a for a in adapters if a is not None and a not in self.adapters]
         if unknown:
             raise RecoverlibError(f"unknown adapter(s) {unknown}; this engine has {sorted(self.adapters)}")
+        if isinstance(prompts, Mapping):
+            missing = [a for a in adapters if a not in prompts]
+            if missing:
+                raise ValueError(f"no prompts given for adapter(s) {missing}")
+            return {a: prompts[a] for a in adapters}
+        return dict.fromkeys(adapters, prompts)
+
+    def adapter_index(self, adapter: str | None) -> int:
+        """0 for the base, 1.. for adapters in name order (stable across engines, used to derive seeds)."""
+        return 0 if adapter is None else sorted(self.adapters).index(adapter) + 1

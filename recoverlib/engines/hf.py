@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from recoverlib.engines.base import Engine, EngineConfig, SamplingConfig, Samples
+from recoverlib.engines.base import Engine, EngineConfig, Prompts, Samples, SamplingConfig
 from recoverlib.engines.registry import register_engine
 
 
@@ -69,31 +69,29 @@ class HFEngine(Engine):
         self._model.set_adapter(adapter)
         return nullcontext()
 
-    def generate(self, prompts: Sequence[str], sampling: SamplingConfig, adapters: Sequence[str | None]) -> Samples:
-        import torch
-
-        self._check_requested(adapters)
-        order = sorted(self.adapters)
-        bs = self.config.batch_size
+    def generate(self, prompts: Prompts, sampling: SamplingConfig, adapters: Sequence[str | None]) -> Samples:
+        requests = self._requests(prompts, adapters)
+        bar = tqdm(total=sum(map(len, requests.values())), desc="generate (hf)", unit="prompt")
         out: Samples = {}
-        bar = tqdm(total=len(prompts) * len(adapters), desc="generate (hf)", unit="prompt")
-        for adapter in adapters:
-            a_index = 0 if adapter is None else order.index(adapter) + 1
-            texts: list[list[str]] = []
-            for start in range(0, len(prompts), bs):
-                batch = list(prompts[start : start + bs])
-                enc = self._tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
-                with self._adapter_context(adapter), torch.no_grad(), torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(sampling.request_seed(start, a_index))
-                    ids = self._model.generate(**enc, **self._generate_kwargs(sampling))
-                new = ids[:, enc["input_ids"].shape[1] :]
-                decoded = self._tokenizer.batch_decode(new, skip_special_tokens=True)
-                k = 1 if sampling.greedy else sampling.n
-                texts += [decoded[i * k : (i + 1) * k] * (sampling.n // k) for i in range(len(batch))]
+        for adapter, adapter_prompts in requests.items():
+            out[adapter] = []
+            for start in range(0, len(adapter_prompts), self.config.batch_size):
+                batch = list(adapter_prompts[start : start + self.config.batch_size])
+                out[adapter] += self._generate_batch(batch, sampling, adapter, seed=sampling.request_seed(start, self.adapter_index(adapter)))
                 bar.update(len(batch))
-            out[adapter] = texts
         bar.close()
         return out
+
+    def _generate_batch(self, batch: list[str], sampling: SamplingConfig, adapter: str | None, seed: int) -> list[list[str]]:
+        import torch
+
+        enc = self._tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+        with self._adapter_context(adapter), torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            ids = self._model.generate(**enc, **self._generate_kwargs(sampling))
+        decoded = self._tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        k = 1 if sampling.greedy else sampling.n
+        return [decoded[i * k : (i + 1) * k] * (sampling.n // k) for i in range(len(batch))]
 
     def _generate_kwargs(self, sampling: SamplingConfig) -> dict:
         common = {

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from recoverlib.engines.base import Engine, EngineConfig, SamplingConfig, Samples
+from recoverlib.engines.base import Engine, EngineConfig, Prompts, Samples, SamplingConfig
 from recoverlib.engines.registry import register_engine
 from recoverlib.errors import RecoverlibError
 
@@ -91,7 +91,7 @@ class VLLMEngine(Engine):
                 enforce_eager=cpu,
                 **kwargs,
             )
-        self._requests = {
+        self._lora_requests = {
             name: LoRARequest(lora_name=name, lora_int_id=i + 1, lora_path=str(a.path.resolve()))
             for i, (name, a) in enumerate(sorted(self.adapters.items()))
         }
@@ -141,37 +141,36 @@ class VLLMEngine(Engine):
     def max_model_len(self) -> int:
         return self._llm.llm_engine.model_config.max_model_len
 
-    def generate(self, prompts: Sequence[str], sampling: SamplingConfig, adapters: Sequence[str | None]) -> Samples:
+    def generate(self, prompts: Prompts, sampling: SamplingConfig, adapters: Sequence[str | None]) -> Samples:
         from vllm import SamplingParams
 
-        self._check_requested(adapters)
-        order = sorted(self.adapters)
-        # Token ids, not strings: the prompt already holds its BOS (chat template), and vLLM would add another.
+        requests = self._requests(prompts, adapters)
         tok = self.tokenizer
-        token_prompts = [{"prompt_token_ids": tok(p, add_special_tokens=False)["input_ids"]} for p in prompts]
         flat_prompts, flat_params, flat_loras = [], [], []
-        for adapter in adapters:
-            index = 0 if adapter is None else order.index(adapter) + 1
-            for i, prompt in enumerate(token_prompts):
-                flat_prompts.append(prompt)
-                flat_loras.append(None if adapter is None else self._requests[adapter])
+        for adapter, adapter_prompts in requests.items():
+            for i, prompt in enumerate(adapter_prompts):
+                # Token ids, not strings: the prompt already holds its BOS (chat template); vLLM would add another.
+                flat_prompts.append({"prompt_token_ids": tok(prompt, add_special_tokens=False)["input_ids"]})
+                flat_loras.append(None if adapter is None else self._lora_requests[adapter])
                 flat_params.append(
                     SamplingParams(
                         n=1 if sampling.greedy else sampling.n,  # vLLM refuses n > 1 with greedy
                         temperature=sampling.temperature,
                         top_p=1.0 if sampling.greedy else sampling.top_p,
                         max_tokens=sampling.max_new_tokens,
-                        seed=sampling.request_seed(i, index),
+                        seed=sampling.request_seed(i, self.adapter_index(adapter)),
                         skip_special_tokens=True,
                     )
                 )
         lora_arg = flat_loras if any(r is not None for r in flat_loras) else None
         outputs = self._llm.generate(flat_prompts, flat_params, lora_request=lora_arg, use_tqdm=True)
-        texts = [[c.text for c in out.outputs] for out in outputs]
-        if sampling.greedy:
-            texts = [t * sampling.n for t in texts]
-        n = len(prompts)
-        return {adapter: texts[k * n : (k + 1) * n] for k, adapter in enumerate(adapters)}
+        texts = [[c.text for c in out.outputs] * (sampling.n if sampling.greedy else 1) for out in outputs]
+        result: Samples = {}
+        start = 0
+        for adapter, adapter_prompts in requests.items():
+            result[adapter] = texts[start : start + len(adapter_prompts)]
+            start += len(adapter_prompts)
+        return result
 
     def close(self) -> None:
         import gc

@@ -1,0 +1,182 @@
+"""The whole data path for a CSV: rows -> recovery prompts -> engine samples -> one prompt per row -> submission.
+
+Rows are served in chunks; after each chunk its cleaned samples are appended to the samples file (JSONL, one
+line per row, input order), so a run that stops keeps every finished row and ``resume`` continues from there.
+A row that cannot be served (empty text) or whose samples are all empty gets the fallback prompt and a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from recoverlib.combine import ConcatConfig, Sample, combine
+from recoverlib.engines.base import Engine, SamplingConfig
+from recoverlib.errors import RecoverlibError
+from recoverlib.io import Row, read_rows, write_submission
+from recoverlib.prompt import RecoveryTemplate, clean_prediction
+
+log = logging.getLogger("recoverlib")
+
+# A public mean prompt worth about 0.63 on the competition's test set on its own (FACTS.md).
+DEFAULT_FALLBACK = (
+    "Please improve this text using the writing style with maintaining the original meaning but altering the tone."
+)
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """What to sample and how to combine it. Defaults follow the seed (4 samples, temperature 0.7, top_p 0.95)."""
+
+    samples: int = 4
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 32
+    seed: int = 0
+    include_base: bool = False  # also sample the base model (it is always sampled when there are no adapters)
+    fallback_prompt: str = DEFAULT_FALLBACK
+    chunk_rows: int = 64
+    combination: object = field(default_factory=ConcatConfig)
+    template: RecoveryTemplate = field(default_factory=RecoveryTemplate)
+
+    def __post_init__(self):
+        if not self.fallback_prompt.strip():
+            raise RecoverlibError("the fallback prompt must not be empty")
+        if self.chunk_rows < 1:
+            raise RecoverlibError(f"chunk_rows must be >= 1 (got {self.chunk_rows})")
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(self.samples, self.temperature, self.top_p, self.max_new_tokens, self.seed)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One row's result: the combined prompt, the samples it came from, and why a fallback was used (if so)."""
+
+    id: str
+    prompt: str
+    samples: tuple[Sample, ...]
+    fallback: str | None = None
+
+
+def predict_rows(engine: Engine, rows: Sequence[Row], config: PredictConfig | None = None,
+                 samples_file: str | Path | None = None, resume: bool = False) -> list[Prediction]:
+    """Predict every row with ``engine``; returns one :class:`Prediction` per row, in input order."""
+    config = config or PredictConfig()
+    done = _load_samples(samples_file, rows) if (samples_file and resume) else {}
+    if samples_file and not resume:
+        Path(samples_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(samples_file).write_text("")
+    todo = [r for r in rows if r.id not in done]
+    bar = tqdm(total=len(todo), desc="rows", unit="row", disable=not todo)
+    for start in range(0, len(todo), config.chunk_rows):
+        chunk = todo[start : start + config.chunk_rows]
+        got = _sample_chunk(engine, chunk, config)
+        if samples_file:
+            _append_samples(samples_file, chunk, got)
+        done.update(got)
+        bar.update(len(chunk))
+    bar.close()
+    return [_finish(row, done.get(row.id, ()), config) for row in rows]
+
+
+def _sample_chunk(engine: Engine, chunk: Sequence[Row], config: PredictConfig) -> dict[str, tuple[Sample, ...]]:
+    """Cleaned samples of every servable row of ``chunk`` (rows with a problem get none)."""
+    out: dict[str, tuple[Sample, ...]] = {r.id: () for r in chunk}
+    rows = [r for r in chunk if not r.problem]
+    if not rows:
+        return out
+    adapters: list[str | None] = sorted(engine.adapters)
+    if config.include_base or not adapters:
+        adapters = [None, *adapters]
+    primes = {a: (engine.adapters[a].prime if a else "") for a in adapters}
+    prompts = {a: render_prompts(engine, rows, config, primes[a]) for a in adapters}
+    raw = engine.generate(prompts, config.sampling, adapters)
+    stop = tuple(t for t in (engine.tokenizer.eos_token,) if t)
+    for i, row in enumerate(rows):
+        out[row.id] = tuple(
+            Sample(a, k, clean_prediction(f"{primes[a]}{text}", config.template, stop))
+            for a in adapters
+            for k, text in enumerate(raw[a][i])
+        )
+    return out
+
+
+def render_prompts(engine: Engine, rows: Sequence[Row], config: PredictConfig, prime: str = "") -> list[str]:
+    """Recovery prompts that fit the engine's context next to ``max_new_tokens``; truncation is warned per row."""
+    budget = engine.max_model_len - config.max_new_tokens
+    prompts = []
+    for row in rows:
+        prompt, cut = config.template.render_fitted(
+            engine.tokenizer, row.original_text, row.rewritten_text, budget, prime
+        )
+        if cut:
+            log.warning("row id=%s: texts truncated to fit %d prompt tokens", row.id, budget)
+        prompts.append(prompt)
+    return prompts
+
+
+def _finish(row: Row, samples: Sequence[Sample], config: PredictConfig) -> Prediction:
+    if row.problem:
+        return Prediction(row.id, config.fallback_prompt, (), fallback=row.problem)
+    prompt = combine(samples, config.combination).strip()
+    if not prompt:
+        log.warning("row id=%s: every sample was empty after cleaning; it gets the fallback prompt", row.id)
+        return Prediction(row.id, config.fallback_prompt, tuple(samples), fallback="empty samples")
+    return Prediction(row.id, prompt, tuple(samples))
+
+
+def _append_samples(path: str | Path, rows: Sequence[Row], got: Mapping[str, Sequence[Sample]]) -> None:
+    with open(path, "a") as fh:
+        for row in rows:
+            line = {"id": row.id, "samples": [{"adapter": s.adapter, "index": s.index, "text": s.text} for s in got[row.id]]}
+            fh.write(json.dumps(line) + "\n")
+        fh.flush()
+
+
+def read_samples(path: str | Path) -> dict[str, tuple[Sample, ...]]:
+    """``id -> samples`` from a samples JSONL file; a malformed line is a one-line error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecoverlibError(f"{path}: no such samples file")
+    out: dict[str, tuple[Sample, ...]] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            out[str(rec["id"])] = tuple(Sample(s["adapter"], int(s["index"]), str(s["text"])) for s in rec["samples"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise RecoverlibError(f"{path}:{n}: not a samples line ({type(err).__name__}: {err})") from None
+    return out
+
+
+def _load_samples(path: str | Path, rows: Sequence[Row]) -> dict[str, tuple[Sample, ...]]:
+    if not Path(path).is_file():
+        return {}
+    got = read_samples(path)
+    stray = set(got) - {r.id for r in rows}
+    if stray:
+        raise RecoverlibError(f"{path}: samples for ids not in the input ({', '.join(sorted(stray)[:3])}); not resuming")
+    log.info("resuming: %d of %d rows already sampled in %s", len(got), len(rows), path)
+    return got
+
+
+def predict(model: str | Path, input_csv: str | Path, output_csv: str | Path,
+            adapters: Mapping[str, str | Path] | None = None, engine: str = "vllm",
+            config: PredictConfig | None = None, engine_config=None,
+            samples_file: str | Path | None = None, resume: bool = False) -> list[Prediction]:
+    """One call for a whole Kaggle CSV: read rows, build the engine, predict, write the submission."""
+    from recoverlib.engines import make_engine
+
+    rows = read_rows(input_csv)
+    with make_engine(engine, model, adapters or {}, engine_config) as eng:
+        predictions = predict_rows(eng, rows, config, samples_file, resume)
+    write_submission(output_csv, [p.id for p in predictions], [p.prompt for p in predictions])
+    return predictions

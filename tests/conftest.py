@@ -1,0 +1,50 @@
+"""Shared fixtures: one tiny model per session, engines shared per module (a vLLM engine takes seconds)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# vLLM reads these at engine start; small KV cache for a 24 GiB machine shared with other tests.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A tiny Mixtral with three LoRA adapters (tiny-a r4, tiny-b r8, tiny-c r16)."""
+    from recoverlib.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("tiny") / "tiny", adapters=3, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_dir):
+    return tiny_dir / "model"
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tiny_dir):
+    from recoverlib.tiny import adapter_paths
+
+    return adapter_paths(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def scorer():
+    from recoverlib.metric import Scorer
+
+    return Scorer("minilm", progress=False)
+
+
+@pytest.fixture(scope="session")
+def sample_csv():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent.parent / "examples" / "data" / "sample.csv"
+
+
+@pytest.fixture(scope="session")
+def sample_truth_csv(sample_csv):
+    return sample_csv.with_name("sample_truth.csv")

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import pytest
+
+from recoverlib.io import read_rows
+from recoverlib.prompt import RecoveryTemplate
+
+
+@pytest.fixture(scope="module")
+def rows(sample_csv):
+    return read_rows(sample_csv)[:6]
+
+
+def render(engine, rows, prime=""):
+    return [RecoveryTemplate().render(engine.tokenizer, r.original_text, r.rewritten_text, prime) for r in rows]
+
+
+@pytest.fixture(scope="session")
+def experts_adapter(tiny_model, tmp_path_factory):
+    """A LoRA on the fused expert weights (PEFT target_parameters), which vLLM cannot serve on CPU."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    cfg = LoraConfig(r=4, target_modules=["q_proj"], target_parameters=["mlp.experts.gate_up_proj"], lora_dropout=0.0)
+    out = tmp_path_factory.mktemp("experts") / "experts"
+    get_peft_model(model, cfg).save_pretrained(out)
+    return out

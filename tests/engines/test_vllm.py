@@ -1,0 +1,79 @@
+"""VLLMEngine on the tiny Mixtral on CPU: mixed adapters in one call, seeds, n samples, refusals."""
+
+import json
+import shutil
+
+import pytest
+
+from recoverlib.engines import EngineConfig, SamplingConfig, make_engine
+from recoverlib.errors import RecoverlibError
+from tests.engines.conftest import render
+
+pytest.importorskip("vllm", reason="vLLM is not installed")
+
+GREEDY = SamplingConfig(n=1, temperature=0, max_new_tokens=12)
+ALL = [None, "tiny-a", "tiny-b", "tiny-c"]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model, tiny_adapters):
+    eng = make_engine("vllm", tiny_model, tiny_adapters)
+    yield eng
+    eng.close()
+
+
+def test_adapters_mixed_in_one_call_each_differs_from_base(engine, rows):
+    out = engine.generate(render(engine, rows), GREEDY, ALL)
+    assert set(out) == set(ALL) and all(len(v) == len(rows) for v in out.values())
+    for adapter in ALL[1:]:
+        differ = sum(a != b for a, b in zip(out[adapter], out[None], strict=True))
+        assert differ >= len(rows) - 1, f"{adapter} changes too few outputs"
+
+
+def test_mixed_batch_equals_separate_calls(engine, rows):
+    """Base requests batched with adapter requests get no adapter (the plugin's mask; vLLM picked the last slot)."""
+    prompts = render(engine, rows)
+    mixed = engine.generate(prompts, GREEDY, ALL)
+    for adapter in ALL:
+        assert engine.generate(prompts, GREEDY, [adapter])[adapter] == mixed[adapter], adapter
+
+
+def test_same_seed_repeats_other_seed_differs(engine, rows):
+    prompts = render(engine, rows)
+    s1 = SamplingConfig(n=3, temperature=1.0, max_new_tokens=10, seed=11)
+    first, again = engine.generate(prompts, s1, ALL), engine.generate(prompts, s1, ALL)
+    other = engine.generate(prompts, SamplingConfig(n=3, temperature=1.0, max_new_tokens=10, seed=12), ALL)
+    assert first == again
+    assert first != other
+
+
+def test_n_samples_per_row_and_prompts_per_adapter(engine, rows):
+    prompts = {"tiny-a": render(engine, rows), "tiny-b": render(engine, rows, prime="Rewrite")}
+    out = engine.generate(prompts, SamplingConfig(n=4, temperature=1.0, max_new_tokens=8), ["tiny-a", "tiny-b"])
+    assert all(len(texts) == 4 for texts in out["tiny-a"] + out["tiny-b"])
+    assert any(len(set(texts)) > 1 for texts in out["tiny-a"])  # samples, not copies
+
+
+def test_unknown_adapter_is_refused(engine, rows):
+    with pytest.raises(RecoverlibError, match="unknown adapter"):
+        engine.generate(render(engine, rows), GREEDY, ["nope"])
+
+
+def test_experts_adapter_is_refused_before_start(tiny_model, experts_adapter):
+    with pytest.raises(RecoverlibError, match="expert weights.*--engine hf"):
+        make_engine("vllm", tiny_model, {"experts": experts_adapter})
+
+
+def test_rank_above_engine_maximum(tiny_model, tiny_adapters):
+    with pytest.raises(RecoverlibError, match=r"exceeds the engine's max_lora_rank 8: tiny-c \(r=16\)"):
+        make_engine("vllm", tiny_model, tiny_adapters, EngineConfig(max_lora_rank=8))
+
+
+def test_quantized_base_is_refused_on_cpu(tiny_model, tmp_path):
+    folder = tmp_path / "q"
+    shutil.copytree(tiny_model, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(RecoverlibError, match="quantized.*--engine hf"):
+        make_engine("vllm", folder)

@@ -1,0 +1,79 @@
+"""The pipeline over an engine: fallbacks, samples file, resume, primes (HF engine: quick to start)."""
+
+import json
+
+import pytest
+
+from recoverlib.engines import EngineConfig, make_engine
+from recoverlib.errors import RecoverlibError
+from recoverlib.io import Row, read_rows
+from recoverlib.predict import PredictConfig, predict_rows, read_samples
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model, tiny_adapters):
+    with make_engine("hf", tiny_model, {k: tiny_adapters[k] for k in ("tiny-a", "tiny-b")}, EngineConfig()) as eng:
+        yield eng
+
+
+CFG = PredictConfig(samples=2, max_new_tokens=8, chunk_rows=2)
+
+
+def test_bad_rows_get_fallback_and_the_rest_is_served(engine):
+    rows = [Row("1", "a text", "A TEXT"), Row("2", "", "x", problem="empty original_text"), Row("3", "b", "B")]
+    preds = predict_rows(engine, rows, CFG)
+    assert [p.id for p in preds] == ["1", "2", "3"]
+    assert preds[1].prompt == CFG.fallback_prompt and preds[1].fallback
+    assert preds[0].fallback is None and len(preds[0].samples) == 4  # 2 adapters x 2 samples
+
+
+def test_all_empty_samples_get_fallback(engine, monkeypatch):
+    monkeypatch.setattr(engine, "generate", lambda prompts, s, adapters: {a: [["", '""']] for a in adapters})
+    (pred,) = predict_rows(engine, [Row("1", "a", "b")], CFG)
+    assert pred.prompt == CFG.fallback_prompt and pred.fallback == "empty samples"
+
+
+def test_samples_file_lines_in_input_order_and_resume(engine, sample_csv, tmp_path, monkeypatch):
+    rows = read_rows(sample_csv)[:5]
+    path = tmp_path / "s.jsonl"
+    first = predict_rows(engine, rows, CFG, samples_file=path)
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [x["id"] for x in lines] == [r.id for r in rows]
+    assert {"adapter", "index", "text"} <= set(lines[0]["samples"][0])
+    # Simulate a run that stopped after two chunks: resume samples only the missing row.
+    path.write_text("\n".join(path.read_text().splitlines()[:4]) + "\n")
+    calls = []
+    real = engine.generate
+    monkeypatch.setattr(engine, "generate", lambda p, s, a: calls.append(len(p[a[0]])) or real(p, s, a))
+    resumed = predict_rows(engine, rows, CFG, samples_file=path, resume=True)
+    assert calls == [1]
+    assert [p.prompt for p in resumed] == [p.prompt for p in first]
+    assert list(read_samples(path)) == [r.id for r in rows]
+
+
+def test_resume_refuses_a_samples_file_of_other_rows(engine, tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps({"id": "zzz", "samples": []}) + "\n")
+    with pytest.raises(RecoverlibError, match="not in the input"):
+        predict_rows(engine, [Row("1", "a", "b")], CFG, samples_file=path, resume=True)
+
+
+def test_malformed_samples_file(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"id": 1}\n')
+    with pytest.raises(RecoverlibError, match=r"s.jsonl:1: not a samples line"):
+        read_samples(path)
+
+
+def test_primed_adapter_predictions_keep_the_prime(engine, monkeypatch):
+    from dataclasses import replace
+
+    monkeypatch.setitem(engine.adapters, "tiny-a", replace(engine.adapters["tiny-a"], prime="Rewrite"))
+    (pred,) = predict_rows(engine, [Row("1", "some text", "SOME TEXT")], CFG)
+    assert all(s.text.startswith("Rewrite") for s in pred.samples if s.adapter == "tiny-a")
+
+
+def test_long_rows_are_truncated_with_a_warning(engine, caplog):
+    (pred,) = predict_rows(engine, [Row("long", "word " * 2000, "WORD " * 2000)], CFG)
+    assert "row id=long: texts truncated" in caplog.text
+    assert pred.fallback is None or pred.fallback == "empty samples"

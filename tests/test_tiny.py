@@ -1,0 +1,40 @@
+import json
+
+from recoverlib.tiny import TinySpec, adapter_paths, make_tiny
+
+
+def _files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_layout(tiny_dir):
+    assert (tiny_dir / "model" / "config.json").is_file()
+    assert (tiny_dir / "model" / "model.safetensors").is_file()
+    assert (tiny_dir / "model" / "tokenizer.json").is_file()
+    assert sorted(adapter_paths(tiny_dir)) == ["tiny-a", "tiny-b", "tiny-c"]
+    ranks = [json.loads((p / "adapter_config.json").read_text())["r"] for p in adapter_paths(tiny_dir).values()]
+    assert len(set(ranks)) == 3
+
+
+def test_config_is_a_vllm_servable_mixtral(tiny_model):
+    cfg = json.loads((tiny_model / "config.json").read_text())
+    assert cfg["model_type"] == "mixtral" and cfg["dtype"] == "bfloat16"
+    assert cfg["head_dim"] in (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # vLLM CPU attention sizes
+    assert cfg["num_experts_per_tok"] == 2 < cfg["num_local_experts"]
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    spec = TinySpec(num_hidden_layers=1)
+    a = _files(make_tiny(tmp_path / "a", adapters=1, seed=3, spec=spec))
+    b = _files(make_tiny(tmp_path / "b", adapters=1, seed=3, spec=spec))
+    c = _files(make_tiny(tmp_path / "c", adapters=1, seed=4, spec=spec))
+    assert a == b
+    assert a["model/model.safetensors"] != c["model/model.safetensors"]
+
+
+def test_tokenizer_has_pad_distinct_from_eos(tiny_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    assert tok.pad_token == "<pad>" and tok.pad_token_id != tok.eos_token_id
+    assert tok.decode(tok("Rewrite this text.", add_special_tokens=False)["input_ids"]) == "Rewrite this text."
