@@ -65,7 +65,8 @@ def greedy_predictions(
             enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
                             add_special_tokens=False).to(model.device)
             with torch.no_grad():
-                ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                # TRL turns router logits on for the aux loss; with padding they break generation's forward
+                ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, output_router_logits=False,
                                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
             texts = tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             out += [clean_prediction(t, template, prime=prime) for t in texts]

@@ -237,6 +237,8 @@ def sft_config(config: TrainConfig, work_dir: str, has_validation: bool, four_bi
     import torch
     from trl import SFTConfig
 
+    # per_device_* sizes, bf16 and use_cpu follow the device; checkpoints are not written (the best epoch is
+    # kept in memory by _BestEpoch)
     return SFTConfig(
         output_dir=work_dir, num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=max(config.batch_size, 32), learning_rate=config.lr,
@@ -250,43 +252,50 @@ def sft_config(config: TrainConfig, work_dir: str, has_validation: bool, four_bi
 
 
 def train_adapter(model_path: str | Path, train, out_dir: str | Path, validation=None,
-                  config: TrainConfig | None = None) -> TrainResult:
+                  config: TrainConfig | None = None, base_name: str | None = None) -> TrainResult:
     """Train a LoRA adapter on ``model_path`` and save the best epoch's as a PEFT folder in ``out_dir``.
 
     ``train``/``validation``: CSV paths or lists of rows with ``original_text, rewritten_text, rewrite_prompt``.
     With ``config.prime`` only rows whose prompt starts with it are used. Returns the adapter folder, the best
-    epoch (by validation score, else loss, else the last) and the per-epoch history.
+    epoch (by validation score, else loss, else the last) and the per-epoch history. ``base_name`` is
+    recorded as the adapter's base (default: ``model_path``).
     """
-    import_trl()
     from peft import set_peft_model_state_dict
-    from transformers import AutoTokenizer
-    from trl import SFTTrainer
 
     config = config or TrainConfig()
     start = time.perf_counter()
-    train_rows = _rows(train, config.prime, "training")
-    train_rows = subset(train_rows, config.max_rows, config.seed)
+    train_rows = subset(_rows(train, config.prime, "training"), config.max_rows, config.seed)
     val_rows = _rows(validation, config.prime, "validation") if validation is not None else []
-    model_path, out_dir = Path(model_path), Path(out_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    dedicated_pad(tokenizer)
-    template = RecoveryTemplate()
-    four_bit = resolve_quantize(config.quantize)
-    selector = _BestEpoch(tokenizer, val_rows, config, template)
     with preserved_rng(), tempfile.TemporaryDirectory(prefix="recoverlib-train-") as work:
-        trainer = SFTTrainer(
-            model=load_base(model_path, four_bit), args=sft_config(config, work, bool(val_rows), four_bit),
-            train_dataset=to_dataset(tokenizer, train_rows, template, config.prime, config.max_length),
-            eval_dataset=to_dataset(tokenizer, val_rows, template, config.prime, config.max_length) if val_rows else None,
-            processing_class=tokenizer, peft_config=lora_config(config), callbacks=[selector.callback()],
-        )
+        trainer, selector = build_trainer(model_path, train_rows, val_rows, config, work)
         trainer.train()
         model = trainer.model
         if selector.best_state is not None:
             set_peft_model_state_dict(model, selector.best_state)
         else:
             selector.best_epoch = config.epochs
-    return _save(model, model_path, out_dir, config, selector, len(train_rows), time.perf_counter() - start)
+    return _save(model, base_name or str(model_path), Path(out_dir), config, selector, len(train_rows),
+                 time.perf_counter() - start)
+
+
+def build_trainer(model_path: str | Path, train_rows, val_rows, config: TrainConfig, work_dir: str):
+    """The configured ``SFTTrainer`` (datasets tokenized, labels built) and its best-epoch selector."""
+    import_trl()
+    from transformers import AutoTokenizer
+    from trl import SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    dedicated_pad(tokenizer)
+    template = RecoveryTemplate()
+    four_bit = resolve_quantize(config.quantize)
+    selector = _BestEpoch(tokenizer, val_rows, config, template)
+    trainer = SFTTrainer(
+        model=load_base(model_path, four_bit), args=sft_config(config, work_dir, bool(val_rows), four_bit),
+        train_dataset=to_dataset(tokenizer, train_rows, template, config.prime, config.max_length),
+        eval_dataset=to_dataset(tokenizer, val_rows, template, config.prime, config.max_length) if val_rows else None,
+        processing_class=tokenizer, peft_config=lora_config(config), callbacks=[selector.callback()],
+    )
+    return trainer, selector
 
 
 def _rows(source, prime: str, what: str):
@@ -298,10 +307,10 @@ def _rows(source, prime: str, what: str):
     return kept
 
 
-def _save(model, model_path: Path, out_dir: Path, config: TrainConfig, selector: _BestEpoch, n_rows: int,
+def _save(model, base_name: str, out_dir: Path, config: TrainConfig, selector: _BestEpoch, n_rows: int,
           seconds: float) -> TrainResult:
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.peft_config["default"].base_model_name_or_path = str(model_path)
+    model.peft_config["default"].base_model_name_or_path = base_name
     model.save_pretrained(out_dir, safe_serialization=True)
     info = {"prime": config.prime, "best_epoch": selector.best_epoch, "history": selector.history,
             "train_rows": n_rows, "config": asdict(config)}

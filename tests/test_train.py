@@ -1,0 +1,148 @@
+"""LoRA training through TRL: completion-only labels, loss goes down, adapters serve, primes, bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from recoverlib.errors import RecoverlibError
+from recoverlib.prompt import RecoveryTemplate, clean_prediction, has_prime
+from recoverlib.synthetic import TaskConfig, generate, write_task
+from recoverlib.train import (
+    ADAPTER_INFO,
+    TrainConfig,
+    adapter_prime,
+    build_trainer,
+    import_trl,
+    train_adapter,
+)
+from recoverlib.train_cli import main
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return write_task(tmp_path_factory.mktemp("task"), TaskConfig(rows=48, eval_rows=16, seed=5))
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """An untrained tiny Mixtral whose tokenizer was learned on the task's text (short sequences)."""
+    import torch
+    from transformers import MixtralForCausalLM
+
+    from recoverlib.pretrain import task_tokenizer
+    from recoverlib.tiny import TinySpec, _init_, mixtral_config, save_model
+
+    rows = generate(TaskConfig(rows=300, eval_rows=1, seed=9))["train"]
+    tok = task_tokenizer([t for r in rows for t in (r.original_text, r.rewritten_text, r.rewrite_prompt)], 1024)
+    model = MixtralForCausalLM(mixtral_config(TinySpec(vocab_size=1024), tok))
+    _init_(model, torch.Generator().manual_seed(0), std=0.02)
+    return save_model(model, tok, tmp_path_factory.mktemp("base") / "model")
+
+
+def test_completion_and_prime_semantics():
+    t = RecoveryTemplate()
+    assert t.completion("Rewrite it as a poem.") == " Rewrite it as a poem."
+    assert t.completion("Rewrite it as a poem.", prime="Rewrite") == " it as a poem."
+    assert has_prime("Make this text shorter.", "Make this text") and not has_prime("Rewritten by me.", "Rewrite")
+    with pytest.raises(ValueError, match="prime"):
+        t.completion("Turn it into a poem.", prime="Rewrite")
+    assert clean_prediction(" it as a poem.</s>", stop=("</s>",), prime="Rewrite") == "Rewrite it as a poem."
+
+
+def test_labels_mask_the_prompt_and_training_lowers_completion_loss(base, task, tmp_path):
+    from recoverlib.io import read_rows
+
+    rows = read_rows(task / "train.csv", with_truth=True)
+    config = TrainConfig(epochs=2, lr=1e-2, batch_size=16, score_rows=0, rank=8)
+    trainer, _ = build_trainer(base, rows, read_rows(task / "validation.csv", with_truth=True), config, str(tmp_path))
+    tok, t = trainer.processing_class, RecoveryTemplate()
+    for i in range(3):
+        ex, row = trainer.train_dataset[i], rows[i]
+        n_prompt = len(tok(t.render(tok, row.original_text, row.rewritten_text), add_special_tokens=False)["input_ids"])
+        labels = ex.get("labels", None)
+        if labels is None:  # TRL keeps the mask separately and builds labels in the collator
+            labels = trainer.data_collator([ex])["labels"][0].tolist()
+        assert all(x == -100 for x in labels[:n_prompt])
+        assert labels[n_prompt:] == ex["input_ids"][n_prompt:] and labels[-1] == tok.eos_token_id
+        assert tok.decode(ex["input_ids"][n_prompt:-1]) == t.completion(row.rewrite_prompt)
+    before = trainer.evaluate()["eval_loss"]
+    trainer.train()
+    assert trainer.evaluate()["eval_loss"] < before - 0.1
+
+
+def test_train_adapter_keeps_best_epoch_and_serves_in_hf(base, task, tmp_path):
+    from recoverlib.engines import EngineConfig, SamplingConfig, make_engine
+
+    config = TrainConfig(epochs=2, lr=5e-3, batch_size=16, score_rows=8, prime="Rewrite", rank=4, alpha=8)
+    result = train_adapter(base, task / "train.csv", tmp_path / "ad", task / "validation.csv", config)
+    assert [h["epoch"] for h in result.history] == [1, 2] and all("val_score" in h for h in result.history)
+    assert result.best_epoch in (1, 2) and 0 < result.train_rows < 48  # prime: only "Rewrite ..." rows
+    assert adapter_prime(result.adapter) == "Rewrite"
+    assert json.loads((result.adapter / ADAPTER_INFO).read_text())["best_epoch"] == result.best_epoch
+    with make_engine("hf", base, {"a": result.adapter}, EngineConfig(dtype="float32")) as engine:
+        prompt = RecoveryTemplate().render(engine.tokenizer, "The cat sat.", "THE CAT SAT.", prime="Rewrite")
+        out = engine.generate([prompt], SamplingConfig(temperature=0, max_new_tokens=8), adapters=["a"])
+    assert clean_prediction(out["a"][0][0], prime="Rewrite").startswith("Rewrite")
+
+
+def test_expert_adapter_trains_and_serves_in_hf(base, task, tmp_path):
+    from recoverlib.engines import EngineConfig, SamplingConfig, make_engine
+    from recoverlib.engines.base import read_adapter
+
+    config = TrainConfig(epochs=1, lr=5e-3, batch_size=16, score_rows=0, targets="attention+experts", max_rows=16)
+    result = train_adapter(base, task / "train.csv", tmp_path / "ex", None, config)
+    assert read_adapter("ex", result.adapter).targets_experts
+    with make_engine("hf", base, {"ex": result.adapter}, EngineConfig(dtype="float32")) as engine:
+        prompt = RecoveryTemplate().render(engine.tokenizer, "A b.", "a b.")
+        out = engine.generate([prompt], SamplingConfig(temperature=0, max_new_tokens=4), adapters=[None, "ex"])
+    assert set(out) == {None, "ex"}
+
+
+def test_bad_training_csv_is_one_line_error(base, tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,original_text,rewritten_text\n1,a,b\n")
+    args = ["train", "--model", str(base), "--train", str(bad), "--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    err = capsys.readouterr().out.strip()
+    assert "rewrite_prompt" in err and "\n" not in err
+    bad.write_text("id,original_text,rewritten_text,rewrite_prompt\n1,a,b,\n2,c,d,Do it.\n")
+    with pytest.raises(RecoverlibError, match="empty text or rewrite_prompt"):
+        train_adapter(base, bad, tmp_path / "o")
+    with pytest.raises(RecoverlibError, match="prime"):
+        train_adapter(base, [r for r in generate(TaskConfig(rows=5, eval_rows=1))["train"]], tmp_path / "o",
+                      config=TrainConfig(prime="Zebra"))
+    with pytest.raises(RecoverlibError, match="targets"):
+        TrainConfig(targets="everything")
+
+
+def test_missing_trl_names_the_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "trl", None)
+    with pytest.raises(RecoverlibError, match="pip install trl"):
+        import_trl()
+
+
+def test_qlora_without_cuda_is_refused():
+    import torch
+
+    from recoverlib.train import resolve_quantize
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    assert resolve_quantize("auto") is False
+    with pytest.raises(RecoverlibError, match="CUDA"):
+        resolve_quantize("4bit")
+
+
+@pytest.mark.gpu
+def test_qlora_on_cuda(base, task, tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    pytest.importorskip("bitsandbytes")
+    config = TrainConfig(epochs=1, lr=5e-3, batch_size=16, score_rows=4, quantize="4bit", max_rows=16)
+    result = train_adapter(base, task / "train.csv", tmp_path / "q", task / "validation.csv", config)
+    assert (result.adapter / "adapter_model.safetensors").is_file()
