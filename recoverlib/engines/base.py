@@ -117,7 +117,8 @@ def _tensor_shapes(name: str, path: Path) -> dict[str, tuple[int, ...]]:
 def _module_of(key: str) -> str:
     """``base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`` -> ``model.layers.0.self_attn.q_proj``."""
     key = key.removeprefix("base_model.model.")
-    return key.split(".lora_", 1)[0]
+    # PEFT nests one ParamWrapper per target parameter: "mlp.experts.base_layer.lora_A" is "mlp.experts" too
+    return key.split(".lora_", 1)[0].replace(".base_layer", "")
 
 
 def check_adapters(base: str | Path, adapters: Mapping[str, str | Path]) -> list[AdapterInfo]:
