@@ -1,0 +1,115 @@
+"""The trained tiny model: layout, cache, determinism; and (slow) that it and its adapters learned the task."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import pytest
+
+from recoverlib.pretrain import PretrainConfig
+from recoverlib.synthetic import TaskConfig
+from recoverlib.tiny import adapter_paths
+from recoverlib.trained_tiny import TrainedTinyConfig, make_trained_tiny
+
+SMALL = TrainedTinyConfig(task=TaskConfig(rows=64, eval_rows=8), pretrain=PretrainConfig(epochs=1))
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_layout_cache_and_determinism(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECOVERLIB_CACHE", str(tmp_path / "cache"))
+    out = make_trained_tiny(tmp_path / "a", adapters=1, seed=3, config=SMALL)
+    assert (out / "model" / "config.json").is_file() and (out / "task" / "train.csv").is_file()
+    assert list(adapter_paths(out)) == ["tiny-a"]
+    assert json.loads((out / "adapters" / "tiny-a" / "recoverlib_adapter.json").read_text())["prime"] == "Rewrite"
+    start = time.perf_counter()
+    again = make_trained_tiny(tmp_path / "b", adapters=1, seed=3, config=SMALL)  # from the cache
+    assert time.perf_counter() - start < 5
+    fresh = make_trained_tiny(tmp_path / "c", adapters=1, seed=3, config=SMALL, cache=False)
+    for rel in ("model/model.safetensors", "adapters/tiny-a/adapter_model.safetensors", "task/train.csv"):
+        assert _sha(out / rel) == _sha(again / rel) == _sha(fresh / rel), rel
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    start = time.perf_counter()
+    out = make_trained_tiny(tmp_path_factory.mktemp("trained"), adapters=2)
+    print(f"make_trained_tiny: {time.perf_counter() - start:.0f} s (cache hit if a few s)")
+    return out
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    from recoverlib.metric import Scorer
+
+    return Scorer("minilm", progress=False)
+
+
+@pytest.mark.slow
+def test_trained_base_and_adapters_beat_the_constant_prompt(trained, scorer):
+    from recoverlib.evaluation import best_constant_prompt, score_model
+    from recoverlib.io import read_rows
+
+    train = read_rows(trained / "task" / "train.csv", with_truth=True)
+    val = read_rows(trained / "task" / "validation.csv", with_truth=True)
+    const, _ = best_constant_prompt([r.rewrite_prompt for r in train], scorer=scorer)
+    const_score = scorer.score([const] * len(val), [r.rewrite_prompt for r in val])
+    base_score, _ = score_model(trained / "model", val, scorer)
+    scores = {name: score_model(trained / "model", val, scorer, path)[0] for name, path in adapter_paths(trained).items()}
+    print(f"constant {const!r}: {const_score:.3f}; base {base_score:.3f}; adapters {scores}")
+    assert base_score >= const_score + 0.20
+    assert all(s >= const_score + 0.20 for s in scores.values())
+
+
+@pytest.mark.slow
+def test_adapter_on_a_one_epoch_base_beats_it(trained, scorer, tmp_path):
+    import torch
+    from transformers import MixtralForCausalLM
+
+    from recoverlib.evaluation import score_model
+    from recoverlib.io import read_rows
+    from recoverlib.pretrain import pretrain, task_tokenizer
+    from recoverlib.tiny import TinySpec, _init_, mixtral_config, save_model
+    from recoverlib.train import TrainConfig, train_adapter
+
+    train = read_rows(trained / "task" / "train.csv", with_truth=True)
+    val = read_rows(trained / "task" / "validation.csv", with_truth=True)
+    start = time.perf_counter()
+    tok = task_tokenizer([t for r in train for t in (r.original_text, r.rewritten_text, r.rewrite_prompt)], 2048)
+    model = MixtralForCausalLM(mixtral_config(TinySpec(), tok))
+    _init_(model, torch.Generator().manual_seed(0), std=0.02)
+    pretrain(model, tok, train, (), PretrainConfig(epochs=1))
+    base = save_model(model, tok, tmp_path / "base1")
+    base_seconds = time.perf_counter() - start
+    config = TrainConfig(rank=16, alpha=32, epochs=2, lr=2e-3, batch_size=32, max_rows=3000, score_rows=0)
+    result = train_adapter(base, train, tmp_path / "ad", val, config)
+    before, _ = score_model(base, val, scorer)
+    after, _ = score_model(base, val, scorer, result.adapter)
+    print(f"one-epoch base {before:.3f} ({base_seconds:.0f} s), + adapter {after:.3f} ({result.seconds:.0f} s)")
+    assert after >= before + 0.05
+
+
+@pytest.mark.slow
+def test_engines_agree_on_a_trained_primed_adapter(trained):
+    from recoverlib.engines import EngineConfig, SamplingConfig, make_engine
+    from recoverlib.io import read_rows
+    from recoverlib.prompt import RecoveryTemplate, clean_prediction
+    from recoverlib.train import adapter_prime
+
+    rows = read_rows(trained / "task" / "validation.csv", with_truth=True)[:16]
+    adapters = adapter_paths(trained)
+    prime = adapter_prime(adapters["tiny-a"])
+    assert prime == "Rewrite"
+    outs = {}
+    for name in ("hf", "vllm"):
+        with make_engine(name, trained / "model", adapters, EngineConfig()) as engine:
+            prompts = [RecoveryTemplate().render(engine.tokenizer, r.original_text, r.rewritten_text, prime) for r in rows]
+            raw = engine.generate(prompts, SamplingConfig(temperature=0, max_new_tokens=24), adapters=["tiny-a"])
+        outs[name] = [clean_prediction(t[0], prime=prime) for t in raw["tiny-a"]]
+    assert all(p.startswith(prime + " ") for p in outs["hf"] + outs["vllm"])
+    same = sum(a == b for a, b in zip(outs["hf"], outs["vllm"], strict=True))
+    assert same >= 0.75 * len(rows), list(zip(outs["hf"], outs["vllm"], strict=True))
