@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from recoverlib.engines.base import ADAPTER_META as ADAPTER_INFO  # the engines read the prime from it
 from recoverlib.errors import RecoverlibError
 from recoverlib.prompt import RecoveryTemplate, has_prime
 
@@ -27,7 +28,6 @@ ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 EXPERT_PARAMETERS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
 TARGETS = ("attention", "attention+experts")
 QUANTIZE = ("auto", "none", "4bit")
-ADAPTER_INFO = "recoverlib_adapter.json"
 
 
 @dataclass(frozen=True)

@@ -42,13 +42,6 @@ def trained(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def scorer():
-    from recoverlib.metric import Scorer
-
-    return Scorer("minilm", progress=False)
-
-
 @pytest.mark.slow
 def test_trained_base_and_adapters_beat_the_constant_prompt(trained, scorer):
     from recoverlib.evaluation import best_constant_prompt, score_model
