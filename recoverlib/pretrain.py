@@ -49,6 +49,20 @@ def task_tokenizer(texts: Sequence[str], vocab_size: int):
     return train_tokenizer(vocab_size, [template] * len(texts) + list(texts))
 
 
+def new_model(tokenizer, spec=None, seed: int = 0):
+    """A fresh tiny Mixtral for ``tokenizer`` (fp32), every weight drawn from ``torch.Generator(seed)``."""
+    import torch
+    from transformers import MixtralForCausalLM
+
+    from recoverlib.tiny import TinySpec, _init_, mixtral_config
+
+    spec = spec or TinySpec()
+    with torch.random.fork_rng(devices=[]):  # the constructor's own init draws from the global RNG
+        model = MixtralForCausalLM(mixtral_config(spec, tokenizer))
+    _init_(model, torch.Generator().manual_seed(seed), std=0.02)
+    return model
+
+
 def encode_examples(tokenizer, rows, template: RecoveryTemplate, max_length: int, prime: str = ""):
     """``(input_ids, n_prompt_tokens)`` per row: rendered prompt + completion + eos, as LoRA training builds it."""
     eos = tokenizer.eos_token

@@ -150,16 +150,12 @@ def _build(out: Path, adapters: int, seed: int, config: TrainedTinyConfig, key: 
 
 
 def _train_base(model_dir: Path, train_rows, val_rows, seed: int, config: TrainedTinyConfig) -> list[dict]:
-    import torch
-    from transformers import MixtralForCausalLM
-
-    from recoverlib.pretrain import pretrain, task_tokenizer
-    from recoverlib.tiny import _init_, mixtral_config, save_model
+    from recoverlib.pretrain import new_model, pretrain, task_tokenizer
+    from recoverlib.tiny import save_model
 
     texts = [t for r in train_rows for t in (r.original_text, r.rewritten_text, r.rewrite_prompt)]
     tokenizer = task_tokenizer(texts, config.spec.vocab_size)
-    model = MixtralForCausalLM(mixtral_config(config.spec, tokenizer))
-    _init_(model, torch.Generator().manual_seed(seed), std=0.02)
+    model = new_model(tokenizer, config.spec, seed)
     pre = PretrainConfig(**{**asdict(config.pretrain), "seed": seed})
     stats = pretrain(model, tokenizer, train_rows, val_rows, pre)
     save_model(model, tokenizer, model_dir)

@@ -29,16 +29,12 @@ def task(tmp_path_factory):
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """An untrained tiny Mixtral whose tokenizer was learned on the task's text (short sequences)."""
-    import torch
-    from transformers import MixtralForCausalLM
-
-    from recoverlib.pretrain import task_tokenizer
-    from recoverlib.tiny import TinySpec, _init_, mixtral_config, save_model
+    from recoverlib.pretrain import new_model, task_tokenizer
+    from recoverlib.tiny import TinySpec, save_model
 
     rows = generate(TaskConfig(rows=300, eval_rows=1, seed=9))["train"]
     tok = task_tokenizer([t for r in rows for t in (r.original_text, r.rewritten_text, r.rewrite_prompt)], 1024)
-    model = MixtralForCausalLM(mixtral_config(TinySpec(vocab_size=1024), tok))
-    _init_(model, torch.Generator().manual_seed(0), std=0.02)
+    model = new_model(tok, TinySpec(vocab_size=1024), seed=0)
     return save_model(model, tok, tmp_path_factory.mktemp("base") / "model")
 
 

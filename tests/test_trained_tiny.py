@@ -60,21 +60,17 @@ def test_trained_base_and_adapters_beat_the_constant_prompt(trained, scorer):
 
 @pytest.mark.slow
 def test_adapter_on_a_one_epoch_base_beats_it(trained, scorer, tmp_path):
-    import torch
-    from transformers import MixtralForCausalLM
-
     from recoverlib.evaluation import score_model
     from recoverlib.io import read_rows
-    from recoverlib.pretrain import pretrain, task_tokenizer
-    from recoverlib.tiny import TinySpec, _init_, mixtral_config, save_model
+    from recoverlib.pretrain import new_model, pretrain, task_tokenizer
+    from recoverlib.tiny import save_model
     from recoverlib.train import TrainConfig, train_adapter
 
     train = read_rows(trained / "task" / "train.csv", with_truth=True)
     val = read_rows(trained / "task" / "validation.csv", with_truth=True)
     start = time.perf_counter()
     tok = task_tokenizer([t for r in train for t in (r.original_text, r.rewritten_text, r.rewrite_prompt)], 2048)
-    model = MixtralForCausalLM(mixtral_config(TinySpec(), tok))
-    _init_(model, torch.Generator().manual_seed(0), std=0.02)
+    model = new_model(tok, seed=0)
     pretrain(model, tok, train, (), PretrainConfig(epochs=1))
     base = save_model(model, tok, tmp_path / "base1")
     base_seconds = time.perf_counter() - start
