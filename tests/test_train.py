@@ -142,3 +142,13 @@ def test_qlora_on_cuda(base, task, tmp_path):
     config = TrainConfig(epochs=1, lr=5e-3, batch_size=16, score_rows=4, quantize="4bit", max_rows=16)
     result = train_adapter(base, task / "train.csv", tmp_path / "q", task / "validation.csv", config)
     assert (result.adapter / "adapter_model.safetensors").is_file()
+
+
+def test_train_cli_writes_a_peft_folder(base, task, tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = ["train", "--model", str(base), "--train", str(task / "train.csv"), "--validation",
+            str(task / "validation.csv"), "--out", str(out), "--epochs", "1", "--max-rows", "16",
+            "--score-rows", "0", "--rank", "2", "--lr", "1e-3"]
+    assert main(args) == 0
+    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    assert "best epoch 1" in capsys.readouterr().out
