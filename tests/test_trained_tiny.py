@@ -74,7 +74,10 @@ def test_adapter_on_a_one_epoch_base_beats_it(trained, scorer, tmp_path):
     pretrain(model, tok, train, (), PretrainConfig(epochs=1))
     base = save_model(model, tok, tmp_path / "base1")
     base_seconds = time.perf_counter() - start
-    config = TrainConfig(rank=16, alpha=32, epochs=2, lr=2e-3, batch_size=32, max_rows=3000, score_rows=0)
+    # Attention-only LoRA gained only about +0.025 (0.32 -> 0.35): the one-epoch base is already good, and what it
+    # still lacks sits mostly in the experts (HFEngine serves such an adapter; vLLM on CPU cannot).
+    config = TrainConfig(rank=32, alpha=64, epochs=2, lr=1e-2, batch_size=32, max_rows=3000, score_rows=0,
+                         targets="attention+experts")
     result = train_adapter(base, train, tmp_path / "ad", val, config)
     before, _ = score_model(base, val, scorer)
     after, _ = score_model(base, val, scorer, result.adapter)
