@@ -47,7 +47,8 @@ def _engine_config(args):
     from recoverlib.engines import EngineConfig
 
     return EngineConfig(dtype=args.dtype, max_model_len=args.max_model_len, batch_size=args.batch_size,
-                        kv_cache_gib=args.kv_cache_gib, in_process=not args.multiprocess)
+                        kv_cache_gib=args.kv_cache_gib, in_process=not args.multiprocess, lora_mode=args.lora_mode,
+                        merge_cache=args.merge_cache, dequantized_merge=args.dequantized_merge)
 
 
 def cmd_predict(args) -> int:
@@ -89,6 +90,10 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="hf engine: prompts per generate call")
     p.add_argument("--kv-cache-gib", type=float, default=1.0, help="vllm on CPU: KV cache size")
     p.add_argument("--multiprocess", action="store_true", help="vllm: default multiprocess engine (slower start)")
+    p.add_argument("--lora-mode", default="auto", choices=("dynamic", "merged", "auto"),
+                   help="adapters as LoRA in one batch, as merged weights one after another, or chosen by cost")
+    p.add_argument("--merge-cache", default=None, help="merged-weights cache (default ~/.cache/recoverlib/merged)")
+    p.add_argument("--dequantized-merge", action="store_true", help="allow merging adapters into a quantized base")
 
 
 def build_parser() -> argparse.ArgumentParser:

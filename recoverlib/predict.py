@@ -173,9 +173,15 @@ def predict(model: str | Path, input_csv: str | Path, output_csv: str | Path,
             config: PredictConfig | None = None, engine_config=None,
             samples_file: str | Path | None = None, resume: bool = False) -> list[Prediction]:
     """One call for a whole Kaggle CSV: read rows, build the engine, predict, write the submission."""
-    from recoverlib.engines import make_engine
+    from dataclasses import replace
 
+    from recoverlib.engines import EngineConfig, make_engine
+
+    config = config or PredictConfig()
     rows = read_rows(input_csv)
+    per_adapter = config.samples * config.max_new_tokens * sum(r.problem is None for r in rows)
+    engine_config = replace(engine_config or EngineConfig(),
+                            expected_new_tokens=per_adapter * (len(adapters or {}) + config.include_base))
     with make_engine(engine, model, adapters or {}, engine_config) as eng:
         predictions = predict_rows(eng, rows, config, samples_file, resume)
     write_submission(output_csv, [p.id for p in predictions], [p.prompt for p in predictions])
