@@ -42,6 +42,7 @@ class SamplingConfig:
     top_p: float = 0.95
     max_new_tokens: int = 32
     seed: int = 0
+    ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks: equal work across engines)
 
     def __post_init__(self):
         if self.n < 1:

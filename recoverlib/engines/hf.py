@@ -141,6 +141,7 @@ class HFEngine(Engine):
     def _generate_kwargs(self, sampling: SamplingConfig) -> dict:
         common = {
             "max_new_tokens": sampling.max_new_tokens,
+            "min_new_tokens": sampling.max_new_tokens if sampling.ignore_eos else 0,
             "pad_token_id": self._tokenizer.pad_token_id,
             "eos_token_id": self._tokenizer.eos_token_id,
         }

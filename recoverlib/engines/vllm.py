@@ -198,6 +198,7 @@ class VLLMEngine(Engine):
             temperature=sampling.temperature,
             top_p=1.0 if sampling.greedy else sampling.top_p,
             max_tokens=sampling.max_new_tokens,
+            ignore_eos=sampling.ignore_eos,
             seed=sampling.request_seed(prompt_index, self.adapter_index(adapter)),
             skip_special_tokens=True,
         )
