@@ -106,6 +106,9 @@ def audit_model(model, plan: PrecisionPlan | None = None, planned_bytes: int | N
     seen: set[int] = set()
 
     def visit(name: str, module) -> None:
+        if id(module) in seen:
+            return
+        seen.add(id(module))
         for backend in backends:
             storage = backend.describe(module)
             if storage is not None:
@@ -136,6 +139,8 @@ def check_plan(report: AuditReport, plan: PrecisionPlan) -> None:
     for g in GROUPS:
         want, got = plan.group(g), report.groups[g]
         if not got.variants:
+            if want.quantized:
+                raise RecoverlibError(f"{g}: planned {want.label()} but the model has no {g} weights (plan {plan.name!r})")
             continue  # e.g. lm_head tied to the embeddings
         realised = got.label() if len(got.variants) == 1 else f"mixed ({got.label()})"
         if not want.quantized:
