@@ -18,10 +18,15 @@ from recoverlib.engines.registry import register_engine
 
 
 def load_causal_lm(model_path: Path, dtype: str):
-    """An HF causal LM for inference; quantized checkpoints load through their own config."""
+    """An HF causal LM for inference. Checkpoints made by ``recoverlib quantize`` load through their backend
+    (its ``recoverlib_quant.json`` says which) and are audited against their plan; others through transformers."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from recoverlib.quant.api import META_FILE, load_quantized
+
+    if (Path(model_path) / META_FILE).is_file():
+        return load_quantized(model_path).eval()  # compute dtype is the plan's
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
     return model.eval()
 

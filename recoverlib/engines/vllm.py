@@ -183,7 +183,6 @@ class VLLMEngine(Engine):
 
 
 def _is_quantized(model_path: Path) -> bool:
-    import json
+    from recoverlib.quant.api import is_quantized
 
-    cfg = json.loads((model_path / "config.json").read_text())
-    return bool(cfg.get("quantization_config"))
+    return is_quantized(model_path)

@@ -41,24 +41,41 @@ def quantize(model_path: str | Path, plan: str | Path | PrecisionPlan, out_dir: 
     ``calibration`` (GPTQ): a CSV (Kaggle rows or a ``text`` column) or a list of texts; default: built-in
     examples. The result is audited before it is written; returns ``out_dir``.
     """
+    model, report = quantize_model(model_path, plan, calibration, seed, progress)
+    return save_quantized(model, report, model_path, out_dir, seed, progress)
+
+
+def quantize_model(model_path: str | Path, plan: str | Path | PrecisionPlan,
+                   calibration: str | Path | Sequence[str] | None = None, seed: int = 0, progress: bool = False):
+    """Quantize in memory; return ``(model, audit report)``. Raises if the audit disagrees with the plan."""
     from recoverlib.quant.calibration import calibration_texts
 
-    model_path, out_dir = Path(model_path), Path(out_dir)
+    model_path = Path(model_path)
     plan = load_plan(plan)
     cfg = _check_source(model_path)
     backend = get_backend(plan.backend)
     backend.validate(plan)
     texts = calibration_texts(calibration, model_path, seed) if plan.backend == "gptq" else ()
-    planned = plan_bytes(cfg, plan).total_bytes
-    _say(progress, f"quantize {model_path} with {plan.name} ({backend.name})")
+    _say(progress, f"quantize {model_path} with {plan.name} ({backend.name}), {len(texts)} calibration texts")
     model = backend.quantize(QuantJob(model_path, plan, tuple(texts), seed, progress))
-    report = audit_model(model, plan, planned)
+    report = audit_model(model, plan, plan_bytes(cfg, plan).total_bytes)
+    report.calibration_texts = len(texts)
     check_plan(report, plan)
-    _say(progress, f"audit ok: {report.effective_bits:.3f} bits/param, {report.total_bytes:,} bytes; saving")
+    _say(progress, f"audit ok: {report.effective_bits:.3f} bits/param, {report.total_bytes:,} bytes")
+    return model, report
+
+
+def save_quantized(model, report: AuditReport, model_path: str | Path, out_dir: str | Path, seed: int = 0,
+                   progress: bool = False) -> Path:
+    """Write a model from :func:`quantize_model`, its tokenizer and ``recoverlib_quant.json`` to ``out_dir``."""
+    out_dir = Path(out_dir)
+    if report.plan_dict is None:
+        raise RecoverlibError("save_quantized: the report has no plan (use quantize_model)")
+    plan = PrecisionPlan.from_dict(report.plan_dict)
     out_dir.mkdir(parents=True, exist_ok=True)
-    backend.save(model, out_dir)
-    copy_tokenizer(model_path, out_dir)
-    write_meta(out_dir, plan, source=model_path, report=report, seed=seed, n_calibration=len(texts))
+    get_backend(plan.backend).save(model, out_dir)
+    copy_tokenizer(Path(model_path), out_dir)
+    write_meta(out_dir, plan, Path(model_path), report, seed, getattr(report, "calibration_texts", 0))
     _say(progress, f"wrote {out_dir}")
     return out_dir
 

@@ -60,8 +60,16 @@ class AuditReport:
     groups: dict[str, GroupReport]
     other: GroupReport
     planned_bytes: int | None = None
-    plan_name: str | None = None
-    backend: str | None = None
+    plan_dict: dict | None = None  # the plan the model was audited against, as PrecisionPlan.to_dict()
+    calibration_texts: int = 0
+
+    @property
+    def plan_name(self) -> str | None:
+        return self.plan_dict["name"] if self.plan_dict else None
+
+    @property
+    def backend(self) -> str | None:
+        return self.plan_dict["backend"] if self.plan_dict else None
 
     @property
     def total_bytes(self) -> int:
@@ -125,7 +133,7 @@ def audit_model(model, plan: PrecisionPlan | None = None, planned_bytes: int | N
             visit(f"{name}.{child_name}" if name else child_name, child)
 
     visit("", _unwrap(model))
-    return AuditReport(groups, other, planned_bytes, plan.name if plan else None, plan.backend if plan else None)
+    return AuditReport(groups, other, planned_bytes, plan.to_dict() if plan else None)
 
 
 def _unwrap(model):

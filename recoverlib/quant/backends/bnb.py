@@ -23,6 +23,7 @@ from recoverlib.quant.plan import GroupPrecision, PrecisionPlan
 
 NF4_BLOCK = 64
 NF4_CODE = 16  # fp32 entries of the NF4 code book each layer keeps
+CPU_BLOCK_N = 32  # bitsandbytes CPU 4-bit kernel packs output rows in blocks of 32
 SKIP_NAMES = {"attention": ["q_proj", "k_proj", "v_proj", "o_proj"], "experts": ["experts"], "router": ["gate"],
               "lm_head": ["lm_head"]}
 
@@ -61,7 +62,7 @@ class BnbBackend(QuantBackend):
             model = AutoModelForCausalLM.from_pretrained(
                 job.model_path, dtype=getattr(torch, job.plan.compute_dtype), quantization_config=config
             )
-        return model.eval()
+        return _cpu_safe(model).eval()
 
     def save(self, model, out_dir: Path) -> None:
         model.config.save_pretrained(out_dir)  # carries quantization_config
@@ -74,7 +75,7 @@ class BnbBackend(QuantBackend):
         self.require("bitsandbytes")
         with split_moe():
             model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, plan.compute_dtype))
-        return model.eval()
+        return _cpu_safe(model).eval()
 
     def describe(self, module) -> LinearStorage | None:
         name = type(module).__name__
@@ -95,6 +96,15 @@ class BnbBackend(QuantBackend):
         if prec.bits == 8:
             return n + 4 * out_features  # int8 weights + one fp32 scale per row
         return (n + 1) // 2 + 4 * math.ceil(n / NF4_BLOCK) + 4 * NF4_CODE
+
+
+def _cpu_safe(model):
+    """Keep 4-bit layers whose output size is not a multiple of 32 (the router: one row per expert) off
+    bitsandbytes' repacked CPU kernel, which asserts ``N % 32 == 0`` at the first forward."""
+    for module in model.modules():
+        if type(module).__name__ == "Linear4bit" and module.out_features % CPU_BLOCK_N:
+            module.support_avx512bf16_for_cpu = False
+    return model
 
 
 def _nbytes(t) -> int:

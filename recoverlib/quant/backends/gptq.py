@@ -53,36 +53,52 @@ class GptqBackend(QuantBackend):
             raise RecoverlibError(f"plan {plan.name!r}: GPTQ needs attention or experts quantized")
 
     def quantize(self, job: QuantJob):
+        import tempfile
+
         import torch
         from transformers import AutoTokenizer
 
         plan = job.plan
         base, rules = dynamic_rules(plan)
         tokenizer = AutoTokenizer.from_pretrained(job.model_path)
+        staging = tempfile.TemporaryDirectory(prefix="recoverlib-gptq-")
         with self._gptqmodel(router=plan.router.quantized) as (GPTQModel, QuantizeConfig, _):
             cfg = QuantizeConfig(bits=base.bits, group_size=base.group_size, dynamic=rules or None, desc_act=False,
                                  sym=True, offload_to_disk=False)
             torch.manual_seed(job.seed)  # GPTQ is deterministic given the texts; this pins any sampling inside
             wrapper = GPTQModel.load(str(job.model_path), cfg, device="cpu", dtype=getattr(torch, plan.compute_dtype))
             wrapper.quantize(list(job.calibration), batch_size=CALIBRATION_BATCH, tokenizer=tokenizer)
-        model = wrapper.model.eval()
-        model.__dict__["_recoverlib_gptq"] = wrapper  # save() needs GPTQModel's writer; not a submodule (cycle)
+            # Right after quantize the packed zeros are in the checkpoint (v1) format that the inference
+            # kernels do not read; GPTQModel's own save + load is the supported way to an inference model.
+            wrapper.save(staging.name)
+        model = self.load(Path(staging.name), plan)
+        model.__dict__["_recoverlib_staging"] = staging  # save() copies these files; removed with the model
         return model
 
     def save(self, model, out_dir: Path) -> None:
-        wrapper = getattr(model, "_recoverlib_gptq", None)
-        if wrapper is None:
-            raise RecoverlibError("gptq save: the model was not quantized in this process (reload and copy the folder)")
-        with self._gptqmodel(router=False):
-            wrapper.save(str(out_dir))
-        (out_dir / "quant_log.csv").unlink(missing_ok=True)
+        import shutil
+
+        staging = model.__dict__.get("_recoverlib_staging")
+        if staging is None:
+            raise RecoverlibError("gptq save: the model was not quantized in this process; copy its checkpoint folder instead")
+        for f in Path(staging.name).iterdir():
+            if f.is_file() and f.name != "quant_log.csv":
+                shutil.copy2(f, out_dir / f.name)
 
     def load(self, path: Path, plan: PrecisionPlan):
         import torch
+        from safetensors import safe_open
 
         with self._gptqmodel(router=plan.router.quantized) as (GPTQModel, _, BACKEND):
             wrapper = GPTQModel.load(str(path), device="cpu", backend=BACKEND.TORCH, dtype=getattr(torch, plan.compute_dtype))
-        return wrapper.model.eval()
+        model = wrapper.model.eval()
+        # GPTQModel casts the fp16 scales to the model dtype on load (bf16 drops 3 mantissa bits); restore them.
+        with safe_open(str(path / "model.safetensors"), framework="pt") as fh:
+            keys = set(fh.keys())
+            for name, module in model.named_modules():
+                if f"{name}.scales" in keys and self.describe(module) is not None:
+                    module.scales = fh.get_tensor(f"{name}.scales")
+        return model
 
     @contextmanager
     def _gptqmodel(self, router: bool):
