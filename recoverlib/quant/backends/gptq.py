@@ -18,7 +18,9 @@ from recoverlib.quant.backends.base import LinearStorage, QuantBackend, QuantJob
 from recoverlib.quant.moe import preserved_transformers, split_block_class
 from recoverlib.quant.plan import GroupPrecision, PrecisionPlan
 
-GROUP_REGEX = {"attention": r".*\.self_attn\..*", "experts": r".*\.experts\..*", "router": r".*\.mlp\.gate$"}
+# Regexes match both GPTQModel names (model.layers.0.mlp.experts.3.up_proj) and vLLM prefixes
+# (model.layers.0.block_sparse_moe.experts, model.layers.0.self_attn.qkv_proj).
+GROUP_REGEX = {"attention": r".*\.self_attn\..*", "experts": r".*\.experts(\..*)?$", "router": r".*\.(mlp|block_sparse_moe)\.gate$"}
 CALIBRATION_BATCH = 8
 
 
