@@ -23,10 +23,11 @@ def load_causal_lm(model_path: Path, dtype: str):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from recoverlib.quant.api import META_FILE, load_quantized
+    from recoverlib.quant.api import META_FILE, check_plain_loadable, load_quantized
 
     if (Path(model_path) / META_FILE).is_file():
         return load_quantized(model_path).eval()  # compute dtype is the plan's
+    check_plain_loadable(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
     return model.eval()
 

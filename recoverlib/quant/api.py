@@ -144,14 +144,28 @@ def inspect(path: str | Path, check: bool = True) -> AuditReport:
     return report
 
 
+def check_plain_loadable(path: str | Path) -> dict:
+    """The config of a checkpoint plain transformers can load; raise for one it would load wrongly."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise RecoverlibError(f"{path}: not an HF model folder (no config.json)")
+    cfg = json.loads((path / "config.json").read_text())
+    method = (cfg.get("quantization_config") or {}).get("quant_method")
+    if cfg.get("model_type") == "mixtral" and method in ("gptq", "hqq"):
+        raise RecoverlibError(
+            f"{path}: a {method} Mixtral without {META_FILE}; plain transformers would start its experts from random"
+            f" weights. Quantize the 16-bit model with `recoverlib quantize`"
+        )
+    return cfg
+
+
 def _load_plain(path: Path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    if not (path / "config.json").is_file():
-        raise RecoverlibError(f"{path}: not an HF model folder (no config.json)")
-    cfg = json.loads((path / "config.json").read_text())
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, str(cfg.get("dtype") or "bfloat16")))
+    cfg = check_plain_loadable(path)
+    dtype = str(cfg.get("dtype") or cfg.get("torch_dtype") or "bfloat16")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     return model.eval(), _implied_plan(cfg)
 
 

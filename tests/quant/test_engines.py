@@ -41,3 +41,15 @@ def test_vllm_refuses_quantized_checkpoints(quantized):
 
     for preset in ("hqq-4", "bnb-nf4"):
         assert _is_quantized(quantized(preset).out) and is_quantized(quantized(preset).out)
+
+
+def test_gptq_mixtral_without_metadata_is_refused(quantized, tmp_path):
+    import shutil
+
+    from recoverlib.engines.hf import load_causal_lm
+    from recoverlib.errors import RecoverlibError
+
+    bare = shutil.copytree(quantized("gptq-attn8-exp4").out, tmp_path / "bare")
+    (bare / "recoverlib_quant.json").unlink()
+    with pytest.raises(RecoverlibError, match="experts from random"):
+        load_causal_lm(bare, "bfloat16")

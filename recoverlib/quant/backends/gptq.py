@@ -67,9 +67,10 @@ class GptqBackend(QuantBackend):
         with self._gptqmodel(router=plan.router.quantized) as (GPTQModel, QuantizeConfig, _):
             cfg = QuantizeConfig(bits=base.bits, group_size=base.group_size, dynamic=rules or None, desc_act=False,
                                  sym=True, offload_to_disk=False)
-            torch.manual_seed(job.seed)  # GPTQ is deterministic given the texts; this pins any sampling inside
             wrapper = GPTQModel.load(str(job.model_path), cfg, device="cpu", dtype=getattr(torch, plan.compute_dtype))
-            wrapper.quantize(list(job.calibration), batch_size=CALIBRATION_BATCH, tokenizer=tokenizer)
+            with torch.random.fork_rng(devices=[]):  # pins any sampling inside, leaves the caller's RNG alone
+                torch.manual_seed(job.seed)
+                wrapper.quantize(list(job.calibration), batch_size=CALIBRATION_BATCH, tokenizer=tokenizer)
             # Right after quantize the packed zeros are in the checkpoint (v1) format that the inference
             # kernels do not read; GPTQModel's own save + load is the supported way to an inference model.
             wrapper.save(staging.name)
@@ -105,8 +106,11 @@ class GptqBackend(QuantBackend):
     @contextmanager
     def _gptqmodel(self, router: bool):
         os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
+        hf_home = os.environ.get("HF_HOME")
         with preserved_transformers():
             gptqmodel = self.require("gptqmodel")
+            if hf_home is None:  # importing gptqmodel points HF_HOME at a temp folder; undo for the rest of the process
+                os.environ.pop("HF_HOME", None)
             from defuser.modeling.unfused_moe import mixtral as defused
             from gptqmodel.models import auto
 
