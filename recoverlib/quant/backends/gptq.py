@@ -68,8 +68,8 @@ class GptqBackend(QuantBackend):
             cfg = QuantizeConfig(bits=base.bits, group_size=base.group_size, dynamic=rules or None, desc_act=False,
                                  sym=True, offload_to_disk=False)
             wrapper = GPTQModel.load(str(job.model_path), cfg, device="cpu", dtype=getattr(torch, plan.compute_dtype))
-            with torch.random.fork_rng(devices=[]):  # pins any sampling inside, leaves the caller's RNG alone
-                torch.manual_seed(job.seed)
+            with torch.random.fork_rng(devices=[]), _logs_in(Path(staging.name) / "logs"):
+                torch.manual_seed(job.seed)  # pins any sampling inside; the caller's RNG is left alone
                 wrapper.quantize(list(job.calibration), batch_size=CALIBRATION_BATCH, tokenizer=tokenizer)
             # Right after quantize the packed zeros are in the checkpoint (v1) format that the inference
             # kernels do not read; GPTQModel's own save + load is the supported way to an inference model.
@@ -137,6 +137,19 @@ class GptqBackend(QuantBackend):
         qzeros = 4 * groups * math.ceil(out_features * prec.bits / 32)
         scales = 2 * groups * out_features  # fp16
         return qweight + qzeros + scales + 4 * in_features  # + int32 g_idx
+
+
+@contextmanager
+def _logs_in(folder: Path):
+    """GPTQModel writes per-run logs to ``./logs`` (the caller's working tree); send them to ``folder``."""
+    from gptqmodel.looper import loop_processor
+
+    saved = loop_processor._PROJECT_LOG_DIR
+    loop_processor._PROJECT_LOG_DIR = folder
+    try:
+        yield
+    finally:
+        loop_processor._PROJECT_LOG_DIR = saved
 
 
 def _router_model(base):
