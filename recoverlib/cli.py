@@ -133,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", required=True, type=Path)
     p.add_argument("--embedder", default=COMPETITION_EMBEDDER, help="name, folder, or 'minilm' (offline)")
     p.set_defaults(func=cmd_score)
+
+    from recoverlib.quant.cli import add_quant_commands
+
+    add_quant_commands(sub)
     return parser
 
 

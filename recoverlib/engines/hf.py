@@ -19,17 +19,20 @@ from tqdm.auto import tqdm
 from recoverlib.engines.base import Engine, EngineConfig, Prompts, Samples, SamplingConfig
 from recoverlib.engines.registry import register_engine
 from recoverlib.errors import RecoverlibError
-
-
-def is_quantized_model(model) -> bool:
-    return getattr(model.config, "quantization_config", None) is not None or getattr(model, "is_quantized", False)
+from recoverlib.quant.api import is_quantized
 
 
 def load_causal_lm(model_path: Path, dtype: str):
-    """An HF causal LM for inference; quantized checkpoints load through their own config."""
+    """An HF causal LM for inference. Checkpoints made by ``recoverlib quantize`` load through their backend
+    (its ``recoverlib_quant.json`` says which) and are audited against their plan; others through transformers."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from recoverlib.quant.api import META_FILE, check_plain_loadable, load_quantized
+
+    if (Path(model_path) / META_FILE).is_file():
+        return load_quantized(model_path).eval()  # compute dtype is the plan's
+    check_plain_loadable(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
     return model.eval()
 
@@ -48,14 +51,16 @@ class HFEngine(Engine):
             self._tokenizer.pad_token = self._tokenizer.eos_token
         self._model = load_causal_lm(self.model_path, self.config.dtype)
         self.lora_mode = "merged" if self.config.lora_mode == "merged" else "dynamic"
-        if self.lora_mode == "merged":
+        # A quantized base takes merged adapters only through PEFT's merge (dequantize, add, requantize).
+        self._peft_merge = self.lora_mode == "merged" and is_quantized(self.model_path)
+        if self._peft_merge and not self.config.dequantized_merge:
+            raise RecoverlibError(
+                f"lora mode merged: {self.model_path} is quantized, so merging is not exact"
+                " (ask for a dequantized merge, or use --lora-mode dynamic)"
+            )
+        if self.lora_mode == "merged" and not self._peft_merge:
             from recoverlib.engines.merge import MergeCache
 
-            if is_quantized_model(self._model) and not self.config.dequantized_merge:
-                raise RecoverlibError(
-                    f"lora mode merged: {self.model_path} is quantized, so merging is not exact"
-                    " (ask for a dequantized merge, or use --lora-mode dynamic)"
-                )
             self._merges = MergeCache(self.model_path, self.config.merge_cache)
         elif self.adapters:
             from peft import PeftModel
@@ -80,14 +85,29 @@ class HFEngine(Engine):
         return min(self.config.max_model_len or 4096, native)
 
     def _adapter_context(self, adapter: str | None):
-        if not self.adapters or (adapter is None and self.lora_mode == "merged"):
-            return nullcontext()
+        """While generating for ``adapter`` (None = base): the right weights or PEFT adapter are active."""
+        peft_wrapped = self.adapters and (self.lora_mode == "dynamic" or self._peft_merge)
+        if adapter is None:
+            return self._model.disable_adapter() if peft_wrapped else nullcontext()
+        if self._peft_merge:
+            return self._dequantized_merged(adapter)
         if self.lora_mode == "merged":
             return self._merged(adapter)
-        if adapter is None:
-            return self._model.disable_adapter()
         self._model.set_adapter(adapter)
         return nullcontext()
+
+    @contextmanager
+    def _dequantized_merged(self, adapter: str):
+        """PEFT merges into the quantized layers and unmerges after; both round, so the base drifts slightly."""
+        self._model.set_adapter(adapter)
+        try:
+            self._model.merge_adapter()
+        except (NotImplementedError, ValueError, TypeError) as err:
+            raise RecoverlibError(f"dequantized merge of {adapter!r} failed ({err}); use --lora-mode dynamic") from None
+        try:
+            yield
+        finally:
+            self._model.unmerge_adapter()
 
     @contextmanager
     def _merged(self, adapter: str):

@@ -20,6 +20,7 @@ from recoverlib.engines.lora_mode import LoraCosts, Workload, choose_lora_mode
 from recoverlib.engines.merge import MergeCache, read_tensors
 from recoverlib.engines.registry import register_engine
 from recoverlib.errors import RecoverlibError
+from recoverlib.quant.api import is_quantized
 
 log = logging.getLogger("recoverlib")
 
@@ -48,10 +49,6 @@ def lora_rank_slot(rank: int) -> int:
         if slot >= rank:
             return slot
     raise RecoverlibError(f"LoRA rank {rank} exceeds vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
-
-
-def is_quantized(model_path: Path) -> bool:
-    return bool(json.loads((Path(model_path) / "config.json").read_text()).get("quantization_config"))
 
 
 @contextmanager
