@@ -39,16 +39,25 @@ class CombineContext:
         todo = list(dict.fromkeys(t for t in texts if t not in self._vectors))
         if not todo:
             return
-        emb = self.get_scorer().embed(todo)
-        emb /= np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
-        self._vectors.update(zip(todo, emb, strict=True))
+        self._vectors.update(zip(todo, self._normalised(todo), strict=True))
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), dim) normalised embeddings, from the cache where possible."""
-        self.prefetch(texts)
+    def embed(self, texts: Sequence[str], remember: bool = True) -> np.ndarray:
+        """(len(texts), dim) normalised embeddings, from the cache where possible.
+
+        ``remember=False``: do not cache new texts (searches embed thousands of throwaway candidates).
+        """
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return np.stack([self._vectors[t] for t in texts])
+        if remember:
+            self.prefetch(texts)
+            return np.stack([self._vectors[t] for t in texts])
+        todo = list(dict.fromkeys(t for t in texts if t not in self._vectors))
+        fresh = dict(zip(todo, self._normalised(todo), strict=True)) if todo else {}
+        return np.stack([self._vectors[t] if t in self._vectors else fresh[t] for t in texts])
+
+    def _normalised(self, texts: list[str]) -> np.ndarray:
+        emb = self.get_scorer().embed(texts)
+        return emb / np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
 
     @property
     def dim(self) -> int:
