@@ -20,3 +20,13 @@ PIRATE = "Rewrite this text as a pirate would say it."
 PIRATE2 = "Rewrite the text as if a pirate said it."
 SHORT = "Make the text shorter and more formal."
 POEM = "Turn this into a poem about cooking."
+
+
+@pytest.fixture
+def cli_scorer(monkeypatch, scorer):
+    """CLI commands reuse the session's MiniLM scorer instead of loading their own (10 s a load)."""
+    import importlib
+
+    # ``import recoverlib.combine.cli as cli`` would resolve recoverlib.combine to the combine() function.
+    cli = importlib.import_module("recoverlib.combine.cli")
+    monkeypatch.setattr(cli, "_context", lambda embedder: CombineContext(scorer=scorer))

@@ -65,7 +65,7 @@ def test_search_suffix_never_lowers_the_train_score(ctx):
         search_suffix(preds, truths[:1], ctx, progress=False)
 
 
-def test_optimize_prompt_cli(tmp_path, capsys):
+def test_optimize_prompt_cli(tmp_path, capsys, cli_scorer):
     pd.DataFrame({"id": range(len(PROMPTS)), "rewrite_prompt": PROMPTS}).to_csv(tmp_path / "t.csv", index=False)
     out = tmp_path / "mean.txt"
     args = ["optimize-prompt", "--train", str(tmp_path / "t.csv"), "--embedder", "minilm", "--steps", "3",
@@ -77,7 +77,7 @@ def test_optimize_prompt_cli(tmp_path, capsys):
     assert f"({len(PROMPTS)} prompts), validation" in capsys.readouterr().out
 
 
-def test_search_suffix_cli(tmp_path, capsys):
+def test_search_suffix_cli(tmp_path, capsys, cli_scorer):
     make_split(tmp_path / "s.jsonl", tmp_path / "t.csv", rows=6, per_adapter=1, seed=0)
     assert main(["search-suffix", "--samples", str(tmp_path / "s.jsonl"), "--truth", str(tmp_path / "t.csv"),
                  "--embedder", "minilm", "--steps", "1", "--vocab-size", "5", "--rows", "4",

@@ -55,7 +55,7 @@ def test_scores_are_repeatable_and_paired_against_first(split, ctx):
     assert "| mbr-4 |" in format_table(one)
 
 
-def test_tune_cli_writes_a_config_that_carries_to_another_split(split, tmp_path, capsys):
+def test_tune_cli_writes_a_config_that_carries_to_another_split(split, tmp_path, capsys, cli_scorer):
     (tmp_path / "mean.txt").write_text("Rewrite the text.\n")
     args = ["tune", "--samples", str(split / "val.jsonl"), "--truth", str(split / "val.csv"), "--embedder", "minilm",
             "--strategies", "concat", "mbr-2", "mbr-4+mean?", "--mean-prompt", str(tmp_path / "mean.txt"),
