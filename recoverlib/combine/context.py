@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from recoverlib.errors import RecoverlibError
 from recoverlib.metric import COMPETITION_EMBEDDER, Scorer
 
 
@@ -82,10 +81,3 @@ class CombineContext:
             tok = self.get_scorer().tokenizer
             got = self._tokens[text] = len(tok(text, add_special_tokens=True, truncation=False)["input_ids"])
         return got
-
-    def require(self, what: str) -> None:
-        """Fail early, in one line, when an embedding strategy cannot get an embedder."""
-        try:
-            self.get_scorer().model  # noqa: B018 - loading is the check
-        except RecoverlibError as err:
-            raise RecoverlibError(f"{what} needs an embedder: {err}") from None

@@ -83,7 +83,11 @@ def bootstrap_interval(values: np.ndarray, rng: np.random.Generator, n_boot: int
 
 @dataclass(frozen=True)
 class Result:
-    """One candidate's score on the rows: mean, 95% interval, paired difference vs the baseline with interval."""
+    """One candidate's score on the rows: mean, 95% interval, paired difference vs the baseline with interval.
+
+    ``seconds``: this candidate's wall time, including embedding the texts no earlier candidate needed (the
+    cache is shared, so the first embedding strategy pays for the samples).
+    """
 
     name: str
     config: object
