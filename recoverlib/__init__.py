@@ -4,7 +4,15 @@ The flat API: engines (``make_engine``, ``VLLMEngine``, ``HFEngine``), the recov
 the metric and ``predict`` for a whole CSV. Heavy libraries (vLLM, transformers, quantizers) load only when used.
 """
 
-from recoverlib.combine import ConcatConfig, Sample, combine, concat_predictions
+# Note: the package ``recoverlib.combine`` keeps its name here (its function is ``recoverlib.combine.combine``).
+from recoverlib.combine import (
+    CombineContext,
+    ConcatConfig,
+    Sample,
+    combine_rows,
+    concat_predictions,
+    load_combination,
+)
 from recoverlib.engines import EngineConfig, SamplingConfig, make_engine
 from recoverlib.errors import RecoverlibError
 from recoverlib.io import read_rows, read_truth, write_submission
@@ -14,6 +22,7 @@ from recoverlib.prompt import RecoveryTemplate, clean_prediction
 from recoverlib.tiny import make_tiny
 
 __all__ = [
+    "CombineContext",
     "ConcatConfig",
     "EngineConfig",
     "PredictConfig",
@@ -24,8 +33,9 @@ __all__ = [
     "SamplingConfig",
     "Scorer",
     "clean_prediction",
-    "combine",
+    "combine_rows",
     "concat_predictions",
+    "load_combination",
     "make_engine",
     "make_tiny",
     "predict",

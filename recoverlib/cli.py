@@ -47,21 +47,23 @@ def _engine_config(args):
     from recoverlib.engines import EngineConfig
 
     return EngineConfig(dtype=args.dtype, max_model_len=args.max_model_len, batch_size=args.batch_size,
-                        kv_cache_gib=args.kv_cache_gib, in_process=not args.multiprocess)
+                        kv_cache_gib=args.kv_cache_gib, in_process=not args.multiprocess, lora_mode=args.lora_mode,
+                        merge_cache=args.merge_cache, dequantized_merge=args.dequantized_merge)
 
 
 def cmd_predict(args) -> int:
-    from recoverlib.combine import ConcatConfig
+    from recoverlib.combine import CombineContext, ConcatConfig, load_combination
     from recoverlib.predict import PredictConfig, predict
 
+    combination = load_combination(args.combination) if args.combination else ConcatConfig(separator=args.separator)
     config = PredictConfig(
         samples=args.samples, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
         seed=args.seed, include_base=args.include_base, fallback_prompt=args.fallback_prompt,
-        combination=ConcatConfig(separator=args.separator),
+        combination=combination,
     )
     start = time.perf_counter()
     preds = predict(args.model, args.input, args.output, parse_adapters(args.adapter or []), args.engine, config,
-                    _engine_config(args), args.save_samples, args.resume)
+                    _engine_config(args), args.save_samples, args.resume, CombineContext(embedder=args.embedder))
     fallbacks = sum(p.fallback is not None for p in preds)
     print(f"wrote {len(preds)} predictions to {args.output} in {time.perf_counter() - start:.1f} s"
           + (f" ({fallbacks} row(s) got the fallback prompt)" if fallbacks else ""))
@@ -89,6 +91,10 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="hf engine: prompts per generate call")
     p.add_argument("--kv-cache-gib", type=float, default=1.0, help="vllm on CPU: KV cache size")
     p.add_argument("--multiprocess", action="store_true", help="vllm: default multiprocess engine (slower start)")
+    p.add_argument("--lora-mode", default="auto", choices=("dynamic", "merged", "auto"),
+                   help="adapters as LoRA in one batch, as merged weights one after another, or chosen by cost")
+    p.add_argument("--merge-cache", default=None, help="merged-weights cache (default ~/.cache/recoverlib/merged)")
+    p.add_argument("--dequantized-merge", action="store_true", help="allow merging adapters into a quantized base")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--include-base", action="store_true", help="also sample the base model")
-    p.add_argument("--separator", default=" ", help="joins the combined predictions")
+    p.add_argument("--separator", default=" ", help="joins the combined predictions (default combination: concat)")
+    p.add_argument("--combination", type=Path, help="combination config JSON (from `recoverlib tune`)")
+    p.add_argument("--embedder", default=COMPETITION_EMBEDDER,
+                   help="embedder for combinations that embed: name, folder, or 'minilm' (offline)")
     p.add_argument("--fallback-prompt", default=DEFAULT_FALLBACK, help="for rows that cannot be served")
     p.add_argument("--save-samples", type=Path, help="JSONL of every row's cleaned samples")
     p.add_argument("--resume", action="store_true", help="continue from --save-samples")
@@ -128,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", required=True, type=Path)
     p.add_argument("--embedder", default=COMPETITION_EMBEDDER, help="name, folder, or 'minilm' (offline)")
     p.set_defaults(func=cmd_score)
+
+    from recoverlib.combine.cli import add_combine_commands
+    from recoverlib.quant.cli import add_quant_commands
+
+    add_quant_commands(sub)
+    add_combine_commands(sub)
     return parser
 
 

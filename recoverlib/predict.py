@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from recoverlib.combine import ConcatConfig, Sample, combine
+from recoverlib.combine import CombineContext, ConcatConfig, Sample, combine_rows
 from recoverlib.engines.base import Engine, SamplingConfig
 from recoverlib.errors import RecoverlibError
 from recoverlib.io import Row, read_rows, write_submission
@@ -66,8 +66,13 @@ class Prediction:
 
 
 def predict_rows(engine: Engine, rows: Sequence[Row], config: PredictConfig | None = None,
-                 samples_file: str | Path | None = None, resume: bool = False) -> list[Prediction]:
-    """Predict every row with ``engine``; returns one :class:`Prediction` per row, in input order."""
+                 samples_file: str | Path | None = None, resume: bool = False,
+                 context: CombineContext | None = None) -> list[Prediction]:
+    """Predict every row with ``engine``; returns one :class:`Prediction` per row, in input order.
+
+    ``context``: embedder and caches for combination strategies that embed (default: the competition's
+    embedder, loaded only if the strategy needs it).
+    """
     config = config or PredictConfig()
     done = _load_samples(samples_file, rows) if (samples_file and resume) else {}
     if samples_file and not resume:
@@ -83,7 +88,10 @@ def predict_rows(engine: Engine, rows: Sequence[Row], config: PredictConfig | No
         done.update(got)
         bar.update(len(chunk))
     bar.close()
-    return [_finish(row, done.get(row.id, ()), config) for row in rows]
+    # Combined after sampling, across all rows at once, so embedding strategies batch their model calls.
+    served = {row.id: done.get(row.id, ()) for row in rows if not row.problem}
+    prompts = combine_rows(served, config.combination, context or CombineContext())
+    return [_finish(row, done.get(row.id, ()), prompts.get(row.id, ""), config) for row in rows]
 
 
 def _sample_chunk(engine: Engine, chunk: Sequence[Row], config: PredictConfig) -> dict[str, tuple[Sample, ...]]:
@@ -122,10 +130,10 @@ def render_prompts(engine: Engine, rows: Sequence[Row], config: PredictConfig, p
     return prompts
 
 
-def _finish(row: Row, samples: Sequence[Sample], config: PredictConfig) -> Prediction:
+def _finish(row: Row, samples: Sequence[Sample], prompt: str, config: PredictConfig) -> Prediction:
     if row.problem:
         return Prediction(row.id, config.fallback_prompt, (), fallback=row.problem)
-    prompt = combine(samples, config.combination).strip()
+    prompt = prompt.strip()
     if not prompt:
         log.warning("row id=%s: every sample was empty after cleaning; it gets the fallback prompt", row.id)
         return Prediction(row.id, config.fallback_prompt, tuple(samples), fallback="empty samples")
@@ -171,12 +179,19 @@ def _load_samples(path: str | Path, rows: Sequence[Row]) -> dict[str, tuple[Samp
 def predict(model: str | Path, input_csv: str | Path, output_csv: str | Path,
             adapters: Mapping[str, str | Path] | None = None, engine: str = "vllm",
             config: PredictConfig | None = None, engine_config=None,
-            samples_file: str | Path | None = None, resume: bool = False) -> list[Prediction]:
+            samples_file: str | Path | None = None, resume: bool = False,
+            context: CombineContext | None = None) -> list[Prediction]:
     """One call for a whole Kaggle CSV: read rows, build the engine, predict, write the submission."""
-    from recoverlib.engines import make_engine
+    from dataclasses import replace
 
+    from recoverlib.engines import EngineConfig, make_engine
+
+    config = config or PredictConfig()
     rows = read_rows(input_csv)
+    per_adapter = config.samples * config.max_new_tokens * sum(r.problem is None for r in rows)
+    engine_config = replace(engine_config or EngineConfig(),
+                            expected_new_tokens=per_adapter * (len(adapters or {}) + config.include_base))
     with make_engine(engine, model, adapters or {}, engine_config) as eng:
-        predictions = predict_rows(eng, rows, config, samples_file, resume)
+        predictions = predict_rows(eng, rows, config, samples_file, resume, context)
     write_submission(output_csv, [p.id for p in predictions], [p.prompt for p in predictions])
     return predictions

@@ -24,7 +24,6 @@ CHAT_TEMPLATE = (
 )
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "[INST]", "[/INST]")
 ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
-TINY_BASE_NAME = "recoverlib-tiny-mixtral"
 
 
 @dataclass(frozen=True)
@@ -152,7 +151,8 @@ def make_adapter(model, out_dir: str | Path, rank: int, seed: int, targets=ATTEN
         for name, p in peft_model.named_parameters():
             if "lora_" in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * (0.5 / rank**0.5))
-    peft_model.peft_config["default"].base_model_name_or_path = TINY_BASE_NAME
+    # Empty: PEFT would otherwise look the name up on the Hub while saving (a network call, and a warning offline).
+    peft_model.peft_config["default"].base_model_name_or_path = ""
     peft_model.save_pretrained(out_dir, safe_serialization=True)
     peft_model.unload()  # restores the plain base modules for the next adapter
     return Path(out_dir)

@@ -9,6 +9,7 @@ import pytest
 # vLLM reads these at engine start; small KV cache for a 24 GiB machine shared with other tests.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a hub; fail fast instead of retrying
 
 
 @pytest.fixture(scope="session")

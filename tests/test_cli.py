@@ -95,3 +95,27 @@ def test_score_needs_every_truth_id(capsys, tmp_path, sample_truth_csv):
 def test_make_tiny_cli(tmp_path, capsys):
     assert main(["make-tiny", str(tmp_path / "t"), "--adapters", "1"]) == 0
     assert (tmp_path / "t" / "adapters" / "tiny-a" / "adapter_config.json").is_file()
+
+
+def test_predict_with_a_tuned_combination_file(tiny_model, tiny_adapters, sample_csv, tmp_path):
+    import json
+
+    combo = tmp_path / "combo.json"
+    combo.write_text(json.dumps({"format": "recoverlib-combination/1", "combination": {"strategy": "medoid"}}))
+    out = tmp_path / "sub.csv"
+    res = run_cli("predict", "--model", tiny_model, "--adapter", f"a={tiny_adapters['tiny-a']}", "--samples", "3",
+                  "--max-new-tokens", "6", "--engine", "hf", "--input", sample_csv, "--output", out,
+                  "--combination", combo, "--embedder", "minilm", "--save-samples", tmp_path / "s.jsonl")
+    assert res.returncode == 0, res.stderr[-2000:]
+    sub = pd.read_csv(out, dtype=str, keep_default_na=False)
+    samples = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
+    for prompt, row in zip(sub["rewrite_prompt"], samples, strict=True):
+        texts = [s["text"] for s in row["samples"] if s["text"]]
+        assert prompt in texts or not texts  # medoid picks one of the row's own samples
+
+
+def test_bad_combination_file_is_one_line(capsys, tiny_model, sample_csv, tmp_path):
+    combo = tmp_path / "combo.json"
+    combo.write_text('{"strategy": "no-such-strategy"}')
+    line = _error_line(capsys, _predict(tiny_model, sample_csv, "--combination", str(combo)))
+    assert "no-such-strategy" in line

@@ -1,15 +1,24 @@
 """Combination strategies: a config dataclass per strategy, a handler registered by that config's type.
 
 A row's samples (every adapter, every sampled prediction, already cleaned) go in; one prompt comes out.
-The combiner never sees models or CSVs.
+The combiner never sees models or CSVs; strategies that need embeddings get them from a
+:class:`~recoverlib.combine.context.CombineContext`.
+
+A handler is ``handler(config, samples, ctx, draft) -> Draft | str``: ``draft`` is the result of the previous
+pipeline step (None for a first step or a lone strategy). A *selector* (concat, medoid, mbr, first) ignores it
+and builds a draft from the samples; a *transform* (mean-prompt, suffix, budget) edits it, starting from the
+default draft (:func:`default_draft`) when there is none. Drafts keep their parts apart, so a later step knows
+which part is a prediction, the mean prompt or the suffix (the budget drops predictions before fixed parts).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from recoverlib.errors import RecoverlibError
+
+PREDICTION, MEAN, SUFFIX = "prediction", "mean", "suffix"
 
 
 @dataclass(frozen=True)
@@ -21,29 +30,162 @@ class Sample:
     text: str
 
 
-Handler = Callable[[object, Sequence[Sample]], str]
-_HANDLERS: dict[type, Handler] = {}
+@dataclass(frozen=True)
+class Part:
+    """One piece of a combined prompt; ``kind`` is ``"prediction"``, ``"mean"`` or ``"suffix"``."""
+
+    text: str
+    kind: str = PREDICTION
 
 
-def register_strategy(config_type: type):
-    """Decorator: ``handler(config, samples) -> prompt`` serves configs of ``config_type``."""
+@dataclass(frozen=True)
+class Draft:
+    """A combined prompt still split into parts; ``text`` joins the non-empty parts with ``separator``."""
 
-    def wrap(handler: Handler) -> Handler:
-        _HANDLERS[config_type] = handler
+    parts: tuple[Part, ...] = ()
+    separator: str = " "
+
+    @property
+    def text(self) -> str:
+        return self.separator.join(p.text.strip() for p in self.parts if p.text.strip())
+
+    def predictions(self) -> list[str]:
+        return [p.text for p in self.parts if p.kind == PREDICTION]
+
+    def replace(self, parts: Sequence[Part]) -> Draft:
+        return Draft(tuple(parts), self.separator)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A registered strategy: its JSON ``name``, handler, whether it embeds, and an optional prefetch hook.
+
+    ``prefetch(config, samples, ctx) -> texts`` names texts the handler will embed for a row, so
+    :func:`combine_rows` can embed them for every row in one batch before the per-row loop.
+    """
+
+    name: str
+    config_type: type
+    handler: Callable
+    embeds: bool = False
+    prefetch: Callable | None = field(default=None, compare=False)
+
+
+_BY_TYPE: dict[type, Strategy] = {}
+_BY_NAME: dict[str, Strategy] = {}
+
+
+def register_strategy(config_type: type, name: str | None = None, embeds: bool = False, prefetch=None):
+    """Decorator: ``handler(config, samples, ctx, draft)`` serves configs of ``config_type``.
+
+    ``name`` is the ``"strategy"`` tag in JSON configs (default: the type's name without ``Config``,
+    lower case). ``embeds``: the handler needs ``ctx.scorer`` (sample texts are then embedded up front).
+    """
+
+    def wrap(handler):
+        tag = name or config_type.__name__.removesuffix("Config").lower()
+        strategy = Strategy(tag, config_type, handler, embeds, prefetch)
+        _BY_TYPE[config_type] = strategy
+        _BY_NAME[tag] = strategy
         return handler
 
     return wrap
 
 
-def combine(samples: Sequence[Sample], config) -> str:
-    """One prompt from a row's samples, by the strategy ``config``'s type names. May return "" (no usable text)."""
-    handler = _HANDLERS.get(type(config))
-    if handler is None:
+def strategy_for(config) -> Strategy:
+    got = _BY_TYPE.get(type(config))
+    if got is None:
         raise RecoverlibError(f"no combination strategy for {type(config).__name__}")
-    return handler(config, samples)
+    return got
+
+
+def strategy_named(name: str) -> Strategy:
+    got = _BY_NAME.get(name)
+    if got is None:
+        raise RecoverlibError(f"unknown combination strategy {name!r}; known: {', '.join(sorted(_BY_NAME))}")
+    return got
+
+
+def strategies() -> dict[str, Strategy]:
+    """Every registered strategy by JSON name."""
+    return dict(_BY_NAME)
+
+
+def sub_configs(config) -> list:
+    """The configs nested in ``config`` (pipeline steps, mbr's mean prompt), depth first, ``config`` first."""
+    out = [config]
+    for value in getattr(config, "__dict__", {}).values():
+        items = value if isinstance(value, tuple) else (value,)
+        for item in items:
+            if type(item) in _BY_TYPE:
+                out.extend(sub_configs(item))
+    return out
+
+
+def needs_embeddings(config) -> bool:
+    """Whether combining with ``config`` (or any step it holds) embeds texts."""
+    return any(_embeds(c) for c in sub_configs(config))
+
+
+def _embeds(config) -> bool:
+    flag = getattr(config, "needs_embeddings", None)  # a config may embed only for some settings
+    return bool(flag) if flag is not None else strategy_for(config).embeds
+
+
+def apply(config, samples: Sequence[Sample], ctx, draft: Draft | None = None) -> Draft:
+    """Run one strategy on one row and return its draft (a handler's plain string becomes one part)."""
+    out = strategy_for(config).handler(config, samples, ctx, draft)
+    return out if isinstance(out, Draft) else Draft((Part(out),) if out else ())
+
+
+def combine(samples: Sequence[Sample], config, ctx=None) -> str:
+    """One prompt from a row's samples, by the strategy ``config``'s type names. May return "" (no usable text).
+
+    ``ctx``: a :class:`CombineContext`; needed only by strategies that embed (one with the competition's
+    embedder is made on demand). For many rows, :func:`combine_rows` embeds in batches and is much faster.
+    """
+    strategy_for(config)
+    if ctx is None:
+        from recoverlib.combine.context import CombineContext
+
+        ctx = CombineContext()
+    return apply(config, samples, ctx).text
+
+
+def combine_rows(rows: Mapping[str, Sequence[Sample]], config, ctx=None, progress: bool = True) -> dict[str, str]:
+    """``id -> prompt`` for many rows: every text a strategy will embed is embedded up front, across rows."""
+    from tqdm.auto import tqdm
+
+    from recoverlib.combine.context import CombineContext
+
+    ctx = ctx or CombineContext()
+    if needs_embeddings(config):
+        ctx.prefetch(s.text for samples in rows.values() for s in samples)
+        for sub in sub_configs(config):
+            hook = strategy_for(sub).prefetch
+            if hook is not None:
+                ctx.prefetch(t for samples in rows.values() for t in hook(sub, samples, ctx))
+    bar = tqdm(rows.items(), desc="combine", unit="row", disable=not progress or len(rows) < 100)
+    return {rid: apply(config, samples, ctx).text for rid, samples in bar}
 
 
 def round_robin(samples: Sequence[Sample]) -> list[Sample]:
     """Samples ordered index-major across adapters (a0 b0 a1 b1 ...), so early text covers every adapter."""
     adapters = list(dict.fromkeys(s.adapter for s in samples))
     return sorted(samples, key=lambda s: (s.index, adapters.index(s.adapter)))
+
+
+def distinct_texts(samples: Sequence[Sample]) -> list[str]:
+    """Non-empty sample texts in round-robin order, exact duplicates (case and spacing ignored) dropped."""
+    seen, out = set(), []
+    for s in round_robin(samples):
+        key = " ".join(s.text.lower().split())
+        if key and key not in seen:
+            seen.add(key)
+            out.append(s.text.strip())
+    return out
+
+
+def default_draft(samples: Sequence[Sample]) -> Draft:
+    """What a transform starts from when it is first: the distinct predictions, round robin (v1's concat)."""
+    return Draft(tuple(Part(t) for t in distinct_texts(samples)))

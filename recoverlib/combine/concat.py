@@ -5,15 +5,33 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from recoverlib.combine.base import Sample, register_strategy, round_robin
+import numpy as np
+
+from recoverlib.combine.base import Draft, Part, Sample, distinct_texts, register_strategy
+from recoverlib.errors import RecoverlibError
 
 
 @dataclass(frozen=True)
 class ConcatConfig:
-    """Join distinct non-empty predictions with ``separator``, in round-robin order across adapters."""
+    """Join distinct non-empty predictions with ``separator``, in round-robin order across adapters.
+
+    ``dedup_threshold``: also drop a prediction whose embedding cosine to an earlier kept one is at least this
+    (near-duplicates add tokens but barely move the embedding); None: exact duplicates only (no embedder).
+    """
 
     separator: str = " "
     max_parts: int | None = None  # keep at most this many distinct predictions (None: all)
+    dedup_threshold: float | None = None
+
+    def __post_init__(self):
+        if self.max_parts is not None and self.max_parts < 1:
+            raise RecoverlibError(f"concat: max_parts must be >= 1 or null (got {self.max_parts})")
+        if self.dedup_threshold is not None and not -1.0 <= self.dedup_threshold <= 1.0:
+            raise RecoverlibError(f"concat: dedup_threshold must be in [-1, 1] or null (got {self.dedup_threshold})")
+
+    @property
+    def needs_embeddings(self) -> bool:
+        return self.dedup_threshold is not None
 
 
 def concat_predictions(texts: Sequence[str], separator: str = " ", max_parts: int | None = None) -> str:
@@ -27,6 +45,27 @@ def concat_predictions(texts: Sequence[str], separator: str = " ", max_parts: in
     return separator.join(parts[:max_parts])
 
 
-@register_strategy(ConcatConfig)
-def _concat(config: ConcatConfig, samples: Sequence[Sample]) -> str:
-    return concat_predictions([s.text for s in round_robin(samples)], config.separator, config.max_parts)
+def near_dedup(texts: Sequence[str], vectors: np.ndarray, threshold: float) -> list[int]:
+    """Indexes of ``texts`` kept after dropping each one within cosine ``threshold`` of an earlier kept one.
+
+    ``vectors``: (len(texts), dim), L2-normalised. First-seen order wins, so the round-robin order decides.
+    """
+    kept: list[int] = []
+    for i in range(len(texts)):
+        if not kept or float(np.max(vectors[kept] @ vectors[i])) < threshold:
+            kept.append(i)
+    return kept
+
+
+def distinct_predictions(samples: Sequence[Sample], ctx, dedup_threshold: float | None) -> list[str]:
+    """Distinct non-empty predictions in round-robin order, near-duplicates dropped when a threshold is set."""
+    texts = distinct_texts(samples)
+    if dedup_threshold is None or len(texts) < 2:
+        return texts
+    return [texts[i] for i in near_dedup(texts, ctx.embed(texts), dedup_threshold)]
+
+
+@register_strategy(ConcatConfig, name="concat")
+def _concat(config: ConcatConfig, samples: Sequence[Sample], ctx, draft) -> Draft:
+    texts = distinct_predictions(samples, ctx, config.dedup_threshold)[: config.max_parts]
+    return Draft(tuple(Part(t) for t in texts), config.separator)

@@ -42,6 +42,7 @@ class SamplingConfig:
     top_p: float = 0.95
     max_new_tokens: int = 32
     seed: int = 0
+    ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks: equal work across engines)
 
     def __post_init__(self):
         if self.n < 1:
@@ -60,9 +61,16 @@ class SamplingConfig:
         return int(np.random.SeedSequence([self.seed, prompt_index, adapter_index]).generate_state(1)[0])
 
 
+LORA_MODES = ("dynamic", "merged", "auto")
+
+
 @dataclass(frozen=True)
 class EngineConfig:
-    """Engine settings with defaults that work for the tiny model on a small CPU."""
+    """Engine settings with defaults that work for the tiny model on a small CPU.
+
+    ``lora_mode``: ``dynamic`` serves adapters as LoRA (vLLM mixes them in one batch); ``merged`` swaps each
+    adapter's merged weights (cached on disk) into the running model, one adapter after another; ``auto`` picks.
+    """
 
     dtype: str = "bfloat16"
     max_model_len: int | None = None  # None: the model's own, capped at 4096
@@ -70,6 +78,14 @@ class EngineConfig:
     max_lora_rank: int | None = None  # vLLM: None = smallest supported size >= the largest adapter rank
     kv_cache_gib: float = 1.0  # vLLM on CPU: KV cache size
     in_process: bool = True  # vLLM: in-process engine core (about 3 s to start instead of about 30 s)
+    lora_mode: str = "auto"
+    merge_cache: str | None = None  # merged-weights cache folder (None: $RECOVERLIB_CACHE/merged or ~/.cache)
+    dequantized_merge: bool = False  # allow merging into a quantized base (not exact)
+    expected_new_tokens: int | None = None  # workload hint for lora_mode auto (None: a large job)
+
+    def __post_init__(self):
+        if self.lora_mode not in LORA_MODES:
+            raise RecoverlibError(f"lora mode {self.lora_mode!r}: choose one of {', '.join(LORA_MODES)}")
 
 
 @dataclass(frozen=True)

@@ -1,27 +1,38 @@
 """HFEngine: transformers + PEFT, the reference engine, and the one for bases vLLM cannot load here.
 
-Adapters are loaded once into one ``PeftModel`` and switched with ``set_adapter`` (the seed's way); the base
-is served with the adapters disabled. Sampling is seeded per (batch, adapter) inside ``torch.random.fork_rng``,
+``dynamic``: adapters are loaded once into one ``PeftModel`` and switched with ``set_adapter`` (the seed's way);
+the base is served with the adapters disabled. ``merged``: each adapter's merged weights (see ``merge.py``) are
+copied into the plain model while its prompts are generated, then the base weights are copied back (exact).
+``auto`` is ``dynamic`` here: PEFT's LoRA costs about 1% in transformers on this CPU (FACTS.md: 1,135 vs 1,147
+tok/s), so merging buys nothing. Sampling is seeded per (batch, adapter) inside ``torch.random.fork_rng``,
 so the caller's seed decides the output and the global RNG is left as it was.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from recoverlib.engines.base import Engine, EngineConfig, Prompts, Samples, SamplingConfig
 from recoverlib.engines.registry import register_engine
+from recoverlib.errors import RecoverlibError
+from recoverlib.quant.api import is_quantized
 
 
 def load_causal_lm(model_path: Path, dtype: str):
-    """An HF causal LM for inference; quantized checkpoints load through their own config."""
+    """An HF causal LM for inference. Checkpoints made by ``recoverlib quantize`` load through their backend
+    (its ``recoverlib_quant.json`` says which) and are audited against their plan; others through transformers."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from recoverlib.quant.api import META_FILE, check_plain_loadable, load_quantized
+
+    if (Path(model_path) / META_FILE).is_file():
+        return load_quantized(model_path).eval()  # compute dtype is the plan's
+    check_plain_loadable(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
     return model.eval()
 
@@ -39,7 +50,19 @@ class HFEngine(Engine):
         if self._tokenizer.pad_token is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
         self._model = load_causal_lm(self.model_path, self.config.dtype)
-        if self.adapters:
+        self.lora_mode = "merged" if self.config.lora_mode == "merged" else "dynamic"
+        # A quantized base takes merged adapters only through PEFT's merge (dequantize, add, requantize).
+        self._peft_merge = self.lora_mode == "merged" and is_quantized(self.model_path)
+        if self._peft_merge and not self.config.dequantized_merge:
+            raise RecoverlibError(
+                f"lora mode merged: {self.model_path} is quantized, so merging is not exact"
+                " (ask for a dequantized merge, or use --lora-mode dynamic)"
+            )
+        if self.lora_mode == "merged" and not self._peft_merge:
+            from recoverlib.engines.merge import MergeCache
+
+            self._merges = MergeCache(self.model_path, self.config.merge_cache)
+        elif self.adapters:
             from peft import PeftModel
 
             names = sorted(self.adapters)
@@ -62,12 +85,54 @@ class HFEngine(Engine):
         return min(self.config.max_model_len or 4096, native)
 
     def _adapter_context(self, adapter: str | None):
-        if not self.adapters:
-            return nullcontext()
+        """While generating for ``adapter`` (None = base): the right weights or PEFT adapter are active."""
+        peft_wrapped = self.adapters and (self.lora_mode == "dynamic" or self._peft_merge)
         if adapter is None:
-            return self._model.disable_adapter()
+            return self._model.disable_adapter() if peft_wrapped else nullcontext()
+        if self._peft_merge:
+            return self._dequantized_merged(adapter)
+        if self.lora_mode == "merged":
+            return self._merged(adapter)
         self._model.set_adapter(adapter)
         return nullcontext()
+
+    @contextmanager
+    def _dequantized_merged(self, adapter: str):
+        """PEFT merges into the quantized layers and unmerges after; both round, so the base drifts slightly."""
+        self._model.set_adapter(adapter)
+        try:
+            self._model.merge_adapter()
+        except (NotImplementedError, ValueError, TypeError) as err:
+            raise RecoverlibError(f"dequantized merge of {adapter!r} failed ({err}); use --lora-mode dynamic") from None
+        try:
+            yield
+        finally:
+            self._model.unmerge_adapter()
+
+    @contextmanager
+    def _merged(self, adapter: str):
+        """Hold ``adapter``'s merged weights in the model; put the base weights back after."""
+        import torch
+
+        info, dtype = self.adapters[adapter], getattr(torch, self.config.dtype)
+        if info.targets_experts:  # fused expert parameters: serve a whole merged copy
+            base, self._model = self._model, load_causal_lm(self._merges.model_folder(info, dtype), self.config.dtype)
+            try:
+                yield
+            finally:
+                self._model = base
+            return
+        params = dict(self._model.named_parameters())
+        merged = self._merges.tensors(info, dtype)
+        saved = {k: params[k].detach().clone() for k in merged}
+        with torch.no_grad():
+            for k, v in merged.items():
+                params[k].copy_(v)
+            try:
+                yield
+            finally:
+                for k, v in saved.items():
+                    params[k].copy_(v)
 
     def generate(self, prompts: Prompts, sampling: SamplingConfig, adapters: Sequence[str | None]) -> Samples:
         requests = self._requests(prompts, adapters)
@@ -96,6 +161,7 @@ class HFEngine(Engine):
     def _generate_kwargs(self, sampling: SamplingConfig) -> dict:
         common = {
             "max_new_tokens": sampling.max_new_tokens,
+            "min_new_tokens": sampling.max_new_tokens if sampling.ignore_eos else 0,
             "pad_token_id": self._tokenizer.pad_token_id,
             "eos_token_id": self._tokenizer.eos_token_id,
         }

@@ -1,12 +1,14 @@
-"""VLLMEngine: vLLM's offline ``LLM`` with several LoRA adapters mixed in one batch.
+"""VLLMEngine: vLLM's offline ``LLM``, adapters served as LoRA (mixed in one batch) or as merged weights.
 
 On CPU the engine core runs in-process (about 3 s to start instead of about 30 s) and recoverlib's vLLM plugin
-keeps MoE layers on the CPU kernel when adapters touch attention only. Adapters on expert weights cannot run on
-vLLM's CPU backend; they are refused here, before the engine starts.
+keeps MoE layers on the CPU kernel when adapters touch attention only. In ``dynamic`` mode adapters on expert
+weights are refused on CPU before the engine starts; in ``merged`` mode they are served from a merged checkpoint
+by a fresh engine, since the CPU MoE layer cannot take new expert weights by swapping.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -14,8 +16,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from recoverlib.engines.base import Engine, EngineConfig, Prompts, Samples, SamplingConfig
+from recoverlib.engines.lora_mode import LoraCosts, Workload, choose_lora_mode
+from recoverlib.engines.merge import MergeCache, read_tensors
 from recoverlib.engines.registry import register_engine
 from recoverlib.errors import RecoverlibError
+from recoverlib.quant.api import is_quantized
 
 log = logging.getLogger("recoverlib")
 
@@ -61,60 +66,100 @@ def _environ(**values: str):
                 os.environ[k] = v
 
 
+@contextmanager
+def _quiet(logger_name: str):
+    """Silence one logger's warnings for the duration (restored afterwards)."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 @register_engine("vllm")
 class VLLMEngine(Engine):
-    """vLLM offline engine; every (prompt, adapter) pair is one request in a single ``generate`` call."""
+    """vLLM offline engine; in dynamic mode every (prompt, adapter) pair is one request of one ``generate`` call."""
 
-    def __init__(self, model: str | Path, adapters: Mapping[str, str | Path] | None = None, config: EngineConfig | None = None):
+    def __init__(self, model: str | Path, adapters: Mapping[str, str | Path] | None = None,
+                 config: EngineConfig | None = None, costs: LoraCosts | None = None):
         super().__init__(model, adapters, config)
         import_vllm()
-        from vllm import LLM
+        self._cpu = on_cpu()
+        self.lora_mode = choose_lora_mode(
+            self.config.lora_mode, Workload(self.config.expected_new_tokens or 10**7, len(self.adapters), self._restart_count()), costs or LoraCosts(),
+            can_dynamic=self._dynamic_problem() is None, can_merge=self._merge_problem(),
+        )
+        if self.lora_mode == "dynamic" and self._dynamic_problem():
+            raise RecoverlibError(self._dynamic_problem())
+        if self._cpu and is_quantized(self.model_path):
+            raise RecoverlibError(
+                f"{self.model_path} is quantized: vLLM has no quantized-MoE kernel on this CPU (AVX2; needs AMX"
+                " or a GPU); use --engine hf"
+            )
+        self._merges = MergeCache(self.model_path, self.config.merge_cache) if self.lora_mode == "merged" else None
+        self._loaded: Path | None = None
+        self._use(self.model_path)
         from vllm.lora.request import LoRARequest
 
-        cpu = on_cpu()
-        self._check_servable(cpu)
-        kwargs = self._lora_kwargs()
-        env = {"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(self.config.kv_cache_gib)))} if cpu else {}
+        self._lora_requests = {
+            name: LoRARequest(lora_name=name, lora_int_id=i + 1, lora_path=str(a.path.resolve()))
+            for i, (name, a) in enumerate(sorted(self.adapters.items()))
+        }
+
+    # -- what can be served how ---------------------------------------------------------------------------------
+    def _restart_count(self) -> int:
+        return sum(a.targets_experts for a in self.adapters.values()) if self._cpu else 0
+
+    def _dynamic_problem(self) -> str | None:
+        experts = [a.name for a in self.adapters.values() if a.targets_experts]
+        if self._cpu and experts:
+            return (f"adapter(s) {experts} put LoRA on MoE expert weights, which vLLM's CPU LoRA path cannot serve;"
+                    " use --lora-mode merged or --engine hf")
+        return None
+
+    def _merge_problem(self) -> str | None:
+        if is_quantized(self.model_path) and not self.config.dequantized_merge:
+            return "the base is quantized, so merging is not exact (ask for a dequantized merge, or use dynamic)"
+        if not self.config.in_process:
+            return "swapping merged weights needs the in-process engine (drop --multiprocess)"
+        return None
+
+    # -- engine lifecycle ---------------------------------------------------------------------------------------
+    def _start(self, path: Path):
+        from vllm import LLM
+
+        kwargs = self._lora_kwargs() if self.lora_mode == "dynamic" else {}
+        env = {"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(self.config.kv_cache_gib)))} if self._cpu else {}
         if self.config.in_process:
             env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
             kwargs["distributed_executor_backend"] = "uni"
         max_len = self._resolve_max_len()
         with _environ(**env):
-            self._llm = LLM(
-                model=str(self.model_path),
+            return LLM(
+                model=str(path),
                 dtype=self.config.dtype,
                 max_model_len=max_len,
                 seed=0,
                 # Chunked prefill rewinds a CPU generator for seeded requests, which CPU generators cannot do.
                 enable_chunked_prefill=False,
                 max_num_batched_tokens=max(max_len, 8192),
-                enforce_eager=cpu,
+                enforce_eager=self._cpu,
                 **kwargs,
             )
-        self._lora_requests = {
-            name: LoRARequest(lora_name=name, lora_int_id=i + 1, lora_path=str(a.path.resolve()))
-            for i, (name, a) in enumerate(sorted(self.adapters.items()))
-        }
+
+    def _use(self, path: Path) -> None:
+        """Make the engine hold the weights in ``path`` (a restart, only when they differ)."""
+        if self._loaded == path:
+            return
+        self.close()
+        self._llm = self._start(path)
+        self._loaded = path
 
     def _resolve_max_len(self) -> int:
-        import json
-
-        cfg = json.loads((self.model_path / "config.json").read_text())
-        native = int(cfg.get("max_position_embeddings", 4096))
+        native = int(json.loads((self.model_path / "config.json").read_text()).get("max_position_embeddings", 4096))
         return min(self.config.max_model_len or 4096, native)
-
-    def _check_servable(self, cpu: bool) -> None:
-        experts = [a.name for a in self.adapters.values() if a.targets_experts]
-        if cpu and experts:
-            raise RecoverlibError(
-                f"adapter(s) {experts} put LoRA on MoE expert weights, which vLLM's CPU backend cannot serve;"
-                " use --engine hf"
-            )
-        if cpu and _is_quantized(self.model_path):
-            raise RecoverlibError(
-                f"{self.model_path} is quantized: vLLM has no quantized-MoE kernel on this CPU (AVX2; needs AMX"
-                " or a GPU); use --engine hf"
-            )
 
     def _lora_kwargs(self) -> dict:
         if not self.adapters:
@@ -141,27 +186,30 @@ class VLLMEngine(Engine):
     def max_model_len(self) -> int:
         return self._llm.llm_engine.model_config.max_model_len
 
-    def generate(self, prompts: Prompts, sampling: SamplingConfig, adapters: Sequence[str | None]) -> Samples:
+    # -- generation ---------------------------------------------------------------------------------------------
+    def _params(self, sampling: SamplingConfig, prompt_index: int, adapter: str | None):
         from vllm import SamplingParams
 
-        requests = self._requests(prompts, adapters)
+        return SamplingParams(
+            n=1 if sampling.greedy else sampling.n,  # vLLM refuses n > 1 with greedy
+            temperature=sampling.temperature,
+            top_p=1.0 if sampling.greedy else sampling.top_p,
+            max_tokens=sampling.max_new_tokens,
+            ignore_eos=sampling.ignore_eos,
+            seed=sampling.request_seed(prompt_index, self.adapter_index(adapter)),
+            skip_special_tokens=True,
+        )
+
+    def _run(self, requests: dict[str | None, Sequence[str]], sampling: SamplingConfig, lora: bool) -> Samples:
+        """One ``generate`` call over every (adapter, prompt) pair; LoRA requests attached when ``lora``."""
         tok = self.tokenizer
         flat_prompts, flat_params, flat_loras = [], [], []
         for adapter, adapter_prompts in requests.items():
             for i, prompt in enumerate(adapter_prompts):
                 # Token ids, not strings: the prompt already holds its BOS (chat template); vLLM would add another.
                 flat_prompts.append({"prompt_token_ids": tok(prompt, add_special_tokens=False)["input_ids"]})
-                flat_loras.append(None if adapter is None else self._lora_requests[adapter])
-                flat_params.append(
-                    SamplingParams(
-                        n=1 if sampling.greedy else sampling.n,  # vLLM refuses n > 1 with greedy
-                        temperature=sampling.temperature,
-                        top_p=1.0 if sampling.greedy else sampling.top_p,
-                        max_tokens=sampling.max_new_tokens,
-                        seed=sampling.request_seed(i, self.adapter_index(adapter)),
-                        skip_special_tokens=True,
-                    )
-                )
+                flat_loras.append(self._lora_requests[adapter] if (lora and adapter) else None)
+                flat_params.append(self._params(sampling, i, adapter))
         lora_arg = flat_loras if any(r is not None for r in flat_loras) else None
         outputs = self._llm.generate(flat_prompts, flat_params, lora_request=lora_arg, use_tqdm=True)
         texts = [[c.text for c in out.outputs] * (sampling.n if sampling.greedy else 1) for out in outputs]
@@ -172,17 +220,69 @@ class VLLMEngine(Engine):
             start += len(adapter_prompts)
         return result
 
+    def generate(self, prompts: Prompts, sampling: SamplingConfig, adapters: Sequence[str | None]) -> Samples:
+        requests = self._requests(prompts, adapters)
+        if self.lora_mode == "dynamic":
+            self._use(self.model_path)
+            return self._run(requests, sampling, lora=True)
+        out: Samples = {}
+        # Base first and expert adapters last: the fewest restarts.
+        for adapter in sorted(requests, key=lambda a: (a is not None, a is not None and self.adapters[a].targets_experts)):
+            with self._serving(adapter):
+                out.update(self._run({adapter: requests[adapter]}, sampling, lora=False))
+        return {a: out[a] for a in adapters}
+
+    @contextmanager
+    def _serving(self, adapter: str | None):
+        """Hold ``adapter``'s merged weights while generating (base weights for ``None``)."""
+        if adapter is None:
+            self._use(self.model_path)
+            yield
+            return
+        import torch
+
+        info = self.adapters[adapter]
+        dtype = getattr(torch, self.config.dtype)
+        if self._cpu and info.targets_experts:
+            self._use(self._merges.model_folder(info, dtype))
+            yield
+            return
+        self._use(self.model_path)
+        merged = self._merges.tensors(info, dtype)
+        siblings = self._packed_siblings(set(merged)) - set(merged)
+        self._load_weights({**merged, **read_tensors(self.model_path, siblings)})
+        try:
+            yield
+        finally:
+            self._load_weights(read_tensors(self.model_path, set(merged) | siblings))
+
+    def _packed_siblings(self, names: set[str]) -> set[str]:
+        """``names`` plus the other checkpoint tensors vLLM packs into the same layer (q with k and v in qkv_proj).
+
+        vLLM reprocesses a layer once all its elements are loaded; a partly loaded layer would keep garbage.
+        """
+        packed = self._llm.apply_model(lambda model: dict(getattr(model, "packed_modules_mapping", {})))[0]
+        out = set(names)
+        for name in names:
+            parent, _, rest = name.rpartition(".")  # rest = "weight"
+            module_parent, _, module = parent.rpartition(".")
+            for members in packed.values():
+                if module in members:
+                    out |= {f"{module_parent}.{m}.{rest}" for m in members}
+        return out
+
+    def _load_weights(self, tensors: dict) -> None:
+        # vLLM's in-place reload re-runs each layer's post-load processing (the CPU backend repacks weights for
+        # oneDNN and drops the originals, so a plain load_weights cannot reach them).
+        with _quiet("vllm.model_executor.model_loader.reload.inplace"):  # "weights not loaded": the untouched rest
+            self._llm.collective_rpc(
+                "reload_weights", kwargs={"weights_iterator": list(tensors.items()), "is_checkpoint_format": True}
+            )
+        self._llm.reset_prefix_cache()  # cached KV blocks were computed with the previous weights
+
     def close(self) -> None:
         import gc
 
-        llm = getattr(self, "_llm", None)
-        if llm is not None:
-            del self._llm
+        if self.__dict__.pop("_llm", None) is not None:
+            self._loaded = None
             gc.collect()
-
-
-def _is_quantized(model_path: Path) -> bool:
-    import json
-
-    cfg = json.loads((model_path / "config.json").read_text())
-    return bool(cfg.get("quantization_config"))

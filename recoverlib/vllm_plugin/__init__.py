@@ -8,10 +8,10 @@ Two cures, both active on the CPU platform only:
    engine's LoRA target modules are known and none is an expert weight, the MoE layers have no LoRA to apply
    and keep the ordinary CPU kernel. Expert-targeting adapters are left alone (vLLM's CPU punica ops cannot
    run them; recoverlib's VLLMEngine refuses them before the engine starts).
-2. **Base requests in a mixed batch.** A request without an adapter has LoRA index -1; the CPU punica ops
-   gather ``weights[index]``, and -1 picks the *last* adapter slot, so base requests batched with adapter
-   requests silently got an adapter applied. The LoRA-A product of those tokens is zeroed after the shrink,
-   so the expand adds nothing to them.
+2. **LoRA products grouped by adapter** (:mod:`grouped_lora`). The CPU punica ops gather a weight matrix per
+   token, which cost about half the decode time, and index -1 (a request without an adapter) picked the *last*
+   adapter slot, so base requests batched with adapter requests silently got an adapter applied. Grouped
+   products run one matmul per adapter present and leave tokens without an adapter untouched.
 
 vLLM calls :func:`register` in every process it starts, possibly several times; it is idempotent.
 """
@@ -62,22 +62,13 @@ def _keep_cpu_moe_kernel() -> None:
     _patch_once(FusedMoEConfig, "__post_init__", make)
 
 
-def _mask_no_lora_tokens() -> None:
+def _grouped_lora_products() -> None:
     from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
-    def make(original):
-        def shrink(self, y, x, w_t_all, scale):
-            original(self, y, x, w_t_all, scale)
-            indices = self.token_lora_indices
-            if indices.shape[0] == y.shape[0]:
-                no_lora = indices < 0
-                if bool(no_lora.any()):
-                    y[no_lora] = 0
+    from recoverlib.vllm_plugin.grouped_lora import install
 
-        return shrink
-
-    _patch_once(PunicaWrapperCPU, "_shrink_prefill", make)
-    _patch_once(PunicaWrapperCPU, "_shrink_decode", make)
+    if not getattr(PunicaWrapperCPU._shrink_decode, "_recoverlib", False):
+        install(PunicaWrapperCPU)
 
 
 def register() -> None:
@@ -87,5 +78,5 @@ def register() -> None:
     if not current_platform.is_cpu():
         return
     _keep_cpu_moe_kernel()
-    _mask_no_lora_tokens()
-    log.debug("recoverlib vLLM plugin: CPU MoE kernel kept for attention-LoRA; base tokens masked in mixed batches")
+    _grouped_lora_products()
+    log.debug("recoverlib vLLM plugin: CPU MoE kernel kept for attention-LoRA; LoRA products grouped by adapter")

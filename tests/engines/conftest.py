@@ -25,5 +25,11 @@ def experts_adapter(tiny_model, tmp_path_factory):
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     cfg = LoraConfig(r=4, target_modules=["q_proj"], target_parameters=["mlp.experts.gate_up_proj"], lora_dropout=0.0)
     out = tmp_path_factory.mktemp("experts") / "experts"
-    get_peft_model(model, cfg).save_pretrained(out)
+    peft_model = get_peft_model(model, cfg)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():  # PEFT starts B at zero (a no-op adapter); make it change the output
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    peft_model.save_pretrained(out)
     return out

@@ -17,7 +17,7 @@ ALL = [None, "tiny-a", "tiny-b", "tiny-c"]
 
 @pytest.fixture(scope="module")
 def engine(tiny_model, tiny_adapters):
-    eng = make_engine("vllm", tiny_model, tiny_adapters)
+    eng = make_engine("vllm", tiny_model, tiny_adapters, EngineConfig(lora_mode="dynamic"))
     yield eng
     eng.close()
 
@@ -59,14 +59,14 @@ def test_unknown_adapter_is_refused(engine, rows):
         engine.generate(render(engine, rows), GREEDY, ["nope"])
 
 
-def test_experts_adapter_is_refused_before_start(tiny_model, experts_adapter):
-    with pytest.raises(RecoverlibError, match="expert weights.*--engine hf"):
-        make_engine("vllm", tiny_model, {"experts": experts_adapter})
+def test_experts_adapter_is_refused_before_start_in_dynamic_mode(tiny_model, experts_adapter):
+    with pytest.raises(RecoverlibError, match="expert weights.*--lora-mode merged or --engine hf"):
+        make_engine("vllm", tiny_model, {"experts": experts_adapter}, EngineConfig(lora_mode="dynamic"))
 
 
 def test_rank_above_engine_maximum(tiny_model, tiny_adapters):
     with pytest.raises(RecoverlibError, match=r"exceeds the engine's max_lora_rank 8: tiny-c \(r=16\)"):
-        make_engine("vllm", tiny_model, tiny_adapters, EngineConfig(max_lora_rank=8))
+        make_engine("vllm", tiny_model, tiny_adapters, EngineConfig(max_lora_rank=8, lora_mode="dynamic"))
 
 
 def test_quantized_base_is_refused_on_cpu(tiny_model, tmp_path):

@@ -32,28 +32,6 @@ def test_plugin_is_registered_and_idempotent():
     assert "recoverlib.vllm_plugin:register" in names
     register()
     register()
-    for fn in (FusedMoEConfig.__post_init__, PunicaWrapperCPU._shrink_decode, PunicaWrapperCPU._shrink_prefill):
+    for fn in (FusedMoEConfig.__post_init__, PunicaWrapperCPU._shrink_decode, PunicaWrapperCPU._expand_slice_prefill):
         assert fn._recoverlib
         assert not getattr(fn.__wrapped__, "_recoverlib", False)  # wrapped once, not twice
-
-
-def test_no_lora_tokens_get_no_lora():
-    """Index -1 (no adapter) must add nothing; vLLM's CPU ops would gather the last slot instead."""
-    import torch
-    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
-
-    from recoverlib.vllm_plugin import register
-
-    register()
-    wrapper = PunicaWrapperCPU.__new__(PunicaWrapperCPU)
-    indices = torch.tensor([0, -1, 1])
-    type(wrapper).token_lora_indices = property(lambda self: indices)
-    try:
-        x = torch.ones(3, 4)
-        w = torch.randn(2, 1, 2, 4)  # (slots, 1, rank, in)
-        y = torch.zeros(3, 2)
-        wrapper._shrink_decode(y, x, w, 1.0)
-    finally:
-        del type(wrapper).token_lora_indices
-    assert torch.all(y[1] == 0)
-    assert torch.allclose(y[0], w[0, 0] @ x[0]) and torch.allclose(y[2], w[1, 0] @ x[2])

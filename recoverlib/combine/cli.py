@@ -1,0 +1,206 @@
+"""Subcommands for combination: ``optimize-prompt``, ``search-suffix``, ``tune``, ``combine``.
+
+The main parser adds them with :func:`add_combine_commands`; ``python -m recoverlib.combine.cli`` runs them on
+their own. Each handler returns an exit code; a :class:`RecoverlibError` is one line (``main`` prints it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from recoverlib.errors import RecoverlibError
+from recoverlib.metric import COMPETITION_EMBEDDER as DEFAULT_EMBEDDER
+
+
+def _context(embedder: str):
+    from recoverlib.combine.context import CombineContext
+    from recoverlib.metric import Scorer
+
+    return CombineContext(Scorer(embedder))
+
+
+def _search_config(args):
+    from recoverlib.combine.search import SearchConfig
+
+    return SearchConfig(steps=args.steps, beam=args.beam, vocab_size=args.vocab_size,
+                        vocab=getattr(args, "vocab", "tokens"), seed=args.seed)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+
+
+def cmd_optimize_prompt(args) -> int:
+    import numpy as np
+
+    from recoverlib.combine.search import holdout_split, optimize_prompt, prompt_scorer
+    from recoverlib.io import read_truth
+
+    prompts = list(read_truth(args.train).values())
+    if args.validation:
+        train, valid = prompts, list(read_truth(args.validation).values())
+    else:
+        tr, va = holdout_split(len(prompts), args.holdout, np.random.default_rng(args.seed))
+        train, valid = [prompts[i] for i in tr], [prompts[i] for i in va]
+    ctx = _context(args.embedder)
+    result = optimize_prompt(train, ctx, _search_config(args))
+    _write_text(args.out, result.text)
+    val = float(prompt_scorer(valid, ctx)([result.text])[0]) if valid else float("nan")
+    print(f"mean prompt: {result.text!r}\ntrain score {result.score:.4f} ({len(train)} prompts), "
+          f"validation score {val:.4f} ({len(valid)} prompts); wrote {args.out}")
+    return 0
+
+
+def _samples_and_truth(args):
+    from recoverlib.combine.tune import matched_ids
+    from recoverlib.io import read_truth
+    from recoverlib.predict import read_samples
+
+    samples, truth = read_samples(args.samples), read_truth(args.truth)
+    ids = matched_ids(samples, truth)
+    return {i: samples[i] for i in ids}, truth
+
+
+def cmd_search_suffix(args) -> int:
+    import numpy as np
+
+    from recoverlib.combine.base import combine_rows
+    from recoverlib.combine.concat import ConcatConfig
+    from recoverlib.combine.configio import load_combination
+    from recoverlib.combine.search import holdout_split, search_suffix, suffix_scorer
+
+    samples, truth = _samples_and_truth(args)
+    config = load_combination(args.combination) if args.combination else ConcatConfig()
+    ids = list(samples)
+    rng = np.random.default_rng(args.seed)
+    tr, va = holdout_split(len(ids), args.holdout, rng)
+    tr, va = tr[: args.rows], va[: args.rows]  # the search embeds rows x vocabulary texts per step
+    ctx = _context(args.embedder)
+    preds = combine_rows(samples, config, ctx)
+    pick = lambda idx: ([preds[ids[i]] for i in idx], [truth[ids[i]] for i in idx])  # noqa: E731
+    result = search_suffix(*pick(tr), ctx, _search_config(args))
+    _write_text(args.out, result.text)
+    lines = [f"suffix: {result.text!r}; wrote {args.out}"]
+    for name, idx in (("train", tr), ("validation", va)):
+        if len(idx):
+            score = suffix_scorer(*pick(idx), ctx)
+            before, after = score([""])[0], score([result.text])[0]
+            lines.append(f"{name} ({len(idx)} rows): {before:.4f} without, {after:.4f} with ({after - before:+.4f})")
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_tune(args) -> int:
+    import numpy as np
+
+    from recoverlib.combine.configio import load_combination, save_combination
+    from recoverlib.combine.mean_prompt import read_text_file
+    from recoverlib.combine.tune import Candidate, default_candidates, format_table, score_candidates, select
+    from recoverlib.predict import DEFAULT_FALLBACK
+
+    samples, truth = _samples_and_truth(args)
+    mean = read_text_file(args.mean_prompt, "--mean-prompt") if args.mean_prompt else None
+    suffix = read_text_file(args.suffix, "--suffix") if args.suffix else None
+    candidates = select(default_candidates(mean, suffix), args.strategies)
+    candidates += [Candidate(Path(p).stem, load_combination(p)) for p in args.pipeline or []]
+    start = time.perf_counter()
+    results = score_candidates(samples, truth, candidates, _context(args.embedder),
+                               np.random.default_rng(args.seed), args.bootstrap, DEFAULT_FALLBACK)
+    best = results[0]
+    info = {"tuned_on": str(args.samples), "rows": len(samples), "embedder": args.embedder, "name": best.name,
+            "score": round(best.score, 5), "vs_first": round(best.diff, 5),
+            "table": {r.name: round(r.score, 5) for r in results}}
+    save_combination(best.config, args.out, info)
+    print(format_table(results))
+    print(f"best: {best.name} ({best.score:.4f}, {best.diff:+.4f} vs first) over {len(samples)} rows "
+          f"in {time.perf_counter() - start:.1f} s; wrote {args.out}")
+    return 0
+
+
+def cmd_combine(args) -> int:
+    from recoverlib.combine.base import combine_rows
+    from recoverlib.combine.configio import load_combination
+    from recoverlib.io import write_submission
+    from recoverlib.predict import DEFAULT_FALLBACK, read_samples
+
+    config = load_combination(args.combination)
+    samples = read_samples(args.samples)
+    prompts = combine_rows(samples, config, _context(args.embedder))
+    empty = [i for i, p in prompts.items() if not p.strip()]
+    texts = [prompts[i].strip() or args.fallback_prompt or DEFAULT_FALLBACK for i in samples]
+    write_submission(args.output, list(samples), texts)
+    print(f"wrote {len(texts)} prompts to {args.output}" + (f" ({len(empty)} got the fallback)" if empty else ""))
+    return 0
+
+
+def _embedder_option(p) -> None:
+    p.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="name, folder, or 'minilm' (offline)")
+
+
+def _search_options(p, steps: int, vocab_size: int) -> None:
+    p.add_argument("--steps", type=int, default=steps, help="words or tokens appended at most")
+    p.add_argument("--beam", type=int, default=1, help="strings kept per step (1 = greedy)")
+    p.add_argument("--vocab-size", type=int, default=vocab_size, help="candidates tried per step")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--holdout", type=float, default=0.2, help="seeded validation fraction")
+    p.add_argument("--out", required=True, type=Path, help="text file for the found string")
+    _embedder_option(p)
+
+
+def add_combine_commands(subparsers) -> None:
+    """Register ``optimize-prompt``, ``search-suffix``, ``tune`` and ``combine`` on an argparse subparsers."""
+    p = subparsers.add_parser("optimize-prompt", help="search a mean prompt that scores well against train prompts")
+    p.add_argument("--train", required=True, type=Path, help="CSV with id, rewrite_prompt")
+    p.add_argument("--validation", type=Path, help="CSV with id, rewrite_prompt (default: a held-out train part)")
+    p.add_argument("--vocab", choices=("words", "tokens"), default="words", help="train-prompt words or embedder tokens")
+    _search_options(p, steps=16, vocab_size=200)
+    p.set_defaults(func=cmd_optimize_prompt)
+
+    p = subparsers.add_parser("search-suffix", help="search tokens that raise every prediction's score when appended")
+    p.add_argument("--samples", required=True, type=Path, help="samples JSONL (predict --save-samples)")
+    p.add_argument("--truth", required=True, type=Path, help="CSV with id, rewrite_prompt")
+    p.add_argument("--combination", type=Path, help="combination file making the predictions (default: concat)")
+    p.add_argument("--rows", type=int, default=64, help="rows the search scores (it embeds rows x vocab per step)")
+    _search_options(p, steps=8, vocab_size=100)
+    p.set_defaults(func=cmd_search_suffix)
+
+    p = subparsers.add_parser("tune", help="score combination strategies on saved samples; write the best")
+    p.add_argument("--samples", required=True, type=Path, help="samples JSONL of a validation split")
+    p.add_argument("--truth", required=True, type=Path, help="CSV with id, rewrite_prompt")
+    p.add_argument("--strategies", nargs="+", metavar="NAME", help="grid names to try (default: all)")
+    p.add_argument("--pipeline", nargs="+", metavar="FILE", help="combination files to try as well")
+    p.add_argument("--mean-prompt", type=Path, help="mean prompt file (optimize-prompt): adds its variants")
+    p.add_argument("--suffix", type=Path, help="suffix file (search-suffix): adds its variants")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, type=Path, help="combination file (JSON) for the best")
+    _embedder_option(p)
+    p.set_defaults(func=cmd_tune)
+
+    p = subparsers.add_parser("combine", help="combine saved samples with a combination file into a submission")
+    p.add_argument("--samples", required=True, type=Path)
+    p.add_argument("--combination", required=True, type=Path, help="combination file (tune --out)")
+    p.add_argument("--output", required=True, type=Path, help="submission CSV (id, rewrite_prompt)")
+    p.add_argument("--fallback-prompt", default=None, help="for rows whose samples are all empty")
+    _embedder_option(p)
+    p.set_defaults(func=cmd_combine)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one combination subcommand on its own (errors: one line, status 2)."""
+    parser = argparse.ArgumentParser(prog="recoverlib")
+    add_combine_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except RecoverlibError as err:
+        print(f"recoverlib: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

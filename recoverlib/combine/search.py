@@ -1,0 +1,143 @@
+"""Searching strings the metric likes: the mean prompt (``optimize-prompt``) and the suffix (``search-suffix``).
+
+Both are a beam search that appends one word (or embedder token) per step and keeps the ``beam`` best strings
+seen so far, so the best train score never decreases from step to step; it stops early when no step helps.
+Everything is seeded (vocabulary sample, validation split) and the embedder is deterministic on CPU, so a run
+repeats for a seed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from recoverlib.errors import RecoverlibError
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """``steps``: words appended at most; ``beam``: strings kept per step (1 = greedy); ``vocab_size``: words
+    tried per step; ``vocab``: ``words`` (from the train prompts, most frequent first) or ``tokens`` (a seeded
+    sample of the embedder's whole-word tokens)."""
+
+    steps: int = 16
+    beam: int = 1
+    vocab_size: int = 200
+    vocab: str = "words"
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "beam", "vocab_size"):
+            if getattr(self, name) < 1:
+                raise RecoverlibError(f"search: {name} must be >= 1 (got {getattr(self, name)})")
+        if self.vocab not in ("words", "tokens"):
+            raise RecoverlibError(f"search: vocab must be 'words' or 'tokens' (got {self.vocab!r})")
+
+
+@dataclass
+class SearchResult:
+    """The best string, its train score, and the best train score after each step (non-decreasing)."""
+
+    text: str
+    score: float
+    history: list[float] = field(default_factory=list)
+
+
+def word_vocabulary(texts: Sequence[str], size: int) -> list[str]:
+    """The ``size`` most frequent words of ``texts`` (lower case, punctuation kept off), ties by first use."""
+    counts = Counter(w for t in texts for w in re.findall(r"[A-Za-z][A-Za-z'-]*", t.lower()))
+    return [w for w, _ in counts.most_common(size)]
+
+
+def token_vocabulary(tokenizer, size: int, rng: np.random.Generator) -> list[str]:
+    """A seeded sample of the tokenizer's whole-word alphabetic tokens (3+ letters), markers stripped."""
+    words = set()
+    for tok in tokenizer.get_vocab():
+        if tok.startswith("##"):
+            continue  # a WordPiece continuation is not a word on its own
+        word = tok.lstrip("▁Ġ")
+        if len(word) >= 3 and word.isascii() and word.isalpha():
+            words.add(word)
+    pool = sorted(words)
+    if not pool:
+        raise RecoverlibError("search: the embedder's tokenizer has no whole-word tokens to try")
+    return [pool[i] for i in sorted(rng.choice(len(pool), size=min(size, len(pool)), replace=False))]
+
+
+def beam_search(score: Callable[[list[str]], np.ndarray], vocab: Sequence[str], config: SearchConfig,
+                start: str = "", desc: str = "search", progress: bool = True) -> SearchResult:
+    """Append-one-word beam search maximising ``score(strings) -> (len(strings),)`` (higher is better)."""
+    if not vocab:
+        raise RecoverlibError("search: the vocabulary is empty")
+    beam = [(float(score([start])[0]) if start else -np.inf, start)]
+    history: list[float] = []
+    bar = tqdm(range(config.steps), desc=desc, unit="step", disable=not progress)
+    for _ in bar:
+        texts = list(dict.fromkeys(f"{s} {w}".strip() for _, s in beam for w in vocab))
+        new = list(zip(score(texts).tolist(), texts, strict=True))
+        # Old strings stay in the pool: the best score cannot fall, and a step that finds nothing better ends it.
+        pool = sorted(dict((t, s) for s, t in [*beam, *new]).items(), key=lambda kv: (-kv[1], kv[0]))
+        improved = pool[0][1] > beam[0][0]
+        beam = [(s, t) for t, s in pool[: config.beam]]
+        history.append(beam[0][0])
+        bar.set_postfix(score=f"{beam[0][0]:.4f}")
+        if not improved:
+            break
+    bar.close()
+    return SearchResult(beam[0][1], beam[0][0], history)
+
+
+def prompt_scorer(targets: Sequence[str], ctx) -> Callable[[list[str]], np.ndarray]:
+    """``score(candidates)``: each candidate's mean cos^3 against every target (the mean prompt's objective)."""
+    goal = ctx.embed(list(targets))
+
+    def score(texts: list[str]) -> np.ndarray:
+        return ctx.sharp(ctx.embed(texts, remember=False), goal).mean(axis=1)
+
+    return score
+
+
+def optimize_prompt(train: Sequence[str], ctx, config: SearchConfig = SearchConfig(),
+                    progress: bool = True) -> SearchResult:
+    """The mean prompt: the string with the highest mean score against the ``train`` prompts."""
+    if not train:
+        raise RecoverlibError("optimize-prompt: no train prompts")
+    rng = np.random.default_rng(config.seed)
+    vocab = (word_vocabulary(train, config.vocab_size) if config.vocab == "words"
+             else token_vocabulary(ctx.get_scorer().tokenizer, config.vocab_size, rng))
+    return beam_search(prompt_scorer(train, ctx), vocab, config, desc="optimize-prompt", progress=progress)
+
+
+def suffix_scorer(predictions: Sequence[str], truths: Sequence[str], ctx) -> Callable[[list[str]], np.ndarray]:
+    """``score(suffixes)``: mean cos^3 of ``prediction + " " + suffix`` against its truth, over rows."""
+    goal = ctx.embed(list(truths))
+
+    def score(suffixes: list[str]) -> np.ndarray:
+        texts = [f"{p} {s}".strip() for s in suffixes for p in predictions]
+        emb = ctx.embed(texts, remember=False).reshape(len(suffixes), len(predictions), -1)
+        cos = np.clip(np.einsum("snd,nd->sn", emb, goal), -1.0, 1.0)
+        return (np.sign(cos) * np.abs(cos) ** ctx.power).mean(axis=1)
+
+    return score
+
+
+def search_suffix(predictions: Sequence[str], truths: Sequence[str], ctx, config: SearchConfig = SearchConfig(),
+                  progress: bool = True) -> SearchResult:
+    """The suffix: embedder tokens whose addition to every prediction most raises its score against its truth."""
+    if not predictions or len(predictions) != len(truths):
+        raise RecoverlibError(f"search-suffix: {len(predictions)} predictions for {len(truths)} truths")
+    rng = np.random.default_rng(config.seed)
+    vocab = token_vocabulary(ctx.get_scorer().tokenizer, config.vocab_size, rng)
+    return beam_search(suffix_scorer(predictions, truths, ctx), vocab, config, desc="search-suffix", progress=progress)
+
+
+def holdout_split(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train, validation) index arrays; validation gets ``fraction`` of ``n`` (at least 1 when n >= 2)."""
+    order = rng.permutation(n)
+    k = max(1, round(n * fraction)) if n >= 2 else 0
+    return np.sort(order[k:]), np.sort(order[:k])

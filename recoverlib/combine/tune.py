@@ -1,0 +1,157 @@
+"""Choosing the combination by the metric on validation rows: score every candidate strategy and pipeline on saved
+samples against their truths, with bootstrap intervals and paired differences against the single first
+(greedy) prediction, and keep the best as a combination config.
+
+The choice is per task (is hedging worth it here?) and, through ``mbr``, per row. A tuned config holds no row
+ids and its prompt texts inline, so it carries to another split of the same task.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from recoverlib.combine.base import Sample, combine_rows
+from recoverlib.combine.budget import BudgetConfig
+from recoverlib.combine.concat import ConcatConfig
+from recoverlib.combine.first import FirstConfig
+from recoverlib.combine.mbr import MbrConfig
+from recoverlib.combine.mean_prompt import MeanPromptConfig
+from recoverlib.combine.medoid import MedoidConfig
+from recoverlib.combine.pipeline import PipelineConfig
+from recoverlib.combine.suffix import SuffixConfig
+from recoverlib.errors import RecoverlibError
+
+BASELINE = "first"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A named combination config to try."""
+
+    name: str
+    config: object
+
+
+def default_candidates(mean_prompt: str | None = None, suffix: str | None = None) -> list[Candidate]:
+    """The standard grid: selectors alone, then with the mean prompt and the suffix when given (texts)."""
+    budget = BudgetConfig()
+    dedup = ConcatConfig(dedup_threshold=0.9)
+    out = [Candidate(BASELINE, FirstConfig()), Candidate("medoid", MedoidConfig()),
+           Candidate("concat", ConcatConfig()), Candidate("concat-dedup", PipelineConfig((dedup, budget))),
+           Candidate("mbr-2", MbrConfig(max_parts=2)), Candidate("mbr-4", MbrConfig(max_parts=4))]
+    if mean_prompt:
+        append, insert = MeanPromptConfig(text=mean_prompt), MeanPromptConfig(text=mean_prompt, mode="insert")
+        out += [Candidate("concat-dedup+mean", PipelineConfig((dedup, append, budget))),
+                Candidate("concat-dedup+mean-insert", PipelineConfig((dedup, insert, budget))),
+                Candidate("mbr-4+mean?", PipelineConfig((MbrConfig(mean_prompt=append), budget))),
+                Candidate("mbr-4+mean?-prior", PipelineConfig((MbrConfig(mean_prompt=append, prior_weight=0.25),
+                                                               budget)))]
+    if suffix:
+        tail = SuffixConfig(text=suffix)
+        out += [Candidate("concat-dedup+suffix", PipelineConfig((dedup, tail, budget))),
+                Candidate("mbr-4+suffix", PipelineConfig((MbrConfig(), tail, budget)))]
+        if mean_prompt:
+            out.append(Candidate("mbr-4+mean?+suffix", PipelineConfig((MbrConfig(mean_prompt=append), tail, budget))))
+    return out
+
+
+def select(candidates: Sequence[Candidate], names: Sequence[str] | None) -> list[Candidate]:
+    """The candidates named (in grid order; the baseline always kept); unknown names are a one-line error."""
+    if not names:
+        return list(candidates)
+    known = {c.name for c in candidates}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise RecoverlibError(f"unknown strategy name(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return [c for c in candidates if c.name in set(names) | {BASELINE}]
+
+
+def bootstrap_interval(values: np.ndarray, rng: np.random.Generator, n_boot: int = 1000,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (rows,); ``rng`` is the caller's seeded generator."""
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
+    means = values[idx].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+@dataclass(frozen=True)
+class Result:
+    """One candidate's score on the rows: mean, 95% interval, paired difference vs the baseline with interval.
+
+    ``seconds``: this candidate's wall time, including embedding the texts no earlier candidate needed (the
+    cache is shared, so the first embedding strategy pays for the samples).
+    """
+
+    name: str
+    config: object
+    score: float
+    low: float
+    high: float
+    diff: float
+    diff_low: float
+    diff_high: float
+    seconds: float
+    rows: np.ndarray  # (rows,) per-row scores
+
+
+def score_candidates(samples: Mapping[str, Sequence[Sample]], truth: Mapping[str, str],
+                     candidates: Sequence[Candidate], ctx, rng: np.random.Generator, n_boot: int = 1000,
+                     fallback: str | None = None, progress: bool = True) -> list[Result]:
+    """Every candidate scored on the rows both files have, best first. Empty predictions get ``fallback``
+    (as ``predict`` does). The baseline (``first``) is always scored: the paired differences need it."""
+    ids = matched_ids(samples, truth)
+    rows = {i: samples[i] for i in ids}
+    gold = ctx.embed([truth[i] for i in ids])
+    if BASELINE not in {c.name for c in candidates}:
+        candidates = [Candidate(BASELINE, FirstConfig()), *candidates]
+    scored = {}
+    for cand in candidates:
+        start = time.perf_counter()
+        preds = combine_rows(rows, cand.config, ctx, progress=progress)
+        texts = [preds[i] or fallback or "" for i in ids]
+        got = _row_scores(texts, gold, ctx)
+        scored[cand.name] = (cand, got, time.perf_counter() - start)
+    base = scored[BASELINE][1]
+    out = []
+    for cand, got, secs in scored.values():
+        # One seeded draw per candidate, from the caller's generator: a rerun with the same seed repeats exactly.
+        low, high = bootstrap_interval(got, rng, n_boot)
+        d_low, d_high = bootstrap_interval(got - base, rng, n_boot)
+        out.append(Result(cand.name, cand.config, float(got.mean()), low, high, float((got - base).mean()),
+                          d_low, d_high, secs, got))
+    return sorted(out, key=lambda r: -r.score)
+
+
+def _row_scores(texts: list[str], gold: np.ndarray, ctx) -> np.ndarray:
+    """(rows,) cos^3 of each prediction with its truth; an empty prediction scores 0."""
+    nonempty = [t or " " for t in texts]
+    got = np.einsum("nd,nd->n", ctx.embed(nonempty), gold)
+    got = np.sign(got) * np.abs(np.clip(got, -1, 1)) ** ctx.power
+    return np.where([bool(t) for t in texts], got, 0.0)
+
+
+def matched_ids(samples: Mapping[str, Sequence[Sample]], truth: Mapping[str, str]) -> list[str]:
+    """Ids in both, in the samples file's order; none in common, or samples without truth, is an error."""
+    missing = [i for i in samples if i not in truth]
+    if missing:
+        raise RecoverlibError(f"{len(missing)} sampled row(s) have no truth, e.g. id {missing[0]}; "
+                              "pass the truth CSV of the same split")
+    if not samples:
+        raise RecoverlibError("the samples file has no rows")
+    return list(samples)
+
+
+def format_table(results: Sequence[Result]) -> str:
+    """A Markdown table: score [95% interval], paired difference vs the first prediction [interval], seconds."""
+    lines = ["| strategy | score | 95% interval | vs first | 95% interval | s |", "|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r.name} | {r.score:.4f} | [{r.low:.4f}, {r.high:.4f}] | {r.diff:+.4f} | "
+                     f"[{r.diff_low:+.4f}, {r.diff_high:+.4f}] | {r.seconds:.1f} |")
+    return "\n".join(lines)

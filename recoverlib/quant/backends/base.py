@@ -1,0 +1,163 @@
+"""The backend interface and the registry: each backend module registers itself, so a backend is one file.
+
+A backend turns an HF Mixtral folder into a quantized model following a :class:`PrecisionPlan`, saves and
+reloads it, describes its quantized modules for the audit, and says how many bytes a quantized linear of a
+given shape takes (for the planner). Backend modules import their heavy library only inside methods.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from recoverlib.errors import RecoverlibError
+from recoverlib.quant.plan import GroupPrecision, PrecisionPlan
+
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+@dataclass(frozen=True)
+class LinearStorage:
+    """How one quantized module is stored: nominal bits, group size (None = per row), weights it holds, bytes."""
+
+    bits: int
+    group_size: int | None
+    params: int  # out_features * in_features
+    bytes: int  # quantized payload plus its scales/zeros/absmax/indices, as held in memory
+    dtype: str  # storage kind, e.g. "nf4/uint8", "hqq/uint8", "gptq/int32"
+
+
+@dataclass(frozen=True)
+class QuantJob:
+    """One quantization request, validated before any model is loaded."""
+
+    model_path: Path
+    plan: PrecisionPlan
+    calibration: tuple[str, ...]  # texts (GPTQ only)
+    seed: int = 0
+    progress: bool = True
+
+
+class QuantBackend(ABC):
+    """One quantization library behind one interface. Subclasses register under :attr:`name`."""
+
+    name: ClassVar[str]
+    pip_name: ClassVar[str]  # what to pip install when the library is missing
+
+    def require(self, module: str):
+        """Import the backend's library, or raise a one-line error naming what to install."""
+        try:
+            return importlib.import_module(module)
+        except ImportError as err:
+            raise RecoverlibError(f"backend {self.name!r} needs {module} ({err}): pip install {self.pip_name}") from None
+
+    @abstractmethod
+    def validate(self, plan: PrecisionPlan) -> None:
+        """Raise a one-line error for a precision this backend cannot realise (before any work)."""
+
+    @abstractmethod
+    def quantize(self, job: QuantJob):
+        """Load ``job.model_path`` and quantize it following ``job.plan``; return the quantized HF model."""
+
+    @abstractmethod
+    def save(self, model, out_dir: Path) -> None:
+        """Write the quantized model's config and weights to ``out_dir`` (tokenizer and metadata are written by the caller)."""
+
+    @abstractmethod
+    def load(self, path: Path, plan: PrecisionPlan):
+        """Reload a checkpoint written by :meth:`save`; return the HF model in eval mode."""
+
+    @abstractmethod
+    def describe(self, module) -> LinearStorage | None:
+        """Storage of ``module`` if it is one of this backend's quantized modules, else None."""
+
+    @abstractmethod
+    def linear_bytes(self, out_features: int, in_features: int, prec: GroupPrecision, compute_dtype: str) -> int:
+        """Bytes of one quantized ``out x in`` linear at ``prec`` as :meth:`describe` counts them."""
+
+
+class BackendRegistry:
+    """Name -> backend instance. Importing every module of ``recoverlib.quant.backends`` registers them."""
+
+    def __init__(self):
+        self._backends: dict[str, QuantBackend] = {}
+        self._scanned = False
+
+    def register(self, name: str):
+        def wrap(cls):
+            cls.name = name
+            self._backends[name] = cls()
+            return cls
+
+        return wrap
+
+    def _scan(self) -> None:
+        if not self._scanned:
+            import recoverlib.quant.backends as pkg
+
+            for mod in pkgutil.iter_modules(pkg.__path__):
+                importlib.import_module(f"{pkg.__name__}.{mod.name}")
+            self._scanned = True
+
+    def names(self) -> list[str]:
+        self._scan()
+        return sorted(self._backends)
+
+    def get(self, name: str) -> QuantBackend:
+        self._scan()
+        if name not in self._backends:
+            raise RecoverlibError(f"unknown quantization backend {name!r}; choose one of {', '.join(self.names())}")
+        return self._backends[name]
+
+    def all(self) -> list[QuantBackend]:
+        self._scan()
+        return list(self._backends.values())
+
+
+BACKENDS = BackendRegistry()
+register_backend = BACKENDS.register
+get_backend = BACKENDS.get
+
+
+def require_group_sizes(backend: str, plan: PrecisionPlan, allowed: dict[int, tuple[int | None, ...]]) -> None:
+    """Raise unless every quantized group's (bits, group_size) is in ``allowed`` (bits -> group sizes)."""
+    for group, prec in plan.groups().items():
+        if not prec.quantized:
+            continue
+        if prec.bits not in allowed:
+            raise RecoverlibError(f"plan {plan.name!r}: {backend} cannot store {group} in {prec.bits} bits (supports {sorted(allowed)})")
+        if prec.group_size not in allowed[prec.bits]:
+            raise RecoverlibError(
+                f"plan {plan.name!r}: {backend} {prec.bits}-bit needs group_size in {list(allowed[prec.bits])} ({group} has {prec.group_size})"
+            )
+
+
+def group_of(name: str) -> str:
+    """Module group of a dotted module name: attention, experts, router, lm_head, embeddings or other."""
+    parts = name.split(".")
+    if parts[-1] == "lm_head":
+        return "lm_head"
+    if "embed_tokens" in parts:
+        return "embeddings"
+    if "experts" in parts:
+        return "experts"
+    if parts[-1] == "gate" and len(parts) > 1 and parts[-2] in ("mlp", "block_sparse_moe"):
+        return "router"
+    if "self_attn" in parts:
+        return "attention"
+    return "other"
+
+
+def copy_tokenizer(src: Path, dst: Path) -> None:
+    """Copy the tokenizer and generation files a model folder needs besides weights and config."""
+    import shutil
+
+    names = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+             "generation_config.json", "tokenizer.model")
+    for n in names:
+        if (src / n).is_file():
+            shutil.copy2(src / n, dst / n)

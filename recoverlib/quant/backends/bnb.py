@@ -1,0 +1,111 @@
+"""bitsandbytes through transformers: NF4 (block 64) or LLM.int8 (per-row scales), experts included.
+
+transformers' bitsandbytes integration replaces ``nn.Linear`` only, so the model is built with the split MoE
+block (:mod:`recoverlib.quant.moe`); groups the plan keeps in 16 bit go to ``llm_int8_skip_modules`` (bnb
+matches whole name parts, so ``gate`` skips the router and not ``gate_proj``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from recoverlib.errors import RecoverlibError
+from recoverlib.quant.backends.base import (
+    LinearStorage,
+    QuantBackend,
+    QuantJob,
+    register_backend,
+    require_group_sizes,
+)
+from recoverlib.quant.moe import save_state, split_moe
+from recoverlib.quant.plan import GroupPrecision, PrecisionPlan
+
+NF4_BLOCK = 64
+NF4_CODE = 16  # fp32 entries of the NF4 code book each layer keeps
+CPU_BLOCK_N = 32  # bitsandbytes CPU 4-bit kernel packs output rows in blocks of 32
+SKIP_NAMES = {"attention": ["q_proj", "k_proj", "v_proj", "o_proj"], "experts": ["experts"], "router": ["gate"],
+              "lm_head": ["lm_head"]}
+
+
+@register_backend("bnb")
+class BnbBackend(QuantBackend):
+    pip_name = "bitsandbytes>=0.50,<0.51"
+
+    def validate(self, plan: PrecisionPlan) -> None:
+        require_group_sizes("bitsandbytes", plan, {4: (NF4_BLOCK,), 8: (None,)})
+        bits = {p.bits for p in plan.groups().values() if p.quantized}
+        if len(bits) > 1:
+            raise RecoverlibError(f"plan {plan.name!r}: bitsandbytes uses one bit width per model (got {sorted(bits)})")
+        for group in ("embeddings", "lm_head"):
+            if plan.group(group).quantized:
+                raise RecoverlibError(f"plan {plan.name!r}: the bitsandbytes backend keeps {group} in 16 bit; use hqq")
+
+    def _config(self, plan: PrecisionPlan):
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        self.require("bitsandbytes")
+        skip = [n for g, names in SKIP_NAMES.items() if not plan.group(g).quantized for n in names]
+        compute = getattr(torch, plan.compute_dtype)
+        if plan.attention.bits == 8 or plan.experts.bits == 8:
+            return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
+                                  bnb_4bit_use_double_quant=False, llm_int8_skip_modules=skip)
+
+    def quantize(self, job: QuantJob):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        config = self._config(job.plan)
+        with split_moe():
+            model = AutoModelForCausalLM.from_pretrained(
+                job.model_path, dtype=getattr(torch, job.plan.compute_dtype), quantization_config=config
+            )
+        return _cpu_safe(model).eval()
+
+    def save(self, model, out_dir: Path) -> None:
+        model.config.save_pretrained(out_dir)  # carries quantization_config
+        save_state(model, out_dir, disk_names=False)  # SCB keys would miss defuser's w1 -> gate_proj renaming
+
+    def load(self, path: Path, plan: PrecisionPlan):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.require("bitsandbytes")
+        with split_moe():
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, plan.compute_dtype))
+        return _cpu_safe(model).eval()
+
+    def describe(self, module) -> LinearStorage | None:
+        name = type(module).__name__
+        if name == "Linear4bit":
+            qs = module.weight.quant_state
+            extra = qs.absmax.numel() * qs.absmax.element_size() + qs.code.numel() * qs.code.element_size()
+            if qs.nested:
+                extra += qs.state2.absmax.numel() * qs.state2.absmax.element_size() + qs.state2.code.numel() * 4
+            params = math.prod(qs.shape)
+            return LinearStorage(4, qs.blocksize, params, _nbytes(module.weight) + extra, f"{qs.quant_type}/uint8")
+        if name == "Linear8bitLt":
+            scb = module.weight.SCB if getattr(module.weight, "SCB", None) is not None else module.state.SCB
+            return LinearStorage(8, None, module.weight.numel(), _nbytes(module.weight) + _nbytes(scb), "int8")
+        return None
+
+    def linear_bytes(self, out_features: int, in_features: int, prec: GroupPrecision, compute_dtype: str) -> int:
+        n = out_features * in_features
+        if prec.bits == 8:
+            return n + 4 * out_features  # int8 weights + one fp32 scale per row
+        return (n + 1) // 2 + 4 * math.ceil(n / NF4_BLOCK) + 4 * NF4_CODE
+
+
+def _cpu_safe(model):
+    """Keep 4-bit layers whose output size is not a multiple of 32 (the router: one row per expert) off
+    bitsandbytes' repacked CPU kernel, which asserts ``N % 32 == 0`` at the first forward."""
+    for module in model.modules():
+        if type(module).__name__ == "Linear4bit" and module.out_features % CPU_BLOCK_N:
+            module.support_avx512bf16_for_cpu = False
+    return model
+
+
+def _nbytes(t) -> int:
+    return t.numel() * t.element_size()

@@ -1,0 +1,144 @@
+"""HQQ through hqq's own API (``HQQLinear``, pytorch backend on CPU): any bits/group per module group.
+
+transformers' ``HqqConfig`` is not implemented in transformers 5 and hqq's ``save_quantized`` drops fused
+experts, so the split-MoE model's linears are replaced here one by one and saved as one safetensors file of
+hqq's encoded state dicts. Scales and zeros stay in the compute dtype (hqq's 8-bit meta quantization cannot be
+serialized to safetensors).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from recoverlib.errors import RecoverlibError
+from recoverlib.quant.backends.base import (
+    DTYPE_BYTES,
+    LinearStorage,
+    QuantBackend,
+    QuantJob,
+    group_of,
+    register_backend,
+)
+from recoverlib.quant.moe import split_moe
+from recoverlib.quant.plan import GroupPrecision, PrecisionPlan
+
+# values per storage word: 2/4/8-bit pack into uint8, 3-bit packs 10 values into an int32
+PACKING = {2: (4, 1), 3: (10, 4), 4: (2, 1), 8: (1, 1)}
+
+
+@register_backend("hqq")
+class HqqBackend(QuantBackend):
+    pip_name = "hqq==0.2.8.post1"
+
+    def validate(self, plan: PrecisionPlan) -> None:
+        for group, prec in plan.groups().items():
+            if prec.quantized and prec.group_size is None:
+                raise RecoverlibError(f"plan {plan.name!r}: hqq needs a group_size for {group}")
+        if plan.embeddings.quantized:
+            raise RecoverlibError(f"plan {plan.name!r}: the hqq backend quantizes linears only; keep embeddings at null")
+
+    def _hqq(self):
+        self.require("hqq")
+        from hqq.core.quantize import HQQBackend, HQQLinear
+
+        HQQLinear.set_backend(HQQBackend.PYTORCH)  # the only backend that runs on CPU
+        return HQQLinear
+
+    def quantize(self, job: QuantJob):
+        import torch
+        from hqq.core.quantize import BaseQuantizeConfig
+        from transformers import AutoModelForCausalLM
+
+        HQQLinear = self._hqq()
+        compute = getattr(torch, job.plan.compute_dtype)
+        with split_moe():
+            model = AutoModelForCausalLM.from_pretrained(job.model_path, dtype=compute)
+        targets = _targets(model, job.plan)
+        for name, module in tqdm(targets, desc="hqq", unit="linear", disable=not job.progress):
+            prec = job.plan.group(group_of(name))
+            cfg = BaseQuantizeConfig(nbits=prec.bits, group_size=prec.group_size, axis=1)
+            _set_module(model, name, HQQLinear(module, cfg, compute_dtype=compute, device="cpu", del_orig=True))
+        return model.eval()
+
+    def save(self, model, out_dir: Path) -> None:
+        from safetensors.torch import save_file
+
+        HQQLinear = self._hqq()
+        state = {}
+        for name, module in model.named_modules():
+            if isinstance(module, HQQLinear):
+                module.encoded_state_dict = True
+                state.update({f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()})
+        quantized = {k.rsplit(".", 1)[0] for k in state}
+        for name, p in model.state_dict().items():
+            if name.rsplit(".", 1)[0] not in quantized:
+                state[name] = p.contiguous()
+        config = model.config.to_dict()
+        # A marker so a plain transformers load fails loudly instead of starting from random experts.
+        model.config.quantization_config = {"quant_method": "hqq", "loader": "recoverlib.quant.load_quantized"}
+        model.config.save_pretrained(out_dir)
+        model.config.quantization_config = config.get("quantization_config")
+        save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+
+    def load(self, path: Path, plan: PrecisionPlan):
+        import torch
+        from accelerate import init_empty_weights
+        from safetensors.torch import load_file
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        HQQLinear = self._hqq()
+        compute = getattr(torch, plan.compute_dtype)
+        config = AutoConfig.from_pretrained(path)
+        config.quantization_config = None
+        with split_moe(), init_empty_weights(include_buffers=False):
+            model = AutoModelForCausalLM.from_config(config, dtype=compute)
+        state = load_file(str(path / "model.safetensors"))
+        quantized = sorted({k.rsplit(".", 1)[0] for k in state if k.endswith(".W_q")})
+        for name in quantized:
+            layer = HQQLinear(None, None, compute_dtype=compute, device="cpu")
+            layer.load_state_dict({k[len(name) + 1 :]: state.pop(k) for k in list(state) if k.startswith(name + ".")})
+            _set_module(model, name, layer)
+        done = set(quantized)  # HQQLinear reports its own keys missing from a parent's load; they are loaded above
+        result = model.load_state_dict(state, strict=False, assign=True)
+        missing = [k for k in result.missing_keys if k.rsplit(".", 1)[0] not in done]
+        if missing:
+            raise RecoverlibError(f"{path}: checkpoint lacks {len(missing)} weight(s), e.g. {missing[0]}")
+        return model.eval()
+
+    def describe(self, module) -> LinearStorage | None:
+        if type(module).__name__ != "HQQLinear" or getattr(module, "W_q", None) is None:
+            return None
+        meta = module.meta
+        nbytes = _nbytes(module.W_q) + _nbytes(meta["scale"]) + _nbytes(meta["zero"])
+        bits, group = int(meta["nbits"]), int(meta["group_size"])
+        return LinearStorage(bits, group, math.prod(meta["shape"]), nbytes, f"hqq/{str(module.W_q.dtype).removeprefix('torch.')}")
+
+    def linear_bytes(self, out_features: int, in_features: int, prec: GroupPrecision, compute_dtype: str) -> int:
+        groups = out_features * in_features // prec.group_size
+        per_word, word_bytes = PACKING[prec.bits]
+        payload = math.ceil(groups / per_word) * prec.group_size * word_bytes
+        return payload + 2 * groups * DTYPE_BYTES[compute_dtype]  # + one scale and one zero per group
+
+
+def _targets(model, plan: PrecisionPlan) -> list[tuple[str, object]]:
+    """The nn.Linear modules whose group the plan quantizes; raise if a planned group has none."""
+    from torch import nn
+
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and plan.group(group_of(n)).quantized]
+    groups = {group_of(n) for n, _ in found}
+    for g, prec in plan.groups().items():
+        if prec.quantized and g not in groups:
+            raise RecoverlibError(f"{g}: planned {prec.label()} but the model has no nn.Linear in that group")
+    return found
+
+
+def _set_module(model, name: str, module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def _nbytes(t) -> int:
+    return t.numel() * t.element_size()

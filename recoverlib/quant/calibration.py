@@ -1,0 +1,59 @@
+"""Calibration texts for GPTQ: rows of a CSV rendered as recovery prompts, a text column, or built-in examples."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+from recoverlib.errors import RecoverlibError
+
+MAX_TEXTS = 256
+
+
+def calibration_texts(source: str | Path | Sequence[str] | None, model_path: Path, seed: int = 0) -> list[str]:
+    """Up to ``MAX_TEXTS`` texts, chosen with ``seed`` when the source has more."""
+    if source is None:
+        texts = _builtin(model_path)
+    elif isinstance(source, str | Path):
+        texts = _from_csv(Path(source), model_path)
+    else:
+        texts = [str(t) for t in source]
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise RecoverlibError("calibration: no non-empty texts")
+    if len(texts) > MAX_TEXTS:
+        texts = random.Random(seed).sample(texts, MAX_TEXTS)
+    return texts
+
+
+def _builtin(model_path: Path) -> list[str]:
+    from recoverlib.sample_data import corpus_texts
+
+    lines = corpus_texts()
+    pairs = list(zip(lines, lines[1:] + lines[:1], strict=True))
+    return lines + _render(pairs, model_path)
+
+
+def _from_csv(path: Path, model_path: Path) -> list[str]:
+    import pandas as pd
+
+    from recoverlib.io import read_csv
+
+    if not path.is_file():
+        raise RecoverlibError(f"calibration {path}: no such file")
+    if "text" in pd.read_csv(path, nrows=0).columns:
+        return pd.read_csv(path, dtype=str)["text"].dropna().tolist()
+    frame = read_csv(path, ("id", "original_text", "rewritten_text"))
+    rows = frame.dropna(subset=["original_text", "rewritten_text"])
+    return _render(list(zip(rows["original_text"], rows["rewritten_text"], strict=True)), model_path)
+
+
+def _render(pairs: list[tuple[str, str]], model_path: Path) -> list[str]:
+    from transformers import AutoTokenizer
+
+    from recoverlib.prompt import RecoveryTemplate
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    template = RecoveryTemplate()
+    return [template.render(tok, o, r) for o, r in pairs]

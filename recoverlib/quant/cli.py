@@ -1,0 +1,73 @@
+"""``recoverlib quantize`` and ``recoverlib inspect``: registered on the main parser by :func:`add_quant_commands`.
+
+Each command function takes the parsed namespace and returns an exit code; a :class:`RecoverlibError` is left
+to the main CLI, which prints it as one line (exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from recoverlib.errors import RecoverlibError
+
+
+def add_quant_commands(subparsers) -> None:
+    """Register ``quantize`` and ``inspect`` on an ``argparse`` subparsers object."""
+    from recoverlib.quant.plan import PRESETS
+
+    q = subparsers.add_parser("quantize", help="quantize a Mixtral checkpoint (experts included) and audit it")
+    q.add_argument("--model", required=True, type=Path, help="16-bit HF Mixtral folder")
+    q.add_argument("--plan", required=True, help=f"preset ({', '.join(PRESETS)}) or a JSON plan file")
+    q.add_argument("--out", required=True, type=Path, help="output folder")
+    q.add_argument("--calibration", type=Path, default=None,
+                   help="GPTQ calibration CSV (Kaggle rows or a 'text' column); default: built-in examples")
+    q.add_argument("--seed", type=int, default=0, help="seed for choosing calibration texts")
+    q.add_argument("--export-vllm", type=Path, default=None, help="gptq only: also write a vLLM-layout copy here")
+    q.set_defaults(func=cmd_quantize)
+
+    i = subparsers.add_parser("inspect", help="audit a checkpoint: bits, group size, params and bytes per module group")
+    i.add_argument("path", type=Path, help="HF model folder (quantized or not)")
+    i.add_argument("--json", action="store_true", help="print the audit as JSON")
+    i.set_defaults(func=cmd_inspect)
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from recoverlib.quant.api import quantize
+
+    out = quantize(args.model, args.plan, args.out, calibration=args.calibration, seed=args.seed, progress=True)
+    if args.export_vllm:
+        from recoverlib.quant.export import export_vllm
+
+        print(f"[recoverlib quantize] vLLM layout: {export_vllm(out, args.export_vllm)}", flush=True)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from recoverlib.quant.api import inspect
+    from recoverlib.quant.audit import check_plan
+    from recoverlib.quant.plan import PrecisionPlan
+
+    report = inspect(args.path, check=False)
+    print(json.dumps(report.to_json(), indent=1) if args.json else report.table())
+    if report.plan_dict is not None:
+        check_plan(report, PrecisionPlan.from_dict(report.plan_dict))  # after printing, so the table is seen
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (``python -m recoverlib.quant.cli``) with the same one-line error handling as the main CLI."""
+    parser = argparse.ArgumentParser(prog="recoverlib")
+    add_quant_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except RecoverlibError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Precision plans: bits and group size per module group, named presets, and plans read from JSON files.
+
+A plan names its backend and gives each module group a :class:`GroupPrecision`; ``bits=None`` keeps the group
+in the compute dtype. Groups: ``attention`` (q/k/v/o), ``experts`` (w1/w2/w3 = gate/up/down projections of
+every expert), ``router`` (the MoE gate), ``lm_head`` and ``embeddings``. The router stays in the compute dtype
+by default; each preset has a ``+router`` twin that quantizes it like attention (the ablation).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from recoverlib.errors import RecoverlibError
+
+GROUPS = ("attention", "experts", "router", "lm_head", "embeddings")
+ROUTER_SUFFIX = "+router"
+COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
+
+
+@dataclass(frozen=True)
+class GroupPrecision:
+    """Storage of one module group. ``bits=None``: not quantized. ``group_size=None``: one scale per row."""
+
+    bits: int | None = None
+    group_size: int | None = None
+
+    def __post_init__(self):
+        if self.bits is None:
+            if self.group_size is not None:
+                raise RecoverlibError(f"group_size {self.group_size} given for an unquantized group (bits null)")
+            return
+        if self.bits not in (2, 3, 4, 8):
+            raise RecoverlibError(f"bits must be 2, 3, 4, 8 or null (got {self.bits})")
+        if self.group_size is not None and (self.group_size < 8 or self.group_size & (self.group_size - 1)):
+            raise RecoverlibError(f"group_size must be a power of two >= 8 or null (got {self.group_size})")
+
+    @property
+    def quantized(self) -> bool:
+        return self.bits is not None
+
+    def label(self) -> str:
+        if self.bits is None:
+            return "16-bit"
+        return f"{self.bits}-bit" + (f" g{self.group_size}" if self.group_size else " per-row")
+
+
+FULL = GroupPrecision()
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """Which backend quantizes, and each group's precision. Validated once, at construction."""
+
+    backend: str
+    attention: GroupPrecision = FULL
+    experts: GroupPrecision = FULL
+    router: GroupPrecision = FULL
+    lm_head: GroupPrecision = FULL
+    embeddings: GroupPrecision = FULL
+    compute_dtype: str = "bfloat16"
+    name: str = field(default="custom", compare=False)
+
+    def __post_init__(self):
+        if not self.backend or not isinstance(self.backend, str):
+            raise RecoverlibError(f"plan {self.name!r}: backend must be a name (got {self.backend!r})")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise RecoverlibError(f"plan {self.name!r}: compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}")
+        for g in GROUPS:
+            if not isinstance(getattr(self, g), GroupPrecision):
+                raise RecoverlibError(f"plan {self.name!r}: group {g} is not a GroupPrecision")
+
+    def group(self, name: str) -> GroupPrecision:
+        return getattr(self, name)
+
+    def groups(self) -> dict[str, GroupPrecision]:
+        return {g: self.group(g) for g in GROUPS}
+
+    def with_router(self) -> PrecisionPlan:
+        """The same plan with the router quantized like attention (the router ablation)."""
+        src = self.attention if self.attention.quantized else self.experts
+        if not src.quantized:
+            raise RecoverlibError(f"plan {self.name!r}: nothing is quantized, so no precision to give the router")
+        return replace(self, router=src, name=self.name + ROUTER_SUFFIX)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "backend": self.backend, "compute_dtype": self.compute_dtype,
+                **{g: asdict(self.group(g)) for g in GROUPS}}
+
+    @classmethod
+    def from_dict(cls, data: dict, name: str = "custom") -> PrecisionPlan:
+        """Build a plan from ``{"backend": ..., "experts": {"bits": 4, "group_size": 64}, ...}``."""
+        known = {"name", "backend", "compute_dtype", *GROUPS}
+        extra = sorted(set(data) - known)
+        if extra:
+            raise RecoverlibError(f"plan {name!r}: unknown key(s) {extra}; known: {sorted(known)}")
+        groups = {}
+        for g in GROUPS:
+            spec = data.get(g) or {}
+            if not isinstance(spec, dict) or set(spec) - {"bits", "group_size"}:
+                raise RecoverlibError(f"plan {name!r}: {g} must be {{'bits': int|null, 'group_size': int|null}}")
+            groups[g] = GroupPrecision(spec.get("bits"), spec.get("group_size"))
+        if "backend" not in data:
+            raise RecoverlibError(f"plan {name!r}: missing 'backend'")
+        return cls(backend=data["backend"], compute_dtype=data.get("compute_dtype", "bfloat16"),
+                   name=data.get("name", name), **groups)
+
+
+def _preset(name: str, backend: str, attention: GroupPrecision, experts: GroupPrecision) -> PrecisionPlan:
+    return PrecisionPlan(backend=backend, attention=attention, experts=experts, name=name)
+
+
+def _base_presets() -> list[PrecisionPlan]:
+    g = GroupPrecision
+    return [
+        # bitsandbytes NF4 and LLM.int8 use fixed block sizes (64; per row), as the seed's recipe did.
+        _preset("bnb-nf4", "bnb", g(4, 64), g(4, 64)),
+        _preset("bnb-int8", "bnb", g(8, None), g(8, None)),
+        _preset("hqq-4", "hqq", g(4, 64), g(4, 64)),
+        _preset("hqq-attn4-exp2", "hqq", g(4, 64), g(2, 16)),
+        _preset("hqq-attn4-exp3", "hqq", g(4, 64), g(3, 128)),
+        _preset("gptq-4", "gptq", g(4, 128), g(4, 128)),
+        _preset("gptq-attn8-exp4", "gptq", g(8, 128), g(4, 128)),
+    ]
+
+
+def _all_presets() -> dict[str, PrecisionPlan]:
+    out = {}
+    for plan in _base_presets():
+        out[plan.name] = plan
+        routed = plan.with_router()
+        out[routed.name] = routed
+    return out
+
+
+PRESETS: dict[str, PrecisionPlan] = _all_presets()
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def load_plan(spec: str | Path | PrecisionPlan) -> PrecisionPlan:
+    """A preset name (``hqq-4``, ``bnb-nf4+router``, ...), a JSON plan file, or a plan (returned as is)."""
+    if isinstance(spec, PrecisionPlan):
+        return spec
+    text = str(spec)
+    if text in PRESETS:
+        return PRESETS[text]
+    path = Path(text)
+    if path.suffix == ".json" or path.is_file():
+        if not path.is_file():
+            raise RecoverlibError(f"plan file {path}: no such file")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise RecoverlibError(f"plan file {path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+        if not isinstance(data, dict):
+            raise RecoverlibError(f"plan file {path}: expected a JSON object")
+        return PrecisionPlan.from_dict(data, name=path.stem)
+    raise RecoverlibError(f"unknown plan {text!r}: give a JSON file or one of {', '.join(PRESETS)}")

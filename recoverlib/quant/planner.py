@@ -1,0 +1,148 @@
+"""The memory planner: exact weight bytes of a plan from a ``config.json`` alone, no weights loaded.
+
+Each group's linears come from the Mixtral shapes; quantized linears are costed by their backend's
+:meth:`~recoverlib.quant.backends.base.QuantBackend.linear_bytes`, everything else at the compute dtype. On a
+model the audit measures, the two agree to the byte. Figures are weights only: no KV cache, activations,
+CUDA context or allocator slack, which the published runtime figures include.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from recoverlib.errors import RecoverlibError
+from recoverlib.quant.backends.base import DTYPE_BYTES, get_backend
+from recoverlib.quant.plan import GROUPS, PrecisionPlan
+
+# Mixtral-8x7B's public config, the fields the planner reads.
+MIXTRAL_8X7B = {
+    "model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "num_local_experts": 8,
+    "num_experts_per_tok": 2, "vocab_size": 32000, "tie_word_embeddings": False,
+}
+
+
+@dataclass(frozen=True)
+class MoeShapes:
+    """The Mixtral shapes weight memory depends on."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    experts: int
+    vocab: int
+    tied: bool
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> MoeShapes:
+        missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                               "num_local_experts", "vocab_size") if k not in cfg]
+        if missing:
+            raise RecoverlibError(f"config has no {', '.join(missing)}: the planner needs a Mixtral-style MoE config")
+        heads = cfg["num_attention_heads"]
+        return cls(cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], heads,
+                   cfg.get("num_key_value_heads") or heads, cfg.get("head_dim") or cfg["hidden_size"] // heads,
+                   cfg["num_local_experts"], cfg["vocab_size"], bool(cfg.get("tie_word_embeddings", False)))
+
+    def linears(self) -> dict[str, list[tuple[int, int, int]]]:
+        """group -> [(out_features, in_features, how many)]; embeddings are a (vocab x hidden) table."""
+        h, L, q, kv = self.hidden, self.layers, self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return {
+            "attention": [(q, h, L), (kv, h, 2 * L), (h, q, L)],
+            "experts": [(self.intermediate, h, 2 * self.experts * L), (h, self.intermediate, self.experts * L)],
+            "router": [(self.experts, h, L)],
+            "lm_head": [] if self.tied else [(self.vocab, h, 1)],
+            "embeddings": [(self.vocab, h, 1)],
+        }
+
+    @property
+    def norm_params(self) -> int:
+        return (2 * self.layers + 1) * self.hidden
+
+
+@dataclass(frozen=True)
+class GroupEstimate:
+    bits: int | None
+    group_size: int | None
+    params: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class PlanEstimate:
+    """Weight bytes per group for a plan; ``other`` holds the norms."""
+
+    plan: str
+    groups: dict[str, GroupEstimate]
+    other_bytes: int
+    other_params: int
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(g.bytes for g in self.groups.values()) + self.other_bytes
+
+    @property
+    def total_params(self) -> int:
+        return sum(g.params for g in self.groups.values()) + self.other_params
+
+    @property
+    def effective_bits(self) -> float:
+        return 8 * self.total_bytes / self.total_params
+
+
+def read_config(config: str | Path | dict) -> dict:
+    """A config dict from a dict, a ``config.json`` file or a model folder."""
+    if isinstance(config, dict):
+        return config
+    path = Path(config)
+    path = path / "config.json" if path.is_dir() else path
+    if not path.is_file():
+        raise RecoverlibError(f"{path}: no such config file")
+    return json.loads(path.read_text())
+
+
+def plan_bytes(config: str | Path | dict, plan: PrecisionPlan) -> PlanEstimate:
+    """Exact in-memory weight bytes of ``plan`` applied to the model described by ``config``."""
+    shapes = MoeShapes.from_config(read_config(config))
+    backend = get_backend(plan.backend)
+    plain = DTYPE_BYTES[plan.compute_dtype]
+    groups = {}
+    for g in GROUPS:
+        prec = plan.group(g)
+        params = nbytes = 0
+        for out_f, in_f, count in shapes.linears()[g]:
+            params += out_f * in_f * count
+            one = backend.linear_bytes(out_f, in_f, prec, plan.compute_dtype) if prec.quantized else out_f * in_f * plain
+            nbytes += one * count
+        groups[g] = GroupEstimate(prec.bits if prec.quantized else 8 * plain, prec.group_size, params, nbytes)
+    return PlanEstimate(plan.name, groups, shapes.norm_params * plain, shapes.norm_params)
+
+
+def format_estimates(estimates: list[PlanEstimate], unit: float = 1e9) -> str:
+    """One row per plan: GB per group, total GB, effective bits per parameter."""
+    head = f"{'plan':<24}" + "".join(f"{g:>12}" for g in GROUPS) + f"{'total GB':>10}{'bits/param':>11}"
+    rows = [head, "-" * len(head)]
+    for e in estimates:
+        cells = "".join(f"{e.groups[g].bytes / unit:>12.3f}" for g in GROUPS)
+        rows.append(f"{e.plan:<24}{cells}{e.total_bytes / unit:>10.2f}{e.effective_bits:>11.3f}")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m recoverlib.quant.planner [CONFIG]``: the preset table for a config (default Mixtral-8x7B)."""
+    import sys
+
+    from recoverlib.quant.plan import PRESETS
+
+    argv = sys.argv[1:] if argv is None else argv
+    config = read_config(argv[0]) if argv else MIXTRAL_8X7B
+    print(format_estimates([plan_bytes(config, p) for p in PRESETS.values()]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""One embedding context for every combination test (the MiniLM scorer loads once per session)."""
+
+import pytest
+
+from recoverlib.combine import CombineContext, Sample
+
+
+@pytest.fixture(scope="session")
+def ctx(scorer):
+    return CombineContext(scorer=scorer)
+
+
+def rows_of(*texts, adapters=("a", "b")):
+    """Samples round-robin over ``adapters``: texts[0] is a/0, texts[1] is b/0, texts[2] is a/1, ..."""
+    n = len(adapters)
+    return [Sample(adapters[i % n], i // n, t) for i, t in enumerate(texts)]
+
+
+PIRATE = "Rewrite this text as a pirate would say it."
+PIRATE2 = "Rewrite the text as if a pirate said it."
+SHORT = "Make the text shorter and more formal."
+POEM = "Turn this into a poem about cooking."
+
+
+@pytest.fixture
+def cli_scorer(monkeypatch, scorer):
+    """CLI commands reuse the session's MiniLM scorer instead of loading their own (10 s a load)."""
+    import importlib
+
+    # ``import recoverlib.combine.cli as cli`` would resolve recoverlib.combine to the combine() function.
+    cli = importlib.import_module("recoverlib.combine.cli")
+    monkeypatch.setattr(cli, "_context", lambda embedder: CombineContext(scorer=scorer))
