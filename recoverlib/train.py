@@ -274,8 +274,8 @@ def train_adapter(model_path: str | Path, train, out_dir: str | Path, validation
             set_peft_model_state_dict(model, selector.best_state)
         else:
             selector.best_epoch = config.epochs
-    return _save(model, base_name or str(model_path), Path(out_dir), config, selector, len(train_rows),
-                 time.perf_counter() - start)
+    base_name = str(model_path) if base_name is None else base_name
+    return _save(model, base_name, Path(out_dir), config, selector, len(train_rows), time.perf_counter() - start)
 
 
 def build_trainer(model_path: str | Path, train_rows, val_rows, config: TrainConfig, work_dir: str):

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from recoverlib.errors import RecoverlibError
 from recoverlib.pretrain import PretrainConfig
 from recoverlib.synthetic.generator import TaskConfig
-from recoverlib.tiny import TINY_BASE_NAME, TinySpec
+from recoverlib.tiny import TinySpec
 
 STAMP = "trained.json"
 
@@ -169,7 +169,8 @@ def _train_one(out: Path, k: int, rows, seed: int, config: TrainedTinyConfig) ->
     tc = TrainConfig(rank=spec.rank, alpha=2.0 * spec.rank, prime=spec.prime, epochs=config.adapter_epochs,
                      lr=config.adapter_lr, max_rows=spec.rows, score_rows=config.adapter_score_rows,
                      seed=seed * 100 + spec.seed)
+    # No base name: the folder moves (cache -> OUT), and PEFT would look a non-path name up on the Hub
     result = train_adapter(out / "model", rows["train"], out / "adapters" / name, rows["validation"], tc,
-                           base_name=TINY_BASE_NAME)
+                           base_name="")
     return {"name": name, "prime": spec.prime, "rank": spec.rank, "best_epoch": result.best_epoch,
             "history": result.history, "train_rows": result.train_rows, "seconds": result.seconds}
