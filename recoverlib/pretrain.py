@@ -152,7 +152,7 @@ def pretrain(model, tokenizer, train_rows, validation_rows=(), config: PretrainC
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
         stat = {"epoch": epoch, "train_loss": sum(losses) / len(losses)}
