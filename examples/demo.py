@@ -1,44 +1,52 @@
-"""The main job on the embedded default: tiny Mixtral + 2 LoRA adapters, vLLM, 4 samples per row, scored.
+"""The main job on the embedded default: a tiny Mixtral trained here on the synthetic recovery task, two LoRA
+adapters, vLLM, 4 samples per row and adapter, combined and scored, beside the best constant prompt.
 
-Run with ``make demo`` (or ``python examples/demo.py [--out DIR]``). The tiny model is made once and cached
-under ``.cache/``; the submission lands in ``out/demo/submission.csv``.
+Run with ``make demo`` (or ``python examples/demo.py``). The trained model is made once (minutes) and cached;
+the submission lands in ``out/demo/submission.csv``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from recoverlib.cli import main as cli
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "examples" / "data"
 
 
-def tiny_model(cache: Path, adapters: int = 2, seed: int = 0) -> Path:
-    """The cached tiny model folder, made on first use."""
-    meta = cache / "tiny.json"
-    if not (meta.is_file() and json.loads(meta.read_text()).get("adapters") == adapters):
-        cli(["make-tiny", str(cache), "--adapters", str(adapters), "--seed", str(seed)])
-    return cache
+def constant_baseline(task: Path) -> tuple[str, float]:
+    """The best single prompt for every row, chosen on train, scored on the test truths."""
+    from recoverlib.evaluation import best_constant_prompt
+    from recoverlib.io import read_truth
+    from recoverlib.metric import Scorer
+
+    scorer = Scorer("minilm", progress=False)
+    train = read_truth(task / "train.csv")
+    prompt, _ = best_constant_prompt(list(train.values()), scorer=scorer)
+    truths = list(read_truth(task / "test_truth.csv").values())
+    return prompt, scorer.score([prompt] * len(truths), truths)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "demo")
-    ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "tiny")
+    ap.add_argument("--model-dir", type=Path, default=ROOT / ".cache" / "trained-tiny")
     args = ap.parse_args()
     start = time.perf_counter()
-    tiny = tiny_model(args.cache)
+    rc = cli(["make-tiny", str(args.model_dir), "--trained", "--adapters", "2"])
+    tiny, task = args.model_dir, args.model_dir / "task"
     submission = args.out / "submission.csv"
     adapters = [f"--adapter={p.name}={p}" for p in sorted((tiny / "adapters").iterdir())]
-    rc = cli(["predict", "--model", str(tiny / "model"), *adapters, "--samples", "4", "--engine", "vllm",
-              "--input", str(DATA / "sample.csv"), "--output", str(submission),
-              "--save-samples", str(args.out / "samples.jsonl")])
-    rc = rc or cli(["score", "--predictions", str(submission), "--truth", str(DATA / "sample_truth.csv"),
+    rc = rc or cli(["predict", "--model", str(tiny / "model"), *adapters, "--samples", "4", "--engine", "vllm",
+                    "--input", str(task / "test.csv"), "--output", str(submission),
+                    "--save-samples", str(args.out / "samples.jsonl"), "--embedder", "minilm"])
+    rc = rc or cli(["score", "--predictions", str(submission), "--truth", str(task / "test_truth.csv"),
                     "--embedder", "minilm"])
+    if rc == 0:
+        prompt, score = constant_baseline(task)
+        print(f"best constant prompt {prompt!r}: score {score:.4f} (the baseline to beat)")
     print(f"submission: {submission}\ndemo wall time: {time.perf_counter() - start:.1f} s")
     return rc
 

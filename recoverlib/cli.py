@@ -34,9 +34,14 @@ def parse_adapters(pairs: list[tuple[str, str]]) -> dict[str, str]:
 
 
 def cmd_make_tiny(args) -> int:
-    from recoverlib.tiny import make_tiny
+    if args.trained:
+        from recoverlib.trained_tiny import make_trained_tiny
 
-    out = make_tiny(args.out_dir, adapters=args.adapters, seed=args.seed)
+        out = make_trained_tiny(args.out_dir, adapters=args.adapters, seed=args.seed)
+    else:
+        from recoverlib.tiny import make_tiny
+
+        out = make_tiny(args.out_dir, adapters=args.adapters, seed=args.seed)
     print(f"tiny model: {out / 'model'}")
     for p in sorted((out / "adapters").glob("*")):
         print(f"adapter {p.name}: {p}")
@@ -109,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path)
     p.add_argument("--adapters", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trained", action="store_true",
+                   help="train the base on the synthetic task, then the adapters (minutes; cached)")
     p.set_defaults(func=cmd_make_tiny)
 
     p = sub.add_parser("predict", help="recover prompts for a Kaggle CSV and write the submission")
@@ -140,8 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from recoverlib.combine.cli import add_combine_commands
     from recoverlib.quant.cli import add_quant_commands
+    from recoverlib.train_cli import add_task_commands
 
     add_quant_commands(sub)
+    add_task_commands(sub)
     add_combine_commands(sub)
     return parser
 
