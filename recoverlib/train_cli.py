@@ -65,21 +65,3 @@ def run_train(args: argparse.Namespace) -> int:
         print("epoch {epoch}: val_loss {val_loss}, val_score {score}".format(score=h.get("val_score", "-"), **h))
     print(f"wrote {result.adapter} (best epoch {result.best_epoch}, {result.train_rows} rows, {result.seconds:.0f} s)")
     return 0
-
-
-def main(argv=None) -> int:
-    """Standalone entry (``python -m recoverlib.train_cli``) until the main CLI registers these commands."""
-    from recoverlib.errors import RecoverlibError
-
-    parser = argparse.ArgumentParser(prog="recoverlib")
-    add_task_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except RecoverlibError as err:
-        print(f"error: {err}")
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

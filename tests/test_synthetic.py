@@ -7,12 +7,12 @@ import random
 
 import pytest
 
+from recoverlib.cli import main
 from recoverlib.errors import RecoverlibError
 from recoverlib.io import read_rows, read_truth
 from recoverlib.synthetic import FAMILIES, TaskConfig, generate, transforms, write_task
 from recoverlib.synthetic.families import PERSONAS
 from recoverlib.synthetic.texts import original_text
-from recoverlib.train_cli import main
 
 FILES = ("train.csv", "validation.csv", "test.csv", "test_truth.csv", "task.json")
 
@@ -89,4 +89,4 @@ def test_make_task_cli(tmp_path, capsys):
     assert main(["make-task", str(tmp_path / "t"), "--rows", "50", "--eval-rows", "10", "--seed", "2"]) == 0
     assert all((tmp_path / "t" / f).is_file() for f in FILES)
     assert main(["make-task", str(tmp_path / "u"), "--ambiguity", "3"]) == 2
-    assert "ambiguity" in capsys.readouterr().out
+    assert "ambiguity" in capsys.readouterr().err

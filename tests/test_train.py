@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from recoverlib.cli import main
 from recoverlib.errors import RecoverlibError
 from recoverlib.prompt import RecoveryTemplate, clean_prediction, has_prime
 from recoverlib.synthetic import TaskConfig, generate, write_task
@@ -18,7 +19,6 @@ from recoverlib.train import (
     import_trl,
     train_adapter,
 )
-from recoverlib.train_cli import main
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_bad_training_csv_is_one_line_error(base, tmp_path, capsys):
     bad.write_text("id,original_text,rewritten_text\n1,a,b\n")
     args = ["train", "--model", str(base), "--train", str(bad), "--out", str(tmp_path / "o")]
     assert main(args) == 2
-    err = capsys.readouterr().out.strip()
+    err = capsys.readouterr().err.strip()
     assert "rewrite_prompt" in err and "\n" not in err
     bad.write_text("id,original_text,rewritten_text,rewrite_prompt\n1,a,b,\n2,c,d,Do it.\n")
     with pytest.raises(RecoverlibError, match="empty text or rewrite_prompt"):

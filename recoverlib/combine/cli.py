@@ -1,17 +1,14 @@
 """Subcommands for combination: ``optimize-prompt``, ``search-suffix``, ``tune``, ``combine``.
 
-The main parser adds them with :func:`add_combine_commands`; ``python -m recoverlib.combine.cli`` runs them on
-their own. Each handler returns an exit code; a :class:`RecoverlibError` is one line (``main`` prints it).
+The main parser adds them with :func:`add_combine_commands`. Each handler returns an exit code; a
+:class:`RecoverlibError` is left to ``recoverlib.cli.main``, which prints it as one line.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 
-from recoverlib.errors import RecoverlibError
 from recoverlib.metric import COMPETITION_EMBEDDER as DEFAULT_EMBEDDER
 
 
@@ -188,19 +185,3 @@ def add_combine_commands(subparsers) -> None:
     p.add_argument("--fallback-prompt", default=None, help="for rows whose samples are all empty")
     _embedder_option(p)
     p.set_defaults(func=cmd_combine)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run one combination subcommand on its own (errors: one line, status 2)."""
-    parser = argparse.ArgumentParser(prog="recoverlib")
-    add_combine_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except RecoverlibError as err:
-        print(f"recoverlib: error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
-
-from recoverlib.errors import RecoverlibError
 
 
 def add_quant_commands(subparsers) -> None:
@@ -55,19 +52,3 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if report.plan_dict is not None:
         check_plan(report, PrecisionPlan.from_dict(report.plan_dict))  # after printing, so the table is seen
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m recoverlib.quant.cli``) with the same one-line error handling as the main CLI."""
-    parser = argparse.ArgumentParser(prog="recoverlib")
-    add_quant_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except RecoverlibError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

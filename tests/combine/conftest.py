@@ -27,6 +27,5 @@ def cli_scorer(monkeypatch, scorer):
     """CLI commands reuse the session's MiniLM scorer instead of loading their own (10 s a load)."""
     import importlib
 
-    # ``import recoverlib.combine.cli as cli`` would resolve recoverlib.combine to the combine() function.
     cli = importlib.import_module("recoverlib.combine.cli")
     monkeypatch.setattr(cli, "_context", lambda embedder: CombineContext(scorer=scorer))

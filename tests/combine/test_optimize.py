@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recoverlib.combine.cli import main
+from recoverlib.cli import main
 from recoverlib.combine.search import (
     SearchConfig,
     beam_search,

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
+from recoverlib.cli import main
 from recoverlib.combine import MbrConfig, load_combination
-from recoverlib.combine.cli import main
 from recoverlib.combine.tune import (
     Candidate,
     bootstrap_interval,

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
+from recoverlib.cli import main
 from recoverlib.errors import RecoverlibError
-from recoverlib.quant.cli import main
 
 
 def test_quantize_then_inspect_json(base, tmp_path, capsys):
@@ -26,7 +26,7 @@ def test_inspect_plain_checkpoint_table(base, capsys):
 def test_errors_are_one_line(base, tmp_path, capsys):
     assert main(["quantize", "--model", str(base), "--plan", "nope", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: unknown plan 'nope'") and "\n" not in err
+    assert err.startswith("recoverlib: error: unknown plan 'nope'") and "\n" not in err
 
 
 def test_add_quant_commands_registers_both(base):
