@@ -48,7 +48,7 @@ def router_pairs(frame: pd.DataFrame) -> pd.DataFrame:
             continue
         kept, quant = by_name.loc[name], by_name.loc[name + ROUTER]
         big = plan_bytes(MIXTRAL_8X7B, PRESETS[name]).total_bytes - plan_bytes(MIXTRAL_8X7B, PRESETS[name + ROUTER]).total_bytes
-        row = {"preset": name, "bytes saved": int(kept["bytes"] - quant["bytes"]),
+        row = {"preset": name, "router bits": PRESETS[name + ROUTER].router.bits, "bytes saved": int(kept["bytes"] - quant["bytes"]),
                "saved %": 100 * (kept["bytes"] - quant["bytes"]) / kept["bytes"], "8x7B MB saved": big / 1e6,
                "KL kept": kept["kl"], "KL router quantized": quant["kl"], "KL change %": 100 * (quant["kl"] / kept["kl"] - 1),
                "top-1 change": quant["top1"] - kept["top1"], "router top-2 change": quant["router_top2"] - kept["router_top2"],
@@ -75,6 +75,10 @@ def answer(pairs: pd.DataFrame, floor: dict) -> str:
             f"{worse_ppl} of {n} (median {pairs['PPL change %'].median():+.2f}%), top-1 agreement moves by a median "
             f"{pairs['top-1 change'].median():+.4f}. The bf16-vs-fp32 noise floor is KL {floor['kl']:.5f}, top-1 "
             f"{floor['top1']:.3f}.")
+    by_bits = pairs.groupby("router bits")["KL change %"]
+    if by_bits.ngroups > 1:
+        text += " By the router's bits: " + "; ".join(
+            f"{bits}-bit router, KL median {kl.median():+.1f}% ({len(kl)} presets)" for bits, kl in by_bits) + "."
     if "metric change" in pairs:
         text += (f" The metric moves by a median {pairs['metric change'].median():+.4f} (range "
                  f"{pairs['metric change'].min():+.4f} to {pairs['metric change'].max():+.4f}) on few rows.")
@@ -98,12 +102,14 @@ def plot(frame: pd.DataFrame, floor: dict, path: Path, title: str) -> None:
         err = [part["decode_tok_s"] - part["decode_tok_s_min"], part["decode_tok_s_max"] - part["decode_tok_s"]]
         ax2.errorbar(part["bits"], part["decode_tok_s"], yerr=err, fmt=marker, color=colour, capsize=3,
                      label=f"router {router}")
-    for row in quant[quant["router"] == "kept"].itertuples():
+    offsets = ((5, 5), (5, -11), (-5, 12))  # staggered so neighbouring labels do not sit on each other
+    for i, row in enumerate(quant[quant["router"] == "kept"].sort_values("bits").itertuples()):
         twin = quant[quant["preset"] == row.preset + ROUTER]
         for ax, col in ((ax1, "kl"), (ax2, "decode_tok_s")):
             if not twin.empty:
                 ax.plot([row.bits, twin["bits"].iloc[0]], [getattr(row, col), twin[col].iloc[0]], color="0.7", lw=0.8)
-            ax.annotate(row.preset, (row.bits, getattr(row, col)), fontsize=7, xytext=(4, 4), textcoords="offset points")
+            ax.annotate(row.preset, (row.bits, getattr(row, col)), fontsize=7, xytext=offsets[i % 3],
+                        textcoords="offset points", ha="right" if offsets[i % 3][0] < 0 else "left")
     ax1.axhline(floor["kl"], color="0.5", ls="--", lw=0.8, label="bf16 vs fp32 (floor)")
     ax1.set_yscale("log")
     ax1.set_xlabel("effective bits / parameter (audited)")

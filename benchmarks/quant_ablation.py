@@ -10,8 +10,10 @@ KL of next-token distributions, top-1 agreement, router top-2 agreement and perp
 repeats, min and max shown.
 
 Reproduce the committed table (tiny Mixtral, its 2 adapters, the example rows; about 15 minutes on 2 cores):
-    python -m benchmarks.quant_ablation --adapters --validation examples/data/sample.csv \\
+    python -m benchmarks.quant_ablation --threads 1 --adapters --validation examples/data/sample.csv \\
         --truth examples/data/sample_truth.csv
+``--threads 1`` on a shared 2-core CPU: with 2 torch threads and other jobs running, a bf16 forward of the tiny
+model took about 25x longer (OpenMP threads waiting on each other) and decode rates swung 50x between repeats.
 Quick check (under 2 minutes; bf16, bnb-nf4, hqq-4 and their +router): add ``--quick``. Other models:
 ``--model PATH`` (an HF Mixtral folder) or ``--synthetic-layers N --synthetic-width full`` (Mixtral-8x7B
 shapes, random weights, N layers; refuses what does not fit this machine's RAM).
@@ -230,6 +232,7 @@ def parse(argv):
     ap.add_argument("--truth", type=Path, help="id, rewrite_prompt for --validation")
     ap.add_argument("--embedder", default="minilm", help="the metric's embedder (sentence-t5-base on Kaggle)")
     ap.add_argument("--repeats", type=int, help="timed repeats (default 3; --quick 1)")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's; 1 on a busy shared CPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench-quant")
@@ -279,7 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
     start = time.perf_counter()
-    info = machine_info()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = {**machine_info(), "torch threads": str(torch.get_num_threads())}
     print(machine_line(info), flush=True)
     with tempfile.TemporaryDirectory(prefix="quant-ablation-") as tmp:
         os.environ.setdefault("HF_HOME", str(Path(tmp) / "hf_home"))  # gptqmodel's caches stay in the temp folder

@@ -17,7 +17,7 @@ def test_quick_quant_ablation_writes_results(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     data = ROOT / "examples" / "data"
-    argv = ["--quick", "--adapters", "--validation", str(data / "sample.csv"), "--truth", str(data / "sample_truth.csv"),
+    argv = ["--quick", "--threads", "1", "--adapters", "--validation", str(data / "sample.csv"), "--truth", str(data / "sample_truth.csv"),
             "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]
     assert main(argv) == 0
     frame = pd.read_csv(tmp_path / "out" / "quant_ablation_quick.csv")
@@ -33,7 +33,7 @@ def test_quick_quant_ablation_writes_results(tmp_path, monkeypatch):
     assert (quant["bytes"] == quant["planned_bytes"]).all()
     assert (quant["quantize_s_min"] <= quant["quantize_s"]).all() and (quant["quantize_s"] <= quant["quantize_s_max"]).all()
     md = (tmp_path / "out" / "quant_ablation_quick.md").read_text()
-    for needle in ("Machine: cpu", "Model: tiny Mixtral", "Command: python -m benchmarks.quant_ablation --quick",
+    for needle in ("Machine: cpu", "Model: tiny Mixtral", "Command: python -m benchmarks.quant_ablation --quick --threads 1",
                    "## What it answers", "## Router kept vs quantized", "| hqq-4+router | quantized |"):
         assert needle in md
     assert (tmp_path / "out" / "quant_ablation_quick.png").stat().st_size > 10_000
@@ -61,6 +61,6 @@ def test_router_answer_follows_the_figures():
 
     worse = router_pairs(pd.DataFrame(rows(0.012)))
     assert worse.loc[0, "bytes saved"] == 10 and worse.loc[0, "KL change %"] == pytest.approx(20)
-    assert worse.loc[0, "8x7B MB saved"] > 1  # the planner's figure for Mixtral-8x7B
+    assert worse.loc[0, "8x7B MB saved"] > 1 and worse.loc[0, "router bits"] == 4  # planner figure for Mixtral-8x7B
     assert "keep the router in full precision" in answer(worse, {"kl": 1e-4, "top1": 0.97})
     assert "no consistent cost" in answer(router_pairs(pd.DataFrame(rows(0.009))), {"kl": 1e-4, "top1": 0.97})
