@@ -9,7 +9,7 @@ KL of next-token distributions, top-1 agreement, router top-2 agreement and perp
 ``--validation``, the metric (mean cos^3, ``--embedder``) of recoverlib's predictions. Timings: median of
 repeats, min and max shown.
 
-Reproduce the committed table (tiny Mixtral, its 2 adapters, the example rows; about 15 minutes on 2 cores):
+Reproduce the committed table (tiny Mixtral, its 2 adapters, the example rows; 4-7 minutes on 2 shared cores):
     python -m benchmarks.quant_ablation --threads 1 --adapters --validation examples/data/sample.csv \\
         --truth examples/data/sample_truth.csv
 ``--threads 1`` on a shared 2-core CPU: with 2 torch threads and other jobs running, a bf16 forward of the tiny
@@ -44,7 +44,10 @@ WIDTHS = {  # Mixtral-8x7B, and a quarter of its width (same experts and vocabul
     "full": {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8},
     "quarter": {"hidden_size": 1024, "intermediate_size": 3584, "num_attention_heads": 8, "num_key_value_heads": 2},
 }
-BYTES_PER_PARAM = 6  # peak RAM: the fp32 noise-floor model beside the bf16 reference
+# Peak RAM of a run: per parameter (fp32 build, bf16 reference beside the fp32 noise-floor model, a quantized copy
+# and its reload) plus the libraries; a quarter-width 1-layer run (0.16 B parameters) peaked at 2.7 GB RSS here.
+BYTES_PER_PARAM = 10
+FIXED_BYTES = 2 * 2**30
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ def check_fits(cfg: dict, available: int | None = None) -> int:
 
     params = plan_bytes(cfg, PrecisionPlan(backend="bnb", name="bf16")).total_params
     largest = cfg["num_local_experts"] * 2 * cfg["intermediate_size"] * cfg["hidden_size"]  # fused gate_up
-    need = BYTES_PER_PARAM * params + 4 * largest  # + its fp32 random init
+    need = BYTES_PER_PARAM * params + 4 * largest + FIXED_BYTES  # + the largest tensor's fp32 random init
     available = available_ram() if available is None else available
     if need > available:
         raise RecoverlibError(f"synthetic model of {params / 1e9:.2f} B parameters needs about {need / 2**30:.1f} GiB "
