@@ -33,7 +33,9 @@ def load_causal_lm(model_path: Path, dtype: str):
     if (Path(model_path) / META_FILE).is_file():
         return load_quantized(model_path).eval()  # compute dtype is the plan's
     check_plain_loadable(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+    # On a CUDA machine let accelerate place the layers (one or several GPUs); on CPU stay there.
+    device_map = "auto" if torch.cuda.is_available() else None
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype), device_map=device_map)
     return model.eval()
 
 
@@ -150,7 +152,7 @@ class HFEngine(Engine):
     def _generate_batch(self, batch: list[str], sampling: SamplingConfig, adapter: str | None, seed: int) -> list[list[str]]:
         import torch
 
-        enc = self._tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = self._tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(self._model.device)
         with self._adapter_context(adapter), torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             ids = self._model.generate(**enc, **self._generate_kwargs(sampling))
