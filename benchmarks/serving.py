@@ -43,7 +43,7 @@ class Workload:
     adapter_counts: tuple[int, ...] = (1, 2, 4, 8)
     samples: int = 4
     new_tokens: int = 32
-    repeats: int = 3
+    repeats: int = 2
 
 
 QUICK = Workload(rows=8, adapter_counts=(1, 2), samples=2, new_tokens=8, repeats=1)

@@ -1,5 +1,6 @@
 """The main job on the embedded default: a tiny Mixtral trained here on the synthetic recovery task, two LoRA
-adapters, vLLM, 4 samples per row and adapter, combined and scored, beside the best constant prompt.
+adapters, vLLM, 4 samples per row and adapter, combined by minimum Bayes risk under the metric and scored, beside
+the best constant prompt.
 
 Run with ``make demo`` (or ``python examples/demo.py``). The trained model is made once (minutes) and cached;
 the submission lands in ``out/demo/submission.csv``.
@@ -41,7 +42,8 @@ def main() -> int:
     adapters = [f"--adapter={p.name}={p}" for p in sorted((tiny / "adapters").iterdir())]
     rc = rc or cli(["predict", "--model", str(tiny / "model"), *adapters, "--samples", "4", "--engine", "vllm",
                     "--input", str(task / "test.csv"), "--output", str(submission),
-                    "--save-samples", str(args.out / "samples.jsonl"), "--embedder", "minilm"])
+                    "--save-samples", str(args.out / "samples.jsonl"), "--embedder", "minilm",
+                    "--combination", str(ROOT / "examples" / "combination" / "mbr.json")])
     rc = rc or cli(["score", "--predictions", str(submission), "--truth", str(task / "test_truth.csv"),
                     "--embedder", "minilm"])
     if rc == 0:
