@@ -22,7 +22,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -170,11 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a small workload (under 2 minutes)")
     ap.add_argument("--whole-command", action="store_true", help="also time recoverlib predict end to end")
+    ap.add_argument("--whole-command-rows", type=int, default=512, help="rows for --whole-command")
+    ap.add_argument("--rows", type=int, default=None, help="rows per adapter (default 48; --quick 8)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed repeats (default 2; --quick 1)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench-tiny")
     args = ap.parse_args(argv)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     w = QUICK if args.quick else Workload()
+    w = replace(w, rows=args.rows or w.rows, repeats=args.repeats or w.repeats)
     tiny = tiny_model(args.cache, adapters=max(w.adapter_counts))
     info = machine_info()
     print(machine_line(info), flush=True)
@@ -190,13 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     # The multiprocess start alone is about 30-45 s: left out of --quick.
     extra = pd.DataFrame(n_sampling(tiny, w) + engine_start(tiny, 1 if args.quick else 2, not args.quick))
     if args.whole_command:
-        extra = pd.concat([extra, pd.DataFrame(whole_command(tiny, args.out))], ignore_index=True)
+        extra = pd.concat([extra, pd.DataFrame(whole_command(tiny, args.out, args.whole_command_rows))],
+                          ignore_index=True)
     name = "serving_quick" if args.quick else "serving"
     notes = [f"Machine: {machine_line(info)}",
              f"Workload: {w.rows} rows x A adapters x {w.samples} samples x {w.new_tokens} new tokens (eos ignored), "
              f"tiny Mixtral (bf16), engines warm, median of {w.repeats} (tok/s min-max shown in csv).",
              "x_hf: tokens/s relative to transformers + PEFT; x_base: relative to vLLM on the base model alone.",
-             f"Command: .venv/bin/python -m benchmarks.serving{' --quick' if args.quick else ''}"]
+             f"Command: .venv/bin/python -m benchmarks.serving {' '.join(argv if argv is not None else sys.argv[1:])}"]
     md = write_table(frame.round(3), args.out, name, "Serving: engines and LoRA modes", notes)
     with open(md, "a") as fh:
         fh.write("\n## Other measurements\n\n")
