@@ -11,9 +11,10 @@ are mean cos^3 (MiniLM) with bootstrap 95% intervals and paired differences agai
 greedy prediction. Then ``benchmarks/combination.py`` tunes a combination on the validation samples and scores
 every strategy on the test samples (rows marked ``test``).
 
-Writes ``benchmarks/results/ensemble_quality.{md,csv,png}``, ``combination_<level>.{md,csv,png}`` and the
-samples files under ``benchmarks/results/ensemble_samples/``. Reproduce (about 30 minutes on 2 CPU cores,
-most of it training)::
+Writes ``benchmarks/results/ensemble_quality.{md,csv,png}`` and ``combination_<level>.{md,csv,png}``; the
+samples files (``recoverlib tune`` / ``combination.py`` input: every adapter's greedy as index 0, then its
+samples) and the constant prompt go to ``--cache``/samples-<level>/{validation,test}.jsonl, constant.txt.
+Reproduce (about 15 minutes on 2 CPU cores, most of it training the two models; 4 minutes once cached)::
 
     PYTHONPATH=. .venv/bin/python -m benchmarks.ensemble_quality
 
@@ -167,8 +168,8 @@ def run_level(level: float, setup: Setup, args, ctx: CombineContext) -> tuple[li
     model_dir, note = trained_model(args.cache, level, setup, args.quick)
     adapters = sorted(p.name for p in (model_dir / "adapters").iterdir() if p.is_dir())
     const, const_train, const_s = constant_prompt(model_dir, ctx.get_scorer())
-    samples_dir = args.out / "ensemble_samples" / f"level-{level}"
-    gen = sample_splits(model_dir, setup, args.cache / f"samples-{level}")
+    samples_dir = args.cache / f"samples-{level}"
+    gen = sample_splits(model_dir, setup, samples_dir / "passes")
     specs = table_specs(adapters, setup.counts, const)
     truth = read_truth(split_files(model_dir, "validation")[1])
     rows = score_table(gen["validation"], truth, specs, baseline_name(adapters), ctx, rng, setup.bootstrap)

@@ -30,5 +30,5 @@ def test_quick_ensemble_quality_writes_results(tmp_path):
     assert "## Ambiguity 1.0" in (tmp_path / "ensemble_quality_quick.md").read_text()
     comb = pd.read_csv(tmp_path / "combination_1.0.csv")
     assert comb["tuned"].sum() == 1 and "first" in set(comb["strategy"])
-    line = json.loads((tmp_path / "ensemble_samples" / "level-1.0" / "test.jsonl").read_text().splitlines()[0])
+    line = json.loads((tmp_path / "cache" / "samples-1.0" / "test.jsonl").read_text().splitlines()[0])
     assert {s["adapter"] for s in line["samples"]} == {"tiny-a", "tiny-b"}
