@@ -14,11 +14,11 @@ every strategy on the test samples (rows marked ``test``).
 Writes ``benchmarks/results/ensemble_quality.{md,csv,png}`` and ``combination_<level>.{md,csv,png}``; the
 samples files (``recoverlib tune`` / ``combination.py`` input: every adapter's greedy as index 0, then its
 samples) and the constant prompt go to ``--cache``/samples-<level>/{validation,test}.jsonl, constant.txt.
-Reproduce (about 15 minutes on 2 CPU cores, most of it training the two models; 4 minutes once cached)::
+Reproduce (about 35 minutes on 2 busy CPU cores from scratch, training three models; about 12 once cached)::
 
     PYTHONPATH=. .venv/bin/python -m benchmarks.ensemble_quality
 
-``--quick``: 8 rows, 2 samples, 200 resamples; uses the full trained models when cached, else trains a tiny
+``--quick``: 2 adapters, 8 rows, 2 samples, 200 resamples; uses the full trained models when cached, else trains a tiny
 one (quality meaningless; for tests and smoke runs).
 """
 
@@ -52,8 +52,8 @@ SPLITS = ("validation", "test")
 
 @dataclass(frozen=True)
 class Setup:
-    levels: tuple[float, ...] = (0.5, 1.0)
-    adapters: int = 2
+    levels: tuple[float, ...] = (0.0, 0.5, 1.0)
+    adapters: int = 4
     rows: int | None = None  # rows per split (None: the whole split)
     samples: int = 8
     counts: tuple[int, ...] = (1, 2, 4, 8)
@@ -63,14 +63,14 @@ class Setup:
     seed: int = 0
 
 
-QUICK = Setup(rows=8, samples=2, counts=(1, 2), bootstrap=200)
+QUICK = Setup(levels=(0.5, 1.0), adapters=2, rows=8, samples=2, counts=(1, 2), bootstrap=200)
 
 
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--levels", type=float, nargs="+", help="ambiguity levels (default 0.5 1.0)")
-    p.add_argument("--adapters", type=int, help="trained adapters (default 2)")
+    p.add_argument("--levels", type=float, nargs="+", help="ambiguity levels (default 0 0.5 1; --quick: 0.5 1)")
+    p.add_argument("--adapters", type=int, help="trained adapters (default 4; --quick: 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--cache", type=Path, default=cache_root() / "ensemble_quality", help="models and samples")
