@@ -75,8 +75,8 @@ def run(args, ctx: CombineContext) -> pd.DataFrame:
     return frame
 
 
-def write(frame: pd.DataFrame, args, seconds: float) -> list[Path]:
-    """``combination.{csv,md,png}`` in ``args.out_dir``."""
+def write(frame: pd.DataFrame, args, seconds: float, name: str = "combination") -> list[Path]:
+    """``<name>.{csv,md,png}`` in ``args.out_dir``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,7 +84,7 @@ def write(frame: pd.DataFrame, args, seconds: float) -> list[Path]:
 
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out / "combination.csv", index=False, float_format="%.5f")
+    frame.to_csv(out / f"{name}.csv", index=False, float_format="%.5f")
     rows = frame.attrs["rows"]
     md = [f"# Combination on {args.test_samples.name} (tuned on {args.val_samples.name})", "",
           __doc__.split("\n\n")[0].replace("\n", " "), "",
@@ -93,7 +93,7 @@ def write(frame: pd.DataFrame, args, seconds: float) -> list[Path]:
           "Test split (scores: mean cos^3; intervals: bootstrap 95%; *vs first*: paired difference):", "",
           frame.attrs["table"], "", "Validation scores: " +
           ", ".join(f"{r.strategy} {r.val_score:.4f}" for r in frame.itertuples()), ""]
-    (out / "combination.md").write_text("\n".join(md))
+    (out / f"{name}.md").write_text("\n".join(md))
     fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(frame)), 3.8))
     err = np.array([frame.test_score - frame.test_low, frame.test_high - frame.test_score])
     colors = ["tab:orange" if t else "tab:blue" for t in frame.tuned]
@@ -102,9 +102,9 @@ def write(frame: pd.DataFrame, args, seconds: float) -> list[Path]:
     ax.set_title(f"combination strategies (orange: tuned on validation, {args.embedder})", fontsize=9)
     ax.tick_params(axis="x", rotation=45, labelsize=8)
     fig.tight_layout()
-    fig.savefig(out / "combination.png", dpi=120)
+    fig.savefig(out / f"{name}.png", dpi=120)
     plt.close(fig)
-    return [out / f"combination.{ext}" for ext in ("md", "csv", "png")]
+    return [out / f"{name}.{ext}" for ext in ("md", "csv", "png")]
 
 
 def main(argv=None, ctx: CombineContext | None = None) -> int:

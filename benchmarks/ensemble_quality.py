@@ -1,0 +1,324 @@
+"""Ensemble quality, the seed's table in miniature: on the synthetic task, does sampling more predictions from one
+adapter, or joining several adapters, or appending the best constant prompt raise the score over the single
+greedy prediction of one adapter, and does that change when the task is more ambiguous?
+
+Per ambiguity level: a trained tiny Mixtral with LoRA adapters (``make_trained_tiny``, cached), one generation
+pass through vLLM (merged LoRA) on the validation and test splits (greedy for the base and each adapter, and
+``n`` seeded samples per adapter at temperature 0.7); every table row is then computed from those samples with
+recoverlib's combine strategies: best constant prompt, base / each adapter greedy, one adapter's n samples
+concatenated, all adapters concatenated (greedy, n samples), each with the constant prompt appended. Scores
+are mean cos^3 (MiniLM) with bootstrap 95% intervals and paired differences against the first adapter's
+greedy prediction. Then ``benchmarks/combination.py`` tunes a combination on the validation samples and scores
+every strategy on the test samples (rows marked ``test``).
+
+Writes ``benchmarks/results/ensemble_quality.{md,csv,png}`` and ``combination_<level>.{md,csv,png}``; the
+samples files (``recoverlib tune`` / ``combination.py`` input: every adapter's greedy as index 0, then its
+samples) and the constant prompt go to ``--cache``/samples-<level>/{validation,test}.jsonl, constant.txt.
+Reproduce (about 35 minutes on 2 busy CPU cores from scratch, training three models; about 12 once cached)::
+
+    PYTHONPATH=. .venv/bin/python -m benchmarks.ensemble_quality
+
+``--quick``: 2 adapters, 8 rows, 2 samples, 200 resamples; uses the full trained models when cached, else trains a tiny
+one (quality meaningless; for tests and smoke runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks import combination
+from benchmarks.ensemble_rows import GREEDY, SAMPLED, Generated, baseline_name, score_table, table_specs
+from benchmarks.report import machine_info, machine_line
+from recoverlib.combine import CombineContext, Sample
+from recoverlib.evaluation import best_constant_prompt
+from recoverlib.io import read_rows, read_truth
+from recoverlib.metric import Scorer
+from recoverlib.predict import PredictConfig, predict_rows
+from recoverlib.pretrain import PretrainConfig
+from recoverlib.synthetic.generator import TaskConfig
+from recoverlib.trained_tiny import STAMP, TrainedTinyConfig, cache_key, cache_root, make_trained_tiny
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SPLITS = ("validation", "test")
+
+
+@dataclass(frozen=True)
+class Setup:
+    levels: tuple[float, ...] = (0.0, 0.5, 1.0)
+    adapters: int = 4
+    rows: int | None = None  # rows per split (None: the whole split)
+    samples: int = 8
+    counts: tuple[int, ...] = (1, 2, 4, 8)
+    temperature: float = 0.7
+    max_new_tokens: int = 32
+    bootstrap: int = 2000
+    seed: int = 0
+
+
+QUICK = Setup(levels=(0.5, 1.0), adapters=2, rows=8, samples=2, counts=(1, 2), bootstrap=200)
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--levels", type=float, nargs="+", help="ambiguity levels (default 0 0.5 1; --quick: 0.5 1)")
+    p.add_argument("--adapters", type=int, help="trained adapters (default 4; --quick: 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--cache", type=Path, default=cache_root() / "ensemble_quality", help="models and samples")
+    return p.parse_args(argv)
+
+
+def setup_of(args) -> Setup:
+    setup = replace(QUICK if args.quick else Setup(), seed=args.seed)
+    if args.levels:
+        setup = replace(setup, levels=tuple(args.levels))
+    return replace(setup, adapters=args.adapters) if args.adapters else setup
+
+
+def trained_model(cache: Path, level: float, setup: Setup, quick: bool) -> tuple[Path, str]:
+    """The trained tiny for ``level`` (cached); in quick mode a tiny one when the full one is not cached."""
+    config = TrainedTinyConfig(task=TaskConfig(ambiguity=level))
+    cached = cache_root() / f"trained-tiny-{cache_key(setup.adapters, setup.seed, config)}" / STAMP
+    note = "full trained model"
+    if quick and not cached.is_file():
+        print(f"level {level}: no cached full trained model; training a tiny one (--quick: quality meaningless)")
+        config = TrainedTinyConfig(task=TaskConfig(rows=96, eval_rows=max(8, setup.rows or 8), ambiguity=level),
+                                   pretrain=PretrainConfig(epochs=1))
+        note = "tiny quick-trained model (96 rows, 1 epoch)"
+    start = time.perf_counter()
+    out = make_trained_tiny(cache / f"model-{level}", adapters=setup.adapters, seed=setup.seed, config=config)
+    print(f"level {level}: {note} ready in {time.perf_counter() - start:.0f} s")
+    return out, note
+
+
+def split_files(model_dir: Path, split: str) -> tuple[Path, Path]:
+    task = model_dir / "task"
+    return (task / "validation.csv", task / "validation.csv") if split == "validation" else \
+        (task / "test.csv", task / "test_truth.csv")
+
+
+def generate(engine, rows, setup: Setup, out_dir: Path) -> Generated:
+    """Greedy (base and adapters) and ``setup.samples`` sampled predictions per adapter; seconds; tokens."""
+    greedy = PredictConfig(samples=1, temperature=0.0, max_new_tokens=setup.max_new_tokens, seed=setup.seed,
+                           include_base=True)
+    sampled = PredictConfig(samples=setup.samples, temperature=setup.temperature,
+                            max_new_tokens=setup.max_new_tokens, seed=setup.seed)
+    samples, seconds = {}, {}
+    for kind, config in ((GREEDY, greedy), (SAMPLED, sampled)):
+        start = time.perf_counter()
+        preds = predict_rows(engine, rows, config, samples_file=out_dir / f"{kind}.jsonl")
+        seconds[kind] = time.perf_counter() - start
+        samples[kind] = {p.id: p.samples for p in preds}
+    tok = engine.tokenizer
+    tokens = {(kind, i, s.adapter, s.index): len(tok(s.text, add_special_tokens=False)["input_ids"]) + 1
+              for kind, rows_ in samples.items() for i, row in rows_.items() for s in row}
+    return Generated(samples, seconds, tokens)
+
+
+def combined_samples(gen: Generated) -> dict[str, tuple[Sample, ...]]:
+    """Adapters only: greedy as index 0, then the samples as 1..n (``first`` = the first adapter's greedy)."""
+    return {i: tuple([s for s in gen.samples[GREEDY][i] if s.adapter is not None] +
+                     [replace(s, index=s.index + 1) for s in gen.samples[SAMPLED][i]])
+            for i in gen.samples[GREEDY]}
+
+
+def write_samples(path: Path, rows: dict[str, tuple[Sample, ...]]) -> Path:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"id": i, "samples": [{"adapter": s.adapter, "index": s.index, "text": s.text}
+                                              for s in got]}) for i, got in rows.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def constant_prompt(model_dir: Path, scorer) -> tuple[str, float, float]:
+    """The best constant prompt over the train split's prompts: (text, its train score, seconds)."""
+    start = time.perf_counter()
+    prompts = pd.read_csv(model_dir / "task" / "train.csv")["rewrite_prompt"].astype(str).tolist()
+    text, score = best_constant_prompt(prompts, scorer=scorer)
+    return text, score, time.perf_counter() - start
+
+
+def sample_splits(model_dir: Path, setup: Setup, samples_dir: Path) -> dict[str, Generated]:
+    """Both splits through one vLLM engine (merged LoRA), greedy and sampled passes each."""
+    from recoverlib.engines import EngineConfig, make_engine
+    from recoverlib.tiny import adapter_paths
+
+    out = {}
+    with make_engine("vllm", model_dir / "model", adapter_paths(model_dir), EngineConfig(lora_mode="merged")) as eng:
+        for split in SPLITS:
+            rows = read_rows(split_files(model_dir, split)[0])[: setup.rows]
+            out[split] = generate(eng, rows, setup, samples_dir / split)
+    return out
+
+
+def run_level(level: float, setup: Setup, args, ctx: CombineContext) -> tuple[list[dict], dict]:
+    """The level's table rows (validation, then the combination's on test) and its notes."""
+    rng = np.random.default_rng([setup.seed, int(level * 1000)])
+    model_dir, note = trained_model(args.cache, level, setup, args.quick)
+    adapters = sorted(p.name for p in (model_dir / "adapters").iterdir() if p.is_dir())
+    const, const_train, const_s = constant_prompt(model_dir, ctx.get_scorer())
+    samples_dir = args.cache / f"samples-{level}"
+    gen = sample_splits(model_dir, setup, samples_dir / "passes")
+    specs = table_specs(adapters, setup.counts, const)
+    truth = read_truth(split_files(model_dir, "validation")[1])
+    rows = score_table(gen["validation"], truth, specs, baseline_name(adapters), ctx, rng, setup.bootstrap)
+    rows[0]["seconds"] += const_s
+    for r in rows:
+        r.update(level=level, split="validation")
+    files = {s: write_samples(samples_dir / f"{s}.jsonl", combined_samples(gen[s])) for s in SPLITS}
+    (samples_dir / "constant.txt").write_text(const + "\n")
+    frame, comb_s = tune_and_score(model_dir, files, samples_dir / "constant.txt", level, setup, args, ctx)
+    rows += combination_rows(frame, gen["test"], adapters, setup, level)
+    info = {"level": level, "model": note, "adapters": adapters, "constant": const, "constant_train": const_train,
+            "generation_s": {s: round(sum(g.seconds.values()), 1) for s, g in gen.items()},
+            "combination_s": round(comb_s, 1), "criterion": criterion(frame)}
+    return rows, info
+
+
+def tune_and_score(model_dir: Path, files: dict, mean: Path, level: float, setup: Setup, args, ctx):
+    """``benchmarks/combination.py`` on this level: tune on validation, score on test; writes its files."""
+    argv = ["--val-samples", str(files["validation"]), "--val-truth", str(split_files(model_dir, "validation")[1]),
+            "--test-samples", str(files["test"]), "--test-truth", str(split_files(model_dir, "test")[1]),
+            "--mean-prompt", str(mean), "--bootstrap", str(setup.bootstrap), "--seed", str(setup.seed),
+            "--out-dir", str(args.out)] + (["--quick"] if args.quick else [])
+    cargs = combination.parse(argv)
+    start = time.perf_counter()
+    frame = combination.run(cargs, ctx)
+    seconds = time.perf_counter() - start
+    combination.write(frame, cargs, seconds, name=f"combination_{level}")
+    return frame, seconds
+
+
+def combination_rows(frame: pd.DataFrame, gen: Generated, adapters, setup: Setup, level: float) -> list[dict]:
+    """The combination's test rows in the table's columns; they use every adapter's greedy and samples."""
+    from benchmarks.ensemble_rows import Spec, spend
+
+    every = Spec("all", "combination", tuple((a, k, setup.samples) for a in adapters for k in (GREEDY, SAMPLED)),
+                 None)
+    tokens, gen_s = spend(gen, every, list(gen.samples[GREEDY]))
+    return [{"strategy": f"combination: {r.strategy}" + (" (tuned)" if r.tuned else ""), "group": "combination",
+             "score": r.test_score, "low": r.test_low, "high": r.test_high, "vs_greedy": r.vs_first,
+             "vs_low": r.vs_first_low, "vs_high": r.vs_first_high, "tokens_per_row": tokens,
+             "seconds": gen_s + r.seconds, "level": level, "split": "test"} for r in frame.itertuples()]
+
+
+def criterion(frame: pd.DataFrame) -> dict:
+    """The issue's check: tuned within the best's interval; above concat wherever concat is not the best."""
+    best = frame.loc[frame.test_score.idxmax()]
+    tuned = frame.loc[frame.tuned].iloc[0]
+    concat = frame.loc[frame.strategy == "concat"].iloc[0]
+    within = bool(tuned.test_score >= best.test_low)
+    above = bool(concat.strategy == best.strategy or tuned.test_score > concat.test_score)
+    return {"tuned": tuned.strategy, "tuned_score": tuned.test_score, "best": best.strategy,
+            "best_score": best.test_score, "best_low": best.test_low, "concat_score": concat.test_score,
+            "within_best_interval": within, "above_concat": above}
+
+
+def md_table(frame: pd.DataFrame) -> str:
+    """One level's rows for the markdown: intervals inline."""
+    from benchmarks.report import markdown_table
+
+    view = pd.DataFrame({
+        "strategy": frame.strategy, "split": frame.split, "score": frame.score.map("{:.4f}".format),
+        "95% CI": [f"[{a:.4f}, {b:.4f}]" for a, b in zip(frame.low, frame.high, strict=True)],
+        "vs greedy": [f"{d:+.4f} [{a:+.4f}, {b:+.4f}]" for d, a, b in
+                      zip(frame.vs_greedy, frame.vs_low, frame.vs_high, strict=True)],
+        "tokens/row": frame.tokens_per_row.map("{:.1f}".format), "s": frame.seconds.map("{:.1f}".format)})
+    return markdown_table(view)
+
+
+def level_notes(info: dict, setup: Setup) -> list[str]:
+    c = info["criterion"]
+    return [f"Model: {info['model']}; adapters {', '.join(info['adapters'])}; baseline (*vs greedy*): "
+            f"`{info['adapters'][0]} greedy`.",
+            f"Best constant prompt (train split, score there {info['constant_train']:.4f}): "
+            f"\"{info['constant']}\".",
+            f"Generation (greedy base + adapters, then {setup.samples} samples per adapter, T="
+            f"{setup.temperature}): " + ", ".join(f"{s} {v:.0f} s" for s, v in info["generation_s"].items()) +
+            f"; combination tuning + test scoring {info['combination_s']:.0f} s.",
+            f"Combination criterion: tuned **{c['tuned']}** {c['tuned_score']:.4f} vs best **{c['best']}** "
+            f"{c['best_score']:.4f} (interval low {c['best_low']:.4f}): within the best's interval: "
+            f"**{c['within_best_interval']}**; concat {c['concat_score']:.4f}, tuned above concat wherever concat "
+            f"is not the best: **{c['above_concat']}**."]
+
+
+def write_outputs(frame: pd.DataFrame, infos: list[dict], setup: Setup, args, seconds: float) -> list[Path]:
+    name = "ensemble_quality_quick" if args.quick else "ensemble_quality"
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    cols = ["level", "split", "strategy", "group", "score", "low", "high", "vs_greedy", "vs_low", "vs_high",
+            "tokens_per_row", "seconds"]
+    frame[cols].to_csv(out / f"{name}.csv", index=False, float_format="%.5f")
+    cmd = "PYTHONPATH=. .venv/bin/python -m benchmarks.ensemble_quality" + (" --quick" if args.quick else "")
+    md = [f"# {__doc__.split(chr(10) + chr(10))[0].split(':')[0]}", "", __doc__.split("\n\n")[0].replace("\n", " "),
+          "", f"Machine: {machine_line(machine_info())}  ", f"Command: {cmd}  ",
+          f"Rows per split: {setup.rows or 'all'}; samples {setup.samples}; bootstrap {setup.bootstrap}; "
+          f"seed {setup.seed}; embedder minilm; total {seconds / 60:.1f} min.  ",
+          "Scores: mean cos^3 [bootstrap 95% interval]; *vs greedy*: paired difference [95% interval]; "
+          "*tokens/row*: generated tokens of the samples a row uses; *s*: the generation time those tokens took "
+          "(each pass's time shared by tokens) plus combining and scoring. `+ constant` appends the constant "
+          "prompt's words the predictions lack (MeanPromptConfig). Rows `combination: ...` are the test split "
+          "(tuned on validation; see `combination_<level>.md`).", ""]
+    for info in infos:
+        md += [f"## Ambiguity {info['level']}", "", *[f"{n}  " for n in level_notes(info, setup)], "",
+               md_table(frame[frame.level == info["level"]]), ""]
+    (out / f"{name}.md").write_text("\n".join(md))
+    plot(frame, out / f"{name}.png")
+    return [out / f"{name}.{ext}" for ext in ("md", "csv", "png")]
+
+
+def plot(frame: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(dict.fromkeys(frame.strategy))
+    levels = list(dict.fromkeys(frame.level))
+    fig, ax = plt.subplots(figsize=(8, 1.5 + 0.22 * len(labels)))
+    for k, level in enumerate(levels):
+        part = frame[frame.level == level]
+        y = np.array([labels.index(s) for s in part.strategy]) + (k - (len(levels) - 1) / 2) * 0.3
+        err = np.array([part.score - part.low, part.high - part.score])
+        ax.errorbar(part.score, y, xerr=err, fmt="o", ms=3, capsize=2, label=f"ambiguity {level}")
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("mean cos^3 (MiniLM), bootstrap 95% CI (combination rows: test split)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    setup = setup_of(args)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    start = time.perf_counter()
+    ctx = CombineContext(Scorer("minilm", progress=False))
+    rows, infos = [], []
+    for level in setup.levels:
+        got, info = run_level(level, setup, args, ctx)
+        rows += got
+        infos.append(info)
+        frame = pd.DataFrame(rows)
+        paths = write_outputs(frame, infos, setup, args, time.perf_counter() - start)
+        print(md_table(frame[frame.level == level]))
+    print(f"wrote {', '.join(map(str, paths))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
