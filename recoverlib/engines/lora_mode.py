@@ -3,7 +3,8 @@
 The estimate uses measured costs (:class:`LoraCosts`): how much slower the dynamic LoRA path generates than the
 base model, and what switching to an adapter's merged weights costs (a swap inside the running engine, or a
 fresh engine where swapping cannot work). The defaults were measured on this project's 2-core AVX2 CPU with the
-tiny Mixtral (``benchmarks/serving.py``); measure your own machine with that script and pass them in.
+tiny Mixtral (``benchmarks/serving.py``); measure your own machine (a GPU above all) with that script and pass
+them in.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ log = logging.getLogger("recoverlib")
 class LoraCosts:
     """Costs that decide ``auto``. Units: seconds, tokens per second, and a ratio."""
 
-    base_tokens_per_s: float = 4869.0  # vLLM, no LoRA, tiny Mixtral, 2-core CPU (FACTS.md)
-    dynamic_slowdown: float = 3.2  # base tokens/s divided by multi-LoRA tokens/s, same workload (FACTS.md)
-    swap_s: float = 0.05  # swap one adapter's merged attention weights in and back (measured: about 8 ms + I/O)
-    restart_s: float = 6.0  # a fresh in-process engine on a merged checkpoint (measured: 4-6 s)
+    base_tokens_per_s: float = 5700.0  # vLLM, no LoRA, tiny Mixtral (benchmarks/results/serving.md)
+    dynamic_slowdown: float = 1.25  # base tok/s / multi-LoRA tok/s with recoverlib's grouped CPU products (same)
+    swap_s: float = 0.05  # swap one adapter's merged attention weights in and back (reload + restore)
+    restart_s: float = 4.0  # a fresh in-process engine on a merged checkpoint (serving.md: 3.6 s to start)
 
 
 @dataclass(frozen=True)
