@@ -8,7 +8,6 @@ given shape takes (for the planner). Backend modules import their heavy library 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import ClassVar
 
 from recoverlib.errors import RecoverlibError
 from recoverlib.quant.plan import GroupPrecision, PrecisionPlan
+from recoverlib.registry import PackageRegistry
 
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
@@ -80,45 +80,8 @@ class QuantBackend(ABC):
         """Bytes of one quantized ``out x in`` linear at ``prec`` as :meth:`describe` counts them."""
 
 
-class BackendRegistry:
-    """Name -> backend instance. Importing every module of ``recoverlib.quant.backends`` registers them."""
-
-    def __init__(self):
-        self._backends: dict[str, QuantBackend] = {}
-        self._scanned = False
-
-    def register(self, name: str):
-        def wrap(cls):
-            cls.name = name
-            self._backends[name] = cls()
-            return cls
-
-        return wrap
-
-    def _scan(self) -> None:
-        if not self._scanned:
-            import recoverlib.quant.backends as pkg
-
-            for mod in pkgutil.iter_modules(pkg.__path__):
-                importlib.import_module(f"{pkg.__name__}.{mod.name}")
-            self._scanned = True
-
-    def names(self) -> list[str]:
-        self._scan()
-        return sorted(self._backends)
-
-    def get(self, name: str) -> QuantBackend:
-        self._scan()
-        if name not in self._backends:
-            raise RecoverlibError(f"unknown quantization backend {name!r}; choose one of {', '.join(self.names())}")
-        return self._backends[name]
-
-    def all(self) -> list[QuantBackend]:
-        self._scan()
-        return list(self._backends.values())
-
-
-BACKENDS = BackendRegistry()
+# Backends are stored as instances: they hold no state and are called per model.
+BACKENDS = PackageRegistry("recoverlib.quant.backends", "quantization backend", make=lambda cls: cls())
 register_backend = BACKENDS.register
 get_backend = BACKENDS.get
 
