@@ -33,3 +33,17 @@ def experts_adapter(tiny_model, tmp_path_factory):
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
     peft_model.save_pretrained(out)
     return out
+
+
+@pytest.fixture
+def fake_quantized(tiny_model, tmp_path):
+    """A copy of the tiny model whose config claims GPTQ 4-bit (enough for the refusals, which read the config)."""
+    import json
+    import shutil
+
+    folder = tmp_path / "q"
+    shutil.copytree(tiny_model, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder

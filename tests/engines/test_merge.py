@@ -51,15 +51,10 @@ def test_cache_merges_once_and_again_when_the_adapter_changes(tiny_model, tiny_a
     assert not all(torch.equal(first[k], changed[k]) for k in first)
 
 
-def test_merged_mode_is_refused_for_a_quantized_base(tiny_model, tmp_path):
-    folder = tmp_path / "q"
-    shutil.copytree(tiny_model, folder)
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4}
-    (folder / "config.json").write_text(json.dumps(cfg))
+def test_merged_mode_is_refused_for_a_quantized_base(fake_quantized):
     pytest.importorskip("vllm", reason="vLLM is not installed")
     with pytest.raises(RecoverlibError, match="lora mode merged: the base is quantized, so merging is not exact"):
-        make_engine("vllm", folder, {}, EngineConfig(lora_mode="merged"))
+        make_engine("vllm", fake_quantized, {}, EngineConfig(lora_mode="merged"))
 
 
 def _greedy(engine_name, model, adapters, mode, rows, tmp_path):

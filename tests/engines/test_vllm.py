@@ -1,7 +1,5 @@
 """VLLMEngine on the tiny Mixtral on CPU: mixed adapters in one call, seeds, n samples, refusals."""
 
-import json
-import shutil
 
 import pytest
 
@@ -69,11 +67,6 @@ def test_rank_above_engine_maximum(tiny_model, tiny_adapters):
         make_engine("vllm", tiny_model, tiny_adapters, EngineConfig(max_lora_rank=8, lora_mode="dynamic"))
 
 
-def test_quantized_base_is_refused_on_cpu(tiny_model, tmp_path):
-    folder = tmp_path / "q"
-    shutil.copytree(tiny_model, folder)
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4}
-    (folder / "config.json").write_text(json.dumps(cfg))
+def test_quantized_base_is_refused_on_cpu(fake_quantized):
     with pytest.raises(RecoverlibError, match="quantized.*--engine hf"):
-        make_engine("vllm", folder)
+        make_engine("vllm", fake_quantized)
