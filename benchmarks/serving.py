@@ -1,15 +1,20 @@
 """Serving benchmark: which engine and LoRA mode generates a multi-adapter ensemble fastest?
 
+Model: the trained tiny Mixtral (``make_trained_tiny``, 4 trained adapters; its next-token distributions are
+peaked like a real LM's) or, with ``--model random``, the random-weights tiny Mixtral (8 random adapters; nearly
+flat distributions, so top-p keeps ~1,400 of 2,048 tokens and the sampler's sort cannot be skipped).
 The same workload (R rows x A adapters x N samples x T new tokens, exactly T: eos ignored) goes through:
 vLLM with adapters as LoRA in one batch (``dynamic``), vLLM with merged weights swapped per adapter (``merged``),
 vLLM on the base model alone with the same number of requests (the ceiling), and transformers + PEFT switching
 adapters (``hf``, the seed's way). Engines are warm; generation only; median of repeats (min and max shown), for
 A = 1, 2, 4, 8. Also: n samples in one request vs n requests, and vLLM engine start in-process vs multiprocess.
 
-Reproduce the committed table (about 20 minutes on a 2-core CPU):
-    .venv/bin/python -m benchmarks.serving
-Quick check (under 2 minutes): ``--quick``. Whole-command timing (``recoverlib predict`` end to end,
-``--lora-mode auto`` vs ``--engine hf``, 512 rows x 4 adapters x 4 samples x 32 tokens): ``--whole-command``.
+Reproduce the committed tables (about 15 and 20 minutes on a 2-core CPU):
+    .venv/bin/python -m benchmarks.serving --whole-command                  # serving.md (trained model)
+    .venv/bin/python -m benchmarks.serving --model random --whole-command   # serving_random.md
+Quick check (under 2 minutes): ``--quick``. Whole-command timing (``recoverlib predict`` end to end, imports,
+start-up and merging into an empty cache included, ``--lora-mode auto`` vs ``--engine hf``, 512 rows x 4
+adapters x 4 samples x at most 32 tokens; eos ends a sample early, as in real use): ``--whole-command``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import gc
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -32,6 +38,7 @@ from recoverlib.engines import EngineConfig, SamplingConfig, make_engine
 from recoverlib.io import read_rows
 from recoverlib.prompt import RecoveryTemplate
 from recoverlib.tiny import adapter_paths, make_tiny
+from recoverlib.trained_tiny import make_trained_tiny
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("recoverlib")
@@ -54,6 +61,12 @@ def tiny_model(cache: Path, adapters: int) -> Path:
     if not (meta.is_file() and json.loads(meta.read_text()).get("adapters") == adapters):
         make_tiny(cache, adapters=adapters, seed=0)
     return cache
+
+
+MODELS = {  # name: (adapter counts measured, folder builder)
+    "trained": ((1, 2, 4), lambda cache: make_trained_tiny(cache / "trained", adapters=4, seed=0)),
+    "random": ((1, 2, 4, 8), lambda cache: tiny_model(cache, adapters=8)),
+}
 
 
 def prompts_for(engine, rows: int) -> list[str]:
@@ -133,7 +146,8 @@ def whole_command(tiny: Path, out: Path, rows: int = 512) -> list[dict]:
                          ("hf (transformers + PEFT)", ["--engine", "hf", "--lora-mode", "dynamic"])):
         cmd = [sys.executable, "-m", "recoverlib.cli", "predict", "--model", str(tiny / "model"), *adapters,
                "--samples", "4", "--max-new-tokens", "32", "--input", str(csv), "--output", str(out / "wc.csv"),
-               "--merge-cache", str(tiny / "merge-cache"), *extra]
+               "--merge-cache", str(out / "wc-merge-cache"), *extra]
+        shutil.rmtree(out / "wc-merge-cache", ignore_errors=True)  # merging is part of a first run
         start = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"})
         results.append({"case": label, "command": "recoverlib predict " + " ".join(extra), "rows": rows,
@@ -141,6 +155,7 @@ def whole_command(tiny: Path, out: Path, rows: int = 512) -> list[dict]:
         print(results[-1], flush=True)
     csv.unlink()
     (out / "wc.csv").unlink(missing_ok=True)
+    shutil.rmtree(out / "wc-merge-cache", ignore_errors=True)
     return results
 
 
@@ -169,6 +184,7 @@ def plot(frame: pd.DataFrame, path: Path, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a small workload (under 2 minutes)")
+    ap.add_argument("--model", choices=sorted(MODELS), default="trained", help="tiny Mixtral to serve")
     ap.add_argument("--whole-command", action="store_true", help="also time recoverlib predict end to end")
     ap.add_argument("--whole-command-rows", type=int, default=512, help="rows for --whole-command")
     ap.add_argument("--rows", type=int, default=None, help="rows per adapter (default 48; --quick 8)")
@@ -177,17 +193,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench-tiny")
     args = ap.parse_args(argv)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    w = QUICK if args.quick else Workload()
+    counts, build = MODELS[args.model]
+    w = QUICK if args.quick else Workload(adapter_counts=counts)
     w = replace(w, rows=args.rows or w.rows, repeats=args.repeats or w.repeats)
-    tiny = tiny_model(args.cache, adapters=max(w.adapter_counts))
+    tiny = build(args.cache)
     info = machine_info()
     print(machine_line(info), flush=True)
     rows = []
     for label, engine, mode in (("vllm base only", "vllm", "base"), ("vllm dynamic", "vllm", "dynamic"),
-                                ("vllm merged", "vllm", "merged"), ("hf (seed's way)", "hf", "dynamic")):
+                                ("vllm merged", "vllm", "merged"), ("hf (transformers + PEFT)", "hf", "dynamic")):
         rows += measure_engine(label, engine, mode, tiny, w)
     frame = pd.DataFrame(rows)
-    hf = frame[frame.engine == "hf (seed's way)"].set_index("adapters")["tok_per_s"]
+    hf = frame[frame.engine == "hf (transformers + PEFT)"].set_index("adapters")["tok_per_s"]
     base = frame[frame.engine == "vllm base only"].set_index("adapters")["tok_per_s"]
     frame["x_hf"] = [r.tok_per_s / hf[r.adapters] for r in frame.itertuples()]
     frame["x_base"] = [r.tok_per_s / base[r.adapters] for r in frame.itertuples()]
@@ -196,10 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.whole_command:
         extra = pd.concat([extra, pd.DataFrame(whole_command(tiny, args.out, args.whole_command_rows))],
                           ignore_index=True)
-    name = "serving_quick" if args.quick else "serving"
+    name = "serving_quick" if args.quick else ("serving" if args.model == "trained" else f"serving_{args.model}")
     notes = [f"Machine: {machine_line(info)}",
              f"Workload: {w.rows} rows x A adapters x {w.samples} samples x {w.new_tokens} new tokens (eos ignored), "
-             f"tiny Mixtral (bf16), engines warm, median of {w.repeats} (tok/s min-max shown in csv).",
+             f"{args.model} tiny Mixtral (bf16), top_p 0.95, temperature 0.7, engines warm, median of {w.repeats} "
+             "(tok/s min-max shown in csv).",
              "x_hf: tokens/s relative to transformers + PEFT; x_base: relative to vLLM on the base model alone.",
              f"Command: .venv/bin/python -m benchmarks.serving {' '.join(argv if argv is not None else sys.argv[1:])}"]
     md = write_table(frame.round(3), args.out, name, "Serving: engines and LoRA modes", notes)
@@ -207,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         fh.write("\n## Other measurements\n\n")
         fh.write(markdown_table(extra.round(3).fillna("")) + "\n")
     extra.to_csv(args.out / f"{name}_other.csv", index=False)
-    plot(frame, args.out / f"{name}.png", f"{w.rows} rows x A x {w.samples} samples x {w.new_tokens} tokens; {info['cpu']}")
+    plot(frame, args.out / f"{name}.png", f"{args.model} tiny Mixtral, {w.rows} rows x A x {w.samples} samples x "
+         f"{w.new_tokens} tokens; {info['cpu']}")
     print(f"wrote {md}")
     return 0
 

@@ -40,14 +40,14 @@ class PredictConfig:
     seed: int = 0
     include_base: bool = False  # also sample the base model (it is always sampled when there are no adapters)
     fallback_prompt: str = DEFAULT_FALLBACK
-    chunk_rows: int = 64
+    chunk_rows: int | None = None  # rows per generate call (None: the engine's choice, Engine.chunk_rows)
     combination: object = field(default_factory=ConcatConfig)
     template: RecoveryTemplate = field(default_factory=RecoveryTemplate)
 
     def __post_init__(self):
         if not self.fallback_prompt.strip():
             raise RecoverlibError("the fallback prompt must not be empty")
-        if self.chunk_rows < 1:
+        if self.chunk_rows is not None and self.chunk_rows < 1:
             raise RecoverlibError(f"chunk_rows must be >= 1 (got {self.chunk_rows})")
 
     @property
@@ -80,8 +80,9 @@ def predict_rows(engine: Engine, rows: Sequence[Row], config: PredictConfig | No
         Path(samples_file).write_text("")
     todo = [r for r in rows if r.id not in done]
     bar = tqdm(total=len(todo), desc="rows", unit="row", disable=not todo)
-    for start in range(0, len(todo), config.chunk_rows):
-        chunk = todo[start : start + config.chunk_rows]
+    step = config.chunk_rows or engine.chunk_rows
+    for start in range(0, len(todo), step):
+        chunk = todo[start : start + step]
         got = _sample_chunk(engine, chunk, config)
         if samples_file:
             _append_samples(samples_file, chunk, got)
@@ -119,14 +120,15 @@ def _sample_chunk(engine: Engine, chunk: Sequence[Row], config: PredictConfig) -
 def render_prompts(engine: Engine, rows: Sequence[Row], config: PredictConfig, prime: str = "") -> list[str]:
     """Recovery prompts that fit the engine's context next to ``max_new_tokens``; truncation is warned per row."""
     budget = engine.max_model_len - config.max_new_tokens
-    prompts = []
-    for row in rows:
-        prompt, cut = config.template.render_fitted(
-            engine.tokenizer, row.original_text, row.rewritten_text, budget, prime
-        )
-        if cut:
-            log.warning("row id=%s: texts truncated to fit %d prompt tokens", row.id, budget)
-        prompts.append(prompt)
+    tpl, tok = config.template, engine.tokenizer
+    prompts = [tpl.render(tok, row.original_text, row.rewritten_text, prime) for row in rows]
+    # One batch tokenization to find the prompts that are too long; only those are fitted one by one.
+    lengths = [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
+    for i, row in enumerate(rows):
+        if lengths[i] > budget:
+            prompts[i], cut = tpl.render_fitted(tok, row.original_text, row.rewritten_text, budget, prime)
+            if cut:
+                log.warning("row id=%s: texts truncated to fit %d prompt tokens", row.id, budget)
     return prompts
 
 

@@ -119,3 +119,10 @@ def test_bad_combination_file_is_one_line(capsys, tiny_model, sample_csv, tmp_pa
     combo.write_text('{"strategy": "no-such-strategy"}')
     line = _error_line(capsys, _predict(tiny_model, sample_csv, "--combination", str(combo)))
     assert "no-such-strategy" in line
+
+
+def test_console_entry_exits_with_the_command_status(tmp_path):
+    # `python -m recoverlib.cli` goes through run(), which ends the process without interpreter teardown.
+    res = run_cli("predict", "--model", tmp_path, "--input", tmp_path / "missing.csv", "--output", tmp_path / "o.csv")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith("recoverlib: error: ")

@@ -77,3 +77,16 @@ def test_long_rows_are_truncated_with_a_warning(engine, caplog):
     (pred,) = predict_rows(engine, [Row("long", "word " * 2000, "WORD " * 2000)], CFG)
     assert "row id=long: texts truncated" in caplog.text
     assert pred.fallback is None or pred.fallback == "empty samples"
+
+
+def test_chunks_default_to_the_engine_choice(engine, monkeypatch):
+    calls = []
+    real = engine.generate
+    monkeypatch.setattr(engine, "generate", lambda p, s, a: calls.append(len(p[a[0]])) or real(p, s, a))
+    monkeypatch.setattr(type(engine), "chunk_rows", 3)
+    rows = [Row(str(i), f"text {i}", f"TEXT {i}") for i in range(7)]
+    predict_rows(engine, rows, PredictConfig(samples=1, max_new_tokens=4))
+    assert calls == [3, 3, 1]
+    calls.clear()
+    predict_rows(engine, rows, PredictConfig(samples=1, max_new_tokens=4, chunk_rows=5))
+    assert calls == [5, 2]

@@ -78,6 +78,8 @@ class EngineConfig:
     max_lora_rank: int | None = None  # vLLM: None = smallest supported size >= the largest adapter rank
     kv_cache_gib: float = 1.0  # vLLM on CPU: KV cache size
     in_process: bool = True  # vLLM: in-process engine core (about 3 s to start instead of about 30 s)
+    # vLLM: sequences per step (None: vLLM's default on GPU; 2048 on CPU, where per-step overhead dominates)
+    max_num_seqs: int | None = None
     lora_mode: str = "auto"
     merge_cache: str | None = None  # merged-weights cache folder (None: $RECOVERLIB_CACHE/merged or ~/.cache)
     dequantized_merge: bool = False  # allow merging into a quantized base (not exact)
@@ -179,6 +181,8 @@ class Engine(ABC):
     """Generates ``n`` samples per (prompt, adapter). Subclasses register under :attr:`name`."""
 
     name: ClassVar[str]
+    # Rows per generate call when predicting (samples are saved after each): as many as keep the engine busy.
+    chunk_rows: ClassVar[int] = 64
 
     def __init__(self, model: str | Path, adapters: Mapping[str, str | Path] | None = None, config: EngineConfig | None = None):
         self.model_path = Path(model)

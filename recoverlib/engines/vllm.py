@@ -82,6 +82,8 @@ def _quiet(logger_name: str):
 class VLLMEngine(Engine):
     """vLLM offline engine; in dynamic mode every (prompt, adapter) pair is one request of one ``generate`` call."""
 
+    chunk_rows = 512  # vLLM schedules its own batches; merged mode swaps weights once per adapter and chunk
+
     def __init__(self, model: str | Path, adapters: Mapping[str, str | Path] | None = None,
                  config: EngineConfig | None = None, costs: LoraCosts | None = None):
         super().__init__(model, adapters, config)
@@ -128,13 +130,24 @@ class VLLMEngine(Engine):
 
     # -- engine lifecycle ---------------------------------------------------------------------------------------
     def _start(self, path: Path):
+        import gc
+
         from vllm import LLM
 
+        # vLLM collects garbage several times while it builds an engine, then freezes the heap (its
+        # freeze_gc_heap). Freezing first makes those collections skip the ~million objects the imports made:
+        # about 1.5 s of a 2 s in-process start on the tiny model.
+        gc.freeze()
         kwargs = self._lora_kwargs() if self.lora_mode == "dynamic" else {}
         env = {"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(self.config.kv_cache_gib)))} if self._cpu else {}
         if self.config.in_process:
             env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
             kwargs["distributed_executor_backend"] = "uni"
+        # On CPU a decode step costs mostly Python bookkeeping, so wide steps pay: with 2048 sequences and 64 k
+        # batched tokens a 512-row prediction ran about 13 % faster than with vLLM's 256 / 8 k (tiny Mixtral).
+        max_seqs = self.config.max_num_seqs or (2048 if self._cpu else None)
+        if max_seqs:
+            kwargs["max_num_seqs"] = max_seqs
         max_len = self._resolve_max_len()
         with _environ(**env):
             return LLM(
@@ -144,7 +157,7 @@ class VLLMEngine(Engine):
                 seed=0,
                 # Chunked prefill rewinds a CPU generator for seeded requests, which CPU generators cannot do.
                 enable_chunked_prefill=False,
-                max_num_batched_tokens=max(max_len, 8192),
+                max_num_batched_tokens=max(max_len, 65536 if self._cpu else 8192),
                 enforce_eager=self._cpu,
                 **kwargs,
             )
@@ -197,7 +210,9 @@ class VLLMEngine(Engine):
             max_tokens=sampling.max_new_tokens,
             ignore_eos=sampling.ignore_eos,
             seed=sampling.request_seed(prompt_index, self.adapter_index(adapter)),
-            skip_special_tokens=True,
+            # Token ids only: vLLM's incremental detokenizer serves streaming; one batch decode at the end is
+            # cheaper (about 5 % of a whole prediction run on the tiny model). Stopping is by eos token.
+            detokenize=False,
         )
 
     def _run(self, requests: dict[str | None, Sequence[str]], sampling: SamplingConfig, lora: bool) -> Samples:
@@ -205,14 +220,17 @@ class VLLMEngine(Engine):
         tok = self.tokenizer
         flat_prompts, flat_params, flat_loras = [], [], []
         for adapter, adapter_prompts in requests.items():
-            for i, prompt in enumerate(adapter_prompts):
-                # Token ids, not strings: the prompt already holds its BOS (chat template); vLLM would add another.
-                flat_prompts.append({"prompt_token_ids": tok(prompt, add_special_tokens=False)["input_ids"]})
+            # Token ids, not strings: the prompt already holds its BOS (chat template); vLLM would add another.
+            ids = tok(list(adapter_prompts), add_special_tokens=False)["input_ids"] if adapter_prompts else []
+            for i, prompt_ids in enumerate(ids):
+                flat_prompts.append({"prompt_token_ids": prompt_ids})
                 flat_loras.append(self._lora_requests[adapter] if (lora and adapter) else None)
                 flat_params.append(self._params(sampling, i, adapter))
         lora_arg = flat_loras if any(r is not None for r in flat_loras) else None
         outputs = self._llm.generate(flat_prompts, flat_params, lora_request=lora_arg, use_tqdm=True)
-        texts = [[c.text for c in out.outputs] * (sampling.n if sampling.greedy else 1) for out in outputs]
+        completions = [c.token_ids for out in outputs for c in out.outputs]
+        decoded = iter(tok.batch_decode(completions, skip_special_tokens=True))
+        texts = [[next(decoded) for _ in out.outputs] * (sampling.n if sampling.greedy else 1) for out in outputs]
         result: Samples = {}
         start = 0
         for adapter, adapter_prompts in requests.items():
@@ -274,7 +292,9 @@ class VLLMEngine(Engine):
     def _load_weights(self, tensors: dict) -> None:
         # vLLM's in-place reload re-runs each layer's post-load processing (the CPU backend repacks weights for
         # oneDNN and drops the originals, so a plain load_weights cannot reach them).
-        with _quiet("vllm.model_executor.model_loader.reload.inplace"):  # "weights not loaded": the untouched rest
+        # "weights not loaded" / "failed to load weights": the untouched rest of the model, as intended.
+        with _quiet("vllm.model_executor.model_loader.reload.inplace"), \
+                _quiet("vllm.model_executor.model_loader.reload.layerwise"):
             self._llm.collective_rpc(
                 "reload_weights", kwargs={"weights_iterator": list(tensors.items()), "is_checkpoint_format": True}
             )

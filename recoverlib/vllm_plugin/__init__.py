@@ -1,6 +1,6 @@
 """recoverlib's vLLM plugin (entry point ``vllm.general_plugins``): multi-LoRA on MoE models on CPU.
 
-Two cures, both active on the CPU platform only:
+Three cures, all active on the CPU platform only:
 
 1. **MoE kernel.** vLLM chooses its fused-MoE kernel by "is LoRA enabled at all"
    (``FusedMoEConfig.is_lora_enabled``), not by which modules the adapters touch. On CPU that selects the
@@ -12,6 +12,9 @@ Two cures, both active on the CPU platform only:
    token, which cost about half the decode time, and index -1 (a request without an adapter) picked the *last*
    adapter slot, so base requests batched with adapter requests silently got an adapter applied. Grouped
    products run one matmul per adapter present and leave tokens without an adapter untouched.
+3. **Top-p without a full sort** (:mod:`top_p`). The CPU sampler sorted the whole vocabulary of every row at
+   every step for top-p, about 40 % of generation time on the tiny Mixtral; the nucleus is now found among each
+   row's most likely tokens, and only rows with a wide nucleus are sorted.
 
 vLLM calls :func:`register` in every process it starts, possibly several times; it is idempotent.
 """
@@ -71,6 +74,15 @@ def _grouped_lora_products() -> None:
         install(PunicaWrapperCPU)
 
 
+def _top_p_without_sort() -> None:
+    from vllm.v1.sample.ops import topk_topp_sampler as sampler
+
+    from recoverlib.vllm_plugin.top_p import make_apply_top_k_top_p
+
+    _patch_once(sampler, "apply_top_k_top_p",
+                lambda original: make_apply_top_k_top_p(original, sampler.apply_top_k_only))
+
+
 def register() -> None:
     """Install the CPU cures (no-op on other platforms and when already installed)."""
     from vllm.platforms import current_platform
@@ -79,4 +91,6 @@ def register() -> None:
         return
     _keep_cpu_moe_kernel()
     _grouped_lora_products()
-    log.debug("recoverlib vLLM plugin: CPU MoE kernel kept for attention-LoRA; LoRA products grouped by adapter")
+    _top_p_without_sort()
+    log.debug("recoverlib vLLM plugin: CPU MoE kernel kept for attention-LoRA; LoRA products grouped by adapter; "
+              "top-p without a full sort")
