@@ -229,7 +229,9 @@ class VLLMEngine(Engine):
         lora_arg = flat_loras if any(r is not None for r in flat_loras) else None
         outputs = self._llm.generate(flat_prompts, flat_params, lora_request=lora_arg, use_tqdm=True)
         completions = [c.token_ids for out in outputs for c in out.outputs]
-        decoded = iter(tok.batch_decode(completions, skip_special_tokens=True))
+        # A sample cut by max_tokens inside a multi-byte character decodes to a trailing U+FFFD; vLLM's own
+        # detokenizer withholds those bytes, and so does this.
+        decoded = (t.rstrip("\ufffd") for t in tok.batch_decode(completions, skip_special_tokens=True))
         texts = [[next(decoded) for _ in out.outputs] * (sampling.n if sampling.greedy else 1) for out in outputs]
         result: Samples = {}
         start = 0

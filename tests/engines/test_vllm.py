@@ -52,6 +52,20 @@ def test_n_samples_per_row_and_prompts_per_adapter(engine, rows):
     assert any(len(set(texts)) > 1 for texts in out["tiny-a"])  # samples, not copies
 
 
+def test_texts_equal_vllms_own_detokenization(engine, rows):
+    """The engine asks vLLM for token ids and decodes them in one batch: same texts as vLLM's detokenizer."""
+    prompts = render(engine, rows)
+    sampling = SamplingConfig(n=2, temperature=1.0, max_new_tokens=16, seed=5)
+    ours = engine.generate(prompts, sampling, [None])[None]
+    ids = [{"prompt_token_ids": x} for x in engine.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    params = [engine._params(sampling, i, None) for i in range(len(prompts))]
+    for p in params:
+        p.detokenize = True
+    theirs = [[c.text for c in out.outputs] for out in engine._llm.generate(ids, params, use_tqdm=False)]
+    assert ours == theirs
+    assert any(t.strip() for texts in ours for t in texts)
+
+
 def test_unknown_adapter_is_refused(engine, rows):
     with pytest.raises(RecoverlibError, match="unknown adapter"):
         engine.generate(render(engine, rows), GREEDY, ["nope"])
