@@ -90,3 +90,27 @@ def test_chunks_default_to_the_engine_choice(engine, monkeypatch):
     calls.clear()
     predict_rows(engine, rows, PredictConfig(samples=1, max_new_tokens=4, chunk_rows=5))
     assert calls == [5, 2]
+
+
+@pytest.mark.parametrize("close_engine", [True, False])
+def test_predict_closes_the_engine_unless_told_not_to(tiny_model, sample_csv, tmp_path, monkeypatch, close_engine):
+    import recoverlib.engines as engines
+    from recoverlib.predict import predict
+
+    closed, made = [], []
+    real = engines.make_engine
+
+    def make(*args, **kwargs):
+        eng = real(*args, **kwargs)
+        made.append(eng)
+        monkeypatch.setattr(eng, "close", lambda: closed.append(True))
+        return eng
+
+    monkeypatch.setattr(engines, "make_engine", make)
+    rows = tmp_path / "in.csv"
+    rows.write_text("\n".join(sample_csv.read_text().splitlines()[:3]) + "\n")
+    predict(tiny_model, rows, tmp_path / "out.csv", engine="hf", config=PredictConfig(samples=1, max_new_tokens=4),
+            close_engine=close_engine)
+    assert (tmp_path / "out.csv").is_file() and len(made) == 1
+    assert closed == ([True] if close_engine else [])
+    type(made[0]).close(made[0])
