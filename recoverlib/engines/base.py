@@ -177,6 +177,15 @@ def _base_linear_shapes(base: str | Path) -> dict[str, tuple[int | None, int | N
     return shapes
 
 
+def decode_completions(tokenizer, token_ids) -> list[str]:
+    """Texts of generated token ids (one list per sample), special tokens dropped.
+
+    A sample cut by ``max_new_tokens`` inside a multi-byte character would end in U+FFFD; those bytes are
+    withheld, as vLLM's incremental detokenizer does, so both engines return the same text.
+    """
+    return [t.rstrip("\ufffd") for t in tokenizer.batch_decode(token_ids, skip_special_tokens=True)]
+
+
 class Engine(ABC):
     """Generates ``n`` samples per (prompt, adapter). Subclasses register under :attr:`name`."""
 

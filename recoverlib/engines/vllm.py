@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from recoverlib.engines.base import Engine, EngineConfig, Prompts, Samples, SamplingConfig
+from recoverlib.engines.base import Engine, EngineConfig, Prompts, Samples, SamplingConfig, decode_completions
 from recoverlib.engines.lora_mode import LoraCosts, Workload, choose_lora_mode
 from recoverlib.engines.merge import MergeCache, read_tensors
 from recoverlib.engines.registry import register_engine
@@ -229,9 +229,7 @@ class VLLMEngine(Engine):
         lora_arg = flat_loras if any(r is not None for r in flat_loras) else None
         outputs = self._llm.generate(flat_prompts, flat_params, lora_request=lora_arg, use_tqdm=True)
         completions = [c.token_ids for out in outputs for c in out.outputs]
-        # A sample cut by max_tokens inside a multi-byte character decodes to a trailing U+FFFD; vLLM's own
-        # detokenizer withholds those bytes, and so does this.
-        decoded = (t.rstrip("\ufffd") for t in tok.batch_decode(completions, skip_special_tokens=True))
+        decoded = iter(decode_completions(tok, completions))
         texts = [[next(decoded) for _ in out.outputs] * (sampling.n if sampling.greedy else 1) for out in outputs]
         result: Samples = {}
         start = 0

@@ -22,8 +22,8 @@ EXPERT_PROJ = {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
 def _defuser_mapping():
     try:
         from defuser.model_registry import MODEL_CONFIG
-    except ImportError:
-        raise RecoverlibError("MoE quantization needs defuser: pip install defuser") from None
+    except ImportError as err:  # name the missing piece: defuser itself, or one of its own imports
+        raise RecoverlibError(f"MoE quantization needs defuser ({err}): pip install defuser") from None
     return MODEL_CONFIG["mixtral"]["checkpoint_mapping"]
 
 

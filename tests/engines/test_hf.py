@@ -11,7 +11,7 @@ ALL = [None, "tiny-a", "tiny-b", "tiny-c"]
 
 @pytest.fixture(scope="module")
 def engine(tiny_model, tiny_adapters):
-    eng = make_engine("hf", tiny_model, tiny_adapters, EngineConfig(batch_size=4))
+    eng = make_engine("hf", tiny_model, tiny_adapters, EngineConfig(batch_size=4, lora_mode="dynamic"))
     yield eng
     eng.close()
 
@@ -52,3 +52,12 @@ def test_greedy_agrees_with_vllm(tiny_model, tiny_adapters, rows):
         assert same >= 0.75 * len(pairs), (adapter, pairs)
         for h, v in pairs:
             assert tok(h[0], add_special_tokens=False)["input_ids"][:1] == tok(v[0], add_special_tokens=False)["input_ids"][:1]
+
+
+def test_auto_merges_where_merging_is_exact(tiny_model, tiny_adapters, experts_adapter):
+    with make_engine("hf", tiny_model, {"tiny-a": tiny_adapters["tiny-a"]}, EngineConfig()) as eng:
+        assert eng.lora_mode == "merged"
+    with make_engine("hf", tiny_model, {"experts": experts_adapter}, EngineConfig()) as eng:
+        assert eng.lora_mode == "dynamic"  # LoRA on expert parameters cannot be merged from tensors
+    with make_engine("hf", tiny_model, {}, EngineConfig()) as eng:
+        assert eng.lora_mode == "dynamic"

@@ -1,0 +1,104 @@
+"""Check recoverlib's CUDA paths on a GPU machine, and time HFEngine's two LoRA modes there.
+
+Steps (each reported, a failure does not stop the next): HFEngine on the tiny Mixtral with two adapters, PEFT
+layers (``dynamic``) vs merged weights, tokens/s of 48 rows x 2 adapters x 4 samples x 32 tokens; QLoRA training
+(4-bit NF4 base through TRL) and serving the adapter; bnb-nf4 / bnb-int8 quantization, loaded and serving adapters.
+Writes ``$OUT/gpu_check.json`` (default ``out/gpu_check.json``). On a machine without CUDA the QLoRA step reports
+its refusal. Run::
+
+    python examples/gpu_check.py [STEP ...]     # steps: hf_modes qlora bnb (default: all)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from recoverlib.engines import EngineConfig, SamplingConfig, make_engine
+from recoverlib.io import read_rows
+from recoverlib.prompt import RecoveryTemplate
+from recoverlib.synthetic import TaskConfig, write_task
+from recoverlib.tiny import adapter_paths, make_tiny
+
+ROOT = Path(__file__).resolve().parent.parent
+GREEDY = SamplingConfig(n=1, temperature=0, max_new_tokens=8)
+
+
+def prompts(engine, rows) -> list[str]:
+    return [RecoveryTemplate().render(engine.tokenizer, r.original_text, r.rewritten_text) for r in rows]
+
+
+def device_of(engine) -> str:
+    return str(next(engine._model.parameters()).device)
+
+
+def hf_modes(tiny: Path, work: Path, rows) -> dict:
+    adapters = adapter_paths(tiny)
+    sampling = SamplingConfig(n=4, temperature=0.7, max_new_tokens=32, seed=0, ignore_eos=True)
+    out = {}
+    for mode in ("dynamic", "merged"):
+        with make_engine("hf", tiny / "model", adapters, EngineConfig(lora_mode=mode)) as eng:
+            batch = prompts(eng, rows) * 6  # 48 rows
+            eng.generate(batch[:4], GREEDY, sorted(adapters))  # warm-up
+            start = time.perf_counter()
+            eng.generate(batch, sampling, sorted(adapters))
+            tokens = len(batch) * len(adapters) * sampling.n * sampling.max_new_tokens
+            out[mode] = {"device": device_of(eng), "tok_per_s": round(tokens / (time.perf_counter() - start))}
+    return out
+
+
+def qlora(tiny: Path, work: Path, rows) -> dict:
+    from recoverlib.train import TrainConfig, train_adapter
+
+    task = write_task(work / "task", TaskConfig(rows=48, eval_rows=16, seed=5))
+    config = TrainConfig(epochs=1, lr=5e-3, batch_size=16, score_rows=0, quantize="4bit", max_rows=16)
+    result = train_adapter(tiny / "model", task / "train.csv", work / "qlora", task / "validation.csv", config)
+    with make_engine("hf", tiny / "model", {"q": result.adapter}, EngineConfig()) as eng:
+        served = eng.generate(prompts(eng, rows[:2]), GREEDY, ["q"])["q"]
+    return {"files": sorted(p.name for p in Path(result.adapter).iterdir()), "served": served}
+
+
+def bnb(tiny: Path, work: Path, rows) -> dict:
+    from recoverlib.quant.api import quantize
+
+    out = {}
+    for plan in ("bnb-nf4", "bnb-int8"):
+        folder = quantize(tiny / "model", plan, work / plan)
+        with make_engine("hf", folder, adapter_paths(tiny), EngineConfig()) as eng:
+            greedy = eng.generate(prompts(eng, rows[:2]), GREEDY, [None, "tiny-a"])
+            out[plan] = {"device": device_of(eng), "lora_mode": eng.lora_mode,
+                         "greedy": {str(k): v for k, v in greedy.items()}}
+    return out
+
+
+STEPS = {"hf_modes": hf_modes, "qlora": qlora, "bnb": bnb}
+
+
+def main(argv: list[str]) -> int:
+    out = Path(os.environ.get("OUT", ROOT / "out"))
+    work = out / "gpu_check_work"
+    work.mkdir(parents=True, exist_ok=True)
+    tiny = make_tiny(work / "tiny", adapters=2, seed=0)
+    rows = read_rows(ROOT / "examples" / "data" / "sample.csv")[:8]
+    report = {"cuda": torch.cuda.is_available(), "torch": torch.__version__,
+              "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+    for name in argv or list(STEPS):
+        start = time.perf_counter()
+        try:
+            report[name] = {"ok": True, "result": STEPS[name](tiny, work, rows)}
+        except Exception as err:  # noqa: BLE001 (report every step; one failure must not hide the others)
+            report[name] = {"ok": False, "error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-1500:]}
+        report[name]["seconds"] = round(time.perf_counter() - start, 1)
+        print(name, json.dumps(report[name])[:800], flush=True)
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
+    return 0 if all(report[n]["ok"] for n in argv or STEPS) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
