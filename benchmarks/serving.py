@@ -7,9 +7,10 @@ The same workload (R rows x A adapters x N samples x T new tokens, exactly T: eo
 vLLM with adapters as LoRA in one batch (``dynamic``), vLLM with merged weights swapped per adapter (``merged``),
 vLLM on the base model alone with the same number of requests (the ceiling), and transformers + PEFT switching
 adapters (``hf``, the seed's way). Engines are warm; generation only; median of repeats (min and max shown), for
-A = 1, 2, 4, 8. Also: n samples in one request vs n requests, and vLLM engine start in-process vs multiprocess.
+A = 1, 2, 4 (trained; it has 4 adapters) or 1, 2, 4, 8 (random). Also: n samples in one request vs n requests,
+and vLLM engine start in-process vs multiprocess.
 
-Reproduce the committed tables (about 15 and 20 minutes on a 2-core CPU):
+Reproduce the committed tables (about 9 and 11 minutes on a 2-core CPU, trained model cached):
     .venv/bin/python -m benchmarks.serving --whole-command                  # serving.md (trained model)
     .venv/bin/python -m benchmarks.serving --model random --whole-command   # serving_random.md
 Quick check (under 2 minutes): ``--quick``. Whole-command timing (``recoverlib predict`` end to end, imports,

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from recoverlib.engines.base import decode_completions
 from recoverlib.prompt import RecoveryTemplate, clean_prediction
 
 
@@ -68,7 +69,7 @@ def greedy_predictions(
                 # TRL turns router logits on for the aux loss; with padding they break generation's forward
                 ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, output_router_logits=False,
                                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            texts = tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            texts = decode_completions(tokenizer, ids[:, enc["input_ids"].shape[1] :])
             out += [clean_prediction(t, template, prime=prime) for t in texts]
     finally:
         tokenizer.padding_side = side

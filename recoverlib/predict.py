@@ -110,7 +110,7 @@ def _sample_chunk(engine: Engine, chunk: Sequence[Row], config: PredictConfig) -
     stop = tuple(t for t in (engine.tokenizer.eos_token,) if t)
     for i, row in enumerate(rows):
         out[row.id] = tuple(
-            Sample(a, k, clean_prediction(f"{primes[a]}{text}", config.template, stop))
+            Sample(a, k, clean_prediction(text, config.template, stop, prime=primes[a]))
             for a in adapters
             for k, text in enumerate(raw[a][i])
         )

@@ -22,7 +22,7 @@ class LoraCosts:
     """Costs that decide ``auto``. Units: seconds, tokens per second, and a ratio."""
 
     base_tokens_per_s: float = 12000.0  # vLLM, no LoRA, trained tiny Mixtral (benchmarks/results/serving.md)
-    dynamic_slowdown: float = 1.15  # base tok/s / multi-LoRA tok/s (same table: 1.17 trained, 1.13 random weights)
+    dynamic_slowdown: float = 1.15  # base tok/s / multi-LoRA tok/s (serving.md: 1.16-1.17 trained, 1.13 random weights)
     swap_s: float = 0.05  # swap one adapter's merged attention weights in and back (reload + restore)
     restart_s: float = 2.0  # a fresh in-process engine on a merged checkpoint (serving.md: 1.96 s to start)
 
