@@ -18,6 +18,12 @@ Writes ``benchmarks/results/combination.{md,csv,png}``. Reproduce the table with
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python benchmarks/X.py`: make the repository's `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import argparse
 import sys
 import time
@@ -26,15 +32,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks.report import results_dir
 from recoverlib.combine.context import CombineContext
 from recoverlib.combine.mean_prompt import read_text_file
 from recoverlib.combine.tune import default_candidates, format_table, score_candidates, select
 from recoverlib.errors import RecoverlibError
-from recoverlib.io import read_truth
+from recoverlib.io import read_samples, read_truth
 from recoverlib.metric import Scorer
-from recoverlib.predict import DEFAULT_FALLBACK, read_samples
+from recoverlib.pipeline import DEFAULT_FALLBACK
 
-RESULTS = Path(__file__).resolve().parent / "results"
 QUICK = ["first", "medoid", "concat", "mbr-2"]
 
 
@@ -50,8 +56,11 @@ def parse(argv):
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--out-dir", type=Path, default=RESULTS)
-    return p.parse_args(argv)
+    p.add_argument("--out", "--out-dir", type=Path, default=None,
+                   help="results folder (default benchmarks/results; --quick: scratch)")
+    args = p.parse_args(argv)
+    args.out = results_dir(args.out, args.quick)
+    return args
 
 
 def run(args, ctx: CombineContext) -> pd.DataFrame:
@@ -76,13 +85,13 @@ def run(args, ctx: CombineContext) -> pd.DataFrame:
 
 
 def write(frame: pd.DataFrame, args, seconds: float, name: str = "combination") -> list[Path]:
-    """``<name>.{csv,md,png}`` in ``args.out_dir``."""
+    """``<name>.{csv,md,png}`` in ``args.out``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = args.out_dir
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out / f"{name}.csv", index=False, float_format="%.5f")
     rows = frame.attrs["rows"]

@@ -24,6 +24,12 @@ one (quality meaningless; for tests and smoke runs).
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python benchmarks/X.py`: make the repository's `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import argparse
 import os
 import sys
@@ -36,17 +42,18 @@ import pandas as pd
 
 from benchmarks import combination
 from benchmarks.ensemble_rows import GREEDY, SAMPLED, Generated, baseline_name, score_table, table_specs
-from benchmarks.report import machine_info, machine_line
+from benchmarks.report import machine_info, machine_line, results_dir
+from recoverlib.cache import cache_root
 from recoverlib.combine import CombineContext, Sample
-from recoverlib.evaluation import best_constant_prompt
+from recoverlib.engines.base import SamplingConfig
 from recoverlib.io import read_rows, read_truth
 from recoverlib.metric import Scorer
-from recoverlib.predict import PredictConfig, predict_rows
-from recoverlib.pretrain import PretrainConfig
+from recoverlib.pipeline import PredictConfig, predict_rows
 from recoverlib.synthetic.generator import TaskConfig
-from recoverlib.trained_tiny import STAMP, TrainedTinyConfig, cache_key, cache_root, make_trained_tiny
+from recoverlib.tiny.trained import STAMP, TrainedTinyConfig, cache_key, make_trained_tiny
+from recoverlib.training.evaluate import best_constant_prompt
+from recoverlib.training.pretrain import PretrainConfig
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SPLITS = ("validation", "test")
 
 
@@ -72,9 +79,11 @@ def parse(argv):
     p.add_argument("--levels", type=float, nargs="+", help="ambiguity levels (default 0 0.5 1; --quick: 0.5 1)")
     p.add_argument("--adapters", type=int, help="trained adapters (default 4; --quick: 2)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results; --quick: scratch)")
     p.add_argument("--cache", type=Path, default=cache_root() / "ensemble_quality", help="models and samples")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.out = results_dir(args.out, args.quick)
+    return args
 
 
 def setup_of(args) -> Setup:
@@ -108,10 +117,10 @@ def split_files(model_dir: Path, split: str) -> tuple[Path, Path]:
 
 def generate(engine, rows, setup: Setup, out_dir: Path) -> Generated:
     """Greedy (base and adapters) and ``setup.samples`` sampled predictions per adapter; seconds; tokens."""
-    greedy = PredictConfig(samples=1, temperature=0.0, max_new_tokens=setup.max_new_tokens, seed=setup.seed,
-                           include_base=True)
-    sampled = PredictConfig(samples=setup.samples, temperature=setup.temperature,
-                            max_new_tokens=setup.max_new_tokens, seed=setup.seed)
+    greedy = PredictConfig(SamplingConfig(samples=1, temperature=0.0, max_new_tokens=setup.max_new_tokens,
+                                          seed=setup.seed), include_base=True)
+    sampled = PredictConfig(SamplingConfig(samples=setup.samples, temperature=setup.temperature,
+                                           max_new_tokens=setup.max_new_tokens, seed=setup.seed))
     samples, seconds = {}, {}
     for kind, config in ((GREEDY, greedy), (SAMPLED, sampled)):
         start = time.perf_counter()
@@ -191,7 +200,7 @@ def tune_and_score(model_dir: Path, files: dict, mean: Path, level: float, setup
     argv = ["--val-samples", str(files["validation"]), "--val-truth", str(split_files(model_dir, "validation")[1]),
             "--test-samples", str(files["test"]), "--test-truth", str(split_files(model_dir, "test")[1]),
             "--mean-prompt", str(mean), "--bootstrap", str(setup.bootstrap), "--seed", str(setup.seed),
-            "--out-dir", str(args.out)] + (["--quick"] if args.quick else [])
+            "--out", str(args.out)] + (["--quick"] if args.quick else [])
     cargs = combination.parse(argv)
     start = time.perf_counter()
     frame = combination.run(cargs, ctx)

@@ -16,7 +16,7 @@ import numpy as np
 from recoverlib.combine import ConcatConfig, MeanPromptConfig, PipelineConfig, Sample, combine_rows
 from recoverlib.combine.tune import bootstrap_interval
 from recoverlib.metric import sharpened_cosine
-from recoverlib.predict import DEFAULT_FALLBACK
+from recoverlib.pipeline import DEFAULT_FALLBACK
 
 GREEDY, SAMPLED = "greedy", "sampled"
 

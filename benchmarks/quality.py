@@ -22,7 +22,7 @@ SAMPLE_TRUTH = ROOT / "examples" / "data" / "sample_truth.csv"
 def text_set() -> list[str]:
     """The fixed texts: example rows (both texts and the truth prompt) then the built-in corpus."""
     from recoverlib.io import read_rows, read_truth
-    from recoverlib.sample_data import corpus_texts
+    from recoverlib.tiny.corpus import corpus_texts
 
     truth = read_truth(SAMPLE_TRUTH)
     texts = []
@@ -97,7 +97,7 @@ def prompts_of(tokenizer, n_tokens: int, count: int) -> list[str]:
 def generation_speed(engine, prompts: Sequence[str], new_tokens: int, repeats: int, seed: int = 0) -> dict:
     """Prompt and generated tokens per second of one generate call over ``prompts`` (exactly ``new_tokens`` each,
     eos ignored), after one warm-up call; median of ``repeats`` with min and max."""
-    sampling = SamplingConfig(n=1, temperature=0.7, max_new_tokens=new_tokens, seed=seed, ignore_eos=True)
+    sampling = SamplingConfig(samples=1, temperature=0.7, max_new_tokens=new_tokens, seed=seed, ignore_eos=True)
     engine.generate(list(prompts), sampling, [None])  # warm-up (first kernel use, allocator)
     timing, _ = time_repeats(lambda: engine.generate(list(prompts), sampling, [None]), repeats)
     tok = engine.tokenizer
@@ -116,8 +116,8 @@ def validation_score(engine, rows, truths: dict[str, str], scorer, samples: int,
     """The metric (mean cos^3 with ``scorer``) of recoverlib's predictions for ``rows`` through ``engine``
     (every adapter sampled, samples concatenated: predict's defaults)."""
     from recoverlib.combine import CombineContext
-    from recoverlib.predict import PredictConfig, predict_rows
+    from recoverlib.pipeline import PredictConfig, predict_rows
 
-    config = PredictConfig(samples=samples, max_new_tokens=new_tokens, seed=seed)
+    config = PredictConfig(SamplingConfig(samples=samples, max_new_tokens=new_tokens, seed=seed))
     predictions = predict_rows(engine, rows, config, context=CombineContext(scorer=scorer))
     return scorer.score([p.prompt for p in predictions], [truths[p.id] for p in predictions])

@@ -21,6 +21,12 @@ shapes, random weights, N layers; refuses what does not fit this machine's RAM).
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python benchmarks/X.py`: make the repository's `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import argparse
 import gc
 import os
@@ -35,7 +41,8 @@ from tqdm.auto import tqdm
 
 from benchmarks import quality as q
 from benchmarks.ablation_report import write_results
-from benchmarks.report import Timing, machine_info, machine_line, time_repeats
+from benchmarks.report import Timing, machine_info, machine_line, results_dir, time_repeats
+from recoverlib.cache import cache_dir
 from recoverlib.errors import RecoverlibError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,7 +120,7 @@ def check_fits(cfg: dict, available: int | None = None) -> int:
 
 def make_synthetic(cache: Path, layers: int, width: str, seed: int) -> Path:
     """A Mixtral with Mixtral-8x7B shapes (or a quarter width), ``layers`` layers and random weights."""
-    from recoverlib.tiny import TinySpec, make_base
+    from recoverlib.tiny.model import TinySpec, make_base
 
     cfg = synthetic_config(layers, width)
     folder = cache / f"synthetic-{width}-L{layers}-s{seed}"
@@ -237,9 +244,10 @@ def parse(argv):
     ap.add_argument("--repeats", type=int, help="timed repeats (default 3; --quick 1)")
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's; 1 on a busy shared CPU)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench-quant")
+    ap.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results; --quick: scratch)")
+    ap.add_argument("--cache", type=Path, default=cache_dir("bench-quant"), help="models")
     args = ap.parse_args(argv)
+    args.out = results_dir(args.out, args.quick)
     if args.adapters is not None and args.validation is None:
         ap.error("--adapters needs --validation (rows to score)")
     return args

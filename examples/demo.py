@@ -12,6 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
+from recoverlib.cache import cache_dir
 from recoverlib.cli import main as cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,9 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def constant_baseline(task: Path) -> tuple[str, float]:
     """The best single prompt for every row, chosen on train, scored on the test truths."""
-    from recoverlib.evaluation import best_constant_prompt
     from recoverlib.io import read_truth
     from recoverlib.metric import Scorer
+    from recoverlib.training.evaluate import best_constant_prompt
 
     scorer = Scorer("minilm", progress=False)
     train = read_truth(task / "train.csv")
@@ -33,16 +34,17 @@ def constant_baseline(task: Path) -> tuple[str, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "demo")
-    ap.add_argument("--model-dir", type=Path, default=ROOT / ".cache" / "trained-tiny")
+    ap.add_argument("--model-dir", type=Path, default=cache_dir("demo-trained-tiny"),
+                    help="where the trained tiny model is put (trained once per machine, in the recoverlib cache)")
     args = ap.parse_args()
     start = time.perf_counter()
-    rc = cli(["make-tiny", str(args.model_dir), "--trained", "--adapters", "2"])
+    rc = cli(["make-tiny", "--out", str(args.model_dir), "--trained", "--adapters", "2"])
     tiny, task = args.model_dir, args.model_dir / "task"
     submission = args.out / "submission.csv"
     adapters = [f"--adapter={p.name}={p}" for p in sorted((tiny / "adapters").iterdir())]
     rc = rc or cli(["predict", "--model", str(tiny / "model"), *adapters, "--samples", "4", "--engine", "vllm",
-                    "--input", str(task / "test.csv"), "--output", str(submission),
-                    "--save-samples", str(args.out / "samples.jsonl"), "--embedder", "minilm",
+                    "--input", str(task / "test.csv"), "--out", str(submission),
+                    "--samples-file", str(args.out / "samples.jsonl"), "--embedder", "minilm",
                     "--combination", str(ROOT / "examples" / "combination" / "mbr.json")])
     rc = rc or cli(["score", "--predictions", str(submission), "--truth", str(task / "test_truth.csv"),
                     "--embedder", "minilm"])

@@ -27,7 +27,7 @@ from recoverlib.synthetic import TaskConfig, write_task
 from recoverlib.tiny import adapter_paths, make_tiny
 
 ROOT = Path(__file__).resolve().parent.parent
-GREEDY = SamplingConfig(n=1, temperature=0, max_new_tokens=8)
+GREEDY = SamplingConfig(samples=1, temperature=0, max_new_tokens=8)
 
 
 def prompts(engine, rows) -> list[str]:
@@ -40,7 +40,7 @@ def device_of(engine) -> str:
 
 def hf_modes(tiny: Path, work: Path, rows) -> dict:
     adapters = adapter_paths(tiny)
-    sampling = SamplingConfig(n=4, temperature=0.7, max_new_tokens=32, seed=0, ignore_eos=True)
+    sampling = SamplingConfig(samples=4, temperature=0.7, max_new_tokens=32, seed=0, ignore_eos=True)
     out = {}
     for mode in ("dynamic", "merged"):
         with make_engine("hf", tiny / "model", adapters, EngineConfig(lora_mode=mode)) as eng:
@@ -48,16 +48,16 @@ def hf_modes(tiny: Path, work: Path, rows) -> dict:
             eng.generate(batch[:4], GREEDY, sorted(adapters))  # warm-up
             start = time.perf_counter()
             eng.generate(batch, sampling, sorted(adapters))
-            tokens = len(batch) * len(adapters) * sampling.n * sampling.max_new_tokens
+            tokens = len(batch) * len(adapters) * sampling.samples * sampling.max_new_tokens
             out[mode] = {"device": device_of(eng), "tok_per_s": round(tokens / (time.perf_counter() - start))}
     return out
 
 
 def qlora(tiny: Path, work: Path, rows) -> dict:
-    from recoverlib.train import TrainConfig, train_adapter
+    from recoverlib.training.lora import TrainConfig, train_adapter
 
     task = write_task(work / "task", TaskConfig(rows=48, eval_rows=16, seed=5))
-    config = TrainConfig(epochs=1, lr=5e-3, batch_size=16, score_rows=0, quantize="4bit", max_rows=16)
+    config = TrainConfig(epochs=1, lr=5e-3, batch_size=16, score_rows=0, plan="bnb-nf4", max_rows=16)
     result = train_adapter(tiny / "model", task / "train.csv", work / "qlora", task / "validation.csv", config)
     with make_engine("hf", tiny / "model", {"q": result.adapter}, EngineConfig()) as eng:
         served = eng.generate(prompts(eng, rows[:2]), GREEDY, ["q"])["q"]

@@ -1,46 +1,59 @@
 """recoverlib: recover the prompt an LLM rewrote a text with.
 
-The flat API: engines (``make_engine``, ``VLLMEngine``, ``HFEngine``), the recovery template, combination,
-the metric and ``predict`` for a whole CSV. Heavy libraries (vLLM, transformers, quantizers) load only when used.
+The flat API covers everything the command line does, under the same names::
+
+    import recoverlib as rl
+    rows = rl.read_rows("examples/data/sample.csv")
+    with rl.make_engine("vllm", "out/tiny/model", {"a": "out/tiny/adapters/tiny-a"}) as engine:
+        preds = rl.predict_rows(engine, rows, rl.PredictConfig(rl.SamplingConfig(samples=4)))
+
+Names load on first use, so ``import recoverlib`` imports neither torch nor vLLM (nor any CLI module).
 """
 
-# Note: the package ``recoverlib.combine`` keeps its name here (its function is ``recoverlib.combine.combine``).
-from recoverlib.combine import (
-    CombineContext,
-    ConcatConfig,
-    Sample,
-    combine_rows,
-    concat_predictions,
-    load_combination,
-)
-from recoverlib.engines import EngineConfig, SamplingConfig, make_engine
-from recoverlib.errors import RecoverlibError
-from recoverlib.io import read_rows, read_truth, write_submission
-from recoverlib.metric import Scorer
-from recoverlib.predict import PredictConfig, Prediction, predict, predict_rows
-from recoverlib.prompt import RecoveryTemplate, clean_prediction
-from recoverlib.tiny import make_tiny
+from __future__ import annotations
 
-__all__ = [
-    "CombineContext",
-    "ConcatConfig",
-    "EngineConfig",
-    "PredictConfig",
-    "Prediction",
-    "RecoverlibError",
-    "RecoveryTemplate",
-    "Sample",
-    "SamplingConfig",
-    "Scorer",
-    "clean_prediction",
-    "combine_rows",
-    "concat_predictions",
-    "load_combination",
-    "make_engine",
-    "make_tiny",
-    "predict",
-    "predict_rows",
-    "read_rows",
-    "read_truth",
-    "write_submission",
-]
+import importlib
+
+# public name -> module that defines it
+_EXPORTS = {
+    # data I/O and the recovery prompt
+    "read_rows": "io", "read_truth": "io", "write_submission": "io", "read_samples": "io",
+    "RecoveryTemplate": "prompt", "clean_prediction": "prompt",
+    # adapters and engines
+    "AdapterInfo": "adapters", "read_adapter": "adapters", "check_adapters": "adapters",
+    "Engine": "engines", "EngineConfig": "engines", "SamplingConfig": "engines", "make_engine": "engines",
+    "VLLMEngine": "engines.vllm", "HFEngine": "engines.hf",
+    # the whole data path: predict
+    "PredictConfig": "pipeline", "Prediction": "pipeline", "predict": "pipeline", "predict_rows": "pipeline",
+    "DEFAULT_FALLBACK": "pipeline",
+    # metric and combination
+    "Scorer": "metric",
+    "CombineContext": "combine", "Sample": "combine", "combine_rows": "combine", "concat_predictions": "combine",
+    "load_combination": "combine", "save_combination": "combine",
+    "ConcatConfig": "combine", "FirstConfig": "combine", "MedoidConfig": "combine", "MeanPromptConfig": "combine",
+    "SuffixConfig": "combine", "BudgetConfig": "combine", "MbrConfig": "combine", "PipelineConfig": "combine",
+    "tune": "combine.tune", "optimize_prompt": "combine.search", "search_suffix": "combine.search",
+    # quantization
+    "PrecisionPlan": "quant", "GroupPrecision": "quant", "load_plan": "quant", "PRESETS": "quant",
+    "quantize": "quant", "inspect_checkpoint": "quant", "load_quantized": "quant", "plan_bytes": "quant",
+    # training, the synthetic task, the tiny model
+    "TrainConfig": "training.lora", "train_adapter": "training.lora",
+    "TaskConfig": "synthetic", "write_task": "synthetic",
+    "make_tiny": "tiny", "make_trained_tiny": "tiny",
+    "RecoverlibError": "errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'recoverlib' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

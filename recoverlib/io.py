@@ -7,6 +7,7 @@ never stop a run: they are reported and kept, so the caller can give them a fall
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import os
 import tempfile
@@ -116,3 +117,47 @@ def write_submission(path: str | Path, ids: list[str], prompts: list[str]) -> Pa
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+# -- the samples file: JSONL, one line per row, {"id": ..., "samples": [{"adapter", "index", "text"}, ...]} -----
+
+
+def append_samples(path: str | Path, rows) -> None:
+    """Append ``[(row id, samples)]`` to a samples file (one JSON line per row) and flush it to disk."""
+    with open(path, "a") as fh:
+        for row_id, samples in rows:
+            line = {"id": row_id, "samples": [{"adapter": s.adapter, "index": s.index, "text": s.text} for s in samples]}
+            fh.write(json.dumps(line) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_samples(path: str | Path) -> dict:
+    """``id -> tuple of Sample`` from a samples file; a malformed line is a one-line error naming it."""
+    from recoverlib.combine.base import Sample
+
+    path = Path(path)
+    if not path.is_file():
+        raise RecoverlibError(f"{path}: no such samples file")
+    out = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            out[str(rec["id"])] = tuple(Sample(s["adapter"], int(s["index"]), str(s["text"])) for s in rec["samples"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise RecoverlibError(f"{path}:{n}: not a samples line ({type(err).__name__}: {err})") from None
+    return out
+
+
+def resume_samples(path: str | Path, ids) -> dict:
+    """The samples already in ``path`` for a run over ``ids`` ({} when the file does not exist yet)."""
+    if not Path(path).is_file():
+        return {}
+    got = read_samples(path)
+    stray = set(got) - set(ids)
+    if stray:
+        raise RecoverlibError(f"{path}: samples for ids not in the input ({', '.join(sorted(stray)[:3])}); not resuming")
+    log.info("resuming: %d of %d rows already sampled in %s", len(got), len(ids), path)
+    return got

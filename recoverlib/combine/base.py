@@ -13,7 +13,7 @@ which part is a prediction, the mean prompt or the suffix (the budget drops pred
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from recoverlib.errors import RecoverlibError
@@ -175,15 +175,20 @@ def round_robin(samples: Sequence[Sample]) -> list[Sample]:
     return sorted(samples, key=lambda s: (s.index, adapters.index(s.adapter)))
 
 
-def distinct_texts(samples: Sequence[Sample]) -> list[str]:
-    """Non-empty sample texts in round-robin order, exact duplicates (case and spacing ignored) dropped."""
+def unique_texts(texts: Iterable[str]) -> list[str]:
+    """Non-empty texts, stripped, in the given order; exact duplicates (case and spacing ignored) dropped."""
     seen, out = set(), []
-    for s in round_robin(samples):
-        key = " ".join(s.text.lower().split())
+    for text in texts:
+        key = " ".join(text.lower().split())
         if key and key not in seen:
             seen.add(key)
-            out.append(s.text.strip())
+            out.append(text.strip())
     return out
+
+
+def distinct_texts(samples: Sequence[Sample]) -> list[str]:
+    """Non-empty sample texts in round-robin order, exact duplicates (case and spacing ignored) dropped."""
+    return unique_texts(s.text for s in round_robin(samples))
 
 
 def default_draft(samples: Sequence[Sample]) -> Draft:

@@ -28,6 +28,7 @@ from recoverlib.combine.base import (
     register_strategy,
 )
 from recoverlib.errors import RecoverlibError
+from recoverlib.metric import sharpen
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,7 @@ def approx_utility(vectors: np.ndarray, weights: np.ndarray, targets: np.ndarray
     """
     mean = (weights[:, None] * vectors).sum(axis=0)
     mean /= max(float(np.linalg.norm(mean)), 1e-12)
-    cos = np.clip(targets @ mean, -1.0, 1.0)
-    return float(np.mean(np.sign(cos) * np.abs(cos) ** power))
+    return float(np.mean(sharpen(targets @ mean, power)))
 
 
 def _drop_predictions(draft: Draft, samples: Sequence[Sample], ctx, limit: int) -> Draft:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recoverlib.combine.base import Draft, Part, Sample, distinct_texts, register_strategy
+from recoverlib.combine.base import Draft, Part, Sample, distinct_texts, register_strategy, unique_texts
 from recoverlib.errors import RecoverlibError
 
 
@@ -36,13 +36,7 @@ class ConcatConfig:
 
 def concat_predictions(texts: Sequence[str], separator: str = " ", max_parts: int | None = None) -> str:
     """Distinct non-empty texts joined in first-seen order; duplicates compare case- and space-insensitively."""
-    seen, parts = set(), []
-    for text in texts:
-        key = " ".join(text.lower().split())
-        if key and key not in seen:
-            seen.add(key)
-            parts.append(text.strip())
-    return separator.join(parts[:max_parts])
+    return separator.join(unique_texts(texts)[:max_parts])
 
 
 def near_dedup(texts: Sequence[str], vectors: np.ndarray, threshold: float) -> list[int]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from recoverlib.metric import COMPETITION_EMBEDDER, Scorer
+from recoverlib.metric import COMPETITION_EMBEDDER, Scorer, sharpen
 
 
 @dataclass
@@ -66,8 +66,7 @@ class CombineContext:
 
     def sharp(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Sharpened cosine matrix of normalised ``a`` (n, dim) and ``b`` (m, dim): (n, m), sign kept."""
-        cos = np.clip(a @ b.T, -1.0, 1.0)
-        return np.sign(cos) * np.abs(cos) ** self.power
+        return sharpen(a @ b.T, self.power)
 
     @property
     def max_tokens(self) -> int:

@@ -17,6 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from recoverlib.errors import RecoverlibError
+from recoverlib.metric import sharpen
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,7 @@ def suffix_scorer(predictions: Sequence[str], truths: Sequence[str], ctx) -> Cal
     def score(suffixes: list[str]) -> np.ndarray:
         texts = [f"{p} {s}".strip() for s in suffixes for p in predictions]
         emb = ctx.embed(texts, remember=False).reshape(len(suffixes), len(predictions), -1)
-        cos = np.clip(np.einsum("snd,nd->sn", emb, goal), -1.0, 1.0)
-        return (np.sign(cos) * np.abs(cos) ** ctx.power).mean(axis=1)
+        return sharpen(np.einsum("snd,nd->sn", emb, goal), ctx.power).mean(axis=1)
 
     return score
 

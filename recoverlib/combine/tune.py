@@ -24,6 +24,7 @@ from recoverlib.combine.medoid import MedoidConfig
 from recoverlib.combine.pipeline import PipelineConfig
 from recoverlib.combine.suffix import SuffixConfig
 from recoverlib.errors import RecoverlibError
+from recoverlib.metric import sharpen
 
 BASELINE = "first"
 
@@ -132,8 +133,7 @@ def score_candidates(samples: Mapping[str, Sequence[Sample]], truth: Mapping[str
 def _row_scores(texts: list[str], gold: np.ndarray, ctx) -> np.ndarray:
     """(rows,) cos^3 of each prediction with its truth; an empty prediction scores 0."""
     nonempty = [t or " " for t in texts]
-    got = np.einsum("nd,nd->n", ctx.embed(nonempty), gold)
-    got = np.sign(got) * np.abs(np.clip(got, -1, 1)) ** ctx.power
+    got = sharpen(np.einsum("nd,nd->n", ctx.embed(nonempty), gold), ctx.power)
     return np.where([bool(t) for t in texts], got, 0.0)
 
 
@@ -155,3 +155,23 @@ def format_table(results: Sequence[Result]) -> str:
         lines.append(f"| {r.name} | {r.score:.4f} | [{r.low:.4f}, {r.high:.4f}] | {r.diff:+.4f} | "
                      f"[{r.diff_low:+.4f}, {r.diff_high:+.4f}] | {r.seconds:.1f} |")
     return "\n".join(lines)
+
+
+def tune(samples: Mapping[str, Sequence[Sample]], truth: Mapping[str, str], ctx, *,
+         strategies: Sequence[str] | None = None, mean_prompt: str | None = None, suffix: str | None = None,
+         extra: Sequence[Candidate] = (), n_boot: int = 1000, seed: int = 0,
+         fallback: str | None = None, out: str | None = None, tuned_on: str = "") -> list[Result]:
+    """``recoverlib tune``: score the grid (``strategies`` of it, plus ``extra`` candidates) on rows with known
+    truths, best first; with ``out``, write the best as a combination file (its info holds the whole table)."""
+    from recoverlib.combine.configio import save_combination
+
+    candidates = select(default_candidates(mean_prompt, suffix), strategies) + list(extra)
+    results = score_candidates(samples, truth, candidates, ctx, np.random.default_rng(seed), n_boot, fallback)
+    if out is not None:
+        best = results[0]
+        embedder = ctx.scorer.embedder if ctx.scorer is not None else ctx.embedder
+        info = {"tuned_on": tuned_on, "rows": len(results[0].rows), "embedder": str(embedder),
+                "name": best.name, "score": round(best.score, 5), "vs_first": round(best.diff, 5),
+                "table": {r.name: round(r.score, 5) for r in results}}
+        save_combination(best.config, out, info)
+    return results

@@ -18,7 +18,17 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from recoverlib.engines.base import Engine, EngineConfig, Prompts, Samples, SamplingConfig, decode_completions
+from recoverlib.adapters import swap_merge_problem
+from recoverlib.engines.base import (
+    DEFAULT_CONTEXT_CAP,
+    Engine,
+    EngineConfig,
+    Prompts,
+    Samples,
+    SamplingConfig,
+    decode_completions,
+    resolve_max_model_len,
+)
 from recoverlib.engines.registry import register_engine
 from recoverlib.errors import RecoverlibError
 from recoverlib.quant.api import is_quantized
@@ -87,14 +97,8 @@ class HFEngine(Engine):
             return self.config.lora_mode
         if not self.adapters:
             return "dynamic"
-        from recoverlib.engines.merge import check_plain_lora
-
         blocker = "the base is quantized" if is_quantized(self.model_path) else None
-        for info in self.adapters.values():
-            try:
-                check_plain_lora(info)
-            except RecoverlibError as err:
-                blocker = blocker or str(err)
+        blocker = blocker or next(filter(None, map(swap_merge_problem, self.adapters.values())), None)
         mode = "dynamic" if blocker else "merged"
         log.info("lora mode auto -> %s (hf engine%s)", mode, f": {blocker}" if blocker else ": merging is exact")
         return mode
@@ -109,8 +113,8 @@ class HFEngine(Engine):
 
     @property
     def max_model_len(self) -> int:
-        native = getattr(self._model.config, "max_position_embeddings", 4096)
-        return min(self.config.max_model_len or 4096, native)
+        native = getattr(self._model.config, "max_position_embeddings", DEFAULT_CONTEXT_CAP)
+        return resolve_max_model_len(self.config.max_model_len, native)
 
     def _adapter_context(self, adapter: str | None):
         """While generating for ``adapter`` (None = base): the right weights or PEFT adapter are active."""
@@ -143,7 +147,7 @@ class HFEngine(Engine):
         import torch
 
         info, dtype = self.adapters[adapter], getattr(torch, self.config.dtype)
-        if info.targets_experts:  # fused expert parameters: serve a whole merged copy
+        if swap_merge_problem(info):  # e.g. LoRA on fused expert parameters: serve a whole merged copy
             base, self._model = self._model, load_causal_lm(self._merges.model_folder(info, dtype), self.config.dtype)
             try:
                 yield
@@ -183,8 +187,8 @@ class HFEngine(Engine):
             torch.manual_seed(seed)
             ids = self._model.generate(**enc, **self._generate_kwargs(sampling))
         decoded = decode_completions(self._tokenizer, ids[:, enc["input_ids"].shape[1] :])
-        k = 1 if sampling.greedy else sampling.n
-        return [decoded[i * k : (i + 1) * k] * (sampling.n // k) for i in range(len(batch))]
+        k = 1 if sampling.greedy else sampling.samples
+        return [decoded[i * k : (i + 1) * k] * (sampling.samples // k) for i in range(len(batch))]
 
     def _generate_kwargs(self, sampling: SamplingConfig) -> dict:
         common = {
@@ -201,7 +205,7 @@ class HFEngine(Engine):
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
             "top_k": 0,
-            "num_return_sequences": sampling.n,
+            "num_return_sequences": sampling.samples,
         }
 
     def close(self) -> None:

@@ -22,7 +22,8 @@ import logging
 import os
 from pathlib import Path
 
-from recoverlib.engines.base import AdapterInfo
+from recoverlib.adapters import AdapterInfo, swap_merge_problem
+from recoverlib.cache import cache_dir
 from recoverlib.errors import RecoverlibError
 
 log = logging.getLogger("recoverlib")
@@ -32,9 +33,8 @@ _SAMPLE = 1 << 20
 
 
 def default_cache_dir() -> Path:
-    """``$RECOVERLIB_CACHE/merged``, else ``~/.cache/recoverlib/merged``."""
-    root = os.environ.get("RECOVERLIB_CACHE") or Path.home() / ".cache" / "recoverlib"
-    return Path(root) / "merged"
+    """The merged-weights cache: ``<cache root>/merged`` (see :mod:`recoverlib.cache`)."""
+    return cache_dir("merged")
 
 
 def fingerprint(folder: Path, full: bool) -> str:
@@ -87,15 +87,6 @@ def _lora_scale(cfg: dict, module: str) -> float:
     return alpha / (rank**0.5 if cfg.get("use_rslora") else rank)
 
 
-def check_plain_lora(adapter: AdapterInfo) -> dict:
-    """The adapter's config if it is plain LoRA on Linear modules (mergeable from tensors); else a one-line error."""
-    cfg = json.loads((adapter.path / "adapter_config.json").read_text())
-    unsupported = [k for k in ("use_dora", "fan_in_fan_out", "target_parameters", "modules_to_save") if cfg.get(k)]
-    if unsupported:
-        raise RecoverlibError(f"adapter {adapter.name!r}: cannot merge from tensors ({', '.join(unsupported)} set)")
-    return cfg
-
-
 def merge_linear_lora(base: Path, adapter: AdapterInfo, dtype) -> dict:
     """``{checkpoint name: merged weight}`` for every Linear module the adapter touches, in ``dtype``.
 
@@ -103,7 +94,10 @@ def merge_linear_lora(base: Path, adapter: AdapterInfo, dtype) -> dict:
     """
     from safetensors.torch import load_file
 
-    cfg = check_plain_lora(adapter)
+    problem = swap_merge_problem(adapter)
+    if problem:
+        raise RecoverlibError(problem)
+    cfg = adapter.config
     lora = load_file(adapter.path / "adapter_model.safetensors")
     names = {f"{m}.weight" for m in adapter.target_modules}
     base_w = read_tensors(base, names)

@@ -8,18 +8,28 @@ by a fresh engine, since the CPU MoE layer cannot take new expert weights by swa
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from recoverlib.engines.base import Engine, EngineConfig, Prompts, Samples, SamplingConfig, decode_completions
+from recoverlib.adapters import swap_merge_problem
+from recoverlib.engines.base import (
+    DEFAULT_CONTEXT_CAP,
+    Engine,
+    EngineConfig,
+    Prompts,
+    Samples,
+    SamplingConfig,
+    decode_completions,
+    resolve_max_model_len,
+)
 from recoverlib.engines.lora_mode import LoraCosts, Workload, choose_lora_mode
 from recoverlib.engines.merge import MergeCache, read_tensors
 from recoverlib.engines.registry import register_engine
 from recoverlib.errors import RecoverlibError
+from recoverlib.model_folder import read_model_config
 from recoverlib.quant.api import is_quantized
 
 log = logging.getLogger("recoverlib")
@@ -112,7 +122,15 @@ class VLLMEngine(Engine):
 
     # -- what can be served how ---------------------------------------------------------------------------------
     def _restart_count(self) -> int:
-        return sum(a.targets_experts for a in self.adapters.values()) if self._cpu else 0
+        return sum(map(self._needs_fresh_engine, self.adapters.values()))
+
+    def _needs_fresh_engine(self, info) -> bool:
+        """Merged mode: a whole merged checkpoint in a fresh engine, where swapping tensors cannot serve ``info``.
+
+        That is any adapter the shared rule cannot merge from tensors (LoRA on fused expert parameters, DoRA...),
+        and on CPU also expert weights, which the CPU MoE layer post-processes once at load.
+        """
+        return swap_merge_problem(info) is not None or (self._cpu and info.targets_experts)
 
     def _dynamic_problem(self) -> str | None:
         experts = [a.name for a in self.adapters.values() if a.targets_experts]
@@ -124,7 +142,7 @@ class VLLMEngine(Engine):
     def _merge_problem(self) -> str | None:
         if is_quantized(self.model_path) and not self.config.dequantized_merge:
             return "the base is quantized, so merging is not exact (ask for a dequantized merge, or use dynamic)"
-        if not self.config.in_process:
+        if self.config.multiprocess:
             return "swapping merged weights needs the in-process engine (drop --multiprocess)"
         return None
 
@@ -140,7 +158,7 @@ class VLLMEngine(Engine):
         gc.freeze()
         kwargs = self._lora_kwargs() if self.lora_mode == "dynamic" else {}
         env = {"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(self.config.kv_cache_gib)))} if self._cpu else {}
-        if self.config.in_process:
+        if not self.config.multiprocess:
             env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
             kwargs["distributed_executor_backend"] = "uni"
         # On CPU a decode step costs mostly Python bookkeeping, so wide steps pay: with 2048 sequences and 64 k
@@ -171,8 +189,8 @@ class VLLMEngine(Engine):
         self._loaded = path
 
     def _resolve_max_len(self) -> int:
-        native = int(json.loads((self.model_path / "config.json").read_text()).get("max_position_embeddings", 4096))
-        return min(self.config.max_model_len or 4096, native)
+        native = int(read_model_config(self.model_path).get("max_position_embeddings", DEFAULT_CONTEXT_CAP))
+        return resolve_max_model_len(self.config.max_model_len, native)
 
     def _lora_kwargs(self) -> dict:
         if not self.adapters:
@@ -204,7 +222,7 @@ class VLLMEngine(Engine):
         from vllm import SamplingParams
 
         return SamplingParams(
-            n=1 if sampling.greedy else sampling.n,  # vLLM refuses n > 1 with greedy
+            n=1 if sampling.greedy else sampling.samples,  # vLLM refuses n > 1 with greedy
             temperature=sampling.temperature,
             top_p=1.0 if sampling.greedy else sampling.top_p,
             max_tokens=sampling.max_new_tokens,
@@ -230,7 +248,7 @@ class VLLMEngine(Engine):
         outputs = self._llm.generate(flat_prompts, flat_params, lora_request=lora_arg, use_tqdm=True)
         completions = [c.token_ids for out in outputs for c in out.outputs]
         decoded = iter(decode_completions(tok, completions))
-        texts = [[next(decoded) for _ in out.outputs] * (sampling.n if sampling.greedy else 1) for out in outputs]
+        texts = [[next(decoded) for _ in out.outputs] * (sampling.samples if sampling.greedy else 1) for out in outputs]
         result: Samples = {}
         start = 0
         for adapter, adapter_prompts in requests.items():
@@ -245,7 +263,7 @@ class VLLMEngine(Engine):
             return self._run(requests, sampling, lora=True)
         out: Samples = {}
         # Base first and expert adapters last: the fewest restarts.
-        for adapter in sorted(requests, key=lambda a: (a is not None, a is not None and self.adapters[a].targets_experts)):
+        for adapter in sorted(requests, key=lambda a: (a is not None, a is not None and self._needs_fresh_engine(self.adapters[a]))):
             with self._serving(adapter):
                 out.update(self._run({adapter: requests[adapter]}, sampling, lora=False))
         return {a: out[a] for a in adapters}
@@ -261,7 +279,7 @@ class VLLMEngine(Engine):
 
         info = self.adapters[adapter]
         dtype = getattr(torch, self.config.dtype)
-        if self._cpu and info.targets_experts:
+        if self._needs_fresh_engine(info):
             self._use(self._merges.model_folder(info, dtype))
             yield
             return
@@ -305,4 +323,5 @@ class VLLMEngine(Engine):
 
         if self.__dict__.pop("_llm", None) is not None:
             self._loaded = None
+            gc.unfreeze()  # undo _start's freeze, so what the engine held can be collected
             gc.collect()

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from recoverlib.errors import RecoverlibError
+from recoverlib.model_folder import read_model_config
 from recoverlib.quant.audit import AuditReport, audit_model, check_plan
 from recoverlib.quant.backends.base import QuantJob, copy_tokenizer, get_backend
 from recoverlib.quant.plan import PrecisionPlan, load_plan
@@ -23,10 +24,7 @@ META_VERSION = 1
 
 
 def _check_source(model_path: Path) -> dict:
-    cfg_file = model_path / "config.json"
-    if not cfg_file.is_file():
-        raise RecoverlibError(f"model {model_path}: not an HF model folder (no config.json)")
-    cfg = json.loads(cfg_file.read_text())
+    cfg = read_model_config(model_path)
     if cfg.get("model_type") != "mixtral":
         raise RecoverlibError(f"model {model_path}: model_type {cfg.get('model_type')!r}; MoE quantization supports mixtral")
     if cfg.get("quantization_config") or (model_path / META_FILE).is_file():
@@ -124,7 +122,7 @@ def load_quantized(path: str | Path, check: bool = True):
     return model
 
 
-def inspect(path: str | Path, check: bool = True) -> AuditReport:
+def inspect_checkpoint(path: str | Path, check: bool = True) -> AuditReport:
     """Audit any checkpoint: recoverlib-quantized, an HF bitsandbytes one, or plain 16-bit.
 
     With ``check``, raise when the realised precision differs from the checkpoint's plan (for an HF
@@ -147,9 +145,7 @@ def inspect(path: str | Path, check: bool = True) -> AuditReport:
 def check_plain_loadable(path: str | Path) -> dict:
     """The config of a checkpoint plain transformers can load; raise for one it would load wrongly."""
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise RecoverlibError(f"{path}: not an HF model folder (no config.json)")
-    cfg = json.loads((path / "config.json").read_text())
+    cfg = read_model_config(path)
     method = (cfg.get("quantization_config") or {}).get("quant_method")
     if cfg.get("model_type") == "mixtral" and method in ("gptq", "hqq"):
         raise RecoverlibError(

@@ -12,7 +12,8 @@ import json
 from dataclasses import dataclass, field
 
 from recoverlib.errors import RecoverlibError
-from recoverlib.quant.backends.base import BACKENDS, group_of
+from recoverlib.module_groups import group_of
+from recoverlib.quant.backends.base import BACKENDS
 from recoverlib.quant.plan import GROUPS, PrecisionPlan
 
 

@@ -28,7 +28,7 @@ def calibration_texts(source: str | Path | Sequence[str] | None, model_path: Pat
 
 
 def _builtin(model_path: Path) -> list[str]:
-    from recoverlib.sample_data import corpus_texts
+    from recoverlib.tiny.corpus import corpus_texts
 
     lines = corpus_texts()
     pairs = list(zip(lines, lines[1:] + lines[:1], strict=True))

@@ -31,11 +31,12 @@ def _router_choices(model, input_ids, k: int) -> list:
     """Top-k expert indices (tokens x k) of every MoE layer's router, in layer order."""
     import torch
 
+    from recoverlib.module_groups import is_router
+
     choices: dict[str, torch.Tensor] = {}
     hooks = []
     for name, module in model.named_modules():
-        parts = name.split(".")
-        if parts[-1] == "gate" and len(parts) > 1 and parts[-2] in ("mlp", "block_sparse_moe"):
+        if is_router(name):
 
             def hook(_mod, _inp, out, name=name):
                 logits = out[0] if isinstance(out, tuple) else out  # MixtralTopKRouter returns (logits, ...)

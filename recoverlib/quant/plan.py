@@ -137,10 +137,6 @@ def _all_presets() -> dict[str, PrecisionPlan]:
 PRESETS: dict[str, PrecisionPlan] = _all_presets()
 
 
-def preset_names() -> list[str]:
-    return list(PRESETS)
-
-
 def load_plan(spec: str | Path | PrecisionPlan) -> PrecisionPlan:
     """A preset name (``hqq-4``, ``bnb-nf4+router``, ...), a JSON plan file, or a plan (returned as is)."""
     if isinstance(spec, PrecisionPlan):

@@ -131,18 +131,3 @@ def format_estimates(estimates: list[PlanEstimate], unit: float = 1e9) -> str:
         cells = "".join(f"{e.groups[g].bytes / unit:>12.3f}" for g in GROUPS)
         rows.append(f"{e.plan:<24}{cells}{e.total_bytes / unit:>10.2f}{e.effective_bits:>11.3f}")
     return "\n".join(rows)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m recoverlib.quant.planner [CONFIG]``: the preset table for a config (default Mixtral-8x7B)."""
-    import sys
-
-    from recoverlib.quant.plan import PRESETS
-
-    argv = sys.argv[1:] if argv is None else argv
-    config = read_config(argv[0]) if argv else MIXTRAL_8X7B
-    print(format_estimates([plan_bytes(config, p) for p in PRESETS.values()]))
-
-
-if __name__ == "__main__":
-    main()

@@ -16,20 +16,24 @@ Three cures, all active on the CPU platform only:
    every step for top-p, about 40 % of generation time on the tiny Mixtral; the nucleus is now found among each
    row's most likely tokens, and only rows with a wide nucleus are sorted.
 
-vLLM calls :func:`register` in every process it starts, possibly several times; it is idempotent.
+vLLM calls :func:`register` in every process it starts, possibly several times, and without a try/except: so
+the plugin is idempotent, patches only the vLLM version it was tested on (:mod:`recoverlib.patches`; another
+version logs one warning and keeps vLLM's own code), applies each cure on its own (one that fails is warned
+and skipped, the others stay), and is off entirely with ``RECOVERLIB_VLLM_PLUGIN=0``.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 
 log = logging.getLogger("recoverlib")
 
 
 def lora_targets_experts(target_modules: list[str] | None) -> bool:
     """True unless the LoRA target modules are known and none is an expert weight (None: unknown, assume yes)."""
-    from recoverlib.engines.base import names_expert_weights
+    from recoverlib.module_groups import names_expert_weights
 
     return not target_modules or names_expert_weights(target_modules)
 
@@ -83,14 +87,36 @@ def _top_p_without_sort() -> None:
                 lambda original: make_apply_top_k_top_p(original, sampler.apply_top_k_only))
 
 
-def register() -> None:
-    """Install the CPU cures (no-op on other platforms and when already installed)."""
-    from vllm.platforms import current_platform
+CURES = {"vllm-cpu-moe-kernel": _keep_cpu_moe_kernel, "vllm-grouped-lora": _grouped_lora_products,
+         "vllm-top-p": _top_p_without_sort}
+DISABLE_ENV = "RECOVERLIB_VLLM_PLUGIN"
 
-    if not current_platform.is_cpu():
-        return
-    _keep_cpu_moe_kernel()
-    _grouped_lora_products()
-    _top_p_without_sort()
-    log.debug("recoverlib vLLM plugin: CPU MoE kernel kept for attention-LoRA; LoRA products grouped by adapter; "
-              "top-p without a full sort")
+
+def register() -> list[str]:
+    """Install the CPU cures; returns the names installed (none on other platforms, versions or when disabled)."""
+    from recoverlib.patches import PATCHES, version_matches
+
+    if os.environ.get(DISABLE_ENV, "1") == "0":
+        return []
+    try:
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cpu():
+            return []
+    except Exception as err:  # noqa: BLE001 (a plugin must never break vLLM's start)
+        log.warning("recoverlib vLLM plugin off: cannot read vLLM's platform (%s)", err)
+        return []
+    installed = []
+    for name, cure in CURES.items():
+        patch = PATCHES[name]
+        if not version_matches(patch.distribution, patch.tested):
+            continue  # warned once; vLLM keeps its own code path
+        try:
+            cure()
+        except Exception as err:  # noqa: BLE001
+            log.warning("recoverlib vLLM plugin: %s not applied (%s: %s); vLLM's own code path stays",
+                        name, type(err).__name__, err)
+            continue
+        installed.append(name)
+    log.debug("recoverlib vLLM plugin installed: %s", ", ".join(installed) or "nothing")
+    return installed

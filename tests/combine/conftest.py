@@ -27,5 +27,5 @@ def cli_scorer(monkeypatch, scorer):
     """CLI commands reuse the session's MiniLM scorer instead of loading their own (10 s a load)."""
     import importlib
 
-    cli = importlib.import_module("recoverlib.combine.cli")
+    cli = importlib.import_module("recoverlib.cli.combine")
     monkeypatch.setattr(cli, "_context", lambda embedder: CombineContext(scorer=scorer))

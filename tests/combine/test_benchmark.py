@@ -23,7 +23,7 @@ def test_quick_benchmark_writes_md_csv_png(tmp_path, ctx, capsys):
     (tmp_path / "mean.txt").write_text("Rewrite the text.")
     argv = ["--val-samples", str(tmp_path / "v.jsonl"), "--val-truth", str(tmp_path / "v.csv"),
             "--test-samples", str(tmp_path / "t.jsonl"), "--test-truth", str(tmp_path / "t.csv"),
-            "--quick", "--mean-prompt", str(tmp_path / "mean.txt"), "--out-dir", str(tmp_path / "out")]
+            "--quick", "--mean-prompt", str(tmp_path / "mean.txt"), "--out", str(tmp_path / "out")]
     assert load().main(argv, ctx) == 0
     frame = pd.read_csv(tmp_path / "out" / "combination.csv")
     assert set(frame.strategy) == {"first", "medoid", "concat", "mbr-2"} and frame.tuned.sum() == 1
@@ -38,6 +38,6 @@ def test_bad_input_is_one_line(tmp_path, ctx, capsys):
     make_split(tmp_path / "v.jsonl", tmp_path / "v.csv", rows=3, seed=3)
     argv = ["--val-samples", str(tmp_path / "v.jsonl"), "--val-truth", str(tmp_path / "v.csv"),
             "--test-samples", str(tmp_path / "missing.jsonl"), "--test-truth", str(tmp_path / "v.csv"),
-            "--quick", "--out-dir", str(tmp_path / "out")]
+            "--quick", "--out", str(tmp_path / "out")]
     assert load().main(argv, ctx) == 2
     assert "no such samples file" in capsys.readouterr().err

@@ -14,8 +14,7 @@ from recoverlib.combine.tune import (
     select,
 )
 from recoverlib.errors import RecoverlibError
-from recoverlib.io import read_truth
-from recoverlib.predict import read_samples
+from recoverlib.io import read_samples, read_truth
 
 from .synth import make_split
 

@@ -3,7 +3,8 @@ import shutil
 
 import pytest
 
-from recoverlib.engines.base import SamplingConfig, check_adapters, read_adapter
+from recoverlib.adapters import check_adapters, read_adapter
+from recoverlib.engines.base import SamplingConfig
 from recoverlib.errors import RecoverlibError
 from recoverlib.tiny import TinySpec, make_tiny
 
@@ -49,7 +50,7 @@ def test_request_seeds_are_distinct_and_stable():
     assert s.request_seed(3, 1) == SamplingConfig(seed=1).request_seed(3, 1) != SamplingConfig(seed=2).request_seed(3, 1)
 
 
-@pytest.mark.parametrize("kwargs", [{"n": 0}, {"temperature": -1}, {"top_p": 0}, {"max_new_tokens": 0}])
+@pytest.mark.parametrize("kwargs", [{"samples": 0}, {"temperature": -1}, {"top_p": 0}, {"max_new_tokens": 0}])
 def test_bad_sampling_is_refused(kwargs):
     with pytest.raises(RecoverlibError):
         SamplingConfig(**kwargs)

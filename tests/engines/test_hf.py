@@ -5,7 +5,7 @@ import pytest
 from recoverlib.engines import EngineConfig, SamplingConfig, make_engine
 from tests.engines.conftest import render
 
-GREEDY = SamplingConfig(n=1, temperature=0, max_new_tokens=12)
+GREEDY = SamplingConfig(samples=1, temperature=0, max_new_tokens=12)
 ALL = [None, "tiny-a", "tiny-b", "tiny-c"]
 
 
@@ -26,12 +26,12 @@ def test_seeded_sampling_repeats_and_leaves_global_rng_alone(engine, rows):
     import torch
 
     prompts = render(engine, rows)
-    s = SamplingConfig(n=2, temperature=1.0, max_new_tokens=8, seed=5)
+    s = SamplingConfig(samples=2, temperature=1.0, max_new_tokens=8, seed=5)
     state = torch.random.get_rng_state()
     first = engine.generate(prompts, s, ["tiny-a", None])
     assert torch.equal(state, torch.random.get_rng_state())
     assert first == engine.generate(prompts, s, ["tiny-a", None])
-    assert first != engine.generate(prompts, SamplingConfig(n=2, temperature=1.0, max_new_tokens=8, seed=6), ["tiny-a", None])
+    assert first != engine.generate(prompts, SamplingConfig(samples=2, temperature=1.0, max_new_tokens=8, seed=6), ["tiny-a", None])
     assert all(len(t) == 2 for t in first["tiny-a"])
 
 
@@ -44,7 +44,7 @@ def test_greedy_agrees_with_vllm(tiny_model, tiny_adapters, rows):
     outs = {}
     for name in ("hf", "vllm"):
         with make_engine(name, tiny_model, tiny_adapters, cfg) as eng:
-            outs[name] = eng.generate(render(eng, rows), SamplingConfig(n=1, temperature=0, max_new_tokens=16), ALL)
+            outs[name] = eng.generate(render(eng, rows), SamplingConfig(samples=1, temperature=0, max_new_tokens=16), ALL)
             tok = eng.tokenizer
     for adapter in ALL:
         pairs = list(zip(outs["hf"][adapter], outs["vllm"][adapter], strict=True))

@@ -7,13 +7,13 @@ import shutil
 import pytest
 import torch
 
+from recoverlib.adapters import read_adapter
 from recoverlib.engines import EngineConfig, SamplingConfig, make_engine
-from recoverlib.engines.base import read_adapter
 from recoverlib.engines.merge import MergeCache, merge_linear_lora
 from recoverlib.errors import RecoverlibError
 from tests.engines.conftest import render
 
-GREEDY = SamplingConfig(n=1, temperature=0, max_new_tokens=16)
+GREEDY = SamplingConfig(samples=1, temperature=0, max_new_tokens=16)
 ALL = [None, "tiny-a", "tiny-b", "tiny-c"]
 
 

@@ -9,7 +9,7 @@ from tests.engines.conftest import render
 
 pytest.importorskip("vllm", reason="vLLM is not installed")
 
-GREEDY = SamplingConfig(n=1, temperature=0, max_new_tokens=12)
+GREEDY = SamplingConfig(samples=1, temperature=0, max_new_tokens=12)
 ALL = [None, "tiny-a", "tiny-b", "tiny-c"]
 
 
@@ -38,16 +38,16 @@ def test_mixed_batch_equals_separate_calls(engine, rows):
 
 def test_same_seed_repeats_other_seed_differs(engine, rows):
     prompts = render(engine, rows)
-    s1 = SamplingConfig(n=3, temperature=1.0, max_new_tokens=10, seed=11)
+    s1 = SamplingConfig(samples=3, temperature=1.0, max_new_tokens=10, seed=11)
     first, again = engine.generate(prompts, s1, ALL), engine.generate(prompts, s1, ALL)
-    other = engine.generate(prompts, SamplingConfig(n=3, temperature=1.0, max_new_tokens=10, seed=12), ALL)
+    other = engine.generate(prompts, SamplingConfig(samples=3, temperature=1.0, max_new_tokens=10, seed=12), ALL)
     assert first == again
     assert first != other
 
 
 def test_n_samples_per_row_and_prompts_per_adapter(engine, rows):
     prompts = {"tiny-a": render(engine, rows), "tiny-b": render(engine, rows, prime="Rewrite")}
-    out = engine.generate(prompts, SamplingConfig(n=4, temperature=1.0, max_new_tokens=8), ["tiny-a", "tiny-b"])
+    out = engine.generate(prompts, SamplingConfig(samples=4, temperature=1.0, max_new_tokens=8), ["tiny-a", "tiny-b"])
     assert all(len(texts) == 4 for texts in out["tiny-a"] + out["tiny-b"])
     assert any(len(set(texts)) > 1 for texts in out["tiny-a"])  # samples, not copies
 
@@ -55,7 +55,7 @@ def test_n_samples_per_row_and_prompts_per_adapter(engine, rows):
 def test_texts_equal_vllms_own_detokenization(engine, rows):
     """The engine asks vLLM for token ids and decodes them in one batch: same texts as vLLM's detokenizer."""
     prompts = render(engine, rows)
-    sampling = SamplingConfig(n=2, temperature=1.0, max_new_tokens=16, seed=5)
+    sampling = SamplingConfig(samples=2, temperature=1.0, max_new_tokens=16, seed=5)
     ours = engine.generate(prompts, sampling, [None])[None]
     ids = [{"prompt_token_ids": x} for x in engine.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
     params = [engine._params(sampling, i, None) for i in range(len(prompts))]

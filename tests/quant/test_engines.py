@@ -8,7 +8,7 @@ from recoverlib.engines.base import SamplingConfig
 def _generate(path, adapters):
     from recoverlib.engines.hf import HFEngine
 
-    sampling = SamplingConfig(n=2, temperature=0.7, max_new_tokens=4, seed=3)
+    sampling = SamplingConfig(samples=2, temperature=0.7, max_new_tokens=4, seed=3)
     with HFEngine(path, adapters=adapters) as engine:
         first = engine.generate(["The garden was quiet."], sampling, [None, "tiny-a", "tiny-b"])
         again = engine.generate(["The garden was quiet."], sampling, ["tiny-b"])
@@ -50,7 +50,7 @@ def test_merged_mode_on_a_quantized_base_needs_a_dequantized_merge(quantized, qu
     path, adapters = quantized("bnb-int8").out, adapter_paths(quant_tiny)
     with pytest.raises(RecoverlibError, match="quantized, so merging is not exact"):
         make_engine("hf", path, adapters, EngineConfig(lora_mode="merged"))
-    greedy = SamplingConfig(n=1, temperature=0, max_new_tokens=6)
+    greedy = SamplingConfig(samples=1, temperature=0, max_new_tokens=6)
     prompts = ["The garden was quiet.", "Rain fell on the roses."]
     with make_engine("hf", path, adapters, EngineConfig(lora_mode="dynamic")) as eng:
         dynamic = eng.generate(prompts, greedy, [None, "tiny-a"])

@@ -48,6 +48,6 @@ def test_preset(preset, quantized, base, ref_model, input_ids):
 
 
 def _reaudit(q):
-    from recoverlib.quant.api import inspect
+    from recoverlib.quant.api import inspect_checkpoint
 
-    return inspect(q.out)
+    return inspect_checkpoint(q.out)

@@ -35,3 +35,52 @@ def test_plugin_is_registered_and_idempotent():
     for fn in (FusedMoEConfig.__post_init__, PunicaWrapperCPU._shrink_decode, PunicaWrapperCPU._expand_slice_prefill):
         assert fn._recoverlib
         assert not getattr(fn.__wrapped__, "_recoverlib", False)  # wrapped once, not twice
+
+
+def test_plugin_is_off_with_its_environment_variable(monkeypatch):
+    import recoverlib.vllm_plugin as plugin
+
+    called = []
+    monkeypatch.setattr(plugin, "CURES", {name: lambda n=name: called.append(n) for name in plugin.CURES})
+    monkeypatch.setenv(plugin.DISABLE_ENV, "0")
+    assert plugin.register() == [] and called == []
+    monkeypatch.delenv(plugin.DISABLE_ENV)
+    assert plugin.register() == list(plugin.CURES) and called == list(plugin.CURES)
+
+
+def test_another_vllm_version_keeps_vllms_code(monkeypatch, caplog):
+    import recoverlib.patches as patches
+    import recoverlib.vllm_plugin as plugin
+
+    called = []
+    monkeypatch.setattr(plugin, "CURES", {name: lambda n=name: called.append(n) for name in plugin.CURES})
+    monkeypatch.setattr(patches, "installed_version", lambda dist: "9.9.9")
+    patches.version_matches.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="recoverlib"):
+            assert plugin.register() == [] and called == []
+    finally:
+        patches.version_matches.cache_clear()
+    assert sum("tested on 0.32.0" in r.getMessage() for r in caplog.records) == 1  # one warning, not one per cure
+
+
+def test_a_failing_cure_is_skipped_and_the_others_stay(monkeypatch, caplog):
+    import recoverlib.vllm_plugin as plugin
+
+    def broken():
+        raise AttributeError("type object 'PunicaWrapperCPU' has no attribute '_shrink_decode'")
+
+    cures = dict.fromkeys(plugin.CURES, lambda: None)
+    cures["vllm-grouped-lora"] = broken
+    monkeypatch.setattr(plugin, "CURES", cures)
+    with caplog.at_level("WARNING", logger="recoverlib"):
+        installed = plugin.register()
+    assert installed == [n for n in cures if n != "vllm-grouped-lora"]
+    assert any("vllm-grouped-lora not applied" in r.getMessage() for r in caplog.records)
+
+
+def test_every_patch_names_its_tested_version():
+    from recoverlib.patches import PATCHES, table
+
+    assert all(p.tested[0].isdigit() for p in PATCHES.values())
+    assert table().count("\n") == len(PATCHES) + 1

@@ -99,22 +99,6 @@ def require_group_sizes(backend: str, plan: PrecisionPlan, allowed: dict[int, tu
             )
 
 
-def group_of(name: str) -> str:
-    """Module group of a dotted module name: attention, experts, router, lm_head, embeddings or other."""
-    parts = name.split(".")
-    if parts[-1] == "lm_head":
-        return "lm_head"
-    if "embed_tokens" in parts:
-        return "embeddings"
-    if "experts" in parts:
-        return "experts"
-    if parts[-1] == "gate" and len(parts) > 1 and parts[-2] in ("mlp", "block_sparse_moe"):
-        return "router"
-    if "self_attn" in parts:
-        return "attention"
-    return "other"
-
-
 def copy_tokenizer(src: Path, dst: Path) -> None:
     """Copy the tokenizer and generation files a model folder needs besides weights and config."""
     import shutil

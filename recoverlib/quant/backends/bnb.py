@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 from recoverlib.errors import RecoverlibError
+from recoverlib.patches import require_attr
 from recoverlib.quant.backends.base import (
     LinearStorage,
     QuantBackend,
@@ -103,6 +104,7 @@ def _cpu_safe(model):
     bitsandbytes' repacked CPU kernel, which asserts ``N % 32 == 0`` at the first forward."""
     for module in model.modules():
         if type(module).__name__ == "Linear4bit" and module.out_features % CPU_BLOCK_N:
+            require_attr("bnb-cpu-kernel", module, "support_avx512bf16_for_cpu")
             module.support_avx512bf16_for_cpu = False
     return model
 

@@ -14,13 +14,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from recoverlib.errors import RecoverlibError
+from recoverlib.module_groups import GROUP_REGEX
+from recoverlib.patches import require_attr
 from recoverlib.quant.backends.base import LinearStorage, QuantBackend, QuantJob, register_backend
 from recoverlib.quant.moe import preserved_transformers, split_block_class
 from recoverlib.quant.plan import GroupPrecision, PrecisionPlan
 
-# Regexes match both GPTQModel names (model.layers.0.mlp.experts.3.up_proj) and vLLM prefixes
-# (model.layers.0.block_sparse_moe.experts, model.layers.0.self_attn.qkv_proj).
-GROUP_REGEX = {"attention": r".*\.self_attn\..*", "experts": r".*\.experts(\..*)?$", "router": r".*\.(mlp|block_sparse_moe)\.gate$"}
 CALIBRATION_BATCH = 8
 
 
@@ -114,7 +113,8 @@ class GptqBackend(QuantBackend):
             from defuser.modeling.unfused_moe import mixtral as defused
             from gptqmodel.models import auto
 
-            saved = defused.LinearMixtralSparseMoeBlock, auto.MODEL_MAP["mixtral"]
+            saved = (require_attr("gptq-split-block", defused, "LinearMixtralSparseMoeBlock"),
+                     require_attr("gptq-router-tree", auto, "MODEL_MAP")["mixtral"])
             defused.LinearMixtralSparseMoeBlock = split_block_class()
             if router:
                 auto.MODEL_MAP["mixtral"] = _router_model(saved[1])
@@ -144,7 +144,7 @@ def _logs_in(folder: Path):
     """GPTQModel writes per-run logs to ``./logs`` (the caller's working tree); send them to ``folder``."""
     from gptqmodel.looper import loop_processor
 
-    saved = loop_processor._PROJECT_LOG_DIR
+    saved = require_attr("gptq-log-dir", loop_processor, "_PROJECT_LOG_DIR")
     loop_processor._PROJECT_LOG_DIR = folder
     try:
         yield

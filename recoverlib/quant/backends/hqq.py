@@ -14,12 +14,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from recoverlib.errors import RecoverlibError
+from recoverlib.module_groups import group_of
 from recoverlib.quant.backends.base import (
     DTYPE_BYTES,
     LinearStorage,
     QuantBackend,
     QuantJob,
-    group_of,
     register_backend,
 )
 from recoverlib.quant.moe import split_moe

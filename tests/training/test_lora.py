@@ -7,14 +7,13 @@ import sys
 
 import pytest
 
+from recoverlib.adapters import ADAPTER_META, adapter_prime
 from recoverlib.cli import main
 from recoverlib.errors import RecoverlibError
 from recoverlib.prompt import RecoveryTemplate, clean_prediction, has_prime
 from recoverlib.synthetic import TaskConfig, generate, write_task
-from recoverlib.train import (
-    ADAPTER_INFO,
+from recoverlib.training.lora import (
     TrainConfig,
-    adapter_prime,
     build_trainer,
     import_trl,
     train_adapter,
@@ -29,8 +28,8 @@ def task(tmp_path_factory):
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """An untrained tiny Mixtral whose tokenizer was learned on the task's text (short sequences)."""
-    from recoverlib.pretrain import new_model, task_tokenizer
-    from recoverlib.tiny import TinySpec, save_model
+    from recoverlib.tiny.model import TinySpec, save_model
+    from recoverlib.training.pretrain import new_model, task_tokenizer
 
     rows = generate(TaskConfig(rows=300, eval_rows=1, seed=9))["train"]
     tok = task_tokenizer([t for r in rows for t in (r.original_text, r.rewritten_text, r.rewrite_prompt)], 1024)
@@ -77,7 +76,7 @@ def test_train_adapter_keeps_best_epoch_and_serves_in_hf(base, task, tmp_path):
     assert [h["epoch"] for h in result.history] == [1, 2] and all("val_score" in h for h in result.history)
     assert result.best_epoch in (1, 2) and 0 < result.train_rows < 48  # prime: only "Rewrite ..." rows
     assert adapter_prime(result.adapter) == "Rewrite"
-    assert json.loads((result.adapter / ADAPTER_INFO).read_text())["best_epoch"] == result.best_epoch
+    assert json.loads((result.adapter / ADAPTER_META).read_text())["best_epoch"] == result.best_epoch
     with make_engine("hf", base, {"a": result.adapter}, EngineConfig(dtype="float32")) as engine:
         prompt = RecoveryTemplate().render(engine.tokenizer, "The cat sat.", "THE CAT SAT.", prime="Rewrite")
         out = engine.generate([prompt], SamplingConfig(temperature=0, max_new_tokens=8), adapters=["a"])
@@ -85,8 +84,8 @@ def test_train_adapter_keeps_best_epoch_and_serves_in_hf(base, task, tmp_path):
 
 
 def test_expert_adapter_trains_and_serves_in_hf(base, task, tmp_path):
+    from recoverlib.adapters import read_adapter
     from recoverlib.engines import EngineConfig, SamplingConfig, make_engine
-    from recoverlib.engines.base import read_adapter
 
     config = TrainConfig(epochs=1, lr=5e-3, batch_size=16, score_rows=0, targets="attention+experts", max_rows=16)
     result = train_adapter(base, task / "train.csv", tmp_path / "ex", None, config)
@@ -123,13 +122,13 @@ def test_missing_trl_names_the_install(monkeypatch):
 def test_qlora_without_cuda_is_refused():
     import torch
 
-    from recoverlib.train import resolve_quantize
+    from recoverlib.training.lora import resolve_plan
 
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
-    assert resolve_quantize("auto") is False
+    assert resolve_plan("auto") is False
     with pytest.raises(RecoverlibError, match="CUDA"):
-        resolve_quantize("4bit")
+        resolve_plan("bnb-nf4")
 
 
 @pytest.mark.gpu
@@ -139,7 +138,7 @@ def test_qlora_on_cuda(base, task, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     pytest.importorskip("bitsandbytes")
-    config = TrainConfig(epochs=1, lr=5e-3, batch_size=16, score_rows=4, quantize="4bit", max_rows=16)
+    config = TrainConfig(epochs=1, lr=5e-3, batch_size=16, score_rows=4, plan="bnb-nf4", max_rows=16)
     result = train_adapter(base, task / "train.csv", tmp_path / "q", task / "validation.csv", config)
     assert (result.adapter / "adapter_model.safetensors").is_file()
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from recoverlib.engines.base import ADAPTER_META as ADAPTER_INFO  # the engines read the prime from it
+from recoverlib.adapters import ADAPTER_META  # the engines read the prime from it
 from recoverlib.errors import RecoverlibError
 from recoverlib.prompt import RecoveryTemplate, has_prime
 
@@ -27,7 +27,8 @@ log = logging.getLogger("recoverlib")
 ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 EXPERT_PARAMETERS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
 TARGETS = ("attention", "attention+experts")
-QUANTIZE = ("auto", "none", "4bit")
+# The base model precision while training: a bnb-nf4 base (QLoRA, CUDA only), 16-bit, or chosen by the machine.
+PLANS = ("auto", "none", "bnb-nf4")
 
 
 @dataclass(frozen=True)
@@ -46,14 +47,14 @@ class TrainConfig:
     max_rows: int | None = None  # train on a seeded subset of at most this many rows
     score_rows: int = 200  # validation rows scored by greedy generation each epoch (0: pick the epoch by loss)
     embedder: str = "minilm"  # scorer for the per-epoch score
-    quantize: str = "auto"  # "auto": 4-bit NF4 base (QLoRA) when CUDA and bitsandbytes are there
+    plan: str = "auto"  # "auto": a bnb-nf4 base (QLoRA) when CUDA and bitsandbytes are there
     seed: int = 0
 
     def __post_init__(self):
         if self.targets not in TARGETS:
             raise RecoverlibError(f"targets must be one of {', '.join(TARGETS)} (got {self.targets!r})")
-        if self.quantize not in QUANTIZE:
-            raise RecoverlibError(f"quantize must be one of {', '.join(QUANTIZE)} (got {self.quantize!r})")
+        if self.plan not in PLANS:
+            raise RecoverlibError(f"training plan must be one of {', '.join(PLANS)} (got {self.plan!r})")
         if self.rank < 1 or self.alpha <= 0 or self.epochs < 1 or self.lr <= 0 or self.batch_size < 1:
             raise RecoverlibError(
                 f"bad training settings: rank {self.rank}, alpha {self.alpha}, epochs {self.epochs}, lr {self.lr}"
@@ -128,15 +129,18 @@ def to_dataset(tokenizer, rows, template: RecoveryTemplate, prime: str, max_leng
     return Dataset.from_dict({"prompt": prompts, "completion": [template.completion(r.rewrite_prompt, prime) for r in rows]})
 
 
-def resolve_quantize(quantize: str) -> bool:
-    """Whether to load the base in 4 bits (QLoRA)."""
+def resolve_plan(plan: str) -> bool:
+    """Whether to load the base in 4 bits (QLoRA) for training ``plan`` (auto, none, bnb-nf4)."""
     import torch
 
     cuda = torch.cuda.is_available()
-    if quantize == "4bit" and not cuda:
-        raise RecoverlibError("QLoRA (--quantize 4bit) needs a CUDA GPU; use --quantize none on this machine")
-    if quantize != "auto":
-        return quantize == "4bit"
+    if plan == "bnb-nf4" and not cuda:
+        raise RecoverlibError("QLoRA (--plan bnb-nf4) needs a CUDA GPU; use --plan none on this machine")
+    if plan != "auto":
+        return plan == "bnb-nf4"
+    if cuda and not _has_bitsandbytes():
+        log.warning("training plan auto: CUDA is here but bitsandbytes is not, so the base trains in bf16"
+                    " (pip install bitsandbytes for QLoRA)")
     return cuda and _has_bitsandbytes()
 
 
@@ -213,8 +217,8 @@ class _BestEpoch:
         log.info("epoch %d: %s", epoch, entry)
 
     def _score(self, model) -> float:
-        from recoverlib.evaluation import greedy_predictions
         from recoverlib.metric import Scorer
+        from recoverlib.training.evaluate import greedy_predictions
 
         self.scorer = self.scorer or Scorer(self.config.embedder, progress=False)
         preds = greedy_predictions(model, self.tokenizer, [(r.original_text, r.rewritten_text) for r in self.rows],
@@ -287,7 +291,7 @@ def build_trainer(model_path: str | Path, train_rows, val_rows, config: TrainCon
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     dedicated_pad(tokenizer)
     template = RecoveryTemplate()
-    four_bit = resolve_quantize(config.quantize)
+    four_bit = resolve_plan(config.plan)
     selector = _BestEpoch(tokenizer, val_rows, config, template)
     trainer = SFTTrainer(
         model=load_base(model_path, four_bit), args=sft_config(config, work_dir, bool(val_rows), four_bit),
@@ -314,11 +318,5 @@ def _save(model, base_name: str, out_dir: Path, config: TrainConfig, selector: _
     model.save_pretrained(out_dir, safe_serialization=True)
     info = {"prime": config.prime, "best_epoch": selector.best_epoch, "history": selector.history,
             "train_rows": n_rows, "config": asdict(config)}
-    (out_dir / ADAPTER_INFO).write_text(json.dumps(info, indent=1) + "\n")
+    (out_dir / ADAPTER_META).write_text(json.dumps(info, indent=1) + "\n")
     return TrainResult(out_dir, selector.best_epoch, selector.history, n_rows, round(seconds, 1))
-
-
-def adapter_prime(adapter_dir: str | Path) -> str:
-    """The prime an adapter was trained with ("" if none or not trained by recoverlib): render and clean with it."""
-    info = Path(adapter_dir) / ADAPTER_INFO
-    return json.loads(info.read_text()).get("prime", "") if info.is_file() else ""

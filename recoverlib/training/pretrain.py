@@ -43,7 +43,7 @@ def task_tokenizer(texts: Sequence[str], vocab_size: int):
 
     The template is repeated once per text, as in the training sequences, so its words get merges of their own.
     """
-    from recoverlib.tiny import train_tokenizer
+    from recoverlib.tiny.model import train_tokenizer
 
     template = " ".join([INSTRUCTION, "Original text:", "Rewritten text:", RESPONSE_PREFIX])
     return train_tokenizer(vocab_size, [template] * len(texts) + list(texts))
@@ -54,7 +54,7 @@ def new_model(tokenizer, spec=None, seed: int = 0):
     import torch
     from transformers import MixtralForCausalLM
 
-    from recoverlib.tiny import TinySpec, _init_, mixtral_config
+    from recoverlib.tiny.model import TinySpec, _init_, mixtral_config
 
     spec = spec or TinySpec()
     with torch.random.fork_rng(devices=[]):  # the constructor's own init draws from the global RNG

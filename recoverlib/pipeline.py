@@ -7,7 +7,6 @@ A row that cannot be served (empty text) or whose samples are all empty gets the
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,12 +17,12 @@ from tqdm.auto import tqdm
 from recoverlib.combine import CombineContext, ConcatConfig, Sample, combine_rows
 from recoverlib.engines.base import Engine, SamplingConfig
 from recoverlib.errors import RecoverlibError
-from recoverlib.io import Row, read_rows, write_submission
+from recoverlib.io import Row, append_samples, read_rows, resume_samples, write_submission
 from recoverlib.prompt import RecoveryTemplate, clean_prediction
 
 log = logging.getLogger("recoverlib")
 
-# A public mean prompt worth about 0.63 on the competition's test set on its own (FACTS.md).
+# A public mean prompt worth about 0.63 on the competition's test set on its own (a public Kaggle notebook).
 DEFAULT_FALLBACK = (
     "Please improve this text using the writing style with maintaining the original meaning but altering the tone."
 )
@@ -33,11 +32,7 @@ DEFAULT_FALLBACK = (
 class PredictConfig:
     """What to sample and how to combine it. Defaults follow the seed (4 samples, temperature 0.7, top_p 0.95)."""
 
-    samples: int = 4
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_new_tokens: int = 32
-    seed: int = 0
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(samples=4))
     include_base: bool = False  # also sample the base model (it is always sampled when there are no adapters)
     fallback_prompt: str = DEFAULT_FALLBACK
     chunk_rows: int | None = None  # rows per generate call (None: the engine's choice, Engine.chunk_rows)
@@ -50,10 +45,6 @@ class PredictConfig:
         if self.chunk_rows is not None and self.chunk_rows < 1:
             raise RecoverlibError(f"chunk_rows must be >= 1 (got {self.chunk_rows})")
 
-    @property
-    def sampling(self) -> SamplingConfig:
-        return SamplingConfig(self.samples, self.temperature, self.top_p, self.max_new_tokens, self.seed)
-
 
 @dataclass(frozen=True)
 class Prediction:
@@ -65,7 +56,7 @@ class Prediction:
     fallback: str | None = None
 
 
-def predict_rows(engine: Engine, rows: Sequence[Row], config: PredictConfig | None = None,
+def predict_rows(engine: Engine, rows: Sequence[Row], config: PredictConfig | None = None, *,
                  samples_file: str | Path | None = None, resume: bool = False,
                  context: CombineContext | None = None) -> list[Prediction]:
     """Predict every row with ``engine``; returns one :class:`Prediction` per row, in input order.
@@ -74,7 +65,7 @@ def predict_rows(engine: Engine, rows: Sequence[Row], config: PredictConfig | No
     embedder, loaded only if the strategy needs it).
     """
     config = config or PredictConfig()
-    done = _load_samples(samples_file, rows) if (samples_file and resume) else {}
+    done = resume_samples(samples_file, [r.id for r in rows]) if (samples_file and resume) else {}
     if samples_file and not resume:
         Path(samples_file).parent.mkdir(parents=True, exist_ok=True)
         Path(samples_file).write_text("")
@@ -85,7 +76,7 @@ def predict_rows(engine: Engine, rows: Sequence[Row], config: PredictConfig | No
         chunk = todo[start : start + step]
         got = _sample_chunk(engine, chunk, config)
         if samples_file:
-            _append_samples(samples_file, chunk, got)
+            append_samples(samples_file, [(row.id, got[row.id]) for row in chunk])
         done.update(got)
         bar.update(len(chunk))
     bar.close()
@@ -119,7 +110,7 @@ def _sample_chunk(engine: Engine, chunk: Sequence[Row], config: PredictConfig) -
 
 def render_prompts(engine: Engine, rows: Sequence[Row], config: PredictConfig, prime: str = "") -> list[str]:
     """Recovery prompts that fit the engine's context next to ``max_new_tokens``; truncation is warned per row."""
-    budget = engine.max_model_len - config.max_new_tokens
+    budget = engine.max_model_len - config.sampling.max_new_tokens
     tpl, tok = config.template, engine.tokenizer
     prompts = [tpl.render(tok, row.original_text, row.rewritten_text, prime) for row in rows]
     # One batch tokenization to find the prompts that are too long; only those are fitted one by one.
@@ -142,43 +133,7 @@ def _finish(row: Row, samples: Sequence[Sample], prompt: str, config: PredictCon
     return Prediction(row.id, prompt, tuple(samples))
 
 
-def _append_samples(path: str | Path, rows: Sequence[Row], got: Mapping[str, Sequence[Sample]]) -> None:
-    with open(path, "a") as fh:
-        for row in rows:
-            line = {"id": row.id, "samples": [{"adapter": s.adapter, "index": s.index, "text": s.text} for s in got[row.id]]}
-            fh.write(json.dumps(line) + "\n")
-        fh.flush()
-
-
-def read_samples(path: str | Path) -> dict[str, tuple[Sample, ...]]:
-    """``id -> samples`` from a samples JSONL file; a malformed line is a one-line error naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecoverlibError(f"{path}: no such samples file")
-    out: dict[str, tuple[Sample, ...]] = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            out[str(rec["id"])] = tuple(Sample(s["adapter"], int(s["index"]), str(s["text"])) for s in rec["samples"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise RecoverlibError(f"{path}:{n}: not a samples line ({type(err).__name__}: {err})") from None
-    return out
-
-
-def _load_samples(path: str | Path, rows: Sequence[Row]) -> dict[str, tuple[Sample, ...]]:
-    if not Path(path).is_file():
-        return {}
-    got = read_samples(path)
-    stray = set(got) - {r.id for r in rows}
-    if stray:
-        raise RecoverlibError(f"{path}: samples for ids not in the input ({', '.join(sorted(stray)[:3])}); not resuming")
-    log.info("resuming: %d of %d rows already sampled in %s", len(got), len(rows), path)
-    return got
-
-
-def predict(model: str | Path, input_csv: str | Path, output_csv: str | Path,
+def predict(model: str | Path, input_csv: str | Path, out: str | Path, *,
             adapters: Mapping[str, str | Path] | None = None, engine: str = "vllm",
             config: PredictConfig | None = None, engine_config=None,
             samples_file: str | Path | None = None, resume: bool = False,
@@ -194,14 +149,14 @@ def predict(model: str | Path, input_csv: str | Path, output_csv: str | Path,
 
     config = config or PredictConfig()
     rows = read_rows(input_csv)
-    per_adapter = config.samples * config.max_new_tokens * sum(r.problem is None for r in rows)
+    per_adapter = config.sampling.samples * config.sampling.max_new_tokens * sum(r.problem is None for r in rows)
     engine_config = replace(engine_config or EngineConfig(),
                             expected_new_tokens=per_adapter * (len(adapters or {}) + config.include_base))
     eng = make_engine(engine, model, adapters or {}, engine_config)
     try:
-        predictions = predict_rows(eng, rows, config, samples_file, resume, context)
+        predictions = predict_rows(eng, rows, config, samples_file=samples_file, resume=resume, context=context)
     finally:
         if close_engine:
             eng.close()
-    write_submission(output_csv, [p.id for p in predictions], [p.prompt for p in predictions])
+    write_submission(out, [p.id for p in predictions], [p.prompt for p in predictions])
     return predictions

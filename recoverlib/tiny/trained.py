@@ -23,10 +23,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from recoverlib.cache import cache_root
 from recoverlib.errors import RecoverlibError
-from recoverlib.pretrain import PretrainConfig
 from recoverlib.synthetic.generator import TaskConfig
-from recoverlib.tiny import TinySpec
+from recoverlib.tiny.model import TinySpec
+from recoverlib.training.pretrain import PretrainConfig
 
 STAMP = "trained.json"
 
@@ -61,10 +62,6 @@ class TrainedTinyConfig:
     adapter_score_rows: int = 0  # per-epoch generation score while training adapters (0: loss only, faster)
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("RECOVERLIB_CACHE", Path.home() / ".cache" / "recoverlib"))
-
-
 def code_version() -> str:
     """Hash of the sources that decide the result, and of the library versions that run them."""
     import peft
@@ -72,9 +69,9 @@ def code_version() -> str:
     import transformers
     import trl
 
-    root = Path(__file__).parent
-    files = sorted([*root.glob("synthetic/*.py"), *(root / n for n in ("pretrain.py", "train.py", "prompt.py",
-                                                                        "tiny.py", "trained_tiny.py"))])
+    root = Path(__file__).parent.parent
+    files = sorted([*root.glob("synthetic/*.py"), *(root / n for n in ("training/pretrain.py", "training/lora.py",
+                                                                        "prompt.py", "tiny/model.py", "tiny/trained.py"))])
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode() + f.read_bytes())
@@ -150,8 +147,8 @@ def _build(out: Path, adapters: int, seed: int, config: TrainedTinyConfig, key: 
 
 
 def _train_base(model_dir: Path, train_rows, val_rows, seed: int, config: TrainedTinyConfig) -> list[dict]:
-    from recoverlib.pretrain import new_model, pretrain, task_tokenizer
-    from recoverlib.tiny import save_model
+    from recoverlib.tiny.model import save_model
+    from recoverlib.training.pretrain import new_model, pretrain, task_tokenizer
 
     texts = [t for r in train_rows for t in (r.original_text, r.rewritten_text, r.rewrite_prompt)]
     tokenizer = task_tokenizer(texts, config.spec.vocab_size)
@@ -163,7 +160,7 @@ def _train_base(model_dir: Path, train_rows, val_rows, seed: int, config: Traine
 
 
 def _train_one(out: Path, k: int, rows, seed: int, config: TrainedTinyConfig) -> dict:
-    from recoverlib.train import TrainConfig, train_adapter
+    from recoverlib.training.lora import TrainConfig, train_adapter
 
     spec, name = ADAPTER_SPECS[k], f"tiny-{chr(ord('a') + k)}"
     tc = TrainConfig(rank=spec.rank, alpha=2.0 * spec.rank, prime=spec.prime, epochs=config.adapter_epochs,

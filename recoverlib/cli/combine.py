@@ -1,15 +1,11 @@
-"""Subcommands for combination: ``optimize-prompt``, ``search-suffix``, ``tune``, ``combine``.
-
-The main parser adds them with :func:`add_combine_commands`. Each handler returns an exit code; a
-:class:`RecoverlibError` is left to ``recoverlib.cli.main``, which prints it as one line.
-"""
+"""Combination commands: ``optimize-prompt``, ``search-suffix``, ``tune`` and ``combine`` (saved samples in)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from recoverlib.metric import COMPETITION_EMBEDDER as DEFAULT_EMBEDDER
+from recoverlib.cli.options import add_embedder, add_out, add_samples_file
 
 
 def _context(embedder: str):
@@ -48,16 +44,15 @@ def cmd_optimize_prompt(args) -> int:
     _write_text(args.out, result.text)
     val = float(prompt_scorer(valid, ctx)([result.text])[0]) if valid else float("nan")
     print(f"mean prompt: {result.text!r}\ntrain score {result.score:.4f} ({len(train)} prompts), "
-          f"validation score {val:.4f} ({len(valid)} prompts); wrote {args.out}")
+          f"validation score {val:.4f} ({len(valid)} prompts); wrote {args.out}", file=args.stdout)
     return 0
 
 
 def _samples_and_truth(args):
     from recoverlib.combine.tune import matched_ids
-    from recoverlib.io import read_truth
-    from recoverlib.predict import read_samples
+    from recoverlib.io import read_samples, read_truth
 
-    samples, truth = read_samples(args.samples), read_truth(args.truth)
+    samples, truth = read_samples(args.samples_file), read_truth(args.truth)
     ids = matched_ids(samples, truth)
     return {i: samples[i] for i in ids}, truth
 
@@ -87,55 +82,46 @@ def cmd_search_suffix(args) -> int:
             score = suffix_scorer(*pick(idx), ctx)
             before, after = score([""])[0], score([result.text])[0]
             lines.append(f"{name} ({len(idx)} rows): {before:.4f} without, {after:.4f} with ({after - before:+.4f})")
-    print("\n".join(lines))
+    print("\n".join(lines), file=args.stdout)
     return 0
 
 
 def cmd_tune(args) -> int:
-    import numpy as np
-
-    from recoverlib.combine.configio import load_combination, save_combination
+    from recoverlib.combine.configio import load_combination
     from recoverlib.combine.mean_prompt import read_text_file
-    from recoverlib.combine.tune import Candidate, default_candidates, format_table, score_candidates, select
-    from recoverlib.predict import DEFAULT_FALLBACK
+    from recoverlib.combine.tune import Candidate, format_table, tune
+    from recoverlib.pipeline import DEFAULT_FALLBACK
 
     samples, truth = _samples_and_truth(args)
     mean = read_text_file(args.mean_prompt, "--mean-prompt") if args.mean_prompt else None
     suffix = read_text_file(args.suffix, "--suffix") if args.suffix else None
-    candidates = select(default_candidates(mean, suffix), args.strategies)
-    candidates += [Candidate(Path(p).stem, load_combination(p)) for p in args.pipeline or []]
+    extra = [Candidate(Path(p).stem, load_combination(p)) for p in args.pipeline or []]
     start = time.perf_counter()
-    results = score_candidates(samples, truth, candidates, _context(args.embedder),
-                               np.random.default_rng(args.seed), args.bootstrap, DEFAULT_FALLBACK)
+    results = tune(samples, truth, _context(args.embedder), strategies=args.strategies, mean_prompt=mean,
+                   suffix=suffix, extra=extra, n_boot=args.bootstrap, seed=args.seed, fallback=DEFAULT_FALLBACK,
+                   out=args.out, tuned_on=str(args.samples_file))
     best = results[0]
-    info = {"tuned_on": str(args.samples), "rows": len(samples), "embedder": args.embedder, "name": best.name,
-            "score": round(best.score, 5), "vs_first": round(best.diff, 5),
-            "table": {r.name: round(r.score, 5) for r in results}}
-    save_combination(best.config, args.out, info)
-    print(format_table(results))
+    print(format_table(results), file=args.stdout)
     print(f"best: {best.name} ({best.score:.4f}, {best.diff:+.4f} vs first) over {len(samples)} rows "
-          f"in {time.perf_counter() - start:.1f} s; wrote {args.out}")
+          f"in {time.perf_counter() - start:.1f} s; wrote {args.out}", file=args.stdout)
     return 0
 
 
 def cmd_combine(args) -> int:
     from recoverlib.combine.base import combine_rows
     from recoverlib.combine.configio import load_combination
-    from recoverlib.io import write_submission
-    from recoverlib.predict import DEFAULT_FALLBACK, read_samples
+    from recoverlib.io import read_samples, write_submission
+    from recoverlib.pipeline import DEFAULT_FALLBACK
 
     config = load_combination(args.combination)
-    samples = read_samples(args.samples)
+    samples = read_samples(args.samples_file)
     prompts = combine_rows(samples, config, _context(args.embedder))
     empty = [i for i, p in prompts.items() if not p.strip()]
     texts = [prompts[i].strip() or args.fallback_prompt or DEFAULT_FALLBACK for i in samples]
-    write_submission(args.output, list(samples), texts)
-    print(f"wrote {len(texts)} prompts to {args.output}" + (f" ({len(empty)} got the fallback)" if empty else ""))
+    write_submission(args.out, list(samples), texts)
+    print(f"wrote {len(texts)} prompts to {args.out}" + (f" ({len(empty)} got the fallback)" if empty else ""),
+          file=args.stdout)
     return 0
-
-
-def _embedder_option(p) -> None:
-    p.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="name, folder, or 'minilm' (offline)")
 
 
 def _search_options(p, steps: int, vocab_size: int) -> None:
@@ -144,12 +130,12 @@ def _search_options(p, steps: int, vocab_size: int) -> None:
     p.add_argument("--vocab-size", type=int, default=vocab_size, help="candidates tried per step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--holdout", type=float, default=0.2, help="seeded validation fraction")
-    p.add_argument("--out", required=True, type=Path, help="text file for the found string")
-    _embedder_option(p)
+    add_out(p, "text file for the found string")
+    add_embedder(p)
 
 
-def add_combine_commands(subparsers) -> None:
-    """Register ``optimize-prompt``, ``search-suffix``, ``tune`` and ``combine`` on an argparse subparsers."""
+def add_commands(subparsers) -> None:
+    """Register ``optimize-prompt``, ``search-suffix``, ``tune`` and ``combine``."""
     p = subparsers.add_parser("optimize-prompt", help="search a mean prompt that scores well against train prompts")
     p.add_argument("--train", required=True, type=Path, help="CSV with id, rewrite_prompt")
     p.add_argument("--validation", type=Path, help="CSV with id, rewrite_prompt (default: a held-out train part)")
@@ -158,7 +144,7 @@ def add_combine_commands(subparsers) -> None:
     p.set_defaults(func=cmd_optimize_prompt)
 
     p = subparsers.add_parser("search-suffix", help="search tokens that raise every prediction's score when appended")
-    p.add_argument("--samples", required=True, type=Path, help="samples JSONL (predict --save-samples)")
+    add_samples_file(p, "samples JSONL (predict --samples-file)")
     p.add_argument("--truth", required=True, type=Path, help="CSV with id, rewrite_prompt")
     p.add_argument("--combination", type=Path, help="combination file making the predictions (default: concat)")
     p.add_argument("--rows", type=int, default=64, help="rows the search scores (it embeds rows x vocab per step)")
@@ -166,7 +152,7 @@ def add_combine_commands(subparsers) -> None:
     p.set_defaults(func=cmd_search_suffix)
 
     p = subparsers.add_parser("tune", help="score combination strategies on saved samples; write the best")
-    p.add_argument("--samples", required=True, type=Path, help="samples JSONL of a validation split")
+    add_samples_file(p, "samples JSONL of a validation split (predict --samples-file)")
     p.add_argument("--truth", required=True, type=Path, help="CSV with id, rewrite_prompt")
     p.add_argument("--strategies", nargs="+", metavar="NAME", help="grid names to try (default: all)")
     p.add_argument("--pipeline", nargs="+", metavar="FILE", help="combination files to try as well")
@@ -174,14 +160,14 @@ def add_combine_commands(subparsers) -> None:
     p.add_argument("--suffix", type=Path, help="suffix file (search-suffix): adds its variants")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, type=Path, help="combination file (JSON) for the best")
-    _embedder_option(p)
+    add_out(p, "combination file (JSON) for the best")
+    add_embedder(p)
     p.set_defaults(func=cmd_tune)
 
     p = subparsers.add_parser("combine", help="combine saved samples with a combination file into a submission")
-    p.add_argument("--samples", required=True, type=Path)
+    add_samples_file(p, "samples JSONL (predict --samples-file)")
     p.add_argument("--combination", required=True, type=Path, help="combination file (tune --out)")
-    p.add_argument("--output", required=True, type=Path, help="submission CSV (id, rewrite_prompt)")
+    add_out(p, "submission CSV (id, rewrite_prompt)", old=("--output",))
     p.add_argument("--fallback-prompt", default=None, help="for rows whose samples are all empty")
-    _embedder_option(p)
+    add_embedder(p)
     p.set_defaults(func=cmd_combine)

@@ -1,8 +1,4 @@
-"""``recoverlib quantize`` and ``recoverlib inspect``: registered on the main parser by :func:`add_quant_commands`.
-
-Each command function takes the parsed namespace and returns an exit code; a :class:`RecoverlibError` is left
-to the main CLI, which prints it as one line (exit status 2).
-"""
+"""``recoverlib quantize`` (a 16-bit Mixtral to a precision plan) and ``recoverlib inspect`` (audit a checkpoint)."""
 
 from __future__ import annotations
 
@@ -10,15 +6,17 @@ import argparse
 import json
 from pathlib import Path
 
+from recoverlib.cli.options import add_out
 
-def add_quant_commands(subparsers) -> None:
-    """Register ``quantize`` and ``inspect`` on an ``argparse`` subparsers object."""
+
+def add_commands(subparsers) -> None:
+    """Register ``quantize`` and ``inspect``."""
     from recoverlib.quant.plan import PRESETS
 
     q = subparsers.add_parser("quantize", help="quantize a Mixtral checkpoint (experts included) and audit it")
     q.add_argument("--model", required=True, type=Path, help="16-bit HF Mixtral folder")
     q.add_argument("--plan", required=True, help=f"preset ({', '.join(PRESETS)}) or a JSON plan file")
-    q.add_argument("--out", required=True, type=Path, help="output folder")
+    add_out(q, "output folder")
     q.add_argument("--calibration", type=Path, default=None,
                    help="GPTQ calibration CSV (Kaggle rows or a 'text' column); default: built-in examples")
     q.add_argument("--seed", type=int, default=0, help="seed for choosing calibration texts")
@@ -38,17 +36,17 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.export_vllm:
         from recoverlib.quant.export import export_vllm
 
-        print(f"[recoverlib quantize] vLLM layout: {export_vllm(out, args.export_vllm)}", flush=True)
+        print(f"vLLM layout: {export_vllm(out, args.export_vllm)}", file=args.stdout)
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from recoverlib.quant.api import inspect
+    from recoverlib.quant.api import inspect_checkpoint
     from recoverlib.quant.audit import check_plan
     from recoverlib.quant.plan import PrecisionPlan
 
-    report = inspect(args.path, check=False)
-    print(json.dumps(report.to_json(), indent=1) if args.json else report.table())
+    report = inspect_checkpoint(args.path, check=False)
+    print(json.dumps(report.to_json(), indent=1) if args.json else report.table(), file=args.stdout)
     if report.plan_dict is not None:
         check_plan(report, PrecisionPlan.from_dict(report.plan_dict))  # after printing, so the table is seen
     return 0

@@ -46,7 +46,7 @@ class TinySpec:
 
 def tokenizer_corpus() -> list[str]:
     """Text the BPE tokenizer is trained on: the recovery template, sample rows and common English."""
-    from recoverlib.sample_data import corpus_texts
+    from recoverlib.tiny.corpus import corpus_texts
 
     return [INSTRUCTION, RESPONSE_PREFIX, "Original text:", "Rewritten text:", *corpus_texts()]
 

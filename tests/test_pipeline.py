@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from recoverlib.engines import EngineConfig, make_engine
+from recoverlib.engines import EngineConfig, SamplingConfig, make_engine
 from recoverlib.errors import RecoverlibError
-from recoverlib.io import Row, read_rows
-from recoverlib.predict import PredictConfig, predict_rows, read_samples
+from recoverlib.io import Row, read_rows, read_samples
+from recoverlib.pipeline import PredictConfig, predict_rows
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,7 @@ def engine(tiny_model, tiny_adapters):
         yield eng
 
 
-CFG = PredictConfig(samples=2, max_new_tokens=8, chunk_rows=2)
+CFG = PredictConfig(SamplingConfig(samples=2, max_new_tokens=8), chunk_rows=2)
 
 
 def test_bad_rows_get_fallback_and_the_rest_is_served(engine):
@@ -85,17 +85,17 @@ def test_chunks_default_to_the_engine_choice(engine, monkeypatch):
     monkeypatch.setattr(engine, "generate", lambda p, s, a: calls.append(len(p[a[0]])) or real(p, s, a))
     monkeypatch.setattr(type(engine), "chunk_rows", 3)
     rows = [Row(str(i), f"text {i}", f"TEXT {i}") for i in range(7)]
-    predict_rows(engine, rows, PredictConfig(samples=1, max_new_tokens=4))
+    predict_rows(engine, rows, PredictConfig(SamplingConfig(samples=1, max_new_tokens=4)))
     assert calls == [3, 3, 1]
     calls.clear()
-    predict_rows(engine, rows, PredictConfig(samples=1, max_new_tokens=4, chunk_rows=5))
+    predict_rows(engine, rows, PredictConfig(SamplingConfig(samples=1, max_new_tokens=4), chunk_rows=5))
     assert calls == [5, 2]
 
 
 @pytest.mark.parametrize("close_engine", [True, False])
 def test_predict_closes_the_engine_unless_told_not_to(tiny_model, sample_csv, tmp_path, monkeypatch, close_engine):
     import recoverlib.engines as engines
-    from recoverlib.predict import predict
+    from recoverlib.pipeline import predict
 
     closed, made = [], []
     real = engines.make_engine
@@ -109,7 +109,7 @@ def test_predict_closes_the_engine_unless_told_not_to(tiny_model, sample_csv, tm
     monkeypatch.setattr(engines, "make_engine", make)
     rows = tmp_path / "in.csv"
     rows.write_text("\n".join(sample_csv.read_text().splitlines()[:3]) + "\n")
-    predict(tiny_model, rows, tmp_path / "out.csv", engine="hf", config=PredictConfig(samples=1, max_new_tokens=4),
+    predict(tiny_model, rows, tmp_path / "out.csv", engine="hf", config=PredictConfig(SamplingConfig(samples=1, max_new_tokens=4)),
             close_engine=close_engine)
     assert (tmp_path / "out.csv").is_file() and len(made) == 1
     assert closed == ([True] if close_engine else [])

@@ -9,7 +9,7 @@ from recoverlib.errors import RecoverlibError
 def test_quantize_then_inspect_json(base, tmp_path, capsys):
     out = tmp_path / "q"
     assert main(["quantize", "--model", str(base), "--plan", "bnb-int8", "--out", str(out)]) == 0
-    progress = capsys.readouterr().out
+    progress = capsys.readouterr().err  # progress goes to stderr: stdout holds a command's output only
     assert "audit ok" in progress and "wrote" in progress
     assert main(["inspect", str(out), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -32,10 +32,10 @@ def test_errors_are_one_line(base, tmp_path, capsys):
 def test_add_quant_commands_registers_both(base):
     import argparse
 
-    from recoverlib.quant.cli import add_quant_commands, cmd_inspect
+    from recoverlib.cli.quant import add_commands, cmd_inspect
 
     parser = argparse.ArgumentParser()
-    add_quant_commands(parser.add_subparsers(dest="command"))
+    add_commands(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["inspect", str(base), "--json"])
     assert args.func is cmd_inspect and args.json
 
@@ -45,3 +45,16 @@ def test_quantizing_a_quantized_checkpoint_fails(quantized):
 
     with pytest.raises(RecoverlibError, match="already quantized"):
         quantize(quantized("bnb-nf4").out, "hqq-4", "/nonexistent")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["bnb-nf4", "hqq-4", "gptq-4"])
+def test_inspect_json_parses_for_every_backend(preset, quantized):
+    """Through a fresh process, where GPTQModel's import banner would land on stdout before the JSON."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "recoverlib.cli", "inspect", str(quantized(preset).out), "--json"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout)["groups"]["experts"]["bits"] == 4

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from recoverlib.pretrain import PretrainConfig
 from recoverlib.synthetic import TaskConfig
 from recoverlib.tiny import adapter_paths
-from recoverlib.trained_tiny import TrainedTinyConfig, make_trained_tiny
+from recoverlib.tiny.trained import TrainedTinyConfig, make_trained_tiny
+from recoverlib.training.pretrain import PretrainConfig
 
 SMALL = TrainedTinyConfig(task=TaskConfig(rows=64, eval_rows=8), pretrain=PretrainConfig(epochs=1))
 
@@ -44,8 +44,10 @@ def trained(tmp_path_factory):
 
 @pytest.mark.slow
 def test_trained_base_and_adapters_beat_the_constant_prompt(trained, scorer):
-    from recoverlib.evaluation import best_constant_prompt, score_model
     from recoverlib.io import read_rows
+    from recoverlib.training.evaluate import best_constant_prompt
+
+    from .greedy_score import score_model
 
     train = read_rows(trained / "task" / "train.csv", with_truth=True)
     val = read_rows(trained / "task" / "validation.csv", with_truth=True)
@@ -60,11 +62,12 @@ def test_trained_base_and_adapters_beat_the_constant_prompt(trained, scorer):
 
 @pytest.mark.slow
 def test_adapter_on_a_one_epoch_base_beats_it(trained, scorer, tmp_path):
-    from recoverlib.evaluation import score_model
     from recoverlib.io import read_rows
-    from recoverlib.pretrain import new_model, pretrain, task_tokenizer
-    from recoverlib.tiny import save_model
-    from recoverlib.train import TrainConfig, train_adapter
+    from recoverlib.tiny.model import save_model
+    from recoverlib.training.lora import TrainConfig, train_adapter
+    from recoverlib.training.pretrain import new_model, pretrain, task_tokenizer
+
+    from .greedy_score import score_model
 
     train = read_rows(trained / "task" / "train.csv", with_truth=True)
     val = read_rows(trained / "task" / "validation.csv", with_truth=True)
@@ -87,10 +90,10 @@ def test_adapter_on_a_one_epoch_base_beats_it(trained, scorer, tmp_path):
 
 @pytest.mark.slow
 def test_engines_agree_on_a_trained_primed_adapter(trained):
+    from recoverlib.adapters import adapter_prime
     from recoverlib.engines import EngineConfig, SamplingConfig, make_engine
     from recoverlib.io import read_rows
     from recoverlib.prompt import RecoveryTemplate, clean_prediction
-    from recoverlib.train import adapter_prime
 
     rows = read_rows(trained / "task" / "validation.csv", with_truth=True)[:16]
     adapters = adapter_paths(trained)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from recoverlib.evaluation import best_constant_prompt, greedy_predictions
+from recoverlib.training.evaluate import best_constant_prompt, greedy_predictions
 
 
 def test_best_constant_prompt_picks_the_most_central_candidate(scorer):

@@ -1,0 +1,99 @@
+"""The command line: parse, call the library, print. No logic of its own; one module per command group.
+
+A :class:`RecoverlibError` is printed as one line (``recoverlib: error: ...``) with exit status 2. A command's
+stdout holds its output only: while it runs, what libraries print goes to stderr, and their logs stay at
+warnings unless ``-v``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import logging
+import os
+import sys
+
+from recoverlib.errors import RecoverlibError
+
+log = logging.getLogger("recoverlib")
+
+# Command groups in the order ``--help`` lists them; each module has ``add_commands(subparsers)``.
+COMMAND_GROUPS = ("predict", "tiny", "training", "quant", "combine")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recoverlib", description="Recover the prompt an LLM rewrote a text with.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show info logs (ours and the libraries')")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group in COMMAND_GROUPS:
+        importlib.import_module(f"{__name__}.{group}").add_commands(sub)
+    return parser
+
+
+class _OneLine(logging.Formatter):
+    def format(self, record):
+        return f"recoverlib: {record.levelname.lower()}: {record.getMessage()}"
+
+
+@contextlib.contextmanager
+def _quiet_libraries(verbose: bool):
+    """Library prints to stderr, vLLM's logs to stderr at warning level (unless ``verbose``); all put back after.
+
+    Yields the real stdout, which is where a command writes its output.
+    """
+    stdout = sys.stdout
+    env = {"VLLM_LOGGING_STREAM": "ext://sys.stderr", "VLLM_LOGGING_LEVEL": "INFO" if verbose else "WARNING"}
+    saved = {k: os.environ.get(k) for k in env}
+    for k, v in env.items():
+        os.environ.setdefault(k, v)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield stdout
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def main(argv: list[str] | None = None, process_exits: bool = False) -> int:
+    """Run one command; ``process_exits``: the process ends right after, so engines need not be shut down."""
+    from recoverlib.cli.options import check_required
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine())
+    saved = log.level, log.propagate
+    log.addHandler(handler)  # before parsing: an old option name is warned about while parsing
+    log.setLevel(logging.WARNING)
+    log.propagate = False
+    try:
+        args = build_parser().parse_args(argv)
+        check_required(args)
+        args.process_exits = process_exits
+        if args.verbose:
+            log.setLevel(logging.INFO)
+        with _quiet_libraries(args.verbose) as args.stdout:
+            return args.func(args)
+    except RecoverlibError as err:
+        print(f"recoverlib: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
+
+
+def run() -> None:
+    """Console entry point: :func:`main`, then exit without tearing the interpreter down.
+
+    With vLLM and torch loaded, interpreter finalization took about 2 s after the work was done, and shutting the
+    vLLM engine down about 1.3 s more (measured on the 2-core CPU); the exit releases all of it at once. By then
+    every output file is closed; stdio and logging are flushed before the exit.
+    """
+    code = main(process_exits=True)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -1,0 +1,3 @@
+from recoverlib.cli import run
+
+run()

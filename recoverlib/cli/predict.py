@@ -1,0 +1,134 @@
+"""``recoverlib predict`` (a Kaggle CSV in, a submission out) and ``recoverlib score``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from recoverlib.cli.options import add_embedder, add_out, add_samples_file
+from recoverlib.errors import RecoverlibError
+
+
+def _adapter_arg(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, path
+
+
+def parse_adapters(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """``[(name, path)]`` -> dict; a repeated name is an error, not a silent overwrite."""
+    out: dict[str, str] = {}
+    for name, path in pairs:
+        if name in out:
+            raise RecoverlibError(f"duplicate adapter name {name!r} (given for {out[name]} and {path})")
+        out[name] = path
+    return out
+
+
+def engine_config(args):
+    """The :class:`EngineConfig` the engine options describe."""
+    from recoverlib.engines import EngineConfig
+
+    return EngineConfig(dtype=args.dtype, max_model_len=args.max_model_len, batch_size=args.batch_size,
+                        kv_cache_gib=args.kv_cache_gib, multiprocess=args.multiprocess, lora_mode=args.lora_mode,
+                        merge_cache=args.merge_cache, dequantized_merge=args.dequantized_merge)
+
+
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    from recoverlib.engines import LORA_MODES, EngineConfig
+
+    d = EngineConfig()
+    p.add_argument("--engine", default="vllm", help="vllm (default) or hf (transformers + PEFT)")
+    p.add_argument("--dtype", default=d.dtype)
+    p.add_argument("--max-model-len", type=int, default=d.max_model_len,
+                   help="context tokens (default: the model's, at most 4096)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="hf engine: prompts per generate call")
+    p.add_argument("--kv-cache-gib", type=float, default=d.kv_cache_gib, help="vllm on CPU: KV cache size")
+    p.add_argument("--multiprocess", action="store_true", default=d.multiprocess,
+                   help="vllm: its multiprocess engine core (slower start; default: in-process)")
+    p.add_argument("--lora-mode", default=d.lora_mode, choices=LORA_MODES,
+                   help="adapters as LoRA in one batch, as merged weights one after another, or chosen by cost")
+    p.add_argument("--merge-cache", default=d.merge_cache, help="merged-weights cache (default <cache root>/merged)")
+    p.add_argument("--dequantized-merge", action="store_true", help="allow merging adapters into a quantized base")
+
+
+def add_sampling_options(p: argparse.ArgumentParser) -> None:
+    from recoverlib.pipeline import PredictConfig
+
+    s = PredictConfig().sampling
+    p.add_argument("--samples", type=int, default=s.samples, help="sampled predictions per row and adapter (default %(default)s)")
+    p.add_argument("--temperature", type=float, default=s.temperature, help="0 = greedy (default %(default)s)")
+    p.add_argument("--top-p", type=float, default=s.top_p)
+    p.add_argument("--max-new-tokens", type=int, default=s.max_new_tokens)
+    p.add_argument("--seed", type=int, default=s.seed)
+
+
+def sampling_config(args):
+    from recoverlib.engines import SamplingConfig
+
+    return SamplingConfig(samples=args.samples, temperature=args.temperature, top_p=args.top_p,
+                          max_new_tokens=args.max_new_tokens, seed=args.seed)
+
+
+def cmd_predict(args) -> int:
+    from recoverlib.combine import CombineContext, ConcatConfig, load_combination
+    from recoverlib.pipeline import PredictConfig, predict
+
+    combination = load_combination(args.combination) if args.combination else ConcatConfig(separator=args.separator)
+    config = PredictConfig(sampling_config(args), include_base=args.include_base,
+                           fallback_prompt=args.fallback_prompt, combination=combination, chunk_rows=args.chunk_rows)
+    start = time.perf_counter()
+    preds = predict(args.model, args.input, args.out, adapters=parse_adapters(args.adapter or []), engine=args.engine,
+                    config=config, engine_config=engine_config(args), samples_file=args.samples_file,
+                    resume=args.resume, context=CombineContext(embedder=args.embedder),
+                    close_engine=not args.process_exits)
+    fallbacks = sum(p.fallback is not None for p in preds)
+    print(f"wrote {len(preds)} predictions to {args.out} in {time.perf_counter() - start:.1f} s"
+          + (f" ({fallbacks} row(s) got the fallback prompt)" if fallbacks else ""), file=args.stdout)
+    return 0
+
+
+def cmd_score(args) -> int:
+    from recoverlib.io import read_truth
+    from recoverlib.metric import Scorer
+
+    preds, truth = read_truth(args.predictions), read_truth(args.truth)
+    missing = sorted(set(truth) - set(preds))
+    if missing:
+        raise RecoverlibError(f"{args.predictions}: no prediction for {len(missing)} id(s), e.g. {missing[0]}")
+    ids = list(truth)
+    score = Scorer(args.embedder).score([preds[i] for i in ids], [truth[i] for i in ids])
+    print(f"score {score:.4f} over {len(ids)} rows (embedder {args.embedder})", file=args.stdout)
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Register ``predict`` and ``score``."""
+    from recoverlib.pipeline import DEFAULT_FALLBACK
+
+    p = sub.add_parser("predict", help="recover prompts for a Kaggle CSV and write the submission")
+    p.add_argument("--model", required=True, type=Path, help="HF model folder")
+    p.add_argument("--adapter", action="append", type=_adapter_arg, metavar="NAME=PATH", help="a PEFT LoRA folder")
+    p.add_argument("--input", required=True, type=Path, help="CSV with id, original_text, rewritten_text")
+    add_out(p, "submission CSV (id, rewrite_prompt)", old=("--output",))
+    add_sampling_options(p)
+    p.add_argument("--include-base", action="store_true", help="also sample the base model")
+    p.add_argument("--separator", default=" ", help="joins the combined predictions (default combination: concat)")
+    p.add_argument("--combination", type=Path, help="combination config JSON (from `recoverlib tune`)")
+    add_embedder(p)
+    p.add_argument("--fallback-prompt", default=DEFAULT_FALLBACK, help="for rows that cannot be served")
+    add_samples_file(p, "JSONL of every row's cleaned samples, written as rows finish", required=False,
+                     old=("--save-samples",))
+    p.add_argument("--resume", action="store_true", help="continue from --samples-file")
+    p.add_argument("--chunk-rows", type=int, default=None,
+                   help="rows per generate call, samples saved after each (default: the engine's, vllm 512, hf 64)")
+    add_engine_options(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("score", help="mean sharpened cosine (cos^3) of predictions against truths")
+    p.add_argument("--predictions", required=True, type=Path, help="submission CSV (id, rewrite_prompt)")
+    p.add_argument("--truth", required=True, type=Path, help="CSV with id, rewrite_prompt")
+    add_embedder(p)
+    p.set_defaults(func=cmd_score)

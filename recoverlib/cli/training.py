@@ -1,0 +1,74 @@
+"""``recoverlib make-task`` (the synthetic recovery task) and ``recoverlib train`` (a LoRA adapter through TRL)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from recoverlib.cli.options import add_embedder, add_out, old_name
+from recoverlib.cli.tiny import add_positional_out, out_folder
+
+
+def cmd_make_task(args) -> int:
+    from recoverlib.synthetic.generator import TaskConfig, write_task
+
+    config = TaskConfig(rows=args.rows, eval_rows=args.eval_rows, ambiguity=args.ambiguity, seed=args.seed)
+    out = write_task(out_folder(args), config)
+    print(f"wrote {out}/train.csv ({config.rows} rows), validation.csv, test.csv and test_truth.csv "
+          f"({config.eval_rows} rows each)", file=args.stdout)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from recoverlib.training.lora import TrainConfig, train_adapter
+
+    config = TrainConfig(
+        rank=args.rank, alpha=args.alpha, targets=args.targets, prime=args.prime, epochs=args.epochs, lr=args.lr,
+        batch_size=args.batch_size, max_rows=args.max_rows, score_rows=args.score_rows, embedder=args.embedder,
+        plan={"4bit": "bnb-nf4"}.get(args.plan, args.plan), seed=args.seed,
+    )
+    result = train_adapter(args.model, args.train, args.out, args.validation, config)
+    for h in result.history:
+        print("epoch {epoch}: val_loss {val_loss}, val_score {score}".format(score=h.get("val_score", "-"), **h),
+              file=args.stdout)
+    print(f"wrote {result.adapter} (best epoch {result.best_epoch}, {result.train_rows} rows, {result.seconds:.0f} s)",
+          file=args.stdout)
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Register ``make-task`` and ``train`` (defaults read from TaskConfig and TrainConfig)."""
+    from recoverlib.synthetic.generator import TaskConfig
+    from recoverlib.training.lora import PLANS, TARGETS, TrainConfig
+
+    task, tc = sub.add_parser("make-task", help="write a synthetic prompt-recovery task"), TaskConfig()
+    add_positional_out(task)
+    task.add_argument("--rows", type=int, default=tc.rows, help="train rows (default %(default)s)")
+    task.add_argument("--eval-rows", type=int, default=tc.eval_rows, help="validation and test rows each")
+    task.add_argument("--ambiguity", type=float, default=tc.ambiguity,
+                      help="0-1: weight of alias instructions that share a rewrite (default %(default)s)")
+    task.add_argument("--seed", type=int, default=tc.seed)
+    task.set_defaults(func=cmd_make_task)
+
+    cfg = TrainConfig()
+    train = sub.add_parser("train", help="fine-tune a LoRA adapter (QLoRA on CUDA) for prompt recovery")
+    train.add_argument("--model", type=Path, required=True, help="base HF model folder")
+    train.add_argument("--train", type=Path, required=True, help="CSV with id, original_text, rewritten_text, rewrite_prompt")
+    train.add_argument("--validation", type=Path, help="CSV like --train; picks the best epoch")
+    add_out(train, "adapter folder to write")
+    train.add_argument("--rank", type=int, default=cfg.rank)
+    train.add_argument("--alpha", type=float, default=cfg.alpha)
+    train.add_argument("--targets", choices=TARGETS, default=cfg.targets)
+    train.add_argument("--prime", default=cfg.prime, help='fixed opening of every prediction, e.g. "Rewrite"')
+    train.add_argument("--epochs", type=int, default=cfg.epochs)
+    train.add_argument("--lr", type=float, default=cfg.lr)
+    train.add_argument("--batch-size", type=int, default=cfg.batch_size)
+    train.add_argument("--max-rows", type=int, default=cfg.max_rows, help="train on a seeded subset")
+    train.add_argument("--score-rows", type=int, default=cfg.score_rows,
+                       help="validation rows scored per epoch (0: choose the epoch by loss)")
+    add_embedder(train)
+    train.set_defaults(embedder=cfg.embedder)
+    train.add_argument("--plan", choices=PLANS, default=cfg.plan,
+                       help="base precision while training: bnb-nf4 (QLoRA, CUDA), none (16-bit) or auto")
+    old_name(train, "--quantize", "--plan", "plan", choices=("auto", "none", "4bit"))
+    train.add_argument("--seed", type=int, default=cfg.seed)
+    train.set_defaults(func=cmd_train)

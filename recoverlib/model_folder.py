@@ -1,0 +1,30 @@
+"""An HF model folder: the one check that a path is one, and its ``config.json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from recoverlib.errors import RecoverlibError
+
+
+def require_model_folder(path: str | Path) -> Path:
+    """``path`` as a Path if it is an HF model folder (has ``config.json``); else a one-line error."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RecoverlibError(f"model {path}: no such folder")
+    if not (path / "config.json").is_file():
+        raise RecoverlibError(f"model {path}: not an HF model folder (no config.json)")
+    return path
+
+
+def read_model_config(path: str | Path) -> dict:
+    """The ``config.json`` of an HF model folder as a dict; a missing or malformed one is a one-line error."""
+    file = require_model_folder(path) / "config.json"
+    try:
+        cfg = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RecoverlibError(f"{file}: not JSON ({err})") from None
+    if not isinstance(cfg, dict):
+        raise RecoverlibError(f"{file}: not a JSON object")
+    return cfg
