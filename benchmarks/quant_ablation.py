@@ -58,7 +58,7 @@ FIXED_BYTES = 2 * 2**30
 
 
 @dataclass(frozen=True)
-class Workload:
+class AblationWorkload:
     windows: int | None = None  # text windows for quality (None: the whole text set)
     seq_len: int = 64
     repeats: int = 3
@@ -71,7 +71,7 @@ class Workload:
     metric_tokens: int = 32  # new tokens per prediction
 
 
-QUICK = Workload(windows=4, repeats=1, prefill_tokens=128, decode_tokens=16, rows=3, samples=1, metric_tokens=16)
+QUICK = AblationWorkload(windows=4, repeats=1, prefill_tokens=128, decode_tokens=16, rows=3, samples=1, metric_tokens=16)
 
 
 @dataclass
@@ -80,7 +80,7 @@ class Bench:
 
     base: Path
     work: Path
-    w: Workload
+    w: AblationWorkload
     ref: object
     windows: object
     adapters: dict[str, Path]
@@ -261,9 +261,9 @@ def run(args, work: Path) -> tuple[pd.DataFrame, dict, str]:
     from recoverlib.metric import Scorer
     from recoverlib.quant.plan import PRESETS
 
-    w = QUICK if args.quick else Workload()
+    w = QUICK if args.quick else AblationWorkload()
     if args.repeats:
-        w = Workload(**{**w.__dict__, "repeats": args.repeats})
+        w = AblationWorkload(**{**w.__dict__, "repeats": args.repeats})
     base, adapters, label = prepare_model(args)
     rows, truths = load_validation(args, w.rows)
     torch.manual_seed(args.seed)

@@ -60,7 +60,7 @@ log = logging.getLogger("recoverlib")
 
 
 @dataclass(frozen=True)
-class Workload:
+class ServingWorkload:
     rows: int = 48
     adapter_counts: tuple[int, ...] = (1, 2, 4, 8)
     samples: int = 4
@@ -68,7 +68,7 @@ class Workload:
     repeats: int = 2
 
 
-QUICK = Workload(rows=8, adapter_counts=(1, 2), samples=2, new_tokens=8, repeats=1)
+QUICK = ServingWorkload(rows=8, adapter_counts=(1, 2), samples=2, new_tokens=8, repeats=1)
 
 
 def tiny_model(cache: Path, adapters: int) -> Path:
@@ -90,11 +90,11 @@ def prompts_for(engine, rows: int) -> list[str]:
     return [tpl.render(engine.tokenizer, r.original_text, r.rewritten_text) for r in (sample * rows)[:rows]]
 
 
-def _sampling(w: Workload, n: int | None = None) -> SamplingConfig:
+def _sampling(w: ServingWorkload, n: int | None = None) -> SamplingConfig:
     return SamplingConfig(samples=n or w.samples, temperature=0.7, max_new_tokens=w.new_tokens, seed=0, ignore_eos=True)
 
 
-def measure_engine(label: str, engine_name: str, mode: str, tiny: Path, w: Workload) -> list[dict]:
+def measure_engine(label: str, engine_name: str, mode: str, tiny: Path, w: ServingWorkload) -> list[dict]:
     """Tokens/s for each adapter count through one warm engine."""
     adapters = adapter_paths(tiny)
     use = {} if mode == "base" else adapters
@@ -123,7 +123,7 @@ def measure_engine(label: str, engine_name: str, mode: str, tiny: Path, w: Workl
     return out
 
 
-def n_sampling(tiny: Path, w: Workload) -> list[dict]:
+def n_sampling(tiny: Path, w: ServingWorkload) -> list[dict]:
     """n samples in one request vs n separate requests (vLLM, base model)."""
     engine = make_engine("vllm", tiny / "model", {}, EngineConfig())
     prompts = prompts_for(engine, w.rows)
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out = results_dir(args.out, args.quick)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     counts, build = MODELS[args.model]
-    w = QUICK if args.quick else Workload(adapter_counts=counts)
+    w = QUICK if args.quick else ServingWorkload(adapter_counts=counts)
     w = replace(w, rows=args.rows or w.rows, repeats=args.repeats or w.repeats)
     tiny = build(args.cache)
     info = machine_info()
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                           ignore_index=True)
     name = "serving_quick" if args.quick else ("serving" if args.model == "trained" else f"serving_{args.model}")
     notes = [f"Machine: {machine_line(info)}",
-             f"Workload: {w.rows} rows x A adapters x {w.samples} samples x {w.new_tokens} new tokens (eos ignored), "
+             f"ServingWorkload: {w.rows} rows x A adapters x {w.samples} samples x {w.new_tokens} new tokens (eos ignored), "
              f"{args.model} tiny Mixtral (bf16), top_p 0.95, temperature 0.7, engines warm, median of {w.repeats} "
              "(tok/s min-max shown in csv).",
              "x_hf: tokens/s relative to transformers + PEFT; x_base: relative to vLLM on the base model alone.",

@@ -28,7 +28,7 @@ class LoraCosts:
 
 
 @dataclass(frozen=True)
-class Workload:
+class LoraWorkload:
     """What is about to be generated: new tokens in total, adapters, and adapters that cannot be swapped."""
 
     new_tokens: int
@@ -36,7 +36,7 @@ class Workload:
     restart_adapters: int = 0
 
 
-def estimate_seconds(mode: str, work: Workload, costs: LoraCosts) -> float:
+def estimate_seconds(mode: str, work: LoraWorkload, costs: LoraCosts) -> float:
     """Estimated generation time of ``work`` in ``mode`` (``dynamic`` or ``merged``)."""
     gen = work.new_tokens / costs.base_tokens_per_s
     if mode == "dynamic":
@@ -45,7 +45,7 @@ def estimate_seconds(mode: str, work: Workload, costs: LoraCosts) -> float:
     return gen + swaps * costs.swap_s + work.restart_adapters * 2 * costs.restart_s
 
 
-def choose_lora_mode(requested: str, work: Workload, costs: LoraCosts, can_dynamic: bool, can_merge: str | None) -> str:
+def choose_lora_mode(requested: str, work: LoraWorkload, costs: LoraCosts, can_dynamic: bool, can_merge: str | None) -> str:
     """Resolve ``requested`` (dynamic|merged|auto) to dynamic or merged; log the choice for ``auto``.
 
     ``can_merge`` is ``None`` when merging is possible, else the reason it is not.

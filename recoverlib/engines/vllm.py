@@ -25,7 +25,7 @@ from recoverlib.engines.base import (
     decode_completions,
     resolve_max_model_len,
 )
-from recoverlib.engines.lora_mode import LoraCosts, Workload, choose_lora_mode
+from recoverlib.engines.lora_mode import LoraCosts, LoraWorkload, choose_lora_mode
 from recoverlib.engines.merge import MergeCache, read_tensors
 from recoverlib.engines.registry import register_engine
 from recoverlib.errors import RecoverlibError
@@ -100,7 +100,7 @@ class VLLMEngine(Engine):
         import_vllm()
         self._cpu = on_cpu()
         self.lora_mode = choose_lora_mode(
-            self.config.lora_mode, Workload(self.config.expected_new_tokens or 10**7, len(self.adapters), self._restart_count()), costs or LoraCosts(),
+            self.config.lora_mode, LoraWorkload(self.config.expected_new_tokens or 10**7, len(self.adapters), self._restart_count()), costs or LoraCosts(),
             can_dynamic=self._dynamic_problem() is None, can_merge=self._merge_problem(),
         )
         if self.lora_mode == "dynamic" and self._dynamic_problem():

@@ -29,7 +29,7 @@ def test_predict_and_score_end_to_end(engine, tiny_model, tiny_adapters, sample_
     out = tmp_path / "sub.csv"
     res = run_cli("predict", "--model", tiny_model, "--adapter", f"a={tiny_adapters['tiny-a']}",
                   "--adapter", f"b={tiny_adapters['tiny-b']}", "--samples", "2", "--max-new-tokens", "8",
-                  "--engine", engine, "--input", inp, "--output", out, "--save-samples", tmp_path / "s.jsonl")
+                  "--engine", engine, "--input", inp, "--out", out, "--samples-file", tmp_path / "s.jsonl")
     assert res.returncode == 0, res.stderr[-2000:]
     sub = pd.read_csv(out, dtype=str, keep_default_na=False)
     assert list(sub.columns) == ["id", "rewrite_prompt"] and list(sub["id"]) == ids
@@ -51,7 +51,7 @@ def _error_line(capsys, argv):
 
 
 def _predict(model, inp, *extra):
-    return ["predict", "--model", str(model), "--input", str(inp), "--output", "/tmp/never.csv", "--engine", "hf", *extra]
+    return ["predict", "--model", str(model), "--input", str(inp), "--out", "/tmp/never.csv", "--engine", "hf", *extra]
 
 
 def test_missing_input_file(capsys, tiny_model, tmp_path):
@@ -104,8 +104,8 @@ def test_predict_with_a_tuned_combination_file(tiny_model, tiny_adapters, sample
     combo.write_text(json.dumps({"format": "recoverlib-combination/1", "combination": {"strategy": "medoid"}}))
     out = tmp_path / "sub.csv"
     res = run_cli("predict", "--model", tiny_model, "--adapter", f"a={tiny_adapters['tiny-a']}", "--samples", "3",
-                  "--max-new-tokens", "6", "--engine", "hf", "--input", sample_csv, "--output", out,
-                  "--combination", combo, "--embedder", "minilm", "--save-samples", tmp_path / "s.jsonl")
+                  "--max-new-tokens", "6", "--engine", "hf", "--input", sample_csv, "--out", out,
+                  "--combination", combo, "--embedder", "minilm", "--samples-file", tmp_path / "s.jsonl")
     assert res.returncode == 0, res.stderr[-2000:]
     sub = pd.read_csv(out, dtype=str, keep_default_na=False)
     samples = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
@@ -123,6 +123,6 @@ def test_bad_combination_file_is_one_line(capsys, tiny_model, sample_csv, tmp_pa
 
 def test_console_entry_exits_with_the_command_status(tmp_path):
     # `python -m recoverlib.cli` goes through run(), which ends the process without interpreter teardown.
-    res = run_cli("predict", "--model", tmp_path, "--input", tmp_path / "missing.csv", "--output", tmp_path / "o.csv")
+    res = run_cli("predict", "--model", tmp_path, "--input", tmp_path / "missing.csv", "--out", tmp_path / "o.csv")
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1].startswith("recoverlib: error: ")

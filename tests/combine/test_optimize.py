@@ -79,7 +79,7 @@ def test_optimize_prompt_cli(tmp_path, capsys, cli_scorer):
 
 def test_search_suffix_cli(tmp_path, capsys, cli_scorer):
     make_split(tmp_path / "s.jsonl", tmp_path / "t.csv", rows=6, per_adapter=1, seed=0)
-    assert main(["search-suffix", "--samples", str(tmp_path / "s.jsonl"), "--truth", str(tmp_path / "t.csv"),
+    assert main(["search-suffix", "--samples-file", str(tmp_path / "s.jsonl"), "--truth", str(tmp_path / "t.csv"),
                  "--embedder", "minilm", "--steps", "1", "--vocab-size", "5", "--rows", "4",
                  "--out", str(tmp_path / "suffix.txt")]) == 0
     assert "train (4 rows)" in capsys.readouterr().out and (tmp_path / "suffix.txt").read_text().strip()

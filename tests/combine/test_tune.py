@@ -56,7 +56,7 @@ def test_scores_are_repeatable_and_paired_against_first(split, ctx):
 
 def test_tune_cli_writes_a_config_that_carries_to_another_split(split, tmp_path, capsys, cli_scorer):
     (tmp_path / "mean.txt").write_text("Rewrite the text.\n")
-    args = ["tune", "--samples", str(split / "val.jsonl"), "--truth", str(split / "val.csv"), "--embedder", "minilm",
+    args = ["tune", "--samples-file", str(split / "val.jsonl"), "--truth", str(split / "val.csv"), "--embedder", "minilm",
             "--strategies", "concat", "mbr-2", "mbr-4+mean?", "--mean-prompt", str(tmp_path / "mean.txt"),
             "--bootstrap", "100", "--out", str(tmp_path / "best.json")]
     assert main(args) == 0
@@ -69,8 +69,8 @@ def test_tune_cli_writes_a_config_that_carries_to_another_split(split, tmp_path,
     assert json.loads((tmp_path / "again.json").read_text())["combination"] == json.loads(first)["combination"]
     load_combination(tmp_path / "best.json")
     out = tmp_path / "sub.csv"
-    assert main(["combine", "--samples", str(split / "test.jsonl"), "--combination", str(tmp_path / "best.json"),
-                 "--output", str(out), "--embedder", "minilm"]) == 0
+    assert main(["combine", "--samples-file", str(split / "test.jsonl"), "--combination", str(tmp_path / "best.json"),
+                 "--out", str(out), "--embedder", "minilm"]) == 0
     assert list(read_truth(out)) == list(read_samples(split / "test.jsonl"))
 
 
@@ -78,18 +78,18 @@ def test_tune_cli_writes_a_config_that_carries_to_another_split(split, tmp_path,
                                         ('{"id": "r0", "samples": [{"text": "x"}]}', "not a samples line")])
 def test_bad_samples_file_is_one_line(tmp_path, split, capsys, line, match):
     (tmp_path / "s.jsonl").write_text(line + "\n")
-    assert main(["tune", "--samples", str(tmp_path / "s.jsonl"), "--truth", str(split / "val.csv"),
+    assert main(["tune", "--samples-file", str(tmp_path / "s.jsonl"), "--truth", str(split / "val.csv"),
                  "--out", str(tmp_path / "o.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert match in err and "\n" not in err
 
 
 def test_samples_without_truth_and_bad_combination_are_one_line(tmp_path, split, capsys):
-    assert main(["tune", "--samples", str(split / "test.jsonl"), "--truth", str(split / "val.csv"),
+    assert main(["tune", "--samples-file", str(split / "test.jsonl"), "--truth", str(split / "val.csv"),
                  "--out", str(tmp_path / "o.json")]) == 2
     assert "no truth" in capsys.readouterr().err
     (tmp_path / "c.json").write_text('{"strategy": "mbr", "max_parts": -1}')
-    assert main(["combine", "--samples", str(split / "test.jsonl"), "--combination", str(tmp_path / "c.json"),
-                 "--output", str(tmp_path / "o.csv")]) == 2
+    assert main(["combine", "--samples-file", str(split / "test.jsonl"), "--combination", str(tmp_path / "c.json"),
+                 "--out", str(tmp_path / "o.csv")]) == 2
     err = capsys.readouterr().err.strip()
     assert "max_parts" in err and "\n" not in err
