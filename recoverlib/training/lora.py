@@ -299,7 +299,21 @@ def build_trainer(model_path: str | Path, train_rows, val_rows, config: TrainCon
         eval_dataset=to_dataset(tokenizer, val_rows, template, config.prime, config.max_length) if val_rows else None,
         processing_class=tokenizer, peft_config=lora_config(config), callbacks=[selector.callback()],
     )
+    _bars_without_metric_lines(trainer)
     return trainer, selector
+
+
+def _bars_without_metric_lines(trainer) -> None:
+    """Keep the Trainer's progress bars, but send its per-epoch metric dicts to our log (``-v``) instead of
+    printing them between the bars."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class BarsOnly(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            log.info("training: %s", {k: v for k, v in (logs or {}).items() if k != "total_flos"})
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(BarsOnly)
 
 
 def _rows(source, prime: str, what: str):

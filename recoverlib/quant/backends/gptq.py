@@ -154,9 +154,13 @@ def _logs_in(folder: Path):
 
 def _router_model(base):
     """GPTQModel's Mixtral definition with the router in the quantized tree (it is marked skip by default)."""
-    tree = [dict(x) if isinstance(x, dict) else x for x in base.module_tree]
-    layer = tree[3]
-    moe_key = next(k for k in layer if k.startswith("mlp"))
+    tree = [dict(x) if isinstance(x, dict) else x for x in require_attr("gptq-router-tree", base, "module_tree")]
+    # The decoder layer's entry is the dict naming the MoE block ("mlp|block_sparse_moe:moe:?" in 7.6.0).
+    found = [(layer, key) for layer in tree if isinstance(layer, dict) for key in layer if key.startswith("mlp")]
+    if len(found) != 1 or not isinstance(found[0][0][found[0][1]], dict) or "gate" not in found[0][0][found[0][1]]:
+        raise RecoverlibError("gptqmodel's Mixtral module tree has changed (patch 'gptq-router-tree', tested on "
+                              "7.6.0): quantizing the router is not possible with this version; keep the router")
+    layer, moe_key = found[0]
     layer[moe_key] = {**layer[moe_key], "gate": ("gate",)}
     return type("RouterMixtralQModel", (base,), {"module_tree": tree})
 
