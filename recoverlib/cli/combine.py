@@ -124,10 +124,22 @@ def cmd_combine(args) -> int:
     return 0
 
 
+def _vocab_size(text: str) -> int | None:
+    import argparse
+
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'all', got {text!r}") from None
+
+
 def _search_options(p, steps: int, vocab_size: int) -> None:
     p.add_argument("--steps", type=int, default=steps, help="words or tokens appended at most")
     p.add_argument("--beam", type=int, default=1, help="strings kept per step (1 = greedy)")
-    p.add_argument("--vocab-size", type=int, default=vocab_size, help="candidates tried per step")
+    p.add_argument("--vocab-size", type=_vocab_size, default=vocab_size,
+                   help="candidates tried per step, or 'all' (the whole vocabulary every step; slow, exhaustive)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--holdout", type=float, default=0.2, help="seeded validation fraction")
     add_out(p, "text file for the found string")

@@ -23,18 +23,19 @@ from recoverlib.metric import sharpen
 @dataclass(frozen=True)
 class SearchConfig:
     """``steps``: words appended at most; ``beam``: strings kept per step (1 = greedy); ``vocab_size``: words
-    tried per step; ``vocab``: ``words`` (from the train prompts, most frequent first) or ``tokens`` (a seeded
-    sample of the embedder's whole-word tokens)."""
+    tried per step, ``None`` for all of them (the whole vocabulary, every step: the 2nd place's search);
+    ``vocab``: ``words`` (from the train prompts, most frequent first) or ``tokens`` (a seeded sample of the
+    embedder's whole-word tokens, or all of them)."""
 
     steps: int = 16
     beam: int = 1
-    vocab_size: int = 200
+    vocab_size: int | None = 200
     vocab: str = "words"
     seed: int = 0
 
     def __post_init__(self):
         for name in ("steps", "beam", "vocab_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise RecoverlibError(f"search: {name} must be >= 1 (got {getattr(self, name)})")
         if self.vocab not in ("words", "tokens"):
             raise RecoverlibError(f"search: vocab must be 'words' or 'tokens' (got {self.vocab!r})")
@@ -49,14 +50,15 @@ class SearchResult:
     history: list[float] = field(default_factory=list)
 
 
-def word_vocabulary(texts: Sequence[str], size: int) -> list[str]:
-    """The ``size`` most frequent words of ``texts`` (lower case, punctuation kept off), ties by first use."""
+def word_vocabulary(texts: Sequence[str], size: int | None) -> list[str]:
+    """The ``size`` most frequent words of ``texts`` (all with None; lower case, no punctuation), ties by first use."""
     counts = Counter(w for t in texts for w in re.findall(r"[A-Za-z][A-Za-z'-]*", t.lower()))
     return [w for w, _ in counts.most_common(size)]
 
 
-def token_vocabulary(tokenizer, size: int, rng: np.random.Generator) -> list[str]:
-    """A seeded sample of the tokenizer's whole-word alphabetic tokens (3+ letters), markers stripped."""
+def token_vocabulary(tokenizer, size: int | None, rng: np.random.Generator) -> list[str]:
+    """A seeded sample of ``size`` of the tokenizer's whole-word alphabetic tokens (3+ letters, markers stripped),
+    or all of them (sorted) with ``size=None``."""
     words = set()
     for tok in tokenizer.get_vocab():
         if tok.startswith("##"):
@@ -67,6 +69,8 @@ def token_vocabulary(tokenizer, size: int, rng: np.random.Generator) -> list[str
     pool = sorted(words)
     if not pool:
         raise RecoverlibError("search: the embedder's tokenizer has no whole-word tokens to try")
+    if size is None or size >= len(pool):
+        return pool
     return [pool[i] for i in sorted(rng.choice(len(pool), size=min(size, len(pool)), replace=False))]
 
 
