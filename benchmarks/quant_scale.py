@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="reduced width (hidden 512), results in --scratch")
     p.add_argument("--layers", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--presets", nargs="+", default=["bnb-nf4"])
-    p.add_argument("--whole-model-layers", type=int, nargs="*", default=[1], help="also run the old path for these")
+    p.add_argument("--whole-model-layers", type=int, nargs="*", default=None,
+                   help="also run the old whole-model path for these layer counts (default: 1; --quick: none)")
     p.add_argument("--max-shard-size", default="5GB")
     p.add_argument("--scratch", type=Path, default=Path("/work/scratch/quant_scale"))
     p.add_argument("--out-dir", type=Path, default=None, help="default: benchmarks/results (--quick: --scratch)")
@@ -141,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     from recoverlib.quant.planner import MIXTRAL_8X7B, quantize_peak
 
     shapes = QUICK if args.quick else FULL
+    if args.whole_model_layers is None:
+        args.whole_model_layers = [] if args.quick else [1]
     out_dir = args.out_dir or (args.scratch if args.quick else ROOT / "benchmarks" / "results")
     rows = []
     for layers in args.layers:

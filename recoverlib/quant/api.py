@@ -127,14 +127,17 @@ def is_quantized(path: str | Path) -> bool:
     return cfg.is_file() and bool(json.loads(cfg.read_text()).get("quantization_config"))
 
 
-def load_quantized(path: str | Path, check: bool = True):
-    """Load a recoverlib quantized checkpoint with its backend; audit it against its plan (raise on mismatch)."""
+def load_quantized(path: str | Path, check: bool = True, device_map: str | dict | None = None):
+    """Load a recoverlib quantized checkpoint with its backend; audit it against its plan (raise on mismatch).
+
+    ``device_map``: None keeps it on the CPU; ``"auto"``, a device or accelerate's dict places it on GPUs.
+    """
     path = Path(path)
     meta = read_meta(path)
     if meta is None:
         raise RecoverlibError(f"{path}: no {META_FILE}; not a checkpoint made by `recoverlib quantize`")
     plan = PrecisionPlan.from_dict(meta["plan"], name=meta["plan"].get("name", "custom"))
-    model = get_backend(meta["backend"]).load(path, plan)
+    model = get_backend(meta["backend"]).load(path, plan, device_map=device_map)
     if check:
         check_plan(audit_model(model, plan), plan)
     return model

@@ -196,7 +196,7 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-def test_sigkill_then_rerun_continues_and_writes_the_same_bytes(base4, tmp_path):
+def test_sigkill_then_rerun_continues_and_writes_the_same_bytes(base4, tmp_path, monkeypatch):
     out = tmp_path / "q"
     proc = subprocess.Popen(_cli(base4, out, 0.5), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     progress = tmp_path / "q.partial" / "progress.json"
@@ -212,9 +212,13 @@ def test_sigkill_then_rerun_continues_and_writes_the_same_bytes(base4, tmp_path)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not out.exists() and 2 <= done < 5  # 5 pieces: the outer modules and 4 layers
+    from recoverlib.quant import layerwise
     from recoverlib.quant.api import quantize
 
+    read, pieces = layerwise.read_source_piece, []
+    monkeypatch.setattr(layerwise, "read_source_piece", lambda *a: pieces.append(a[2]) or read(*a))
     quantize(base4, "hqq-attn4-exp2", out, progress=False, max_shard_size="300KB")  # the same arguments, resumed
+    assert len(pieces) == 5 - done  # only the unfinished pieces were quantized again
     assert not (tmp_path / "q.partial").exists()
     straight = quantize(base4, "hqq-attn4-exp2", tmp_path / "straight", progress=False, max_shard_size="300KB")
     files = sorted(p.name for p in out.glob("*.safetensors"))

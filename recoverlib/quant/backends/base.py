@@ -68,8 +68,9 @@ class QuantBackend(ABC):
         """Write the quantized model's config and weights to ``out_dir`` (tokenizer and metadata are written by the caller)."""
 
     @abstractmethod
-    def load(self, path: Path, plan: PrecisionPlan):
-        """Reload a checkpoint written by :meth:`save`; return the HF model in eval mode."""
+    def load(self, path: Path, plan: PrecisionPlan, device_map: str | dict | None = None):
+        """Reload a checkpoint written by :meth:`save` (one file or HF shards, read shard by shard); return the HF
+        model in eval mode. ``device_map``: None (CPU), a device (``cuda:0``), ``"auto"`` or accelerate's dict."""
 
     @abstractmethod
     def describe(self, module) -> LinearStorage | None:

@@ -68,13 +68,14 @@ class BnbBackend(QuantBackend):
         model.config.save_pretrained(out_dir)  # carries quantization_config
         save_state(model, out_dir, disk_names=False)  # SCB keys would miss defuser's w1 -> gate_proj renaming
 
-    def load(self, path: Path, plan: PrecisionPlan):
+    def load(self, path: Path, plan: PrecisionPlan, device_map: str | dict | None = None):
         import torch
         from transformers import AutoModelForCausalLM
 
         self.require("bitsandbytes")
+        # transformers reads the shards one by one and places each tensor straight on its device (several GPUs too).
         with split_moe():
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, plan.compute_dtype))
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, plan.compute_dtype), device_map=device_map)
         return _cpu_safe(model).eval()
 
     streams = True

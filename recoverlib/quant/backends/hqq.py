@@ -85,9 +85,13 @@ class HqqBackend(QuantBackend):
         model.config.quantization_config = config.get("quantization_config")
         save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
 
-    def load(self, path: Path, plan: PrecisionPlan, device: str = "cpu"):
-        """Read a checkpoint (one file or HF shards) piece by piece onto ``device``."""
+    def load(self, path: Path, plan: PrecisionPlan, device_map: str | dict | None = None):
+        """Read a checkpoint (one file or HF shards) piece by piece onto one device."""
         from recoverlib.quant.layerwise import load_model
+
+        if isinstance(device_map, dict):
+            raise RecoverlibError("hqq checkpoints load onto one device here; give a device such as cuda:0, not a map")
+        device = "cpu" if device_map is None else ("cuda:0" if device_map in ("auto", "cuda") else device_map)
 
         with self.session(plan, device):
             return load_model(path, plan, self, device)
