@@ -44,11 +44,11 @@ def load_causal_lm(model_path: Path, dtype: str):
 
     from recoverlib.quant.api import META_FILE, check_plain_loadable, load_quantized
 
-    if (Path(model_path) / META_FILE).is_file():
-        return load_quantized(model_path).eval()  # compute dtype is the plan's
-    check_plain_loadable(model_path)
     # On a CUDA machine let accelerate place the layers (one or several GPUs); on CPU stay there.
     device_map = "auto" if torch.cuda.is_available() else None
+    if (Path(model_path) / META_FILE).is_file():
+        return load_quantized(model_path, device_map=device_map).eval()  # compute dtype is the plan's
+    check_plain_loadable(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype), device_map=device_map)
     return model.eval()
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from recoverlib.errors import RecoverlibError
 from recoverlib.model_folder import read_model_config
-from recoverlib.quant.audit import AuditReport, audit_model, check_plan
+from recoverlib.quant.audit import AuditReport, audit_checkpoint, audit_model, check_plan
 from recoverlib.quant.backends.base import QuantJob, copy_tokenizer, get_backend
 from recoverlib.quant.plan import PrecisionPlan, load_plan
 from recoverlib.quant.planner import plan_bytes
@@ -23,7 +24,8 @@ META_FILE = "recoverlib_quant.json"
 META_VERSION = 1
 
 
-def _check_source(model_path: Path) -> dict:
+def check_source(model_path: Path) -> dict:
+    """The config of a 16-bit HF Mixtral folder; raise for anything else (or an already quantized one)."""
     cfg = read_model_config(model_path)
     if cfg.get("model_type") != "mixtral":
         raise RecoverlibError(f"model {model_path}: model_type {cfg.get('model_type')!r}; MoE quantization supports mixtral")
@@ -33,12 +35,26 @@ def _check_source(model_path: Path) -> dict:
 
 
 def quantize(model_path: str | Path, plan: str | Path | PrecisionPlan, out_dir: str | Path,
-             calibration: str | Path | Sequence[str] | None = None, seed: int = 0, progress: bool = True) -> Path:
+             calibration: str | Path | Sequence[str] | None = None, seed: int = 0, progress: bool = True,
+             device: str = "cpu", max_shard_size: str | int = "5GB") -> Path:
     """Quantize an HF Mixtral folder following ``plan`` (preset name, JSON file or plan) into ``out_dir``.
 
-    ``calibration`` (GPTQ): a CSV (Kaggle rows or a ``text`` column) or a list of texts; default: built-in
-    examples. The result is audited before it is written; returns ``out_dir``.
+    bitsandbytes and HQQ plans stream (:mod:`recoverlib.quant.stream`): one decoder layer in memory at a time,
+    quantized on ``device``, written as HF shards of at most ``max_shard_size`` (e.g. ``"5GB"``), crash-safe and
+    resumable. GPTQ (``calibration``: a CSV of Kaggle rows or a ``text`` column, or a list of texts; default:
+    built-in examples) still quantizes the whole model in memory on the CPU. The result is audited against the
+    plan; returns ``out_dir``.
     """
+    from recoverlib.quant.backends.base import get_backend
+    from recoverlib.quant.checkpoint import parse_size
+    from recoverlib.quant.stream import StreamJob, quantize_streaming
+
+    plan = load_plan(plan)
+    if get_backend(plan.backend).streams:
+        job = StreamJob(Path(model_path), plan, Path(out_dir), device, parse_size(max_shard_size), seed, progress)
+        return quantize_streaming(job)
+    if device != "cpu":
+        raise RecoverlibError(f"backend {plan.backend!r} quantizes on the CPU only in this version (asked for {device})")
     model, report = quantize_model(model_path, plan, calibration, seed, progress)
     return save_quantized(model, report, model_path, out_dir, seed, progress)
 
@@ -50,7 +66,7 @@ def quantize_model(model_path: str | Path, plan: str | Path | PrecisionPlan,
 
     model_path = Path(model_path)
     plan = load_plan(plan)
-    cfg = _check_source(model_path)
+    cfg = check_source(model_path)
     backend = get_backend(plan.backend)
     backend.validate(plan)
     texts = calibration_texts(calibration, model_path, seed) if plan.backend == "gptq" else ()
@@ -79,8 +95,8 @@ def save_quantized(model, report: AuditReport, model_path: str | Path, out_dir: 
 
 
 def _say(progress: bool, msg: str) -> None:
-    if progress:
-        print(f"[recoverlib quantize] {msg}", flush=True)
+    if progress:  # progress goes to stderr: stdout holds a command's output only
+        print(f"[recoverlib quantize] {msg}", file=sys.stderr, flush=True)
 
 
 def write_meta(out_dir: Path, plan: PrecisionPlan, source: Path, report: AuditReport, seed: int, n_calibration: int) -> None:
@@ -109,14 +125,17 @@ def is_quantized(path: str | Path) -> bool:
     return cfg.is_file() and bool(json.loads(cfg.read_text()).get("quantization_config"))
 
 
-def load_quantized(path: str | Path, check: bool = True):
-    """Load a recoverlib quantized checkpoint with its backend; audit it against its plan (raise on mismatch)."""
+def load_quantized(path: str | Path, check: bool = True, device_map: str | dict | None = None):
+    """Load a recoverlib quantized checkpoint with its backend; audit it against its plan (raise on mismatch).
+
+    ``device_map``: None keeps it on the CPU; ``"auto"``, a device or accelerate's dict places it on GPUs.
+    """
     path = Path(path)
     meta = read_meta(path)
     if meta is None:
         raise RecoverlibError(f"{path}: no {META_FILE}; not a checkpoint made by `recoverlib quantize`")
     plan = PrecisionPlan.from_dict(meta["plan"], name=meta["plan"].get("name", "custom"))
-    model = get_backend(meta["backend"]).load(path, plan)
+    model = get_backend(meta["backend"]).load(path, plan, device_map=device_map)
     if check:
         check_plan(audit_model(model, plan), plan)
     return model
@@ -132,6 +151,11 @@ def inspect_checkpoint(path: str | Path, check: bool = True) -> AuditReport:
     meta = read_meta(path)
     if meta is not None:
         plan = PrecisionPlan.from_dict(meta["plan"], name=meta["plan"].get("name", "custom"))
+        if get_backend(meta["backend"]).streams:  # piece by piece, never the whole model in memory
+            report = audit_checkpoint(path, plan, plan_bytes(path, plan).total_bytes)
+            if check:
+                check_plan(report, plan)
+            return report
         model = get_backend(meta["backend"]).load(path, plan)
     else:
         model, plan = _load_plain(path)

@@ -107,34 +107,64 @@ class AuditReport:
         return json.dumps(self.to_json(), indent=1)
 
 
-def audit_model(model, plan: PrecisionPlan | None = None, planned_bytes: int | None = None) -> AuditReport:
-    """Measure every module group of a (quantized, possibly PEFT-wrapped) HF model."""
-    backends = BACKENDS.all()
-    groups = {g: GroupReport() for g in GROUPS}
-    other = GroupReport()
-    seen: set[int] = set()
+class _Auditor:
+    """Adds modules' storage to per-group totals; pieces of one model may be added one after another."""
 
-    def visit(name: str, module) -> None:
-        if id(module) in seen:
+    def __init__(self):
+        self.backends = BACKENDS.all()
+        self.groups = {g: GroupReport() for g in GROUPS}
+        self.other = GroupReport()
+        self.seen: set[int] = set()
+
+    def visit(self, name: str, module) -> None:
+        if id(module) in self.seen:
             return
-        seen.add(id(module))
-        for backend in backends:
+        self.seen.add(id(module))
+        for backend in self.backends:
             storage = backend.describe(module)
             if storage is not None:
-                target = groups.get(group_of(name), other)
+                target = self.groups.get(group_of(name), self.other)
                 target.add(storage.bits, storage.group_size, storage.params, storage.bytes, storage.dtype, True)
                 return
         for _, p in module.named_parameters(recurse=False):
-            if id(p) in seen:  # tied weights count once
+            if id(p) in self.seen:  # tied weights count once
                 continue
-            seen.add(id(p))
-            target = groups.get(group_of(name), other)
+            self.seen.add(id(p))
+            target = self.groups.get(group_of(name), self.other)
             target.add(8 * p.element_size(), None, p.numel(), p.numel() * p.element_size(), str(p.dtype).removeprefix("torch."), False)
         for child_name, child in module.named_children():
-            visit(f"{name}.{child_name}" if name else child_name, child)
+            self.visit(f"{name}.{child_name}" if name else child_name, child)
 
-    visit("", _unwrap(model))
-    return AuditReport(groups, other, planned_bytes, plan.to_dict() if plan else None)
+    def report(self, plan: PrecisionPlan | None, planned_bytes: int | None) -> AuditReport:
+        return AuditReport(self.groups, self.other, planned_bytes, plan.to_dict() if plan else None)
+
+
+def audit_model(model, plan: PrecisionPlan | None = None, planned_bytes: int | None = None) -> AuditReport:
+    """Measure every module group of a (quantized, possibly PEFT-wrapped) HF model."""
+    auditor = _Auditor()
+    auditor.visit("", _unwrap(model))
+    return auditor.report(plan, planned_bytes)
+
+
+def audit_checkpoint(path, plan: PrecisionPlan, planned_bytes: int | None = None, progress: bool = False) -> AuditReport:
+    """Audit a checkpoint written by the streaming quantizer piece by piece (one decoder layer in memory at a time)."""
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from recoverlib.quant import layerwise as lw
+    from recoverlib.quant.backends.base import get_backend
+
+    backend = get_backend(plan.backend)
+    config = lw.mixtral_config(Path(path))
+    auditor = _Auditor()
+    with backend.session(plan, "cpu"):
+        pieces = lw.iter_pieces(Path(path), config, plan, backend)
+        for prefix, module in tqdm(pieces, desc="audit", unit="piece", total=config.num_hidden_layers + 1, disable=not progress):
+            auditor.seen = set()  # ids of a freed piece's objects may be reused by the next one
+            auditor.visit(prefix, module)
+            del module
+    return auditor.report(plan, planned_bytes)
 
 
 def _unwrap(model):

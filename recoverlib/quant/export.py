@@ -15,7 +15,7 @@ from pathlib import Path
 from recoverlib.errors import RecoverlibError
 from recoverlib.quant.api import META_FILE, read_meta
 from recoverlib.quant.backends.base import copy_tokenizer
-from recoverlib.quant.moe import disk_name
+from recoverlib.quant.checkpoint import disk_name
 
 VLLM_GPTQ_KEYS = ("quant_method", "bits", "group_size", "desc_act", "sym", "lm_head", "dynamic", "checkpoint_format")
 

@@ -14,9 +14,7 @@ from contextlib import contextmanager
 from copy import deepcopy
 
 from recoverlib.errors import RecoverlibError
-
-# Expert projection names inside a split block, with Mixtral's on-disk names (vLLM and the original checkpoints).
-EXPERT_PROJ = {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
+from recoverlib.quant.checkpoint import disk_name
 
 
 def _defuser_mapping():
@@ -117,19 +115,6 @@ def preserved_transformers():
         mm.MixtralSparseMoeBlock, cm.get_checkpoint_conversion_mapping = saved[0], saved[1]
         if saved[2] is not None:
             mu.get_checkpoint_conversion_mapping = saved[2]
-
-
-def disk_name(key: str) -> str:
-    """In-memory split name -> Mixtral's checkpoint name (``mlp.experts.0.gate_proj`` -> ``block_sparse_moe.experts.0.w1``)."""
-    parts = key.split(".")
-    out = []
-    for i, p in enumerate(parts):
-        if p == "mlp":
-            p = "block_sparse_moe"
-        elif p in EXPERT_PROJ and i >= 2 and parts[i - 2] == "experts":
-            p = EXPERT_PROJ[p]
-        out.append(p)
-    return ".".join(out)
 
 
 def save_state(model, out_dir, disk_names: bool = True) -> int:

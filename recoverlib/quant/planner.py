@@ -123,6 +123,58 @@ def plan_bytes(config: str | Path | dict, plan: PrecisionPlan) -> PlanEstimate:
     return PlanEstimate(plan.name, groups, shapes.norm_params * plain, shapes.norm_params)
 
 
+# Peak-memory model of the streaming quantizer (recoverlib.quant.stream). Constants measured on this project's
+# 2-core CPU machine (benchmarks/quant_scale.py): FIXED_HOST is the RSS of a streaming quantize of the tiny model
+# (libraries and interpreter, weights negligible); TRANSIENT_FP32 is how many fp32 copies of the largest linear a
+# backend's quantizer holds at once beside its 16-bit input.
+FIXED_HOST = int(1.0e9)
+TRANSIENT_FP32 = {"bnb": 1, "hqq": 4}
+CUDA_CONTEXT = int(0.5e9)  # CUDA context and kernels on the device, not counted by torch's allocator
+
+
+@dataclass(frozen=True)
+class QuantizePeak:
+    """Peak memory of a streaming quantize, in bytes, with the terms it is the maximum of.
+
+    ``host_bytes``: the largest of (quantizing one piece: its 16-bit tensors + the transient of the largest
+    linear), (packing: one output shard) and (auditing: one quantized piece), plus :data:`FIXED_HOST`.
+    ``device_bytes``: 0 on the CPU; on a GPU one quantized piece + the largest 16-bit linear + its transient +
+    :data:`CUDA_CONTEXT`.
+    """
+
+    weights_bytes: int
+    piece_16bit: int
+    piece_quantized: int
+    transient: int
+    shard: int
+    host_bytes: int
+    device_bytes: int
+
+
+def quantize_peak(config: str | Path | dict, plan: PrecisionPlan, device: str = "cpu",
+                  max_shard_bytes: int = 5 * 10**9) -> QuantizePeak:
+    """Peak host and device memory of ``recoverlib quantize`` with ``plan`` on ``device``, from the config alone."""
+    cfg = read_config(config)
+    shapes = MoeShapes.from_config(cfg)
+    one = MoeShapes(**{**shapes.__dict__, "layers": 1})
+    plain = DTYPE_BYTES[plan.compute_dtype]
+    layer_plan = plan_bytes({**cfg, "num_hidden_layers": 1, "vocab_size": 0}, plan)
+    layer_16 = plan_bytes({**cfg, "num_hidden_layers": 1, "vocab_size": 0}, PrecisionPlan(plan.backend, compute_dtype=plan.compute_dtype))
+    outer_16 = (shapes.vocab * shapes.hidden * (1 if shapes.tied else 2) + shapes.hidden) * plain
+    outer_q = plan_bytes(cfg, plan).total_bytes - shapes.layers * (layer_plan.total_bytes - shapes.hidden * plain)
+    piece_16 = max(layer_16.total_bytes - shapes.hidden * plain, outer_16)
+    piece_q = max(layer_plan.total_bytes - shapes.hidden * plain, outer_q)
+    quantized = [o * i for g, group in one.linears().items() if plan.group(g).quantized for o, i, _ in group]
+    largest = max(quantized, default=0)
+    transient = 4 * largest * TRANSIENT_FP32.get(plan.backend, 1)
+    total = plan_bytes(cfg, plan).total_bytes
+    shard = min(max_shard_bytes, total)
+    on_host = transient if device == "cpu" else 0
+    host = FIXED_HOST + max(piece_16 + on_host, shard, piece_q)
+    device_bytes = 0 if device == "cpu" else piece_q + largest * plain + transient + CUDA_CONTEXT
+    return QuantizePeak(total, piece_16, piece_q, transient, shard, host, device_bytes)
+
+
 def format_estimates(estimates: list[PlanEstimate], unit: float = 1e9) -> str:
     """One row per plan: GB per group, total GB, effective bits per parameter."""
     head = f"{'plan':<24}" + "".join(f"{g:>12}" for g in GROUPS) + f"{'total GB':>10}{'bits/param':>11}"

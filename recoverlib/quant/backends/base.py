@@ -68,12 +68,43 @@ class QuantBackend(ABC):
         """Write the quantized model's config and weights to ``out_dir`` (tokenizer and metadata are written by the caller)."""
 
     @abstractmethod
-    def load(self, path: Path, plan: PrecisionPlan):
-        """Reload a checkpoint written by :meth:`save`; return the HF model in eval mode."""
+    def load(self, path: Path, plan: PrecisionPlan, device_map: str | dict | None = None):
+        """Reload a checkpoint written by :meth:`save` (one file or HF shards, read shard by shard); return the HF
+        model in eval mode. ``device_map``: None (CPU), a device (``cuda:0``), ``"auto"`` or accelerate's dict."""
 
     @abstractmethod
     def describe(self, module) -> LinearStorage | None:
         """Storage of ``module`` if it is one of this backend's quantized modules, else None."""
+
+    # Layer-by-layer hooks (the streaming quantizer, :mod:`recoverlib.quant.stream`). ``device``: where the
+    # quantization runs ("cpu", "cuda", "cuda:1"); written tensors always come back to the CPU.
+    streams: ClassVar[bool] = False
+
+    def session(self, plan: PrecisionPlan, device: str):
+        """A context held around a streaming quantize or load (e.g. a library-wide setting, restored on exit)."""
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+    def quantize_linear(self, linear, prec: GroupPrecision, plan: PrecisionPlan, device: str):
+        """A quantized module replacing the 16-bit ``nn.Linear`` ``linear``, quantized on ``device``."""
+        raise RecoverlibError(f"backend {self.name!r} does not quantize layer by layer (use the whole-model path)")
+
+    def is_quantized(self, module) -> bool:
+        """True for this backend's quantized modules (those :meth:`linear_state` serializes)."""
+        return self.describe(module) is not None
+
+    def linear_state(self, module) -> dict:
+        """``{key: tensor}`` of one quantized module as the checkpoint stores it (keys relative to the module)."""
+        return module.state_dict()
+
+    def load_linear(self, state: dict, shape: tuple[int, int], prec: GroupPrecision, plan: PrecisionPlan, device: str):
+        """Rebuild a quantized module from its :meth:`linear_state` tensors; ``shape`` = (out, in) features."""
+        raise RecoverlibError(f"backend {self.name!r} does not load layer by layer")
+
+    def checkpoint_config(self, config: dict, plan: PrecisionPlan) -> dict:
+        """The ``config.json`` a streamed checkpoint carries, from the source's."""
+        return config
 
     @abstractmethod
     def linear_bytes(self, out_features: int, in_features: int, prec: GroupPrecision, compute_dtype: str) -> int:

@@ -69,14 +69,63 @@ class BnbBackend(QuantBackend):
         model.config.save_pretrained(out_dir)  # carries quantization_config
         save_state(model, out_dir, disk_names=False)  # SCB keys would miss defuser's w1 -> gate_proj renaming
 
-    def load(self, path: Path, plan: PrecisionPlan):
+    def load(self, path: Path, plan: PrecisionPlan, device_map: str | dict | None = None):
         import torch
         from transformers import AutoModelForCausalLM
 
         self.require("bitsandbytes")
+        # transformers reads the shards one by one and places each tensor straight on its device (several GPUs too).
         with split_moe():
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, plan.compute_dtype))
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, plan.compute_dtype), device_map=device_map)
         return _cpu_safe(model).eval()
+
+    streams = True
+
+    def _empty_linear(self, out_features: int, in_features: int, prec: GroupPrecision, plan: PrecisionPlan):
+        """A bitsandbytes linear on the meta device, as transformers' ``replace_with_bnb_linear`` builds it."""
+        import torch
+
+        bnb = self.require("bitsandbytes")
+        config = self._config(plan)
+        with torch.device("meta"):
+            if prec.bits == 8:
+                new = bnb.nn.Linear8bitLt(in_features, out_features, False, has_fp16_weights=False,
+                                          threshold=config.llm_int8_threshold)
+            else:
+                new = bnb.nn.Linear4bit(in_features, out_features, False, config.bnb_4bit_compute_dtype,
+                                        compress_statistics=config.bnb_4bit_use_double_quant,
+                                        quant_type=config.bnb_4bit_quant_type, quant_storage=config.bnb_4bit_quant_storage)
+        return new.requires_grad_(False)
+
+    def quantize_linear(self, linear, prec: GroupPrecision, plan: PrecisionPlan, device: str):
+        # The same calls as transformers' Bnb4bitQuantize / Bnb8bitQuantize, so the bytes equal a whole-model load's.
+        import bitsandbytes as bnb
+
+        new = self._empty_linear(linear.out_features, linear.in_features, prec, plan)
+        kwargs = dict(new.weight.__dict__)
+        if prec.bits == 8:
+            kwargs.pop("SCB", None)
+            new.weight = bnb.nn.Int8Params(linear.weight.data.to("cpu"), requires_grad=False, **kwargs).to(device)
+        else:
+            new.weight = bnb.nn.Params4bit(linear.weight.data, requires_grad=False, **kwargs).to(device)
+        return _cpu_safe(new)
+
+    def load_linear(self, state: dict, shape: tuple[int, int], prec: GroupPrecision, plan: PrecisionPlan, device: str):
+        import bitsandbytes as bnb
+
+        new = self._empty_linear(shape[0], shape[1], prec, plan)
+        weight = state.pop("weight")
+        if prec.bits == 8:
+            state.pop("weight_format", None)
+            new.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False,
+                                           SCB=state.pop("SCB")).to(device)
+        else:
+            new.weight = bnb.nn.Params4bit.from_prequantized(data=weight, quantized_stats=state, requires_grad=False,
+                                                             device=device, module=new)
+        return _cpu_safe(new)
+
+    def checkpoint_config(self, config: dict, plan: PrecisionPlan) -> dict:
+        return {**config, "dtype": plan.compute_dtype, "quantization_config": self._config(plan).to_dict()}
 
     def describe(self, module) -> LinearStorage | None:
         name = type(module).__name__

@@ -87,12 +87,15 @@ class GptqBackend(QuantBackend):
             if f.is_file() and f.name != "quant_log.csv":
                 shutil.copy2(f, out_dir / f.name)
 
-    def load(self, path: Path, plan: PrecisionPlan):
+    def load(self, path: Path, plan: PrecisionPlan, device_map: str | dict | None = None):
         import torch
         from safetensors import safe_open
 
         with self._gptqmodel(router=plan.router.quantized) as (GPTQModel, _, BACKEND):
-            wrapper = GPTQModel.load(str(path), device="cpu", backend=BACKEND.TORCH, dtype=getattr(torch, plan.compute_dtype))
+            if device_map is None:  # the CPU: GPTQModel's torch kernel
+                wrapper = GPTQModel.load(str(path), device="cpu", backend=BACKEND.TORCH, dtype=getattr(torch, plan.compute_dtype))
+            else:  # GPTQModel picks its fastest kernel for the device
+                wrapper = GPTQModel.load(str(path), device_map=device_map, dtype=getattr(torch, plan.compute_dtype))
         model = wrapper.model.eval()
         # GPTQModel casts the fp16 scales to the model dtype on load (bf16 drops 3 mantissa bits); restore them.
         with safe_open(str(path / "model.safetensors"), framework="pt") as fh:

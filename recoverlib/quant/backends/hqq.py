@@ -9,6 +9,7 @@ serialized to safetensors).
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -25,6 +26,7 @@ from recoverlib.quant.backends.base import (
 from recoverlib.quant.moe import split_moe
 from recoverlib.quant.plan import GroupPrecision, PrecisionPlan
 
+HQQ_MARKER = {"quant_method": "hqq", "loader": "recoverlib.quant.load_quantized"}
 # values per storage word: 2/4/8-bit pack into uint8, 3-bit packs 10 values into an int32
 PACKING = {2: (4, 1), 3: (10, 4), 4: (2, 1), 8: (1, 1)}
 
@@ -42,9 +44,8 @@ class HqqBackend(QuantBackend):
 
     def _hqq(self):
         self.require("hqq")
-        from hqq.core.quantize import HQQBackend, HQQLinear
+        from hqq.core.quantize import HQQLinear
 
-        HQQLinear.set_backend(HQQBackend.PYTORCH)  # the only backend that runs on CPU
         return HQQLinear
 
     def quantize(self, job: QuantJob):
@@ -57,10 +58,11 @@ class HqqBackend(QuantBackend):
         with split_moe():
             model = AutoModelForCausalLM.from_pretrained(job.model_path, dtype=compute)
         targets = _targets(model, job.plan)
-        for name, module in tqdm(targets, desc="hqq", unit="linear", disable=not job.progress):
-            prec = job.plan.group(group_of(name))
-            cfg = BaseQuantizeConfig(nbits=prec.bits, group_size=prec.group_size, axis=1)
-            _set_module(model, name, HQQLinear(module, cfg, compute_dtype=compute, device="cpu", del_orig=True))
+        with self.session(job.plan, "cpu"):
+            for name, module in tqdm(targets, desc="hqq", unit="linear", disable=not job.progress):
+                prec = job.plan.group(group_of(name))
+                cfg = BaseQuantizeConfig(nbits=prec.bits, group_size=prec.group_size, axis=1)
+                _set_module(model, name, HQQLinear(module, cfg, compute_dtype=compute, device="cpu", del_orig=True))
         return model.eval()
 
     def save(self, model, out_dir: Path) -> None:
@@ -78,35 +80,61 @@ class HqqBackend(QuantBackend):
                 state[name] = p.contiguous()
         config = model.config.to_dict()
         # A marker so a plain transformers load fails loudly instead of starting from random experts.
-        model.config.quantization_config = {"quant_method": "hqq", "loader": "recoverlib.quant.load_quantized"}
+        model.config.quantization_config = HQQ_MARKER
         model.config.save_pretrained(out_dir)
         model.config.quantization_config = config.get("quantization_config")
         save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
 
-    def load(self, path: Path, plan: PrecisionPlan):
-        import torch
-        from accelerate import init_empty_weights
-        from safetensors.torch import load_file
-        from transformers import AutoConfig, AutoModelForCausalLM
+    def load(self, path: Path, plan: PrecisionPlan, device_map: str | dict | None = None):
+        """Read a checkpoint (one file or HF shards) piece by piece onto one device."""
+        from recoverlib.quant.layerwise import load_model
 
-        HQQLinear = self._hqq()
-        compute = getattr(torch, plan.compute_dtype)
-        config = AutoConfig.from_pretrained(path)
-        config.quantization_config = None
-        with split_moe(), init_empty_weights(include_buffers=False):
-            model = AutoModelForCausalLM.from_config(config, dtype=compute)
-        state = load_file(str(path / "model.safetensors"))
-        quantized = sorted({k.rsplit(".", 1)[0] for k in state if k.endswith(".W_q")})
-        for name in quantized:
-            layer = HQQLinear(None, None, compute_dtype=compute, device="cpu")
-            layer.load_state_dict({k[len(name) + 1 :]: state.pop(k) for k in list(state) if k.startswith(name + ".")})
-            _set_module(model, name, layer)
-        done = set(quantized)  # HQQLinear reports its own keys missing from a parent's load; they are loaded above
-        result = model.load_state_dict(state, strict=False, assign=True)
-        missing = [k for k in result.missing_keys if k.rsplit(".", 1)[0] not in done]
-        if missing:
-            raise RecoverlibError(f"{path}: checkpoint lacks {len(missing)} weight(s), e.g. {missing[0]}")
-        return model.eval()
+        if isinstance(device_map, dict):
+            raise RecoverlibError("hqq checkpoints load onto one device here; give a device such as cuda:0, not a map")
+        device = "cpu" if device_map is None else ("cuda:0" if device_map in ("auto", "cuda") else device_map)
+
+        with self.session(plan, device):
+            return load_model(path, plan, self, device)
+
+    streams = True
+
+    @contextmanager
+    def session(self, plan: PrecisionPlan, device: str):
+        """hqq's backend is class-wide: the PyTorch reference backend only for a CPU run, restored on exit
+        (on a GPU hqq keeps whatever fast backend it or the user chose)."""
+        self.require("hqq")
+        from hqq.core.quantize import HQQBackend, HQQLinear
+
+        saved = HQQLinear.backend
+        if device == "cpu":
+            HQQLinear.set_backend(HQQBackend.PYTORCH)
+        try:
+            yield
+        finally:
+            HQQLinear.set_backend(saved)
+
+    def quantize_linear(self, linear, prec: GroupPrecision, plan: PrecisionPlan, device: str):
+        import torch
+        from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
+
+        cfg = BaseQuantizeConfig(nbits=prec.bits, group_size=prec.group_size, axis=1)
+        return HQQLinear(linear, cfg, compute_dtype=getattr(torch, plan.compute_dtype), device=device, del_orig=True)
+
+    def linear_state(self, module) -> dict:
+        module.encoded_state_dict = True
+        return module.state_dict()
+
+    def load_linear(self, state: dict, shape: tuple[int, int], prec: GroupPrecision, plan: PrecisionPlan, device: str):
+        import torch
+        from hqq.core.quantize import HQQLinear
+
+        layer = HQQLinear(None, None, compute_dtype=getattr(torch, plan.compute_dtype), device=device)
+        layer.load_state_dict(state)
+        return layer
+
+    def checkpoint_config(self, config: dict, plan: PrecisionPlan) -> dict:
+        # A marker so a plain transformers load fails loudly instead of starting from random experts.
+        return {**config, "dtype": plan.compute_dtype, "quantization_config": HQQ_MARKER}
 
     def describe(self, module) -> LinearStorage | None:
         if type(module).__name__ != "HQQLinear" or getattr(module, "W_q", None) is None:

@@ -1,0 +1,194 @@
+"""Quantizing Mixtral-8x7B for real: does ``recoverlib quantize`` stream, i.e. is its peak host memory about one
+decoder layer whatever the number of layers, how long does a full-width layer take on this CPU, and what does that
+extrapolate to for the published 32-layer model?
+
+Random bf16 checkpoints with Mixtral-8x7B's shapes (hidden 4096, intermediate 14336, 8 experts, vocab 32000,
+32 heads, 8 KV heads) and 1, 2, 4 decoder layers are written in the published layout (sharded safetensors,
+``block_sparse_moe.experts.E.w1/w2/w3``) by a writer that holds one shard at a time. Each is quantized by
+``recoverlib quantize`` in a fresh subprocess; measured: wall time, peak RSS (``os.wait4``'s ``ru_maxrss`` of that
+process), output bytes and bits/param (from the written checkpoint's audit); the planner's peak estimate beside
+the measurement; the old whole-model path (``quantize_model`` + ``save_quantized``) for 1 layer. Time per layer is
+the least-squares slope of wall time over layers (the intercept is the fixed start cost: imports and packing).
+
+Full run (about 25 minutes on 2 cores; writes ~22 GB under --scratch, deleted after):
+    nice python benchmarks/quant_scale.py
+Quick check (reduced width, under 2 minutes; results in the scratch folder, not benchmarks/results):
+    python benchmarks/quant_scale.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # runnable as `python benchmarks/quant_scale.py`
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.report import machine_info, machine_line, write_table  # noqa: E402
+from benchmarks.synthetic_checkpoint import write_checkpoint  # noqa: E402
+
+FULL = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "head_dim": 128, "num_local_experts": 8, "num_experts_per_tok": 2, "vocab_size": 32000}
+QUICK = {**FULL, "hidden_size": 512, "intermediate_size": 1792, "num_attention_heads": 8, "num_key_value_heads": 2,
+         "head_dim": 64, "vocab_size": 8000}
+WHOLE_MODEL = """
+import sys
+from recoverlib.quant.api import quantize_model, save_quantized
+model, report = quantize_model(sys.argv[1], sys.argv[2])
+save_quantized(model, report, sys.argv[1], sys.argv[3])
+"""
+
+
+def run_measured(cmd: list[str], env: dict) -> tuple[float, int, str]:
+    """Run ``cmd``; wall seconds, its peak RSS in bytes (``ru_maxrss`` of that process alone), and its stderr tail."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:6])} ... failed ({proc.returncode}): {stderr[-2000:]}")
+    return wall, usage.ru_maxrss * 1024, stderr[-500:]
+
+
+def measure(src: Path, out: Path, preset: str, layers: int, path: str, args) -> dict:
+    from recoverlib.quant.api import read_meta
+    from recoverlib.quant.plan import PRESETS
+    from recoverlib.quant.planner import quantize_peak, read_config
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if path == "streaming":
+        cmd = [sys.executable, "-m", "recoverlib.cli", "quantize", "--model", str(src), "--plan", preset,
+               "--out", str(out), "--quiet", "--max-shard-size", args.max_shard_size]
+    else:
+        cmd = [sys.executable, "-c", WHOLE_MODEL, str(src), preset, str(out)]
+    wall, rss, _ = run_measured(cmd, env)
+    audit = read_meta(out)["audit"]
+    size16 = sum(f.stat().st_size for f in src.glob("*.safetensors"))
+    cfg = read_config(src)
+    est = quantize_peak(cfg, PRESETS[preset], "cpu", _size(args.max_shard_size))
+    row = {"path": path, "preset": preset, "layers": layers, "params_B": audit["total_params"] / 1e9,
+           "bf16_GB": size16 / 1e9, "wall_s": wall, "peak_rss_GB": rss / 1e9, "rss_over_bf16": rss / size16,
+           "planner_peak_GB": est.host_bytes / 1e9 if path == "streaming" else float("nan"),
+           "out_GB": sum(f.stat().st_size for f in out.glob("*.safetensors")) / 1e9,
+           "audited_GB": audit["total_bytes"] / 1e9, "bits_per_param": audit["effective_bits"],
+           "planned_eq_audited": audit["total_bytes"] == audit["planned_bytes"]}
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    return row
+
+
+def _size(text: str) -> int:
+    from recoverlib.quant.checkpoint import parse_size
+
+    return parse_size(text)
+
+
+def per_layer_fit(rows: list[dict]) -> tuple[float, float]:
+    """Least-squares (seconds per layer, fixed seconds) of wall time over layers."""
+    xs, ys = [r["layers"] for r in rows], [r["wall_s"] for r in rows]
+    if len(set(xs)) < 2:
+        return float("nan"), float("nan")
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+    return slope, my - slope * mx
+
+
+def plot(rows: list[dict], extrapolated: list[tuple[int, float]], out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    stream = [r for r in rows if r["path"] == "streaming"]
+    ax.plot([r["layers"] for r in stream], [r["peak_rss_GB"] for r in stream], "o-", label="streaming: measured peak RSS")
+    ax.plot([x for x, _ in extrapolated], [y for _, y in extrapolated], "s--", label="streaming: planner estimate")
+    ax.plot([r["layers"] for r in stream], [r["bf16_GB"] for r in stream], ":", color="grey", label="bf16 checkpoint size")
+    ax.plot([r["layers"] for r in stream], [0.5 * r["bf16_GB"] for r in stream], ":", color="green", label="target 0.5x bf16")
+    whole = [r for r in rows if r["path"] == "whole-model"]
+    if whole:
+        ax.plot([r["layers"] for r in whole], [r["peak_rss_GB"] for r in whole], "x", ms=10, color="red",
+                label="whole-model path: measured")
+    ax.set_xlabel("decoder layers")
+    ax.set_ylabel("GB")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="reduced width (hidden 512), results in --scratch")
+    p.add_argument("--layers", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--presets", nargs="+", default=["bnb-nf4"])
+    p.add_argument("--whole-model-layers", type=int, nargs="*", default=None,
+                   help="also run the old whole-model path for these layer counts (default: 1; --quick: none)")
+    p.add_argument("--max-shard-size", default="5GB")
+    p.add_argument("--scratch", type=Path, default=Path("/work/scratch/quant_scale"))
+    p.add_argument("--out-dir", type=Path, default=None, help="default: benchmarks/results (--quick: --scratch)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    from recoverlib.quant.plan import PRESETS
+    from recoverlib.quant.planner import MIXTRAL_8X7B, quantize_peak
+
+    shapes = QUICK if args.quick else FULL
+    if args.whole_model_layers is None:
+        args.whole_model_layers = [] if args.quick else [1]
+    out_dir = args.out_dir or (args.scratch if args.quick else ROOT / "benchmarks" / "results")
+    rows = []
+    for layers in args.layers:
+        cfg = {**shapes, "num_hidden_layers": layers}
+        src = args.scratch / f"src-L{layers}"
+        shutil.rmtree(src, ignore_errors=True)
+        t0 = time.perf_counter()
+        write_checkpoint(src, cfg, args.seed)
+        print(f"wrote {src} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        for preset in args.presets:
+            paths = ["streaming"] + (["whole-model"] if layers in args.whole_model_layers else [])
+            for path in paths:
+                out = args.scratch / f"q-{preset}-L{layers}-{path}"
+                shutil.rmtree(out, ignore_errors=True)
+                rows.append(measure(src, out, preset, layers, path, args))
+                shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(src)
+    report(rows, args, shapes, out_dir, MIXTRAL_8X7B, PRESETS, quantize_peak)
+
+
+def report(rows, args, shapes, out_dir: Path, mixtral: dict, presets, quantize_peak) -> None:
+    import pandas as pd
+
+    notes, extrapolated = [], []
+    for preset in args.presets:
+        stream = [r for r in rows if r["path"] == "streaming" and r["preset"] == preset]
+        slope, fixed = per_layer_fit(stream)
+        full32 = {**mixtral, **shapes, "num_hidden_layers": 32}
+        est = quantize_peak(full32, presets[preset], "cpu", _size(args.max_shard_size))
+        extrapolated = [(r["layers"], r["planner_peak_GB"]) for r in stream] + [(32, est.host_bytes / 1e9)]
+        err = [abs(r["planner_peak_GB"] - r["peak_rss_GB"]) / r["peak_rss_GB"] for r in stream]
+        notes += [f"{preset}: {slope:.1f} s per layer + {fixed:.1f} s fixed (least squares over {len(stream)} runs); "
+                  f"32 layers: about {(32 * slope + fixed) / 3600:.2f} h and a planner peak of {est.host_bytes / 1e9:.2f} GB RSS "
+                  f"({est.weights_bytes / 1e9:.2f} GB written)",
+                  f"{preset}: planner peak vs measured: within {100 * max(err, default=float('nan')):.0f}% "
+                  f"(per run: {', '.join(f'{100 * e:+.0f}%' for e in err)})"]
+    frame = pd.DataFrame(rows)
+    width = "Mixtral-8x7B full width" if not args.quick else "reduced width (hidden 512, quick)"
+    cmd = "python benchmarks/quant_scale.py" + (" --quick" if args.quick else "")
+    notes = [f"Command: `{cmd}` (layers {args.layers}, presets {args.presets}, --max-shard-size {args.max_shard_size})",
+             f"Shapes: {width}; {json.dumps(shapes)}", f"Machine: {machine_line(machine_info())}", *notes]
+    write_table(frame, out_dir, "quant_scale", "recoverlib quantize at Mixtral-8x7B scale: peak RSS and time per layer", notes)
+    plot(rows, extrapolated, out_dir / "quant_scale.png", f"peak RSS of recoverlib quantize ({', '.join(args.presets)}), {width}")
+    print((out_dir / "quant_scale.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

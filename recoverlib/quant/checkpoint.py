@@ -1,0 +1,222 @@
+"""Safetensors checkpoints tensor by tensor: read a (sharded) HF folder lazily, write HF-sharded output.
+
+Reading goes through safetensors' ``safe_open``, one file opened per request and closed after it, so the
+memory-mapped pages of a tensor already read do not stay resident (they count in RSS while mapped). Writing:
+:func:`write_sharded` packs named tensor groups into ``model-0000i-of-0000n.safetensors`` files of at most
+``max_shard_bytes`` (one ``model.safetensors`` when everything fits, as transformers' ``save_pretrained`` does)
+plus ``model.safetensors.index.json``, holding one shard in memory at a time.
+
+Names: Mixtral's published checkpoints call the MoE block ``block_sparse_moe`` and expert projections
+``w1/w2/w3``; in memory recoverlib's split block (:mod:`recoverlib.quant.moe`) calls them ``mlp`` and
+``gate_proj/down_proj/up_proj``. :func:`memory_name` and :func:`disk_name` convert between the two.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from recoverlib.errors import RecoverlibError
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+# Expert projection names inside a split block, with Mixtral's on-disk names (vLLM and the original checkpoints).
+EXPERT_PROJ = {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
+DISK_PROJ = {v: k for k, v in EXPERT_PROJ.items()}
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(text: str | int) -> int:
+    """``"5GB"`` -> 5_000_000_000 bytes (decimal units as transformers' ``max_shard_size``; ``GiB`` binary)."""
+    if isinstance(text, int):
+        return text
+    s = text.strip().upper().replace(" ", "")
+    for unit in sorted(_UNITS, key=len, reverse=True):
+        if s.endswith(unit):
+            try:
+                value = float(s[: -len(unit)])
+            except ValueError:
+                break
+            if value > 0:
+                return int(value * _UNITS[unit])
+            break
+    raise RecoverlibError(f"size {text!r}: give a positive number with a unit, e.g. 5GB, 500MB, 29GiB")
+
+
+def disk_name(key: str) -> str:
+    """In-memory split name -> Mixtral's checkpoint name (``mlp.experts.0.gate_proj`` -> ``block_sparse_moe.experts.0.w1``)."""
+    parts = key.split(".")
+    out = []
+    for i, p in enumerate(parts):
+        if p == "mlp":
+            p = "block_sparse_moe"
+        elif p in EXPERT_PROJ and i >= 2 and parts[i - 2] == "experts":
+            p = EXPERT_PROJ[p]
+        out.append(p)
+    return ".".join(out)
+
+
+def memory_name(key: str) -> str:
+    """Mixtral's checkpoint name -> the split block's in-memory name (inverse of :func:`disk_name`)."""
+    parts = key.split(".")
+    out = []
+    for i, p in enumerate(parts):
+        if p == "block_sparse_moe":
+            p = "mlp"
+        elif p in DISK_PROJ and i >= 2 and parts[i - 2] == "experts":
+            p = DISK_PROJ[p]
+        out.append(p)
+    return ".".join(out)
+
+
+def _open(file: Path):
+    from safetensors import SafetensorError, safe_open
+
+    if not file.is_file():
+        raise RecoverlibError(f"{file}: missing checkpoint shard")
+    try:
+        return safe_open(str(file), framework="pt")
+    except (SafetensorError, OSError) as err:
+        raise RecoverlibError(f"{file}: unreadable safetensors file, truncated or corrupt ({err})") from None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A safetensors HF folder: which file holds each tensor (by its name on disk). No tensor is read here."""
+
+    folder: Path
+    files: dict[str, Path]  # tensor name on disk -> file
+    sizes: dict[str, int]  # tensor name on disk -> bytes
+
+    @classmethod
+    def open(cls, folder: str | Path) -> Checkpoint:
+        """Index a folder (``model.safetensors.index.json`` or one ``model.safetensors``); raise on a
+        missing, truncated or inconsistent shard before any work starts."""
+        folder = Path(folder)
+        index = folder / INDEX_FILE
+        if index.is_file():
+            weight_map = json.loads(index.read_text()).get("weight_map") or {}
+            wanted = {f: set() for f in weight_map.values()}
+            for name, f in weight_map.items():
+                wanted[f].add(name)
+        elif (folder / SINGLE_FILE).is_file():
+            wanted = {SINGLE_FILE: None}
+        else:
+            raise RecoverlibError(f"{folder}: no {INDEX_FILE} and no {SINGLE_FILE}")
+        return cls.of_files(folder, {folder / f: names for f, names in wanted.items()})
+
+    @classmethod
+    def of_files(cls, folder: Path, wanted: dict[Path, set[str] | None]) -> Checkpoint:
+        """Index the given files (each with the names it must hold, or None for whatever it holds)."""
+        files, sizes = {}, {}
+        for file, names in wanted.items():
+            with _open(file) as fh:
+                keys = set(fh.keys())
+                _check_complete(file, fh, keys)
+                if names is not None and names - keys:
+                    raise RecoverlibError(f"{file}: lacks {len(names - keys)} tensor(s) its index lists, e.g. {min(names - keys)}")
+                for k in sorted(keys):
+                    sl = fh.get_slice(k)
+                    sizes[k] = math.prod(sl.get_shape()) * _dtype_bytes(sl.get_dtype())
+                    files[k] = file
+        return cls(folder, files, sizes)
+
+    def read(self, names: Iterable[str], device: str = "cpu") -> dict:
+        """Tensors by disk name. The file is opened and closed for each tensor: safetensors maps the file, and
+        the mapped pages a read touches count in the process's RSS until the map is closed, so a whole layer read
+        under one open would be resident twice (its copy plus the mapped pages)."""
+        out = {}
+        for k in names:
+            if k not in self.files:
+                raise RecoverlibError(f"{self.folder}: checkpoint has no tensor {k}")
+            with _open(self.files[k]) as fh:
+                try:
+                    out[k] = fh.get_tensor(k).to(device)
+                except Exception as err:  # safetensors raises its own error types for truncated data
+                    raise RecoverlibError(f"{self.files[k]}: cannot read {k} ({type(err).__name__}: {err})") from None
+        return out
+
+    def names_with_prefix(self, prefix: str) -> list[str]:
+        return sorted(k for k in self.files if k.startswith(prefix))
+
+
+def _check_complete(file: Path, fh, keys: set[str]) -> None:
+    """A file cut short keeps a valid header; its size is then below the header's last data offset."""
+    end = 0
+    for k in keys:
+        sl = fh.get_slice(k)
+        end += math.prod(sl.get_shape()) * _dtype_bytes(sl.get_dtype())
+    header = _header_bytes(file)
+    if file.stat().st_size < 8 + header + end:
+        raise RecoverlibError(f"{file}: truncated ({file.stat().st_size:,} bytes, its header describes {8 + header + end:,})")
+
+
+def _header_bytes(file: Path) -> int:
+    with open(file, "rb") as fh:
+        return int.from_bytes(fh.read(8), "little")
+
+
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def _dtype_bytes(dtype: str) -> int:
+    return _DTYPE_BYTES[dtype]
+
+
+def save_tensors(tensors: dict, file: Path) -> None:
+    """Write one safetensors file atomically (temp name, fsync, rename); a full disk is one line."""
+    from safetensors.torch import save_file
+
+    tmp = file.with_name(file.name + ".tmp")
+    try:
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, file)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise RecoverlibError(f"writing {file}: {err.strerror or err}") from None
+
+
+def tensor_bytes(t) -> int:
+    return t.numel() * t.element_size()
+
+
+def write_sharded(source: Checkpoint, names: list[str], out_dir: Path, max_shard_bytes: int,
+                  progress: bool = False) -> list[Path]:
+    """Copy ``names`` (in this order) from ``source`` into HF shards of at most ``max_shard_bytes`` each (a
+    tensor larger than that gets a shard of its own) plus the index; one shard's tensors in memory at a time.
+    Returns the files written: one ``model.safetensors`` (no index) when everything fits in one shard."""
+    from tqdm.auto import tqdm
+
+    plan = _shard_plan([(k, source.sizes[k]) for k in names], max_shard_bytes)
+    n = max(plan.values(), default=0) + 1
+    files = [SINGLE_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    for shard in tqdm(range(n), desc="write shards", unit="shard", disable=not progress):
+        save_tensors(source.read([k for k in names if plan[k] == shard]), out_dir / files[shard])
+    if n > 1:
+        total = sum(source.sizes[k] for k in names)
+        index = {"metadata": {"total_size": total}, "weight_map": {k: files[s] for k, s in plan.items()}}
+        (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    return [out_dir / f for f in files]
+
+
+def _shard_plan(sizes: list[tuple[str, int]], max_bytes: int) -> dict[str, int]:
+    plan, shard, used = {}, 0, 0
+    for name, size in sizes:
+        if used and used + size > max_bytes:
+            shard, used = shard + 1, 0
+        plan[name] = shard
+        used += size
+    return plan
+
+
+def iter_layer_tensors(ckpt: Checkpoint, layers: int) -> Iterator[tuple[int, dict]]:
+    """``(layer index, {name: tensor})`` for each decoder layer, read one layer at a time."""
+    for i in range(layers):
+        yield i, ckpt.read(ckpt.names_with_prefix(f"model.layers.{i}."))

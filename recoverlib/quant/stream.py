@@ -1,0 +1,203 @@
+"""Streaming quantization: one decoder layer in memory at a time, crash-safe, resumable, sharded output.
+
+For each piece (the embeddings/norm/head, then each decoder layer) the 16-bit tensors are read with
+``safe_open``, the piece is built directly (:mod:`recoverlib.quant.layerwise`), its linears are quantized on
+``device`` one by one, and the piece is written to ``OUT.partial/parts/<piece>.safetensors`` and freed. Peak host
+memory is about one 16-bit layer plus its quantized copy plus the libraries, whatever the number of layers; the
+final packing into HF shards holds one output shard.
+
+Crash safety: everything is written under the sibling folder ``OUT.partial``; ``progress.json`` there records the
+arguments (a fingerprint) and each finished piece. A rerun with the same arguments skips finished pieces (the
+quantizers are deterministic, so the bytes equal an uninterrupted run's); other arguments are refused. When the
+shards are written and audited, ``OUT.partial/final`` is renamed to ``OUT``: a folder named ``OUT`` is complete.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from recoverlib.errors import RecoverlibError
+from recoverlib.quant.checkpoint import Checkpoint, parse_size, save_tensors, write_sharded
+from recoverlib.quant.plan import PrecisionPlan
+
+DEFAULT_SHARD = "5GB"
+PROGRESS_FILE = "progress.json"
+PROGRESS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StreamJob:
+    """One streaming quantize, validated before any tensor is read.
+
+    ``device``: where linears are quantized (``cpu``, ``cuda``, ``cuda:N``); ``max_shard_bytes``: the largest
+    output shard in bytes (transformers' ``max_shard_size``).
+    """
+
+    model_path: Path
+    plan: PrecisionPlan
+    out_dir: Path
+    device: str = "cpu"
+    max_shard_bytes: int = parse_size(DEFAULT_SHARD)
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "device", check_device(self.device))
+        if self.max_shard_bytes <= 0:
+            raise RecoverlibError(f"max shard size must be positive (got {self.max_shard_bytes})")
+
+    @property
+    def partial_dir(self) -> Path:
+        return self.out_dir.parent / f"{self.out_dir.name}.partial"
+
+
+def check_device(device: str) -> str:
+    """``cpu``, ``cuda`` or ``cuda:N``; a CUDA device must exist here (one line otherwise)."""
+    import torch
+
+    text = str(device)
+    if text == "cpu":
+        return text
+    if text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise RecoverlibError(f"device {text}: CUDA is not available on this machine (torch {torch.__version__})")
+        index = int(text[5:]) if ":" in text else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
+            raise RecoverlibError(f"device {text}: only {torch.cuda.device_count()} CUDA device(s) here")
+        return f"cuda:{index}"
+    raise RecoverlibError(f"device {text!r}: give cpu, cuda or cuda:N")
+
+
+def quantize_streaming(job: StreamJob) -> Path:
+    """Quantize ``job.model_path`` into ``job.out_dir`` piece by piece; resume an interrupted run. Returns OUT."""
+    from recoverlib.quant.api import check_source
+    from recoverlib.quant.backends.base import get_backend
+
+    cfg = check_source(job.model_path)
+    backend = get_backend(job.plan.backend)
+    backend.validate(job.plan)
+    if not backend.streams:
+        raise RecoverlibError(f"backend {backend.name!r} does not quantize layer by layer yet; use a bnb-* or hqq-* plan")
+    if job.out_dir.exists() and any(job.out_dir.iterdir()):
+        raise RecoverlibError(f"{job.out_dir} exists and is not empty; remove it or choose another --out")
+    source = Checkpoint.open(job.model_path)  # a missing or truncated input shard fails here, before any work
+    work = job.partial_dir
+    record = _Progress.open(work, _fingerprint(job, source))
+    _quantize_pieces(job, backend, source, cfg, record)
+    return _finish(job, backend, cfg, work, record)
+
+
+def _fingerprint(job: StreamJob, source: Checkpoint) -> dict:
+    files = sorted({f.name: f.stat().st_size for f in source.files.values()}.items())
+    return {"version": PROGRESS_VERSION, "source": str(job.model_path.resolve()), "source_files": files,
+            "plan": job.plan.to_dict(), "device": job.device.split(":")[0], "seed": job.seed}
+
+
+class _Progress:
+    """``OUT.partial/progress.json``: the run's fingerprint and the finished pieces (name -> file bytes)."""
+
+    def __init__(self, work: Path, fingerprint: dict, done: dict[str, int]):
+        self.work, self.fingerprint, self.done = work, fingerprint, done
+
+    @classmethod
+    def open(cls, work: Path, fingerprint: dict) -> _Progress:
+        file = work / PROGRESS_FILE
+        if file.is_file():
+            saved = json.loads(file.read_text())
+            if saved.get("fingerprint") != json.loads(json.dumps(fingerprint)):
+                raise RecoverlibError(f"{work} holds an interrupted quantize with other arguments; remove it to start again")
+            parts = work / "parts"
+            done = {p: n for p, n in saved["done"].items() if (parts / f"{p}.safetensors").is_file()
+                    and (parts / f"{p}.safetensors").stat().st_size == n}
+            return cls(work, fingerprint, done)
+        if work.exists():
+            shutil.rmtree(work)  # no record: nothing in it can be trusted
+        (work / "parts").mkdir(parents=True)
+        record = cls(work, fingerprint, {})
+        record.save()
+        return record
+
+    def file(self, piece: str) -> Path:
+        return self.work / "parts" / f"{piece}.safetensors"
+
+    def mark(self, piece: str) -> None:
+        self.done[piece] = self.file(piece).stat().st_size
+        self.save()
+
+    def save(self) -> None:
+        tmp = self.work / (PROGRESS_FILE + ".tmp")
+        tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "done": self.done}, indent=1) + "\n")
+        os.replace(tmp, self.work / PROGRESS_FILE)
+
+
+def _quantize_pieces(job: StreamJob, backend, source: Checkpoint, cfg: dict, record: _Progress) -> None:
+    import torch
+
+    from recoverlib.quant import layerwise as lw
+
+    config = lw.mixtral_config(cfg)
+    dtype = getattr(torch, job.plan.compute_dtype)
+    todo = [p for p in lw.piece_names(config.num_hidden_layers) if p not in record.done]
+    if record.done and job.progress:
+        print(f"[recoverlib quantize] resuming: {len(record.done)} piece(s) already done", file=sys.stderr, flush=True)
+    with backend.session(job.plan, job.device), torch.no_grad():
+        for piece in tqdm(todo, desc=f"quantize ({job.plan.name}, {job.device})", unit="piece", disable=not job.progress):
+            module = lw.read_source_piece(source, config, piece, dtype)
+            prefix = lw.piece_prefix(piece)
+            lw.quantize_piece(backend, module, prefix, job.plan, job.device)
+            state = lw.piece_state(backend, module, prefix)
+            del module
+            save_tensors(state, record.file(piece))
+            record.mark(piece)
+            del state
+            gc.collect()
+            if job.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+
+
+def _finish(job: StreamJob, backend, cfg: dict, work: Path, record: _Progress) -> Path:
+    """Pack the pieces into shards under ``work/final``, audit them, write config and metadata, rename to OUT."""
+    from recoverlib.quant import layerwise as lw
+    from recoverlib.quant.api import write_meta
+    from recoverlib.quant.audit import audit_checkpoint, check_plan
+    from recoverlib.quant.backends.base import copy_tokenizer
+    from recoverlib.quant.planner import plan_bytes
+
+    final = work / "final"
+    if final.exists():
+        shutil.rmtree(final)  # an interrupted packing: pieces are all there, pack again
+    final.mkdir()
+    pieces = lw.piece_names(lw.mixtral_config(cfg).num_hidden_layers)
+    parts = Checkpoint.of_files(work / "parts", {record.file(p): None for p in pieces})
+    order = [k for p in pieces for k in sorted(parts.files) if parts.files[k] == record.file(p)]
+    write_sharded(parts, order, final, job.max_shard_bytes, progress=job.progress)
+    _write_json(final / "config.json", backend.checkpoint_config(cfg, job.plan))
+    copy_tokenizer(job.model_path, final)
+    report = audit_checkpoint(final, job.plan, plan_bytes(cfg, job.plan).total_bytes, progress=job.progress)
+    check_plan(report, job.plan)
+    if report.total_bytes != report.planned_bytes:
+        raise RecoverlibError(f"audit: {report.total_bytes:,} bytes written, the planner says {report.planned_bytes:,}")
+    write_meta(final, job.plan, job.model_path, report, job.seed, 0)
+    if job.out_dir.exists():
+        job.out_dir.rmdir()  # empty (checked at the start)
+    os.replace(final, job.out_dir)
+    shutil.rmtree(work)
+    if job.progress:
+        print(f"[recoverlib quantize] audit ok: {report.effective_bits:.3f} bits/param, {report.total_bytes:,} bytes",
+              file=sys.stderr, flush=True)
+    return job.out_dir
+
+
+def _write_json(file: Path, data: dict) -> None:
+    try:
+        file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    except OSError as err:
+        raise RecoverlibError(f"writing {file}: {err.strerror or err}") from None

@@ -1,0 +1,246 @@
+"""Streaming quantization on a small multi-layer Mixtral: same tensors as the whole-model path, sharded output,
+one piece in memory at a time, one-line errors for broken inputs, resume after a SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import weakref
+from pathlib import Path
+
+import pytest
+
+from recoverlib.errors import RecoverlibError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _spec(layers: int, **kw):
+    from recoverlib.tiny import TinySpec
+
+    return TinySpec(num_hidden_layers=layers, **kw)
+
+
+@pytest.fixture(scope="module")
+def base4(tmp_path_factory):
+    """The tiny Mixtral with 4 decoder layers (random weights, seeded)."""
+    from recoverlib.tiny import make_base
+
+    out = tmp_path_factory.mktemp("tiny4") / "model"
+    make_base(out, _spec(4), seed=1)
+    return out
+
+
+def _tensors(path: Path) -> dict:
+    from recoverlib.quant.checkpoint import Checkpoint
+
+    ckpt = Checkpoint.open(path)
+    return ckpt.read(ckpt.files)
+
+
+@pytest.mark.parametrize("preset", ["bnb-nf4", "bnb-int8+router", "hqq-attn4-exp2+router"])
+def test_streaming_equals_whole_model(preset, base4, tmp_path):
+    import torch
+
+    from recoverlib.quant.api import load_quantized, quantize, quantize_model, save_quantized
+
+    streamed = quantize(base4, preset, tmp_path / "stream", progress=False, max_shard_size="200KB")
+    shards = sorted(p.name for p in streamed.glob("model-*.safetensors"))
+    assert len(shards) > 2 and shards[-1].endswith(f"-of-{len(shards):05d}.safetensors")
+    index = json.loads((streamed / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == set(shards)
+    model, report = quantize_model(base4, preset)
+    whole = save_quantized(model, report, base4, tmp_path / "whole")
+    a, b = _tensors(streamed), _tensors(whole)
+    assert set(a) == set(b)
+    unequal = [k for k in a if a[k].dtype != b[k].dtype or not torch.equal(a[k], b[k])]
+    assert not unequal, unequal[:3]
+    meta = json.loads((streamed / "recoverlib_quant.json").read_text())
+    assert meta["audit"]["total_bytes"] == meta["audit"]["planned_bytes"] == report.total_bytes
+    ids = torch.randint(3, 2048, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(load_quantized(streamed)(ids).logits, load_quantized(whole)(ids).logits)
+
+
+def test_one_shard_is_byte_identical_to_the_whole_model_file(base4, tmp_path):
+    from recoverlib.quant.api import quantize, quantize_model, save_quantized
+
+    streamed = quantize(base4, "bnb-nf4", tmp_path / "stream", progress=False)
+    whole = save_quantized(*quantize_model(base4, "bnb-nf4"), base4, tmp_path / "whole")
+    assert not (streamed / "model.safetensors.index.json").exists()
+    assert (streamed / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
+
+
+def test_one_piece_alive_at_a_time(base4, tmp_path, monkeypatch):
+    """Quantize and audit never hold two decoder layers: memory does not grow with the number of layers."""
+    import gc
+
+    from recoverlib.quant import layerwise
+    from recoverlib.quant.api import quantize
+
+    alive: list = []
+    most = [0]
+    build = layerwise.build_piece
+
+    def tracked(config, piece):
+        module = build(config, piece)
+        gc.collect()
+        alive[:] = [r for r in alive if r() is not None]
+        alive.append(weakref.ref(module))
+        most[0] = max(most[0], len(alive))
+        return module
+
+    monkeypatch.setattr(layerwise, "build_piece", tracked)
+    quantize(base4, "hqq-4", tmp_path / "q", progress=False, max_shard_size="300KB")
+    assert most[0] == 1
+
+
+def test_missing_and_truncated_shards_are_one_line(base4, tmp_path):
+    from recoverlib.quant.api import quantize
+    from recoverlib.quant.checkpoint import Checkpoint, write_sharded
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (src / f).write_bytes((base4 / f).read_bytes())
+    ckpt = Checkpoint.open(base4)
+    files = write_sharded(ckpt, list(ckpt.files), src, 300_000)
+    assert len(files) > 2
+    quantize(src, "bnb-nf4", tmp_path / "ok", progress=False)  # the sharded 16-bit input itself is fine
+    data = files[1].read_bytes()
+    files[1].write_bytes(data[: len(data) // 2])
+    with pytest.raises(RecoverlibError, match="truncated") as err:
+        quantize(src, "bnb-nf4", tmp_path / "cut", progress=False)
+    assert "\n" not in str(err.value) and not (tmp_path / "cut").exists()
+    files[1].unlink()
+    with pytest.raises(RecoverlibError, match="missing checkpoint shard"):
+        quantize(src, "bnb-nf4", tmp_path / "gone", progress=False)
+    assert not (tmp_path / "gone").exists()
+
+
+def test_full_disk_is_one_line_and_leaves_nothing_finished(base4, tmp_path, monkeypatch):
+    import errno
+
+    import safetensors.torch
+
+    from recoverlib.quant.api import quantize
+
+    calls = [0]
+    real = safetensors.torch.save_file
+
+    def save_file(tensors, filename, metadata=None):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    with pytest.raises(RecoverlibError, match="No space left on device") as err:
+        quantize(base4, "bnb-nf4", tmp_path / "q", progress=False)
+    assert "\n" not in str(err.value) and not (tmp_path / "q").exists()
+    assert (tmp_path / "q.partial" / "progress.json").is_file()  # a rerun continues from here
+    monkeypatch.setattr(safetensors.torch, "save_file", real)
+    quantize(base4, "bnb-nf4", tmp_path / "q", progress=False)
+    assert not (tmp_path / "q.partial").exists() and (tmp_path / "q" / "recoverlib_quant.json").is_file()
+
+
+def test_other_arguments_do_not_resume_a_partial_run(base4, tmp_path):
+    from recoverlib.quant.api import quantize
+
+    partial = tmp_path / "q.partial"
+    partial.mkdir()
+    (partial / "progress.json").write_text(json.dumps({"fingerprint": {"plan": "other"}, "done": {}}))
+    with pytest.raises(RecoverlibError, match="interrupted quantize with other arguments"):
+        quantize(base4, "bnb-nf4", tmp_path / "q", progress=False)
+    (tmp_path / "exists").mkdir()
+    (tmp_path / "exists" / "x").write_text("x")
+    with pytest.raises(RecoverlibError, match="exists and is not empty"):
+        quantize(base4, "bnb-nf4", tmp_path / "exists", progress=False)
+
+
+def test_cuda_device_without_cuda_is_one_line(base4, tmp_path):
+    import torch
+
+    from recoverlib.quant.api import quantize
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(RecoverlibError, match="CUDA is not available"):
+        quantize(base4, "bnb-nf4", tmp_path / "q", device="cuda")
+    with pytest.raises(RecoverlibError, match="give cpu, cuda or cuda:N"):
+        quantize(base4, "bnb-nf4", tmp_path / "q", device="gpu")
+
+
+# The real CLI in a subprocess; each finished piece is followed by a 0.3 s pause so the test can kill it part-way
+# (the tiny model's pieces take milliseconds).
+SLOW_CLI = """
+import sys, time
+from recoverlib.quant import stream
+mark = stream._Progress.mark
+stream._Progress.mark = lambda self, piece: (mark(self, piece), time.sleep(float(sys.argv[1])))
+from recoverlib.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _cli(base: Path, out: Path, pause: float) -> list[str]:
+    return [sys.executable, "-c", SLOW_CLI, str(pause), "quantize", "--model", str(base), "--plan", "hqq-attn4-exp2",
+            "--out", str(out), "--max-shard-size", "300KB", "--quiet"]
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def test_sigkill_then_rerun_continues_and_writes_the_same_bytes(base4, tmp_path, monkeypatch):
+    out = tmp_path / "q"
+    proc = subprocess.Popen(_cli(base4, out, 0.5), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    progress = tmp_path / "q.partial" / "progress.json"
+    deadline = time.monotonic() + 120
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None and done < 2:
+        try:
+            done = len(json.loads(progress.read_text())["done"])
+        except (OSError, ValueError):
+            done = 0
+        time.sleep(0.02)
+    assert proc.poll() is None, f"finished before it could be killed: {proc.stderr.read().decode()[-500:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists() and 2 <= done < 5  # 5 pieces: the outer modules and 4 layers
+    from recoverlib.quant import layerwise
+    from recoverlib.quant.api import quantize
+
+    read, pieces = layerwise.read_source_piece, []
+    monkeypatch.setattr(layerwise, "read_source_piece", lambda *a: pieces.append(a[2]) or read(*a))
+    quantize(base4, "hqq-attn4-exp2", out, progress=False, max_shard_size="300KB")  # the same arguments, resumed
+    assert len(pieces) == 5 - done  # only the unfinished pieces were quantized again
+    assert not (tmp_path / "q.partial").exists()
+    straight = quantize(base4, "hqq-attn4-exp2", tmp_path / "straight", progress=False, max_shard_size="300KB")
+    files = sorted(p.name for p in out.glob("*.safetensors"))
+    assert files == sorted(p.name for p in straight.glob("*.safetensors")) and len(files) > 1
+    for f in files:
+        assert (out / f).read_bytes() == (straight / f).read_bytes(), f
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("preset", ["bnb-nf4", "hqq-attn4-exp2"])
+def test_quantize_on_cuda_audits_and_reloads(preset, base4, tmp_path):
+    import torch
+
+    from recoverlib.quant.api import load_quantized, quantize
+    from recoverlib.quant.compare import logits_error
+
+    out = quantize(base4, preset, tmp_path / "q", device="cuda", progress=False, max_shard_size="300KB")
+    meta = json.loads((out / "recoverlib_quant.json").read_text())
+    assert meta["audit"]["total_bytes"] == meta["audit"]["planned_bytes"]
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(base4, dtype=torch.bfloat16).eval()
+    ids = torch.randint(3, 2048, (2, 12), generator=torch.Generator().manual_seed(0))
+    assert logits_error(ref, load_quantized(out), ids)["rel_error"] < 0.7
