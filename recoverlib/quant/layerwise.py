@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from recoverlib.errors import RecoverlibError
-from recoverlib.quant.backends.base import QuantBackend, group_of
+from recoverlib.module_groups import group_of
+from recoverlib.quant.backends.base import QuantBackend
 from recoverlib.quant.checkpoint import Checkpoint, disk_name
 from recoverlib.quant.plan import PrecisionPlan
 

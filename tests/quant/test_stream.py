@@ -28,7 +28,7 @@ def _spec(layers: int, **kw):
 @pytest.fixture(scope="module")
 def base4(tmp_path_factory):
     """The tiny Mixtral with 4 decoder layers (random weights, seeded)."""
-    from recoverlib.tiny import make_base
+    from recoverlib.tiny.model import make_base
 
     out = tmp_path_factory.mktemp("tiny4") / "model"
     make_base(out, _spec(4), seed=1)
