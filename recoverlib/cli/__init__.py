@@ -18,6 +18,8 @@ from recoverlib.errors import RecoverlibError
 
 log = logging.getLogger("recoverlib")
 
+# Libraries whose import-time warnings ("Failed to load ..." of optional kernels) are noise to a user: behind -v.
+NOISY_LOGGERS = ("torchao", "bitsandbytes")
 # Command groups in the order ``--help`` lists them; each module has ``add_commands(subparsers)``.
 COMMAND_GROUPS = ("predict", "tiny", "training", "quant", "combine")
 
@@ -38,19 +40,25 @@ class _OneLine(logging.Formatter):
 
 @contextlib.contextmanager
 def _quiet_libraries(verbose: bool):
-    """Library prints to stderr, vLLM's logs to stderr at warning level (unless ``verbose``); all put back after.
-
-    Yields the real stdout, which is where a command writes its output.
+    """Library prints to stderr, vLLM's logs to stderr at warning level and optional-kernel warnings off (unless
+    ``verbose``); all put back after. Yields the real stdout, which is where a command writes its output.
     """
     stdout = sys.stdout
     env = {"VLLM_LOGGING_STREAM": "ext://sys.stderr", "VLLM_LOGGING_LEVEL": "INFO" if verbose else "WARNING"}
     saved = {k: os.environ.get(k) for k in env}
     for k, v in env.items():
         os.environ.setdefault(k, v)
+    loggers = {name: logging.getLogger(name) for name in NOISY_LOGGERS}
+    levels = {name: lg.level for name, lg in loggers.items()}
+    if not verbose:
+        for lg in loggers.values():
+            lg.setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(sys.stderr):
             yield stdout
     finally:
+        for name, lg in loggers.items():
+            lg.setLevel(levels[name])
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
