@@ -19,7 +19,7 @@ from recoverlib.errors import RecoverlibError
 log = logging.getLogger("recoverlib")
 
 # Command groups in the order ``--help`` lists them; each module has ``add_commands(subparsers)``.
-COMMAND_GROUPS = ("predict", "tiny", "training", "quant", "combine")
+COMMAND_GROUPS = ("predict", "tiny", "training", "quant", "plan", "combine")
 
 
 def build_parser() -> argparse.ArgumentParser:
