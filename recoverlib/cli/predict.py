@@ -97,10 +97,14 @@ def cmd_predict(args) -> int:
     config = PredictConfig(sampling_config(args), include_base=args.include_base,
                            fallback_prompt=args.fallback_prompt, combination=combination, chunk_rows=args.chunk_rows)
     start = time.perf_counter()
+    engine_cfg = engine_config(args)
+    # vLLM's engine-core and worker processes outlive the CLI's os._exit (seen: orphans that kept running and held
+    # the CLI's stdout open), so an engine with processes of its own is shut down properly.
+    own_processes = engine_cfg.multiprocess or engine_cfg.tensor_parallel_size > 1
     preds = predict(args.model, args.input, args.out, adapters=parse_adapters(args.adapter or []), engine=args.engine,
-                    config=config, engine_config=engine_config(args), samples_file=args.samples_file,
+                    config=config, engine_config=engine_cfg, samples_file=args.samples_file,
                     resume=args.resume, context=CombineContext(embedder=args.embedder),
-                    close_engine=not args.process_exits)
+                    close_engine=not args.process_exits or own_processes)
     fallbacks = sum(p.fallback is not None for p in preds)
     print(f"wrote {len(preds)} predictions to {args.out} in {time.perf_counter() - start:.1f} s"
           + (f" ({fallbacks} row(s) got the fallback prompt)" if fallbacks else ""), file=args.stdout)

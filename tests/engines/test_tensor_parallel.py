@@ -25,7 +25,9 @@ def _predict(tiny_model, tiny_adapters, sample_csv, out_dir, *extra):
     cmd = [sys.executable, "-m", "recoverlib.cli", "predict", "--model", str(tiny_model), "--input", str(sample_csv),
            "--out", str(out_dir / "sub.csv"), "--samples-file", str(samples), *adapters, "--include-base",
            "--temperature", "0", "--max-new-tokens", "8", "--lora-mode", "dynamic", "--dtype", "float32", *extra]
-    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    # The timeout catches vLLM processes that outlive the CLI: they hold its output pipes open.
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
+                         timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     return read_samples(samples)
 
