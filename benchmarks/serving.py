@@ -13,6 +13,11 @@ and vLLM engine start in-process vs multiprocess.
 Reproduce the committed tables (about 9 and 11 minutes on a 2-core CPU, trained model cached):
     .venv/bin/python -m benchmarks.serving --whole-command                  # serving.md (trained model)
     .venv/bin/python -m benchmarks.serving --model random --whole-command   # serving_random.md
+Full width (``--model fullwidth``): Mixtral-8x7B's shapes (hidden 4096, intermediate 14336, 8 experts, vocab
+32000, 32 heads, 8 KV heads) with one layer and seeded random bf16 weights, 4 rank-16 attention adapters; a small
+job (4 rows x 4 adapters x 4 samples x 16 tokens, prompts cut to 64 tokens), one run; base-only prompts carry a
+copy number so vLLM's prefix cache cannot skip their prefill:
+    nice .venv/bin/python -m benchmarks.serving --model fullwidth               # serving_fullwidth.md
 Quick check (under 2 minutes): ``--quick``. Whole-command timing (``recoverlib predict`` end to end, imports,
 start-up and merging into an empty cache included, ``--lora-mode auto`` vs ``--engine hf``, 512 rows x 4
 adapters x 4 samples x at most 32 tokens; eos ends a sample early, as in real use): ``--whole-command``.
@@ -35,7 +40,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -53,6 +58,7 @@ from recoverlib.engines import EngineConfig, SamplingConfig, make_engine
 from recoverlib.io import read_rows
 from recoverlib.prompt import RecoveryTemplate
 from recoverlib.tiny import adapter_paths, make_tiny
+from recoverlib.tiny.model import TinySpec, make_adapter, mixtral_config, train_tokenizer
 from recoverlib.tiny.trained import make_trained_tiny
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,9 +72,14 @@ class ServingWorkload:
     samples: int = 4
     new_tokens: int = 32
     repeats: int = 2
+    prompt_tokens: int | None = None  # cut every prompt to this many tokens (None: whole prompts)
+    small_warmup: bool = False  # warm up on one short request instead of a full-size pass
 
 
 QUICK = ServingWorkload(rows=8, adapter_counts=(1, 2), samples=2, new_tokens=8, repeats=1)
+# Full width on 2 cores: about 1 GFLOP per token, so a small job (prefill and decode both matrix-bound).
+FULLWIDTH_WORK = ServingWorkload(rows=4, adapter_counts=(4,), samples=4, new_tokens=16, repeats=1, prompt_tokens=64,
+                          small_warmup=True)
 
 
 def tiny_model(cache: Path, adapters: int) -> Path:
@@ -78,16 +89,67 @@ def tiny_model(cache: Path, adapters: int) -> Path:
     return cache
 
 
+# Mixtral-8x7B's shapes at full width, one layer (1.7 B parameters, 3.4 GB in bf16), four rank-16 adapters.
+FULLWIDTH = TinySpec(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=1,
+                     num_attention_heads=32, num_key_value_heads=8, head_dim=128, num_local_experts=8,
+                     num_experts_per_tok=2, max_position_embeddings=1024, adapter_ranks=(16, 16, 16, 16))
+
+
+def fullwidth_model(cache: Path, seed: int = 0) -> Path:
+    """A Mixtral-shaped model at full width with seeded random bf16 weights and 4 rank-16 attention adapters.
+
+    Built on the meta device and filled in bf16 one slice at a time, so it never exists in fp32 (6.9 GB). The
+    tokenizer is the tiny one (its ids are a subset of the 32,000; ids beyond it decode to nothing).
+    """
+    import torch
+    from transformers import MixtralForCausalLM
+
+    out = cache / "fullwidth"
+    if (out / "tiny.json").is_file():
+        return out
+    tokenizer = train_tokenizer(2048)
+    with torch.device("meta"):
+        model = MixtralForCausalLM(mixtral_config(FULLWIDTH, tokenizer))
+    model = model.to(torch.bfloat16).to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            rows = p.view(-1, p.shape[-1])
+            for start in range(0, rows.shape[0], 4096):
+                chunk = rows[start:start + 4096]
+                chunk.copy_(torch.ones(chunk.shape) if "norm" in name else torch.randn(chunk.shape, generator=gen) * 0.02)
+    model.save_pretrained(out / "model", safe_serialization=True)
+    tokenizer.save_pretrained(out / "model")
+    for k, rank in enumerate(FULLWIDTH.adapter_ranks):
+        make_adapter(model, out / "adapters" / f"full-{chr(ord('a') + k)}", rank, seed=seed * 1000 + k + 1)
+    (out / "tiny.json").write_text(json.dumps({"seed": seed, **asdict(FULLWIDTH)}, indent=1))
+    return out
+
+
+MODEL_LABELS = {"trained": "trained tiny Mixtral", "random": "random tiny Mixtral",
+                "fullwidth": "full-width Mixtral shapes, 1 layer, random weights"}
 MODELS = {  # name: (adapter counts measured, folder builder)
     "trained": ((1, 2, 4), lambda cache: make_trained_tiny(cache / "trained", adapters=4, seed=0)),
     "random": ((1, 2, 4, 8), lambda cache: tiny_model(cache, adapters=8)),
+    "fullwidth": ((4,), fullwidth_model),
 }
 
 
-def prompts_for(engine, rows: int) -> list[str]:
+def prompts_for(engine, rows: int, prompt_tokens: int | None = None) -> list[str]:
     sample = read_rows(ROOT / "examples" / "data" / "sample.csv")
     tpl = RecoveryTemplate()
-    return [tpl.render(engine.tokenizer, r.original_text, r.rewritten_text) for r in (sample * rows)[:rows]]
+    prompts = [tpl.render(engine.tokenizer, r.original_text, r.rewritten_text) for r in (sample * rows)[:rows]]
+    if prompt_tokens:
+        tok = engine.tokenizer
+        ids = tok(prompts, add_special_tokens=False)["input_ids"]
+        prompts = [tok.decode(x[:prompt_tokens]) for x in ids]
+    return prompts
+
+
+def distinct_copies(prompts: list[str], count: int) -> list[str]:
+    """``count`` copies of ``prompts`` that share no prefix (a leading copy number): the base-only run then
+    computes every prefill, as the adapters' runs must (LoRA requests never share vLLM's prefix cache)."""
+    return [f"{k} {p}" for k in range(count) for p in prompts]
 
 
 def _sampling(w: ServingWorkload, n: int | None = None) -> SamplingConfig:
@@ -102,14 +164,16 @@ def measure_engine(label: str, engine_name: str, mode: str, tiny: Path, w: Servi
     start = time.perf_counter()
     engine = make_engine(engine_name, tiny / "model", use, cfg)
     startup = time.perf_counter() - start
-    prompts = prompts_for(engine, w.rows)
+    prompts = prompts_for(engine, w.rows, w.prompt_tokens)
     first = sorted(adapters)[:1] if use else [None]
-    engine.generate(dict.fromkeys(first, prompts), _sampling(w), first)  # warm-up: one full-size pass
+    warm = replace(w, new_tokens=2, samples=1) if w.small_warmup else w
+    engine.generate(dict.fromkeys(first, prompts[:1] if w.small_warmup else prompts), _sampling(warm), first)
     out = []
     for count in w.adapter_counts:
         names = sorted(adapters)[:count]
         if mode == "base":  # same number of requests, all on the base model
-            requests, order = {None: prompts * count}, [None]
+            copies = distinct_copies(prompts, count) if w.prompt_tokens else prompts * count
+            requests, order = {None: copies}, [None]
         else:
             requests, order = dict.fromkeys(names, prompts), names
         timing, _ = time_repeats(lambda r=requests, o=order: engine.generate(r, _sampling(w), o), w.repeats)
@@ -181,6 +245,15 @@ def plot(frame: pd.DataFrame, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    if frame["adapters"].nunique() == 1:  # one ensemble size: a bar per engine
+        ax.barh(frame["engine"], frame["tok_per_s"])
+        ax.set_xlabel(f"generated tokens / s ({frame['adapters'].iloc[0]} adapters)")
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return
     for label, part in frame.groupby("engine", sort=False):
         yerr = [part["tok_per_s"] - part["tok_per_s_min"], part["tok_per_s_max"] - part["tok_per_s"]]
         ax.errorbar(part["adapters"], part["tok_per_s"], yerr=yerr, marker="o", capsize=3, label=label)
@@ -212,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out = results_dir(args.out, args.quick)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     counts, build = MODELS[args.model]
-    w = QUICK if args.quick else ServingWorkload(adapter_counts=counts)
+    w = QUICK if args.quick else FULLWIDTH_WORK if args.model == "fullwidth" else ServingWorkload(adapter_counts=counts)
     w = replace(w, rows=args.rows or w.rows, repeats=args.repeats or w.repeats)
     tiny = build(args.cache)
     info = machine_info()
@@ -226,24 +299,27 @@ def main(argv: list[str] | None = None) -> int:
     base = frame[frame.engine == "vllm base only"].set_index("adapters")["tok_per_s"]
     frame["x_hf"] = [r.tok_per_s / hf[r.adapters] for r in frame.itertuples()]
     frame["x_base"] = [r.tok_per_s / base[r.adapters] for r in frame.itertuples()]
-    # The multiprocess start alone is about 30-45 s: left out of --quick.
-    extra = pd.DataFrame(n_sampling(tiny, w) + engine_start(tiny, 1 if args.quick else 2, not args.quick))
+    # The multiprocess start alone is about 30-45 s: left out of --quick; at full width every extra is minutes.
+    extra = pd.DataFrame([] if args.model == "fullwidth" else
+                         n_sampling(tiny, w) + engine_start(tiny, 1 if args.quick else 2, not args.quick))
     if args.whole_command:
         extra = pd.concat([extra, pd.DataFrame(whole_command(tiny, args.out, args.whole_command_rows))],
                           ignore_index=True)
     name = "serving_quick" if args.quick else ("serving" if args.model == "trained" else f"serving_{args.model}")
     notes = [f"Machine: {machine_line(info)}",
-             f"ServingWorkload: {w.rows} rows x A adapters x {w.samples} samples x {w.new_tokens} new tokens (eos ignored), "
-             f"{args.model} tiny Mixtral (bf16), top_p 0.95, temperature 0.7, engines warm, median of {w.repeats} "
+             f"Workload: {w.rows} rows x A adapters x {w.samples} samples x {w.new_tokens} new tokens (eos ignored), "
+             f"{MODEL_LABELS[args.model]} (bf16){f', prompts cut to {w.prompt_tokens} tokens' if w.prompt_tokens else ''}"
+             f", top_p 0.95, temperature 0.7, engines warm, median of {w.repeats} "
              "(tok/s min-max shown in csv).",
              "x_hf: tokens/s relative to transformers + PEFT; x_base: relative to vLLM on the base model alone.",
              f"Command: .venv/bin/python -m benchmarks.serving {' '.join(argv if argv is not None else sys.argv[1:])}"]
     md = write_table(frame.round(3), args.out, name, "Serving: engines and LoRA modes", notes)
-    with open(md, "a") as fh:
-        fh.write("\n## Other measurements\n\n")
-        fh.write(markdown_table(extra.round(3).fillna("")) + "\n")
-    extra.to_csv(args.out / f"{name}_other.csv", index=False)
-    plot(frame, args.out / f"{name}.png", f"{args.model} tiny Mixtral, {w.rows} rows x A x {w.samples} samples x "
+    if len(extra):
+        with open(md, "a") as fh:
+            fh.write("\n## Other measurements\n\n")
+            fh.write(markdown_table(extra.round(3).fillna("")) + "\n")
+        extra.to_csv(args.out / f"{name}_other.csv", index=False)
+    plot(frame, args.out / f"{name}.png", f"{MODEL_LABELS[args.model]}, {w.rows} rows x A x {w.samples} samples x "
          f"{w.new_tokens} tokens; {info['cpu']}")
     print(f"wrote {md}")
     return 0

@@ -28,3 +28,9 @@ def read_model_config(path: str | Path) -> dict:
     if not isinstance(cfg, dict):
         raise RecoverlibError(f"{file}: not a JSON object")
     return cfg
+
+
+def checkpoint_dtype(path: str | Path) -> str | None:
+    """The dtype the checkpoint's weights are stored in (``dtype``, or ``torch_dtype`` before transformers 5)."""
+    cfg = read_model_config(path)
+    return cfg.get("dtype") or cfg.get("torch_dtype")

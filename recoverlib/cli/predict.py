@@ -27,31 +27,48 @@ def parse_adapters(pairs: list[tuple[str, str]]) -> dict[str, str]:
     return out
 
 
-def engine_config(args):
-    """The :class:`EngineConfig` the engine options describe."""
-    from recoverlib.engines import EngineConfig
+ENGINE_FIELDS = ("dtype", "max_model_len", "batch_size", "kv_cache_gib", "multiprocess", "lora_mode", "merge_cache",
+                 "dequantized_merge", "tensor_parallel_size", "gpu_memory_utilization", "max_loras", "max_num_seqs",
+                 "max_num_batched_tokens", "enforce_eager", "custom_all_reduce")
 
-    return EngineConfig(dtype=args.dtype, max_model_len=args.max_model_len, batch_size=args.batch_size,
-                        kv_cache_gib=args.kv_cache_gib, multiprocess=args.multiprocess, lora_mode=args.lora_mode,
-                        merge_cache=args.merge_cache, dequantized_merge=args.dequantized_merge)
+
+def engine_config(args):
+    """The :class:`EngineConfig` the engine options describe: ``--preset``'s settings, options given on top."""
+    from recoverlib.engines import engine_config_with
+
+    return engine_config_with(args.preset, **{f: getattr(args, f) for f in ENGINE_FIELDS})
 
 
 def add_engine_options(p: argparse.ArgumentParser) -> None:
-    from recoverlib.engines import LORA_MODES, EngineConfig
+    """Engine options; each defaults to ``None`` (unset), so a preset's value holds unless one is given."""
+    from recoverlib.engines import ENGINE_PRESETS, LORA_MODES, EngineConfig
+    from recoverlib.engines.device import DTYPES
 
     d = EngineConfig()
     p.add_argument("--engine", default="vllm", help="vllm (default) or hf (transformers + PEFT)")
-    p.add_argument("--dtype", default=d.dtype)
-    p.add_argument("--max-model-len", type=int, default=d.max_model_len,
-                   help="context tokens (default: the model's, at most 4096)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="hf engine: prompts per generate call")
-    p.add_argument("--kv-cache-gib", type=float, default=d.kv_cache_gib, help="vllm on CPU: KV cache size")
-    p.add_argument("--multiprocess", action="store_true", default=d.multiprocess,
+    p.add_argument("--preset", choices=sorted(ENGINE_PRESETS),
+                   help="engine settings for a known machine (kaggle-t4x2: 2x T4); options given override it")
+    p.add_argument("--dtype", choices=DTYPES, help=f"default {d.dtype}: bf16, or fp16 on GPUs before Ampere")
+    p.add_argument("--max-model-len", type=int, help="context tokens (default: the model's, at most 4096)")
+    p.add_argument("--batch-size", type=int, help=f"hf engine: prompts per generate call (default {d.batch_size})")
+    p.add_argument("--kv-cache-gib", type=float, help=f"vllm on CPU: KV cache size (default {d.kv_cache_gib})")
+    p.add_argument("--multiprocess", action="store_true", default=None,
                    help="vllm: its multiprocess engine core (slower start; default: in-process)")
-    p.add_argument("--lora-mode", default=d.lora_mode, choices=LORA_MODES,
-                   help="adapters as LoRA in one batch, as merged weights one after another, or chosen by cost")
-    p.add_argument("--merge-cache", default=d.merge_cache, help="merged-weights cache (default <cache root>/merged)")
-    p.add_argument("--dequantized-merge", action="store_true", help="allow merging adapters into a quantized base")
+    p.add_argument("--lora-mode", choices=LORA_MODES,
+                   help=f"adapters as LoRA in one batch, as merged weights one after another, or chosen by cost"
+                        f" (default {d.lora_mode})")
+    p.add_argument("--merge-cache", help="merged-weights cache (default <cache root>/merged)")
+    p.add_argument("--dequantized-merge", action="store_true", default=None,
+                   help="allow merging adapters into a quantized base")
+    p.add_argument("--tensor-parallel-size", type=int, help="vllm: GPUs (CPU: processes) the model is split over")
+    p.add_argument("--gpu-memory-utilization", type=float, help="vllm: fraction of each GPU to use (default 0.9)")
+    p.add_argument("--max-loras", type=int, help="vllm: adapters resident on the GPU at once (default: all)")
+    p.add_argument("--max-num-seqs", type=int, help="vllm: sequences per step (default 2048 on CPU, vLLM's on GPU)")
+    p.add_argument("--max-num-batched-tokens", type=int,
+                   help="vllm: tokens per step (default: max model len, at least 65536 on CPU, 8192 on GPU)")
+    p.add_argument("--enforce-eager", action="store_true", default=None, help="vllm: no CUDA graphs (less memory)")
+    p.add_argument("--custom-all-reduce", action=argparse.BooleanOptionalAction, default=None,
+                   help="vllm: its custom all-reduce kernel under tensor parallel (default on; off cures T4 hangs)")
 
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
@@ -80,10 +97,14 @@ def cmd_predict(args) -> int:
     config = PredictConfig(sampling_config(args), include_base=args.include_base,
                            fallback_prompt=args.fallback_prompt, combination=combination, chunk_rows=args.chunk_rows)
     start = time.perf_counter()
+    engine_cfg = engine_config(args)
+    # vLLM's engine-core and worker processes outlive the CLI's os._exit (seen: orphans that kept running and held
+    # the CLI's stdout open), so an engine with processes of its own is shut down properly.
+    own_processes = engine_cfg.multiprocess or engine_cfg.tensor_parallel_size > 1
     preds = predict(args.model, args.input, args.out, adapters=parse_adapters(args.adapter or []), engine=args.engine,
-                    config=config, engine_config=engine_config(args), samples_file=args.samples_file,
+                    config=config, engine_config=engine_cfg, samples_file=args.samples_file,
                     resume=args.resume, context=CombineContext(embedder=args.embedder),
-                    close_engine=not args.process_exits)
+                    close_engine=not args.process_exits or own_processes)
     fallbacks = sum(p.fallback is not None for p in preds)
     print(f"wrote {len(preds)} predictions to {args.out} in {time.perf_counter() - start:.1f} s"
           + (f" ({fallbacks} row(s) got the fallback prompt)" if fallbacks else ""), file=args.stdout)

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import ClassVar
 
 import numpy as np
@@ -65,7 +66,7 @@ class EngineConfig:
     adapter's merged weights (cached on disk) into the running model, one adapter after another; ``auto`` picks.
     """
 
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # auto: bf16 where the device has it, fp16 on pre-Ampere GPUs (engines/device.py)
     max_model_len: int | None = None  # None: the model's own, capped at 4096
     batch_size: int = 16  # HF engine: prompts per generate call
     max_lora_rank: int | None = None  # vLLM: None = smallest supported size >= the largest adapter rank
@@ -73,14 +74,55 @@ class EngineConfig:
     multiprocess: bool = False  # vLLM: its multiprocess engine core (in-process starts in about 3 s, not 30 s)
     # vLLM: sequences per step (None: vLLM's default on GPU; 2048 on CPU, where per-step overhead dominates)
     max_num_seqs: int | None = None
+    # vLLM: tokens per step (None: max_model_len, at least 65536 on CPU and 8192 on GPU); its activations grow with it
+    max_num_batched_tokens: int | None = None
     lora_mode: str = "auto"
     merge_cache: str | None = None  # merged-weights cache folder (None: $RECOVERLIB_CACHE/merged or ~/.cache)
     dequantized_merge: bool = False  # allow merging into a quantized base (not exact)
     expected_new_tokens: int | None = None  # workload hint for lora_mode auto (None: a large job)
+    # vLLM on GPUs (checked against the device before start: engines/device.py check_vllm_settings)
+    tensor_parallel_size: int = 1  # ranks the model is split over (GPUs; processes on CPU)
+    gpu_memory_utilization: float | None = None  # fraction of each GPU vLLM may use (None: vLLM's 0.9)
+    max_loras: int | None = None  # adapters resident on the device at once (None: all); the rest wait in CPU memory
+    enforce_eager: bool = False  # no CUDA graphs (less memory, slower decode); always eager on CPU
+    custom_all_reduce: bool = True  # vLLM's custom all-reduce kernel; off cures tensor-parallel hangs on T4 pairs
 
     def __post_init__(self):
         if self.lora_mode not in LORA_MODES:
             raise RecoverlibError(f"lora mode {self.lora_mode!r}: choose one of {', '.join(LORA_MODES)}")
+        if self.tensor_parallel_size < 1:
+            raise RecoverlibError(f"tensor parallel size must be >= 1 (got {self.tensor_parallel_size})")
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
+            raise RecoverlibError(f"gpu memory utilization is a fraction in (0, 1] (got {self.gpu_memory_utilization})")
+        if self.max_loras is not None and self.max_loras < 1:
+            raise RecoverlibError(f"max_loras must be >= 1 (got {self.max_loras})")
+        if self.max_num_batched_tokens and self.max_model_len and self.max_num_batched_tokens < self.max_model_len:
+            raise RecoverlibError(f"max_num_batched_tokens {self.max_num_batched_tokens} is below max_model_len"
+                                  f" {self.max_model_len} (prompts are not split): raise it or lower the context")
+
+
+# Named machine settings; ``EngineConfig`` fields they set (explicit CLI values override them). kaggle-t4x2:
+# Kaggle's 2x T4 (15 GB each, compute capability 7.5): fp16, both GPUs, custom all-reduce off (reported hangs,
+# vLLM issues 14449 and 9046); 0.95 of each GPU and a 2048-token context leave Mixtral-8x7B GPTQ-4 with four
+# rank-16 adapters about 9,400 KV-cache tokens per the serving planner (README, "Will it fit?"); eager mode and
+# 2048 batched tokens keep CUDA graphs and activations small (0.9 of each GPU would not fit the model).
+ENGINE_PRESETS: Mapping[str, Mapping[str, object]] = MappingProxyType({
+    "kaggle-t4x2": MappingProxyType({
+        "tensor_parallel_size": 2, "dtype": "float16", "custom_all_reduce": False, "enforce_eager": True,
+        "gpu_memory_utilization": 0.95, "max_model_len": 2048, "max_num_batched_tokens": 2048, "max_num_seqs": 32,
+    }),
+})
+
+
+def engine_config_with(preset: str | None = None, **explicit) -> EngineConfig:
+    """An :class:`EngineConfig` from a named preset, with ``explicit`` fields (those not ``None``) on top."""
+    fields = {}
+    if preset is not None:
+        if preset not in ENGINE_PRESETS:
+            raise RecoverlibError(f"preset {preset!r}: choose one of {', '.join(ENGINE_PRESETS)}")
+        fields.update(ENGINE_PRESETS[preset])
+    fields.update({k: v for k, v in explicit.items() if v is not None})
+    return EngineConfig(**fields)
 
 
 DEFAULT_CONTEXT_CAP = 4096  # tokens; recovery prompts are far shorter, and a long context costs KV-cache memory

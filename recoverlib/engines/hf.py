@@ -29,8 +29,10 @@ from recoverlib.engines.base import (
     decode_completions,
     resolve_max_model_len,
 )
+from recoverlib.engines.device import current_device, resolve_dtype
 from recoverlib.engines.registry import register_engine
 from recoverlib.errors import RecoverlibError
+from recoverlib.model_folder import checkpoint_dtype
 from recoverlib.quant.api import is_quantized
 
 log = logging.getLogger("recoverlib")
@@ -61,11 +63,16 @@ class HFEngine(Engine):
         super().__init__(model, adapters, config)
         from transformers import AutoTokenizer
 
+        if self.config.tensor_parallel_size > 1:
+            raise RecoverlibError("the hf engine spreads layers over all GPUs by itself; tensor parallel is vLLM's:"
+                                  " use --engine vllm or --tensor-parallel-size 1")
+
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self._tokenizer.padding_side = "left"
         if self._tokenizer.pad_token is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
-        self._model = load_causal_lm(self.model_path, self.config.dtype)
+        self.dtype = resolve_dtype(self.config.dtype, current_device(), checkpoint_dtype(self.model_path))
+        self._model = load_causal_lm(self.model_path, self.dtype)
         self.lora_mode = self._resolve_lora_mode()
         # A quantized base takes merged adapters only through PEFT's merge (dequantize, add, requantize).
         self._peft_merge = self.lora_mode == "merged" and is_quantized(self.model_path)
@@ -146,9 +153,9 @@ class HFEngine(Engine):
         """Hold ``adapter``'s merged weights in the model; put the base weights back after."""
         import torch
 
-        info, dtype = self.adapters[adapter], getattr(torch, self.config.dtype)
+        info, dtype = self.adapters[adapter], getattr(torch, self.dtype)
         if swap_merge_problem(info):  # e.g. LoRA on fused expert parameters: serve a whole merged copy
-            base, self._model = self._model, load_causal_lm(self._merges.model_folder(info, dtype), self.config.dtype)
+            base, self._model = self._model, load_causal_lm(self._merges.model_folder(info, dtype), self.dtype)
             try:
                 yield
             finally:

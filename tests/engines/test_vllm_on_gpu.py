@@ -1,0 +1,74 @@
+"""VLLMEngine's decisions off CPU, checked here by faking the platform check (no GPU, no engine start).
+
+The bug (issue 13, item 4): on a GPU ``--lora-mode auto`` chose ``merged`` for an adapter with LoRA on the fused
+expert parameters, and the first generate raised inside merging it from tensors. The shared rule
+(:func:`recoverlib.adapters.swap_merge_problem`) now sends such an adapter to a whole merged checkpoint in a fresh
+engine on every platform.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from recoverlib.engines import EngineConfig
+from recoverlib.engines import vllm as vllm_engine
+
+pytest.importorskip("vllm", reason="vLLM is not installed")
+
+
+class _FakeLLM:
+    """Stands in for ``vllm.LLM``: records which weights folder an engine was started on."""
+
+    def __init__(self, path):
+        self.path = path
+
+
+@pytest.fixture
+def on_gpu(monkeypatch):
+    """The engine believes it runs on a GPU; starting an engine only records the folder it would load."""
+    started = []
+    monkeypatch.setattr(vllm_engine, "on_cpu", lambda: False)
+
+    def fake_start(self, path):
+        started.append(path)
+        return _FakeLLM(path)
+
+    monkeypatch.setattr(vllm_engine.VLLMEngine, "_start", fake_start)
+
+    def no_tensor_merge(*_args, **_kw):
+        raise AssertionError("an experts adapter must not be merged from tensors")
+
+    monkeypatch.setattr(vllm_engine.MergeCache, "tensors", no_tensor_merge)
+    monkeypatch.setattr(vllm_engine.VLLMEngine, "_load_weights", no_tensor_merge)
+    return started
+
+
+@pytest.mark.parametrize("mode", ["auto", "merged"])
+def test_experts_adapter_on_gpu_is_served_from_a_merged_checkpoint(on_gpu, tiny_model, experts_adapter, tmp_path, mode):
+    config = EngineConfig(lora_mode=mode, dtype="float32", merge_cache=str(tmp_path / "merged"))
+    engine = vllm_engine.VLLMEngine(tiny_model, {"experts": experts_adapter}, config)
+    assert not engine._cpu
+    assert engine._dynamic_problem() is None  # on a GPU vLLM serves expert LoRA dynamically ...
+    assert engine.lora_mode == "merged"  # ... but a large job makes auto pick merged (the case that crashed)
+    info = engine.adapters["experts"]
+    assert engine._needs_fresh_engine(info)
+    assert engine._restart_count() == 1
+    with engine._serving("experts"):
+        served = engine._llm.path
+    assert served != tiny_model and (served / "config.json").is_file()  # a whole merged model folder
+    with engine._serving(None):
+        assert engine._llm.path == tiny_model
+    assert on_gpu == [tiny_model, served, tiny_model]
+
+
+def test_attention_adapter_on_gpu_is_swapped_not_restarted(on_gpu, tiny_model, tiny_adapters):
+    engine = vllm_engine.VLLMEngine(tiny_model, tiny_adapters, EngineConfig(lora_mode="merged"))
+    assert not any(map(engine._needs_fresh_engine, engine.adapters.values()))
+    assert engine._restart_count() == 0
+
+
+def test_small_job_with_experts_adapter_on_gpu_goes_dynamic(on_gpu, tiny_model, experts_adapter, tmp_path):
+    """Where a restart costs more than LoRA's slowdown, auto serves the experts adapter as LoRA (vLLM can, on GPU)."""
+    config = EngineConfig(lora_mode="auto", expected_new_tokens=1000, merge_cache=str(tmp_path))
+    engine = vllm_engine.VLLMEngine(tiny_model, {"experts": experts_adapter}, config)
+    assert engine.lora_mode == "dynamic"
