@@ -25,7 +25,7 @@ _EXPORTS = {
     "VLLMEngine": "engines.vllm", "HFEngine": "engines.hf",
     # the whole data path: predict
     "PredictConfig": "pipeline", "Prediction": "pipeline", "predict": "pipeline", "predict_rows": "pipeline",
-    "DEFAULT_FALLBACK": "pipeline",
+    "DEFAULT_FALLBACK": "pipeline", "BaseModel": "pipeline",
     # metric and combination
     "Scorer": "metric",
     "CombineContext": "combine", "Sample": "combine", "combine_rows": "combine", "concat_predictions": "combine",

@@ -122,40 +122,54 @@ def write_submission(path: str | Path, ids: list[str], prompts: list[str]) -> Pa
 # -- the samples file: JSONL, one line per row, {"id": ..., "samples": [{"adapter", "index", "text"}, ...]} -----
 
 
-def append_samples(path: str | Path, rows) -> None:
-    """Append ``[(row id, samples)]`` to a samples file (one JSON line per row) and flush it to disk."""
+def append_samples(path: str | Path, rows, base: str | None = None) -> None:
+    """Append ``[(row id, samples)]`` to a samples file (one JSON line per row and base) and flush it to disk.
+
+    ``base``: the base model that served them, in a run with several (the line records it).
+    """
     with open(path, "a") as fh:
         for row_id, samples in rows:
-            line = {"id": row_id, "samples": [{"adapter": s.adapter, "index": s.index, "text": s.text} for s in samples]}
+            line = {"id": row_id, **({"base": base} if base is not None else {}),
+                    "samples": [{"adapter": s.adapter, "index": s.index, "text": s.text} for s in samples]}
             fh.write(json.dumps(line) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
 
 
-def read_samples(path: str | Path) -> dict:
-    """``id -> tuple of Sample`` from a samples file; a malformed line is a one-line error naming it."""
+def read_sample_lines(path: str | Path) -> list[tuple[str, str | None, tuple]]:
+    """``[(id, base, samples)]``, one per line of a samples file; a malformed line is a one-line error naming it."""
     from recoverlib.combine.base import Sample
 
     path = Path(path)
     if not path.is_file():
         raise RecoverlibError(f"{path}: no such samples file")
-    out = {}
+    out = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
-            out[str(rec["id"])] = tuple(Sample(s["adapter"], int(s["index"]), str(s["text"])) for s in rec["samples"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            base = rec.get("base")
+            got = tuple(Sample(s["adapter"], int(s["index"]), str(s["text"]), base) for s in rec["samples"])
+            out.append((str(rec["id"]), base, got))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
             raise RecoverlibError(f"{path}:{n}: not a samples line ({type(err).__name__}: {err})") from None
     return out
 
 
-def resume_samples(path: str | Path, ids) -> dict:
-    """The samples already in ``path`` for a run over ``ids`` ({} when the file does not exist yet)."""
+def read_samples(path: str | Path) -> dict:
+    """``id -> tuple of Sample`` from a samples file (a row's lines of several bases add up, in file order)."""
+    out: dict = {}
+    for row_id, _, samples in read_sample_lines(path):
+        out[row_id] = out.get(row_id, ()) + samples
+    return out
+
+
+def resume_samples(path: str | Path, ids, base: str | None = None) -> dict:
+    """The samples ``base`` already made in ``path`` for a run over ``ids`` ({} when the file does not exist yet)."""
     if not Path(path).is_file():
         return {}
-    got = read_samples(path)
+    got = {row_id: samples for row_id, b, samples in read_sample_lines(path) if b == base}
     stray = set(got) - set(ids)
     if stray:
         raise RecoverlibError(f"{path}: samples for ids not in the input ({', '.join(sorted(stray)[:3])}); not resuming")

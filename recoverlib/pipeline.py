@@ -56,6 +56,16 @@ class Prediction:
     fallback: str | None = None
 
 
+@dataclass(frozen=True)
+class BaseModel:
+    """One base model of a run and the adapters it serves. ``name`` labels its samples; a run with several bases
+    needs distinct names (the 1st place combined Mistral and Gemma adapters; each base is served in turn)."""
+
+    path: Path
+    adapters: Mapping[str, str | Path] = field(default_factory=dict)
+    name: str | None = None
+
+
 def predict_rows(engine: Engine, rows: Sequence[Row], config: PredictConfig | None = None, *,
                  samples_file: str | Path | None = None, resume: bool = False,
                  context: CombineContext | None = None) -> list[Prediction]:
@@ -65,28 +75,48 @@ def predict_rows(engine: Engine, rows: Sequence[Row], config: PredictConfig | No
     embedder, loaded only if the strategy needs it).
     """
     config = config or PredictConfig()
-    done = resume_samples(samples_file, [r.id for r in rows]) if (samples_file and resume) else {}
     if samples_file and not resume:
-        Path(samples_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(samples_file).write_text("")
+        start_samples_file(samples_file)
+    samples = sample_rows(engine, rows, config, samples_file=samples_file, resume=resume)
+    return finish_rows(rows, samples, config, context)
+
+
+def start_samples_file(path: str | Path) -> None:
+    """An empty samples file (a fresh run; ``resume`` keeps what is there instead)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("")
+
+
+def sample_rows(engine: Engine, rows: Sequence[Row], config: PredictConfig, *, samples_file: str | Path | None = None,
+                resume: bool = False, base: str | None = None) -> dict[str, tuple[Sample, ...]]:
+    """Cleaned samples of every row by ``engine`` (labelled ``base``), in chunks; each chunk is appended to
+    ``samples_file`` as it finishes, and with ``resume`` the rows already there for this base are skipped."""
+    done = resume_samples(samples_file, [r.id for r in rows], base) if (samples_file and resume) else {}
     todo = [r for r in rows if r.id not in done]
-    bar = tqdm(total=len(todo), desc="rows", unit="row", disable=not todo)
+    bar = tqdm(total=len(todo), desc="rows" if base is None else f"rows ({base})", unit="row", disable=not todo)
     step = config.chunk_rows or engine.chunk_rows
     for start in range(0, len(todo), step):
         chunk = todo[start : start + step]
-        got = _sample_chunk(engine, chunk, config)
+        got = _sample_chunk(engine, chunk, config, base)
         if samples_file:
-            append_samples(samples_file, [(row.id, got[row.id]) for row in chunk])
+            append_samples(samples_file, [(row.id, got[row.id]) for row in chunk], base)
         done.update(got)
         bar.update(len(chunk))
     bar.close()
-    # Combined after sampling, across all rows at once, so embedding strategies batch their model calls.
-    served = {row.id: done.get(row.id, ()) for row in rows if not row.problem}
+    return done
+
+
+def finish_rows(rows: Sequence[Row], samples: Mapping[str, Sequence[Sample]], config: PredictConfig,
+                context: CombineContext | None = None) -> list[Prediction]:
+    """One :class:`Prediction` per row from its samples (all bases'), combined across all rows at once so
+    embedding strategies batch their model calls; rows that cannot be served get the fallback."""
+    served = {row.id: tuple(samples.get(row.id, ())) for row in rows if not row.problem}
     prompts = combine_rows(served, config.combination, context or CombineContext())
-    return [_finish(row, done.get(row.id, ()), prompts.get(row.id, ""), config) for row in rows]
+    return [_finish(row, samples.get(row.id, ()), prompts.get(row.id, ""), config) for row in rows]
 
 
-def _sample_chunk(engine: Engine, chunk: Sequence[Row], config: PredictConfig) -> dict[str, tuple[Sample, ...]]:
+def _sample_chunk(engine: Engine, chunk: Sequence[Row], config: PredictConfig,
+                  base: str | None = None) -> dict[str, tuple[Sample, ...]]:
     """Cleaned samples of every servable row of ``chunk`` (rows with a problem get none)."""
     out: dict[str, tuple[Sample, ...]] = {r.id: () for r in chunk}
     rows = [r for r in chunk if not r.problem]
@@ -101,7 +131,7 @@ def _sample_chunk(engine: Engine, chunk: Sequence[Row], config: PredictConfig) -
     stop = tuple(t for t in (engine.tokenizer.eos_token,) if t)
     for i, row in enumerate(rows):
         out[row.id] = tuple(
-            Sample(a, k, clean_prediction(text, config.template, stop, prime=primes[a]))
+            Sample(a, k, clean_prediction(text, config.template, stop, prime=primes[a]), base)
             for a in adapters
             for k, text in enumerate(raw[a][i])
         )
@@ -133,14 +163,17 @@ def _finish(row: Row, samples: Sequence[Sample], prompt: str, config: PredictCon
     return Prediction(row.id, prompt, tuple(samples))
 
 
-def predict(model: str | Path, input_csv: str | Path, out: str | Path, *,
+def predict(model: str | Path | Sequence[BaseModel], input_csv: str | Path, out: str | Path, *,
             adapters: Mapping[str, str | Path] | None = None, engine: str = "vllm",
             config: PredictConfig | None = None, engine_config=None,
             samples_file: str | Path | None = None, resume: bool = False,
             context: CombineContext | None = None, close_engine: bool = True) -> list[Prediction]:
     """One call for a whole Kaggle CSV: read rows, build the engine, predict, write the submission.
 
-    ``close_engine=False`` leaves the engine to the end of the process: for a caller about to exit (the CLI),
+    ``model``: a model folder (with ``adapters``), or several :class:`BaseModel` (each with its adapters), served
+    one after another by ``engine`` (one engine in memory at a time); every row's samples of all bases are
+    combined together, and the samples file records each sample's base (``resume`` continues across bases).
+    ``close_engine=False`` leaves the last engine to the end of the process: for a caller about to exit (the CLI),
     since vLLM's shutdown spends about 1.3 s in garbage collection on the 2-core CPU.
     """
     from dataclasses import replace
@@ -148,15 +181,36 @@ def predict(model: str | Path, input_csv: str | Path, out: str | Path, *,
     from recoverlib.engines import EngineConfig, make_engine
 
     config = config or PredictConfig()
+    bases = _bases(model, adapters)
     rows = read_rows(input_csv)
-    per_adapter = config.sampling.samples * config.sampling.max_new_tokens * sum(r.problem is None for r in rows)
-    engine_config = replace(engine_config or EngineConfig(),
-                            expected_new_tokens=per_adapter * (len(adapters or {}) + config.include_base))
-    eng = make_engine(engine, model, adapters or {}, engine_config)
-    try:
-        predictions = predict_rows(eng, rows, config, samples_file=samples_file, resume=resume, context=context)
-    finally:
-        if close_engine:
-            eng.close()
+    if samples_file and not resume:
+        start_samples_file(samples_file)
+    samples: dict[str, tuple[Sample, ...]] = {}
+    servable = sum(r.problem is None for r in rows)
+    for k, base in enumerate(bases):
+        per_adapter = config.sampling.samples * config.sampling.max_new_tokens * servable
+        eng_config = replace(engine_config or EngineConfig(),
+                             expected_new_tokens=per_adapter * (len(base.adapters) + config.include_base))
+        eng = make_engine(engine, base.path, base.adapters, eng_config)
+        try:
+            got = sample_rows(eng, rows, config, samples_file=samples_file, resume=resume, base=base.name)
+        finally:
+            if close_engine or k < len(bases) - 1:  # one engine in memory at a time
+                eng.close()
+        samples = {r.id: samples.get(r.id, ()) + tuple(got.get(r.id, ())) for r in rows}
+    predictions = finish_rows(rows, samples, config, context)
     write_submission(out, [p.id for p in predictions], [p.prompt for p in predictions])
     return predictions
+
+
+def _bases(model, adapters) -> list[BaseModel]:
+    """The run's bases: one unnamed base from a folder, or several named ones (checked: distinct names)."""
+    if isinstance(model, (str, Path)):
+        return [BaseModel(Path(model), dict(adapters or {}))]
+    bases = list(model)
+    if adapters:
+        raise RecoverlibError("with several base models, give each its adapters (BaseModel.adapters), not adapters=")
+    names = [b.name for b in bases]
+    if not bases or (len(bases) > 1 and (None in names or len(set(names)) != len(names))):
+        raise RecoverlibError(f"several base models need distinct names (got {names})")
+    return bases

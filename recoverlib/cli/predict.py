@@ -27,6 +27,36 @@ def parse_adapters(pairs: list[tuple[str, str]]) -> dict[str, str]:
     return out
 
 
+def parse_models(models: list[str], adapters: list[tuple[str, str]]):
+    """``--model`` and ``--adapter`` values -> what :func:`recoverlib.pipeline.predict` takes.
+
+    One ``--model PATH``: that folder, adapters ``NAME=PATH``. Several: ``--model NAME=PATH`` each, adapters
+    ``BASE:NAME=PATH`` naming the base they belong to.
+    """
+    from recoverlib.pipeline import BaseModel
+
+    if len(models) == 1 and (Path(models[0]).exists() or "=" not in models[0]):
+        return models[0], parse_adapters(adapters)
+    named = dict(_name_value(m, "--model", "NAME=PATH when several base models are given") for m in models)
+    if len(named) != len(models):
+        raise RecoverlibError("--model: two base models have the same name")
+    per_base: dict[str, list[tuple[str, str]]] = {n: [] for n in named}
+    for name, path in adapters:
+        base, sep, short = name.partition(":")
+        if not sep or base not in named:
+            raise RecoverlibError(f"--adapter {name}={path}: with several base models write BASE:NAME=PATH, BASE one of "
+                                  f"{', '.join(named)}")
+        per_base[base].append((short, path))
+    return [BaseModel(Path(p), parse_adapters(per_base[n]), n) for n, p in named.items()], None
+
+
+def _name_value(text: str, flag: str, form: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise RecoverlibError(f"{flag} {text}: expected {form}")
+    return name, value
+
+
 ENGINE_FIELDS = ("dtype", "max_model_len", "batch_size", "kv_cache_gib", "multiprocess", "lora_mode", "merge_cache",
                  "dequantized_merge", "tensor_parallel_size", "gpu_memory_utilization", "max_loras", "max_num_seqs",
                  "max_num_batched_tokens", "enforce_eager", "custom_all_reduce")
@@ -101,7 +131,8 @@ def cmd_predict(args) -> int:
     # vLLM's engine-core and worker processes outlive the CLI's os._exit (seen: orphans that kept running and held
     # the CLI's stdout open), so an engine with processes of its own is shut down properly.
     own_processes = engine_cfg.multiprocess or engine_cfg.tensor_parallel_size > 1
-    preds = predict(args.model, args.input, args.out, adapters=parse_adapters(args.adapter or []), engine=args.engine,
+    model, adapters = parse_models(args.model, args.adapter or [])
+    preds = predict(model, args.input, args.out, adapters=adapters, engine=args.engine,
                     config=config, engine_config=engine_cfg, samples_file=args.samples_file,
                     resume=args.resume, context=CombineContext(embedder=args.embedder),
                     close_engine=not args.process_exits or own_processes)
@@ -130,8 +161,10 @@ def add_commands(sub) -> None:
     from recoverlib.pipeline import DEFAULT_FALLBACK
 
     p = sub.add_parser("predict", help="recover prompts for a Kaggle CSV and write the submission")
-    p.add_argument("--model", required=True, type=Path, help="HF model folder")
-    p.add_argument("--adapter", action="append", type=_adapter_arg, metavar="NAME=PATH", help="a PEFT LoRA folder")
+    p.add_argument("--model", required=True, action="append", metavar="[NAME=]PATH",
+                   help="HF model folder; repeat as NAME=PATH to serve several base models one after another")
+    p.add_argument("--adapter", action="append", type=_adapter_arg, metavar="[BASE:]NAME=PATH",
+                   help="a PEFT LoRA folder (BASE: the --model name it belongs to, with several)")
     p.add_argument("--input", required=True, type=Path, help="CSV with id, original_text, rewritten_text")
     add_out(p, "submission CSV (id, rewrite_prompt)", old=("--output",))
     add_sampling_options(p)

@@ -23,11 +23,13 @@ PREDICTION, MEAN, SUFFIX = "prediction", "mean", "suffix"
 
 @dataclass(frozen=True)
 class Sample:
-    """One cleaned prediction: which adapter made it (None = base) and its sample index."""
+    """One cleaned prediction: which adapter made it (None = the base model alone), its sample index, and which
+    base model served it (None in a run with one base)."""
 
     adapter: str | None
     index: int
     text: str
+    base: str | None = None
 
 
 @dataclass(frozen=True)
@@ -171,8 +173,8 @@ def combine_rows(rows: Mapping[str, Sequence[Sample]], config, ctx=None, progres
 
 def round_robin(samples: Sequence[Sample]) -> list[Sample]:
     """Samples ordered index-major across adapters (a0 b0 a1 b1 ...), so early text covers every adapter."""
-    adapters = list(dict.fromkeys(s.adapter for s in samples))
-    return sorted(samples, key=lambda s: (s.index, adapters.index(s.adapter)))
+    sources = list(dict.fromkeys((s.base, s.adapter) for s in samples))
+    return sorted(samples, key=lambda s: (s.index, sources.index((s.base, s.adapter))))
 
 
 def unique_texts(texts: Iterable[str]) -> list[str]:

@@ -126,3 +126,34 @@ def test_console_entry_exits_with_the_command_status(tmp_path):
     res = run_cli("predict", "--model", tmp_path, "--input", tmp_path / "missing.csv", "--out", tmp_path / "o.csv")
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1].startswith("recoverlib: error: ")
+
+
+def test_two_bases_in_one_run_resume_across_bases(tiny_dir, sample_csv, tmp_path):
+    """Two base models served in turn through the CLI: every row combines both bases' samples, the samples file
+    records each sample's base, and a run cut after the first base resumes with the second only."""
+    import json
+
+    from recoverlib.io import read_samples
+    from recoverlib.tiny import make_tiny
+
+    other = make_tiny(tmp_path / "other", adapters=1, seed=1)
+    inp = tmp_path / "in.csv"
+    inp.write_text("\n".join(sample_csv.read_text().splitlines()[:4]) + "\n")
+    samples, out = tmp_path / "s.jsonl", tmp_path / "sub.csv"
+    argv = ["predict", "--model", f"first={tiny_dir / 'model'}", "--model", f"second={other / 'model'}",
+            "--adapter", f"first:a={tiny_dir / 'adapters' / 'tiny-a'}",
+            "--adapter", f"second:x={other / 'adapters' / 'tiny-a'}", "--samples", "2", "--max-new-tokens", "4",
+            "--engine", "hf", "--input", inp, "--out", out, "--samples-file", samples]
+    res = run_cli(*argv)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert [line["base"] for line in lines] == ["first"] * 3 + ["second"] * 3
+    got = read_samples(samples)
+    assert {(s.base, s.adapter) for s in got[lines[0]["id"]]} == {("first", "a"), ("second", "x")}
+    full = out.read_bytes()
+    samples.write_text("\n".join(samples.read_text().splitlines()[:3]) + "\n")  # as if killed after the first base
+    res = run_cli(*argv, "--resume")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert out.read_bytes() == full and len(samples.read_text().splitlines()) == 6
+    bad = run_cli(*argv[:5], "--adapter", f"a={tiny_dir / 'adapters' / 'tiny-a'}", *argv[9:])
+    assert bad.returncode == 2 and "BASE:NAME=PATH" in bad.stderr
