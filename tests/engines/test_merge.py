@@ -106,8 +106,8 @@ def test_experts_adapter_served_merged_by_vllm_on_cpu(tiny_model, experts_adapte
 
 def test_auto_logs_its_choice(tiny_model, tiny_adapters, caplog):
     pytest.importorskip("vllm", reason="vLLM is not installed")
-    from recoverlib.engines.lora_mode import LoraCosts, Workload, choose_lora_mode
+    from recoverlib.engines.lora_mode import LoraCosts, LoraWorkload, choose_lora_mode
 
     with caplog.at_level(logging.INFO, logger="recoverlib"):
-        mode = choose_lora_mode("auto", Workload(100_000, 4), LoraCosts(), can_dynamic=True, can_merge=None)
+        mode = choose_lora_mode("auto", LoraWorkload(100_000, 4), LoraCosts(), can_dynamic=True, can_merge=None)
     assert mode == "merged" and "lora mode auto -> merged" in caplog.text
