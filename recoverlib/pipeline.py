@@ -15,6 +15,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from recoverlib.combine import CombineContext, ConcatConfig, Sample, combine_rows
+from recoverlib.combine.base import needs_embeddings
 from recoverlib.engines.base import Engine, SamplingConfig
 from recoverlib.errors import RecoverlibError
 from recoverlib.io import Row, append_samples, read_rows, resume_samples, write_submission
@@ -70,16 +71,15 @@ def predict_rows(engine: Engine, rows: Sequence[Row], config: PredictConfig | No
         Path(samples_file).parent.mkdir(parents=True, exist_ok=True)
         Path(samples_file).write_text("")
     todo = [r for r in rows if r.id not in done]
-    bar = tqdm(total=len(todo), desc="rows", unit="row", disable=not todo)
     step = config.chunk_rows or engine.chunk_rows
-    for start in range(0, len(todo), step):
-        chunk = todo[start : start + step]
-        got = _sample_chunk(engine, chunk, config)
-        if samples_file:
-            append_samples(samples_file, [(row.id, got[row.id]) for row in chunk])
-        done.update(got)
-        bar.update(len(chunk))
-    bar.close()
+    with tqdm(total=len(todo), desc="rows", unit="row", disable=not todo) as bar:  # closed (a newline) on errors too
+        for start in range(0, len(todo), step):
+            chunk = todo[start : start + step]
+            got = _sample_chunk(engine, chunk, config)
+            if samples_file:
+                append_samples(samples_file, [(row.id, got[row.id]) for row in chunk])
+            done.update(got)
+            bar.update(len(chunk))
     # Combined after sampling, across all rows at once, so embedding strategies batch their model calls.
     served = {row.id: done.get(row.id, ()) for row in rows if not row.problem}
     prompts = combine_rows(served, config.combination, context or CombineContext())
@@ -108,9 +108,21 @@ def _sample_chunk(engine: Engine, chunk: Sequence[Row], config: PredictConfig) -
     return out
 
 
+MIN_PROMPT_TOKENS = 16  # below this not even the template fits: every row would be cut to nothing
+
+
+def prompt_budget(max_model_len: int, max_new_tokens: int) -> int:
+    """Context tokens left for the prompt next to ``max_new_tokens``; too few is a one-line error."""
+    budget = max_model_len - max_new_tokens
+    if budget < MIN_PROMPT_TOKENS:
+        raise RecoverlibError(f"max_new_tokens {max_new_tokens} leaves {budget} of {max_model_len} context tokens "
+                              f"for the prompt (at least {MIN_PROMPT_TOKENS}); lower it or raise --max-model-len")
+    return budget
+
+
 def render_prompts(engine: Engine, rows: Sequence[Row], config: PredictConfig, prime: str = "") -> list[str]:
     """Recovery prompts that fit the engine's context next to ``max_new_tokens``; truncation is warned per row."""
-    budget = engine.max_model_len - config.sampling.max_new_tokens
+    budget = prompt_budget(engine.max_model_len, config.sampling.max_new_tokens)
     tpl, tok = config.template, engine.tokenizer
     prompts = [tpl.render(tok, row.original_text, row.rewritten_text, prime) for row in rows]
     # One batch tokenization to find the prompts that are too long; only those are fitted one by one.
@@ -133,6 +145,15 @@ def _finish(row: Row, samples: Sequence[Sample], prompt: str, config: PredictCon
     return Prediction(row.id, prompt, tuple(samples))
 
 
+def check_predict_paths(input_csv: str | Path, out: str | Path, samples_file: str | Path | None) -> None:
+    """Refuse a submission or samples file that would overwrite the input CSV (or each other)."""
+    from recoverlib.output_paths import check_output_file
+
+    check_output_file(out, [("the input", input_csv), ("the samples file", samples_file)])
+    if samples_file is not None:
+        check_output_file(samples_file, [("the input", input_csv)])
+
+
 def predict(model: str | Path, input_csv: str | Path, out: str | Path, *,
             adapters: Mapping[str, str | Path] | None = None, engine: str = "vllm",
             config: PredictConfig | None = None, engine_config=None,
@@ -145,12 +166,20 @@ def predict(model: str | Path, input_csv: str | Path, out: str | Path, *,
     """
     from dataclasses import replace
 
-    from recoverlib.engines import EngineConfig, make_engine
+    from recoverlib.engines import ENGINES, EngineConfig, make_engine
 
     config = config or PredictConfig()
+    ENGINES.get(engine)  # an unknown name fails here, before anything is read or loaded
+    engine_config = engine_config or EngineConfig()
+    if engine_config.max_model_len is not None:
+        prompt_budget(engine_config.max_model_len, config.sampling.max_new_tokens)
+    check_predict_paths(input_csv, out, samples_file)
     rows = read_rows(input_csv)
+    if needs_embeddings(config.combination):  # an embedder that cannot load fails now, not after sampling
+        context = context or CombineContext()
+        context.get_scorer().model  # noqa: B018 (loads it)
     per_adapter = config.sampling.samples * config.sampling.max_new_tokens * sum(r.problem is None for r in rows)
-    engine_config = replace(engine_config or EngineConfig(),
+    engine_config = replace(engine_config,
                             expected_new_tokens=per_adapter * (len(adapters or {}) + config.include_base))
     eng = make_engine(engine, model, adapters or {}, engine_config)
     try:

@@ -40,8 +40,10 @@ class SamplingConfig:
     def __post_init__(self):
         if self.samples < 1:
             raise RecoverlibError(f"samples must be >= 1 (got {self.samples})")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise RecoverlibError(f"bad sampling: temperature {self.temperature}, top_p {self.top_p}")
+        if not self.temperature >= 0:  # also refuses NaN
+            raise RecoverlibError(f"temperature must be >= 0 (got {self.temperature})")
+        if not 0 < self.top_p <= 1:
+            raise RecoverlibError(f"top_p must be in (0, 1] (got {self.top_p})")
         if self.max_new_tokens < 1:
             raise RecoverlibError(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
 
@@ -55,6 +57,7 @@ class SamplingConfig:
 
 
 LORA_MODES = ("dynamic", "merged", "auto")
+DTYPES = ("bfloat16", "float16", "float32")  # names both engines read the same way
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,15 @@ class EngineConfig:
     def __post_init__(self):
         if self.lora_mode not in LORA_MODES:
             raise RecoverlibError(f"lora mode {self.lora_mode!r}: choose one of {', '.join(LORA_MODES)}")
+        if self.dtype not in DTYPES:
+            raise RecoverlibError(f"dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+        at_least_one = {"batch_size": self.batch_size, "max_model_len": self.max_model_len,
+                        "max_lora_rank": self.max_lora_rank, "max_num_seqs": self.max_num_seqs}
+        for name, value in at_least_one.items():
+            if value is not None and value < 1:
+                raise RecoverlibError(f"{name} must be >= 1 (got {value})")
+        if not self.kv_cache_gib > 0:
+            raise RecoverlibError(f"kv_cache_gib must be > 0 (got {self.kv_cache_gib})")
 
 
 DEFAULT_CONTEXT_CAP = 4096  # tokens; recovery prompts are far shorter, and a long context costs KV-cache memory

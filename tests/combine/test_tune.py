@@ -78,7 +78,7 @@ def test_tune_cli_writes_a_config_that_carries_to_another_split(split, tmp_path,
                                         ('{"id": "r0", "samples": [{"text": "x"}]}', "not a samples line")])
 def test_bad_samples_file_is_one_line(tmp_path, split, capsys, line, match):
     (tmp_path / "s.jsonl").write_text(line + "\n")
-    assert main(["tune", "--samples", str(tmp_path / "s.jsonl"), "--truth", str(split / "val.csv"),
+    assert main(["tune", "--samples-file", str(tmp_path / "s.jsonl"), "--truth", str(split / "val.csv"),
                  "--out", str(tmp_path / "o.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert match in err and "\n" not in err
@@ -89,7 +89,7 @@ def test_samples_without_truth_and_bad_combination_are_one_line(tmp_path, split,
                  "--out", str(tmp_path / "o.json")]) == 2
     assert "no truth" in capsys.readouterr().err
     (tmp_path / "c.json").write_text('{"strategy": "mbr", "max_parts": -1}')
-    assert main(["combine", "--samples", str(split / "test.jsonl"), "--combination", str(tmp_path / "c.json"),
-                 "--output", str(tmp_path / "o.csv")]) == 2
+    assert main(["combine", "--samples-file", str(split / "test.jsonl"), "--combination", str(tmp_path / "c.json"),
+                 "--out", str(tmp_path / "o.csv")]) == 2
     err = capsys.readouterr().err.strip()
     assert "max_parts" in err and "\n" not in err
