@@ -2,6 +2,9 @@
 
 Rows are served in chunks; after each chunk its cleaned samples are appended to the samples file (JSONL, one
 line per row, input order), so a run that stops keeps every finished row and ``resume`` continues from there.
+Chunks sit at fixed input positions (rows ``k * chunk_rows`` on) and each row is seeded by its input position, so
+a run killed at any moment and resumed with the same options writes the same bytes as one that never stopped: a
+chunk cut short is sampled again whole (the same batches, the same seeds) and only its missing rows are appended.
 A row that cannot be served (empty text) or whose samples are all empty gets the fallback prompt and a warning.
 """
 
@@ -66,29 +69,49 @@ def predict_rows(engine: Engine, rows: Sequence[Row], config: PredictConfig | No
     embedder, loaded only if the strategy needs it).
     """
     config = config or PredictConfig()
-    done = resume_samples(samples_file, [r.id for r in rows]) if (samples_file and resume) else {}
-    if samples_file and not resume:
-        Path(samples_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(samples_file).write_text("")
-    todo = [r for r in rows if r.id not in done]
+    done = _start_samples_file(samples_file, rows, resume)
     step = config.chunk_rows or engine.chunk_rows
-    with tqdm(total=len(todo), desc="rows", unit="row", disable=not todo) as bar:  # closed (a newline) on errors too
-        for start in range(0, len(todo), step):
-            chunk = todo[start : start + step]
-            got = _sample_chunk(engine, chunk, config)
+    todo = sum(r.id not in done for r in rows)
+    with tqdm(total=todo, desc="rows", unit="row", disable=not todo) as bar:  # closed (a newline) on errors too
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            missing = [row for row in chunk if row.id not in done]
+            if not missing:
+                continue
+            got = _sample_chunk(engine, chunk, config, first_key=start)
             if samples_file:
-                append_samples(samples_file, [(row.id, got[row.id]) for row in chunk])
-            done.update(got)
-            bar.update(len(chunk))
+                append_samples(samples_file, [(row.id, got[row.id]) for row in missing])
+            done.update((row.id, got[row.id]) for row in missing)
+            bar.update(len(missing))
     # Combined after sampling, across all rows at once, so embedding strategies batch their model calls.
     served = {row.id: done.get(row.id, ()) for row in rows if not row.problem}
     prompts = combine_rows(served, config.combination, context or CombineContext())
     return [_finish(row, done.get(row.id, ()), prompts.get(row.id, ""), config) for row in rows]
 
 
-def _sample_chunk(engine: Engine, chunk: Sequence[Row], config: PredictConfig) -> dict[str, tuple[Sample, ...]]:
-    """Cleaned samples of every servable row of ``chunk`` (rows with a problem get none)."""
+def _start_samples_file(samples_file: str | Path | None, rows: Sequence[Row], resume: bool) -> dict:
+    """The rows already sampled (``resume``), or a new empty samples file; never replaces finished samples."""
+    if not samples_file:
+        return {}
+    if resume:
+        return resume_samples(samples_file, [r.id for r in rows])
+    path = Path(samples_file)
+    if path.is_file() and path.stat().st_size:
+        raise RecoverlibError(f"samples file {path} already holds samples: pass --resume to continue it,"
+                              " or name a new file (nothing was changed)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+    return {}
+
+
+def _sample_chunk(engine: Engine, chunk: Sequence[Row], config: PredictConfig,
+                  first_key: int = 0) -> dict[str, tuple[Sample, ...]]:
+    """Cleaned samples of every servable row of ``chunk`` (rows with a problem get none).
+
+    ``first_key``: the input position of ``chunk[0]``; each row is seeded by its input position.
+    """
     out: dict[str, tuple[Sample, ...]] = {r.id: () for r in chunk}
+    keys = [first_key + i for i, r in enumerate(chunk) if not r.problem]
     rows = [r for r in chunk if not r.problem]
     if not rows:
         return out
@@ -97,7 +120,7 @@ def _sample_chunk(engine: Engine, chunk: Sequence[Row], config: PredictConfig) -
         adapters = [None, *adapters]
     primes = {a: (engine.adapters[a].prime if a else "") for a in adapters}
     prompts = {a: render_prompts(engine, rows, config, primes[a]) for a in adapters}
-    raw = engine.generate(prompts, config.sampling, adapters)
+    raw = engine.generate(prompts, config.sampling, adapters, keys=keys)
     stop = tuple(t for t in (engine.tokenizer.eos_token,) if t)
     for i, row in enumerate(rows):
         out[row.id] = tuple(

@@ -138,10 +138,13 @@ class Engine(ABC):
     def max_model_len(self) -> int: ...
 
     @abstractmethod
-    def generate(self, prompts: Prompts, sampling: SamplingConfig, adapters: Sequence[str | None]) -> Samples:
+    def generate(self, prompts: Prompts, sampling: SamplingConfig, adapters: Sequence[str | None],
+                 keys: Sequence[int] | None = None) -> Samples:
         """For each adapter name (``None`` = base), ``n`` texts per prompt, continuation only, special tokens removed.
 
         ``prompts`` is one list for every adapter, or a mapping adapter -> list (same length for each).
+        ``keys``: one int per prompt that seeds it (default: its position); the pipeline passes each row's position
+        in the input, so a row's samples do not depend on which call or chunk serves it.
         """
 
     @abstractmethod
@@ -165,6 +168,15 @@ class Engine(ABC):
                 raise ValueError(f"no prompts given for adapter(s) {missing}")
             return {a: prompts[a] for a in adapters}
         return dict.fromkeys(adapters, prompts)
+
+    @staticmethod
+    def prompt_keys(keys: Sequence[int] | None, n: int) -> Sequence[int]:
+        """The seed keys of ``n`` prompts: ``keys`` (checked) or their positions."""
+        if keys is None:
+            return range(n)
+        if len(keys) != n:
+            raise ValueError(f"{len(keys)} keys for {n} prompts")
+        return keys
 
     def adapter_index(self, adapter: str | None) -> int:
         """0 for the base, 1.. for adapters in name order (stable across engines, used to derive seeds)."""

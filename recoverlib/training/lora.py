@@ -164,7 +164,7 @@ def load_base(model_path: str | Path, four_bit: bool):
 
     if not four_bit:
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, use_safetensors=True)
         return model.to("cuda") if torch.cuda.is_available() else model
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
@@ -173,7 +173,8 @@ def load_base(model_path: str | Path, four_bit: bool):
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
         bnb_4bit_use_double_quant=True, llm_int8_skip_modules=["gate", "lm_head"],
     )
-    model = AutoModelForCausalLM.from_pretrained(model_path, quantization_config=bnb, device_map={"": 0})
+    model = AutoModelForCausalLM.from_pretrained(model_path, quantization_config=bnb, device_map={"": 0},
+                                                 use_safetensors=True)
     return prepare_model_for_kbit_training(model)
 
 
