@@ -72,7 +72,39 @@ def read_adapter(name: str, path: str | Path) -> AdapterInfo:
     if "r" not in cfg:
         raise RecoverlibError(f"adapter {name!r}: adapter_config.json has no rank 'r'")
     modules = tuple(sorted({_module_of(k) for k in _tensor_shapes(name, path)}))
+    _check_targets_hold_weights(name, cfg, modules)
     return AdapterInfo(name=name, path=path, rank=int(cfg["r"]), target_modules=modules, prime=adapter_prime(path))
+
+
+def _check_targets_hold_weights(name: str, cfg: dict, modules: tuple[str, ...]) -> None:
+    """The config's ``target_modules`` and the weights agree, as PEFT requires when it loads an adapter.
+
+    A listed target with no LoRA weights would be served as a fresh (zero-B, so silent) LoRA layer; weights on a
+    module no target names would be dropped. Regex targets (a string) are checked against the weights only.
+    """
+    targets = cfg.get("target_modules")
+    if not targets or targets == "all-linear":
+        return
+    if isinstance(targets, str):
+        import re
+
+        stray = [m for m in modules if not re.fullmatch(targets, m) and not m.endswith(".experts")]
+        if stray:
+            raise RecoverlibError(f"adapter {name!r}: weights for {stray[0]}, which target_modules {targets!r} does not match")
+        return
+    targets = [str(t) for t in targets]
+    matches = lambda m, t: m == t or m.endswith("." + t)  # noqa: E731 (PEFT's rule for a list of names)
+    empty = [t for t in targets if not any(matches(m, t) for m in modules)]
+    if empty:
+        raise RecoverlibError(
+            f"adapter {name!r}: adapter_config.json targets {', '.join(sorted(empty))} but its weights hold no LoRA"
+            " for them (a damaged or mislabelled adapter; PEFT refuses it too)"
+        )
+    params = cfg.get("target_parameters") or []
+    stray = [m for m in modules if not any(matches(m, t) for t in targets)
+             and not any(m == p.rsplit(".", 1)[0] or m.endswith("." + p.rsplit(".", 1)[0]) for p in params)]
+    if stray:
+        raise RecoverlibError(f"adapter {name!r}: weights for {stray[0]}, which target_modules does not name")
 
 
 def adapter_prime(adapter_dir: str | Path) -> str:
@@ -82,13 +114,21 @@ def adapter_prime(adapter_dir: str | Path) -> str:
 
 
 def _tensor_shapes(name: str, path: Path) -> dict[str, tuple[int, ...]]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     file = path / ADAPTER_WEIGHTS
     if not file.is_file():
+        if (path / "adapter_model.bin").is_file():  # a pickle: loading it can run code, so it is never loaded
+            raise RecoverlibError(
+                f"adapter {name!r}: {path} holds only adapter_model.bin (a pickle; recoverlib loads safetensors only);"
+                " convert it where you trust it: PeftModel.from_pretrained(base, path).save_pretrained(new_path)"
+            )
         raise RecoverlibError(f"adapter {name!r}: {path} has no {ADAPTER_WEIGHTS}")
-    with safe_open(file, framework="pt") as fh:
-        return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 (safe_open has no iter)
+    try:
+        with safe_open(file, framework="pt") as fh:
+            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 (safe_open has no iter)
+    except SafetensorError as err:
+        raise RecoverlibError(f"adapter {name!r}: {file} is not a whole safetensors file ({err}); copy it again") from None
 
 
 def _module_of(key: str) -> str:

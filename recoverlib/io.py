@@ -136,6 +136,27 @@ def append_samples(path: str | Path, rows, base: str | None = None) -> None:
         os.fsync(fh.fileno())
 
 
+def mend_last_line(path: Path) -> None:
+    """Drop a samples line torn by a crash (the file's end after its last newline), or end a whole one."""
+    with open(path, "rb+") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, size - (1 << 20)))  # lines are far shorter than 1 MiB; only the tail is read
+        tail = fh.read()
+        cut = tail.rfind(b"\n") + 1
+        rest = tail[cut:]
+        if not rest.strip():
+            return
+        try:
+            json.loads(rest)["samples"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s: dropped a last line cut short by a crash (%d bytes); its row is sampled again", path, len(rest))
+            fh.truncate(size - len(rest))
+        else:
+            fh.write(b"\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def read_sample_lines(path: str | Path) -> list[tuple[str, str | None, tuple]]:
     """``[(id, base, samples)]``, one per line of a samples file; a malformed line is a one-line error naming it."""
     from recoverlib.combine.base import Sample
@@ -166,9 +187,14 @@ def read_samples(path: str | Path) -> dict:
 
 
 def resume_samples(path: str | Path, ids, base: str | None = None) -> dict:
-    """The samples ``base`` already made in ``path`` for a run over ``ids`` ({} when the file does not exist yet)."""
+    """The samples ``base`` already made in ``path`` for a run over ``ids`` ({} when the file does not exist yet).
+
+    A last line without its newline was cut by a crash: it is dropped from the file (a warning says so) and its
+    row is sampled again. A complete last line that only lacks the newline gets it, so appends stay whole lines.
+    """
     if not Path(path).is_file():
         return {}
+    mend_last_line(Path(path))
     got = {row_id: samples for row_id, b, samples in read_sample_lines(path) if b == base}
     stray = set(got) - set(ids)
     if stray:

@@ -15,6 +15,13 @@ def require_model_folder(path: str | Path) -> Path:
         raise RecoverlibError(f"model {path}: no such folder")
     if not (path / "config.json").is_file():
         raise RecoverlibError(f"model {path}: not an HF model folder (no config.json)")
+    pickles = sorted(p.name for p in path.glob("*.bin") if p.name.startswith(("pytorch_model", "model")))
+    if pickles and not any(path.glob("*.safetensors")):
+        raise RecoverlibError(
+            f"model {path}: holds only pickle weights ({pickles[0]}); recoverlib loads safetensors only, since loading"
+            " a pickle can run code. Convert where you trust it: AutoModelForCausalLM.from_pretrained(path)"
+            ".save_pretrained(new_path)"
+        )
     return path
 
 

@@ -2,6 +2,9 @@
 
 Rows are served in chunks; after each chunk its cleaned samples are appended to the samples file (JSONL, one
 line per row, input order), so a run that stops keeps every finished row and ``resume`` continues from there.
+Chunks sit at fixed input positions (rows ``k * chunk_rows`` on) and each row is seeded by its input position, so
+a run killed at any moment and resumed with the same options writes the same bytes as one that never stopped: a
+chunk cut short is sampled again whole (the same batches, the same seeds) and only its missing rows are appended.
 A row that cannot be served (empty text) or whose samples are all empty gets the fallback prompt and a warning.
 """
 
@@ -15,6 +18,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from recoverlib.combine import CombineContext, ConcatConfig, Sample, combine_rows
+from recoverlib.combine.base import needs_embeddings
 from recoverlib.engines.base import Engine, SamplingConfig
 from recoverlib.errors import RecoverlibError
 from recoverlib.io import Row, append_samples, read_rows, resume_samples, write_submission
@@ -75,34 +79,46 @@ def predict_rows(engine: Engine, rows: Sequence[Row], config: PredictConfig | No
     embedder, loaded only if the strategy needs it).
     """
     config = config or PredictConfig()
-    if samples_file and not resume:
-        start_samples_file(samples_file)
-    samples = sample_rows(engine, rows, config, samples_file=samples_file, resume=resume)
+    samples = sample_rows(engine, rows, config, samples_file=samples_file, resume=resume, fresh=True)
     return finish_rows(rows, samples, config, context)
 
 
-def start_samples_file(path: str | Path) -> None:
-    """An empty samples file (a fresh run; ``resume`` keeps what is there instead)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text("")
+def start_samples_file(samples_file: str | Path | None, rows: Sequence[Row], resume: bool,
+                       base: str | None = None) -> dict:
+    """The rows ``base`` already sampled (``resume``), or a new empty samples file; never replaces finished samples."""
+    if not samples_file:
+        return {}
+    if resume:
+        return resume_samples(samples_file, [r.id for r in rows], base)
+    path = Path(samples_file)
+    if path.is_file() and path.stat().st_size:
+        raise RecoverlibError(f"samples file {path} already holds samples: pass --resume to continue it,"
+                              " or name a new file (nothing was changed)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+    return {}
 
 
 def sample_rows(engine: Engine, rows: Sequence[Row], config: PredictConfig, *, samples_file: str | Path | None = None,
-                resume: bool = False, base: str | None = None) -> dict[str, tuple[Sample, ...]]:
-    """Cleaned samples of every row by ``engine`` (labelled ``base``), in chunks; each chunk is appended to
-    ``samples_file`` as it finishes, and with ``resume`` the rows already there for this base are skipped."""
-    done = resume_samples(samples_file, [r.id for r in rows], base) if (samples_file and resume) else {}
-    todo = [r for r in rows if r.id not in done]
-    bar = tqdm(total=len(todo), desc="rows" if base is None else f"rows ({base})", unit="row", disable=not todo)
+                resume: bool = False, base: str | None = None, fresh: bool = True) -> dict[str, tuple[Sample, ...]]:
+    """Cleaned samples of every row by ``engine`` (labelled ``base``), in chunks at fixed input positions; each
+    chunk is appended to ``samples_file`` as it finishes. With ``resume`` the rows already there for this base are
+    skipped; ``fresh`` (no resume) starts the file, refusing one that already holds samples."""
+    done = start_samples_file(samples_file, rows, resume, base) if (resume or fresh) else {}
     step = config.chunk_rows or engine.chunk_rows
-    for start in range(0, len(todo), step):
-        chunk = todo[start : start + step]
-        got = _sample_chunk(engine, chunk, config, base)
-        if samples_file:
-            append_samples(samples_file, [(row.id, got[row.id]) for row in chunk], base)
-        done.update(got)
-        bar.update(len(chunk))
-    bar.close()
+    todo = sum(r.id not in done for r in rows)
+    label = "rows" if base is None else f"rows ({base})"
+    with tqdm(total=todo, desc=label, unit="row", disable=not todo) as bar:  # closed (a newline) on errors too
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            missing = [row for row in chunk if row.id not in done]
+            if not missing:
+                continue
+            got = _sample_chunk(engine, chunk, config, first_key=start, base=base)
+            if samples_file:
+                append_samples(samples_file, [(row.id, got[row.id]) for row in missing], base)
+            done.update((row.id, got[row.id]) for row in missing)
+            bar.update(len(missing))
     return done
 
 
@@ -115,10 +131,14 @@ def finish_rows(rows: Sequence[Row], samples: Mapping[str, Sequence[Sample]], co
     return [_finish(row, samples.get(row.id, ()), prompts.get(row.id, ""), config) for row in rows]
 
 
-def _sample_chunk(engine: Engine, chunk: Sequence[Row], config: PredictConfig,
+def _sample_chunk(engine: Engine, chunk: Sequence[Row], config: PredictConfig, first_key: int = 0,
                   base: str | None = None) -> dict[str, tuple[Sample, ...]]:
-    """Cleaned samples of every servable row of ``chunk`` (rows with a problem get none)."""
+    """Cleaned samples of every servable row of ``chunk`` (rows with a problem get none), labelled ``base``.
+
+    ``first_key``: the input position of ``chunk[0]``; each row is seeded by its input position.
+    """
     out: dict[str, tuple[Sample, ...]] = {r.id: () for r in chunk}
+    keys = [first_key + i for i, r in enumerate(chunk) if not r.problem]
     rows = [r for r in chunk if not r.problem]
     if not rows:
         return out
@@ -127,7 +147,7 @@ def _sample_chunk(engine: Engine, chunk: Sequence[Row], config: PredictConfig,
         adapters = [None, *adapters]
     primes = {a: (engine.adapters[a].prime if a else "") for a in adapters}
     prompts = {a: render_prompts(engine, rows, config, primes[a]) for a in adapters}
-    raw = engine.generate(prompts, config.sampling, adapters)
+    raw = engine.generate(prompts, config.sampling, adapters, keys=keys)
     stop = tuple(t for t in (engine.tokenizer.eos_token,) if t)
     for i, row in enumerate(rows):
         out[row.id] = tuple(
@@ -138,9 +158,21 @@ def _sample_chunk(engine: Engine, chunk: Sequence[Row], config: PredictConfig,
     return out
 
 
+MIN_PROMPT_TOKENS = 16  # below this not even the template fits: every row would be cut to nothing
+
+
+def prompt_budget(max_model_len: int, max_new_tokens: int) -> int:
+    """Context tokens left for the prompt next to ``max_new_tokens``; too few is a one-line error."""
+    budget = max_model_len - max_new_tokens
+    if budget < MIN_PROMPT_TOKENS:
+        raise RecoverlibError(f"max_new_tokens {max_new_tokens} leaves {budget} of {max_model_len} context tokens "
+                              f"for the prompt (at least {MIN_PROMPT_TOKENS}); lower it or raise --max-model-len")
+    return budget
+
+
 def render_prompts(engine: Engine, rows: Sequence[Row], config: PredictConfig, prime: str = "") -> list[str]:
     """Recovery prompts that fit the engine's context next to ``max_new_tokens``; truncation is warned per row."""
-    budget = engine.max_model_len - config.sampling.max_new_tokens
+    budget = prompt_budget(engine.max_model_len, config.sampling.max_new_tokens)
     tpl, tok = config.template, engine.tokenizer
     prompts = [tpl.render(tok, row.original_text, row.rewritten_text, prime) for row in rows]
     # One batch tokenization to find the prompts that are too long; only those are fitted one by one.
@@ -163,6 +195,15 @@ def _finish(row: Row, samples: Sequence[Sample], prompt: str, config: PredictCon
     return Prediction(row.id, prompt, tuple(samples))
 
 
+def check_predict_paths(input_csv: str | Path, out: str | Path, samples_file: str | Path | None) -> None:
+    """Refuse a submission or samples file that would overwrite the input CSV (or each other)."""
+    from recoverlib.output_paths import check_output_file
+
+    check_output_file(out, [("the input", input_csv), ("the samples file", samples_file)])
+    if samples_file is not None:
+        check_output_file(samples_file, [("the input", input_csv)])
+
+
 def predict(model: str | Path | Sequence[BaseModel], input_csv: str | Path, out: str | Path, *,
             adapters: Mapping[str, str | Path] | None = None, engine: str = "vllm",
             config: PredictConfig | None = None, engine_config=None,
@@ -178,22 +219,28 @@ def predict(model: str | Path | Sequence[BaseModel], input_csv: str | Path, out:
     """
     from dataclasses import replace
 
-    from recoverlib.engines import EngineConfig, make_engine
+    from recoverlib.engines import ENGINES, EngineConfig, make_engine
 
     config = config or PredictConfig()
+    ENGINES.get(engine)  # an unknown name fails here, before anything is read or loaded
+    engine_config = engine_config or EngineConfig()
+    if engine_config.max_model_len is not None:
+        prompt_budget(engine_config.max_model_len, config.sampling.max_new_tokens)
     bases = _bases(model, adapters)
+    check_predict_paths(input_csv, out, samples_file)
     rows = read_rows(input_csv)
-    if samples_file and not resume:
-        start_samples_file(samples_file)
+    if needs_embeddings(config.combination):  # an embedder that cannot load fails now, not after sampling
+        context = context or CombineContext()
+        context.get_scorer().model  # noqa: B018 (loads it)
     samples: dict[str, tuple[Sample, ...]] = {}
     servable = sum(r.problem is None for r in rows)
     for k, base in enumerate(bases):
         per_adapter = config.sampling.samples * config.sampling.max_new_tokens * servable
-        eng_config = replace(engine_config or EngineConfig(),
-                             expected_new_tokens=per_adapter * (len(base.adapters) + config.include_base))
+        eng_config = replace(engine_config, expected_new_tokens=per_adapter * (len(base.adapters) + config.include_base))
         eng = make_engine(engine, base.path, base.adapters, eng_config)
         try:
-            got = sample_rows(eng, rows, config, samples_file=samples_file, resume=resume, base=base.name)
+            got = sample_rows(eng, rows, config, samples_file=samples_file, resume=resume, base=base.name,
+                              fresh=k == 0)
         finally:
             if close_engine or k < len(bases) - 1:  # one engine in memory at a time
                 eng.close()

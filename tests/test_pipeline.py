@@ -28,7 +28,7 @@ def test_bad_rows_get_fallback_and_the_rest_is_served(engine):
 
 
 def test_all_empty_samples_get_fallback(engine, monkeypatch):
-    monkeypatch.setattr(engine, "generate", lambda prompts, s, adapters: {a: [["", '""']] for a in adapters})
+    monkeypatch.setattr(engine, "generate", lambda prompts, s, adapters, keys=None: {a: [["", '""']] for a in adapters})
     (pred,) = predict_rows(engine, [Row("1", "a", "b")], CFG)
     assert pred.prompt == CFG.fallback_prompt and pred.fallback == "empty samples"
 
@@ -44,11 +44,50 @@ def test_samples_file_lines_in_input_order_and_resume(engine, sample_csv, tmp_pa
     path.write_text("\n".join(path.read_text().splitlines()[:4]) + "\n")
     calls = []
     real = engine.generate
-    monkeypatch.setattr(engine, "generate", lambda p, s, a: calls.append(len(p[a[0]])) or real(p, s, a))
+    monkeypatch.setattr(engine, "generate", lambda p, s, a, keys: calls.append(len(p[a[0]])) or real(p, s, a, keys))
     resumed = predict_rows(engine, rows, CFG, samples_file=path, resume=True)
     assert calls == [1]
     assert [p.prompt for p in resumed] == [p.prompt for p in first]
     assert list(read_samples(path)) == [r.id for r in rows]
+
+
+SAMPLED = PredictConfig(SamplingConfig(samples=2, max_new_tokens=6, temperature=1.0, seed=3), chunk_rows=3)
+
+
+def test_resume_after_a_torn_line_writes_the_same_bytes(engine, sample_csv, tmp_path, caplog):
+    """A crash mid-chunk: the torn last line is dropped (warned), its chunk sampled again, nothing duplicated."""
+    rows = read_rows(sample_csv)[:8]
+    whole = tmp_path / "whole.jsonl"
+    first = predict_rows(engine, rows, SAMPLED, samples_file=whole)
+    data = whole.read_bytes()
+    lines = data.splitlines(keepends=True)
+    for keep in (1, 4):  # inside the first chunk, and one row into the second
+        cut = tmp_path / f"cut{keep}.jsonl"
+        torn = lines[keep][: len(lines[keep]) // 2]
+        cut.write_bytes(b"".join(lines[:keep]) + torn)
+        with caplog.at_level("WARNING", logger="recoverlib"):
+            resumed = predict_rows(engine, rows, SAMPLED, samples_file=cut, resume=True)
+        assert "cut short by a crash" in caplog.text
+        assert cut.read_bytes() == data
+        assert [p.prompt for p in resumed] == [p.prompt for p in first]
+
+
+def test_a_whole_last_line_without_its_newline_is_kept(engine, sample_csv, tmp_path):
+    rows = read_rows(sample_csv)[:4]
+    path = tmp_path / "s.jsonl"
+    predict_rows(engine, rows, SAMPLED, samples_file=path)
+    data = path.read_bytes()
+    path.write_bytes(data[:-1])
+    predict_rows(engine, rows, SAMPLED, samples_file=path, resume=True)
+    assert path.read_bytes() == data
+
+
+def test_finished_samples_are_not_replaced_without_resume(engine, tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps({"id": "1", "samples": []}) + "\n")
+    with pytest.raises(RecoverlibError, match="pass --resume"):
+        predict_rows(engine, [Row("1", "a", "b")], CFG, samples_file=path)
+    assert json.loads(path.read_text())["id"] == "1"
 
 
 def test_resume_refuses_a_samples_file_of_other_rows(engine, tmp_path):
@@ -82,7 +121,7 @@ def test_long_rows_are_truncated_with_a_warning(engine, caplog):
 def test_chunks_default_to_the_engine_choice(engine, monkeypatch):
     calls = []
     real = engine.generate
-    monkeypatch.setattr(engine, "generate", lambda p, s, a: calls.append(len(p[a[0]])) or real(p, s, a))
+    monkeypatch.setattr(engine, "generate", lambda p, s, a, keys: calls.append(len(p[a[0]])) or real(p, s, a, keys))
     monkeypatch.setattr(type(engine), "chunk_rows", 3)
     rows = [Row(str(i), f"text {i}", f"TEXT {i}") for i in range(7)]
     predict_rows(engine, rows, PredictConfig(SamplingConfig(samples=1, max_new_tokens=4)))

@@ -27,11 +27,35 @@ def _write_text(path: Path, text: str) -> None:
     path.write_text(text + "\n")
 
 
+def _check_out(args, *names: str) -> None:
+    """``--out`` must not be any of the input options ``names`` (e.g. ``"truth"``, ``"samples_file"``)."""
+    from recoverlib.output_paths import check_output_file
+
+    inputs = []
+    for name in names:
+        value = getattr(args, name, None)
+        for path in value if isinstance(value, list) else [value]:
+            inputs.append(("--" + name.replace("_", "-"), path))
+    check_output_file(args.out, inputs)
+
+
+def _check_ranges(**values: float) -> None:
+    """Counts that must be >= 1 (``bootstrap`` may be 0)."""
+    from recoverlib.errors import RecoverlibError
+
+    for name, value in values.items():
+        if value < (0 if name == "bootstrap" else 1):
+            raise RecoverlibError(f"--{name} must be >= {0 if name == 'bootstrap' else 1} (got {value})")
+
+
 def cmd_optimize_prompt(args) -> int:
     import numpy as np
 
     from recoverlib.combine.search import holdout_split, optimize_prompt, prompt_scorer
     from recoverlib.io import read_truth
+
+    _check_out(args, "train", "validation")
+    config = _search_config(args)
 
     prompts = list(read_truth(args.train).values())
     if args.validation:
@@ -40,7 +64,7 @@ def cmd_optimize_prompt(args) -> int:
         tr, va = holdout_split(len(prompts), args.holdout, np.random.default_rng(args.seed))
         train, valid = [prompts[i] for i in tr], [prompts[i] for i in va]
     ctx = _context(args.embedder)
-    result = optimize_prompt(train, ctx, _search_config(args))
+    result = optimize_prompt(train, ctx, config)
     _write_text(args.out, result.text)
     val = float(prompt_scorer(valid, ctx)([result.text])[0]) if valid else float("nan")
     print(f"mean prompt: {result.text!r}\ntrain score {result.score:.4f} ({len(train)} prompts), "
@@ -65,6 +89,9 @@ def cmd_search_suffix(args) -> int:
     from recoverlib.combine.configio import load_combination
     from recoverlib.combine.search import holdout_split, search_suffix, suffix_scorer
 
+    _check_out(args, "samples_file", "truth", "combination")
+    _check_ranges(rows=args.rows)
+    search = _search_config(args)
     samples, truth = _samples_and_truth(args)
     config = load_combination(args.combination) if args.combination else ConcatConfig()
     ids = list(samples)
@@ -74,7 +101,7 @@ def cmd_search_suffix(args) -> int:
     ctx = _context(args.embedder)
     preds = combine_rows(samples, config, ctx)
     pick = lambda idx: ([preds[ids[i]] for i in idx], [truth[ids[i]] for i in idx])  # noqa: E731
-    result = search_suffix(*pick(tr), ctx, _search_config(args))
+    result = search_suffix(*pick(tr), ctx, search)
     _write_text(args.out, result.text)
     lines = [f"suffix: {result.text!r}; wrote {args.out}"]
     for name, idx in (("train", tr), ("validation", va)):
@@ -92,6 +119,8 @@ def cmd_tune(args) -> int:
     from recoverlib.combine.tune import Candidate, format_table, tune
     from recoverlib.pipeline import DEFAULT_FALLBACK
 
+    _check_out(args, "samples_file", "truth", "mean_prompt", "suffix", "pipeline")
+    _check_ranges(bootstrap=args.bootstrap)
     samples, truth = _samples_and_truth(args)
     mean = read_text_file(args.mean_prompt, "--mean-prompt") if args.mean_prompt else None
     suffix = read_text_file(args.suffix, "--suffix") if args.suffix else None
@@ -113,6 +142,7 @@ def cmd_combine(args) -> int:
     from recoverlib.io import read_samples, write_submission
     from recoverlib.pipeline import DEFAULT_FALLBACK
 
+    _check_out(args, "samples_file", "combination")
     config = load_combination(args.combination)
     samples = read_samples(args.samples_file)
     prompts = combine_rows(samples, config, _context(args.embedder))

@@ -33,8 +33,15 @@ def add_commands(subparsers) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from recoverlib.quant.api import quantize
+    from recoverlib.model_folder import require_model_folder
+    from recoverlib.output_paths import check_output_folder
+    from recoverlib.quant.api import META_FILE, quantize
 
+    require_model_folder(args.model)
+    inputs = [("--model", args.model), ("--calibration", args.calibration)]
+    check_output_folder(args.out, inputs, marker=META_FILE)
+    if args.export_vllm:
+        check_output_folder(args.export_vllm, [*inputs, ("--out", args.out)], marker="config.json")
     out = quantize(args.model, args.plan, args.out, calibration=args.calibration, seed=args.seed,
                    progress=not args.quiet, device=args.device, max_shard_size=args.max_shard_size)
     if args.export_vllm:

@@ -25,9 +25,12 @@ def out_folder(args) -> Path:
 
 
 def cmd_make_tiny(args) -> int:
+    from recoverlib.output_paths import check_output_folder
     from recoverlib.tiny import make_tiny, make_trained_tiny
+    from recoverlib.tiny.trained import STAMP
 
     make = make_trained_tiny if args.trained else make_tiny
+    check_output_folder(out_folder(args), [], marker=STAMP if args.trained else "tiny.json")
     out = make(out_folder(args), adapters=args.adapters, seed=args.seed)
     print(f"tiny model: {out / 'model'}", file=args.stdout)
     for p in sorted((out / "adapters").glob("*")):

@@ -9,9 +9,11 @@ from recoverlib.cli.tiny import add_positional_out, out_folder
 
 
 def cmd_make_task(args) -> int:
+    from recoverlib.output_paths import check_output_folder
     from recoverlib.synthetic.generator import TaskConfig, write_task
 
     config = TaskConfig(rows=args.rows, eval_rows=args.eval_rows, ambiguity=args.ambiguity, seed=args.seed)
+    check_output_folder(out_folder(args), [], marker="task.json")
     out = write_task(out_folder(args), config)
     print(f"wrote {out}/train.csv ({config.rows} rows), validation.csv, test.csv and test_truth.csv "
           f"({config.eval_rows} rows each)", file=args.stdout)
@@ -19,6 +21,8 @@ def cmd_make_task(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from recoverlib.model_folder import require_model_folder
+    from recoverlib.output_paths import check_output_folder
     from recoverlib.training.lora import TrainConfig, train_adapter
 
     config = TrainConfig(
@@ -26,6 +30,9 @@ def cmd_train(args) -> int:
         batch_size=args.batch_size, max_rows=args.max_rows, score_rows=args.score_rows, embedder=args.embedder,
         plan={"4bit": "bnb-nf4"}.get(args.plan, args.plan), seed=args.seed,
     )
+    require_model_folder(args.model)
+    inputs = [("--model", args.model), ("--train", args.train), ("--validation", args.validation)]
+    check_output_folder(args.out, inputs, marker="adapter_config.json")
     result = train_adapter(args.model, args.train, args.out, args.validation, config)
     for h in result.history:
         print("epoch {epoch}: val_loss {val_loss}, val_score {score}".format(score=h.get("val_score", "-"), **h),

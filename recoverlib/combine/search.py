@@ -142,6 +142,8 @@ def search_suffix(predictions: Sequence[str], truths: Sequence[str], ctx, config
 
 def holdout_split(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Seeded (train, validation) index arrays; validation gets ``fraction`` of ``n`` (at least 1 when n >= 2)."""
+    if not 0 <= fraction < 1:
+        raise RecoverlibError(f"holdout must be in [0, 1) (got {fraction}): the rest is what the search learns from")
     order = rng.permutation(n)
     k = max(1, round(n * fraction)) if n >= 2 else 0
     return np.sort(order[k:]), np.sort(order[:k])

@@ -41,8 +41,10 @@ class SamplingConfig:
     def __post_init__(self):
         if self.samples < 1:
             raise RecoverlibError(f"samples must be >= 1 (got {self.samples})")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise RecoverlibError(f"bad sampling: temperature {self.temperature}, top_p {self.top_p}")
+        if not self.temperature >= 0:  # also refuses NaN
+            raise RecoverlibError(f"temperature must be >= 0 (got {self.temperature})")
+        if not 0 < self.top_p <= 1:
+            raise RecoverlibError(f"top_p must be in (0, 1] (got {self.top_p})")
         if self.max_new_tokens < 1:
             raise RecoverlibError(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
 
@@ -56,6 +58,7 @@ class SamplingConfig:
 
 
 LORA_MODES = ("dynamic", "merged", "auto")
+DTYPES = ("auto", "bfloat16", "float16", "float32")  # names both engines read the same way (auto: by device)
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,15 @@ class EngineConfig:
     def __post_init__(self):
         if self.lora_mode not in LORA_MODES:
             raise RecoverlibError(f"lora mode {self.lora_mode!r}: choose one of {', '.join(LORA_MODES)}")
+        if self.dtype not in DTYPES:
+            raise RecoverlibError(f"dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+        at_least_one = {"batch_size": self.batch_size, "max_model_len": self.max_model_len,
+                        "max_lora_rank": self.max_lora_rank, "max_num_seqs": self.max_num_seqs}
+        for name, value in at_least_one.items():
+            if value is not None and value < 1:
+                raise RecoverlibError(f"{name} must be >= 1 (got {value})")
+        if not self.kv_cache_gib > 0:
+            raise RecoverlibError(f"kv_cache_gib must be > 0 (got {self.kv_cache_gib})")
         if self.tensor_parallel_size < 1:
             raise RecoverlibError(f"tensor parallel size must be >= 1 (got {self.tensor_parallel_size})")
         if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
@@ -168,10 +180,13 @@ class Engine(ABC):
     def max_model_len(self) -> int: ...
 
     @abstractmethod
-    def generate(self, prompts: Prompts, sampling: SamplingConfig, adapters: Sequence[str | None]) -> Samples:
+    def generate(self, prompts: Prompts, sampling: SamplingConfig, adapters: Sequence[str | None],
+                 keys: Sequence[int] | None = None) -> Samples:
         """For each adapter name (``None`` = base), ``n`` texts per prompt, continuation only, special tokens removed.
 
         ``prompts`` is one list for every adapter, or a mapping adapter -> list (same length for each).
+        ``keys``: one int per prompt that seeds it (default: its position); the pipeline passes each row's position
+        in the input, so a row's samples do not depend on which call or chunk serves it.
         """
 
     @abstractmethod
@@ -195,6 +210,15 @@ class Engine(ABC):
                 raise ValueError(f"no prompts given for adapter(s) {missing}")
             return {a: prompts[a] for a in adapters}
         return dict.fromkeys(adapters, prompts)
+
+    @staticmethod
+    def prompt_keys(keys: Sequence[int] | None, n: int) -> Sequence[int]:
+        """The seed keys of ``n`` prompts: ``keys`` (checked) or their positions."""
+        if keys is None:
+            return range(n)
+        if len(keys) != n:
+            raise ValueError(f"{len(keys)} keys for {n} prompts")
+        return keys
 
     def adapter_index(self, adapter: str | None) -> int:
         """0 for the base, 1.. for adapters in name order (stable across engines, used to derive seeds)."""

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from recoverlib.engines.base import DTYPES
 from recoverlib.errors import RecoverlibError
 
 BF16_CAPABILITY = (8, 0)  # Ampere; T4 (Turing) is 7.5, V100 7.0
-DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ copied into the plain model while its prompts are generated, then the base weigh
 ``auto`` is ``merged`` where merging is exact (a plain base, plain LoRA adapters), else ``dynamic``: merged
 weights generated 1.10-1.14x as fast as PEFT's layers on the 2-core CPU, 3.2-3.4x on an H100. Sampling is seeded per
 (batch, adapter) inside ``torch.random.fork_rng``, so the caller's seed decides the output and the global RNG is
-left as it was.
+left as it was. A batch's seed comes from its first prompt's key, so the same prompts batched the same way give
+the same samples in any call (the pipeline chunks rows at fixed input positions, so a resumed run batches alike).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def load_causal_lm(model_path: Path, dtype: str):
     if (Path(model_path) / META_FILE).is_file():
         return load_quantized(model_path, device_map=device_map).eval()  # compute dtype is the plan's
     check_plain_loadable(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype), device_map=device_map)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype), device_map=device_map,
+                                                 use_safetensors=True)  # never a pickle
     return model.eval()
 
 
@@ -173,7 +175,8 @@ class HFEngine(Engine):
                 for k, v in saved.items():
                     params[k].copy_(v)
 
-    def generate(self, prompts: Prompts, sampling: SamplingConfig, adapters: Sequence[str | None]) -> Samples:
+    def generate(self, prompts: Prompts, sampling: SamplingConfig, adapters: Sequence[str | None],
+                 keys: Sequence[int] | None = None) -> Samples:
         requests = self._requests(prompts, adapters)
         bar = tqdm(total=sum(map(len, requests.values())), desc="generate (hf)", unit="prompt")
         out: Samples = {}
@@ -181,7 +184,8 @@ class HFEngine(Engine):
             out[adapter] = []
             for start in range(0, len(adapter_prompts), self.config.batch_size):
                 batch = list(adapter_prompts[start : start + self.config.batch_size])
-                out[adapter] += self._generate_batch(batch, sampling, adapter, seed=sampling.request_seed(start, self.adapter_index(adapter)))
+                key = self.prompt_keys(keys, len(adapter_prompts))[start]  # a batch is seeded by its first prompt
+                out[adapter] += self._generate_batch(batch, sampling, adapter, seed=sampling.request_seed(key, self.adapter_index(adapter)))
                 bar.update(len(batch))
         bar.close()
         return out

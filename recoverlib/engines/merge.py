@@ -116,7 +116,7 @@ def merge_full_model(base: Path, adapter: AdapterInfo, out: Path, dtype) -> Path
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True)
     model = PeftModel.from_pretrained(model, str(adapter.path)).merge_and_unload()
     model.to(dtype).save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(base).save_pretrained(out)

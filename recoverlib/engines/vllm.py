@@ -254,17 +254,18 @@ class VLLMEngine(Engine):
             detokenize=False,
         )
 
-    def _run(self, requests: dict[str | None, Sequence[str]], sampling: SamplingConfig, lora: bool) -> Samples:
+    def _run(self, requests: dict[str | None, Sequence[str]], sampling: SamplingConfig, lora: bool,
+             keys: Sequence[int] | None = None) -> Samples:
         """One ``generate`` call over every (adapter, prompt) pair; LoRA requests attached when ``lora``."""
         tok = self.tokenizer
         flat_prompts, flat_params, flat_loras = [], [], []
         for adapter, adapter_prompts in requests.items():
             # Token ids, not strings: the prompt already holds its BOS (chat template); vLLM would add another.
             ids = tok(list(adapter_prompts), add_special_tokens=False)["input_ids"] if adapter_prompts else []
-            for i, prompt_ids in enumerate(ids):
+            for key, prompt_ids in zip(self.prompt_keys(keys, len(ids)), ids, strict=True):
                 flat_prompts.append({"prompt_token_ids": prompt_ids})
                 flat_loras.append(self._lora_requests[adapter] if (lora and adapter) else None)
-                flat_params.append(self._params(sampling, i, adapter))
+                flat_params.append(self._params(sampling, key, adapter))
         lora_arg = flat_loras if any(r is not None for r in flat_loras) else None
         outputs = self._llm.generate(flat_prompts, flat_params, lora_request=lora_arg, use_tqdm=True)
         completions = [c.token_ids for out in outputs for c in out.outputs]
@@ -277,16 +278,17 @@ class VLLMEngine(Engine):
             start += len(adapter_prompts)
         return result
 
-    def generate(self, prompts: Prompts, sampling: SamplingConfig, adapters: Sequence[str | None]) -> Samples:
+    def generate(self, prompts: Prompts, sampling: SamplingConfig, adapters: Sequence[str | None],
+                 keys: Sequence[int] | None = None) -> Samples:
         requests = self._requests(prompts, adapters)
         if self.lora_mode == "dynamic":
             self._use(self.model_path)
-            return self._run(requests, sampling, lora=True)
+            return self._run(requests, sampling, lora=True, keys=keys)
         out: Samples = {}
         # Base first and expert adapters last: the fewest restarts.
         for adapter in sorted(requests, key=lambda a: (a is not None, a is not None and self._needs_fresh_engine(self.adapters[a]))):
             with self._serving(adapter):
-                out.update(self._run({adapter: requests[adapter]}, sampling, lora=False))
+                out.update(self._run({adapter: requests[adapter]}, sampling, lora=False, keys=keys))
         return {a: out[a] for a in adapters}
 
     @contextmanager

@@ -15,6 +15,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from recoverlib.errors import RecoverlibError
 from recoverlib.prompt import INSTRUCTION, RESPONSE_PREFIX
 
 # Mixtral-Instruct's own turn markers; BOS is added by the template, not by the tokenizer.
@@ -161,8 +162,8 @@ def make_adapter(model, out_dir: str | Path, rank: int, seed: int, targets=ATTEN
 def make_tiny(out_dir: str | Path, adapters: int = 2, seed: int = 0, spec: TinySpec | None = None) -> Path:
     """Write the tiny model and ``adapters`` LoRA adapters (``tiny-a``, ``tiny-b``, ...) under ``out_dir``."""
     spec = spec or TinySpec()
-    if adapters > len(spec.adapter_ranks):
-        raise ValueError(f"at most {len(spec.adapter_ranks)} adapters (got {adapters})")
+    if not 0 <= adapters <= len(spec.adapter_ranks):
+        raise RecoverlibError(f"adapters must be between 0 and {len(spec.adapter_ranks)} (got {adapters})")
     out_dir = Path(out_dir)
     model, _ = make_base(out_dir / "model", spec, seed)
     for k in range(adapters):

@@ -55,10 +55,15 @@ class TrainConfig:
             raise RecoverlibError(f"targets must be one of {', '.join(TARGETS)} (got {self.targets!r})")
         if self.plan not in PLANS:
             raise RecoverlibError(f"training plan must be one of {', '.join(PLANS)} (got {self.plan!r})")
-        if self.rank < 1 or self.alpha <= 0 or self.epochs < 1 or self.lr <= 0 or self.batch_size < 1:
-            raise RecoverlibError(
-                f"bad training settings: rank {self.rank}, alpha {self.alpha}, epochs {self.epochs}, lr {self.lr}"
-            )
+        bad = [f"{name} {value}" for name, value, ok in (
+            ("rank", self.rank, self.rank >= 1), ("alpha", self.alpha, self.alpha > 0),
+            ("epochs", self.epochs, self.epochs >= 1), ("lr", self.lr, self.lr > 0),
+            ("batch_size", self.batch_size, self.batch_size >= 1), ("max_length", self.max_length, self.max_length >= 16),
+            ("max_rows", self.max_rows, self.max_rows is None or self.max_rows >= 1),
+            ("score_rows", self.score_rows, self.score_rows >= 0),
+            ("dropout", self.dropout, 0 <= self.dropout < 1)) if not ok]
+        if bad:
+            raise RecoverlibError(f"bad training settings: {', '.join(bad)} (counts >= 1, score_rows >= 0, lr and alpha > 0)")
         if self.experts and self.dropout:
             raise RecoverlibError("LoRA on experts needs dropout 0 (PEFT's ParamWrapper has no dropout)")
 
@@ -159,7 +164,7 @@ def load_base(model_path: str | Path, four_bit: bool):
 
     if not four_bit:
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, use_safetensors=True)
         return model.to("cuda") if torch.cuda.is_available() else model
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
@@ -168,7 +173,8 @@ def load_base(model_path: str | Path, four_bit: bool):
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
         bnb_4bit_use_double_quant=True, llm_int8_skip_modules=["gate", "lm_head"],
     )
-    model = AutoModelForCausalLM.from_pretrained(model_path, quantization_config=bnb, device_map={"": 0})
+    model = AutoModelForCausalLM.from_pretrained(model_path, quantization_config=bnb, device_map={"": 0},
+                                                 use_safetensors=True)
     return prepare_model_for_kbit_training(model)
 
 
