@@ -124,8 +124,8 @@ def assert_refused(argv: list[str], root: Path, capsys, expect: str) -> None:
 # -- the table: (command, case id, argv builder over the workspace, expected part of the error line) ----------
 
 
-def _predict(w, *extra, out="out.csv"):
-    return ["predict", "--engine", "hf", "--model", f"{w}/model", "--input", f"{w}/in.csv", "--out", f"{w}/{out}",
+def _predict(w, *extra, out="out.csv", model="model"):
+    return ["predict", "--engine", "hf", "--model", f"{w}/{model}", "--input", f"{w}/in.csv", "--out", f"{w}/{out}",
             "--max-new-tokens", "4", "--samples", "1", *extra]
 
 
@@ -222,13 +222,17 @@ CASES = [
     ("predict", "max-model-len-0", lambda w: _predict(w, "--max-model-len", "0"), "max_model_len must be >= 1"),
     ("predict", "max-model-len-below-new-tokens", lambda w: _predict(w, "--max-model-len", "8"), "leaves"),
     ("predict", "kv-cache-0", lambda w: _predict(w, "--kv-cache-gib", "0"), "kv_cache_gib must be > 0"),
-    ("predict", "unknown-dtype", lambda w: _predict(w, "--dtype", "float99"), "dtype 'float99'"),
+    ("predict", "unknown-dtype", lambda w: _predict(w, "--dtype", "float99"), "invalid choice: 'float99'"),
     ("predict", "unknown-engine", lambda w: _predict(w, "--engine", "nope"), "unknown engine 'nope'"),
     ("predict", "unknown-lora-mode", lambda w: _predict(w, "--lora-mode", "nope"), "invalid choice"),
     # predict: models and adapters
-    ("predict", "model-missing", lambda w: [*_predict(w), "--model", f"{w}/nope"], "no such folder"),
-    ("predict", "model-not-a-model", lambda w: [*_predict(w), "--model", f"{w}/folder"], "not an HF model folder"),
-    ("predict", "model-pickle-only", lambda w: [*_predict(w), "--model", f"{w}/pickled_model"], "pickle"),
+    ("predict", "model-missing", lambda w: _predict(w, model="nope"), "no such folder"),
+    ("predict", "model-not-a-model", lambda w: _predict(w, model="folder"), "not an HF model folder"),
+    ("predict", "model-pickle-only", lambda w: _predict(w, model="pickled_model"), "pickle"),
+    ("predict", "two-bases-one-unnamed", lambda w: [*_predict(w), "--model", f"other={w}/model"], "NAME=PATH"),
+    ("predict", "two-bases-adapter-without-base",
+     lambda w: [*_predict(w, model=f"a={w}/model"), "--model", f"b={w}/model", "--adapter", f"x={w}/model"],
+     "BASE:NAME=PATH"),
     ("predict", "adapter-missing", lambda w: _predict(w, "--adapter", f"a={w}/nope"), "no such folder"),
     ("predict", "adapter-not-name-path", lambda w: _predict(w, "--adapter", f"{w}/adapter"), "expected NAME=PATH"),
     ("predict", "adapter-duplicate-name", lambda w: _predict(w, "--adapter", f"a={w}/adapter", "--adapter", f"a={w}/adapter"), "duplicate adapter name"),

@@ -128,6 +128,7 @@ def test_console_entry_exits_with_the_command_status(tmp_path):
     assert res.stderr.strip().splitlines()[-1].startswith("recoverlib: error: ")
 
 
+@pytest.mark.slow
 def test_two_bases_in_one_run_resume_across_bases(tiny_dir, sample_csv, tmp_path):
     """Two base models served in turn through the CLI: every row combines both bases' samples, the samples file
     records each sample's base, and a run cut after the first base resumes with the second only."""
