@@ -46,17 +46,52 @@ save_quantized(model, report, sys.argv[1], sys.argv[3])
 """
 
 
-def run_measured(cmd: list[str], env: dict) -> tuple[float, int, str]:
-    """Run ``cmd``; wall seconds, its peak RSS in bytes (``ru_maxrss`` of that process alone), and its stderr tail."""
+def run_measured(cmd: list[str], env: dict, phase_of=lambda: "run") -> tuple[float, int, dict[str, int]]:
+    """Run ``cmd``: wall seconds, its peak RSS in bytes (``ru_maxrss`` of that process alone, from ``os.wait4``),
+    and the largest RSS polled (every 50 ms, psutil) within each phase ``phase_of()`` names."""
+    import threading
+
+    import psutil
+
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    phases: dict[str, int] = {}
+    stop = threading.Event()
+
+    def poll() -> None:
+        ps = psutil.Process(proc.pid)
+        while not stop.is_set():
+            try:
+                rss, phase = ps.memory_info().rss, phase_of()
+            except (psutil.Error, OSError):
+                return
+            phases[phase] = max(phases.get(phase, 0), rss)
+            time.sleep(0.05)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
     stderr = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
+    stop.set()
+    poller.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:6])} ... failed ({proc.returncode}): {stderr[-2000:]}")
-    return wall, usage.ru_maxrss * 1024, stderr[-500:]
+    return wall, usage.ru_maxrss * 1024, phases
+
+
+def stream_phase(out: Path):
+    """The streaming quantizer's phase, read from what it has written: pieces, packing shards, audit."""
+    partial = out.parent / f"{out.name}.partial"
+
+    def phase() -> str:
+        final = partial / "final"
+        if not final.exists():
+            return "pieces"
+        return "audit" if (final / "config.json").exists() else "pack"
+
+    return phase
 
 
 def measure(src: Path, out: Path, preset: str, layers: int, path: str, args) -> dict:
@@ -70,7 +105,7 @@ def measure(src: Path, out: Path, preset: str, layers: int, path: str, args) -> 
                "--out", str(out), "--quiet", "--max-shard-size", args.max_shard_size]
     else:
         cmd = [sys.executable, "-c", WHOLE_MODEL, str(src), preset, str(out)]
-    wall, rss, _ = run_measured(cmd, env)
+    wall, rss, phases = run_measured(cmd, env, stream_phase(out) if path == "streaming" else (lambda: "run"))
     audit = read_meta(out)["audit"]
     size16 = sum(f.stat().st_size for f in src.glob("*.safetensors"))
     cfg = read_config(src)
@@ -80,7 +115,8 @@ def measure(src: Path, out: Path, preset: str, layers: int, path: str, args) -> 
            "planner_peak_GB": est.host_bytes / 1e9 if path == "streaming" else float("nan"),
            "out_GB": sum(f.stat().st_size for f in out.glob("*.safetensors")) / 1e9,
            "audited_GB": audit["total_bytes"] / 1e9, "bits_per_param": audit["effective_bits"],
-           "planned_eq_audited": audit["total_bytes"] == audit["planned_bytes"]}
+           "planned_eq_audited": audit["total_bytes"] == audit["planned_bytes"],
+           **{f"rss_{k}_GB": phases.get(k, float("nan")) / 1e9 for k in ("pieces", "pack", "audit")}}
     print(json.dumps(row), file=sys.stderr, flush=True)
     return row
 
@@ -137,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scratch", type=Path, default=Path("/work/scratch/quant_scale"))
     p.add_argument("--out-dir", type=Path, default=None, help="default: benchmarks/results (--quick: --scratch)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="quant_scale", help="results file stem")
     args = p.parse_args(argv)
     from recoverlib.quant.plan import PRESETS
     from recoverlib.quant.planner import MIXTRAL_8X7B, quantize_peak
@@ -185,9 +222,9 @@ def report(rows, args, shapes, out_dir: Path, mixtral: dict, presets, quantize_p
     cmd = "python benchmarks/quant_scale.py" + (" --quick" if args.quick else "")
     notes = [f"Command: `{cmd}` (layers {args.layers}, presets {args.presets}, --max-shard-size {args.max_shard_size})",
              f"Shapes: {width}; {json.dumps(shapes)}", f"Machine: {machine_line(machine_info())}", *notes]
-    write_table(frame, out_dir, "quant_scale", "recoverlib quantize at Mixtral-8x7B scale: peak RSS and time per layer", notes)
-    plot(rows, extrapolated, out_dir / "quant_scale.png", f"peak RSS of recoverlib quantize ({', '.join(args.presets)}), {width}")
-    print((out_dir / "quant_scale.md").read_text())
+    write_table(frame, out_dir, args.name, "recoverlib quantize at Mixtral-8x7B scale: peak RSS and time per layer", notes)
+    plot(rows, extrapolated, out_dir / f"{args.name}.png", f"peak RSS of recoverlib quantize ({', '.join(args.presets)}), {width}")
+    print((out_dir / f"{args.name}.md").read_text())
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Safetensors checkpoints tensor by tensor: read a (sharded) HF folder lazily, write HF-sharded output.
 
-Reading goes through safetensors' ``safe_open``, one file opened per request and closed after it, so the
-memory-mapped pages of a tensor already read do not stay resident (they count in RSS while mapped). Writing:
+Reading goes through safetensors' ``safe_open``, one open per tensor, so a tensor is a view of its own memory map
+that costs memory only once used and releases it when freed (see :meth:`Checkpoint.read`). Writing:
 :func:`write_sharded` packs named tensor groups into ``model-0000i-of-0000n.safetensors`` files of at most
 ``max_shard_bytes`` (one ``model.safetensors`` when everything fits, as transformers' ``save_pretrained`` does)
 plus ``model.safetensors.index.json``, holding one shard in memory at a time.
@@ -126,9 +126,11 @@ class Checkpoint:
         return cls(folder, files, sizes)
 
     def read(self, names: Iterable[str], device: str = "cpu") -> dict:
-        """Tensors by disk name. The file is opened and closed for each tensor: safetensors maps the file, and
-        the mapped pages a read touches count in the process's RSS until the map is closed, so a whole layer read
-        under one open would be resident twice (its copy plus the mapped pages)."""
+        """Tensors by disk name, backed by the file's memory map: nothing is resident until a tensor is used
+        (940 MB of expert tensors added 3.6 MB of RSS here), and a used tensor's pages stay resident while its
+        map lives. The file is opened for each tensor, so each tensor has its own map and freeing the tensor (a
+        16-bit linear once quantized) releases its pages; one map shared by a whole layer would keep every page
+        read until the last tensor of the layer was freed."""
         out = {}
         for k in names:
             if k not in self.files:
