@@ -243,4 +243,6 @@ def test_quantize_on_cuda_audits_and_reloads(preset, base4, tmp_path):
 
     ref = AutoModelForCausalLM.from_pretrained(base4, dtype=torch.bfloat16).eval()
     ids = torch.randint(3, 2048, (2, 12), generator=torch.Generator().manual_seed(0))
-    assert logits_error(ref, load_quantized(out), ids)["rel_error"] < 0.7
+    model = load_quantized(out, device_map="cuda:0")
+    assert next(model.parameters()).device.type == "cuda"
+    assert logits_error(ref, model, ids)["rel_error"] < 0.7
