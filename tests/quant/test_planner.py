@@ -43,10 +43,12 @@ def test_peak_quantize_memory_from_config_alone():
     layer_params = 3 * 8 * 4096 * 14336 + 4096 * (2 * 4096 + 2 * 1024) + 8 * 4096 + 2 * 4096  # experts, attn, router, norms
     assert one.piece_16bit == 2 * layer_params  # the largest piece is a decoder layer in bf16
     assert four.host_bytes == full.host_bytes  # flat in layers once the output fills a shard
-    assert full.host_bytes == FIXED_HOST + max(full.piece_16bit + full.transient, full.shard, full.piece_quantized)
+    quantizing = full.piece_quantized + full.largest_linear_16bit + full.transient
+    assert full.host_bytes == FIXED_HOST + max(quantizing, full.shard)
+    assert full.largest_linear_16bit == 2 * 4096 * 14336
     assert full.weights_bytes == plan_bytes(MIXTRAL_8X7B, plan).total_bytes and full.device_bytes == 0
-    gpu = quantize_peak(MIXTRAL_8X7B, plan, "cuda", max_shard_bytes=2 * 10**9)
-    assert gpu.device_bytes > gpu.piece_quantized and gpu.host_bytes < full.host_bytes  # transient on the GPU
+    cpu, gpu = (quantize_peak(MIXTRAL_8X7B, plan, device, max_shard_bytes=10**9) for device in ("cpu", "cuda"))
+    assert gpu.device_bytes > gpu.piece_quantized and gpu.host_bytes < cpu.host_bytes  # the transient is on the GPU
 
 
 def test_plan_command_says_whether_it_fits(capsys):
