@@ -127,6 +127,22 @@ def _size(text: str) -> int:
     return parse_size(text)
 
 
+def rows_from_csv(csv: Path, shapes: dict, args) -> list[dict]:
+    """Measured rows of an earlier run, with the planner's estimate recomputed from each row's config."""
+    import pandas as pd
+
+    from recoverlib.quant.plan import PRESETS
+    from recoverlib.quant.planner import quantize_peak
+
+    rows = pd.read_csv(csv).to_dict("records")
+    for r in rows:
+        if r["path"] == "streaming":
+            cfg = {**shapes, "num_hidden_layers": int(r["layers"]), "model_type": "mixtral"}
+            r["planner_peak_GB"] = quantize_peak(cfg, PRESETS[r["preset"]], "cpu", _size(args.max_shard_size)).host_bytes / 1e9
+    args.layers = sorted({int(r["layers"]) for r in rows})
+    return rows
+
+
 def per_layer_fit(rows: list[dict]) -> tuple[float, float]:
     """Least-squares (seconds per layer, fixed seconds) of wall time over layers."""
     xs, ys = [r["layers"] for r in rows], [r["wall_s"] for r in rows]
@@ -137,7 +153,7 @@ def per_layer_fit(rows: list[dict]) -> tuple[float, float]:
     return slope, my - slope * mx
 
 
-def plot(rows: list[dict], extrapolated: list[tuple[int, float]], out: Path, title: str) -> None:
+def plot(rows: list[dict], extrapolated: list[tuple[int, float]], out: Path, title: str, full32: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,6 +163,8 @@ def plot(rows: list[dict], extrapolated: list[tuple[int, float]], out: Path, tit
     stream = [r for r in rows if r["path"] == "streaming"]
     ax.plot([r["layers"] for r in stream], [r["peak_rss_GB"] for r in stream], "o-", label="streaming: measured peak RSS")
     ax.plot([x for x, _ in extrapolated], [y for _, y in extrapolated], "s--", label="streaming: planner estimate")
+    if full32 is not None:
+        ax.axhline(full32, color="purple", lw=0.8, label=f"planner, 32 layers (Mixtral-8x7B): {full32:.1f} GB")
     ax.plot([r["layers"] for r in stream], [r["bf16_GB"] for r in stream], ":", color="grey", label="bf16 checkpoint size")
     ax.plot([r["layers"] for r in stream], [0.5 * r["bf16_GB"] for r in stream], ":", color="green", label="target 0.5x bf16")
     whole = [r for r in rows if r["path"] == "whole-model"]
@@ -174,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out-dir", type=Path, default=None, help="default: benchmarks/results (--quick: --scratch)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="quant_scale", help="results file stem")
+    p.add_argument("--from-csv", type=Path, default=None,
+                   help="rebuild the report from a results CSV (measured columns kept, planner column recomputed)")
     args = p.parse_args(argv)
     from recoverlib.quant.plan import PRESETS
     from recoverlib.quant.planner import MIXTRAL_8X7B, quantize_peak
@@ -182,8 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.whole_model_layers is None:
         args.whole_model_layers = [] if args.quick else [1]
     out_dir = args.out_dir or (args.scratch if args.quick else ROOT / "benchmarks" / "results")
-    rows = []
-    for layers in args.layers:
+    rows = [] if args.from_csv is None else rows_from_csv(args.from_csv, shapes, args)
+    for layers in args.layers if args.from_csv is None else []:
         cfg = {**shapes, "num_hidden_layers": layers}
         src = args.scratch / f"src-L{layers}"
         shutil.rmtree(src, ignore_errors=True)
@@ -210,20 +230,25 @@ def report(rows, args, shapes, out_dir: Path, mixtral: dict, presets, quantize_p
         slope, fixed = per_layer_fit(stream)
         full32 = {**mixtral, **shapes, "num_hidden_layers": 32}
         est = quantize_peak(full32, presets[preset], "cpu", _size(args.max_shard_size))
-        extrapolated = [(r["layers"], r["planner_peak_GB"]) for r in stream] + [(32, est.host_bytes / 1e9)]
-        err = [abs(r["planner_peak_GB"] - r["peak_rss_GB"]) / r["peak_rss_GB"] for r in stream]
+        extrapolated = [(r["layers"], r["planner_peak_GB"]) for r in stream]
+        err = [(r["planner_peak_GB"] - r["peak_rss_GB"]) / r["peak_rss_GB"] for r in stream]
         notes += [f"{preset}: {slope:.1f} s per layer + {fixed:.1f} s fixed (least squares over {len(stream)} runs); "
                   f"32 layers: about {(32 * slope + fixed) / 3600:.2f} h and a planner peak of {est.host_bytes / 1e9:.2f} GB RSS "
                   f"({est.weights_bytes / 1e9:.2f} GB written)",
-                  f"{preset}: planner peak vs measured: within {100 * max(err, default=float('nan')):.0f}% "
-                  f"(per run: {', '.join(f'{100 * e:+.0f}%' for e in err)})"]
+                  f"{preset}: planner peak vs measured: within {100 * max(map(abs, err), default=float('nan')):.0f}% "
+                  f"(per run, planner minus measured: {', '.join(f'{100 * e:+.0f}%' for e in err)})",
+                  *[f"{preset}, {r['layers']} layer(s): peak RSS {r['peak_rss_GB']:.2f} GB = {r['rss_over_bf16']:.2f}x "
+                    f"the bf16 checkpoint ({r['path']})" for r in rows if r["preset"] == preset]]
     frame = pd.DataFrame(rows)
     width = "Mixtral-8x7B full width" if not args.quick else "reduced width (hidden 512, quick)"
     cmd = "python benchmarks/quant_scale.py" + (" --quick" if args.quick else "")
+    if args.from_csv is not None:
+        cmd += f" --from-csv {args.from_csv}"
     notes = [f"Command: `{cmd}` (layers {args.layers}, presets {args.presets}, --max-shard-size {args.max_shard_size})",
              f"Shapes: {width}; {json.dumps(shapes)}", f"Machine: {machine_line(machine_info())}", *notes]
     write_table(frame, out_dir, args.name, "recoverlib quantize at Mixtral-8x7B scale: peak RSS and time per layer", notes)
-    plot(rows, extrapolated, out_dir / f"{args.name}.png", f"peak RSS of recoverlib quantize ({', '.join(args.presets)}), {width}")
+    plot(rows, extrapolated, out_dir / f"{args.name}.png", f"peak RSS of recoverlib quantize ({', '.join(args.presets)}), {width}",
+         est.host_bytes / 1e9)
     print((out_dir / f"{args.name}.md").read_text())
 
 
