@@ -46,17 +46,52 @@ save_quantized(model, report, sys.argv[1], sys.argv[3])
 """
 
 
-def run_measured(cmd: list[str], env: dict) -> tuple[float, int, str]:
-    """Run ``cmd``; wall seconds, its peak RSS in bytes (``ru_maxrss`` of that process alone), and its stderr tail."""
+def run_measured(cmd: list[str], env: dict, phase_of=lambda: "run") -> tuple[float, int, dict[str, int]]:
+    """Run ``cmd``: wall seconds, its peak RSS in bytes (``ru_maxrss`` of that process alone, from ``os.wait4``),
+    and the largest RSS polled (every 50 ms, psutil) within each phase ``phase_of()`` names."""
+    import threading
+
+    import psutil
+
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    phases: dict[str, int] = {}
+    stop = threading.Event()
+
+    def poll() -> None:
+        ps = psutil.Process(proc.pid)
+        while not stop.is_set():
+            try:
+                rss, phase = ps.memory_info().rss, phase_of()
+            except (psutil.Error, OSError):
+                return
+            phases[phase] = max(phases.get(phase, 0), rss)
+            time.sleep(0.05)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
     stderr = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
+    stop.set()
+    poller.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:6])} ... failed ({proc.returncode}): {stderr[-2000:]}")
-    return wall, usage.ru_maxrss * 1024, stderr[-500:]
+    return wall, usage.ru_maxrss * 1024, phases
+
+
+def stream_phase(out: Path):
+    """The streaming quantizer's phase, read from what it has written: pieces, packing shards, audit."""
+    partial = out.parent / f"{out.name}.partial"
+
+    def phase() -> str:
+        final = partial / "final"
+        if not final.exists():
+            return "pieces"
+        return "audit" if (final / "config.json").exists() else "pack"
+
+    return phase
 
 
 def measure(src: Path, out: Path, preset: str, layers: int, path: str, args) -> dict:
@@ -70,7 +105,7 @@ def measure(src: Path, out: Path, preset: str, layers: int, path: str, args) -> 
                "--out", str(out), "--quiet", "--max-shard-size", args.max_shard_size]
     else:
         cmd = [sys.executable, "-c", WHOLE_MODEL, str(src), preset, str(out)]
-    wall, rss, _ = run_measured(cmd, env)
+    wall, rss, phases = run_measured(cmd, env, stream_phase(out) if path == "streaming" else (lambda: "run"))
     audit = read_meta(out)["audit"]
     size16 = sum(f.stat().st_size for f in src.glob("*.safetensors"))
     cfg = read_config(src)
@@ -80,7 +115,8 @@ def measure(src: Path, out: Path, preset: str, layers: int, path: str, args) -> 
            "planner_peak_GB": est.host_bytes / 1e9 if path == "streaming" else float("nan"),
            "out_GB": sum(f.stat().st_size for f in out.glob("*.safetensors")) / 1e9,
            "audited_GB": audit["total_bytes"] / 1e9, "bits_per_param": audit["effective_bits"],
-           "planned_eq_audited": audit["total_bytes"] == audit["planned_bytes"]}
+           "planned_eq_audited": audit["total_bytes"] == audit["planned_bytes"],
+           **{f"rss_{k}_GB": phases.get(k, float("nan")) / 1e9 for k in ("pieces", "pack", "audit")}}
     print(json.dumps(row), file=sys.stderr, flush=True)
     return row
 
@@ -89,6 +125,22 @@ def _size(text: str) -> int:
     from recoverlib.quant.checkpoint import parse_size
 
     return parse_size(text)
+
+
+def rows_from_csv(csv: Path, shapes: dict, args) -> list[dict]:
+    """Measured rows of an earlier run, with the planner's estimate recomputed from each row's config."""
+    import pandas as pd
+
+    from recoverlib.quant.plan import PRESETS
+    from recoverlib.quant.planner import quantize_peak
+
+    rows = pd.read_csv(csv).to_dict("records")
+    for r in rows:
+        if r["path"] == "streaming":
+            cfg = {**shapes, "num_hidden_layers": int(r["layers"]), "model_type": "mixtral"}
+            r["planner_peak_GB"] = quantize_peak(cfg, PRESETS[r["preset"]], "cpu", _size(args.max_shard_size)).host_bytes / 1e9
+    args.layers = sorted({int(r["layers"]) for r in rows})
+    return rows
 
 
 def per_layer_fit(rows: list[dict]) -> tuple[float, float]:
@@ -101,7 +153,7 @@ def per_layer_fit(rows: list[dict]) -> tuple[float, float]:
     return slope, my - slope * mx
 
 
-def plot(rows: list[dict], extrapolated: list[tuple[int, float]], out: Path, title: str) -> None:
+def plot(rows: list[dict], extrapolated: list[tuple[int, float]], out: Path, title: str, full32: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,6 +163,8 @@ def plot(rows: list[dict], extrapolated: list[tuple[int, float]], out: Path, tit
     stream = [r for r in rows if r["path"] == "streaming"]
     ax.plot([r["layers"] for r in stream], [r["peak_rss_GB"] for r in stream], "o-", label="streaming: measured peak RSS")
     ax.plot([x for x, _ in extrapolated], [y for _, y in extrapolated], "s--", label="streaming: planner estimate")
+    if full32 is not None:
+        ax.axhline(full32, color="purple", lw=0.8, label=f"planner, 32 layers (Mixtral-8x7B): {full32:.1f} GB")
     ax.plot([r["layers"] for r in stream], [r["bf16_GB"] for r in stream], ":", color="grey", label="bf16 checkpoint size")
     ax.plot([r["layers"] for r in stream], [0.5 * r["bf16_GB"] for r in stream], ":", color="green", label="target 0.5x bf16")
     whole = [r for r in rows if r["path"] == "whole-model"]
@@ -137,6 +191,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scratch", type=Path, default=Path("/work/scratch/quant_scale"))
     p.add_argument("--out-dir", type=Path, default=None, help="default: benchmarks/results (--quick: --scratch)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="quant_scale", help="results file stem")
+    p.add_argument("--from-csv", type=Path, default=None,
+                   help="rebuild the report from a results CSV (measured columns kept, planner column recomputed)")
     args = p.parse_args(argv)
     from recoverlib.quant.plan import PRESETS
     from recoverlib.quant.planner import MIXTRAL_8X7B, quantize_peak
@@ -145,8 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.whole_model_layers is None:
         args.whole_model_layers = [] if args.quick else [1]
     out_dir = args.out_dir or (args.scratch if args.quick else ROOT / "benchmarks" / "results")
-    rows = []
-    for layers in args.layers:
+    rows = [] if args.from_csv is None else rows_from_csv(args.from_csv, shapes, args)
+    for layers in args.layers if args.from_csv is None else []:
         cfg = {**shapes, "num_hidden_layers": layers}
         src = args.scratch / f"src-L{layers}"
         shutil.rmtree(src, ignore_errors=True)
@@ -173,21 +230,26 @@ def report(rows, args, shapes, out_dir: Path, mixtral: dict, presets, quantize_p
         slope, fixed = per_layer_fit(stream)
         full32 = {**mixtral, **shapes, "num_hidden_layers": 32}
         est = quantize_peak(full32, presets[preset], "cpu", _size(args.max_shard_size))
-        extrapolated = [(r["layers"], r["planner_peak_GB"]) for r in stream] + [(32, est.host_bytes / 1e9)]
-        err = [abs(r["planner_peak_GB"] - r["peak_rss_GB"]) / r["peak_rss_GB"] for r in stream]
+        extrapolated = [(r["layers"], r["planner_peak_GB"]) for r in stream]
+        err = [(r["planner_peak_GB"] - r["peak_rss_GB"]) / r["peak_rss_GB"] for r in stream]
         notes += [f"{preset}: {slope:.1f} s per layer + {fixed:.1f} s fixed (least squares over {len(stream)} runs); "
                   f"32 layers: about {(32 * slope + fixed) / 3600:.2f} h and a planner peak of {est.host_bytes / 1e9:.2f} GB RSS "
                   f"({est.weights_bytes / 1e9:.2f} GB written)",
-                  f"{preset}: planner peak vs measured: within {100 * max(err, default=float('nan')):.0f}% "
-                  f"(per run: {', '.join(f'{100 * e:+.0f}%' for e in err)})"]
+                  f"{preset}: planner peak vs measured: within {100 * max(map(abs, err), default=float('nan')):.0f}% "
+                  f"(per run, planner minus measured: {', '.join(f'{100 * e:+.0f}%' for e in err)})",
+                  *[f"{preset}, {r['layers']} layer(s): peak RSS {r['peak_rss_GB']:.2f} GB = {r['rss_over_bf16']:.2f}x "
+                    f"the bf16 checkpoint ({r['path']})" for r in rows if r["preset"] == preset]]
     frame = pd.DataFrame(rows)
     width = "Mixtral-8x7B full width" if not args.quick else "reduced width (hidden 512, quick)"
     cmd = "python benchmarks/quant_scale.py" + (" --quick" if args.quick else "")
+    if args.from_csv is not None:
+        cmd += f" --from-csv {args.from_csv}"
     notes = [f"Command: `{cmd}` (layers {args.layers}, presets {args.presets}, --max-shard-size {args.max_shard_size})",
              f"Shapes: {width}; {json.dumps(shapes)}", f"Machine: {machine_line(machine_info())}", *notes]
-    write_table(frame, out_dir, "quant_scale", "recoverlib quantize at Mixtral-8x7B scale: peak RSS and time per layer", notes)
-    plot(rows, extrapolated, out_dir / "quant_scale.png", f"peak RSS of recoverlib quantize ({', '.join(args.presets)}), {width}")
-    print((out_dir / "quant_scale.md").read_text())
+    write_table(frame, out_dir, args.name, "recoverlib quantize at Mixtral-8x7B scale: peak RSS and time per layer", notes)
+    plot(rows, extrapolated, out_dir / f"{args.name}.png", f"peak RSS of recoverlib quantize ({', '.join(args.presets)}), {width}",
+         est.host_bytes / 1e9)
+    print((out_dir / f"{args.name}.md").read_text())
 
 
 if __name__ == "__main__":

@@ -2,17 +2,19 @@
 
 Steps (each reported, a failure does not stop the next): HFEngine on the tiny Mixtral with two adapters, PEFT
 layers (``dynamic``) vs merged weights, tokens/s of 48 rows x 2 adapters x 4 samples x 32 tokens; QLoRA training
-(4-bit NF4 base through TRL) and serving the adapter; bnb-nf4 / bnb-int8 quantization, loaded and serving adapters.
+(4-bit NF4 base through TRL) and serving the adapter; bnb-nf4 / bnb-int8 quantization, loaded and serving adapters;
+streaming quantization on the GPU (bnb-nf4, hqq) with sharded output, reloaded onto the GPU.
 Writes ``$OUT/gpu_check.json`` (default ``out/gpu_check.json``). On a machine without CUDA the QLoRA step reports
 its refusal. Run::
 
-    python examples/gpu_check.py [STEP ...]     # steps: hf_modes qlora bnb (default: all)
+    python examples/gpu_check.py [STEP ...]     # steps: hf_modes qlora bnb stream_cuda (default: all)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -69,6 +71,7 @@ def bnb(tiny: Path, work: Path, rows) -> dict:
 
     out = {}
     for plan in ("bnb-nf4", "bnb-int8"):
+        shutil.rmtree(work / plan, ignore_errors=True)  # quantize refuses a non-empty output folder
         folder = quantize(tiny / "model", plan, work / plan)
         with make_engine("hf", folder, adapter_paths(tiny), EngineConfig()) as eng:
             greedy = eng.generate(prompts(eng, rows[:2]), GREEDY, [None, "tiny-a"])
@@ -77,7 +80,31 @@ def bnb(tiny: Path, work: Path, rows) -> dict:
     return out
 
 
-STEPS = {"hf_modes": hf_modes, "qlora": qlora, "bnb": bnb}
+def stream_cuda(tiny: Path, work: Path, rows) -> dict:
+    """Streaming quantize with ``device="cuda"`` (sharded output), reload onto the GPU, error vs bf16 logits."""
+    from transformers import AutoModelForCausalLM
+
+    from recoverlib.quant.api import load_quantized, quantize, read_meta
+    from recoverlib.quant.compare import logits_error
+
+    ref = AutoModelForCausalLM.from_pretrained(tiny / "model", dtype=torch.bfloat16).eval()
+    ids = torch.randint(3, 2048, (2, 32), generator=torch.Generator().manual_seed(0))
+    out = {}
+    for plan in ("bnb-nf4", "hqq-attn4-exp2"):
+        folder = work / f"stream-{plan}"
+        shutil.rmtree(folder, ignore_errors=True)
+        start = time.perf_counter()
+        quantize(tiny / "model", plan, folder, device="cuda", max_shard_size="1MB", progress=False)
+        seconds = time.perf_counter() - start
+        model = load_quantized(folder, device_map="cuda:0")
+        audit = read_meta(folder)["audit"]
+        out[plan] = {"quantize_s": round(seconds, 1), "shards": len(list(folder.glob("model-*.safetensors"))),
+                     "device": str(next(model.parameters()).device), "planned_eq_audited": audit["total_bytes"] == audit["planned_bytes"],
+                     "rel_error": logits_error(ref, model, ids)["rel_error"]}
+    return out
+
+
+STEPS = {"hf_modes": hf_modes, "qlora": qlora, "bnb": bnb, "stream_cuda": stream_cuda}
 
 
 def main(argv: list[str]) -> int:

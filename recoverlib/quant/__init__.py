@@ -15,10 +15,17 @@ from recoverlib.quant.api import (
 )
 from recoverlib.quant.audit import AuditReport, audit_model, check_plan
 from recoverlib.quant.plan import PRESETS, GroupPrecision, PrecisionPlan, load_plan
-from recoverlib.quant.planner import MIXTRAL_8X7B, PlanEstimate, format_estimates, plan_bytes
+from recoverlib.quant.planner import (
+    MIXTRAL_8X7B,
+    PlanEstimate,
+    QuantizePeak,
+    format_estimates,
+    plan_bytes,
+    quantize_peak,
+)
 
 __all__ = [
     "META_FILE", "MIXTRAL_8X7B", "PRESETS", "AuditReport", "GroupPrecision", "PlanEstimate", "PrecisionPlan",
     "audit_model", "check_plan", "format_estimates", "inspect_checkpoint", "is_quantized", "load_plan", "load_quantized",
-    "plan_bytes", "quantize", "read_meta",
+    "plan_bytes", "quantize", "quantize_peak", "QuantizePeak", "read_meta",
 ]

@@ -14,7 +14,13 @@ from pathlib import Path
 
 from recoverlib.errors import RecoverlibError
 from recoverlib.model_folder import read_model_config
-from recoverlib.quant.audit import AuditReport, audit_checkpoint, audit_model, check_plan
+from recoverlib.quant.audit import (
+    AuditReport,
+    audit_checkpoint,
+    audit_model,
+    audit_plain_checkpoint,
+    check_plan,
+)
 from recoverlib.quant.backends.base import QuantJob, copy_tokenizer, get_backend
 from recoverlib.quant.plan import PrecisionPlan, load_plan
 from recoverlib.quant.planner import plan_bytes
@@ -157,6 +163,8 @@ def inspect_checkpoint(path: str | Path, check: bool = True) -> AuditReport:
                 check_plan(report, plan)
             return report
         model = get_backend(meta["backend"]).load(path, plan)
+    elif not (check_plain_loadable(path).get("quantization_config")):  # 16-bit: from the headers, nothing loaded
+        return audit_plain_checkpoint(path)
     else:
         model, plan = _load_plain(path)
     planned = plan_bytes(path, plan).total_bytes if plan is not None else None

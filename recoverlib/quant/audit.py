@@ -167,6 +167,20 @@ def audit_checkpoint(path, plan: PrecisionPlan, planned_bytes: int | None = None
     return auditor.report(plan, planned_bytes)
 
 
+def audit_plain_checkpoint(path) -> AuditReport:
+    """Audit an unquantized safetensors checkpoint from its headers alone (no tensor is read): every tensor is
+    a plain parameter of its module's group, at its stored dtype."""
+    from recoverlib.quant.checkpoint import Checkpoint, memory_name
+
+    ckpt = Checkpoint.open(path)
+    auditor = _Auditor()
+    for name, size in ckpt.sizes.items():
+        module = memory_name(name).rsplit(".", 1)[0]
+        bits, dtype = ckpt.dtypes[name]
+        auditor.groups.get(group_of(module), auditor.other).add(bits, None, 8 * size // bits, size, dtype, False)
+    return auditor.report(None, None)
+
+
 def _unwrap(model):
     # PEFT keeps the HF model under base_model.model; module names then match the plain model's.
     inner = getattr(getattr(model, "base_model", None), "model", None)

@@ -10,8 +10,9 @@ from __future__ import annotations
 def _logits(model, input_ids):
     import torch
 
+    device = next(model.parameters()).device  # models on different devices compare on the CPU
     with torch.no_grad():
-        return model(input_ids=input_ids).logits.float()
+        return model(input_ids=input_ids.to(device)).logits.float().cpu()
 
 
 def logits_error(ref_model, model, input_ids) -> dict:

@@ -123,28 +123,32 @@ def plan_bytes(config: str | Path | dict, plan: PrecisionPlan) -> PlanEstimate:
     return PlanEstimate(plan.name, groups, shapes.norm_params * plain, shapes.norm_params)
 
 
-# Peak-memory model of the streaming quantizer (recoverlib.quant.stream). Constants measured on this project's
-# 2-core CPU machine (benchmarks/quant_scale.py): FIXED_HOST is the RSS of a streaming quantize of the tiny model
-# (libraries and interpreter, weights negligible); TRANSIENT_FP32 is how many fp32 copies of the largest linear a
-# backend's quantizer holds at once beside its 16-bit input.
+# Peak-memory model of the streaming quantizer (recoverlib.quant.stream), constants measured on this project's
+# 2-core CPU machine. The 16-bit input is read as lazily memory-mapped tensors, so only the linear being quantized
+# is resident; the quantized outputs of the piece accumulate until it is written. TRANSIENT_FP32: the peak a
+# backend's quantizer adds while quantizing one linear, in fp32 copies of that linear (ru_maxrss over the RSS
+# before: bitsandbytes NF4 on a 14336x4096 bf16 matrix +0.84 GB = 3.6 copies; hqq 4-bit g64 on a 7168x4096
+# matrix +1.08 GB = 9.2 copies). FIXED_HOST: the interpreter and libraries (benchmarks/quant_scale.py).
 FIXED_HOST = int(1.0e9)
-TRANSIENT_FP32 = {"bnb": 1, "hqq": 4}
-CUDA_CONTEXT = int(0.5e9)  # CUDA context and kernels on the device, not counted by torch's allocator
+TRANSIENT_FP32 = {"bnb": 3.6, "hqq": 9.2}
+CUDA_CONTEXT = int(0.5e9)  # CUDA context and kernels on the device, not counted by torch's allocator (not measured)
 
 
 @dataclass(frozen=True)
 class QuantizePeak:
     """Peak memory of a streaming quantize, in bytes, with the terms it is the maximum of.
 
-    ``host_bytes``: the largest of (quantizing one piece: its 16-bit tensors + the transient of the largest
-    linear), (packing: one output shard) and (auditing: one quantized piece), plus :data:`FIXED_HOST`.
-    ``device_bytes``: 0 on the CPU; on a GPU one quantized piece + the largest 16-bit linear + its transient +
-    :data:`CUDA_CONTEXT`.
+    ``host_bytes`` = :data:`FIXED_HOST` + the largest of (quantizing a piece: its quantized tensors + the
+    largest quantized linear in 16 bit + the quantizer's transient, the transient on the host only for a CPU
+    run) and (packing: one output shard). ``device_bytes``: 0 on the CPU; on a GPU one quantized piece + the
+    largest 16-bit linear + the transient + :data:`CUDA_CONTEXT`. ``piece_16bit`` (one decoder layer at the
+    compute dtype) is what a loader that copied its input would hold; it is reported, not added.
     """
 
     weights_bytes: int
     piece_16bit: int
     piece_quantized: int
+    largest_linear_16bit: int
     transient: int
     shard: int
     host_bytes: int
@@ -156,23 +160,22 @@ def quantize_peak(config: str | Path | dict, plan: PrecisionPlan, device: str = 
     """Peak host and device memory of ``recoverlib quantize`` with ``plan`` on ``device``, from the config alone."""
     cfg = read_config(config)
     shapes = MoeShapes.from_config(cfg)
-    one = MoeShapes(**{**shapes.__dict__, "layers": 1})
     plain = DTYPE_BYTES[plan.compute_dtype]
-    layer_plan = plan_bytes({**cfg, "num_hidden_layers": 1, "vocab_size": 0}, plan)
-    layer_16 = plan_bytes({**cfg, "num_hidden_layers": 1, "vocab_size": 0}, PrecisionPlan(plan.backend, compute_dtype=plan.compute_dtype))
-    outer_16 = (shapes.vocab * shapes.hidden * (1 if shapes.tied else 2) + shapes.hidden) * plain
-    outer_q = plan_bytes(cfg, plan).total_bytes - shapes.layers * (layer_plan.total_bytes - shapes.hidden * plain)
-    piece_16 = max(layer_16.total_bytes - shapes.hidden * plain, outer_16)
-    piece_q = max(layer_plan.total_bytes - shapes.hidden * plain, outer_q)
-    quantized = [o * i for g, group in one.linears().items() if plan.group(g).quantized for o, i, _ in group]
-    largest = max(quantized, default=0)
-    transient = 4 * largest * TRANSIENT_FP32.get(plan.backend, 1)
+    layer_cfg = {**cfg, "num_hidden_layers": 1, "vocab_size": 0}
+    final_norm = shapes.hidden * plain  # plan_bytes counts the final norm with every model; a layer has none
+    layer_q = plan_bytes(layer_cfg, plan).total_bytes - final_norm
+    layer_16 = plan_bytes(layer_cfg, PrecisionPlan(plan.backend, compute_dtype=plan.compute_dtype)).total_bytes - final_norm
     total = plan_bytes(cfg, plan).total_bytes
+    outer_q = total - shapes.layers * layer_q
+    piece_q = max(layer_q, outer_q)
+    one = MoeShapes(**{**shapes.__dict__, "layers": 1})
+    largest = max((o * i for g, group in one.linears().items() if plan.group(g).quantized for o, i, _ in group), default=0)
+    transient = int(4 * largest * TRANSIENT_FP32.get(plan.backend, 4.0))
     shard = min(max_shard_bytes, total)
-    on_host = transient if device == "cpu" else 0
-    host = FIXED_HOST + max(piece_16 + on_host, shard, piece_q)
+    quantizing = piece_q + largest * plain + (transient if device == "cpu" else 0)
+    host = FIXED_HOST + max(quantizing, shard)
     device_bytes = 0 if device == "cpu" else piece_q + largest * plain + transient + CUDA_CONTEXT
-    return QuantizePeak(total, piece_16, piece_q, transient, shard, host, device_bytes)
+    return QuantizePeak(total, layer_16, piece_q, largest * plain, transient, shard, host, device_bytes)
 
 
 def format_estimates(estimates: list[PlanEstimate], unit: float = 1e9) -> str:

@@ -49,3 +49,9 @@ def test_wrong_bits_and_json_shape(quantized):
                                                            "bytes": data["groups"]["experts"]["bytes"], "dtype": None}
     assert data["total_bytes"] == data["planned_bytes"]
     assert data["effective_bits"] == pytest.approx(8 * data["total_bytes"] / data["total_params"], abs=1e-4)
+
+
+def test_plain_checkpoint_audited_from_headers_equals_the_loaded_model(base, ref_model):
+    from recoverlib.quant.api import inspect
+
+    assert inspect(base).to_json() == audit_model(ref_model).to_json()

@@ -31,3 +31,34 @@ def test_tiny_bytes_from_config_alone(preset, base):
     # exact equality with the audit is asserted per preset in test_presets; here only that no weights are read
     est = plan_bytes(base / "config.json", PRESETS[preset])
     assert est.total_bytes > 0 and est.effective_bits < 16
+
+
+def test_peak_quantize_memory_from_config_alone():
+    from recoverlib.quant.planner import FIXED_HOST, quantize_peak
+
+    plan = PRESETS["bnb-nf4"]
+    one, four, full = (quantize_peak({**MIXTRAL_8X7B, "num_hidden_layers": n}, plan, max_shard_bytes=2 * 10**9)
+                       for n in (1, 4, 32))
+    assert one.piece_16bit == four.piece_16bit == full.piece_16bit
+    layer_params = 3 * 8 * 4096 * 14336 + 4096 * (2 * 4096 + 2 * 1024) + 8 * 4096 + 2 * 4096  # experts, attn, router, norms
+    assert one.piece_16bit == 2 * layer_params  # the largest piece is a decoder layer in bf16
+    assert four.host_bytes == full.host_bytes  # flat in layers once the output fills a shard
+    quantizing = full.piece_quantized + full.largest_linear_16bit + full.transient
+    assert full.host_bytes == FIXED_HOST + max(quantizing, full.shard)
+    assert full.largest_linear_16bit == 2 * 4096 * 14336
+    assert full.weights_bytes == plan_bytes(MIXTRAL_8X7B, plan).total_bytes and full.device_bytes == 0
+    cpu, gpu = (quantize_peak(MIXTRAL_8X7B, plan, device, max_shard_bytes=10**9) for device in ("cpu", "cuda"))
+    assert gpu.device_bytes > gpu.piece_quantized and gpu.host_bytes < cpu.host_bytes  # the transient is on the GPU
+
+
+def test_plan_command_says_whether_it_fits(capsys):
+    from recoverlib.cli import main
+
+    assert main(["plan", "mixtral-8x7b", "--plan", "bnb-nf4", "--host-memory", "29GB"]) == 0
+    out = capsys.readouterr().out
+    weights = f"{plan_bytes(MIXTRAL_8X7B, PRESETS['bnb-nf4']).total_bytes / 1e9:.2f} GB"
+    assert "weights (quantized)" in out and weights in out and "host memory 29GB: fits" in out
+    assert main(["plan", "mixtral-8x7b", "--plan", "hqq-4", "--device", "cuda", "--device-memory", "1GB"]) == 1
+    assert "device memory 1GB: does NOT fit" in capsys.readouterr().out
+    assert main(["plan", "mixtral-8x7b", "--plan", "hqq-4", "--host-memory", "lots"]) == 2
+    assert "give a positive number with a unit" in capsys.readouterr().err

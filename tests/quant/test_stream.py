@@ -243,4 +243,32 @@ def test_quantize_on_cuda_audits_and_reloads(preset, base4, tmp_path):
 
     ref = AutoModelForCausalLM.from_pretrained(base4, dtype=torch.bfloat16).eval()
     ids = torch.randint(3, 2048, (2, 12), generator=torch.Generator().manual_seed(0))
-    assert logits_error(ref, load_quantized(out), ids)["rel_error"] < 0.7
+    model = load_quantized(out, device_map="cuda:0")
+    assert next(model.parameters()).device.type == "cuda"
+    assert logits_error(ref, model, ids)["rel_error"] < 0.7
+
+
+def _peak_rss(cmd: list[str]) -> int:
+    """Peak RSS (bytes) of one subprocess, from ``os.wait4`` (that process alone)."""
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, err.decode()[-1000:]
+    return usage.ru_maxrss * 1024
+
+
+@pytest.mark.slow
+def test_peak_rss_does_not_grow_with_layers(tmp_path):
+    """2 and 6 layers of 176 MB (bf16) each: the 6-layer quantize peaks less than one layer above the 2-layer one."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.synthetic_checkpoint import write_checkpoint
+
+    shapes = {"hidden_size": 1024, "intermediate_size": 3584, "num_attention_heads": 8, "num_key_value_heads": 2,
+              "head_dim": 128, "num_local_experts": 8, "num_experts_per_tok": 2, "vocab_size": 4000}
+    layer_bytes = 2 * (3 * 8 * 1024 * 3584 + 1024 * (2 * 1024 + 2 * 256) + 8 * 1024)
+    peaks = {}
+    for layers in (2, 6):
+        src = write_checkpoint(tmp_path / f"src{layers}", {**shapes, "num_hidden_layers": layers}, shard_bytes=300 * 10**6)
+        peaks[layers] = _peak_rss([sys.executable, "-m", "recoverlib.cli", "quantize", "--model", str(src), "--plan",
+                                   "bnb-nf4", "--out", str(tmp_path / f"q{layers}"), "--max-shard-size", "100MB", "--quiet"])
+    assert peaks[6] - peaks[2] < layer_bytes, (peaks, layer_bytes)
