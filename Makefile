@@ -42,8 +42,8 @@ WHEELHOUSE ?= wheelhouse
 
 wheelhouse: wheelhouse-cpu wheelhouse-cuda
 
-wheelhouse-%: requirements/lock-%.txt
+wheelhouse-cpu wheelhouse-cuda: wheelhouse-%:
 	mkdir -p $(WHEELHOUSE)/$*
-	python3 -m pip wheel -q --disable-pip-version-check --no-deps --wheel-dir $(WHEELHOUSE)/$* -r $<
+	python3 -m pip wheel -q --disable-pip-version-check --no-deps --wheel-dir $(WHEELHOUSE)/$* -r requirements/lock-$*.txt
 	python3 -m pip wheel -q --disable-pip-version-check --no-deps --wheel-dir $(WHEELHOUSE)/$* .
-	cp $< $(WHEELHOUSE)/$*/requirements.txt
+	grep -v '^#' requirements/lock-$*.txt > $(WHEELHOUSE)/$*/requirements.txt
