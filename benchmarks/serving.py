@@ -39,6 +39,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -249,7 +250,7 @@ def plot(frame: pd.DataFrame, path: Path, title: str) -> None:
         ax.barh(frame["engine"], frame["tok_per_s"])
         ax.set_xlabel(f"generated tokens / s ({frame['adapters'].iloc[0]} adapters)")
         ax.invert_yaxis()
-        ax.set_title(title, fontsize=9)
+        ax.set_title(textwrap.fill(title, 90), fontsize=9)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)

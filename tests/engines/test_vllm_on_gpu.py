@@ -72,3 +72,36 @@ def test_small_job_with_experts_adapter_on_gpu_goes_dynamic(on_gpu, tiny_model, 
     config = EngineConfig(lora_mode="auto", expected_new_tokens=1000, merge_cache=str(tmp_path))
     engine = vllm_engine.VLLMEngine(tiny_model, {"experts": experts_adapter}, config)
     assert engine.lora_mode == "dynamic"
+
+
+@pytest.fixture
+def on_t4x2(on_gpu, monkeypatch):
+    """As :func:`on_gpu`, on Kaggle's machine: two T4s (compute capability 7.5, 15 GB)."""
+    from recoverlib.engines.device import Device
+
+    monkeypatch.setattr(vllm_engine, "current_device",
+                        lambda: Device(gpus=2, capability=(7, 5), memory_bytes=15 * 10**9, name="Tesla T4"))
+    return on_gpu
+
+
+def test_kaggle_preset_reaches_vllm(on_t4x2, tiny_model, tiny_adapters):
+    from recoverlib.engines import engine_config_with
+
+    config = engine_config_with("kaggle-t4x2", lora_mode="dynamic", max_loras=2, max_model_len=1024,
+                                max_num_batched_tokens=1024)
+    engine = vllm_engine.VLLMEngine(tiny_model, tiny_adapters, config)
+    assert engine.dtype == "float16"  # the preset's; auto would give the same on a T4
+    assert engine._gpu_kwargs() == {"tensor_parallel_size": 2, "gpu_memory_utilization": 0.95,
+                                    "disable_custom_all_reduce": True}
+    lora = engine._lora_kwargs()
+    assert (lora["max_loras"], lora["max_cpu_loras"]) == (2, 3)  # two resident, all three in CPU memory
+
+
+def test_auto_dtype_on_t4_is_fp16_and_bf16_is_refused_before_start(on_t4x2, tiny_model):
+    from recoverlib.errors import RecoverlibError
+
+    assert vllm_engine.VLLMEngine(tiny_model, {}, EngineConfig()).dtype == "float16"
+    on_t4x2.clear()
+    with pytest.raises(RecoverlibError, match="cannot compute in bfloat16.*--dtype float16"):
+        vllm_engine.VLLMEngine(tiny_model, {}, EngineConfig(dtype="bfloat16"))
+    assert on_t4x2 == []  # refused before any engine start
