@@ -35,6 +35,12 @@ PATCHES = {p.name: p for p in (
           "one LoRA matmul per adapter present; base requests in mixed batches no longer get the last adapter"),
     Patch("vllm-top-p", "vllm", "0.32.0", "vllm.v1.sample.ops.topk_topp_sampler.apply_top_k_top_p",
           "top-p without sorting the whole vocabulary on CPU (same tokens kept)"),
+    Patch("transformers-split-moe", "transformers", "5.19.0",
+          "modeling_mixtral.MixtralSparseMoeBlock + conversion_mapping.get_checkpoint_conversion_mapping "
+          "(during bnb loads and the whole-model quantize only; streaming quantize builds layers itself)",
+          "bitsandbytes replaces nn.Linear only: without per-expert Linears a 4-bit Mixtral keeps 16-bit experts"),
+    Patch("hqq-backend", "hqq", "0.2.8.post1", "HQQLinear.set_backend (during an HQQ call on CPU, restored after)",
+          "PYTORCH is the only hqq backend that runs on CPU"),
     Patch("gptq-split-block", "defuser", "0.0.28", "defuser mixtral LinearMixtralSparseMoeBlock (during GPTQ calls)",
           "GPTQModel builds recoverlib's split MoE block, whose router is an nn.Linear (for +router plans)"),
     Patch("gptq-router-tree", "gptqmodel", "7.6.0", "gptqmodel MODEL_MAP['mixtral'] (during GPTQ calls)",

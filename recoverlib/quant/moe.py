@@ -10,6 +10,7 @@ plain load elsewhere in the process still gets the fused model.
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from copy import deepcopy
 
@@ -81,14 +82,32 @@ def split_block_class():
     return _BLOCK
 
 
+_SPLIT_LOCK = threading.RLock()  # two of our own loads at once must not restore each other's patch
+
+
 @contextmanager
 def split_moe():
-    """Within this context, Mixtral models are built and loaded with :class:`SplitMoeBlock`."""
+    """Within this context, Mixtral models are built and loaded with :class:`SplitMoeBlock`.
+
+    Process-wide for its length (patch ``transformers-split-moe`` in :mod:`recoverlib.patches`): the streaming
+    quantize builds its layers directly instead; bitsandbytes loads and the whole-model path still need this.
+    """
     from transformers import conversion_mapping as cm
     from transformers.models.mixtral import modeling_mixtral as mm
 
+    from recoverlib.patches import require_attr
+
     mapping = _defuser_mapping()
-    saved_block, saved_get = mm.MixtralSparseMoeBlock, cm.get_checkpoint_conversion_mapping
+    with _SPLIT_LOCK:
+        saved_block = require_attr("transformers-split-moe", mm, "MixtralSparseMoeBlock")
+        saved_get = require_attr("transformers-split-moe", cm, "get_checkpoint_conversion_mapping")
+        with _patched(mm, cm, mapping, saved_block, saved_get):
+            yield
+
+
+@contextmanager
+def _patched(mm, cm, mapping, saved_block, saved_get):
+    """The split block and defuser's checkpoint renaming in place of transformers' own, put back on exit."""
 
     def get_mapping(model_type):
         return deepcopy(mapping) if model_type == "mixtral" else saved_get(model_type)
