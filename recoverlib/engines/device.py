@@ -39,7 +39,7 @@ class Device:
 
 
 def current_device() -> Device:
-    """The CUDA GPUs torch sees, else the CPU."""
+    """The CUDA GPUs torch sees, else the CPU (the HF engine; the vLLM engine asks vLLM, which leaves CUDA alone)."""
     import torch
 
     if not torch.cuda.is_available() or torch.cuda.device_count() == 0:

@@ -25,7 +25,7 @@ from recoverlib.engines.base import (
     decode_completions,
     resolve_max_model_len,
 )
-from recoverlib.engines.device import check_vllm_settings, cpu_thread_binding, current_device, resolve_dtype
+from recoverlib.engines.device import Device, check_vllm_settings, cpu_thread_binding, resolve_dtype
 from recoverlib.engines.lora_mode import LoraCosts, LoraWorkload, choose_lora_mode
 from recoverlib.engines.merge import MergeCache, read_tensors
 from recoverlib.engines.registry import register_engine
@@ -52,6 +52,24 @@ def on_cpu() -> bool:
     from vllm.platforms import current_platform
 
     return current_platform.is_cpu()
+
+
+def vllm_device() -> Device:
+    """The devices vLLM will use, asked through its platform (NVML on CUDA), never through torch.cuda.
+
+    Initialising CUDA here would put a context on GPU 0 before vLLM's workers start; its start-up check then finds
+    less free memory than ``gpu_memory_utilization`` asks for (0.95 of a T4 leaves no room for it).
+    """
+    from vllm.platforms import current_platform as platform
+
+    if platform.is_cpu():
+        return Device()
+    count = platform.device_count()
+    caps = [platform.get_device_capability(i) for i in range(count)]
+    weakest = min(range(count), key=lambda i: (caps[i].major, caps[i].minor))
+    return Device(gpus=count, capability=(caps[weakest].major, caps[weakest].minor),
+                  memory_bytes=min(platform.get_device_total_memory(i) for i in range(count)),
+                  name=platform.get_device_name(weakest))
 
 
 def lora_rank_slot(rank: int) -> int:
@@ -100,7 +118,7 @@ class VLLMEngine(Engine):
         super().__init__(model, adapters, config)
         import_vllm()
         self._cpu = on_cpu()
-        self.device = current_device()
+        self.device = vllm_device()
         check_vllm_settings(self.config, self.device)
         self.dtype = resolve_dtype(self.config.dtype, self.device, checkpoint_dtype(self.model_path))
         self.lora_mode = choose_lora_mode(

@@ -79,7 +79,7 @@ def on_t4x2(on_gpu, monkeypatch):
     """As :func:`on_gpu`, on Kaggle's machine: two T4s (compute capability 7.5, 15 GB)."""
     from recoverlib.engines.device import Device
 
-    monkeypatch.setattr(vllm_engine, "current_device",
+    monkeypatch.setattr(vllm_engine, "vllm_device",
                         lambda: Device(gpus=2, capability=(7, 5), memory_bytes=15 * 10**9, name="Tesla T4"))
     return on_gpu
 
