@@ -46,11 +46,12 @@ def _inside(child: Path, parent: Path) -> bool:
 
 
 def check_output_folder(out: str | Path, inputs: Iterable[tuple[str, str | Path | None]],
-                        marker: str | None = None) -> None:
-    """Refuse an output folder that overlaps an input, or that holds files but not this command's ``marker``.
+                        marker: str | tuple[str, ...] = ()) -> None:
+    """Refuse an output folder that overlaps an input, or that holds files but none of this command's ``marker``.
 
-    ``marker``: a path relative to ``out`` that only this command writes (its own earlier output may be redone).
+    ``marker``: path(s) relative to ``out`` that only this command writes (its own earlier output may be redone).
     """
+    markers = (marker,) if isinstance(marker, str) else marker
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RecoverlibError(f"output {out} is a file; name a folder")
@@ -61,7 +62,7 @@ def check_output_folder(out: str | Path, inputs: Iterable[tuple[str, str | Path 
         src = Path(path).resolve()
         if _inside(src, target) or _inside(target, src) or same_file(out, path):
             raise RecoverlibError(f"output folder {out} overlaps {name} {path}; choose another folder")
-    if out.is_dir() and any(out.iterdir()) and not (marker and (out / marker).exists()):
+    if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in markers):
         raise RecoverlibError(
             f"output folder {out} is not empty and is not an earlier output of this command; choose a new or empty folder"
         )

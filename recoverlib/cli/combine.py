@@ -39,13 +39,11 @@ def _check_out(args, *names: str) -> None:
     check_output_file(args.out, inputs)
 
 
-def _check_ranges(**values: float) -> None:
-    """Counts that must be >= 1 (``bootstrap`` may be 0)."""
+def _at_least(option: str, value: int, low: int) -> None:
     from recoverlib.errors import RecoverlibError
 
-    for name, value in values.items():
-        if value < (0 if name == "bootstrap" else 1):
-            raise RecoverlibError(f"--{name} must be >= {0 if name == 'bootstrap' else 1} (got {value})")
+    if value < low:
+        raise RecoverlibError(f"{option} must be >= {low} (got {value})")
 
 
 def cmd_optimize_prompt(args) -> int:
@@ -90,7 +88,7 @@ def cmd_search_suffix(args) -> int:
     from recoverlib.combine.search import holdout_split, search_suffix, suffix_scorer
 
     _check_out(args, "samples_file", "truth", "combination")
-    _check_ranges(rows=args.rows)
+    _at_least("--rows", args.rows, 1)
     search = _search_config(args)
     samples, truth = _samples_and_truth(args)
     config = load_combination(args.combination) if args.combination else ConcatConfig()
@@ -120,7 +118,7 @@ def cmd_tune(args) -> int:
     from recoverlib.pipeline import DEFAULT_FALLBACK
 
     _check_out(args, "samples_file", "truth", "mean_prompt", "suffix", "pipeline")
-    _check_ranges(bootstrap=args.bootstrap)
+    _at_least("--bootstrap", args.bootstrap, 0)
     samples, truth = _samples_and_truth(args)
     mean = read_text_file(args.mean_prompt, "--mean-prompt") if args.mean_prompt else None
     suffix = read_text_file(args.suffix, "--suffix") if args.suffix else None

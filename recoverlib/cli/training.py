@@ -21,8 +21,10 @@ def cmd_make_task(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from recoverlib.errors import RecoverlibError
     from recoverlib.model_folder import require_model_folder
     from recoverlib.output_paths import check_output_folder
+    from recoverlib.training.checkpoints import CHECKPOINTS
     from recoverlib.training.lora import TrainConfig, train_adapter
 
     config = TrainConfig(
@@ -32,8 +34,11 @@ def cmd_train(args) -> int:
     )
     require_model_folder(args.model)
     inputs = [("--model", args.model), ("--train", args.train), ("--validation", args.validation)]
-    check_output_folder(args.out, inputs, marker="adapter_config.json")
-    result = train_adapter(args.model, args.train, args.out, args.validation, config)
+    check_output_folder(args.out, inputs, marker=("adapter_config.json", CHECKPOINTS))
+    if (args.out / CHECKPOINTS).exists() and not args.resume:
+        raise RecoverlibError(f"{args.out} holds an unfinished training run: pass --resume to continue it,"
+                              f" or remove {args.out / CHECKPOINTS}")
+    result = train_adapter(args.model, args.train, args.out, args.validation, config, resume=args.resume)
     for h in result.history:
         print("epoch {epoch}: val_loss {val_loss}, val_score {score}".format(score=h.get("val_score", "-"), **h),
               file=args.stdout)
@@ -78,4 +83,5 @@ def add_commands(sub) -> None:
                        help="base precision while training: bnb-nf4 (QLoRA, CUDA), none (16-bit) or auto")
     old_name(train, "--quantize", "--plan", "plan", choices=("auto", "none", "4bit"))
     train.add_argument("--seed", type=int, default=cfg.seed)
+    train.add_argument("--resume", action="store_true", help="continue the run checkpointed under --out/.checkpoints")
     train.set_defaults(func=cmd_train)

@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import random
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -247,14 +246,15 @@ def sft_config(config: TrainConfig, work_dir: str, has_validation: bool, four_bi
     import torch
     from trl import SFTConfig
 
-    # per_device_* sizes, bf16 and use_cpu follow the device; checkpoints are not written (the best epoch is
-    # kept in memory by _BestEpoch)
+    # per_device_* sizes, bf16 and use_cpu follow the device; a checkpoint per epoch (the last two kept) for
+    # resume; the best epoch's weights are kept by _BestEpoch (and saved beside each checkpoint)
     return SFTConfig(
         output_dir=work_dir, num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=max(config.batch_size, 32), learning_rate=config.lr,
         lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.0, max_grad_norm=1.0,
         completion_only_loss=True, max_length=config.max_length, train_sampling_strategy="group_by_length",
-        eval_strategy="epoch" if has_validation else "no", save_strategy="no", logging_strategy="epoch",
+        eval_strategy="epoch" if has_validation else "no", save_strategy="epoch", save_total_limit=2,
+        logging_strategy="epoch",
         use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available(), report_to="none",
         seed=config.seed, data_seed=config.seed, disable_tqdm=False, dataloader_num_workers=0,
         gradient_checkpointing=four_bit,
@@ -262,30 +262,47 @@ def sft_config(config: TrainConfig, work_dir: str, has_validation: bool, four_bi
 
 
 def train_adapter(model_path: str | Path, train, out_dir: str | Path, validation=None,
-                  config: TrainConfig | None = None, base_name: str | None = None) -> TrainResult:
+                  config: TrainConfig | None = None, base_name: str | None = None, resume: bool = False) -> TrainResult:
     """Train a LoRA adapter on ``model_path`` and save the best epoch's as a PEFT folder in ``out_dir``.
 
     ``train``/``validation``: CSV paths or lists of rows with ``original_text, rewritten_text, rewrite_prompt``.
     With ``config.prime`` only rows whose prompt starts with it are used. Returns the adapter folder, the best
     epoch (by validation score, else loss, else the last) and the per-epoch history. ``base_name`` is
-    recorded as the adapter's base (default: ``model_path``).
+    recorded as the adapter's base (default: ``model_path``). Each epoch is checkpointed under
+    ``out_dir/.checkpoints`` (see :mod:`recoverlib.training.checkpoints`); ``resume`` continues from the newest
+    whole one (the same data and config), else training starts afresh. The checkpoints go once the adapter is saved.
     """
+    import shutil
+
     from peft import set_peft_model_state_dict
+
+    from recoverlib.training.checkpoints import CHECKPOINTS, last_checkpoint, restore_selector
 
     config = config or TrainConfig()
     start = time.perf_counter()
     train_rows = subset(_rows(train, config.prime, "training"), config.max_rows, config.seed)
     val_rows = _rows(validation, config.prime, "validation") if validation is not None else []
-    with preserved_rng(), tempfile.TemporaryDirectory(prefix="recoverlib-train-") as work:
-        trainer, selector = build_trainer(model_path, train_rows, val_rows, config, work)
-        trainer.train()
+    work = Path(out_dir) / CHECKPOINTS
+    start_from = last_checkpoint(work) if resume else None
+    if resume and start_from is None:
+        log.warning("no whole checkpoint under %s; training from the start", work)
+    if start_from is None:
+        shutil.rmtree(work, ignore_errors=True)
+    with preserved_rng():
+        trainer, selector = build_trainer(model_path, train_rows, val_rows, config, str(work))
+        if start_from is not None:
+            restore_selector(start_from, selector)
+            log.warning("resuming training from %s (epoch %s done)", start_from, len(selector.history) or "?")
+        trainer.train(resume_from_checkpoint=str(start_from) if start_from is not None else None)
         model = trainer.model
         if selector.best_state is not None:
             set_peft_model_state_dict(model, selector.best_state)
         else:
             selector.best_epoch = config.epochs
     base_name = str(model_path) if base_name is None else base_name
-    return _save(model, base_name, Path(out_dir), config, selector, len(train_rows), time.perf_counter() - start)
+    result = _save(model, base_name, Path(out_dir), config, selector, len(train_rows), time.perf_counter() - start)
+    shutil.rmtree(work, ignore_errors=True)
+    return result
 
 
 def build_trainer(model_path: str | Path, train_rows, val_rows, config: TrainConfig, work_dir: str):
@@ -293,6 +310,8 @@ def build_trainer(model_path: str | Path, train_rows, val_rows, config: TrainCon
     import_trl()
     from transformers import AutoTokenizer
     from trl import SFTTrainer
+
+    from recoverlib.training.checkpoints import checkpoint_callback
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     dedicated_pad(tokenizer)
@@ -303,7 +322,8 @@ def build_trainer(model_path: str | Path, train_rows, val_rows, config: TrainCon
         model=load_base(model_path, four_bit), args=sft_config(config, work_dir, bool(val_rows), four_bit),
         train_dataset=to_dataset(tokenizer, train_rows, template, config.prime, config.max_length),
         eval_dataset=to_dataset(tokenizer, val_rows, template, config.prime, config.max_length) if val_rows else None,
-        processing_class=tokenizer, peft_config=lora_config(config), callbacks=[selector.callback()],
+        processing_class=tokenizer, peft_config=lora_config(config),
+        callbacks=[selector.callback(), checkpoint_callback(selector)],
     )
     _bars_without_metric_lines(trainer)
     return trainer, selector

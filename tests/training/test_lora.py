@@ -151,3 +151,41 @@ def test_train_cli_writes_a_peft_folder(base, task, tmp_path, capsys):
     assert main(args) == 0
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
     assert "best epoch 1" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_train_killed_after_an_epoch_resumes_to_the_same_adapter(base, task, tmp_path):
+    """SIGKILL once the first epoch's checkpoint is whole; ``train --resume`` finishes the run as if never stopped."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from safetensors.torch import load_file
+
+    def cmd(out, *extra):
+        return [sys.executable, "-m", "recoverlib.cli", "train", "--model", str(base), "--train", str(task / "train.csv"),
+                "--validation", str(task / "validation.csv"), "--out", str(out), "--epochs", "3", "--lr", "5e-3",
+                "--batch-size", "8", "--score-rows", "4", "--rank", "4", "--plan", "none", *extra]
+
+    whole = subprocess.run(cmd(tmp_path / "whole"), capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    proc = subprocess.Popen(cmd(tmp_path / "cut"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not list((tmp_path / "cut" / ".checkpoints").glob("checkpoint-*/recoverlib_selector.json")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "cut" / "adapter_config.json").exists()
+    again = subprocess.run(cmd(tmp_path / "cut"), capture_output=True, text=True)
+    assert again.returncode == 2 and "--resume" in again.stderr  # an unfinished run is not silently restarted
+    resumed = subprocess.run(cmd(tmp_path / "cut", "--resume"), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming training from" in resumed.stderr
+    assert not (tmp_path / "cut" / ".checkpoints").exists()
+    meta = [json.loads((tmp_path / d / ADAPTER_META).read_text()) for d in ("whole", "cut")]
+    assert [h["epoch"] for h in meta[1]["history"]] == [1, 2, 3]
+    assert meta[0]["best_epoch"] == meta[1]["best_epoch"]
+    a, b = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("whole", "cut"))
+    assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() < 1e-5 for k in a)

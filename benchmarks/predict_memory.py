@@ -1,0 +1,137 @@
+"""Question: does ``recoverlib predict`` run in bounded memory as rows grow, and what does a row cost in RSS?
+
+Two ways in one run: the same predict (tiny Mixtral, HF engine, 1 sample of 2 new tokens, no adapters) over a
+small and a large synthetic input (default 2,000 and 20,000 rows; one row in 500 has an empty text, which must
+cost that row only: it gets the fallback prompt). Each predict runs as its own process; its RSS is read from
+/proc every 0.2 s, next to how many rows its samples file holds. Reported: peak RSS of each run, their ratio,
+and the RSS growth per row (a least-squares slope of RSS against rows done over the second half of the large
+run, after warm-up), next to the samples file's bytes per row (what predict keeps per row by design: the samples,
+for combining at the end).
+
+Reproduce: ``python benchmarks/predict_memory.py`` (about 15 min on 2 cores); ``--quick`` uses 200 and 2,000
+rows and writes to a scratch folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from benchmarks.report import machine_info, machine_line, results_dir, write_table  # noqa: E402
+
+EMPTY_EVERY = 500  # one row in this many has an empty rewritten_text
+
+
+def make_input(rows: int, path: Path, seed: int = 0) -> Path:
+    """``rows`` synthetic Kaggle rows (short texts from the synthetic task), some with an empty text."""
+    from recoverlib.synthetic import TaskConfig, generate
+
+    task = generate(TaskConfig(rows=rows, eval_rows=1, seed=seed))["train"]
+    frame = pd.DataFrame({"id": [f"r{i:06d}" for i in range(rows)],
+                          "original_text": [r.original_text for r in task],
+                          "rewritten_text": [r.rewritten_text for r in task]})
+    frame.loc[frame.index % EMPTY_EVERY == EMPTY_EVERY - 1, "rewritten_text"] = ""
+    frame.to_csv(path, index=False)
+    return path
+
+
+def rss_bytes(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def run_predict(model: Path, rows: int, work: Path) -> dict:
+    """One predict process over ``rows`` rows; its RSS trace against rows done, and what it wrote."""
+    inp = make_input(rows, work / f"in_{rows}.csv")
+    samples, out = work / f"samples_{rows}.jsonl", work / f"sub_{rows}.csv"
+    cmd = [sys.executable, "-m", "recoverlib.cli", "predict", "--engine", "hf", "--model", str(model), "--input",
+           str(inp), "--out", str(out), "--samples-file", str(samples), "--samples", "1", "--max-new-tokens", "2",
+           "--temperature", "0", "--batch-size", "64", "--chunk-rows", "256"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    trace = []  # (seconds, rows done, rss bytes)
+    while proc.poll() is None:
+        rss = rss_bytes(proc.pid)
+        done = samples.read_bytes().count(b"\n") if samples.is_file() else 0
+        if rss:
+            trace.append((time.perf_counter() - start, done, rss))
+        time.sleep(0.2)
+    stdout, stderr = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"predict over {rows} rows failed:\n{stderr[-3000:]}")
+    sub = pd.read_csv(out, dtype=str, keep_default_na=False)
+    return {"rows": rows, "seconds": time.perf_counter() - start, "trace": np.array(trace, dtype=float),
+            "fallbacks": stderr.count("it gets the fallback prompt"), "written": len(sub),
+            "samples_bytes": samples.stat().st_size, "progress_bar": "rows:" in stderr}
+
+
+def per_row_slope(trace: np.ndarray, rows: int) -> float:
+    """Bytes of RSS per row done: least squares over the second half of the rows (after warm-up)."""
+    late = trace[trace[:, 1] >= rows / 2]
+    if len(np.unique(late[:, 1])) < 2:
+        return float("nan")
+    return float(np.polyfit(late[:, 1], late[:, 2], 1)[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="200 and 2,000 rows; results to a scratch folder")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    small, large = (200, 2000) if args.quick else (2000, 20000)
+    out_dir = results_dir(args.out, args.quick)
+    work = out_dir / "predict_memory_work"
+    work.mkdir(parents=True, exist_ok=True)
+    from recoverlib.tiny import make_tiny
+
+    model = make_tiny(work / "tiny", adapters=0, seed=0) / "model"
+    runs = [run_predict(model, n, work) for n in (small, large)]
+    table = pd.DataFrame([{
+        "rows": r["rows"], "seconds": r["seconds"], "ms per row": 1000 * r["seconds"] / r["rows"],
+        "peak RSS MiB": r["trace"][:, 2].max() / 2**20,
+        "RSS growth per row (bytes)": per_row_slope(r["trace"], r["rows"]),
+        "samples file bytes per row": r["samples_bytes"] / r["rows"],
+        "fallback rows": r["fallbacks"], "rows written": r["written"], "progress bar": r["progress_bar"],
+    } for r in runs])
+    ratio = table["peak RSS MiB"].iloc[1] / table["peak RSS MiB"].iloc[0]
+    notes = [f"Machine: {machine_line(machine_info())}",
+             f"Peak RSS ratio, {large:,} rows / {small:,} rows: {ratio:.3f} (rows x{large // small}).",
+             f"Rows with an empty text (one in {EMPTY_EVERY}) got the fallback; every row was written.",
+             "Command: python benchmarks/predict_memory.py" + (" --quick" if args.quick else "")]
+    path = write_table(table, out_dir, "predict_memory", "predict: memory against rows (HF engine, tiny model)", notes)
+    _plot(runs, out_dir / "predict_memory.png")
+    print(path.read_text())
+
+
+def _plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in runs:
+        ax.plot(r["trace"][:, 1], r["trace"][:, 2] / 2**20, label=f"{r['rows']:,} rows")
+    ax.set_xlabel("rows done (samples file lines)")
+    ax.set_ylabel("RSS (MiB)")
+    ax.set_title("recoverlib predict: RSS against rows done")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
