@@ -34,6 +34,7 @@ def test_quick_ensemble_quality_writes_results(tmp_path):
         assert comb["tuned"].sum() == 1 and "first" in set(comb["strategy"])
     # the anisotropic geometry raises every score of the same texts (cosines move toward 1)
     plain, t5like = (frame[frame.embedder == e].set_index(["split", "strategy"]).score for e in ("minilm", "minilm@t5like"))
-    assert (t5like.loc[plain.index] > plain).mean() > 0.9
+    common = plain.index.intersection(t5like.index)  # the tuned row's name may differ between geometries
+    assert len(common) > 10 and (t5like.loc[common] > plain.loc[common]).mean() > 0.9
     line = json.loads((tmp_path / "cache" / "samples-1.0" / "test.jsonl").read_text().splitlines()[0])
     assert {s["adapter"] for s in line["samples"]} == {"tiny-a", "tiny-b"}
