@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recoverlib.errors import RecoverlibError
-from recoverlib.model_folder import require_model_folder
+from recoverlib.model_folder import read_json_object, require_model_folder
 from recoverlib.module_groups import names_expert_weights
 
 log = logging.getLogger("recoverlib")
@@ -50,13 +50,7 @@ def read_adapter_config(name: str, path: Path) -> dict:
     cfg_file = Path(path) / "adapter_config.json"
     if not cfg_file.is_file():
         raise RecoverlibError(f"adapter {name!r}: {path} is not a PEFT adapter folder (no adapter_config.json)")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RecoverlibError(f"adapter {name!r}: {cfg_file} is not JSON ({err})") from None
-    if not isinstance(cfg, dict):
-        raise RecoverlibError(f"adapter {name!r}: {cfg_file} is not a JSON object")
-    return cfg
+    return read_json_object(cfg_file, f"adapter {name!r}: ")
 
 
 def read_adapter(name: str, path: str | Path) -> AdapterInfo:

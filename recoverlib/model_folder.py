@@ -27,14 +27,18 @@ def require_model_folder(path: str | Path) -> Path:
 
 def read_model_config(path: str | Path) -> dict:
     """The ``config.json`` of an HF model folder as a dict; a missing or malformed one is a one-line error."""
-    file = require_model_folder(path) / "config.json"
+    return read_json_object(require_model_folder(path) / "config.json")
+
+
+def read_json_object(file: Path, label: str = "") -> dict:
+    """A JSON file that must hold an object (a folder's config); malformed is one line, prefixed with ``label``."""
     try:
-        cfg = json.loads(file.read_text())
+        data = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RecoverlibError(f"{file}: not JSON ({err})") from None
-    if not isinstance(cfg, dict):
-        raise RecoverlibError(f"{file}: not a JSON object")
-    return cfg
+        raise RecoverlibError(f"{label}{file} is not JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise RecoverlibError(f"{label}{file} is not a JSON object")
+    return data
 
 
 def checkpoint_dtype(path: str | Path) -> str | None:

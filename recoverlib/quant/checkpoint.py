@@ -49,26 +49,22 @@ def parse_size(text: str | int) -> int:
 
 def disk_name(key: str) -> str:
     """In-memory split name -> Mixtral's checkpoint name (``mlp.experts.0.gate_proj`` -> ``block_sparse_moe.experts.0.w1``)."""
-    parts = key.split(".")
-    out = []
-    for i, p in enumerate(parts):
-        if p == "mlp":
-            p = "block_sparse_moe"
-        elif p in EXPERT_PROJ and i >= 2 and parts[i - 2] == "experts":
-            p = EXPERT_PROJ[p]
-        out.append(p)
-    return ".".join(out)
+    return _renamed(key, "mlp", "block_sparse_moe", EXPERT_PROJ)
 
 
 def memory_name(key: str) -> str:
     """Mixtral's checkpoint name -> the split block's in-memory name (inverse of :func:`disk_name`)."""
+    return _renamed(key, "block_sparse_moe", "mlp", DISK_PROJ)
+
+
+def _renamed(key: str, block: str, new_block: str, projections: dict[str, str]) -> str:
     parts = key.split(".")
     out = []
     for i, p in enumerate(parts):
-        if p == "block_sparse_moe":
-            p = "mlp"
-        elif p in DISK_PROJ and i >= 2 and parts[i - 2] == "experts":
-            p = DISK_PROJ[p]
+        if p == block:
+            p = new_block
+        elif p in projections and i >= 2 and parts[i - 2] == "experts":
+            p = projections[p]
         out.append(p)
     return ".".join(out)
 
