@@ -52,6 +52,6 @@ def test_wrong_bits_and_json_shape(quantized):
 
 
 def test_plain_checkpoint_audited_from_headers_equals_the_loaded_model(base, ref_model):
-    from recoverlib.quant.api import inspect
+    from recoverlib.quant.api import inspect_checkpoint
 
-    assert inspect(base).to_json() == audit_model(ref_model).to_json()
+    assert inspect_checkpoint(base).to_json() == audit_model(ref_model).to_json()
