@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,10 +187,6 @@ def save_tensors(tensors: dict, file: Path) -> None:
         raise RecoverlibError(f"writing {file}: {err.strerror or err}") from None
 
 
-def tensor_bytes(t) -> int:
-    return t.numel() * t.element_size()
-
-
 def write_sharded(source: Checkpoint, names: list[str], out_dir: Path, max_shard_bytes: int,
                   progress: bool = False) -> list[Path]:
     """Copy ``names`` (in this order) from ``source`` into HF shards of at most ``max_shard_bytes`` each (a
@@ -218,9 +214,3 @@ def _shard_plan(sizes: list[tuple[str, int]], max_bytes: int) -> dict[str, int]:
         plan[name] = shard
         used += size
     return plan
-
-
-def iter_layer_tensors(ckpt: Checkpoint, layers: int) -> Iterator[tuple[int, dict]]:
-    """``(layer index, {name: tensor})`` for each decoder layer, read one layer at a time."""
-    for i in range(layers):
-        yield i, ckpt.read(ckpt.names_with_prefix(f"model.layers.{i}."))
