@@ -1,20 +1,19 @@
 """Question: does ``recoverlib predict`` run in bounded memory as rows grow, and what does a row cost in RSS?
 
-Two ways in one run: the same predict (tiny Mixtral, HF engine, 1 sample of 2 new tokens, no adapters) over a
-small and a large synthetic input (default 2,000 and 20,000 rows; one row in 500 has an empty text, which must
-cost that row only: it gets the fallback prompt). Each predict runs as its own process; its RSS is read from
-/proc every 0.2 s, next to how many rows its samples file holds. Reported: peak RSS of each run, their ratio,
-and the RSS growth per row (a least-squares slope of RSS against rows done over the second half of the large
-run, after warm-up), next to the samples file's bytes per row (what predict keeps per row by design: the samples,
-for combining at the end).
+Ways of doing the same work in one run: the same predict (tiny Mixtral, 1 greedy sample of 2 new tokens, no
+adapters) by engine, compute dtype and rows: by default the HF engine in bf16 (the checkpoint's dtype) and in
+``auto`` (float32 on CPU) over 2,000 rows, ``auto`` over 20,000, and vLLM over 2,000 and 20,000 (one row in 500
+has an empty text, which must cost that row only: it gets the fallback prompt). Each predict runs as its own
+process; its RSS is read from /proc every 0.2 s, next to how many rows its samples file holds. Reported: peak RSS
+of each run, the ratio of peaks between row counts, and the RSS growth per row (a least-squares slope of RSS
+against rows done over the second half of the run, after warm-up), next to the samples file's bytes per row
+(what predict keeps per row by design: the samples, for combining at the end).
 
-Reproduce: ``python benchmarks/predict_memory.py``; ``--quick`` uses 200 and 2,000 rows (about 2 min on the
-2-core CPU) and writes to a scratch folder. First result (``--quick``, Dec 2026, 2-core AMD EPYC): peak RSS
-922 MiB at 200 rows, 1,884 MiB at 2,000; RSS grew about 0.5 MB per row while the samples file holds 78 bytes per
-row. The growth is inside the HF engine's generate with changing prompt shapes: repeating one set of prompts
-held RSS flat, rendering prompts alone held it flat, capping oneDNN's primitive cache did not stop it, and
-``malloc_trim`` after each chunk only slowed it (about 0.2 MB per row). So the 20,000-row run was not made here
-(it would pass 8 GB); fix the engine first, then rerun this.
+Reproduce: ``python benchmarks/predict_memory.py`` (about 45 minutes on the 2-core CPU); ``--runs hf:auto:2000``
+picks runs; ``--quick`` uses 200 and 2,000 rows, HF only, and writes to a scratch folder. History: the first
+``--quick`` run (bf16) grew about 0.5 MB per row inside the HF engine's generate with changing prompt shapes
+(oneDNN's 16-bit matmuls; Python-level allocations stayed flat under tracemalloc), so ``auto`` on CPU now
+computes in float32.
 """
 
 from __future__ import annotations
@@ -58,13 +57,16 @@ def rss_bytes(pid: int) -> int | None:
     return None
 
 
-def run_predict(model: Path, rows: int, work: Path) -> dict:
+def run_predict(model: Path, engine: str, dtype: str, rows: int, work: Path) -> dict:
     """One predict process over ``rows`` rows; its RSS trace against rows done, and what it wrote."""
-    inp = make_input(rows, work / f"in_{rows}.csv")
-    samples, out = work / f"samples_{rows}.jsonl", work / f"sub_{rows}.csv"
-    cmd = [sys.executable, "-m", "recoverlib.cli", "predict", "--engine", "hf", "--model", str(model), "--input",
+    inp = work / f"in_{rows}.csv"
+    if not inp.is_file():
+        make_input(rows, inp)
+    samples, out = work / f"samples_{engine}_{dtype}_{rows}.jsonl", work / f"sub_{engine}_{dtype}_{rows}.csv"
+    samples.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "recoverlib.cli", "predict", "--engine", engine, "--model", str(model), "--input",
            str(inp), "--out", str(out), "--samples-file", str(samples), "--samples", "1", "--max-new-tokens", "2",
-           "--temperature", "0", "--batch-size", "64", "--chunk-rows", "256"]
+           "--temperature", "0", "--batch-size", "64", "--chunk-rows", "256", "--dtype", dtype]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     trace = []  # (seconds, rows done, rss bytes)
@@ -78,7 +80,7 @@ def run_predict(model: Path, rows: int, work: Path) -> dict:
     if proc.returncode:
         raise SystemExit(f"predict over {rows} rows failed:\n{stderr[-3000:]}")
     sub = pd.read_csv(out, dtype=str, keep_default_na=False)
-    return {"rows": rows, "seconds": time.perf_counter() - start, "trace": np.array(trace, dtype=float),
+    return {"engine": engine, "dtype": dtype, "rows": rows, "seconds": time.perf_counter() - start, "trace": np.array(trace, dtype=float),
             "fallbacks": stderr.count("it gets the fallback prompt"), "written": len(sub),
             "samples_bytes": samples.stat().st_size, "progress_bar": "rows:" in stderr}
 
@@ -91,35 +93,49 @@ def per_row_slope(trace: np.ndarray, rows: int) -> float:
     return float(np.polyfit(late[:, 1], late[:, 2], 1)[0])
 
 
+FULL = ("hf:bfloat16:2000", "hf:auto:2000", "hf:auto:20000", "vllm:auto:2000", "vllm:auto:20000")
+QUICK = ("hf:bfloat16:200", "hf:auto:200", "hf:auto:2000")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="200 and 2,000 rows; results to a scratch folder")
+    parser.add_argument("--quick", action="store_true", help="200 and 2,000 rows, HF only; results to a scratch folder")
+    parser.add_argument("--runs", nargs="+", metavar="ENGINE:DTYPE:ROWS", help=f"default: {' '.join(FULL)}")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    small, large = (200, 2000) if args.quick else (2000, 20000)
+    specs = [(e, d, int(n)) for e, d, n in (r.split(":") for r in args.runs or (QUICK if args.quick else FULL))]
     out_dir = results_dir(args.out, args.quick)
     work = out_dir / "predict_memory_work"
     work.mkdir(parents=True, exist_ok=True)
     from recoverlib.tiny import make_tiny
 
     model = make_tiny(work / "tiny", adapters=0, seed=0) / "model"
-    runs = [run_predict(model, n, work) for n in (small, large)]
+    runs = [run_predict(model, e, d, n, work) for e, d, n in specs]
     table = pd.DataFrame([{
-        "rows": r["rows"], "seconds": r["seconds"], "ms per row": 1000 * r["seconds"] / r["rows"],
+        "engine": r["engine"], "dtype": r["dtype"], "rows": r["rows"], "seconds": r["seconds"], "ms per row": 1000 * r["seconds"] / r["rows"],
         "peak RSS MiB": r["trace"][:, 2].max() / 2**20,
         "RSS growth per row (bytes)": per_row_slope(r["trace"], r["rows"]),
         "samples file bytes per row": r["samples_bytes"] / r["rows"],
         "rows given the fallback": r["fallbacks"], "rows written": r["written"], "progress bar": r["progress_bar"],
     } for r in runs])
-    ratio = table["peak RSS MiB"].iloc[1] / table["peak RSS MiB"].iloc[0]
-    notes = [f"Machine: {machine_line(machine_info())}",
-             f"Peak RSS ratio, {large:,} rows / {small:,} rows: {ratio:.3f} (rows x{large // small}).",
+    notes = [f"Machine: {machine_line(machine_info())}", *ratios(table),
              f"Rows with an empty text (one in {EMPTY_EVERY}), or whose 2 greedy tokens cleaned to nothing, got the fallback;"
              " every row was written.",
-             "Command: python benchmarks/predict_memory.py" + (" --quick" if args.quick else "")]
+             "Command: python benchmarks/predict_memory.py " + " ".join(sys.argv[1:])]
     path = write_table(table, out_dir, "predict_memory", "predict: memory against rows (HF engine, tiny model)", notes)
     _plot(runs, out_dir / "predict_memory.png")
     print(path.read_text())
+
+
+def ratios(table: pd.DataFrame) -> list[str]:
+    """Per engine and dtype with two row counts: the peak RSS ratio of the largest run to the smallest."""
+    out = []
+    for (engine, dtype), part in table.groupby(["engine", "dtype"], sort=False):
+        if len(part) > 1:
+            lo, hi = part.loc[part.rows.idxmin()], part.loc[part.rows.idxmax()]
+            out.append(f"{engine} {dtype}: peak RSS ratio {hi.rows:,} rows / {lo.rows:,} rows = "
+                       f"{hi['peak RSS MiB'] / lo['peak RSS MiB']:.3f} (rows x{hi.rows // lo.rows}).")
+    return out
 
 
 def _plot(runs: list[dict], path: Path) -> None:
@@ -130,7 +146,8 @@ def _plot(runs: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in runs:
-        ax.plot(r["trace"][:, 1], r["trace"][:, 2] / 2**20, label=f"{r['rows']:,} rows")
+        ax.plot(r["trace"][:, 1], r["trace"][:, 2] / 2**20, label=f"{r['engine']} {r['dtype']}, {r['rows']:,} rows")
+    ax.set_xscale("symlog", linthresh=1000)
     ax.set_xlabel("rows done (samples file lines)")
     ax.set_ylabel("RSS (MiB)")
     ax.set_title("recoverlib predict: RSS against rows done")

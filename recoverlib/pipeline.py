@@ -6,6 +6,9 @@ Chunks sit at fixed input positions (rows ``k * chunk_rows`` on) and each row is
 a run killed at any moment and resumed with the same options writes the same bytes as one that never stopped: a
 chunk cut short is sampled again whole (the same batches, the same seeds) and only its missing rows are appended.
 A row that cannot be served (empty text) or whose samples are all empty gets the fallback prompt and a warning.
+A chunk whose generation fails is served again row by row: a row that fails alone costs that row only (fallback,
+warning, left out of the samples file so ``resume`` tries it again); when every row fails alone the error is not
+about rows, and the run stops with it, every finished chunk kept.
 """
 
 from __future__ import annotations
@@ -114,7 +117,8 @@ def sample_rows(engine: Engine, rows: Sequence[Row], config: PredictConfig, *, s
             missing = [row for row in chunk if row.id not in done]
             if not missing:
                 continue
-            got = _sample_chunk(engine, chunk, config, first_key=start, base=base)
+            got = _sample_chunk_isolated(engine, chunk, config, first_key=start, base=base)
+            missing = [row for row in missing if row.id in got]  # a row that failed alone is not recorded
             if samples_file:
                 append_samples(samples_file, [(row.id, got[row.id]) for row in missing], base)
             done.update((row.id, got[row.id]) for row in missing)
@@ -129,6 +133,40 @@ def finish_rows(rows: Sequence[Row], samples: Mapping[str, Sequence[Sample]], co
     served = {row.id: tuple(samples.get(row.id, ())) for row in rows if not row.problem}
     prompts = combine_rows(served, config.combination, context or CombineContext())
     return [_finish(row, samples.get(row.id, ()), prompts.get(row.id, ""), config) for row in rows]
+
+
+def _sample_chunk_isolated(engine: Engine, chunk: Sequence[Row], config: PredictConfig, first_key: int,
+                           base: str | None) -> dict[str, tuple[Sample, ...]]:
+    """:func:`_sample_chunk`, and when it fails, each servable row alone (seeded by its own position): the rows
+    that fail alone are left out of the result with a warning; if all of them fail (two or more), the error is
+    the engine's, not a row's, and is raised."""
+    try:
+        return _sample_chunk(engine, chunk, config, first_key=first_key, base=base)
+    except Exception as err:  # noqa: BLE001 (any engine failure: find the row, keep the others)
+        servable = [i for i, row in enumerate(chunk) if not row.problem]
+        if len(servable) < 2:
+            return _failed_rows(chunk, {i: err for i in servable})
+        log.warning("rows %d-%d: generation failed (%s: %s); serving them one by one to find the row",
+                    first_key, first_key + len(chunk) - 1, type(err).__name__, err)
+        first_error = err
+    out: dict[str, tuple[Sample, ...]] = {row.id: () for row in chunk if row.problem}
+    errors: dict[int, Exception] = {}
+    for i in servable:
+        try:
+            out.update(_sample_chunk(engine, chunk[i : i + 1], config, first_key=first_key + i, base=base))
+        except Exception as err:  # noqa: BLE001
+            errors[i] = err
+    if len(errors) == len(servable):
+        raise first_error
+    return {**out, **_failed_rows(chunk, errors)}
+
+
+def _failed_rows(chunk: Sequence[Row], errors: Mapping[int, Exception]) -> dict:
+    """Warn once per row that failed alone; the result holds the chunk's unservable rows (none failed)."""
+    for i, err in errors.items():
+        log.warning("row id=%s: generation failed (%s: %s); it gets the fallback prompt and is not saved, so"
+                    " --resume tries it again", chunk[i].id, type(err).__name__, err)
+    return {row.id: () for row in chunk if row.problem}
 
 
 def _sample_chunk(engine: Engine, chunk: Sequence[Row], config: PredictConfig, first_key: int = 0,
@@ -189,6 +227,8 @@ def _finish(row: Row, samples: Sequence[Sample], prompt: str, config: PredictCon
     if row.problem:
         return Prediction(row.id, config.fallback_prompt, (), fallback=row.problem)
     prompt = prompt.strip()
+    if not samples:  # its generation failed (warned then)
+        return Prediction(row.id, config.fallback_prompt, (), fallback="generation failed")
     if not prompt:
         log.warning("row id=%s: every sample was empty after cleaning; it gets the fallback prompt", row.id)
         return Prediction(row.id, config.fallback_prompt, tuple(samples), fallback="empty samples")

@@ -33,6 +33,49 @@ def test_all_empty_samples_get_fallback(engine, monkeypatch):
     assert pred.prompt == CFG.fallback_prompt and pred.fallback == "empty samples"
 
 
+def _failing_on(engine, monkeypatch, marker: str, calls: list):
+    """engine.generate raising for any batch holding a prompt with ``marker`` (a row the engine cannot serve)."""
+    real = engine.generate
+
+    def generate(prompts, s, adapters, keys=None):
+        calls.append(list(keys))
+        if any(marker in p for ps in prompts.values() for p in ps):
+            raise RuntimeError("a kernel failed on this row")
+        return real(prompts, s, adapters, keys)
+
+    monkeypatch.setattr(engine, "generate", generate)
+
+
+def test_a_row_whose_generation_fails_costs_that_row_only(engine, tmp_path, monkeypatch, caplog):
+    rows = [Row(str(i), f"text {i}", "POISON" if i == 2 else f"TEXT {i}") for i in range(5)]
+    clean = predict_rows(engine, rows, CFG)
+    calls = []
+    _failing_on(engine, monkeypatch, "POISON", calls)
+    path = tmp_path / "s.jsonl"
+    preds = predict_rows(engine, rows, CFG, samples_file=path)
+    assert [p.id for p in preds] == [r.id for r in rows]
+    assert preds[2].prompt == CFG.fallback_prompt and preds[2].fallback == "generation failed"
+    # Rows of the other chunks: what a clean run gives; the failed chunk's good row was served (alone).
+    assert [p.prompt for i, p in enumerate(preds) if i not in (2, 3)] == [p.prompt for i, p in enumerate(clean)
+                                                                          if i not in (2, 3)]
+    assert preds[3].fallback is None and len(preds[3].samples) == 4
+    assert list(read_samples(path)) == ["0", "1", "3", "4"]  # the failed row is not saved: resume retries it
+    assert "row id=2: generation failed (RuntimeError: a kernel failed on this row)" in caplog.text
+    assert [2, 3] in calls and [2] in calls and [3] in calls  # the chunk, then each of its rows alone
+    monkeypatch.undo()
+    resumed = predict_rows(engine, rows, CFG, samples_file=path, resume=True)
+    assert resumed[2].fallback is None and sorted(read_samples(path)) == [r.id for r in rows]
+
+
+def test_an_engine_that_fails_on_every_row_stops_the_run(engine, tmp_path, monkeypatch):
+    rows = [Row(str(i), f"text {i}", f"POISON {i}" if i >= 2 else f"TEXT {i}") for i in range(4)]
+    _failing_on(engine, monkeypatch, "POISON", [])
+    path = tmp_path / "s.jsonl"
+    with pytest.raises(RuntimeError, match="kernel failed"):
+        predict_rows(engine, rows, CFG, samples_file=path)
+    assert list(read_samples(path)) == ["0", "1"]  # the chunk finished before the failure is kept
+
+
 def test_samples_file_lines_in_input_order_and_resume(engine, sample_csv, tmp_path, monkeypatch):
     rows = read_rows(sample_csv)[:5]
     path = tmp_path / "s.jsonl"

@@ -19,7 +19,8 @@ def _search_config(args):
     from recoverlib.combine.search import SearchConfig
 
     return SearchConfig(steps=args.steps, beam=args.beam, vocab_size=args.vocab_size,
-                        vocab=getattr(args, "vocab", "tokens"), seed=args.seed)
+                        vocab=getattr(args, "vocab", "tokens"), seed=args.seed, screen=args.screen,
+                        shortlist=args.shortlist)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -168,6 +169,9 @@ def _search_options(p, steps: int, vocab_size: int) -> None:
     p.add_argument("--beam", type=int, default=1, help="strings kept per step (1 = greedy)")
     p.add_argument("--vocab-size", type=_vocab_size, default=vocab_size,
                    help="candidates tried per step, or 'all' (the whole vocabulary every step; slow, exhaustive)")
+    p.add_argument("--screen", type=int, help="rank every candidate on this many seeded rows first, then score"
+                   " only the --shortlist best on all rows (makes --vocab-size all affordable; approximate)")
+    p.add_argument("--shortlist", type=int, default=256, help="candidates of the screen scored on all rows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--holdout", type=float, default=0.2, help="seeded validation fraction")
     add_out(p, "text file for the found string")

@@ -106,7 +106,9 @@ def save_combination(config, path: str | Path, info: dict | None = None) -> Path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"format": FORMAT, "combination": config_to_dict(config), "info": info or {}}
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(path)  # a finished-looking file is always whole
     return path
 
 

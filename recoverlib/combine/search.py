@@ -2,8 +2,12 @@
 
 Both are a beam search that appends one word (or embedder token) per step and keeps the ``beam`` best strings
 seen so far, so the best train score never decreases from step to step; it stops early when no step helps.
-Everything is seeded (vocabulary sample, validation split) and the embedder is deterministic on CPU, so a run
-repeats for a seed.
+Everything is seeded (vocabulary sample, validation split, screening rows) and the embedder is deterministic on
+CPU, so a run repeats for a seed.
+
+Screening (``screen``): the suffix's objective embeds rows x candidates texts per step, too many for the whole
+vocabulary on a CPU; with ``screen=k`` every candidate is first scored on ``k`` seeded rows only, and the best
+``shortlist`` of them on all rows (an approximation: a candidate the screen ranks low is never tried in full).
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ class SearchConfig:
     vocab_size: int | None = 200
     vocab: str = "words"
     seed: int = 0
+    screen: int | None = None  # rows that rank every candidate first (None: every candidate on every row)
+    shortlist: int = 256  # candidates of the screen scored on every row
 
     def __post_init__(self):
-        for name in ("steps", "beam", "vocab_size"):
+        for name in ("steps", "beam", "vocab_size", "screen", "shortlist"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise RecoverlibError(f"search: {name} must be >= 1 (got {getattr(self, name)})")
         if self.vocab not in ("words", "tokens"):
@@ -75,8 +81,12 @@ def token_vocabulary(tokenizer, size: int | None, rng: np.random.Generator) -> l
 
 
 def beam_search(score: Callable[[list[str]], np.ndarray], vocab: Sequence[str], config: SearchConfig,
-                start: str = "", desc: str = "search", progress: bool = True) -> SearchResult:
-    """Append-one-word beam search maximising ``score(strings) -> (len(strings),)`` (higher is better)."""
+                start: str = "", desc: str = "search", progress: bool = True,
+                screen: Callable[[list[str]], np.ndarray] | None = None) -> SearchResult:
+    """Append-one-word beam search maximising ``score(strings) -> (len(strings),)`` (higher is better).
+
+    ``screen``: a cheaper approximation of ``score``; each step keeps its best ``config.shortlist`` candidates
+    and scores only those with ``score``."""
     if not vocab:
         raise RecoverlibError("search: the vocabulary is empty")
     beam = [(float(score([start])[0]) if start else -np.inf, start)]
@@ -84,6 +94,9 @@ def beam_search(score: Callable[[list[str]], np.ndarray], vocab: Sequence[str], 
     bar = tqdm(range(config.steps), desc=desc, unit="step", disable=not progress)
     for _ in bar:
         texts = list(dict.fromkeys(f"{s} {w}".strip() for _, s in beam for w in vocab))
+        if screen is not None and len(texts) > config.shortlist:
+            ranked = np.argsort(-screen(texts), kind="stable")[: config.shortlist]
+            texts = [texts[i] for i in sorted(ranked)]
         new = list(zip(score(texts).tolist(), texts, strict=True))
         # Old strings stay in the pool: the best score cannot fall, and a step that finds nothing better ends it.
         pool = sorted(dict((t, s) for s, t in [*beam, *new]).items(), key=lambda kv: (-kv[1], kv[0]))
@@ -115,7 +128,16 @@ def optimize_prompt(train: Sequence[str], ctx, config: SearchConfig = SearchConf
     rng = np.random.default_rng(config.seed)
     vocab = (word_vocabulary(train, config.vocab_size) if config.vocab == "words"
              else token_vocabulary(ctx.get_scorer().tokenizer, config.vocab_size, rng))
-    return beam_search(prompt_scorer(train, ctx), vocab, config, desc="optimize-prompt", progress=progress)
+    screen = _screen_rows(len(train), config, rng)
+    return beam_search(prompt_scorer(train, ctx), vocab, config, desc="optimize-prompt", progress=progress,
+                       screen=None if screen is None else prompt_scorer([train[i] for i in screen], ctx))
+
+
+def _screen_rows(n: int, config: SearchConfig, rng: np.random.Generator) -> np.ndarray | None:
+    """Seeded indices of the ``config.screen`` rows that rank candidates (None: no screening, or too few rows)."""
+    if config.screen is None or config.screen >= n:
+        return None
+    return np.sort(rng.choice(n, size=config.screen, replace=False))
 
 
 def suffix_scorer(predictions: Sequence[str], truths: Sequence[str], ctx) -> Callable[[list[str]], np.ndarray]:
@@ -137,7 +159,11 @@ def search_suffix(predictions: Sequence[str], truths: Sequence[str], ctx, config
         raise RecoverlibError(f"search-suffix: {len(predictions)} predictions for {len(truths)} truths")
     rng = np.random.default_rng(config.seed)
     vocab = token_vocabulary(ctx.get_scorer().tokenizer, config.vocab_size, rng)
-    return beam_search(suffix_scorer(predictions, truths, ctx), vocab, config, desc="search-suffix", progress=progress)
+    screen = _screen_rows(len(predictions), config, rng)
+    screen_score = None if screen is None else suffix_scorer([predictions[i] for i in screen],
+                                                             [truths[i] for i in screen], ctx)
+    return beam_search(suffix_scorer(predictions, truths, ctx), vocab, config, desc="search-suffix",
+                       progress=progress, screen=screen_score)
 
 
 def holdout_split(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

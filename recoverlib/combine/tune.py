@@ -4,13 +4,22 @@ samples against their truths, with bootstrap intervals and paired differences ag
 
 The choice is per task (is hedging worth it here?) and, through ``mbr``, per row. A tuned config holds no row
 ids and its prompt texts inline, so it carries to another split of the same task.
+
+A tune that writes ``out`` keeps ``<out>.partial.jsonl`` while it runs: one line per scored candidate (its config
+and per-row scores), fsynced. Killed and rerun with the same inputs, it scores only the candidates not there yet
+and writes the same bytes (the bootstrap draws come after all scoring, in candidate order); other inputs are
+refused in one line. The partial file is removed once ``out`` is written.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -102,23 +111,87 @@ class Result:
     rows: np.ndarray  # (rows,) per-row scores
 
 
+class TuneProgress:
+    """The candidates a killed tune already scored (``<out>.partial.jsonl``), for a rerun to skip.
+
+    The first line holds a digest of what the scores depend on (rows, samples, truths, embedder, power, fallback);
+    each further line one candidate: ``{"name", "config", "scores", "seconds"}``. A torn last line is dropped.
+    """
+
+    def __init__(self, path: str | Path, digest: str):
+        self.path, self.digest = Path(path), digest
+        self.done: dict[str, tuple[dict, np.ndarray, float]] = {}
+        lines = self.path.read_text().splitlines(keepends=True) if self.path.is_file() else []
+        whole = [ln for ln in lines if ln.endswith("\n")]
+        try:
+            if whole and json.loads(whole[0]).get("digest") != digest:
+                raise RecoverlibError(f"{self.path} is a partial tune of other samples, truths or embedder: delete"
+                                      " it, or rerun with the inputs it was started with")
+            for line in whole[1:]:
+                rec = json.loads(line)
+                self.done[rec["name"]] = (rec["config"], np.array(rec["scores"], dtype=np.float64), rec["seconds"])
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            raise RecoverlibError(f"{self.path}: not a partial tune ({type(err).__name__}: {err}); delete it") from None
+        # Rewrite without a torn tail (a kill mid-line), so appends stay whole lines.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._write("".join(whole) or json.dumps({"digest": digest}) + "\n", "w")
+
+    def get(self, cand: Candidate) -> tuple[np.ndarray, float] | None:
+        from recoverlib.combine.configio import config_to_dict
+
+        got = self.done.get(cand.name)
+        same = got is not None and got[0] == json.loads(json.dumps(config_to_dict(cand.config)))
+        return (got[1], got[2]) if same else None
+
+    def add(self, cand: Candidate, scores: np.ndarray, seconds: float) -> None:
+        from recoverlib.combine.configio import config_to_dict
+
+        self._write(json.dumps({"name": cand.name, "config": config_to_dict(cand.config),
+                                "scores": scores.tolist(), "seconds": seconds}) + "\n", "a")
+
+    def _write(self, text: str, mode: str) -> None:
+        with open(self.path, mode) as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def inputs_digest(samples: Mapping[str, Sequence[Sample]], truth: Mapping[str, str], ids: Sequence[str],
+                  embedder: str, power: int, fallback: str | None) -> str:
+    """A digest of everything a candidate's per-row scores depend on, besides its config."""
+    data = [[i, [[s.adapter, s.index, s.text, s.base] for s in samples[i]], truth[i]] for i in ids]
+    raw = json.dumps({"rows": data, "embedder": embedder, "power": power, "fallback": fallback})
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
 def score_candidates(samples: Mapping[str, Sequence[Sample]], truth: Mapping[str, str],
                      candidates: Sequence[Candidate], ctx, rng: np.random.Generator, n_boot: int = 1000,
-                     fallback: str | None = None, progress: bool = True) -> list[Result]:
+                     fallback: str | None = None, progress: bool = True,
+                     partial: str | Path | None = None) -> list[Result]:
     """Every candidate scored on the rows both files have, best first. Empty predictions get ``fallback``
-    (as ``predict`` does). The baseline (``first``) is always scored: the paired differences need it."""
+    (as ``predict`` does). The baseline (``first``) is always scored: the paired differences need it.
+    ``partial``: a :class:`TuneProgress` file; candidates scored there are not scored again."""
     ids = matched_ids(samples, truth)
     rows = {i: samples[i] for i in ids}
-    gold = ctx.embed([truth[i] for i in ids])
+    saved = None
+    if partial is not None:
+        embedder = ctx.scorer.embedder if ctx.scorer is not None else ctx.embedder
+        saved = TuneProgress(partial, inputs_digest(samples, truth, ids, str(embedder), ctx.power, fallback))
     if BASELINE not in {c.name for c in candidates}:
         candidates = [Candidate(BASELINE, FirstConfig()), *candidates]
-    scored = {}
+    scored, gold = {}, None
     for cand in candidates:
+        if saved is not None and (got := saved.get(cand)) is not None:
+            scored[cand.name] = (cand, *got)
+            continue
         start = time.perf_counter()
+        gold = ctx.embed([truth[i] for i in ids]) if gold is None else gold
         preds = combine_rows(rows, cand.config, ctx, progress=progress)
         texts = [preds[i] or fallback or "" for i in ids]
-        got = _row_scores(texts, gold, ctx)
+        got = _row_scores(texts, gold, ctx).astype(np.float64)  # as a resumed run reads it back
         scored[cand.name] = (cand, got, time.perf_counter() - start)
+        if saved is not None:
+            saved.add(cand, got, scored[cand.name][2])
     base = scored[BASELINE][1]
     out = []
     for cand, got, secs in scored.values():
@@ -166,7 +239,9 @@ def tune(samples: Mapping[str, Sequence[Sample]], truth: Mapping[str, str], ctx,
     from recoverlib.combine.configio import save_combination
 
     candidates = select(default_candidates(mean_prompt, suffix), strategies) + list(extra)
-    results = score_candidates(samples, truth, candidates, ctx, np.random.default_rng(seed), n_boot, fallback)
+    partial = None if out is None else Path(f"{out}.partial.jsonl")
+    results = score_candidates(samples, truth, candidates, ctx, np.random.default_rng(seed), n_boot, fallback,
+                               partial=partial)
     if out is not None:
         best = results[0]
         embedder = ctx.scorer.embedder if ctx.scorer is not None else ctx.embedder
@@ -174,4 +249,5 @@ def tune(samples: Mapping[str, Sequence[Sample]], truth: Mapping[str, str], ctx,
                 "name": best.name, "score": round(best.score, 5), "vs_first": round(best.diff, 5),
                 "table": {r.name: round(r.score, 5) for r in results}}
         save_combination(best.config, out, info)
+        partial.unlink(missing_ok=True)
     return results

@@ -64,3 +64,28 @@ def test_predict_killed_then_resumed_writes_the_same_bytes(tiny_model, tiny_adap
     assert "cut short by a crash" in resumed.stderr
     assert part.read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
     assert (tmp_path / "part.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
+
+
+@pytest.mark.slow
+def test_tune_killed_then_rerun_writes_the_same_bytes(tmp_path):
+    from tests.combine.synth import make_split
+
+    make_split(tmp_path / "val.jsonl", tmp_path / "val.csv", rows=200, per_adapter=4, adapters=("a", "b", "c"),
+               agree=0.5, seed=1)
+    (tmp_path / "mean.txt").write_text("Rewrite the text in a different style.\n")
+    common = ["tune", "--samples-file", tmp_path / "val.jsonl", "--truth", tmp_path / "val.csv", "--embedder",
+              "minilm", "--mean-prompt", tmp_path / "mean.txt", "--bootstrap", "200", "--seed", "3"]
+    whole = subprocess.run(_cli(*common, "--out", tmp_path / "whole.json"), capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    out, partial = tmp_path / "out.json", tmp_path / "out.json.partial.jsonl"
+    proc = subprocess.Popen(_cli(*common, "--out", out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_lines(partial, 3, proc)  # the digest and two candidates saved: part-way through the grid
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    saved = partial.read_bytes().count(b"\n") - 1
+    assert 2 <= saved < 10  # the grid has 10 candidates with a mean prompt
+    again = subprocess.run(_cli(*common, "--out", out), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert out.read_bytes() == (tmp_path / "whole.json").read_bytes() and not partial.exists()

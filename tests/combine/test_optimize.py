@@ -35,6 +35,33 @@ def test_beam_search_on_a_hand_scored_toy():
     assert len(got.history) == 4  # three useful steps, then one that finds nothing better and stops
 
 
+def test_screen_scores_only_its_shortlist_on_every_row():
+    # The screen ranks "make" and "text" first; only those two reach the full score, so "short" is never tried.
+    full_calls = []
+
+    def score(texts):
+        full_calls.append(list(texts))
+        return np.array([len({"make", "text", "short"} & set(t.split())) for t in texts], dtype=float)
+
+    def screen(texts):
+        return np.array([len({"make", "text"} & set(t.split())) for t in texts], dtype=float)
+
+    cfg = SearchConfig(steps=1, shortlist=2)
+    got = beam_search(score, ["short", "make", "text", "zebra"], cfg, progress=False, screen=screen)
+    assert sorted(full_calls[-1]) == ["make", "text"] and got.text in ("make", "text")
+    whole = beam_search(score, ["short", "make", "text", "zebra"], cfg, progress=False)
+    assert whole.score == got.score  # each step's best among the shortlist is as good here
+
+
+def test_screened_suffix_search_is_seeded_and_never_lowers_the_score(ctx):
+    preds = ["Make it short.", "Pirate it.", "Formal now.", "Poem please."]
+    truths = ["Shorten this text.", "Make it sound like a pirate.", "Make it formal.", "Rewrite as a poem."]
+    cfg = SearchConfig(steps=2, vocab_size=24, seed=3, screen=2, shortlist=4)
+    one = search_suffix(preds, truths, ctx, cfg, progress=False)
+    assert one.history == sorted(one.history)
+    assert one == search_suffix(preds, truths, ctx, cfg, progress=False)
+
+
 @pytest.mark.parametrize("beam", [1, 2])
 def test_train_score_never_decreases_and_repeats_for_a_seed(ctx, beam):
     cfg = SearchConfig(steps=4, beam=beam, vocab_size=12, seed=5)

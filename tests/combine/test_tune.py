@@ -93,3 +93,49 @@ def test_samples_without_truth_and_bad_combination_are_one_line(tmp_path, split,
                  "--out", str(tmp_path / "o.csv")]) == 2
     err = capsys.readouterr().err.strip()
     assert "max_parts" in err and "\n" not in err
+
+
+def test_a_tune_stopped_part_way_resumes_and_writes_the_same_bytes(split, tmp_path, ctx, monkeypatch):
+    from recoverlib.combine import tune as tune_module
+
+    samples, truth = read_samples(split / "val.jsonl"), read_truth(split / "val.csv")
+    kw = {"strategies": ["concat", "mbr-2", "mbr-4"], "n_boot": 100, "seed": 4}
+    whole = tmp_path / "whole.json"
+    tune_module.tune(samples, truth, ctx, out=str(whole), **kw)
+    assert not (tmp_path / "whole.json.partial.jsonl").exists()  # removed once the result is written
+
+    real, calls = tune_module.combine_rows, []
+
+    def dies_on_mbr4(rows, config, ctx, progress=True):
+        calls.append(config)
+        if getattr(config, "max_parts", None) == 4:
+            raise KeyboardInterrupt  # the kill, after first, concat and mbr-2 were saved
+        return real(rows, config, ctx, progress=progress)
+
+    out = tmp_path / "out.json"
+    monkeypatch.setattr(tune_module, "combine_rows", dies_on_mbr4)
+    with pytest.raises(KeyboardInterrupt):
+        tune_module.tune(samples, truth, ctx, out=str(out), **kw)
+    partial = tmp_path / "out.json.partial.jsonl"
+    assert not out.exists() and len(partial.read_text().splitlines()) == 1 + 3
+    with partial.open("a") as fh:
+        fh.write('{"name": "mbr-4", "conf')  # a kill mid-line: dropped on resume
+    monkeypatch.setattr(tune_module, "combine_rows", real)
+    calls.clear()
+    monkeypatch.setattr(tune_module, "combine_rows", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    tune_module.tune(samples, truth, ctx, out=str(out), **kw)
+    assert [getattr(c, "max_parts", None) for c in calls] == [4]  # only the candidate not saved yet
+    assert out.read_bytes() == whole.read_bytes() and not partial.exists()
+
+
+def test_a_partial_tune_of_other_inputs_is_refused(split, tmp_path, ctx):
+    from recoverlib.combine.tune import tune
+
+    samples, truth = read_samples(split / "val.jsonl"), read_truth(split / "val.csv")
+    out = tmp_path / "out.json"
+    (tmp_path / "out.json.partial.jsonl").write_text(json.dumps({"digest": "0" * 64}) + "\n")
+    with pytest.raises(RecoverlibError, match="partial tune of other samples"):
+        tune(samples, truth, ctx, strategies=["concat"], n_boot=10, out=str(out))
+    (tmp_path / "out.json.partial.jsonl").write_text("garbage\n")
+    with pytest.raises(RecoverlibError, match="not a partial tune"):
+        tune(samples, truth, ctx, strategies=["concat"], n_boot=10, out=str(out))

@@ -61,3 +61,15 @@ def test_auto_merges_where_merging_is_exact(tiny_model, tiny_adapters, experts_a
         assert eng.lora_mode == "dynamic"  # LoRA on expert parameters cannot be merged from tensors
     with make_engine("hf", tiny_model, {}, EngineConfig()) as eng:
         assert eng.lora_mode == "dynamic"
+
+
+def test_auto_computes_in_float32_on_cpu_unless_asked(engine):
+    from recoverlib.engines.device import Device
+    from recoverlib.engines.hf import compute_dtype
+
+    assert engine.dtype == "float32" and engine.model.dtype.is_floating_point  # the tiny checkpoint is bf16
+    assert str(engine.model.dtype) == "torch.float32"
+    assert compute_dtype("auto", Device(), "bfloat16") == "float32"
+    assert compute_dtype("bfloat16", Device(), "bfloat16") == "bfloat16"  # asked for: what you get
+    gpu = Device(gpus=1, capability=(8, 0), memory_bytes=1 << 34, name="A100")
+    assert compute_dtype("auto", gpu, "bfloat16") == "bfloat16"
