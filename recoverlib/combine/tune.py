@@ -132,9 +132,7 @@ class TuneProgress:
                 self.done[rec["name"]] = (rec["config"], np.array(rec["scores"], dtype=np.float64), rec["seconds"])
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
             raise RecoverlibError(f"{self.path}: not a partial tune ({type(err).__name__}: {err}); delete it") from None
-        # Rewrite without a torn tail (a kill mid-line), so appends stay whole lines.
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._write("".join(whole) or json.dumps({"digest": digest}) + "\n", "w")
+        self._head = "".join(whole) or json.dumps({"digest": digest}) + "\n"  # written with the first new line
 
     def get(self, cand: Candidate) -> tuple[np.ndarray, float] | None:
         from recoverlib.combine.configio import config_to_dict
@@ -146,8 +144,13 @@ class TuneProgress:
     def add(self, cand: Candidate, scores: np.ndarray, seconds: float) -> None:
         from recoverlib.combine.configio import config_to_dict
 
-        self._write(json.dumps({"name": cand.name, "config": config_to_dict(cand.config),
-                                "scores": scores.tolist(), "seconds": seconds}) + "\n", "a")
+        line = json.dumps({"name": cand.name, "config": config_to_dict(cand.config),
+                           "scores": scores.tolist(), "seconds": seconds}) + "\n"
+        if self._head is not None:  # nothing is written before a candidate is scored (a bad input leaves no file)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._write(self._head, "w")  # rewritten without a torn tail (a kill mid-line): appends stay whole
+            self._head = None
+        self._write(line, "a")
 
     def _write(self, text: str, mode: str) -> None:
         with open(self.path, mode) as fh:

@@ -45,6 +45,7 @@ def ws_template(tmp_path_factory, tiny_model, tiny_adapters, sample_csv, sample_
     (root / "no_truth.csv").write_text("id,original_text,rewritten_text\n1,a,b\n")
     (root / "empty_truth.csv").write_text("id,rewrite_prompt\nr01,\n")
     (root / "mean.txt").write_text("Rewrite this text.\n")
+    (root / "stale.json.partial.jsonl").write_text(json.dumps({"digest": "0" * 64}) + "\n")  # another tune's
     (root / "one_pred.csv").write_text(f"id,rewrite_prompt\n{ids[0]},Rewrite\n")
     (root / "folder").mkdir()
     (root / "busy").mkdir()
@@ -311,6 +312,7 @@ CASES = [
     ("optimize-prompt", "steps-0", lambda w: _opt(w, "--steps", "0"), "steps"),
     ("optimize-prompt", "beam-0", lambda w: _opt(w, "--beam", "0"), "beam"),
     ("optimize-prompt", "vocab-size-0", lambda w: _opt(w, "--vocab-size", "0"), "vocab_size"),
+    ("optimize-prompt", "screen-0", lambda w: _opt(w, "--screen", "0"), "screen"),
     ("optimize-prompt", "holdout-1", lambda w: _opt(w, "--holdout", "1"), "holdout"),
     ("optimize-prompt", "embedder-cannot-load", lambda w: [*_opt(w), "--embedder", NO_EMBEDDER], "cannot load embedder"),
     # search-suffix
@@ -321,6 +323,7 @@ CASES = [
     ("search-suffix", "truth-wrong-columns", lambda w: _suffix(w, truth="in.csv"), "missing column(s) 'rewrite_prompt'"),
     ("search-suffix", "out-is-samples", lambda w: _suffix(w, out="samples.jsonl"), "same file as --samples-file"),
     ("search-suffix", "rows-0", lambda w: _suffix(w, "--rows", "0"), "rows"),
+    ("search-suffix", "shortlist-0", lambda w: _suffix(w, "--shortlist", "0"), "shortlist"),
     ("search-suffix", "combination-unknown-strategy", lambda w: _suffix(w, "--combination", f"{w}/unknown_strategy.json"), "no-such-strategy"),
     ("search-suffix", "embedder-cannot-load", lambda w: [*_suffix(w), "--embedder", NO_EMBEDDER], "cannot load embedder"),
     # tune
@@ -331,6 +334,7 @@ CASES = [
     ("tune", "out-is-truth", lambda w: _tune(w, out="truth.csv"), "same file as --truth"),
     ("tune", "out-is-samples", lambda w: _tune(w, out="samples.jsonl"), "same file as --samples-file"),
     ("tune", "unknown-strategy", lambda w: _tune(w, "--strategies", "nope"), "nope"),
+    ("tune", "partial-of-other-inputs", lambda w: _tune(w, out="stale.json"), "partial tune of other samples"),
     ("tune", "bootstrap-negative", lambda w: _tune(w, "--bootstrap", "-1"), "bootstrap"),
     ("tune", "mean-prompt-missing", lambda w: _tune(w, "--mean-prompt", f"{w}/nope.txt"), "nope.txt"),
     ("tune", "pipeline-not-json", lambda w: _tune(w, "--pipeline", f"{w}/not.json"), "not JSON"),
@@ -348,7 +352,7 @@ CASES = [
 
 # The closing note of issue 14 quotes these counts; the assertion keeps them true.
 CASES_PER_COMMAND = {"predict": 47, "score": 7, "make-tiny": 5, "make-task": 6, "train": 19, "quantize": 6,
-                     "inspect": 4, "optimize-prompt": 9, "search-suffix": 9, "tune": 11, "combine": 8}
+                     "inspect": 4, "optimize-prompt": 10, "search-suffix": 10, "tune": 12, "combine": 8}
 
 
 def test_case_counts():
