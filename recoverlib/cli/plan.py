@@ -70,6 +70,15 @@ def add_quantize_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device-memory", default=None, help="GPU memory available for quantizing, e.g. 15GB")
 
 
+def quantize_device(text: str) -> str:
+    """``cpu`` or ``cuda`` from ``--device`` (``cuda:N`` is ``cuda``); anything else is a one-line error."""
+    from recoverlib.errors import RecoverlibError
+
+    if text == "cpu" or text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text.split(":")[0]
+    raise RecoverlibError(f"--device {text!r}: use cpu, cuda or cuda:N")
+
+
 def quantize_lines(args) -> tuple[list[str], bool]:
     """The quantization report (weights, peak memory, fits) and whether it fits what was given."""
     from recoverlib.quant.checkpoint import parse_size
@@ -78,7 +87,7 @@ def quantize_lines(args) -> tuple[list[str], bool]:
 
     config = read_config(_model_config(args.model))
     plan = load_plan(args.plan)
-    device = "cpu" if args.device == "cpu" else "cuda"
+    device = quantize_device(args.device)
     peak = quantize_peak(config, plan, device, parse_size(args.max_shard_size))
     lines = [f"quantizing with {plan.name} ({plan.backend}) on {device}, {config.get('num_hidden_layers')} layers",
              f"  weights (quantized)      {peak.weights_bytes / 1e9:9.2f} GB",

@@ -72,6 +72,13 @@ class ServingSetup:
     enforce_eager: bool = False
 
     def __post_init__(self):
+        for name in ("tensor_parallel_size", "max_model_len", "max_num_seqs", "max_lora_rank"):
+            if getattr(self, name) < 1:
+                raise RecoverlibError(f"{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        if self.max_loras < 0 or (self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1):
+            raise RecoverlibError("max-loras must be >= 0 and max-num-batched-tokens >= 1")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise RecoverlibError(f"gpu-memory-utilization must be in (0, 1] (got {self.gpu_memory_utilization})")
         unknown = sorted(set(self.lora_targets) - set(ATTENTION_TARGETS + EXPERT_TARGETS))
         if unknown:
             raise RecoverlibError(f"LoRA targets {unknown}: choose from {', '.join(ATTENTION_TARGETS + EXPERT_TARGETS)}")

@@ -8,7 +8,6 @@ CUDA context or allocator slack, which the published runtime figures include.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,7 +102,9 @@ def read_config(config: str | Path | dict) -> dict:
     path = path / "config.json" if path.is_dir() else path
     if not path.is_file():
         raise RecoverlibError(f"{path}: no such config file")
-    return json.loads(path.read_text())
+    from recoverlib.model_folder import read_json_object
+
+    return read_json_object(path)
 
 
 def plan_bytes(config: str | Path | dict, plan: PrecisionPlan) -> PlanEstimate:

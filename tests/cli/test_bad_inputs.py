@@ -304,6 +304,17 @@ CASES = [
     ("inspect", "not-a-model", lambda w: ["inspect", f"{w}/folder"], "not an HF model folder"),
     ("inspect", "a-file", lambda w: ["inspect", f"{w}/in.csv"], "no such folder"),
     ("inspect", "pickle-only", lambda w: ["inspect", f"{w}/pickled_model"], "pickle"),
+    # plan
+    ("plan", "model-missing", lambda w: ["plan", f"{w}/nope", "--plan", "bnb-nf4"], "nope"),
+    ("plan", "not-a-model-folder", lambda w: ["plan", f"{w}/folder", "--plan", "bnb-nf4"], "folder"),
+    ("plan", "config-not-json", lambda w: ["plan", f"{w}/not.json", "--plan", "bnb-nf4"], "not.json"),
+    ("plan", "unknown-plan", lambda w: ["plan", "mixtral-8x7b", "--plan", "nope-3"], "nope-3"),
+    ("plan", "plan-file-not-json", lambda w: ["plan", "mixtral-8x7b", "--plan", f"{w}/not.json"], "not.json"),
+    ("plan", "host-memory-not-a-size", lambda w: ["plan", "mixtral-8x7b", "--plan", "bnb-nf4", "--host-memory",
+                                                  "lots"], "lots"),
+    ("plan", "bad-device", lambda w: ["plan", "mixtral-8x7b", "--plan", "bnb-nf4", "--device", "tpu"], "tpu"),
+    ("plan", "tensor-parallel-0", lambda w: ["plan", "mixtral-8x7b", "--plan", "bnb-nf4",
+                                             "--tensor-parallel-size", "0"], "tensor"),
     # optimize-prompt
     ("optimize-prompt", "train-missing", lambda w: _opt(w, train="nope.csv"), "no such file"),
     ("optimize-prompt", "train-wrong-columns", lambda w: _opt(w, train="in.csv"), "missing column(s) 'rewrite_prompt'"),
@@ -352,7 +363,7 @@ CASES = [
 
 # The closing note of issue 14 quotes these counts; the assertion keeps them true.
 CASES_PER_COMMAND = {"predict": 47, "score": 7, "make-tiny": 5, "make-task": 6, "train": 19, "quantize": 6,
-                     "inspect": 4, "optimize-prompt": 10, "search-suffix": 10, "tune": 12, "combine": 8}
+                     "inspect": 4, "plan": 8, "optimize-prompt": 10, "search-suffix": 10, "tune": 12, "combine": 8}
 
 
 def test_case_counts():
