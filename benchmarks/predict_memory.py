@@ -68,7 +68,9 @@ def run_predict(model: Path, engine: str, dtype: str, rows: int, work: Path) -> 
            str(inp), "--out", str(out), "--samples-file", str(samples), "--samples", "1", "--max-new-tokens", "2",
            "--temperature", "0", "--batch-size", "64", "--chunk-rows", "256", "--dtype", dtype]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = work / f"log_{engine}_{dtype}_{rows}.txt"  # a file, not a pipe: thousands of warnings would fill a pipe
+    with open(log, "w") as err:                         # nobody reads until the end, and block the run
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
     trace = []  # (seconds, rows done, rss bytes)
     while proc.poll() is None:
         rss = rss_bytes(proc.pid)
@@ -76,7 +78,8 @@ def run_predict(model: Path, engine: str, dtype: str, rows: int, work: Path) -> 
         if rss:
             trace.append((time.perf_counter() - start, done, rss))
         time.sleep(0.2)
-    stdout, stderr = proc.communicate()
+    proc.wait()
+    stderr = log.read_text(errors="replace")
     if proc.returncode:  # recorded, and the other runs go on
         last = (stderr.strip().splitlines() or ["(no output)"])[-1]
         print(f"{engine} {dtype} over {rows} rows failed:\n{stderr[-3000:]}", file=sys.stderr)
@@ -109,7 +112,9 @@ def main() -> None:
     args = parser.parse_args()
     specs = [(e, d, int(n)) for e, d, n in (r.split(":") for r in args.runs or (QUICK if args.quick else FULL))]
     out_dir = results_dir(args.out, args.quick)
-    work = out_dir / "predict_memory_work"
+    from recoverlib.cache import cache_dir
+
+    work = cache_dir("bench-predict-memory")  # inputs, samples and submissions: scratch, never results
     work.mkdir(parents=True, exist_ok=True)
     from recoverlib.tiny import make_tiny
 
