@@ -167,9 +167,11 @@ def serve(b: Bench, path: Path, in_memory=None) -> dict:
     """Load ``path`` through HFEngine (timed), then quality, reload exactness, speed and the metric."""
     import torch
 
+    from recoverlib.engines import EngineConfig
     from recoverlib.engines.hf import HFEngine
 
-    load, engine = time_repeats(lambda: HFEngine(path), b.w.repeats)
+    bf16 = EngineConfig(dtype="bfloat16")  # the reference's dtype (auto would compute in float32 on a CPU)
+    load, engine = time_repeats(lambda: HFEngine(path, config=bf16), b.w.repeats)
     out = _timing("load_s", load)
     try:
         out |= q.quality(b.ref, engine.model, b.windows)
@@ -185,7 +187,7 @@ def serve(b: Bench, path: Path, in_memory=None) -> dict:
     finally:
         engine.close()
     if b.scorer is not None:
-        with HFEngine(path, b.adapters) as engine:
+        with HFEngine(path, b.adapters, bf16) as engine:
             out["metric"] = q.validation_score(engine, b.rows, b.truths, b.scorer, b.w.samples, b.w.metric_tokens, b.seed)
     return out
 
