@@ -142,6 +142,8 @@ def _sample_chunk_isolated(engine: Engine, chunk: Sequence[Row], config: Predict
     the engine's, not a row's, and is raised."""
     try:
         return _sample_chunk(engine, chunk, config, first_key=first_key, base=base)
+    except RecoverlibError:
+        raise  # a setting the user must change, never one row's fault
     except Exception as err:  # noqa: BLE001 (any engine failure: find the row, keep the others)
         servable = [i for i, row in enumerate(chunk) if not row.problem]
         if len(servable) < 2:

@@ -76,6 +76,15 @@ def test_an_engine_that_fails_on_every_row_stops_the_run(engine, tmp_path, monke
     assert list(read_samples(path)) == ["0", "1"]  # the chunk finished before the failure is kept
 
 
+def test_a_settings_error_is_not_a_row_failure(engine, monkeypatch):
+    def generate(prompts, s, adapters, keys=None):
+        raise RecoverlibError("max_new_tokens 9999 leaves no room for the prompt")
+
+    monkeypatch.setattr(engine, "generate", generate)
+    with pytest.raises(RecoverlibError, match="leaves no room"):  # one servable row: still raised, not a fallback
+        predict_rows(engine, [Row("1", "a text", "A TEXT")], CFG)
+
+
 def test_samples_file_lines_in_input_order_and_resume(engine, sample_csv, tmp_path, monkeypatch):
     rows = read_rows(sample_csv)[:5]
     path = tmp_path / "s.jsonl"

@@ -33,6 +33,11 @@ class CombineContext:
             self.scorer = Scorer(self.embedder, power=self.power)
         return self.scorer
 
+    @property
+    def embedder_name(self) -> str:
+        """The embedder's name, without loading it."""
+        return str(self.scorer.embedder if self.scorer is not None else self.embedder)
+
     def prefetch(self, texts: Iterable[str]) -> None:
         """Embed every text not cached yet, in one batch (the fast path: one encode call for many rows)."""
         todo = list(dict.fromkeys(t for t in texts if t not in self._vectors))

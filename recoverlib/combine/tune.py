@@ -178,8 +178,7 @@ def score_candidates(samples: Mapping[str, Sequence[Sample]], truth: Mapping[str
     rows = {i: samples[i] for i in ids}
     saved = None
     if partial is not None:
-        embedder = ctx.scorer.embedder if ctx.scorer is not None else ctx.embedder
-        saved = TuneProgress(partial, inputs_digest(samples, truth, ids, str(embedder), ctx.power, fallback))
+        saved = TuneProgress(partial, inputs_digest(samples, truth, ids, ctx.embedder_name, ctx.power, fallback))
     if BASELINE not in {c.name for c in candidates}:
         candidates = [Candidate(BASELINE, FirstConfig()), *candidates]
     scored, gold = {}, None
@@ -247,8 +246,7 @@ def tune(samples: Mapping[str, Sequence[Sample]], truth: Mapping[str, str], ctx,
                                partial=partial)
     if out is not None:
         best = results[0]
-        embedder = ctx.scorer.embedder if ctx.scorer is not None else ctx.embedder
-        info = {"tuned_on": tuned_on, "rows": len(results[0].rows), "embedder": str(embedder),
+        info = {"tuned_on": tuned_on, "rows": len(results[0].rows), "embedder": ctx.embedder_name,
                 "name": best.name, "score": round(best.score, 5), "vs_first": round(best.diff, 5),
                 "table": {r.name: round(r.score, 5) for r in results}}
         save_combination(best.config, out, info)
