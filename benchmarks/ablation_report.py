@@ -131,9 +131,11 @@ def _checks(frame: pd.DataFrame) -> str:
     """Audited bytes vs the planner's, and reload exactness (the csv has both, and the relative logits error)."""
     quant = frame[frame["preset"] != "bf16"]
     planned = int((quant["bytes"] == quant["planned_bytes"]).sum())
-    exact = int(quant["reload_exact"].astype(bool).sum()) if "reload_exact" in quant else 0
-    return (f"Checks: audited bytes equal the planner's in {planned} of {len(quant)} presets; the checkpoint loaded "
-            f"back reproduces the in-memory quantized model's logits exactly in {exact} of {len(quant)}.")
+    head = f"Checks: audited bytes equal the planner's in {planned} of {len(quant)} presets; "
+    if "reload_exact" not in quant:
+        return head + "quantized by the streaming `recoverlib quantize` (no in-memory model to compare the reload with)."
+    exact = int(quant["reload_exact"].astype(bool).sum())
+    return head + f"the checkpoint loaded back reproduces the in-memory quantized model's logits exactly in {exact} of {len(quant)}."
 
 
 def write_results(frame: pd.DataFrame, extra: dict, out: Path, name: str, info: dict, label: str, command: str,
@@ -143,6 +145,7 @@ def write_results(frame: pd.DataFrame, extra: dict, out: Path, name: str, info: 
     notes = [f"Machine: {machine_line(info)}",
              f"Model: {label}",
              f"Command: {command}",
+             *([f"Peak RSS of the whole run: {extra['peak_rss'] / 1e9:.2f} GB"] if "peak_rss" in extra else []),
              f"Quality: {extra['tokens']} tokens of recoverlib's example texts in windows of {w.seq_len}; KL and "
              f"top-1 of next-token distributions and router top-2 agreement are against the bf16 model; PPL is each "
              f"model's own (random weights: high, compare across rows only).",

@@ -16,7 +16,11 @@ Reproduce the committed table (tiny Mixtral, its 2 adapters, the example rows; 4
 model took about 25x longer (OpenMP threads waiting on each other) and decode rates swung 50x between repeats.
 Quick check (under 2 minutes; bf16, bnb-nf4, hqq-4 and their +router): add ``--quick``. Other models:
 ``--model PATH`` (an HF Mixtral folder) or ``--synthetic-layers N --synthetic-width full`` (Mixtral-8x7B
-shapes, random weights, N layers; refuses what does not fit this machine's RAM).
+shapes, random weights, N layers, written shard by shard in the published layout; refuses what does not fit this
+machine's RAM). A synthetic model is quantized by the streaming ``recoverlib quantize`` (what a user runs at that
+size), so its rows have no in-memory model to check the reload against. The full-width table:
+    python -m benchmarks.quant_ablation --synthetic-layers 1 --repeats 1 \
+        --presets bnb-nf4 bnb-nf4+router bnb-int8 bnb-int8+router --name quant_ablation_fullwidth
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ if __package__ in (None, ""):  # run as `python benchmarks/X.py`: make the repos
 import argparse
 import gc
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -51,9 +56,9 @@ WIDTHS = {  # Mixtral-8x7B, and a quarter of its width (same experts and vocabul
     "full": {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8},
     "quarter": {"hidden_size": 1024, "intermediate_size": 3584, "num_attention_heads": 8, "num_key_value_heads": 2},
 }
-# Peak RAM of a run: per parameter (fp32 build, bf16 reference beside the fp32 noise-floor model, a quantized copy
-# and its reload) plus the libraries; a quarter-width 1-layer run (0.16 B parameters) peaked at 2.7 GB RSS here.
-BYTES_PER_PARAM = 10
+# Peak RAM of a synthetic run: per parameter, the bf16 reference beside the fp32 noise-floor model (6 bytes), or
+# the reference beside the engine's bf16 copy and a streamed quantize; plus the libraries.
+BYTES_PER_PARAM = 7
 FIXED_BYTES = 2 * 2**30
 
 
@@ -88,6 +93,7 @@ class Bench:
     truths: dict[str, str]
     scorer: object | None
     seed: int
+    stream: bool = False  # quantize with the streaming `recoverlib quantize` (no in-memory model to compare)
 
 
 def synthetic_config(layers: int, width: str) -> dict:
@@ -119,21 +125,18 @@ def check_fits(cfg: dict, available: int | None = None) -> int:
 
 
 def make_synthetic(cache: Path, layers: int, width: str, seed: int) -> Path:
-    """A Mixtral with Mixtral-8x7B shapes (or a quarter width), ``layers`` layers and random weights."""
-    from recoverlib.tiny.model import TinySpec, make_base
+    """A Mixtral with Mixtral-8x7B shapes (or a quarter width), ``layers`` layers and random weights, written one
+    shard at a time in the published layout (benchmarks/synthetic_checkpoint.py)."""
+    from benchmarks.synthetic_checkpoint import write_checkpoint
 
     cfg = synthetic_config(layers, width)
-    folder = cache / f"synthetic-{width}-L{layers}-s{seed}"
+    folder = cache / f"synthetic-{width}-L{layers}-s{seed}-v2"
     if (folder / "model" / "config.json").is_file():
         return folder / "model"
     check_fits(cfg)
-    heads = cfg["num_attention_heads"]
-    spec = TinySpec(vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"],
-                    num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=cfg["num_key_value_heads"],
-                    head_dim=cfg["hidden_size"] // heads, num_local_experts=cfg["num_local_experts"],
-                    num_experts_per_tok=cfg["num_experts_per_tok"], max_position_embeddings=4096)
-    make_base(folder / "model", spec, seed)
-    gc.collect()
+    tmp = folder / "model.tmp"
+    write_checkpoint(tmp, {**cfg, "head_dim": cfg["hidden_size"] // cfg["num_attention_heads"]}, seed)
+    tmp.rename(folder / "model")
     return folder / "model"
 
 
@@ -208,6 +211,8 @@ def measure_preset(b: Bench, preset: str) -> dict:
     from recoverlib.quant.plan import PRESETS
 
     plan = PRESETS[preset]
+    if b.stream:
+        return {**_quantize_streamed(b, preset), **serve(b, b.work / preset)}
     timing, (model, report) = time_repeats(lambda: quantize_model(b.base, preset, seed=b.seed), b.w.repeats)
     path = save_quantized(model, report, b.base, b.work / preset, seed=b.seed)
     row = {"preset": preset, "backend": plan.backend, "router": "quantized" if plan.router.quantized else "kept",
@@ -216,6 +221,24 @@ def measure_preset(b: Bench, preset: str) -> dict:
     del model
     gc.collect()
     return row
+
+
+def _quantize_streamed(b: Bench, preset: str) -> dict:
+    """``recoverlib quantize`` into ``work/preset`` (each repeat from scratch); the row's size and time columns."""
+    import shutil
+
+    from recoverlib.quant.api import quantize, read_meta
+    from recoverlib.quant.plan import PRESETS
+
+    def once():
+        shutil.rmtree(b.work / preset, ignore_errors=True)
+        return quantize(b.base, preset, b.work / preset, seed=b.seed, progress=False)
+
+    timing, path = time_repeats(once, b.w.repeats)
+    audit, plan = read_meta(path)["audit"], PRESETS[preset]
+    return {"preset": preset, "backend": plan.backend, "router": "quantized" if plan.router.quantized else "kept",
+            "bits": audit["effective_bits"], "bytes": audit["total_bytes"], "planned_bytes": audit["planned_bytes"],
+            **_timing("quantize_s", timing)}
 
 
 def load_validation(args, rows_limit: int | None) -> tuple[list, dict[str, str]]:
@@ -246,6 +269,7 @@ def parse(argv):
     ap.add_argument("--repeats", type=int, help="timed repeats (default 3; --quick 1)")
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's; 1 on a busy shared CPU)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--name", default=None, help="results file stem (default quant_ablation[_quick])")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results; --quick: scratch)")
     ap.add_argument("--cache", type=Path, default=cache_dir("bench-quant"), help="models")
     args = ap.parse_args(argv)
@@ -274,7 +298,7 @@ def run(args, work: Path) -> tuple[pd.DataFrame, dict, str]:
     floor = q.quality(load_causal_lm(base, "float32"), ref, windows)  # what bf16 rounding alone costs
     gc.collect()
     scorer = Scorer(args.embedder, progress=False) if rows else None
-    b = Bench(base, work, w, ref, windows, adapters, rows, truths, scorer, args.seed)
+    b = Bench(base, work, w, ref, windows, adapters, rows, truths, scorer, args.seed, stream=bool(args.synthetic_layers))
     presets = args.presets or (QUICK_PRESETS if args.quick else list(PRESETS))
     out = [measure_reference(b)]
     for preset in tqdm(presets, desc="presets", unit="preset"):
@@ -304,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="quant-ablation-") as tmp:
         os.environ.setdefault("HF_HOME", str(Path(tmp) / "hf_home"))  # gptqmodel's caches stay in the temp folder
         frame, extra, label = run(args, Path(tmp))
-    name = "quant_ablation_quick" if args.quick else "quant_ablation"
+    name = args.name or ("quant_ablation_quick" if args.quick else "quant_ablation")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    extra["peak_rss"] = peak
     command = " ".join(["python -m benchmarks.quant_ablation", *argv])
     md = write_results(frame, extra, args.out, name, info, label, command, time.perf_counter() - start)
     print(f"wrote {md}")

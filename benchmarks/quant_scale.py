@@ -86,12 +86,21 @@ def stream_phase(out: Path):
     partial = out.parent / f"{out.name}.partial"
 
     def phase() -> str:
-        final = partial / "final"
+        final, gptq = partial / "final", partial / "quantized"  # recoverlib's piece loop; GPTQModel's loop
+        if gptq.exists():
+            return "audit" if (gptq / "recoverlib_quant.json").exists() or _gptq_done(partial) else "pack"
         if not final.exists():
             return "pieces"
         return "audit" if (final / "config.json").exists() else "pack"
 
     return phase
+
+
+def _gptq_done(partial: Path) -> bool:
+    try:
+        return "gptq" in json.loads((partial / "progress.json").read_text())["done"]
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def measure(src: Path, out: Path, preset: str, layers: int, path: str, args) -> dict:

@@ -40,6 +40,8 @@ def write_checkpoint(folder: Path, cfg: dict, seed: int = 0, shard_bytes: int = 
     from safetensors.torch import save_file
     from transformers import MixtralConfig
 
+    from recoverlib.tiny.model import train_tokenizer
+
     folder.mkdir(parents=True, exist_ok=True)
     shapes = tensor_shapes(cfg)
     plan, shard, used = [], 0, 0
@@ -65,7 +67,10 @@ def write_checkpoint(folder: Path, cfg: dict, seed: int = 0, shard_bytes: int = 
     index = {"metadata": {"total_size": sum(2 * _numel(s) for _, s in shapes)},
              "weight_map": {name: files[s] for (name, _), s in zip(shapes, plan, strict=True)}}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    config = MixtralConfig(**cfg).to_dict()
+    tokenizer = train_tokenizer(cfg["vocab_size"])  # GPTQ calibrates through it; ids stay below vocab_size
+    tokenizer.save_pretrained(folder)
+    ids = {k: getattr(tokenizer, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    config = MixtralConfig(**{**ids, **cfg}).to_dict()
     config.update({"architectures": ["MixtralForCausalLM"], "dtype": "bfloat16"})
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return folder

@@ -90,7 +90,7 @@ def stream_cuda(tiny: Path, work: Path, rows) -> dict:
     ref = AutoModelForCausalLM.from_pretrained(tiny / "model", dtype=torch.bfloat16).eval()
     ids = torch.randint(3, 2048, (2, 32), generator=torch.Generator().manual_seed(0))
     out = {}
-    for plan in ("bnb-nf4", "hqq-attn4-exp2"):
+    for plan in ("bnb-nf4", "hqq-attn4-exp2", "gptq-attn8-exp4"):  # GPTQ: GPTQModel's loop and its CUDA kernels
         folder = work / f"stream-{plan}"
         shutil.rmtree(folder, ignore_errors=True)
         start = time.perf_counter()

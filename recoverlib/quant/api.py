@@ -45,24 +45,24 @@ def quantize(model_path: str | Path, plan: str | Path | PrecisionPlan, out_dir: 
              device: str = "cpu", max_shard_size: str | int = "5GB") -> Path:
     """Quantize an HF Mixtral folder following ``plan`` (preset name, JSON file or plan) into ``out_dir``.
 
-    bitsandbytes and HQQ plans stream (:mod:`recoverlib.quant.stream`): one decoder layer in memory at a time,
-    quantized on ``device``, written as HF shards of at most ``max_shard_size`` (e.g. ``"5GB"``), crash-safe and
-    resumable. GPTQ (``calibration``: a CSV of Kaggle rows or a ``text`` column, or a list of texts; default:
-    built-in examples) still quantizes the whole model in memory on the CPU. The result is audited against the
-    plan; returns ``out_dir``.
+    Every backend streams (:mod:`recoverlib.quant.stream`): one decoder layer in memory at a time, quantized on
+    ``device``, written as HF shards of at most ``max_shard_size`` (e.g. ``"5GB"``), crash-safe and resumable.
+    bitsandbytes and HQQ go through recoverlib's piece loop; GPTQ through GPTQModel's layer loop with its disk
+    offloading (``calibration``: a CSV of Kaggle rows or a ``text`` column, or a list of texts; default: built-in
+    examples). The result is audited against the plan layer by layer; returns ``out_dir``.
     """
-    from recoverlib.quant.backends.base import get_backend
+    from recoverlib.quant.calibration import calibration_texts
     from recoverlib.quant.checkpoint import parse_size
     from recoverlib.quant.stream import StreamJob, quantize_streaming
 
-    plan = load_plan(plan)
-    if get_backend(plan.backend).streams:
-        job = StreamJob(Path(model_path), plan, Path(out_dir), device, parse_size(max_shard_size), seed, progress)
-        return quantize_streaming(job)
-    if device != "cpu":
-        raise RecoverlibError(f"backend {plan.backend!r} quantizes on the CPU only in this version (asked for {device})")
-    model, report = quantize_model(model_path, plan, calibration, seed, progress)
-    return save_quantized(model, report, model_path, out_dir, seed, progress)
+    plan, model_path = load_plan(plan), Path(model_path)
+    if not get_backend(plan.backend).streams:
+        model, report = quantize_model(model_path, plan, calibration, seed, progress)
+        return save_quantized(model, report, model_path, out_dir, seed, progress)
+    check_source(model_path)  # before reading calibration texts from it
+    texts = tuple(calibration_texts(calibration, model_path, seed)) if get_backend(plan.backend).calibrated else ()
+    job = StreamJob(model_path, plan, Path(out_dir), device, parse_size(max_shard_size), seed, progress, texts)
+    return quantize_streaming(job)
 
 
 def quantize_model(model_path: str | Path, plan: str | Path | PrecisionPlan,
@@ -75,7 +75,7 @@ def quantize_model(model_path: str | Path, plan: str | Path | PrecisionPlan,
     cfg = check_source(model_path)
     backend = get_backend(plan.backend)
     backend.validate(plan)
-    texts = calibration_texts(calibration, model_path, seed) if plan.backend == "gptq" else ()
+    texts = calibration_texts(calibration, model_path, seed) if backend.calibrated else ()
     _say(progress, f"quantize {model_path} with {plan.name} ({backend.name}), {len(texts)} calibration texts")
     model = backend.quantize(QuantJob(model_path, plan, tuple(texts), seed, progress))
     report = audit_model(model, plan, plan_bytes(cfg, plan).total_bytes)

@@ -49,11 +49,21 @@ def _from_csv(path: Path, model_path: Path) -> list[str]:
     return _render(list(zip(rows["original_text"], rows["rewritten_text"], strict=True)), model_path)
 
 
-def _render(pairs: list[tuple[str, str]], model_path: Path) -> list[str]:
+def calibration_tokenizer(model_path: Path):
+    """The model folder's tokenizer, which GPTQ calibrates through; one line when the folder has none."""
     from transformers import AutoTokenizer
 
+    try:
+        return AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RecoverlibError(f"{model_path}: no usable tokenizer ({first}); GPTQ calibrates through the model's"
+                              " tokenizer: copy tokenizer.json and tokenizer_config.json into the folder") from None
+
+
+def _render(pairs: list[tuple[str, str]], model_path: Path) -> list[str]:
     from recoverlib.prompt import RecoveryTemplate
 
-    tok = AutoTokenizer.from_pretrained(model_path)
+    tok = calibration_tokenizer(model_path)
     template = RecoveryTemplate()
     return [template.render(tok, o, r) for o, r in pairs]

@@ -132,6 +132,11 @@ def plan_bytes(config: str | Path | dict, plan: PrecisionPlan) -> PlanEstimate:
 # matrix +1.08 GB = 9.2 copies). FIXED_HOST: the interpreter and libraries (benchmarks/quant_scale.py).
 FIXED_HOST = int(1.0e9)
 TRANSIENT_FP32 = {"bnb": 3.6, "hqq": 9.2}
+# GPTQ (GPTQModel 7.6.0 on the CPU, benchmarks/results/quant_scale_gptq.md): one full-width layer peaked at 14.41 GB
+# while the 16 expert gate/up modules were quantized together: FIXED_HOST + the 2.90 GB layer + 16 x (a 67 MB
+# Hessian + 2.5 fp32 copies of a 235 MB weight). The 8 down_proj (822 MB Hessians) peaked lower (9.5 GB): their
+# set is over-counted, so the estimate errs high.
+GPTQ_WORK_FP32 = 2.5
 CUDA_CONTEXT = int(0.5e9)  # CUDA context and kernels on the device, not counted by torch's allocator (not measured)
 
 
@@ -156,10 +161,23 @@ class QuantizePeak:
     device_bytes: int
 
 
+def gptq_working_set(shapes: MoeShapes, plan: PrecisionPlan) -> int:
+    """Bytes GPTQModel adds while quantizing one decoder layer: the largest set of modules it quantizes together
+    (q/k/v; o; every expert's gate and up; every expert's down; the router with a ``+router`` plan), each with
+    its fp32 Hessian (in x in) and :data:`GPTQ_WORK_FP32` fp32 copies of its weight."""
+    h, q, kv, i, e = shapes.hidden, shapes.heads * shapes.head_dim, shapes.kv_heads * shapes.head_dim, shapes.intermediate, shapes.experts
+    subsets = {"attention": [[(q, h), (kv, h), (kv, h)], [(h, q)]], "experts": [[(i, h)] * (2 * e), [(h, i)] * e],
+               "router": [[(e, h)]]}
+    return max((sum(4 * inp * inp + int(GPTQ_WORK_FP32 * 4 * out * inp) for out, inp in subset)
+                for group, sets in subsets.items() if plan.group(group).quantized for subset in sets), default=0)
+
+
 def quantize_peak(config: str | Path | dict, plan: PrecisionPlan, device: str = "cpu",
                   max_shard_bytes: int = 5 * 10**9) -> QuantizePeak:
     """Peak host and device memory of ``recoverlib quantize`` with ``plan`` on ``device``, from the config alone."""
     cfg = read_config(config)
+    if get_backend(plan.backend).calibrated:
+        return _gptq_peak(cfg, plan, device, max_shard_bytes)
     shapes = MoeShapes.from_config(cfg)
     plain = DTYPE_BYTES[plan.compute_dtype]
     layer_cfg = {**cfg, "num_hidden_layers": 1, "vocab_size": 0}
@@ -177,6 +195,23 @@ def quantize_peak(config: str | Path | dict, plan: PrecisionPlan, device: str = 
     host = FIXED_HOST + max(quantizing, shard)
     device_bytes = 0 if device == "cpu" else piece_q + largest * plain + transient + CUDA_CONTEXT
     return QuantizePeak(total, layer_16, piece_q, largest * plain, transient, shard, host, device_bytes)
+
+
+def _gptq_peak(cfg: dict, plan: PrecisionPlan, device: str, max_shard_bytes: int) -> QuantizePeak:
+    """GPTQModel's layer loop: it holds the whole decoder layer in 16 bit beside the working set (on the device
+    for a GPU run; the host then holds the layer while it is moved, not measured)."""
+    shapes = MoeShapes.from_config(cfg)
+    plain = DTYPE_BYTES[plan.compute_dtype]
+    layer_cfg = {**cfg, "num_hidden_layers": 1, "vocab_size": 0}
+    layer_16 = plan_bytes(layer_cfg, PrecisionPlan(plan.backend, compute_dtype=plan.compute_dtype)).total_bytes - shapes.hidden * plain
+    layer_q = plan_bytes(layer_cfg, plan).total_bytes - shapes.hidden * plain
+    total = plan_bytes(cfg, plan).total_bytes
+    working = gptq_working_set(shapes, plan)
+    shard = min(max_shard_bytes, total)
+    on_gpu = device != "cpu"
+    host = FIXED_HOST + max(layer_16 + (0 if on_gpu else working), shard)
+    device_bytes = layer_16 + working + CUDA_CONTEXT if on_gpu else 0
+    return QuantizePeak(total, layer_16, layer_q, layer_16, working, shard, host, device_bytes)
 
 
 def format_estimates(estimates: list[PlanEstimate], unit: float = 1e9) -> str:

@@ -10,10 +10,15 @@ layers (their whole 3.79 GB output fits one 5 GB shard; 3.02 GB with 1 GB shards
 peaked at 5.30 GB for 1 layer.
 :func:`recoverlib.quant.planner.quantize_peak` estimates the peak from the config (within 8% of those runs).
 
+That is the default :meth:`~recoverlib.quant.backends.base.QuantBackend.write_streamed` (bitsandbytes, HQQ). GPTQ
+carries calibration activations from layer to layer, so its backend runs GPTQModel's own layer loop with disk
+offloading instead and writes ``OUT.partial/quantized``; everything after (audit, metadata, rename) is shared.
+
 Crash safety: everything is written under the sibling folder ``OUT.partial``; ``progress.json`` there records the
-arguments (a fingerprint) and each finished piece. A rerun with the same arguments skips finished pieces (the
-quantizers are deterministic, so the bytes equal an uninterrupted run's); other arguments are refused. When the
-shards are written and audited, ``OUT.partial/final`` is renamed to ``OUT``: a folder named ``OUT`` is complete.
+arguments (a fingerprint, with a digest of the calibration texts) and each finished piece or stage. A rerun with
+the same arguments skips finished pieces (the quantizers are deterministic, so the bytes equal an uninterrupted
+run's); other arguments are refused. When the shards are written and audited, the folder holding them is renamed
+to ``OUT``: a folder named ``OUT`` is complete.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ class StreamJob:
     max_shard_bytes: int = parse_size(DEFAULT_SHARD)
     seed: int = 0
     progress: bool = True
+    calibration: tuple[str, ...] = ()  # texts, for a backend that calibrates (GPTQ)
 
     def __post_init__(self):
         object.__setattr__(self, "device", check_device(self.device))
@@ -89,20 +95,26 @@ def quantize_streaming(job: StreamJob) -> Path:
     backend = get_backend(job.plan.backend)
     backend.validate(job.plan)
     if not backend.streams:
-        raise RecoverlibError(f"backend {backend.name!r} does not quantize layer by layer yet; use a bnb-* or hqq-* plan")
+        raise RecoverlibError(f"backend {backend.name!r} does not quantize layer by layer")
+    if backend.calibrated and not job.calibration:
+        raise RecoverlibError(f"backend {backend.name!r} needs calibration texts")
     if job.out_dir.exists() and any(job.out_dir.iterdir()):
         raise RecoverlibError(f"{job.out_dir} exists and is not empty; remove it or choose another --out")
     source = Checkpoint.open(job.model_path)  # a missing or truncated input shard fails here, before any work
-    work = job.partial_dir
-    record = _Progress.open(work, _fingerprint(job, source))
-    _quantize_pieces(job, backend, source, cfg, record)
-    return _finish(job, backend, cfg, work, record)
+    record = _Progress.open(job.partial_dir, _fingerprint(job, source))
+    folder = backend.write_streamed(job, source, record)
+    return _seal(job, backend, cfg, folder, record)
 
 
 def _fingerprint(job: StreamJob, source: Checkpoint) -> dict:
+    import hashlib
+
     files = sorted({f.name: f.stat().st_size for f in source.files.values()}.items())
-    return {"version": PROGRESS_VERSION, "source": str(job.model_path.resolve()), "source_files": files,
-            "plan": job.plan.to_dict(), "device": job.device.split(":")[0], "seed": job.seed}
+    found = {"version": PROGRESS_VERSION, "source": str(job.model_path.resolve()), "source_files": files,
+             "plan": job.plan.to_dict(), "device": job.device.split(":")[0], "seed": job.seed}
+    if job.calibration:
+        found["calibration"] = hashlib.sha256(json.dumps(list(job.calibration)).encode()).hexdigest()
+    return found
 
 
 class _Progress:
@@ -118,10 +130,9 @@ class _Progress:
             saved = json.loads(file.read_text())
             if saved.get("fingerprint") != json.loads(json.dumps(fingerprint)):
                 raise RecoverlibError(f"{work} holds an interrupted quantize with other arguments; remove it to start again")
-            parts = work / "parts"
-            done = {p: n for p, n in saved["done"].items() if (parts / f"{p}.safetensors").is_file()
-                    and (parts / f"{p}.safetensors").stat().st_size == n}
-            return cls(work, fingerprint, done)
+            record = cls(work, fingerprint, {})
+            record.done = {p: n for p, n in saved["done"].items() if record._intact(p, n)}
+            return record
         if work.exists():
             shutil.rmtree(work)  # no record: nothing in it can be trusted
         (work / "parts").mkdir(parents=True)
@@ -136,10 +147,30 @@ class _Progress:
         self.done[piece] = self.file(piece).stat().st_size
         self.save()
 
+    def mark_folder(self, name: str, folder: Path) -> None:
+        """Record a finished stage whose output is ``folder`` (under ``work``): its files and their sizes."""
+        self.done[name] = {str(f.relative_to(self.work)): f.stat().st_size for f in sorted(folder.iterdir()) if f.is_file()}
+        self.save()
+
+    def _intact(self, name: str, recorded) -> bool:
+        """A piece file, or every file of a stage, still there with the recorded size."""
+        files = recorded if isinstance(recorded, dict) else {str(self.file(name).relative_to(self.work)): recorded}
+        return all((self.work / f).is_file() and (self.work / f).stat().st_size == n for f, n in files.items())
+
     def save(self) -> None:
         tmp = self.work / (PROGRESS_FILE + ".tmp")
         tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "done": self.done}, indent=1) + "\n")
         os.replace(tmp, self.work / PROGRESS_FILE)
+
+
+def write_piecewise(backend, job: StreamJob, source: Checkpoint, record: _Progress) -> Path:
+    """Quantize piece by piece into ``work/parts`` (resuming after the last finished piece), then pack the
+    pieces into HF shards under ``work/final``; return ``work/final``."""
+    from recoverlib.quant.api import check_source
+
+    cfg = check_source(job.model_path)
+    _quantize_pieces(job, backend, source, cfg, record)
+    return _pack(job, backend, cfg, record)
 
 
 def _quantize_pieces(job: StreamJob, backend, source: Checkpoint, cfg: dict, record: _Progress) -> None:
@@ -184,14 +215,11 @@ def _release_heap() -> None:
         return
 
 
-def _finish(job: StreamJob, backend, cfg: dict, work: Path, record: _Progress) -> Path:
-    """Pack the pieces into shards under ``work/final``, audit them, write config and metadata, rename to OUT."""
+def _pack(job: StreamJob, backend, cfg: dict, record: _Progress) -> Path:
+    """Pack the finished pieces into HF shards and the config under ``work/final``."""
     from recoverlib.quant import layerwise as lw
-    from recoverlib.quant.api import write_meta
-    from recoverlib.quant.audit import audit_checkpoint, check_plan
-    from recoverlib.quant.backends.base import copy_tokenizer
-    from recoverlib.quant.planner import plan_bytes
 
+    work = record.work
     final = work / "final"
     if final.exists():
         shutil.rmtree(final)  # an interrupted packing: pieces are all there, pack again
@@ -201,16 +229,26 @@ def _finish(job: StreamJob, backend, cfg: dict, work: Path, record: _Progress) -
     order = [k for p in pieces for k in sorted(parts.files) if parts.files[k] == record.file(p)]
     write_sharded(parts, order, final, job.max_shard_bytes, progress=job.progress)
     _write_json(final / "config.json", backend.checkpoint_config(cfg, job.plan))
+    return final
+
+
+def _seal(job: StreamJob, backend, cfg: dict, final: Path, record: _Progress) -> Path:
+    """Audit the written checkpoint layer by layer, add tokenizer and metadata, rename it to OUT (complete only now)."""
+    from recoverlib.quant.api import write_meta
+    from recoverlib.quant.audit import audit_checkpoint, check_plan
+    from recoverlib.quant.backends.base import copy_tokenizer
+    from recoverlib.quant.planner import plan_bytes
+
     copy_tokenizer(job.model_path, final)
     report = audit_checkpoint(final, job.plan, plan_bytes(cfg, job.plan).total_bytes, progress=job.progress)
     check_plan(report, job.plan)
     if report.total_bytes != report.planned_bytes:
         raise RecoverlibError(f"audit: {report.total_bytes:,} bytes written, the planner says {report.planned_bytes:,}")
-    write_meta(final, job.plan, job.model_path, report, job.seed, 0)
+    write_meta(final, job.plan, job.model_path, report, job.seed, len(job.calibration))
     if job.out_dir.exists():
         job.out_dir.rmdir()  # empty (checked at the start)
     os.replace(final, job.out_dir)
-    shutil.rmtree(work)
+    shutil.rmtree(record.work)
     if job.progress:
         print(f"[recoverlib quantize] audit ok: {report.effective_bits:.3f} bits/param, {report.total_bytes:,} bytes",
               file=sys.stderr, flush=True)

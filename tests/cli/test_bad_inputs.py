@@ -51,6 +51,11 @@ def ws_template(tmp_path_factory, tiny_model, tiny_adapters, sample_csv, sample_
     (root / "busy").mkdir()
     (root / "busy" / "mine.txt").write_text("the user's own file\n")
     shutil.copytree(tiny_model, root / "model", symlinks=True)
+    untokenized = root / "untokenized"  # a model folder without tokenizer files
+    untokenized.mkdir()
+    for f in tiny_model.iterdir():
+        if f.is_file() and not f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(f, untokenized / f.name)
     llama = root / "llama"
     llama.mkdir()
     cfg = json.loads((tiny_model / "config.json").read_text())
@@ -299,6 +304,8 @@ CASES = [
     ("quantize", "unknown-plan", lambda w: _quantize(w, plan="nope"), "unknown plan 'nope'"),
     ("quantize", "plan-not-json", lambda w: _quantize(w, plan=f"{w}/not.json"), "not.json"),
     ("quantize", "out-is-foreign-folder", lambda w: _quantize(w, out="busy"), "not empty"),
+    ("quantize", "gptq-without-tokenizer", lambda w: _quantize(w, model="untokenized", plan="gptq-attn8-exp4"),
+     "no usable tokenizer"),
     # inspect
     ("inspect", "missing", lambda w: ["inspect", f"{w}/nope"], "no such folder"),
     ("inspect", "not-a-model", lambda w: ["inspect", f"{w}/folder"], "not an HF model folder"),
@@ -362,7 +369,7 @@ CASES = [
 ]
 
 # The closing note of issue 14 quotes these counts; the assertion keeps them true.
-CASES_PER_COMMAND = {"predict": 47, "score": 7, "make-tiny": 5, "make-task": 6, "train": 19, "quantize": 6,
+CASES_PER_COMMAND = {"predict": 47, "score": 7, "make-tiny": 5, "make-task": 6, "train": 19, "quantize": 7,
                      "inspect": 4, "plan": 8, "optimize-prompt": 10, "search-suffix": 10, "tune": 12, "combine": 8}
 
 

@@ -1,5 +1,7 @@
 """The planner from a config alone: Mixtral-8x7B's published shapes and the tiny model's audited bytes."""
 
+import dataclasses
+
 import pytest
 
 from recoverlib.quant.plan import PRESETS, GroupPrecision, PrecisionPlan
@@ -49,6 +51,22 @@ def test_peak_quantize_memory_from_config_alone():
     assert full.weights_bytes == plan_bytes(MIXTRAL_8X7B, plan).total_bytes and full.device_bytes == 0
     cpu, gpu = (quantize_peak(MIXTRAL_8X7B, plan, device, max_shard_bytes=10**9) for device in ("cpu", "cuda"))
     assert gpu.device_bytes > gpu.piece_quantized and gpu.host_bytes < cpu.host_bytes  # the transient is on the GPU
+
+
+def test_gptq_peak_holds_a_whole_layer_and_its_largest_module_set():
+    from recoverlib.quant.planner import FIXED_HOST, GPTQ_WORK_FP32, quantize_peak
+
+    one, full = (quantize_peak({**MIXTRAL_8X7B, "num_hidden_layers": n}, PRESETS["gptq-4"], max_shard_bytes=10**9)
+                 for n in (1, 32))
+    assert one.host_bytes == full.host_bytes  # GPTQModel offloads finished layers: flat in layers
+    layer_16 = 2 * (3 * 8 * 4096 * 14336 + 4096 * (2 * 4096 + 2 * 1024) + 8 * 4096 + 2 * 4096)
+    down = 8 * (4 * 14336**2 + int(GPTQ_WORK_FP32 * 4 * 4096 * 14336))  # the 8 experts' down_proj together
+    assert full.piece_16bit == layer_16 and full.transient == down
+    assert full.host_bytes == FIXED_HOST + layer_16 + down
+    gpu = quantize_peak(MIXTRAL_8X7B, PRESETS["gptq-4"], "cuda")
+    assert gpu.device_bytes > down and gpu.host_bytes < full.host_bytes
+    attention_only = quantize_peak(MIXTRAL_8X7B, dataclasses.replace(PRESETS["gptq-4"], experts=GroupPrecision()))
+    assert attention_only.transient < full.transient / 20
 
 
 def test_plan_command_says_whether_it_fits(capsys):

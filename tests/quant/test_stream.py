@@ -175,6 +175,102 @@ def test_cuda_device_without_cuda_is_one_line(base4, tmp_path):
         quantize(base4, "bnb-nf4", tmp_path / "q", device="gpu")
 
 
+GPTQ = "gptq-attn8-exp4"
+
+
+@pytest.fixture(scope="module")
+def gptq_streamed(base4, tmp_path_factory):
+    """``recoverlib quantize`` with a GPTQ plan, straight through, in small shards."""
+    from recoverlib.quant.api import quantize
+
+    return quantize(base4, GPTQ, tmp_path_factory.mktemp("gptq") / "q", progress=False, max_shard_size="200KB")
+
+
+def _same_files(a: Path, b: Path) -> None:
+    files = sorted(p.name for p in a.glob("*.safetensors"))
+    assert files == sorted(p.name for p in b.glob("*.safetensors")) and len(files) > 1
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+
+
+def test_gptq_streams_sharded_and_equals_the_whole_model_path(gptq_streamed, base4, tmp_path):
+    import torch
+
+    from recoverlib.quant.api import load_quantized, quantize_model, save_quantized
+    from recoverlib.quant.backends.base import get_backend
+    from recoverlib.quant.layerwise import load_model
+    from recoverlib.quant.plan import load_plan
+
+    index = json.loads((gptq_streamed / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 2
+    assert not (gptq_streamed.parent / "q.partial").exists()
+    meta = json.loads((gptq_streamed / "recoverlib_quant.json").read_text())
+    assert meta["audit"]["total_bytes"] == meta["audit"]["planned_bytes"] and meta["calibration_texts"] > 0
+    model, report = quantize_model(base4, GPTQ)
+    whole = save_quantized(model, report, base4, tmp_path / "whole")
+    a, b = _tensors(gptq_streamed), _tensors(whole)
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert meta["audit"]["total_bytes"] == report.total_bytes
+    # The layer-by-layer rebuild (what the audit reads) computes what GPTQModel's own loader builds.
+    plan, backend = load_plan(GPTQ), get_backend("gptq")
+    with backend.session(plan, "cpu"):
+        pieces = load_model(gptq_streamed, plan, backend)
+    ids = torch.randint(3, 2048, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(pieces(ids).logits, load_quantized(gptq_streamed)(ids).logits)
+
+
+def test_gptq_resumes_after_its_finished_loop(gptq_streamed, base4, tmp_path, monkeypatch):
+    """Killed after GPTQModel's loop (here: the audit fails once), a rerun reuses the quantized shards."""
+    from recoverlib.quant import stream
+    from recoverlib.quant.api import quantize
+    from recoverlib.quant.backends.gptq import GptqBackend
+
+    seal = stream._seal
+    monkeypatch.setattr(stream, "_seal", lambda *a: (_ for _ in ()).throw(RecoverlibError("interrupted")))
+    with pytest.raises(RecoverlibError, match="interrupted"):
+        quantize(base4, GPTQ, tmp_path / "q", progress=False, max_shard_size="200KB")
+    assert not (tmp_path / "q").exists() and (tmp_path / "q.partial" / "quantized").is_dir()
+    monkeypatch.setattr(stream, "_seal", seal)
+    runs = []
+    loop = GptqBackend._quantize_to
+    monkeypatch.setattr(GptqBackend, "_quantize_to", lambda self, *a, **k: runs.append(1) or loop(self, *a, **k))
+    quantize(base4, GPTQ, tmp_path / "q", progress=False, max_shard_size="200KB")
+    assert runs == [] and not (tmp_path / "q.partial").exists()
+    _same_files(tmp_path / "q", gptq_streamed)
+    # A damaged shard of the finished loop is not trusted: the loop runs again.
+    monkeypatch.setattr(stream, "_seal", lambda *a: (_ for _ in ()).throw(RecoverlibError("interrupted")))
+    with pytest.raises(RecoverlibError):
+        quantize(base4, GPTQ, tmp_path / "r", progress=False, max_shard_size="200KB")
+    shard = next((tmp_path / "r.partial" / "quantized").glob("model-00002-*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[:100])
+    monkeypatch.setattr(stream, "_seal", seal)
+    runs.clear()
+    quantize(base4, GPTQ, tmp_path / "r", progress=False, max_shard_size="200KB")
+    assert len(runs) == 1
+    _same_files(tmp_path / "r", gptq_streamed)
+
+
+def test_gptq_sigkill_inside_its_loop_then_rerun_writes_the_same_bytes(gptq_streamed, base4, tmp_path):
+    out = tmp_path / "q"
+    cmd = [sys.executable, "-m", "recoverlib.cli", "quantize", "--model", str(base4), "--plan", GPTQ, "--out", str(out),
+           "--max-shard-size", "200KB", "--quiet"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    offload = tmp_path / "q.partial" / "gptq-scratch" / "offload"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not (offload.is_dir() and any(offload.iterdir())):
+        time.sleep(0.02)
+    assert proc.poll() is None, "finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists() and not (tmp_path / "q.partial" / "quantized" / "recoverlib_quant.json").exists()
+    from recoverlib.quant.api import quantize
+
+    quantize(base4, GPTQ, out, progress=False, max_shard_size="200KB")
+    assert not (tmp_path / "q.partial").exists()
+    _same_files(out, gptq_streamed)
+
+
 # The real CLI in a subprocess; each finished piece is followed by a 0.3 s pause so the test can kill it part-way
 # (the tiny model's pieces take milliseconds).
 SLOW_CLI = """
@@ -229,7 +325,7 @@ def test_sigkill_then_rerun_continues_and_writes_the_same_bytes(base4, tmp_path,
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("preset", ["bnb-nf4", "hqq-attn4-exp2"])
+@pytest.mark.parametrize("preset", ["bnb-nf4", "hqq-attn4-exp2", GPTQ])
 def test_quantize_on_cuda_audits_and_reloads(preset, base4, tmp_path):
     import torch
 

@@ -79,6 +79,16 @@ class QuantBackend(ABC):
     # Layer-by-layer hooks (the streaming quantizer, :mod:`recoverlib.quant.stream`). ``device``: where the
     # quantization runs ("cpu", "cuda", "cuda:1"); written tensors always come back to the CPU.
     streams: ClassVar[bool] = False
+    calibrated: ClassVar[bool] = False  # quantizing needs calibration texts (GPTQ)
+
+    def write_streamed(self, job, source, record) -> Path:
+        """Quantize ``job.model_path`` (a :class:`~recoverlib.quant.stream.StreamJob`) into a folder under
+        ``record.work`` holding ``config.json`` and HF shards; return that folder. ``source``: the 16-bit
+        :class:`~recoverlib.quant.checkpoint.Checkpoint`; ``record``: the run's progress, for resuming.
+        The default is recoverlib's piece loop: one decoder layer at a time through :meth:`quantize_linear`."""
+        from recoverlib.quant.stream import write_piecewise
+
+        return write_piecewise(self, job, source, record)
 
     def session(self, plan: PrecisionPlan, device: str):
         """A context held around a streaming quantize or load (e.g. a library-wide setting, restored on exit)."""

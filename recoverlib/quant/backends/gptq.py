@@ -4,6 +4,14 @@ GPTQModel defuses the Mixtral experts itself (through defuser); here its defused
 recoverlib's split block, whose router is an ``nn.Linear``, so ``+router`` plans can quantize the router too.
 The global patches GPTQModel makes to transformers are undone after every call. The checkpoint is
 GPTQModel's own (``mlp.*`` names); :func:`recoverlib.quant.export.export_vllm` renames it for vLLM.
+
+Streaming: GPTQ already works layer by layer (each layer's calibration activations feed the next), so the
+streamed quantize is GPTQModel's own loop with its disk offloading (a meta shell filled from the checkpoint
+module by module, finished modules written to disk) and its sharded save; recoverlib adds the crash-safe
+folder, the resume after a finished quantize, and the layer-by-layer audit (:meth:`GptqBackend.load_linear`
+rebuilds GPTQModel's ``TorchLinear`` from ``qweight/qzeros/scales/g_idx``). A run killed inside GPTQModel's
+loop starts that loop again: it keeps no state between layers that could be resumed from; with the same seed
+and texts the bytes are the same.
 """
 
 from __future__ import annotations
@@ -53,33 +61,59 @@ class GptqBackend(QuantBackend):
         if not (plan.attention.quantized or plan.experts.quantized):
             raise RecoverlibError(f"plan {plan.name!r}: GPTQ needs attention or experts quantized")
 
+    streams = True
+    calibrated = True
+
     def quantize(self, job: QuantJob):
         import tempfile
 
-        import torch
-        from transformers import AutoTokenizer
-
-        plan = job.plan
-        base, rules = dynamic_rules(plan)
-        tokenizer = AutoTokenizer.from_pretrained(job.model_path)
         staging = tempfile.TemporaryDirectory(prefix="recoverlib-gptq-")
-        offload = tempfile.TemporaryDirectory(prefix="recoverlib-gptq-offload-")
-        with self._gptqmodel(router=plan.router.quantized) as (GPTQModel, QuantizeConfig, _), offload:
-            # GPTQModel's own disk offloading: a meta shell filled from the checkpoint module by module, finished
-            # modules written to disk. On the tiny model it gave logits identical to offload_to_disk=False;
-            # its peak memory at Mixtral scale is not measured yet.
-            cfg = QuantizeConfig(bits=base.bits, group_size=base.group_size, dynamic=rules or None, desc_act=False,
-                                 sym=True, offload_to_disk=True, offload_to_disk_path=offload.name)
-            wrapper = GPTQModel.load(str(job.model_path), cfg, device="cpu", dtype=getattr(torch, plan.compute_dtype))
-            with torch.random.fork_rng(devices=[]), _logs_in(Path(staging.name) / "logs"):
-                torch.manual_seed(job.seed)  # pins any sampling inside; the caller's RNG is left alone
-                wrapper.quantize(list(job.calibration), batch_size=CALIBRATION_BATCH, tokenizer=tokenizer)
-            # Right after quantize the packed zeros are in the checkpoint (v1) format that the inference
-            # kernels do not read; GPTQModel's own save + load is the supported way to an inference model.
-            wrapper.save(staging.name)
-        model = self.load(Path(staging.name), plan)
+        with tempfile.TemporaryDirectory(prefix="recoverlib-gptq-scratch-") as scratch:
+            self._quantize_to(job.model_path, job.plan, job.calibration, job.seed, "cpu", Path(scratch),
+                              Path(staging.name), max_shard_bytes=None)
+        model = self.load(Path(staging.name), job.plan)
         model.__dict__["_recoverlib_staging"] = staging  # save() copies these files; removed with the model
         return model
+
+    def write_streamed(self, job, source, record) -> Path:
+        """GPTQModel's layer loop into ``work/quantized`` (kept and reused once finished), offloading to disk."""
+        import shutil
+
+        folder, scratch = record.work / "quantized", record.work / "gptq-scratch"
+        if "gptq" in record.done:
+            return folder
+        for stale in (folder, scratch):
+            if stale.exists():
+                shutil.rmtree(stale)  # an interrupted GPTQModel run: its loop starts again
+        scratch.mkdir()
+        self._quantize_to(job.model_path, job.plan, job.calibration, job.seed, job.device, scratch, folder,
+                          job.max_shard_bytes)
+        shutil.rmtree(scratch)
+        record.mark_folder("gptq", folder)
+        return folder
+
+    def _quantize_to(self, model_path: Path, plan: PrecisionPlan, texts, seed: int, device: str, scratch: Path,
+                     out: Path, max_shard_bytes: int | None) -> None:
+        """Run GPTQModel's quantize on ``device`` and save to ``out``; finished modules are offloaded to
+        ``scratch/offload``, GPTQModel's logs go to ``scratch/logs``."""
+        import torch
+
+        from recoverlib.quant.calibration import calibration_tokenizer
+
+        base, rules = dynamic_rules(plan)
+        tokenizer = calibration_tokenizer(model_path)
+        with self._gptqmodel(router=plan.router.quantized) as (GPTQModel, QuantizeConfig, _):
+            cfg = QuantizeConfig(bits=base.bits, group_size=base.group_size, dynamic=rules or None, desc_act=False,
+                                 sym=True, offload_to_disk=True, offload_to_disk_path=str(scratch / "offload"))
+            wrapper = GPTQModel.load(str(model_path), cfg, device=device, dtype=getattr(torch, plan.compute_dtype))
+            with torch.random.fork_rng(devices=[]), _logs_in(scratch / "logs"):
+                torch.manual_seed(seed)  # pins any sampling inside; the caller's RNG is left alone
+                wrapper.quantize(list(texts), batch_size=CALIBRATION_BATCH, tokenizer=tokenizer)
+            try:  # right after quantize the zeros are in the checkpoint (v1) format; save + load gives a model
+                wrapper.save(str(out), max_shard_size=max_shard_bytes)
+            except OSError as err:
+                raise RecoverlibError(f"writing {out}: {err.strerror or err}") from None
+        (out / "quant_log.csv").unlink(missing_ok=True)
 
     def save(self, model, out_dir: Path) -> None:
         import shutil
@@ -93,7 +127,8 @@ class GptqBackend(QuantBackend):
 
     def load(self, path: Path, plan: PrecisionPlan, device_map: str | dict | None = None):
         import torch
-        from safetensors import safe_open
+
+        from recoverlib.quant.checkpoint import Checkpoint
 
         with self._gptqmodel(router=plan.router.quantized) as (GPTQModel, _, BACKEND):
             if device_map is None:  # the CPU: GPTQModel's torch kernel
@@ -101,13 +136,35 @@ class GptqBackend(QuantBackend):
             else:  # GPTQModel picks its fastest kernel for the device
                 wrapper = GPTQModel.load(str(path), device_map=device_map, dtype=getattr(torch, plan.compute_dtype))
         model = wrapper.model.eval()
-        # GPTQModel casts the fp16 scales to the model dtype on load (bf16 drops 3 mantissa bits); restore them.
-        with safe_open(str(path / "model.safetensors"), framework="pt") as fh:
-            keys = set(fh.keys())
-            for name, module in model.named_modules():
-                if f"{name}.scales" in keys and self.describe(module) is not None:
-                    module.scales = fh.get_tensor(f"{name}.scales")
+        # GPTQModel casts the fp16 scales to the model dtype on load (bf16 drops 3 mantissa bits); restore them,
+        # one shard's tensors at a time.
+        ckpt = Checkpoint.open(path)
+        for name, module in model.named_modules():
+            if f"{name}.scales" in ckpt.files and self.describe(module) is not None:
+                module.scales = ckpt.read([f"{name}.scales"])[f"{name}.scales"].to(module.qweight.device)
         return model
+
+    def load_linear(self, state: dict, shape: tuple[int, int], prec: GroupPrecision, plan: PrecisionPlan, device: str):
+        """GPTQModel's ``TorchLinear`` from a checkpoint's (v1-format) tensors, as GPTQModel's loader builds it."""
+        import torch
+        from gptqmodel.nn_modules.qlinear.torch import TorchLinear  # imported by session()
+        from gptqmodel.utils.model import convert_gptq_v1_to_v2_format_module
+
+        module = TorchLinear(bits=prec.bits, group_size=prec.group_size, sym=True, desc_act=False,
+                             in_features=shape[1], out_features=shape[0], bias=False, pack_dtype=torch.int32,
+                             register_buffers=False)
+        for key in ("qweight", "qzeros", "scales", "g_idx"):
+            module.register_buffer(key, state.pop(key).to(device))
+        module.bias = None  # Mixtral's linears have none (register_buffers=True would allocate every buffer)
+        if state:
+            raise RecoverlibError(f"gptq checkpoint: unexpected tensors {sorted(state)} beside a quantized linear")
+        convert_gptq_v1_to_v2_format_module(module, prec.bits, torch.int32)
+        module.post_init()
+        return module.eval()
+
+    def session(self, plan: PrecisionPlan, device: str):
+        """GPTQModel imported, its patches to transformers undone on exit (around a layer-by-layer audit or load)."""
+        return self._gptqmodel(router=plan.router.quantized)
 
     @contextmanager
     def _gptqmodel(self, router: bool):
