@@ -14,6 +14,9 @@ Full run (about 25 minutes on 2 cores; writes ~22 GB under --scratch, deleted af
     nice python benchmarks/quant_scale.py
 Quick check (reduced width, under 2 minutes; results in the scratch folder, not benchmarks/results):
     python benchmarks/quant_scale.py --quick
+GPTQ at full width (GPTQModel's layer loop; about 15 minutes and 14.4 GB RSS per layer on 2 cores), the committed
+quant_scale_gptq table (1 and 2 layers, run one at a time, rows merged, report rebuilt with --from-csv):
+    nice python benchmarks/quant_scale.py --presets gptq-4 --layers 1 2 --whole-model-layers --name quant_scale_gptq
 """
 
 from __future__ import annotations

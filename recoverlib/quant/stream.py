@@ -118,9 +118,10 @@ def _fingerprint(job: StreamJob, source: Checkpoint) -> dict:
 
 
 class _Progress:
-    """``OUT.partial/progress.json``: the run's fingerprint and the finished pieces (name -> file bytes)."""
+    """``OUT.partial/progress.json``: the run's fingerprint and the finished pieces (name -> file bytes) or
+    stages (name -> {file: bytes})."""
 
-    def __init__(self, work: Path, fingerprint: dict, done: dict[str, int]):
+    def __init__(self, work: Path, fingerprint: dict, done: dict[str, int | dict[str, int]]):
         self.work, self.fingerprint, self.done = work, fingerprint, done
 
     @classmethod

@@ -251,6 +251,29 @@ def test_gptq_resumes_after_its_finished_loop(gptq_streamed, base4, tmp_path, mo
     _same_files(tmp_path / "r", gptq_streamed)
 
 
+def test_gptq_full_disk_is_one_line_and_the_rerun_finishes(gptq_streamed, base4, tmp_path, monkeypatch):
+    import errno
+
+    from recoverlib.quant.api import quantize
+    from recoverlib.quant.backends.gptq import GptqBackend
+    from recoverlib.quant.plan import load_plan
+
+    with GptqBackend().session(load_plan(GPTQ), "cpu"):  # imports gptqmodel, its transformers patches undone
+        from gptqmodel.models import writer
+    real = writer.streaming_state_dict_to_shards
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer, "streaming_state_dict_to_shards", full)
+    with pytest.raises(RecoverlibError, match="No space left on device") as err:
+        quantize(base4, GPTQ, tmp_path / "q", progress=False, max_shard_size="200KB")
+    assert "\n" not in str(err.value) and not (tmp_path / "q").exists()
+    monkeypatch.setattr(writer, "streaming_state_dict_to_shards", real)
+    quantize(base4, GPTQ, tmp_path / "q", progress=False, max_shard_size="200KB")
+    _same_files(tmp_path / "q", gptq_streamed)
+
+
 def test_gptq_sigkill_inside_its_loop_then_rerun_writes_the_same_bytes(gptq_streamed, base4, tmp_path):
     out = tmp_path / "q"
     cmd = [sys.executable, "-m", "recoverlib.cli", "quantize", "--model", str(base4), "--plan", GPTQ, "--out", str(out),

@@ -24,7 +24,13 @@ from pathlib import Path
 from recoverlib.errors import RecoverlibError
 from recoverlib.module_groups import GROUP_REGEX
 from recoverlib.patches import require_attr
-from recoverlib.quant.backends.base import LinearStorage, QuantBackend, QuantJob, register_backend
+from recoverlib.quant.backends.base import (
+    LinearStorage,
+    QuantBackend,
+    QuantJob,
+    copy_tokenizer,
+    register_backend,
+)
 from recoverlib.quant.moe import preserved_transformers, split_block_class
 from recoverlib.quant.plan import GroupPrecision, PrecisionPlan
 
@@ -89,6 +95,7 @@ class GptqBackend(QuantBackend):
         self._quantize_to(job.model_path, job.plan, job.calibration, job.seed, job.device, scratch, folder,
                           job.max_shard_bytes)
         shutil.rmtree(scratch)
+        copy_tokenizer(job.model_path, folder)  # before the record: the audit step copies the same files again
         record.mark_folder("gptq", folder)
         return folder
 
@@ -106,13 +113,14 @@ class GptqBackend(QuantBackend):
             cfg = QuantizeConfig(bits=base.bits, group_size=base.group_size, dynamic=rules or None, desc_act=False,
                                  sym=True, offload_to_disk=True, offload_to_disk_path=str(scratch / "offload"))
             wrapper = GPTQModel.load(str(model_path), cfg, device=device, dtype=getattr(torch, plan.compute_dtype))
-            with torch.random.fork_rng(devices=[]), _logs_in(scratch / "logs"):
-                torch.manual_seed(seed)  # pins any sampling inside; the caller's RNG is left alone
-                wrapper.quantize(list(texts), batch_size=CALIBRATION_BATCH, tokenizer=tokenizer)
-            try:  # right after quantize the zeros are in the checkpoint (v1) format; save + load gives a model
+            try:  # a full disk while offloading or saving is one line
+                with torch.random.fork_rng(devices=[]), _logs_in(scratch / "logs"):
+                    torch.manual_seed(seed)  # pins any sampling inside; the caller's RNG is left alone
+                    wrapper.quantize(list(texts), batch_size=CALIBRATION_BATCH, tokenizer=tokenizer)
+                # right after quantize the zeros are in the checkpoint (v1) format; save + load gives a model
                 wrapper.save(str(out), max_shard_size=max_shard_bytes)
             except OSError as err:
-                raise RecoverlibError(f"writing {out}: {err.strerror or err}") from None
+                raise RecoverlibError(f"GPTQ writing under {out.parent}: {err.strerror or err}") from None
         (out / "quant_log.csv").unlink(missing_ok=True)
 
     def save(self, model, out_dir: Path) -> None:
