@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out-dir", type=Path, default=None, help="default: benchmarks/results (--quick: --scratch)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="quant_scale", help="results file stem")
+    p.add_argument("--note", action="append", default=[], help="a line added to the report (how a run was made)")
     p.add_argument("--from-csv", type=Path, default=None,
                    help="rebuild the report from a results CSV (measured columns kept, planner column recomputed)")
     args = p.parse_args(argv)
@@ -254,10 +255,14 @@ def report(rows, args, shapes, out_dir: Path, mixtral: dict, presets, quantize_p
     frame = pd.DataFrame(rows)
     width = "Mixtral-8x7B full width" if not args.quick else "reduced width (hidden 512, quick)"
     cmd = "python benchmarks/quant_scale.py" + (" --quick" if args.quick else "")
+    if args.presets != ["bnb-nf4"]:
+        cmd += " --presets " + " ".join(args.presets)
+    if args.name != "quant_scale":
+        cmd += f" --name {args.name}"
     if args.from_csv is not None:
         cmd += f" --from-csv {args.from_csv}"
     notes = [f"Command: `{cmd}` (layers {args.layers}, presets {args.presets}, --max-shard-size {args.max_shard_size})",
-             f"Shapes: {width}; {json.dumps(shapes)}", f"Machine: {machine_line(machine_info())}", *notes]
+             f"Shapes: {width}; {json.dumps(shapes)}", f"Machine: {machine_line(machine_info())}", *args.note, *notes]
     write_table(frame, out_dir, args.name, "recoverlib quantize at Mixtral-8x7B scale: peak RSS and time per layer", notes)
     plot(rows, extrapolated, out_dir / f"{args.name}.png", f"peak RSS of recoverlib quantize ({', '.join(args.presets)}), {width}",
          est.host_bytes / 1e9)
