@@ -165,7 +165,8 @@ def gptq_working_set(shapes: MoeShapes, plan: PrecisionPlan) -> int:
     """Bytes GPTQModel adds while quantizing one decoder layer: the largest set of modules it quantizes together
     (q/k/v; o; every expert's gate and up; every expert's down; the router with a ``+router`` plan), each with
     its fp32 Hessian (in x in) and :data:`GPTQ_WORK_FP32` fp32 copies of its weight."""
-    h, q, kv, i, e = shapes.hidden, shapes.heads * shapes.head_dim, shapes.kv_heads * shapes.head_dim, shapes.intermediate, shapes.experts
+    h, i, e = shapes.hidden, shapes.intermediate, shapes.experts
+    q, kv = shapes.heads * shapes.head_dim, shapes.kv_heads * shapes.head_dim
     subsets = {"attention": [[(q, h), (kv, h), (kv, h)], [(h, q)]], "experts": [[(i, h)] * (2 * e), [(h, i)] * e],
                "router": [[(e, h)]]}
     return max((sum(4 * inp * inp + int(GPTQ_WORK_FP32 * 4 * out * inp) for out, inp in subset)
@@ -180,10 +181,7 @@ def quantize_peak(config: str | Path | dict, plan: PrecisionPlan, device: str = 
         return _gptq_peak(cfg, plan, device, max_shard_bytes)
     shapes = MoeShapes.from_config(cfg)
     plain = DTYPE_BYTES[plan.compute_dtype]
-    layer_cfg = {**cfg, "num_hidden_layers": 1, "vocab_size": 0}
-    final_norm = shapes.hidden * plain  # plan_bytes counts the final norm with every model; a layer has none
-    layer_q = plan_bytes(layer_cfg, plan).total_bytes - final_norm
-    layer_16 = plan_bytes(layer_cfg, PrecisionPlan(plan.backend, compute_dtype=plan.compute_dtype)).total_bytes - final_norm
+    layer_16, layer_q = _layer_bytes(cfg, plan)
     total = plan_bytes(cfg, plan).total_bytes
     outer_q = total - shapes.layers * layer_q
     piece_q = max(layer_q, outer_q)
@@ -197,16 +195,20 @@ def quantize_peak(config: str | Path | dict, plan: PrecisionPlan, device: str = 
     return QuantizePeak(total, layer_16, piece_q, largest * plain, transient, shard, host, device_bytes)
 
 
+def _layer_bytes(cfg: dict, plan: PrecisionPlan) -> tuple[int, int]:
+    """Bytes of one decoder layer in 16 bit and quantized by ``plan``."""
+    layer_cfg = {**cfg, "num_hidden_layers": 1, "vocab_size": 0}
+    final_norm = cfg["hidden_size"] * DTYPE_BYTES[plan.compute_dtype]  # plan_bytes counts the final norm; a layer has none
+    plain = PrecisionPlan(plan.backend, compute_dtype=plan.compute_dtype)
+    return plan_bytes(layer_cfg, plain).total_bytes - final_norm, plan_bytes(layer_cfg, plan).total_bytes - final_norm
+
+
 def _gptq_peak(cfg: dict, plan: PrecisionPlan, device: str, max_shard_bytes: int) -> QuantizePeak:
     """GPTQModel's layer loop: it holds the whole decoder layer in 16 bit beside the working set (on the device
     for a GPU run; the host then holds the layer while it is moved, not measured)."""
-    shapes = MoeShapes.from_config(cfg)
-    plain = DTYPE_BYTES[plan.compute_dtype]
-    layer_cfg = {**cfg, "num_hidden_layers": 1, "vocab_size": 0}
-    layer_16 = plan_bytes(layer_cfg, PrecisionPlan(plan.backend, compute_dtype=plan.compute_dtype)).total_bytes - shapes.hidden * plain
-    layer_q = plan_bytes(layer_cfg, plan).total_bytes - shapes.hidden * plain
+    layer_16, layer_q = _layer_bytes(cfg, plan)
     total = plan_bytes(cfg, plan).total_bytes
-    working = gptq_working_set(shapes, plan)
+    working = gptq_working_set(MoeShapes.from_config(cfg), plan)
     shard = min(max_shard_bytes, total)
     on_gpu = device != "cpu"
     host = FIXED_HOST + max(layer_16 + (0 if on_gpu else working), shard)
