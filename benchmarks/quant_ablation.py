@@ -38,6 +38,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,9 +57,9 @@ WIDTHS = {  # Mixtral-8x7B, and a quarter of its width (same experts and vocabul
     "full": {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8},
     "quarter": {"hidden_size": 1024, "intermediate_size": 3584, "num_attention_heads": 8, "num_key_value_heads": 2},
 }
-# Peak RAM of a synthetic run: per parameter, the bf16 reference beside the fp32 noise-floor model (6 bytes), or
-# the reference beside the engine's bf16 copy and a streamed quantize; plus the libraries.
-BYTES_PER_PARAM = 7
+# Peak RAM of a synthetic run: the bf16 reference (2 bytes/param) held throughout, beside the largest of the fp32
+# noise-floor model (4 bytes/param) and each preset's streaming quantize (the planner's peak), plus the libraries.
+# One full-width layer with gptq-4 among the presets: 20.8 GB estimated, 21.5 GB measured (quant_ablation_fullwidth).
 FIXED_BYTES = 2 * 2**30
 
 
@@ -109,14 +110,14 @@ def available_ram() -> int:
     raise RecoverlibError("cannot read MemAvailable from /proc/meminfo")
 
 
-def check_fits(cfg: dict, available: int | None = None) -> int:
-    """Bytes the benchmark needs for this config; raise when that exceeds the available RAM."""
-    from recoverlib.quant.plan import PrecisionPlan
-    from recoverlib.quant.planner import plan_bytes
+def check_fits(cfg: dict, presets: Sequence[str] = (), available: int | None = None) -> int:
+    """Bytes the benchmark needs for this config and ``presets``; raise when that exceeds the available RAM."""
+    from recoverlib.quant.plan import PRESETS, PrecisionPlan
+    from recoverlib.quant.planner import plan_bytes, quantize_peak
 
     params = plan_bytes(cfg, PrecisionPlan(backend="bnb", name="bf16")).total_params
-    largest = cfg["num_local_experts"] * 2 * cfg["intermediate_size"] * cfg["hidden_size"]  # fused gate_up
-    need = BYTES_PER_PARAM * params + 4 * largest + FIXED_BYTES  # + the largest tensor's fp32 random init
+    quantizing = max((quantize_peak(cfg, PRESETS[p]).host_bytes for p in presets), default=0)
+    need = FIXED_BYTES + 2 * params + max(4 * params, quantizing)
     available = available_ram() if available is None else available
     if need > available:
         raise RecoverlibError(f"synthetic model of {params / 1e9:.2f} B parameters needs about {need / 2**30:.1f} GiB "
@@ -124,16 +125,16 @@ def check_fits(cfg: dict, available: int | None = None) -> int:
     return need
 
 
-def make_synthetic(cache: Path, layers: int, width: str, seed: int) -> Path:
+def make_synthetic(cache: Path, layers: int, width: str, seed: int, presets: Sequence[str] = ()) -> Path:
     """A Mixtral with Mixtral-8x7B shapes (or a quarter width), ``layers`` layers and random weights, written one
     shard at a time in the published layout (benchmarks/synthetic_checkpoint.py)."""
     from benchmarks.synthetic_checkpoint import write_checkpoint
 
     cfg = synthetic_config(layers, width)
     folder = cache / f"synthetic-{width}-L{layers}-s{seed}-v2"
+    check_fits(cfg, presets)
     if (folder / "model" / "config.json").is_file():
         return folder / "model"
-    check_fits(cfg)
     tmp = folder / "model.tmp"
     write_checkpoint(tmp, {**cfg, "head_dim": cfg["hidden_size"] // cfg["num_attention_heads"]}, seed)
     tmp.rename(folder / "model")
@@ -142,12 +143,14 @@ def make_synthetic(cache: Path, layers: int, width: str, seed: int) -> Path:
 
 def prepare_model(args) -> tuple[Path, dict[str, Path], str]:
     """The bf16 model folder, the adapters to score with, and a one-line description of the model."""
+    from recoverlib.quant.plan import PRESETS
     from recoverlib.tiny import adapter_paths, make_tiny
 
     if args.model:
         model, label = args.model, f"{args.model}"
     elif args.synthetic_layers:
-        model = make_synthetic(args.cache, args.synthetic_layers, args.synthetic_width, args.seed)
+        presets = args.presets or list(PRESETS)
+        model = make_synthetic(args.cache, args.synthetic_layers, args.synthetic_width, args.seed, presets)
         label = f"synthetic Mixtral ({args.synthetic_width} width, {args.synthetic_layers} layers, random weights)"
     else:
         tiny = args.cache / "tiny"

@@ -48,7 +48,10 @@ def test_synthetic_size_check_refuses_what_does_not_fit():
         check_fits(full, available=24 * 2**30)
     one = synthetic_config(1, "full")
     assert check_fits(one, available=128 * 2**30) < 32 * 2**30  # one full-width layer fits a 128 GiB machine
-    assert check_fits(synthetic_config(1, "quarter"), available=8 * 2**30) < 4 * 2**30  # 2.7 GB RSS measured
+    assert check_fits(synthetic_config(1, "quarter"), available=8 * 2**30) < 4 * 2**30  # 2.8 GB RSS measured
+    # GPTQ quantizes in the benchmark's process: its working set (the planner's) decides; 21.5 GB measured.
+    with_gptq = check_fits(one, ["bnb-nf4", "gptq-4"], available=128 * 2**30)
+    assert 20e9 < with_gptq < 23e9 and with_gptq > check_fits(one, ["bnb-nf4"], available=128 * 2**30) + 5e9
 
 
 def test_router_answer_follows_the_figures():
