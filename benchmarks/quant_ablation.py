@@ -20,7 +20,7 @@ shapes, random weights, N layers, written shard by shard in the published layout
 machine's RAM). A synthetic model is quantized by the streaming ``recoverlib quantize`` (what a user runs at that
 size), so its rows have no in-memory model to check the reload against. The full-width table:
     python -m benchmarks.quant_ablation --synthetic-layers 1 --repeats 1 \
-        --presets bnb-nf4 bnb-nf4+router bnb-int8 bnb-int8+router --name quant_ablation_fullwidth
+        --presets bnb-nf4 bnb-nf4+router bnb-int8 bnb-int8+router gptq-4 --name quant_ablation_fullwidth
 """
 
 from __future__ import annotations
@@ -141,16 +141,21 @@ def make_synthetic(cache: Path, layers: int, width: str, seed: int, presets: Seq
     return folder / "model"
 
 
+def run_presets(args) -> list[str]:
+    """The presets this run measures: ``--presets``, else the quick subset or all of them."""
+    from recoverlib.quant.plan import PRESETS
+
+    return list(args.presets or (QUICK_PRESETS if args.quick else PRESETS))
+
+
 def prepare_model(args) -> tuple[Path, dict[str, Path], str]:
     """The bf16 model folder, the adapters to score with, and a one-line description of the model."""
-    from recoverlib.quant.plan import PRESETS
     from recoverlib.tiny import adapter_paths, make_tiny
 
     if args.model:
         model, label = args.model, f"{args.model}"
     elif args.synthetic_layers:
-        presets = args.presets or list(PRESETS)
-        model = make_synthetic(args.cache, args.synthetic_layers, args.synthetic_width, args.seed, presets)
+        model = make_synthetic(args.cache, args.synthetic_layers, args.synthetic_width, args.seed, run_presets(args))
         label = f"synthetic Mixtral ({args.synthetic_width} width, {args.synthetic_layers} layers, random weights)"
     else:
         tiny = args.cache / "tiny"
@@ -211,15 +216,12 @@ def measure_reference(b: Bench) -> dict:
 
 def measure_preset(b: Bench, preset: str) -> dict:
     from recoverlib.quant.api import quantize_model, save_quantized
-    from recoverlib.quant.plan import PRESETS
 
-    plan = PRESETS[preset]
     if b.stream:
         return {**_quantize_streamed(b, preset), **serve(b, b.work / preset)}
     timing, (model, report) = time_repeats(lambda: quantize_model(b.base, preset, seed=b.seed), b.w.repeats)
     path = save_quantized(model, report, b.base, b.work / preset, seed=b.seed)
-    row = {"preset": preset, "backend": plan.backend, "router": "quantized" if plan.router.quantized else "kept",
-           "bits": report.effective_bits, "bytes": report.total_bytes, "planned_bytes": report.planned_bytes,
+    row = {**_preset_columns(preset, report.effective_bits, report.total_bytes, report.planned_bytes),
            **_timing("quantize_s", timing), **serve(b, path, model)}
     del model
     gc.collect()
@@ -231,17 +233,24 @@ def _quantize_streamed(b: Bench, preset: str) -> dict:
     import shutil
 
     from recoverlib.quant.api import quantize, read_meta
-    from recoverlib.quant.plan import PRESETS
 
     def once():
         shutil.rmtree(b.work / preset, ignore_errors=True)
         return quantize(b.base, preset, b.work / preset, seed=b.seed, progress=False)
 
     timing, path = time_repeats(once, b.w.repeats)
-    audit, plan = read_meta(path)["audit"], PRESETS[preset]
-    return {"preset": preset, "backend": plan.backend, "router": "quantized" if plan.router.quantized else "kept",
-            "bits": audit["effective_bits"], "bytes": audit["total_bytes"], "planned_bytes": audit["planned_bytes"],
+    audit = read_meta(path)["audit"]
+    return {**_preset_columns(preset, audit["effective_bits"], audit["total_bytes"], audit["planned_bytes"]),
             **_timing("quantize_s", timing)}
+
+
+def _preset_columns(preset: str, bits: float, nbytes: int, planned: int) -> dict:
+    """A preset row's identity and size columns (bits/param, audited and planned weight bytes)."""
+    from recoverlib.quant.plan import PRESETS
+
+    plan = PRESETS[preset]
+    return {"preset": preset, "backend": plan.backend, "router": "quantized" if plan.router.quantized else "kept",
+            "bits": bits, "bytes": nbytes, "planned_bytes": planned}
 
 
 def load_validation(args, rows_limit: int | None) -> tuple[list, dict[str, str]]:
@@ -288,7 +297,6 @@ def run(args, work: Path) -> tuple[pd.DataFrame, dict, str]:
 
     from recoverlib.engines.hf import load_causal_lm
     from recoverlib.metric import Scorer
-    from recoverlib.quant.plan import PRESETS
 
     w = QUICK if args.quick else AblationWorkload()
     if args.repeats:
@@ -302,7 +310,7 @@ def run(args, work: Path) -> tuple[pd.DataFrame, dict, str]:
     gc.collect()
     scorer = Scorer(args.embedder, progress=False) if rows else None
     b = Bench(base, work, w, ref, windows, adapters, rows, truths, scorer, args.seed, stream=bool(args.synthetic_layers))
-    presets = args.presets or (QUICK_PRESETS if args.quick else list(PRESETS))
+    presets = run_presets(args)
     out = [measure_reference(b)]
     for preset in tqdm(presets, desc="presets", unit="preset"):
         out.append(measure_preset(b, preset))

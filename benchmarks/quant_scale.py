@@ -91,7 +91,7 @@ def stream_phase(out: Path):
     def phase() -> str:
         final, gptq = partial / "final", partial / "quantized"  # recoverlib's piece loop; GPTQModel's loop
         if gptq.exists():
-            return "audit" if (gptq / "recoverlib_quant.json").exists() or _gptq_done(partial) else "pack"
+            return "audit" if _gptq_done(partial) else "pack"  # GPTQModel saving, then the audit
         if not final.exists():
             return "pieces"
         return "audit" if (final / "config.json").exists() else "pack"

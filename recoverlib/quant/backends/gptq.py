@@ -145,7 +145,7 @@ class GptqBackend(QuantBackend):
                 wrapper = GPTQModel.load(str(path), device_map=device_map, dtype=getattr(torch, plan.compute_dtype))
         model = wrapper.model.eval()
         # GPTQModel casts the fp16 scales to the model dtype on load (bf16 drops 3 mantissa bits); restore them,
-        # one shard's tensors at a time.
+        # read tensor by tensor from the shards.
         ckpt = Checkpoint.open(path)
         for name, module in model.named_modules():
             if f"{name}.scales" in ckpt.files and self.describe(module) is not None:
