@@ -94,7 +94,6 @@ class Bench:
     truths: dict[str, str]
     scorer: object | None
     seed: int
-    stream: bool = False  # quantize with the streaming `recoverlib quantize` (no in-memory model to compare)
 
 
 def synthetic_config(layers: int, width: str) -> dict:
@@ -174,9 +173,8 @@ def _timing(prefix: str, t: Timing) -> dict:
     return {prefix: t.median, f"{prefix}_min": t.min, f"{prefix}_max": t.max}
 
 
-def serve(b: Bench, path: Path, in_memory=None) -> dict:
-    """Load ``path`` through HFEngine (timed), then quality, reload exactness, speed and the metric."""
-    import torch
+def serve(b: Bench, path: Path) -> dict:
+    """Load ``path`` through HFEngine (timed), then quality, speed and the metric."""
 
     from recoverlib.engines import EngineConfig
     from recoverlib.engines.hf import HFEngine
@@ -186,10 +184,6 @@ def serve(b: Bench, path: Path, in_memory=None) -> dict:
     out = _timing("load_s", load)
     try:
         out |= q.quality(b.ref, engine.model, b.windows)
-        if in_memory is not None:
-            with torch.no_grad():
-                ids = b.windows[:2]
-                out["reload_exact"] = bool(torch.equal(in_memory(ids).logits, engine.model(ids).logits))
         tok = engine.tokenizer
         pre = q.generation_speed(engine, q.prompts_of(tok, b.w.prefill_tokens, b.w.prompts), 1, b.w.repeats, b.seed)
         dec = q.generation_speed(engine, q.prompts_of(tok, b.w.short_tokens, b.w.prompts), b.w.decode_tokens,
@@ -215,15 +209,7 @@ def measure_reference(b: Bench) -> dict:
 
 
 def measure_preset(b: Bench, preset: str) -> dict:
-    from recoverlib.quant.api import quantize_model, save_quantized
-
-    if b.stream:
-        return {**_quantize_streamed(b, preset), **serve(b, b.work / preset)}
-    timing, (model, report) = time_repeats(lambda: quantize_model(b.base, preset, seed=b.seed), b.w.repeats)
-    path = save_quantized(model, report, b.base, b.work / preset, seed=b.seed)
-    row = {**_preset_columns(preset, report.effective_bits, report.total_bytes, report.planned_bytes),
-           **_timing("quantize_s", timing), **serve(b, path, model)}
-    del model
+    row = {**_quantize_streamed(b, preset), **serve(b, b.work / preset)}
     gc.collect()
     return row
 
@@ -232,7 +218,8 @@ def _quantize_streamed(b: Bench, preset: str) -> dict:
     """``recoverlib quantize`` into ``work/preset`` (each repeat from scratch); the row's size and time columns."""
     import shutil
 
-    from recoverlib.quant.api import quantize, read_meta
+    from recoverlib.quant.api import quantize
+    from recoverlib.quant.meta import read_meta
 
     def once():
         shutil.rmtree(b.work / preset, ignore_errors=True)
@@ -309,7 +296,7 @@ def run(args, work: Path) -> tuple[pd.DataFrame, dict, str]:
     floor = q.quality(load_causal_lm(base, "float32"), ref, windows)  # what bf16 rounding alone costs
     gc.collect()
     scorer = Scorer(args.embedder, progress=False) if rows else None
-    b = Bench(base, work, w, ref, windows, adapters, rows, truths, scorer, args.seed, stream=bool(args.synthetic_layers))
+    b = Bench(base, work, w, ref, windows, adapters, rows, truths, scorer, args.seed)
     presets = run_presets(args)
     out = [measure_reference(b)]
     for preset in tqdm(presets, desc="presets", unit="preset"):

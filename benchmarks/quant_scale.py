@@ -7,8 +7,8 @@ Random bf16 checkpoints with Mixtral-8x7B's shapes (hidden 4096, intermediate 14
 ``block_sparse_moe.experts.E.w1/w2/w3``) by a writer that holds one shard at a time. Each is quantized by
 ``recoverlib quantize`` in a fresh subprocess; measured: wall time, peak RSS (``os.wait4``'s ``ru_maxrss`` of that
 process), output bytes and bits/param (from the written checkpoint's audit); the planner's peak estimate beside
-the measurement; the old whole-model path (``quantize_model`` + ``save_quantized``) for 1 layer. Time per layer is
-the least-squares slope of wall time over layers (the intercept is the fixed start cost: imports and packing).
+the measurement (the committed tables also hold the whole-model path the library had before every backend streamed,
+for 1 layer). Time per layer is the least-squares slope of wall time over layers (the intercept is the fixed start cost: imports and packing).
 
 Full run (about 25 minutes on 2 cores; writes ~22 GB under --scratch, deleted after):
     nice python benchmarks/quant_scale.py
@@ -16,7 +16,7 @@ Quick check (reduced width, under 2 minutes; results in the scratch folder, not 
     python benchmarks/quant_scale.py --quick
 GPTQ at full width (GPTQModel's layer loop; about 15 minutes and 14.4 GB RSS per layer on 2 cores), the committed
 quant_scale_gptq table (1 and 2 layers, run one at a time, rows merged, report rebuilt with --from-csv):
-    nice python benchmarks/quant_scale.py --presets gptq-4 --layers 1 2 --whole-model-layers --name quant_scale_gptq
+    nice python benchmarks/quant_scale.py --presets gptq-4 --layers 1 2 --name quant_scale_gptq
 """
 
 from __future__ import annotations
@@ -41,12 +41,6 @@ FULL = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 
         "head_dim": 128, "num_local_experts": 8, "num_experts_per_tok": 2, "vocab_size": 32000}
 QUICK = {**FULL, "hidden_size": 512, "intermediate_size": 1792, "num_attention_heads": 8, "num_key_value_heads": 2,
          "head_dim": 64, "vocab_size": 8000}
-WHOLE_MODEL = """
-import sys
-from recoverlib.quant.api import quantize_model, save_quantized
-model, report = quantize_model(sys.argv[1], sys.argv[2])
-save_quantized(model, report, sys.argv[1], sys.argv[3])
-"""
 
 
 def run_measured(cmd: list[str], env: dict, phase_of=lambda: "run") -> tuple[float, int, dict[str, int]]:
@@ -107,17 +101,15 @@ def _gptq_done(partial: Path) -> bool:
 
 
 def measure(src: Path, out: Path, preset: str, layers: int, path: str, args) -> dict:
-    from recoverlib.quant.api import read_meta
+    from recoverlib.model_folder import read_config
+    from recoverlib.quant.meta import read_meta
     from recoverlib.quant.plan import PRESETS
-    from recoverlib.quant.planner import quantize_peak, read_config
+    from recoverlib.quant.planner import quantize_peak
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    if path == "streaming":
-        cmd = [sys.executable, "-m", "recoverlib.cli", "quantize", "--model", str(src), "--plan", preset,
-               "--out", str(out), "--quiet", "--max-shard-size", args.max_shard_size]
-    else:
-        cmd = [sys.executable, "-c", WHOLE_MODEL, str(src), preset, str(out)]
-    wall, rss, phases = run_measured(cmd, env, stream_phase(out) if path == "streaming" else (lambda: "run"))
+    cmd = [sys.executable, "-m", "recoverlib.cli", "quantize", "--model", str(src), "--plan", preset,
+           "--out", str(out), "--quiet", "--max-shard-size", args.max_shard_size]
+    wall, rss, phases = run_measured(cmd, env, stream_phase(out))
     audit = read_meta(out)["audit"]
     size16 = sum(f.stat().st_size for f in src.glob("*.safetensors"))
     cfg = read_config(src)
@@ -197,8 +189,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="reduced width (hidden 512), results in --scratch")
     p.add_argument("--layers", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--presets", nargs="+", default=["bnb-nf4"])
-    p.add_argument("--whole-model-layers", type=int, nargs="*", default=None,
-                   help="also run the old whole-model path for these layer counts (default: 1; --quick: none)")
     p.add_argument("--max-shard-size", default="5GB")
     p.add_argument("--scratch", type=Path, default=Path("/work/scratch/quant_scale"))
     p.add_argument("--out-dir", type=Path, default=None, help="default: benchmarks/results (--quick: --scratch)")
@@ -212,8 +202,6 @@ def main(argv: list[str] | None = None) -> None:
     from recoverlib.quant.planner import MIXTRAL_8X7B, quantize_peak
 
     shapes = QUICK if args.quick else FULL
-    if args.whole_model_layers is None:
-        args.whole_model_layers = [] if args.quick else [1]
     out_dir = args.out_dir or (args.scratch if args.quick else ROOT / "benchmarks" / "results")
     rows = [] if args.from_csv is None else rows_from_csv(args.from_csv, shapes, args)
     for layers in args.layers if args.from_csv is None else []:
@@ -224,12 +212,10 @@ def main(argv: list[str] | None = None) -> None:
         write_checkpoint(src, cfg, args.seed)
         print(f"wrote {src} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         for preset in args.presets:
-            paths = ["streaming"] + (["whole-model"] if layers in args.whole_model_layers else [])
-            for path in paths:
-                out = args.scratch / f"q-{preset}-L{layers}-{path}"
-                shutil.rmtree(out, ignore_errors=True)
-                rows.append(measure(src, out, preset, layers, path, args))
-                shutil.rmtree(out, ignore_errors=True)
+            out = args.scratch / f"q-{preset}-L{layers}"
+            shutil.rmtree(out, ignore_errors=True)
+            rows.append(measure(src, out, preset, layers, "streaming", args))
+            shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(src)
     report(rows, args, shapes, out_dir, MIXTRAL_8X7B, PRESETS, quantize_peak)
 

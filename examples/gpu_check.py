@@ -84,8 +84,9 @@ def stream_cuda(tiny: Path, work: Path, rows) -> dict:
     """Streaming quantize with ``device="cuda"`` (sharded output), reload onto the GPU, error vs bf16 logits."""
     from transformers import AutoModelForCausalLM
 
-    from recoverlib.quant.api import load_quantized, quantize, read_meta
+    from recoverlib.quant.api import load_quantized, quantize
     from recoverlib.quant.compare import logits_error
+    from recoverlib.quant.meta import read_meta
 
     ref = AutoModelForCausalLM.from_pretrained(tiny / "model", dtype=torch.bfloat16).eval()
     ids = torch.randint(3, 2048, (2, 32), generator=torch.Generator().manual_seed(0))

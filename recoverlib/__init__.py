@@ -10,9 +10,7 @@ The flat API covers everything the command line does, under the same names::
 Names load on first use, so ``import recoverlib`` imports neither torch nor vLLM (nor any CLI module).
 """
 
-from __future__ import annotations
-
-import importlib
+from recoverlib.lazy import lazy_exports
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -34,8 +32,9 @@ _EXPORTS = {
     "SuffixConfig": "combine", "BudgetConfig": "combine", "MbrConfig": "combine", "PipelineConfig": "combine",
     "tune": "combine.tune", "optimize_prompt": "combine.search", "search_suffix": "combine.search",
     # quantization
-    "PrecisionPlan": "quant", "GroupPrecision": "quant", "load_plan": "quant", "PRESETS": "quant",
-    "quantize": "quant", "inspect_checkpoint": "quant", "load_quantized": "quant", "plan_bytes": "quant",
+    "PrecisionPlan": "quant.plan", "GroupPrecision": "quant.plan", "load_plan": "quant.plan", "PRESETS": "quant.plan",
+    "quantize": "quant.api", "inspect_checkpoint": "quant.api", "load_quantized": "quant.api",
+    "plan_bytes": "quant.planner",
     # training, the synthetic task, the tiny model
     "TrainConfig": "training.lora", "train_adapter": "training.lora",
     "TaskConfig": "synthetic", "write_task": "synthetic",
@@ -43,17 +42,5 @@ _EXPORTS = {
     "RecoverlibError": "errors",
 }
 
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'recoverlib' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))

@@ -7,7 +7,6 @@ from its tensors and swapped into a running model; both engines use it.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ class AdapterInfo:
     rank: int
     target_modules: tuple[str, ...]  # module names that carry LoRA weights (e.g. "model.layers.0.self_attn.q_proj")
     prime: str = ""  # opening every prediction of this adapter starts with (see RecoveryTemplate.render)
+    template: str | None = None  # recovery prompt kind it was trained with ("chat", "plain"; None: unknown)
 
     @property
     def targets_experts(self) -> bool:
@@ -67,7 +67,9 @@ def read_adapter(name: str, path: str | Path) -> AdapterInfo:
         raise RecoverlibError(f"adapter {name!r}: adapter_config.json has no rank 'r'")
     modules = tuple(sorted({_module_of(k) for k in _tensor_shapes(name, path)}))
     _check_targets_hold_weights(name, cfg, modules)
-    return AdapterInfo(name=name, path=path, rank=int(cfg["r"]), target_modules=modules, prime=adapter_prime(path))
+    meta = adapter_meta(path)
+    return AdapterInfo(name=name, path=path, rank=int(cfg["r"]), target_modules=modules, prime=meta.get("prime", ""),
+                       template=meta.get("template"))
 
 
 def _check_targets_hold_weights(name: str, cfg: dict, modules: tuple[str, ...]) -> None:
@@ -101,10 +103,16 @@ def _check_targets_hold_weights(name: str, cfg: dict, modules: tuple[str, ...]) 
         raise RecoverlibError(f"adapter {name!r}: weights for {stray[0]}, which target_modules does not name")
 
 
+def adapter_meta(adapter_dir: str | Path) -> dict:
+    """What recoverlib's trainer recorded beside an adapter (its prime, recovery prompt kind, history); {} for
+    adapters recoverlib did not train."""
+    meta = Path(adapter_dir) / ADAPTER_META
+    return read_json_object(meta, "adapter metadata ") if meta.is_file() else {}
+
+
 def adapter_prime(adapter_dir: str | Path) -> str:
     """The prime an adapter was trained with ("" if none or not trained by recoverlib): render and clean with it."""
-    meta = Path(adapter_dir) / ADAPTER_META
-    return json.loads(meta.read_text()).get("prime", "") if meta.is_file() else ""
+    return adapter_meta(adapter_dir).get("prime", "")
 
 
 def _tensor_shapes(name: str, path: Path) -> dict[str, tuple[int, ...]]:

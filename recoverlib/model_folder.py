@@ -41,7 +41,31 @@ def read_json_object(file: Path, label: str = "") -> dict:
     return data
 
 
+def read_config(config: str | Path | dict) -> dict:
+    """A config dict from a dict, a ``config.json`` file or a model folder."""
+    if isinstance(config, dict):
+        return config
+    path = Path(config)
+    path = path / "config.json" if path.is_dir() else path
+    if not path.is_file():
+        raise RecoverlibError(f"{path}: no such config file")
+    return read_json_object(path)
+
+
 def checkpoint_dtype(path: str | Path) -> str | None:
     """The dtype the checkpoint's weights are stored in (``dtype``, or ``torch_dtype`` before transformers 5)."""
     cfg = read_model_config(path)
     return cfg.get("dtype") or cfg.get("torch_dtype")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "generation_config.json", "tokenizer.model")
+
+
+def copy_tokenizer(src: Path, dst: Path) -> None:
+    """Copy the tokenizer and generation files a model folder needs besides weights and config."""
+    import shutil
+
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)

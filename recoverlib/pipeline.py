@@ -25,7 +25,7 @@ from recoverlib.combine.base import needs_embeddings
 from recoverlib.engines.base import Engine, SamplingConfig
 from recoverlib.errors import RecoverlibError
 from recoverlib.io import Row, append_samples, read_rows, resume_samples, write_submission
-from recoverlib.prompt import RecoveryTemplate, clean_prediction
+from recoverlib.prompt import RecoveryTemplate, clean_prediction, template_for_adapter
 
 log = logging.getLogger("recoverlib")
 
@@ -107,6 +107,7 @@ def sample_rows(engine: Engine, rows: Sequence[Row], config: PredictConfig, *, s
     """Cleaned samples of every row by ``engine`` (labelled ``base``), in chunks at fixed input positions; each
     chunk is appended to ``samples_file`` as it finishes. With ``resume`` the rows already there for this base are
     skipped; ``fresh`` (no resume) starts the file, refusing one that already holds samples."""
+    templates = serving_templates(engine, config)  # before the samples file is touched: a mismatch is one line
     done = start_samples_file(samples_file, rows, resume, base) if (resume or fresh) else {}
     step = config.chunk_rows or engine.chunk_rows
     todo = sum(r.id not in done for r in rows)
@@ -117,13 +118,31 @@ def sample_rows(engine: Engine, rows: Sequence[Row], config: PredictConfig, *, s
             missing = [row for row in chunk if row.id not in done]
             if not missing:
                 continue
-            got = _sample_chunk_isolated(engine, chunk, config, first_key=start, base=base)
+            got = _sample_chunk_isolated(engine, chunk, config, templates, first_key=start, base=base)
             missing = [row for row in missing if row.id in got]  # a row that failed alone is not recorded
             if samples_file:
                 append_samples(samples_file, [(row.id, got[row.id]) for row in missing], base)
             done.update((row.id, got[row.id]) for row in missing)
             bar.update(len(missing))
     return done
+
+
+def serving_adapters(engine: Engine, config: PredictConfig) -> list[str | None]:
+    """The adapters every row is sampled from (``None``: the base), in a fixed order."""
+    adapters: list[str | None] = sorted(engine.adapters)
+    return [None, *adapters] if (config.include_base or not adapters) else adapters
+
+
+def serving_templates(engine: Engine, config: PredictConfig) -> dict[str | None, RecoveryTemplate]:
+    """The recovery template of each served adapter (``None``: the base): the kind an adapter was trained with,
+    else ``config.template``, settled for the engine's tokenizer once per run."""
+    what = f"the tokenizer of {getattr(engine, 'model_path', 'the model')}"
+    base = config.template.for_tokenizer(engine.tokenizer, what)
+    out = {}
+    for a in serving_adapters(engine, config):
+        trained = engine.adapters[a].template if a else None
+        out[a] = template_for_adapter(config.template, trained, a).for_tokenizer(engine.tokenizer, what) if trained else base
+    return out
 
 
 def finish_rows(rows: Sequence[Row], samples: Mapping[str, Sequence[Sample]], config: PredictConfig,
@@ -135,13 +154,13 @@ def finish_rows(rows: Sequence[Row], samples: Mapping[str, Sequence[Sample]], co
     return [_finish(row, samples.get(row.id, ()), prompts.get(row.id, ""), config) for row in rows]
 
 
-def _sample_chunk_isolated(engine: Engine, chunk: Sequence[Row], config: PredictConfig, first_key: int,
-                           base: str | None) -> dict[str, tuple[Sample, ...]]:
+def _sample_chunk_isolated(engine: Engine, chunk: Sequence[Row], config: PredictConfig, templates: Mapping,
+                           first_key: int, base: str | None) -> dict[str, tuple[Sample, ...]]:
     """:func:`_sample_chunk`, and when it fails, each servable row alone (seeded by its own position): the rows
     that fail alone are left out of the result with a warning; if all of them fail (two or more), the error is
     the engine's, not a row's, and is raised."""
     try:
-        return _sample_chunk(engine, chunk, config, first_key=first_key, base=base)
+        return _sample_chunk(engine, chunk, config, templates, first_key=first_key, base=base)
     except RecoverlibError:
         raise  # a setting the user must change, never one row's fault
     except Exception as err:  # noqa: BLE001 (any engine failure: find the row, keep the others)
@@ -155,7 +174,7 @@ def _sample_chunk_isolated(engine: Engine, chunk: Sequence[Row], config: Predict
     errors: dict[int, Exception] = {}
     for i in servable:
         try:
-            out.update(_sample_chunk(engine, chunk[i : i + 1], config, first_key=first_key + i, base=base))
+            out.update(_sample_chunk(engine, chunk[i : i + 1], config, templates, first_key=first_key + i, base=base))
         except Exception as err:  # noqa: BLE001
             errors[i] = err
     if len(errors) == len(servable):
@@ -171,8 +190,8 @@ def _failed_rows(chunk: Sequence[Row], errors: Mapping[int, Exception]) -> dict:
     return {row.id: () for row in chunk if row.problem}
 
 
-def _sample_chunk(engine: Engine, chunk: Sequence[Row], config: PredictConfig, first_key: int = 0,
-                  base: str | None = None) -> dict[str, tuple[Sample, ...]]:
+def _sample_chunk(engine: Engine, chunk: Sequence[Row], config: PredictConfig, templates: Mapping,
+                  first_key: int = 0, base: str | None = None) -> dict[str, tuple[Sample, ...]]:
     """Cleaned samples of every servable row of ``chunk`` (rows with a problem get none), labelled ``base``.
 
     ``first_key``: the input position of ``chunk[0]``; each row is seeded by its input position.
@@ -182,16 +201,14 @@ def _sample_chunk(engine: Engine, chunk: Sequence[Row], config: PredictConfig, f
     rows = [r for r in chunk if not r.problem]
     if not rows:
         return out
-    adapters: list[str | None] = sorted(engine.adapters)
-    if config.include_base or not adapters:
-        adapters = [None, *adapters]
+    adapters = list(templates)
     primes = {a: (engine.adapters[a].prime if a else "") for a in adapters}
-    prompts = {a: render_prompts(engine, rows, config, primes[a]) for a in adapters}
+    prompts = {a: render_prompts(engine, rows, config, primes[a], templates[a]) for a in adapters}
     raw = engine.generate(prompts, config.sampling, adapters, keys=keys)
     stop = tuple(t for t in (engine.tokenizer.eos_token,) if t)
     for i, row in enumerate(rows):
         out[row.id] = tuple(
-            Sample(a, k, clean_prediction(text, config.template, stop, prime=primes[a]), base)
+            Sample(a, k, clean_prediction(text, templates[a], stop, prime=primes[a]), base)
             for a in adapters
             for k, text in enumerate(raw[a][i])
         )
@@ -210,10 +227,12 @@ def prompt_budget(max_model_len: int, max_new_tokens: int) -> int:
     return budget
 
 
-def render_prompts(engine: Engine, rows: Sequence[Row], config: PredictConfig, prime: str = "") -> list[str]:
-    """Recovery prompts that fit the engine's context next to ``max_new_tokens``; truncation is warned per row."""
+def render_prompts(engine: Engine, rows: Sequence[Row], config: PredictConfig, prime: str = "",
+                   template: RecoveryTemplate | None = None) -> list[str]:
+    """Recovery prompts (``template``, default ``config.template``) that fit the engine's context next to
+    ``max_new_tokens``; truncation is warned per row."""
     budget = prompt_budget(engine.max_model_len, config.sampling.max_new_tokens)
-    tpl, tok = config.template, engine.tokenizer
+    tpl, tok = template or config.template, engine.tokenizer
     prompts = [tpl.render(tok, row.original_text, row.rewritten_text, prime) for row in rows]
     # One batch tokenization to find the prompts that are too long; only those are fitted one by one.
     lengths = [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
@@ -247,7 +266,7 @@ def check_predict_paths(input_csv: str | Path, out: str | Path, samples_file: st
 
 
 def predict(model: str | Path | Sequence[BaseModel], input_csv: str | Path, out: str | Path, *,
-            adapters: Mapping[str, str | Path] | None = None, engine: str = "vllm",
+            adapters: Mapping[str, str | Path] | None = None, engine: str = "auto",
             config: PredictConfig | None = None, engine_config=None,
             samples_file: str | Path | None = None, resume: bool = False,
             context: CombineContext | None = None, close_engine: bool = True) -> list[Prediction]:
@@ -261,10 +280,11 @@ def predict(model: str | Path | Sequence[BaseModel], input_csv: str | Path, out:
     """
     from dataclasses import replace
 
-    from recoverlib.engines import ENGINES, EngineConfig, make_engine
+    from recoverlib.engines import EngineConfig, make_engine
+    from recoverlib.engines.registry import check_engine_name
 
     config = config or PredictConfig()
-    ENGINES.get(engine)  # an unknown name fails here, before anything is read or loaded
+    check_engine_name(engine)  # an unknown name fails here, before anything is read or loaded
     engine_config = engine_config or EngineConfig()
     if engine_config.max_model_len is not None:
         prompt_budget(engine_config.max_model_len, config.sampling.max_new_tokens)

@@ -1,16 +1,35 @@
 """The recovery prompt: one template for inference and fine-tuning, truncation, and cleaning generations.
 
-A recovery prompt is the model's chat template applied to one user turn (instruction + original text +
-rewritten text), followed by a fixed response prefix. The model continues after the prefix with the
-rewrite prompt it believes was used. Training (completion-only loss) and both engines render rows through
-:class:`RecoveryTemplate`, so what a model is trained on is exactly what it is served.
+A recovery prompt is one user turn (instruction + original text + rewritten text) followed by a fixed response
+prefix; the model continues after the prefix with the rewrite prompt it believes was used. Two kinds:
+
+- ``chat``: the user turn through the tokenizer's chat template (instruct models, the seed's recipe);
+- ``plain``: the same text with no chat markup, after the tokenizer's BOS (base models such as Mixtral-8x7B-v0.1
+  are published without a chat template)::
+
+      <s>Below are an original text and ... (INSTRUCTION)
+
+      Original text:
+      ...
+
+      Rewritten text:
+      ...
+
+      The most likely text prompt given to transform the original text into the rewritten text was:
+
+``auto`` (the default) is ``chat`` where the tokenizer has a chat template, else ``plain``. Training
+(completion-only loss), both engines and GPTQ calibration render rows through :class:`RecoveryTemplate`, so what
+a model is trained on is exactly what it is served; an adapter records the kind it was trained with
+(:func:`template_for_adapter`).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from recoverlib.errors import RecoverlibError
 
 log = logging.getLogger("recoverlib")
 
@@ -22,15 +41,42 @@ INSTRUCTION = (
     "Recover the instruction (the rewrite prompt) that was given to the LLM."
 )
 _QUOTES = "\"'`\u201c\u201d\u2018\u2019"
+TEMPLATE_KINDS = ("auto", "chat", "plain")
+
+
+def has_chat_template(tokenizer) -> bool:
+    """Whether the tokenizer carries a chat template (base checkpoints usually do not)."""
+    return bool(getattr(tokenizer, "chat_template", None))
 
 
 @dataclass(frozen=True)
 class RecoveryTemplate:
-    """How a row becomes a prompt. Defaults follow the seed's fine-tuning recipe."""
+    """How a row becomes a prompt. Defaults follow the seed's fine-tuning recipe.
+
+    ``kind``: ``chat``, ``plain`` or ``auto`` (see the module docstring); resolve ``auto`` once per run with
+    :meth:`for_tokenizer`, which says on stderr when it picks ``plain``.
+    """
 
     instruction: str = INSTRUCTION
     response_prefix: str = RESPONSE_PREFIX
     ellipsis: str = " ..."
+    kind: str = "auto"
+
+    def __post_init__(self):
+        if self.kind not in TEMPLATE_KINDS:
+            raise RecoverlibError(f"template {self.kind!r}: choose one of {', '.join(TEMPLATE_KINDS)}")
+
+    def for_tokenizer(self, tokenizer, what: str = "the model") -> RecoveryTemplate:
+        """This template with ``kind`` settled for ``tokenizer``: ``auto`` becomes ``chat`` or ``plain`` (a one-line
+        note when plain); ``chat`` on a tokenizer without a chat template is a one-line error."""
+        chat = has_chat_template(tokenizer)
+        if self.kind == "chat" and not chat:
+            raise RecoverlibError(f"{what} has no chat template (a base model?): use --template plain or auto")
+        if self.kind != "auto":
+            return self
+        if not chat:
+            log.warning("%s has no chat template: using the plain recovery prompt (see --template)", what)
+        return replace(self, kind="chat" if chat else "plain")
 
     def user_message(self, original_text: str, rewritten_text: str) -> str:
         return (
@@ -43,8 +89,12 @@ class RecoveryTemplate:
         ``prime`` is an opening the prediction is forced to start with (e.g. "Rewrite"); it is part of the
         prompt, and :func:`clean_prediction` keeps it in the prediction.
         """
-        messages = [{"role": "user", "content": self.user_message(original_text, rewritten_text)}]
-        head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        user = self.user_message(original_text, rewritten_text)
+        if self.kind == "chat" or (self.kind == "auto" and has_chat_template(tokenizer)):
+            messages = [{"role": "user", "content": user}]
+            head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:  # plain: what a base model reads; its BOS is text here, as a chat template writes it
+            head = f"{tokenizer.bos_token or ''}{user}\n\n"
         text = head + self.response_prefix
         return f"{text} {prime}" if prime else text
 
@@ -89,6 +139,17 @@ class RecoveryTemplate:
         if not has_prime(text, prime):
             raise ValueError(f"rewrite prompt {text!r} does not start with the prime {prime!r}")
         return text[len(prime) :]
+
+
+def template_for_adapter(template: RecoveryTemplate, trained: str | None, adapter: str) -> RecoveryTemplate:
+    """The template ``adapter`` is served with: the kind it was trained with (``trained``, from its metadata;
+    None for adapters recoverlib did not train). Asking for the other kind explicitly is a one-line error."""
+    if trained is None:
+        return template
+    if template.kind not in ("auto", trained):
+        raise RecoverlibError(f"adapter {adapter!r} was trained with the {trained} recovery prompt, not"
+                              f" {template.kind}: use --template {trained} or auto")
+    return replace(template, kind=trained)
 
 
 def has_prime(rewrite_prompt: str, prime: str) -> bool:

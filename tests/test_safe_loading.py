@@ -62,7 +62,7 @@ def test_a_combination_file_cannot_import_what_it_names(doc, canary, tmp_path):
     {"backend": "bnb", "loader": "recoverlib_canary"},
 ])
 def test_a_plan_file_cannot_import_what_it_names(doc, canary, tmp_path):
-    from recoverlib.quant.api import get_backend
+    from recoverlib.quant.backends import get_backend
     from recoverlib.quant.plan import load_plan
 
     path = tmp_path / "p.json"

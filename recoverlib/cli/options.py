@@ -49,6 +49,15 @@ def add_embedder(parser: argparse.ArgumentParser) -> None:
                         help="sentence embedder: a name, a folder, or 'minilm' (offline; default %(default)s)")
 
 
+def add_template(parser: argparse.ArgumentParser) -> None:
+    """``--template auto|chat|plain``: the recovery prompt's kind (plain for base models without a chat template)."""
+    from recoverlib.prompt import TEMPLATE_KINDS
+
+    parser.add_argument("--template", choices=TEMPLATE_KINDS, default="auto",
+                        help="recovery prompt: the tokenizer's chat template, plain text (base models), or auto:"
+                             " chat where the tokenizer has one (default); adapters keep the kind they were trained with")
+
+
 def check_required(args: argparse.Namespace) -> None:
     """Options that are required under either their new or their old name (argparse cannot say so itself)."""
     for dest, flag in (("out", "--out"), ("samples_file", "--samples-file")):

@@ -81,9 +81,10 @@ def quantize_device(text: str) -> str:
 
 def quantize_lines(args) -> tuple[list[str], bool]:
     """The quantization report (weights, peak memory, fits) and whether it fits what was given."""
+    from recoverlib.model_folder import read_config
     from recoverlib.quant.checkpoint import parse_size
     from recoverlib.quant.plan import load_plan
-    from recoverlib.quant.planner import quantize_peak, read_config
+    from recoverlib.quant.planner import quantize_peak
 
     config = read_config(_model_config(args.model))
     plan = load_plan(args.plan)

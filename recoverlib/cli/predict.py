@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from recoverlib.cli.options import add_embedder, add_out, add_samples_file
+from recoverlib.cli.options import add_embedder, add_out, add_samples_file, add_template
 from recoverlib.errors import RecoverlibError
 
 
@@ -75,7 +75,8 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     from recoverlib.engines.device import DTYPES
 
     d = EngineConfig()
-    p.add_argument("--engine", default="vllm", help="vllm (default) or hf (transformers + PEFT)")
+    p.add_argument("--engine", default="auto",
+                   help="vllm, hf (transformers + PEFT), or auto (default): vllm where it can serve the model here")
     p.add_argument("--preset", choices=sorted(ENGINE_PRESETS),
                    help="engine settings for a known machine (kaggle-t4x2: 2x T4); options given override it")
     p.add_argument("--dtype", choices=DTYPES, help=f"default {d.dtype}: bf16, or fp16 on GPUs before Ampere")
@@ -122,10 +123,12 @@ def sampling_config(args):
 def cmd_predict(args) -> int:
     from recoverlib.combine import CombineContext, ConcatConfig, load_combination
     from recoverlib.pipeline import PredictConfig, predict
+    from recoverlib.prompt import RecoveryTemplate
 
     combination = load_combination(args.combination) if args.combination else ConcatConfig(separator=args.separator)
     config = PredictConfig(sampling_config(args), include_base=args.include_base,
-                           fallback_prompt=args.fallback_prompt, combination=combination, chunk_rows=args.chunk_rows)
+                           fallback_prompt=args.fallback_prompt, combination=combination, chunk_rows=args.chunk_rows,
+                           template=RecoveryTemplate(kind=args.template))
     start = time.perf_counter()
     engine_cfg = engine_config(args)
     # vLLM's engine-core and worker processes outlive the CLI's os._exit (seen: orphans that kept running and held
@@ -173,6 +176,7 @@ def add_commands(sub) -> None:
     p.add_argument("--combination", type=Path, help="combination config JSON (from `recoverlib tune`)")
     add_embedder(p)
     p.add_argument("--fallback-prompt", default=DEFAULT_FALLBACK, help="for rows that cannot be served")
+    add_template(p)
     add_samples_file(p, "JSONL of every row's cleaned samples, written as rows finish", required=False,
                      old=("--save-samples",))
     p.add_argument("--resume", action="store_true", help="continue from --samples-file")

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from recoverlib.cli.options import add_out
+from recoverlib.cli.options import add_out, add_template
 
 
 def add_commands(subparsers) -> None:
@@ -20,11 +20,18 @@ def add_commands(subparsers) -> None:
     q.add_argument("--calibration", type=Path, default=None,
                    help="GPTQ calibration CSV (Kaggle rows or a 'text' column); default: built-in examples")
     q.add_argument("--seed", type=int, default=0, help="seed for choosing calibration texts")
-    q.add_argument("--export-vllm", type=Path, default=None, help="gptq only: also write a vLLM-layout copy here")
+    add_template(q)
+    q.add_argument("--export-vllm", action=_Gone, help=argparse.SUPPRESS)
     q.add_argument("--device", default="cpu", help="where layers are quantized: cpu, cuda or cuda:N (bnb, hqq)")
     q.add_argument("--max-shard-size", default="5GB", help="largest output shard (e.g. 5GB, 500MB); default 5GB")
     q.add_argument("--quiet", action="store_true", help="no progress on stderr")
     q.set_defaults(func=cmd_quantize)
+
+    c = subparsers.add_parser("convert", help="rewrite an older GPTQ Mixtral checkpoint (mlp.experts.N.gate_proj names)"
+                              " in Mixtral's published layout, which vLLM loads; shard by shard")
+    c.add_argument("--model", required=True, type=Path, help="GPTQ Mixtral folder in GPTQModel's layout")
+    add_out(c, "output folder")
+    c.set_defaults(func=cmd_convert)
 
     i = subparsers.add_parser("inspect", help="audit a checkpoint: bits, group size, params and bytes per module group")
     i.add_argument("path", type=Path, help="HF model folder (quantized or not)")
@@ -35,19 +42,36 @@ def add_commands(subparsers) -> None:
 def cmd_quantize(args: argparse.Namespace) -> int:
     from recoverlib.model_folder import require_model_folder
     from recoverlib.output_paths import check_output_folder
-    from recoverlib.quant.api import META_FILE, quantize
+    from recoverlib.quant.api import quantize
+    from recoverlib.quant.meta import META_FILE
 
     require_model_folder(args.model)
     inputs = [("--model", args.model), ("--calibration", args.calibration)]
     check_output_folder(args.out, inputs, marker=META_FILE)
-    if args.export_vllm:
-        check_output_folder(args.export_vllm, [*inputs, ("--out", args.out)], marker="config.json")
-    out = quantize(args.model, args.plan, args.out, calibration=args.calibration, seed=args.seed,
-                   progress=not args.quiet, device=args.device, max_shard_size=args.max_shard_size)
-    if args.export_vllm:
-        from recoverlib.quant.export import export_vllm
+    quantize(args.model, args.plan, args.out, calibration=args.calibration, seed=args.seed,
+                   progress=not args.quiet, device=args.device, max_shard_size=args.max_shard_size,
+                   template=args.template)
+    return 0
 
-        print(f"vLLM layout: {export_vllm(out, args.export_vllm)}", file=args.stdout)
+
+class _Gone(argparse.Action):
+    """``--export-vllm``: quantize writes vLLM's layout itself now; said in one line instead of a silent no-op."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from recoverlib.errors import RecoverlibError
+
+        raise RecoverlibError("--export-vllm is gone: `recoverlib quantize --plan gptq-*` writes Mixtral's published"
+                              " layout, which vLLM loads as it is (older checkpoints: `recoverlib convert`)")
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from recoverlib.model_folder import require_model_folder
+    from recoverlib.output_paths import check_output_folder
+    from recoverlib.quant.convert import publish_layout
+
+    require_model_folder(args.model)
+    check_output_folder(args.out, [("--model", args.model)], marker="config.json")
+    print(f"wrote {publish_layout(args.model, args.out)} (Mixtral's published layout)", file=args.stdout)
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recoverlib.cli.options import add_embedder, add_out, old_name
+from recoverlib.cli.options import add_embedder, add_out, add_template, old_name
 from recoverlib.cli.tiny import add_positional_out, out_folder
 
 
@@ -30,7 +30,7 @@ def cmd_train(args) -> int:
     config = TrainConfig(
         rank=args.rank, alpha=args.alpha, targets=args.targets, prime=args.prime, epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, max_rows=args.max_rows, score_rows=args.score_rows, embedder=args.embedder,
-        plan={"4bit": "bnb-nf4"}.get(args.plan, args.plan), seed=args.seed,
+        plan={"4bit": "bnb-nf4"}.get(args.plan, args.plan), template=args.template, seed=args.seed,
     )
     require_model_folder(args.model)
     inputs = [("--model", args.model), ("--train", args.train), ("--validation", args.validation)]
@@ -82,6 +82,7 @@ def add_commands(sub) -> None:
     train.add_argument("--plan", choices=PLANS, default=cfg.plan,
                        help="base precision while training: bnb-nf4 (QLoRA, CUDA), none (16-bit) or auto")
     old_name(train, "--quantize", "--plan", "plan", choices=("auto", "none", "4bit"))
+    add_template(train)
     train.add_argument("--seed", type=int, default=cfg.seed)
     train.add_argument("--resume", action="store_true", help="continue the run checkpointed under --out/.checkpoints")
     train.set_defaults(func=cmd_train)

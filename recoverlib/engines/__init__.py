@@ -10,7 +10,7 @@ from recoverlib.engines.base import (
     SamplingConfig,
     engine_config_with,
 )
-from recoverlib.engines.registry import ENGINES, make_engine, register_engine
+from recoverlib.engines.registry import ENGINES, make_engine
 
 __all__ = [
     "ENGINES",
@@ -24,5 +24,4 @@ __all__ = [
     "check_adapters",
     "engine_config_with",
     "make_engine",
-    "register_engine",
 ]

@@ -31,10 +31,9 @@ from recoverlib.engines.base import (
     resolve_max_model_len,
 )
 from recoverlib.engines.device import Device, current_device, resolve_dtype
-from recoverlib.engines.registry import register_engine
 from recoverlib.errors import RecoverlibError
 from recoverlib.model_folder import checkpoint_dtype
-from recoverlib.quant.api import is_quantized
+from recoverlib.quant.meta import is_quantized
 
 log = logging.getLogger("recoverlib")
 
@@ -45,7 +44,8 @@ def load_causal_lm(model_path: Path, dtype: str):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from recoverlib.quant.api import META_FILE, check_plain_loadable, load_quantized
+    from recoverlib.quant.api import load_quantized
+    from recoverlib.quant.meta import META_FILE, check_plain_loadable
 
     # On a CUDA machine let accelerate place the layers (one or several GPUs); on CPU stay there.
     device_map = "auto" if torch.cuda.is_available() else None
@@ -73,9 +73,10 @@ def compute_dtype(requested: str, device: Device, checkpoint: str | None) -> str
     return dtype
 
 
-@register_engine("hf")
 class HFEngine(Engine):
     """transformers ``generate`` with PEFT adapters switched per adapter; prompts batched with left padding."""
+
+    name = "hf"
 
     def __init__(self, model: str | Path, adapters: Mapping[str, str | Path] | None = None, config: EngineConfig | None = None):
         super().__init__(model, adapters, config)

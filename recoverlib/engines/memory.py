@@ -203,8 +203,8 @@ def load_serving_plan(spec):
 def plan_serving(config, plan, setup: ServingSetup, devices: Devices) -> ServingEstimate:
     """Memory per device of serving ``config`` under ``plan`` (a preset, JSON file, PrecisionPlan, or a dtype
     such as ``bfloat16`` for an unquantized model) with vLLM."""
-    from recoverlib.quant.backends.base import DTYPE_BYTES
-    from recoverlib.quant.planner import read_config
+    from recoverlib.model_folder import read_config
+    from recoverlib.quant.plan import DTYPE_BYTES
 
     cfg, plan = read_config(config), load_serving_plan(plan)
     tp = setup.tensor_parallel_size

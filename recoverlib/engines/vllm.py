@@ -28,10 +28,10 @@ from recoverlib.engines.base import (
 from recoverlib.engines.device import Device, check_vllm_settings, cpu_thread_binding, resolve_dtype
 from recoverlib.engines.lora_mode import LoraCosts, LoraWorkload, choose_lora_mode
 from recoverlib.engines.merge import MergeCache, read_tensors
-from recoverlib.engines.registry import register_engine
+from recoverlib.engines.vllm_support import check_vllm_serves
 from recoverlib.errors import RecoverlibError
 from recoverlib.model_folder import checkpoint_dtype, read_model_config
-from recoverlib.quant.api import is_quantized
+from recoverlib.quant.meta import is_quantized
 
 log = logging.getLogger("recoverlib")
 
@@ -107,9 +107,10 @@ def _quiet(logger_name: str):
         logger.setLevel(level)
 
 
-@register_engine("vllm")
 class VLLMEngine(Engine):
     """vLLM offline engine; in dynamic mode every (prompt, adapter) pair is one request of one ``generate`` call."""
+
+    name = "vllm"
 
     chunk_rows = 512  # vLLM schedules its own batches; merged mode swaps weights once per adapter and chunk
 
@@ -117,6 +118,7 @@ class VLLMEngine(Engine):
                  config: EngineConfig | None = None, costs: LoraCosts | None = None):
         super().__init__(model, adapters, config)
         import_vllm()
+        check_vllm_serves(self.model_path)  # quantization method, expert names, this machine's int4 kernels
         self._cpu = on_cpu()
         self.device = vllm_device()
         check_vllm_settings(self.config, self.device)
@@ -127,11 +129,6 @@ class VLLMEngine(Engine):
         )
         if self.lora_mode == "dynamic" and self._dynamic_problem():
             raise RecoverlibError(self._dynamic_problem())
-        if self._cpu and is_quantized(self.model_path):
-            raise RecoverlibError(
-                f"{self.model_path} is quantized: vLLM has no quantized-MoE kernel on this CPU (AVX2; needs AMX"
-                " or a GPU); use --engine hf"
-            )
         self._merges = MergeCache(self.model_path, self.config.merge_cache) if self.lora_mode == "merged" else None
         self._loaded: Path | None = None
         self._use(self.model_path)

@@ -3,29 +3,19 @@
     from recoverlib.quant import quantize, inspect_checkpoint
     out = quantize("tiny/model", "hqq-attn4-exp2", "tiny-hqq")
     print(inspect_checkpoint(out).table())
+
+Names load on first use (importing the package imports none of its modules).
 """
 
-from recoverlib.quant.api import (
-    META_FILE,
-    inspect_checkpoint,
-    is_quantized,
-    load_quantized,
-    quantize,
-    read_meta,
-)
-from recoverlib.quant.audit import AuditReport, audit_model, check_plan
-from recoverlib.quant.plan import PRESETS, GroupPrecision, PrecisionPlan, load_plan
-from recoverlib.quant.planner import (
-    MIXTRAL_8X7B,
-    PlanEstimate,
-    QuantizePeak,
-    format_estimates,
-    plan_bytes,
-    quantize_peak,
-)
+from recoverlib.lazy import lazy_exports
 
-__all__ = [
-    "META_FILE", "MIXTRAL_8X7B", "PRESETS", "AuditReport", "GroupPrecision", "PlanEstimate", "PrecisionPlan",
-    "audit_model", "check_plan", "format_estimates", "inspect_checkpoint", "is_quantized", "load_plan", "load_quantized",
-    "plan_bytes", "quantize", "quantize_peak", "QuantizePeak", "read_meta",
-]
+_EXPORTS = {
+    "quantize": "api", "inspect_checkpoint": "api", "load_quantized": "api",
+    "META_FILE": "meta", "is_quantized": "meta", "read_meta": "meta",
+    "AuditReport": "audit", "audit_model": "audit", "check_plan": "audit",
+    "PRESETS": "plan", "GroupPrecision": "plan", "PrecisionPlan": "plan", "load_plan": "plan",
+    "MIXTRAL_8X7B": "planner", "PlanEstimate": "planner", "QuantizePeak": "planner", "format_estimates": "planner",
+    "plan_bytes": "planner", "quantize_peak": "planner",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

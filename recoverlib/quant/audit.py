@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from recoverlib.errors import RecoverlibError
 from recoverlib.module_groups import group_of
-from recoverlib.quant.backends.base import BACKENDS
+from recoverlib.quant import layerwise as lw
+from recoverlib.quant.backends import BACKENDS, get_backend
+from recoverlib.quant.checkpoint import Checkpoint, memory_name
 from recoverlib.quant.plan import GROUPS, PrecisionPlan
 
 
@@ -148,13 +153,6 @@ def audit_model(model, plan: PrecisionPlan | None = None, planned_bytes: int | N
 
 def audit_checkpoint(path, plan: PrecisionPlan, planned_bytes: int | None = None, progress: bool = False) -> AuditReport:
     """Audit a checkpoint written by the streaming quantizer piece by piece (one decoder layer in memory at a time)."""
-    from pathlib import Path
-
-    from tqdm.auto import tqdm
-
-    from recoverlib.quant import layerwise as lw
-    from recoverlib.quant.backends.base import get_backend
-
     backend = get_backend(plan.backend)
     config = lw.mixtral_config(Path(path))
     auditor = _Auditor()
@@ -170,8 +168,6 @@ def audit_checkpoint(path, plan: PrecisionPlan, planned_bytes: int | None = None
 def audit_plain_checkpoint(path) -> AuditReport:
     """Audit an unquantized safetensors checkpoint from its headers alone (no tensor is read): every tensor is
     a plain parameter of its module's group, at its stored dtype."""
-    from recoverlib.quant.checkpoint import Checkpoint, memory_name
-
     ckpt = Checkpoint.open(path)
     auditor = _Auditor()
     for name, size in ckpt.sizes.items():

@@ -11,12 +11,14 @@ from recoverlib.errors import RecoverlibError
 MAX_TEXTS = 256
 
 
-def calibration_texts(source: str | Path | Sequence[str] | None, model_path: Path, seed: int = 0) -> list[str]:
-    """Up to ``MAX_TEXTS`` texts, chosen with ``seed`` when the source has more."""
+def calibration_texts(source: str | Path | Sequence[str] | None, model_path: Path, seed: int = 0,
+                      template: str = "auto") -> list[str]:
+    """Up to ``MAX_TEXTS`` texts, chosen with ``seed`` when the source has more; rows become recovery prompts of
+    kind ``template`` (auto: chat where the model's tokenizer has a chat template, else plain)."""
     if source is None:
-        texts = _builtin(model_path)
+        texts = _builtin(model_path, template)
     elif isinstance(source, str | Path):
-        texts = _from_csv(Path(source), model_path)
+        texts = _from_csv(Path(source), model_path, template)
     else:
         texts = [str(t) for t in source]
     texts = [t for t in texts if t.strip()]
@@ -27,15 +29,15 @@ def calibration_texts(source: str | Path | Sequence[str] | None, model_path: Pat
     return texts
 
 
-def _builtin(model_path: Path) -> list[str]:
+def _builtin(model_path: Path, template: str) -> list[str]:
     from recoverlib.tiny.corpus import corpus_texts
 
     lines = corpus_texts()
     pairs = list(zip(lines, lines[1:] + lines[:1], strict=True))
-    return lines + _render(pairs, model_path)
+    return lines + _render(pairs, model_path, template)
 
 
-def _from_csv(path: Path, model_path: Path) -> list[str]:
+def _from_csv(path: Path, model_path: Path, template: str) -> list[str]:
     import pandas as pd
 
     from recoverlib.io import read_csv
@@ -46,7 +48,7 @@ def _from_csv(path: Path, model_path: Path) -> list[str]:
         return pd.read_csv(path, dtype=str)["text"].dropna().tolist()
     frame = read_csv(path, ("id", "original_text", "rewritten_text"))
     rows = frame.dropna(subset=["original_text", "rewritten_text"])
-    return _render(list(zip(rows["original_text"], rows["rewritten_text"], strict=True)), model_path)
+    return _render(list(zip(rows["original_text"], rows["rewritten_text"], strict=True)), model_path, template)
 
 
 def calibration_tokenizer(model_path: Path):
@@ -61,9 +63,9 @@ def calibration_tokenizer(model_path: Path):
                               " tokenizer: copy tokenizer.json and tokenizer_config.json into the folder") from None
 
 
-def _render(pairs: list[tuple[str, str]], model_path: Path) -> list[str]:
+def _render(pairs: list[tuple[str, str]], model_path: Path, kind: str) -> list[str]:
     from recoverlib.prompt import RecoveryTemplate
 
     tok = calibration_tokenizer(model_path)
-    template = RecoveryTemplate()
+    template = RecoveryTemplate(kind=kind).for_tokenizer(tok, f"the tokenizer of {model_path}")
     return [template.render(tok, o, r) for o, r in pairs]

@@ -206,6 +206,48 @@ def write_sharded(source: Checkpoint, names: list[str], out_dir: Path, max_shard
     return [out_dir / f for f in files]
 
 
+def rewrite_names(src: Path, dst: Path, rename, consume: bool = False) -> None:
+    """Copy the safetensors folder ``src`` into ``dst`` shard by shard with every tensor renamed by ``rename`` (the
+    shards and the index keep their files; other files are copied as they are). One shard in memory at a time;
+    ``consume`` removes each source shard once its copy is on disk, so the copy needs little more disk than one shard."""
+    import shutil
+
+    from safetensors import safe_open
+
+    dst.mkdir(parents=True, exist_ok=True)
+    shards = sorted(src.glob("*.safetensors"))
+    for file in shards:
+        with safe_open(str(file), framework="pt") as fh:
+            tensors = {rename(k): fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no iter)
+        save_tensors(tensors, dst / file.name)
+        del tensors
+        if consume:
+            file.unlink()
+    for other in sorted(src.iterdir()):
+        if other.is_file() and other.suffix != ".safetensors":
+            if other.name == INDEX_FILE:
+                index = json.loads(other.read_text())
+                index["weight_map"] = {rename(k): f for k, f in index.get("weight_map", {}).items()}
+                (dst / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+            else:
+                shutil.copy2(other, dst / other.name)
+
+
+def expert_layout(names) -> str | None:
+    """How a Mixtral checkpoint names its MoE experts: ``published`` (``block_sparse_moe.experts.N.w1``, the
+    layout of Mixtral's own checkpoints, which vLLM reads), ``split`` (``mlp.experts.N.gate_proj``, GPTQModel's
+    and transformers 5's per-expert names) or ``fused`` (``mlp.experts.gate_up_proj``); None without experts."""
+    for name in names:
+        parts = name.split(".")
+        if "experts" not in parts:
+            continue
+        i = parts.index("experts")
+        if parts[i - 1] == "block_sparse_moe":
+            return "published"
+        return "split" if i + 1 < len(parts) and parts[i + 1].isdigit() else "fused"
+    return None
+
+
 def _shard_plan(sizes: list[tuple[str, int]], max_bytes: int) -> dict[str, int]:
     plan, shard, used = {}, 0, 0
     for name, size in sizes:

@@ -7,6 +7,8 @@ experts, :mod:`recoverlib.quant.moe`). Backends quantize and rebuild one linear 
 :meth:`~recoverlib.quant.backends.base.QuantBackend.quantize_linear` /
 :meth:`~recoverlib.quant.backends.base.QuantBackend.load_linear`; this module walks the pieces.
 
+A backend here is any object with the :class:`~recoverlib.quant.backends.base.QuantBackend` layer-by-layer hooks.
+
 Piece names: ``outer`` (``model.embed_tokens``, ``model.norm``, ``lm_head``) and ``layer-00003``. Tensor
 names are the full in-memory names (``model.layers.3.mlp.experts.0.gate_proj.weight``).
 """
@@ -17,9 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from recoverlib.errors import RecoverlibError
+from recoverlib.model_folder import read_config
 from recoverlib.module_groups import group_of
-from recoverlib.quant.backends.base import QuantBackend
-from recoverlib.quant.checkpoint import Checkpoint, disk_name
+from recoverlib.quant.checkpoint import Checkpoint, disk_name, memory_name
+from recoverlib.quant.moe import split_block_class
 from recoverlib.quant.plan import PrecisionPlan
 
 OUTER = "outer"
@@ -43,8 +46,6 @@ def build_piece(config, piece: str):
     with torch.device("meta"):
         if piece != OUTER:
             from transformers.models.mixtral.modeling_mixtral import MixtralDecoderLayer
-
-            from recoverlib.quant.moe import split_block_class
 
             layer = MixtralDecoderLayer(config, int(piece.split("-")[1]))
             layer.mlp = split_block_class()(config)
@@ -97,7 +98,7 @@ def read_source_piece(ckpt: Checkpoint, config, piece: str, dtype):
     return module
 
 
-def quantize_piece(backend: QuantBackend, module, prefix: str, plan: PrecisionPlan, device: str) -> None:
+def quantize_piece(backend, module, prefix: str, plan: PrecisionPlan, device: str) -> None:
     """Replace each ``nn.Linear`` whose group the plan quantizes, one at a time (its 16-bit weight freed after)."""
     from torch import nn
 
@@ -108,7 +109,7 @@ def quantize_piece(backend: QuantBackend, module, prefix: str, plan: PrecisionPl
         del linear
 
 
-def piece_state(backend: QuantBackend, module, prefix: str) -> dict:
+def piece_state(backend, module, prefix: str) -> dict:
     """The tensors a piece writes, full names, on the CPU: quantized linears as their backend stores them."""
     quantized = {n: m for n, m in module.named_modules() if backend.is_quantized(m)}
     state = {}
@@ -120,7 +121,7 @@ def piece_state(backend: QuantBackend, module, prefix: str) -> dict:
     return state
 
 
-def load_piece(backend: QuantBackend, ckpt: Checkpoint, config, piece: str, plan: PrecisionPlan, device: str = "cpu"):
+def load_piece(backend, ckpt: Checkpoint, config, piece: str, plan: PrecisionPlan, device: str = "cpu"):
     """Rebuild ``piece`` from a quantized checkpoint written by the streaming quantizer, on ``device``."""
     import torch
     from torch import nn
@@ -128,7 +129,8 @@ def load_piece(backend: QuantBackend, ckpt: Checkpoint, config, piece: str, plan
     module = build_piece(config, piece)
     prefix = piece_prefix(piece)
     dtype = getattr(torch, plan.compute_dtype)
-    tensors = {k[len(prefix):]: v for k, v in ckpt.read(_piece_keys(ckpt, prefix, piece)).items()}
+    # memory names whichever layout the checkpoint uses (published block_sparse_moe.experts.N.w1, or split names)
+    tensors = {memory_name(k)[len(prefix):]: v for k, v in ckpt.read(_piece_keys(ckpt, prefix, piece)).items()}
     loaded = set()
     for n, m in [(n, m) for n, m in module.named_modules() if type(m) is nn.Linear]:
         prec = plan.group(group_of(prefix + n))
@@ -146,7 +148,7 @@ def _piece_keys(ckpt: Checkpoint, prefix: str, piece: str) -> list[str]:
     return [k for k in ckpt.files if not k.startswith("model.layers.")]
 
 
-def iter_pieces(path: Path, config, plan: PrecisionPlan, backend: QuantBackend, device: str = "cpu") -> Iterator[tuple[str, object]]:
+def iter_pieces(path: Path, config, plan: PrecisionPlan, backend, device: str = "cpu") -> Iterator[tuple[str, object]]:
     """``(prefix, module)`` for every piece of a quantized checkpoint, one piece alive at a time if the caller drops it."""
     ckpt = Checkpoint.open(path)
     for piece in piece_names(config.num_hidden_layers):
@@ -157,14 +159,19 @@ def mixtral_config(path_or_dict):
     """A ``MixtralConfig`` from a folder, a config.json or a dict (quantization_config dropped)."""
     from transformers import MixtralConfig
 
-    from recoverlib.quant.planner import read_config
-
     cfg = dict(read_config(path_or_dict))
     cfg.pop("quantization_config", None)
     return MixtralConfig(**{k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version")})
 
 
-def load_model(path: Path, plan: PrecisionPlan, backend: QuantBackend, device: str = "cpu"):
+def single_device(device_map: str | dict | None, backend: str) -> str:
+    """The one device a layer-by-layer load places every piece on: the CPU for None, the first GPU for ``auto``."""
+    if isinstance(device_map, dict):
+        raise RecoverlibError(f"{backend} checkpoints load onto one device here; give a device such as cuda:0, not a map")
+    return "cpu" if device_map is None else ("cuda:0" if device_map in ("auto", "cuda") else device_map)
+
+
+def load_model(path: Path, plan: PrecisionPlan, backend, device: str = "cpu"):
     """A whole quantized model for inference, read piece by piece (shard by shard) onto ``device``.
 
     The skeleton is transformers' ``MixtralForCausalLM`` with no weights; each decoder layer is replaced by its

@@ -17,6 +17,7 @@ from recoverlib.errors import RecoverlibError
 GROUPS = ("attention", "experts", "router", "lm_head", "embeddings")
 ROUTER_SUFFIX = "+router"
 COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recoverlib.errors import RecoverlibError
-from recoverlib.quant.backends.base import DTYPE_BYTES, get_backend
-from recoverlib.quant.plan import GROUPS, PrecisionPlan
+from recoverlib.model_folder import read_config
+from recoverlib.quant.backends import get_backend
+from recoverlib.quant.plan import DTYPE_BYTES, GROUPS, PrecisionPlan
 
 # Mixtral-8x7B's public config, the fields the planner reads.
 MIXTRAL_8X7B = {
@@ -92,19 +93,6 @@ class PlanEstimate:
     @property
     def effective_bits(self) -> float:
         return 8 * self.total_bytes / self.total_params
-
-
-def read_config(config: str | Path | dict) -> dict:
-    """A config dict from a dict, a ``config.json`` file or a model folder."""
-    if isinstance(config, dict):
-        return config
-    path = Path(config)
-    path = path / "config.json" if path.is_dir() else path
-    if not path.is_file():
-        raise RecoverlibError(f"{path}: no such config file")
-    from recoverlib.model_folder import read_json_object
-
-    return read_json_object(path)
 
 
 def plan_bytes(config: str | Path | dict, plan: PrecisionPlan) -> PlanEstimate:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from recoverlib.adapters import ADAPTER_META  # the engines read the prime from it
 from recoverlib.errors import RecoverlibError
-from recoverlib.prompt import RecoveryTemplate, has_prime
+from recoverlib.prompt import TEMPLATE_KINDS, RecoveryTemplate, has_prime
 
 log = logging.getLogger("recoverlib")
 
@@ -47,6 +47,7 @@ class TrainConfig:
     score_rows: int = 200  # validation rows scored by greedy generation each epoch (0: pick the epoch by loss)
     embedder: str = "minilm"  # scorer for the per-epoch score
     plan: str = "auto"  # "auto": a bnb-nf4 base (QLoRA) when CUDA and bitsandbytes are there
+    template: str = "auto"  # recovery prompt kind: chat, plain, or auto (chat where the tokenizer has one)
     seed: int = 0
 
     def __post_init__(self):
@@ -54,6 +55,8 @@ class TrainConfig:
             raise RecoverlibError(f"targets must be one of {', '.join(TARGETS)} (got {self.targets!r})")
         if self.plan not in PLANS:
             raise RecoverlibError(f"training plan must be one of {', '.join(PLANS)} (got {self.plan!r})")
+        if self.template not in TEMPLATE_KINDS:
+            raise RecoverlibError(f"template must be one of {', '.join(TEMPLATE_KINDS)} (got {self.template!r})")
         bad = [f"{name} {value}" for name, value, ok in (
             ("rank", self.rank, self.rank >= 1), ("alpha", self.alpha, self.alpha > 0),
             ("epochs", self.epochs, self.epochs >= 1), ("lr", self.lr, self.lr > 0),
@@ -315,7 +318,7 @@ def build_trainer(model_path: str | Path, train_rows, val_rows, config: TrainCon
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     dedicated_pad(tokenizer)
-    template = RecoveryTemplate()
+    template = RecoveryTemplate(kind=config.template).for_tokenizer(tokenizer, f"the tokenizer of {model_path}")
     four_bit = resolve_plan(config.plan)
     selector = _BestEpoch(tokenizer, val_rows, config, template)
     trainer = SFTTrainer(
@@ -356,7 +359,7 @@ def _save(model, base_name: str, out_dir: Path, config: TrainConfig, selector: _
     out_dir.mkdir(parents=True, exist_ok=True)
     model.peft_config["default"].base_model_name_or_path = base_name
     model.save_pretrained(out_dir, safe_serialization=True)
-    info = {"prime": config.prime, "best_epoch": selector.best_epoch, "history": selector.history,
-            "train_rows": n_rows, "config": asdict(config)}
+    info = {"prime": config.prime, "template": selector.template.kind, "best_epoch": selector.best_epoch,
+            "history": selector.history, "train_rows": n_rows, "config": asdict(config)}
     (out_dir / ADAPTER_META).write_text(json.dumps(info, indent=1) + "\n")
     return TrainResult(out_dir, selector.best_epoch, selector.history, n_rows, round(seconds, 1))

@@ -45,13 +45,13 @@ def input_ids():
 
 
 class Quantized:
-    """One preset quantized in memory, saved, and reloaded from disk."""
+    """One preset quantized by ``recoverlib quantize`` (streaming), its audit, and the model loaded from disk."""
 
     def __init__(self, preset, base, out):
-        from recoverlib.quant.api import load_quantized, quantize_model, save_quantized
+        from recoverlib.quant.api import inspect_checkpoint, load_quantized, quantize
 
-        self.model, self.report = quantize_model(base, preset, seed=0)
-        self.out = save_quantized(self.model, self.report, base, out)
+        self.out = quantize(base, preset, out, seed=0, progress=False)
+        self.report = inspect_checkpoint(self.out)
         self.reloaded = load_quantized(self.out)
 
 

@@ -58,7 +58,7 @@ def test_unknown_preset_and_missing_file(tmp_path):
 
 
 def test_backend_validation_rejects_unrealisable_plans():
-    from recoverlib.quant.backends.base import get_backend
+    from recoverlib.quant.backends import get_backend
 
     with pytest.raises(RecoverlibError, match="one bit width"):
         get_backend("bnb").validate(PrecisionPlan("bnb", attention=GroupPrecision(8), experts=GroupPrecision(4, 64)))

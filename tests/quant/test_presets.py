@@ -3,6 +3,7 @@ bounded logits error vs bf16, router quantized only by ``+router`` plans."""
 
 import pytest
 
+from recoverlib.quant.api import load_quantized
 from recoverlib.quant.compare import logits_error, router_agreement
 from recoverlib.quant.plan import GROUPS, PRESETS
 from recoverlib.quant.planner import plan_bytes
@@ -24,7 +25,7 @@ def test_preset(preset, quantized, base, ref_model, input_ids):
 
     plan = PRESETS[preset]
     q = quantized(preset)
-    for report in (q.report, _reaudit(q)):
+    for report in (q.report, _audit_of_the_loaded_model(q, plan)):
         for g in GROUPS:
             want = plan.group(g)
             got = report.groups[g]
@@ -32,11 +33,12 @@ def test_preset(preset, quantized, base, ref_model, input_ids):
             assert got.group_size == want.group_size, (g, got.label())
             assert got.quantized == {want.quantized}, g
         assert report.total_bytes == plan_bytes(base, plan).total_bytes
-        assert report.planned_bytes == report.total_bytes
+    assert q.report.planned_bytes == q.report.total_bytes
     assert report.groups["router"].quantized == {preset.endswith("+router")}
 
     with torch.no_grad():
-        assert torch.equal(q.model(input_ids).logits, q.reloaded(input_ids).logits), "reload changed the logits"
+        again = load_quantized(q.out)
+        assert torch.equal(again(input_ids).logits, q.reloaded(input_ids).logits), "two loads differ"
 
     err = logits_error(ref_model, q.reloaded, input_ids)
     routing = router_agreement(ref_model, q.reloaded, input_ids)
@@ -47,7 +49,7 @@ def test_preset(preset, quantized, base, ref_model, input_ids):
     assert routing["mean"] > 0.8
 
 
-def _reaudit(q):
-    from recoverlib.quant.api import inspect_checkpoint
+def _audit_of_the_loaded_model(q, plan):
+    from recoverlib.quant.audit import audit_model
 
-    return inspect_checkpoint(q.out)
+    return audit_model(q.reloaded, plan)

@@ -1,5 +1,6 @@
-"""Streaming quantization on a small multi-layer Mixtral: same tensors as the whole-model path, sharded output,
-one piece in memory at a time, one-line errors for broken inputs, resume after a SIGKILL."""
+"""Streaming quantization on a small multi-layer Mixtral: the same tensors as each library's own whole-model path
+(tests/quant/reference.py), sharded output, one piece in memory at a time, one-line errors for broken inputs,
+resume after a SIGKILL."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from recoverlib.errors import RecoverlibError
+
+from .reference import tensors, whole_model_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,44 +38,24 @@ def base4(tmp_path_factory):
     return out
 
 
-def _tensors(path: Path) -> dict:
-    from recoverlib.quant.checkpoint import Checkpoint
-
-    ckpt = Checkpoint.open(path)
-    return ckpt.read(ckpt.files)
-
-
 @pytest.mark.parametrize("preset", ["bnb-nf4", "bnb-int8+router", "hqq-attn4-exp2+router"])
 def test_streaming_equals_whole_model(preset, base4, tmp_path):
     import torch
 
-    from recoverlib.quant.api import load_quantized, quantize, quantize_model, save_quantized
+    from recoverlib.quant.api import inspect_checkpoint, quantize
 
     streamed = quantize(base4, preset, tmp_path / "stream", progress=False, max_shard_size="200KB")
     shards = sorted(p.name for p in streamed.glob("model-*.safetensors"))
     assert len(shards) > 2 and shards[-1].endswith(f"-of-{len(shards):05d}.safetensors")
     index = json.loads((streamed / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == set(shards)
-    model, report = quantize_model(base4, preset)
-    whole = save_quantized(model, report, base4, tmp_path / "whole")
-    a, b = _tensors(streamed), _tensors(whole)
+    whole = whole_model_checkpoint(base4, preset, tmp_path / "whole")
+    a, b = tensors(streamed), tensors(whole)
     assert set(a) == set(b)
     unequal = [k for k in a if a[k].dtype != b[k].dtype or not torch.equal(a[k], b[k])]
     assert not unequal, unequal[:3]
     meta = json.loads((streamed / "recoverlib_quant.json").read_text())
-    assert meta["audit"]["total_bytes"] == meta["audit"]["planned_bytes"] == report.total_bytes
-    ids = torch.randint(3, 2048, (2, 12), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        assert torch.equal(load_quantized(streamed)(ids).logits, load_quantized(whole)(ids).logits)
-
-
-def test_one_shard_is_byte_identical_to_the_whole_model_file(base4, tmp_path):
-    from recoverlib.quant.api import quantize, quantize_model, save_quantized
-
-    streamed = quantize(base4, "bnb-nf4", tmp_path / "stream", progress=False)
-    whole = save_quantized(*quantize_model(base4, "bnb-nf4"), base4, tmp_path / "whole")
-    assert not (streamed / "model.safetensors.index.json").exists()
-    assert (streamed / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
+    assert meta["audit"]["total_bytes"] == meta["audit"]["planned_bytes"] == inspect_checkpoint(streamed).total_bytes
 
 
 def test_one_piece_alive_at_a_time(base4, tmp_path, monkeypatch):
@@ -196,8 +179,9 @@ def _same_files(a: Path, b: Path) -> None:
 def test_gptq_streams_sharded_and_equals_the_whole_model_path(gptq_streamed, base4, tmp_path):
     import torch
 
-    from recoverlib.quant.api import load_quantized, quantize_model, save_quantized
-    from recoverlib.quant.backends.base import get_backend
+    from recoverlib.quant.api import load_quantized
+    from recoverlib.quant.backends import get_backend
+    from recoverlib.quant.checkpoint import memory_name
     from recoverlib.quant.layerwise import load_model
     from recoverlib.quant.plan import load_plan
 
@@ -206,18 +190,36 @@ def test_gptq_streams_sharded_and_equals_the_whole_model_path(gptq_streamed, bas
     assert not (gptq_streamed.parent / "q.partial").exists()
     meta = json.loads((gptq_streamed / "recoverlib_quant.json").read_text())
     assert meta["audit"]["total_bytes"] == meta["audit"]["planned_bytes"] and meta["calibration_texts"] > 0
-    model, report = quantize_model(base4, GPTQ)
-    whole = save_quantized(model, report, base4, tmp_path / "whole")
-    a, b = _tensors(gptq_streamed), _tensors(whole)
+    # GPTQModel's own whole-model quantize writes the same tensors, under its names (mlp.experts.N.gate_proj)
+    whole = whole_model_checkpoint(base4, GPTQ, tmp_path / "whole")
+    a, b = tensors(gptq_streamed, memory_name), tensors(whole)
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
-    assert meta["audit"]["total_bytes"] == report.total_bytes
-    # The layer-by-layer rebuild (what the audit reads) computes what GPTQModel's own loader builds.
+    assert any(".block_sparse_moe.experts.0.w1." in k for k in index["weight_map"])  # Mixtral's published layout
+    # The layer-by-layer rebuild (what the audit and the HF engine read) computes what GPTQModel's own loader
+    # builds from its own layout (its scales in fp16: GPTQModel casts them to the compute dtype on load).
     plan, backend = load_plan(GPTQ), get_backend("gptq")
     with backend.session(plan, "cpu"):
-        pieces = load_model(gptq_streamed, plan, backend)
+        theirs = _gptqmodel_load(whole, plan)
     ids = torch.randint(3, 2048, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert torch.equal(pieces(ids).logits, load_quantized(gptq_streamed)(ids).logits)
+        assert torch.equal(load_quantized(gptq_streamed)(ids).logits, theirs(ids).logits)
+        with backend.session(plan, "cpu"):
+            assert torch.equal(load_model(whole, plan, backend)(ids).logits, theirs(ids).logits)
+
+
+def _gptqmodel_load(path: Path, plan):
+    """GPTQModel's own loader on its own layout, with the fp16 scales put back as recoverlib keeps them."""
+    import torch
+    from gptqmodel import BACKEND, GPTQModel
+
+    from recoverlib.quant.checkpoint import Checkpoint
+
+    model = GPTQModel.load(str(path), device="cpu", backend=BACKEND.TORCH, dtype=getattr(torch, plan.compute_dtype)).model
+    ckpt = Checkpoint.open(path)
+    for name, module in model.named_modules():
+        if f"{name}.scales" in ckpt.files and getattr(module, "qweight", None) is not None:
+            module.scales = ckpt.read([f"{name}.scales"])[f"{name}.scales"]
+    return model.eval()
 
 
 def test_gptq_resumes_after_its_finished_loop(gptq_streamed, base4, tmp_path, monkeypatch):
@@ -233,8 +235,8 @@ def test_gptq_resumes_after_its_finished_loop(gptq_streamed, base4, tmp_path, mo
     assert not (tmp_path / "q").exists() and (tmp_path / "q.partial" / "quantized").is_dir()
     monkeypatch.setattr(stream, "_seal", seal)
     runs = []
-    loop = GptqBackend._quantize_to
-    monkeypatch.setattr(GptqBackend, "_quantize_to", lambda self, *a, **k: runs.append(1) or loop(self, *a, **k))
+    loop = GptqBackend.quantize_to
+    monkeypatch.setattr(GptqBackend, "quantize_to", lambda self, *a, **k: runs.append(1) or loop(self, *a, **k))
     quantize(base4, GPTQ, tmp_path / "q", progress=False, max_shard_size="200KB")
     assert runs == [] and not (tmp_path / "q.partial").exists()
     _same_files(tmp_path / "q", gptq_streamed)
@@ -298,9 +300,9 @@ def test_gptq_sigkill_inside_its_loop_then_rerun_writes_the_same_bytes(gptq_stre
 # (the tiny model's pieces take milliseconds).
 SLOW_CLI = """
 import sys, time
-from recoverlib.quant import stream
-mark = stream._Progress.mark
-stream._Progress.mark = lambda self, piece: (mark(self, piece), time.sleep(float(sys.argv[1])))
+from recoverlib.quant import progress
+mark = progress.RunRecord.mark
+progress.RunRecord.mark = lambda self, piece: (mark(self, piece), time.sleep(float(sys.argv[1])))
 from recoverlib.cli import main
 sys.exit(main(sys.argv[2:]))
 """

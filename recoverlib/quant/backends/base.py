@@ -1,23 +1,23 @@
-"""The backend interface and the registry: each backend module registers itself, so a backend is one file.
+"""The backend interface: a backend is one file, registered by name in :mod:`recoverlib.quant.backends`.
 
-A backend turns an HF Mixtral folder into a quantized model following a :class:`PrecisionPlan`, saves and
-reloads it, describes its quantized modules for the audit, and says how many bytes a quantized linear of a
-given shape takes (for the planner). Backend modules import their heavy library only inside methods.
+A backend writes a quantized checkpoint following a :class:`PrecisionPlan` (by default through recoverlib's piece
+loop, one linear at a time with :meth:`QuantBackend.quantize_linear`), rebuilds its quantized linears for loading
+and the audit, describes them, and says how many bytes a quantized linear of a given shape takes (for the
+planner). Backend modules import their heavy library only inside methods.
 """
 
 from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 from recoverlib.errors import RecoverlibError
+from recoverlib.quant.pieces import write_piecewise
 from recoverlib.quant.plan import GroupPrecision, PrecisionPlan
-from recoverlib.registry import PackageRegistry
-
-DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
 
 @dataclass(frozen=True)
@@ -29,17 +29,6 @@ class LinearStorage:
     params: int  # out_features * in_features
     bytes: int  # quantized payload plus its scales/zeros/absmax/indices, as held in memory
     dtype: str  # storage kind, e.g. "nf4/uint8", "hqq/uint8", "gptq/int32"
-
-
-@dataclass(frozen=True)
-class QuantJob:
-    """One quantization request, validated before any model is loaded."""
-
-    model_path: Path
-    plan: PrecisionPlan
-    calibration: tuple[str, ...]  # texts (GPTQ only)
-    seed: int = 0
-    progress: bool = True
 
 
 class QuantBackend(ABC):
@@ -60,17 +49,9 @@ class QuantBackend(ABC):
         """Raise a one-line error for a precision this backend cannot realise (before any work)."""
 
     @abstractmethod
-    def quantize(self, job: QuantJob):
-        """Load ``job.model_path`` and quantize it following ``job.plan``; return the quantized HF model."""
-
-    @abstractmethod
-    def save(self, model, out_dir: Path) -> None:
-        """Write the quantized model's config and weights to ``out_dir`` (tokenizer and metadata are written by the caller)."""
-
-    @abstractmethod
     def load(self, path: Path, plan: PrecisionPlan, device_map: str | dict | None = None):
-        """Reload a checkpoint written by :meth:`save` (one file or HF shards, read shard by shard); return the HF
-        model in eval mode. ``device_map``: None (CPU), a device (``cuda:0``), ``"auto"`` or accelerate's dict."""
+        """Load a checkpoint this backend wrote (one file or HF shards, read shard by shard); return the HF model
+        in eval mode. ``device_map``: None (CPU), a device (``cuda:0``), ``"auto"`` or accelerate's dict."""
 
     @abstractmethod
     def describe(self, module) -> LinearStorage | None:
@@ -78,27 +59,23 @@ class QuantBackend(ABC):
 
     # Layer-by-layer hooks (the streaming quantizer, :mod:`recoverlib.quant.stream`). ``device``: where the
     # quantization runs ("cpu", "cuda", "cuda:1"); written tensors always come back to the CPU.
-    streams: ClassVar[bool] = False
     calibrated: ClassVar[bool] = False  # quantizing needs calibration texts (GPTQ)
 
     def write_streamed(self, job, source, record) -> Path:
         """Quantize ``job.model_path`` (a :class:`~recoverlib.quant.stream.StreamJob`) into a folder under
         ``record.work`` holding ``config.json`` and HF shards; return that folder. ``source``: the 16-bit
-        :class:`~recoverlib.quant.checkpoint.Checkpoint`; ``record``: the run's progress, for resuming.
-        The default is recoverlib's piece loop: one decoder layer at a time through :meth:`quantize_linear`."""
-        from recoverlib.quant.stream import write_piecewise
-
+        :class:`~recoverlib.quant.checkpoint.Checkpoint`; ``record``: the run's
+        :class:`~recoverlib.quant.progress.RunRecord`, for resuming. The default is recoverlib's piece loop
+        (:mod:`recoverlib.quant.pieces`): one decoder layer at a time through :meth:`quantize_linear`."""
         return write_piecewise(self, job, source, record)
 
     def session(self, plan: PrecisionPlan, device: str):
         """A context held around a streaming quantize or load (e.g. a library-wide setting, restored on exit)."""
-        from contextlib import nullcontext
-
         return nullcontext()
 
     def quantize_linear(self, linear, prec: GroupPrecision, plan: PrecisionPlan, device: str):
         """A quantized module replacing the 16-bit ``nn.Linear`` ``linear``, quantized on ``device``."""
-        raise RecoverlibError(f"backend {self.name!r} does not quantize layer by layer (use the whole-model path)")
+        raise RecoverlibError(f"backend {self.name!r} quantizes in its own loop, not linear by linear")
 
     def is_quantized(self, module) -> bool:
         """True for this backend's quantized modules (those :meth:`linear_state` serializes)."""
@@ -121,12 +98,6 @@ class QuantBackend(ABC):
         """Bytes of one quantized ``out x in`` linear at ``prec`` as :meth:`describe` counts them."""
 
 
-# Backends are stored as instances: they hold no state and are called per model.
-BACKENDS = PackageRegistry("recoverlib.quant.backends", "quantization backend", make=lambda cls: cls())
-register_backend = BACKENDS.register
-get_backend = BACKENDS.get
-
-
 def require_group_sizes(backend: str, plan: PrecisionPlan, allowed: dict[int, tuple[int | None, ...]]) -> None:
     """Raise unless every quantized group's (bits, group_size) is in ``allowed`` (bits -> group sizes)."""
     for group, prec in plan.groups().items():
@@ -138,14 +109,3 @@ def require_group_sizes(backend: str, plan: PrecisionPlan, allowed: dict[int, tu
             raise RecoverlibError(
                 f"plan {plan.name!r}: {backend} {prec.bits}-bit needs group_size in {list(allowed[prec.bits])} ({group} has {prec.group_size})"
             )
-
-
-def copy_tokenizer(src: Path, dst: Path) -> None:
-    """Copy the tokenizer and generation files a model folder needs besides weights and config."""
-    import shutil
-
-    names = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-             "generation_config.json", "tokenizer.model")
-    for n in names:
-        if (src / n).is_file():
-            shutil.copy2(src / n, dst / n)

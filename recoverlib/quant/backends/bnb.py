@@ -1,8 +1,10 @@
-"""bitsandbytes through transformers: NF4 (block 64) or LLM.int8 (per-row scales), experts included.
+"""bitsandbytes: NF4 (block 64) or LLM.int8 (per-row scales), experts included.
 
-transformers' bitsandbytes integration replaces ``nn.Linear`` only, so the model is built with the split MoE
-block (:mod:`recoverlib.quant.moe`); groups the plan keeps in 16 bit go to ``llm_int8_skip_modules`` (bnb
-matches whole name parts, so ``gate`` skips the router and not ``gate_proj``).
+Linears are quantized with the same calls as transformers' bitsandbytes integration (so the bytes equal a
+transformers load with a ``BitsAndBytesConfig``, checked in the tests), one at a time by recoverlib's piece loop.
+Checkpoints carry transformers' ``quantization_config`` and load through transformers with the split MoE block
+(:mod:`recoverlib.quant.moe`), which places them across GPUs with a ``device_map``. Groups the plan keeps in 16 bit
+go to ``llm_int8_skip_modules`` (bnb matches whole name parts, so ``gate`` skips the router and not ``gate_proj``).
 """
 
 from __future__ import annotations
@@ -12,14 +14,8 @@ from pathlib import Path
 
 from recoverlib.errors import RecoverlibError
 from recoverlib.patches import require_attr
-from recoverlib.quant.backends.base import (
-    LinearStorage,
-    QuantBackend,
-    QuantJob,
-    register_backend,
-    require_group_sizes,
-)
-from recoverlib.quant.moe import save_state, split_moe
+from recoverlib.quant.backends.base import LinearStorage, QuantBackend, require_group_sizes
+from recoverlib.quant.moe import split_moe
 from recoverlib.quant.plan import GroupPrecision, PrecisionPlan
 
 NF4_BLOCK = 64
@@ -29,8 +25,8 @@ SKIP_NAMES = {"attention": ["q_proj", "k_proj", "v_proj", "o_proj"], "experts": 
               "lm_head": ["lm_head"]}
 
 
-@register_backend("bnb")
 class BnbBackend(QuantBackend):
+    name = "bnb"
     pip_name = "bitsandbytes>=0.50,<0.51"
 
     def validate(self, plan: PrecisionPlan) -> None:
@@ -42,7 +38,8 @@ class BnbBackend(QuantBackend):
             if plan.group(group).quantized:
                 raise RecoverlibError(f"plan {plan.name!r}: the bitsandbytes backend keeps {group} in 16 bit; use hqq")
 
-    def _config(self, plan: PrecisionPlan):
+    def config(self, plan: PrecisionPlan):
+        """transformers' ``BitsAndBytesConfig`` for ``plan`` (what the checkpoint's config.json carries)."""
         import torch
         from transformers import BitsAndBytesConfig
 
@@ -54,21 +51,6 @@ class BnbBackend(QuantBackend):
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
                                   bnb_4bit_use_double_quant=False, llm_int8_skip_modules=skip)
 
-    def quantize(self, job: QuantJob):
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        config = self._config(job.plan)
-        with split_moe():
-            model = AutoModelForCausalLM.from_pretrained(
-                job.model_path, dtype=getattr(torch, job.plan.compute_dtype), quantization_config=config
-            )
-        return _cpu_safe(model).eval()
-
-    def save(self, model, out_dir: Path) -> None:
-        model.config.save_pretrained(out_dir)  # carries quantization_config
-        save_state(model, out_dir, disk_names=False)  # SCB keys would miss defuser's w1 -> gate_proj renaming
-
     def load(self, path: Path, plan: PrecisionPlan, device_map: str | dict | None = None):
         import torch
         from transformers import AutoModelForCausalLM
@@ -77,16 +59,14 @@ class BnbBackend(QuantBackend):
         # transformers reads the shards one by one and places each tensor straight on its device (several GPUs too).
         with split_moe():
             model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, plan.compute_dtype), device_map=device_map)
-        return _cpu_safe(model).eval()
-
-    streams = True
+        return cpu_safe(model).eval()
 
     def _empty_linear(self, out_features: int, in_features: int, prec: GroupPrecision, plan: PrecisionPlan):
         """A bitsandbytes linear on the meta device, as transformers' ``replace_with_bnb_linear`` builds it."""
         import torch
 
         bnb = self.require("bitsandbytes")
-        config = self._config(plan)
+        config = self.config(plan)
         with torch.device("meta"):
             if prec.bits == 8:
                 new = bnb.nn.Linear8bitLt(in_features, out_features, False, has_fp16_weights=False,
@@ -108,7 +88,7 @@ class BnbBackend(QuantBackend):
             new.weight = bnb.nn.Int8Params(linear.weight.data.to("cpu"), requires_grad=False, **kwargs).to(device)
         else:
             new.weight = bnb.nn.Params4bit(linear.weight.data, requires_grad=False, **kwargs).to(device)
-        return _cpu_safe(new)
+        return cpu_safe(new)
 
     def load_linear(self, state: dict, shape: tuple[int, int], prec: GroupPrecision, plan: PrecisionPlan, device: str):
         import bitsandbytes as bnb
@@ -122,10 +102,10 @@ class BnbBackend(QuantBackend):
         else:
             new.weight = bnb.nn.Params4bit.from_prequantized(data=weight, quantized_stats=state, requires_grad=False,
                                                              device=device, module=new)
-        return _cpu_safe(new)
+        return cpu_safe(new)
 
     def checkpoint_config(self, config: dict, plan: PrecisionPlan) -> dict:
-        return {**config, "dtype": plan.compute_dtype, "quantization_config": self._config(plan).to_dict()}
+        return {**config, "dtype": plan.compute_dtype, "quantization_config": self.config(plan).to_dict()}
 
     def describe(self, module) -> LinearStorage | None:
         name = type(module).__name__
@@ -148,7 +128,7 @@ class BnbBackend(QuantBackend):
         return (n + 1) // 2 + 4 * math.ceil(n / NF4_BLOCK) + 4 * NF4_CODE
 
 
-def _cpu_safe(model):
+def cpu_safe(model):
     """Keep 4-bit layers whose output size is not a multiple of 32 (the router: one row per expert) off
     bitsandbytes' repacked CPU kernel, which asserts ``N % 32 == 0`` at the first forward."""
     for module in model.modules():

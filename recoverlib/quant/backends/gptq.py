@@ -2,8 +2,14 @@
 
 GPTQModel defuses the Mixtral experts itself (through defuser); here its defused block is swapped for
 recoverlib's split block, whose router is an ``nn.Linear``, so ``+router`` plans can quantize the router too.
-The global patches GPTQModel makes to transformers are undone after every call. The checkpoint is
-GPTQModel's own (``mlp.*`` names); :func:`recoverlib.quant.export.export_vllm` renames it for vLLM.
+The global patches GPTQModel makes to transformers are undone after every call.
+
+The checkpoint is written in Mixtral's published layout (``block_sparse_moe.experts.N.w1/w2/w3``, the router
+``block_sparse_moe.gate``), the names vLLM's Mixtral loader and published GPTQ Mixtrals use: ``vllm.LLM(path)``
+loads it with nothing of recoverlib installed. GPTQModel writes (and its own ``GPTQModel.load`` reads) the
+transformers-5 names (``mlp.experts.N.gate_proj``), so its output is renamed shard by shard, and recoverlib
+reads the checkpoint through its own loader (:func:`recoverlib.quant.layerwise.load_model`, one layer at a time),
+which takes either layout. :func:`recoverlib.quant.convert.publish_layout` converts an older checkpoint.
 
 Streaming: GPTQ already works layer by layer (each layer's calibration activations feed the next), so the
 streamed quantize is GPTQModel's own loop with its disk offloading (a meta shell filled from the checkpoint
@@ -22,15 +28,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from recoverlib.errors import RecoverlibError
+from recoverlib.model_folder import copy_tokenizer
 from recoverlib.module_groups import GROUP_REGEX
 from recoverlib.patches import require_attr
-from recoverlib.quant.backends.base import (
-    LinearStorage,
-    QuantBackend,
-    QuantJob,
-    copy_tokenizer,
-    register_backend,
-)
+from recoverlib.quant.backends.base import LinearStorage, QuantBackend
+from recoverlib.quant.calibration import calibration_tokenizer
+from recoverlib.quant.checkpoint import disk_name, rewrite_names
+from recoverlib.quant.layerwise import load_model, single_device
 from recoverlib.quant.moe import preserved_transformers, split_block_class
 from recoverlib.quant.plan import GroupPrecision, PrecisionPlan
 
@@ -51,8 +55,8 @@ def dynamic_rules(plan: PrecisionPlan) -> tuple[GroupPrecision, dict]:
     return base, rules
 
 
-@register_backend("gptq")
 class GptqBackend(QuantBackend):
+    name = "gptq"
     pip_name = "gptqmodel==7.6.0 (pip install --no-deps gptqmodel==7.6.0 plus its dependencies)"
 
     def validate(self, plan: PrecisionPlan) -> None:
@@ -67,45 +71,37 @@ class GptqBackend(QuantBackend):
         if not (plan.attention.quantized or plan.experts.quantized):
             raise RecoverlibError(f"plan {plan.name!r}: GPTQ needs attention or experts quantized")
 
-    streams = True
     calibrated = True
 
-    def quantize(self, job: QuantJob):
-        import tempfile
-
-        staging = tempfile.TemporaryDirectory(prefix="recoverlib-gptq-")
-        with tempfile.TemporaryDirectory(prefix="recoverlib-gptq-scratch-") as scratch:
-            self._quantize_to(job.model_path, job.plan, job.calibration, job.seed, "cpu", Path(scratch),
-                              Path(staging.name), max_shard_bytes=None)
-        model = self.load(Path(staging.name), job.plan)
-        model.__dict__["_recoverlib_staging"] = staging  # save() copies these files; removed with the model
-        return model
-
     def write_streamed(self, job, source, record) -> Path:
-        """GPTQModel's layer loop into ``work/quantized`` (kept and reused once finished), offloading to disk."""
+        """GPTQModel's layer loop (offloading to disk), its output renamed into Mixtral's published layout in
+        ``work/quantized`` (kept and reused once finished)."""
         import shutil
 
-        folder, scratch = record.work / "quantized", record.work / "gptq-scratch"
+        folder, saved, scratch = record.work / "quantized", record.work / "gptq-save", record.work / "gptq-scratch"
         if "gptq" in record.done:
             return folder
-        for stale in (folder, scratch):
+        for stale in (folder, saved, scratch):
             if stale.exists():
                 shutil.rmtree(stale)  # an interrupted GPTQModel run: its loop starts again
         scratch.mkdir()
-        self._quantize_to(job.model_path, job.plan, job.calibration, job.seed, job.device, scratch, folder,
+        self.quantize_to(job.model_path, job.plan, job.calibration, job.seed, job.device, scratch, saved,
                           job.max_shard_bytes)
         shutil.rmtree(scratch)
+        try:
+            publish_gptq(saved, folder)
+        except OSError as err:
+            raise RecoverlibError(f"GPTQ writing under {folder.parent}: {err.strerror or err}") from None
+        shutil.rmtree(saved)
         copy_tokenizer(job.model_path, folder)  # before the record: the audit step copies the same files again
         record.mark_folder("gptq", folder)
         return folder
 
-    def _quantize_to(self, model_path: Path, plan: PrecisionPlan, texts, seed: int, device: str, scratch: Path,
-                     out: Path, max_shard_bytes: int | None) -> None:
-        """Run GPTQModel's quantize on ``device`` and save to ``out``; finished modules are offloaded to
-        ``scratch/offload``, GPTQModel's logs go to ``scratch/logs``."""
+    def quantize_to(self, model_path: Path, plan: PrecisionPlan, texts, seed: int, device: str, scratch: Path,
+                    out: Path, max_shard_bytes: int | None) -> None:
+        """Run GPTQModel's quantize on ``device`` and save its checkpoint (GPTQModel's layout) to ``out``; finished
+        modules are offloaded to ``scratch/offload``, GPTQModel's logs go to ``scratch/logs``."""
         import torch
-
-        from recoverlib.quant.calibration import calibration_tokenizer
 
         base, rules = dynamic_rules(plan)
         tokenizer = calibration_tokenizer(model_path)
@@ -123,34 +119,13 @@ class GptqBackend(QuantBackend):
                 raise RecoverlibError(f"GPTQ writing under {out.parent}: {err.strerror or err}") from None
         (out / "quant_log.csv").unlink(missing_ok=True)
 
-    def save(self, model, out_dir: Path) -> None:
-        import shutil
-
-        staging = model.__dict__.get("_recoverlib_staging")
-        if staging is None:
-            raise RecoverlibError("gptq save: the model was not quantized in this process; copy its checkpoint folder instead")
-        for f in Path(staging.name).iterdir():
-            if f.is_file() and f.name != "quant_log.csv":
-                shutil.copy2(f, out_dir / f.name)
-
     def load(self, path: Path, plan: PrecisionPlan, device_map: str | dict | None = None):
-        import torch
-
-        from recoverlib.quant.checkpoint import Checkpoint
-
-        with self._gptqmodel(router=plan.router.quantized) as (GPTQModel, _, BACKEND):
-            if device_map is None:  # the CPU: GPTQModel's torch kernel
-                wrapper = GPTQModel.load(str(path), device="cpu", backend=BACKEND.TORCH, dtype=getattr(torch, plan.compute_dtype))
-            else:  # GPTQModel picks its fastest kernel for the device
-                wrapper = GPTQModel.load(str(path), device_map=device_map, dtype=getattr(torch, plan.compute_dtype))
-        model = wrapper.model.eval()
-        # GPTQModel casts the fp16 scales to the model dtype on load (bf16 drops 3 mantissa bits); restore them,
-        # read tensor by tensor from the shards.
-        ckpt = Checkpoint.open(path)
-        for name, module in model.named_modules():
-            if f"{name}.scales" in ckpt.files and self.describe(module) is not None:
-                module.scales = ckpt.read([f"{name}.scales"])[f"{name}.scales"].to(module.qweight.device)
-        return model
+        """The checkpoint (published or GPTQModel's names) piece by piece onto one device, through GPTQModel's
+        ``TorchLinear`` (:meth:`load_linear`); its fp16 scales are kept as written (GPTQModel's own loader casts
+        them to the compute dtype, which drops 3 mantissa bits in bf16)."""
+        device = single_device(device_map, self.name)
+        with self.session(plan, device):
+            return load_model(path, plan, self, device)
 
     def load_linear(self, state: dict, shape: tuple[int, int], prec: GroupPrecision, plan: PrecisionPlan, device: str):
         """GPTQModel's ``TorchLinear`` from a checkpoint's (v1-format) tensors, as GPTQModel's loader builds it."""
@@ -209,6 +184,22 @@ class GptqBackend(QuantBackend):
         qzeros = 4 * groups * math.ceil(out_features * prec.bits / 32)
         scales = 2 * groups * out_features  # fp16
         return qweight + qzeros + scales + 4 * in_features  # + int32 g_idx
+
+
+def publish_gptq(saved: Path, out: Path) -> None:
+    """GPTQModel's saved checkpoint ``saved`` renamed into Mixtral's published layout in ``out``, shard by shard
+    (each source shard removed once copied); its config loses the scratch path GPTQModel records."""
+    import json
+
+    rewrite_names(saved, out, disk_name, consume=True)
+    (out / "quant_log.csv").unlink(missing_ok=True)
+    for name, key in (("config.json", "quantization_config"), ("quantize_config.json", None)):
+        file = out / name
+        if file.is_file():
+            data = json.loads(file.read_text())
+            qc = data[key] if key else data
+            (qc.get("meta") or {}).pop("offload_to_disk_path", None)  # a folder of the finished run, now gone
+            file.write_text(json.dumps(data, indent=2) + "\n")
 
 
 @contextmanager

@@ -1,9 +1,8 @@
 """HQQ through hqq's own API (``HQQLinear``, pytorch backend on CPU): any bits/group per module group.
 
 transformers' ``HqqConfig`` is not implemented in transformers 5 and hqq's ``save_quantized`` drops fused
-experts, so the split-MoE model's linears are replaced here one by one and saved as one safetensors file of
-hqq's encoded state dicts. Scales and zeros stay in the compute dtype (hqq's 8-bit meta quantization cannot be
-serialized to safetensors).
+experts, so linears are replaced one by one by recoverlib's piece loop and saved as hqq's encoded state dicts.
+Scales and zeros stay in the compute dtype (hqq's 8-bit meta quantization cannot be serialized to safetensors).
 """
 
 from __future__ import annotations
@@ -12,27 +11,17 @@ import math
 from contextlib import contextmanager
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from recoverlib.errors import RecoverlibError
-from recoverlib.module_groups import group_of
-from recoverlib.quant.backends.base import (
-    DTYPE_BYTES,
-    LinearStorage,
-    QuantBackend,
-    QuantJob,
-    register_backend,
-)
-from recoverlib.quant.moe import split_moe
-from recoverlib.quant.plan import GroupPrecision, PrecisionPlan
+from recoverlib.quant.backends.base import LinearStorage, QuantBackend
+from recoverlib.quant.plan import DTYPE_BYTES, GroupPrecision, PrecisionPlan
 
 HQQ_MARKER = {"quant_method": "hqq", "loader": "recoverlib.quant.load_quantized"}
 # values per storage word: 2/4/8-bit pack into uint8, 3-bit packs 10 values into an int32
 PACKING = {2: (4, 1), 3: (10, 4), 4: (2, 1), 8: (1, 1)}
 
 
-@register_backend("hqq")
 class HqqBackend(QuantBackend):
+    name = "hqq"
     pip_name = "hqq==0.2.8.post1"
 
     def validate(self, plan: PrecisionPlan) -> None:
@@ -42,61 +31,14 @@ class HqqBackend(QuantBackend):
         if plan.embeddings.quantized:
             raise RecoverlibError(f"plan {plan.name!r}: the hqq backend quantizes linears only; keep embeddings at null")
 
-    def _hqq(self):
-        self.require("hqq")
-        from hqq.core.quantize import HQQLinear
-
-        return HQQLinear
-
-    def quantize(self, job: QuantJob):
-        import torch
-        from hqq.core.quantize import BaseQuantizeConfig
-        from transformers import AutoModelForCausalLM
-
-        HQQLinear = self._hqq()
-        compute = getattr(torch, job.plan.compute_dtype)
-        with split_moe():
-            model = AutoModelForCausalLM.from_pretrained(job.model_path, dtype=compute)
-        targets = _targets(model, job.plan)
-        with self.session(job.plan, "cpu"):
-            for name, module in tqdm(targets, desc="hqq", unit="linear", disable=not job.progress):
-                prec = job.plan.group(group_of(name))
-                cfg = BaseQuantizeConfig(nbits=prec.bits, group_size=prec.group_size, axis=1)
-                _set_module(model, name, HQQLinear(module, cfg, compute_dtype=compute, device="cpu", del_orig=True))
-        return model.eval()
-
-    def save(self, model, out_dir: Path) -> None:
-        from safetensors.torch import save_file
-
-        HQQLinear = self._hqq()
-        state = {}
-        for name, module in model.named_modules():
-            if isinstance(module, HQQLinear):
-                module.encoded_state_dict = True
-                state.update({f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()})
-        quantized = {k.rsplit(".", 1)[0] for k in state}
-        for name, p in model.state_dict().items():
-            if name.rsplit(".", 1)[0] not in quantized:
-                state[name] = p.contiguous()
-        config = model.config.to_dict()
-        # A marker so a plain transformers load fails loudly instead of starting from random experts.
-        model.config.quantization_config = HQQ_MARKER
-        model.config.save_pretrained(out_dir)
-        model.config.quantization_config = config.get("quantization_config")
-        save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-
     def load(self, path: Path, plan: PrecisionPlan, device_map: str | dict | None = None):
         """Read a checkpoint (one file or HF shards) piece by piece onto one device."""
-        from recoverlib.quant.layerwise import load_model
+        from recoverlib.quant.layerwise import load_model, single_device
 
-        if isinstance(device_map, dict):
-            raise RecoverlibError("hqq checkpoints load onto one device here; give a device such as cuda:0, not a map")
-        device = "cpu" if device_map is None else ("cuda:0" if device_map in ("auto", "cuda") else device_map)
+        device = single_device(device_map, self.name)
 
         with self.session(plan, device):
             return load_model(path, plan, self, device)
-
-    streams = True
 
     @contextmanager
     def session(self, plan: PrecisionPlan, device: str):
@@ -149,23 +91,6 @@ class HqqBackend(QuantBackend):
         per_word, word_bytes = PACKING[prec.bits]
         payload = math.ceil(groups / per_word) * prec.group_size * word_bytes
         return payload + 2 * groups * DTYPE_BYTES[compute_dtype]  # + one scale and one zero per group
-
-
-def _targets(model, plan: PrecisionPlan) -> list[tuple[str, object]]:
-    """The nn.Linear modules whose group the plan quantizes; raise if a planned group has none."""
-    from torch import nn
-
-    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and plan.group(group_of(n)).quantized]
-    groups = {group_of(n) for n, _ in found}
-    for g, prec in plan.groups().items():
-        if prec.quantized and g not in groups:
-            raise RecoverlibError(f"{g}: planned {prec.label()} but the model has no nn.Linear in that group")
-    return found
-
-
-def _set_module(model, name: str, module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 def _nbytes(t) -> int:
