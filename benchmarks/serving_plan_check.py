@@ -75,7 +75,7 @@ def compare(model: Path, adapters: dict, tp: int) -> list[dict]:
     engine = make_engine("vllm", model, adapters, config)
     try:
         got = measure_vllm(engine)
-        kwargs = engine._lora_kwargs()
+        kwargs = engine.setup.llm_kwargs
         want = planned(model, tp, kwargs.get("max_loras", 0), kwargs.get("max_lora_rank", 16),
                        tuple(kwargs.get("lora_target_modules", ())), engine.max_model_len)
     finally:

@@ -8,7 +8,6 @@ where supported and otherwise takes the device's first supported dtype (``config
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from recoverlib.engines.base import DTYPES
@@ -68,13 +67,13 @@ def resolve_dtype(requested: str, device: Device, checkpoint_dtype: str | None =
     return supported[0]
 
 
-def check_vllm_settings(config, device: Device) -> None:
-    """Refuse, in one line each, what vLLM cannot do on ``device`` with :class:`EngineConfig` ``config``."""
+def check_vllm_settings(config, device: Device, cores: int) -> None:
+    """Refuse, in one line each, what vLLM cannot do on ``device`` (with ``cores`` CPU cores for this process)
+    with :class:`EngineConfig` ``config``."""
     tp = config.tensor_parallel_size
     if device.is_cpu:
         if config.gpu_memory_utilization is not None:
             raise RecoverlibError("--gpu-memory-utilization applies to GPUs; on CPU size the KV cache with --kv-cache-gib")
-        cores = len(os.sched_getaffinity(0))
         if tp > cores:
             raise RecoverlibError(f"tensor parallel size {tp} on CPU binds each rank to its own cores; this machine"
                                   f" has {cores}: use --tensor-parallel-size {cores} or fewer")

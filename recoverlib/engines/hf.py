@@ -22,18 +22,22 @@ from tqdm.auto import tqdm
 from recoverlib.adapters import swap_merge_problem
 from recoverlib.engines.base import (
     DEFAULT_CONTEXT_CAP,
-    Engine,
     EngineConfig,
+    LocalEngine,
     Prompts,
     Samples,
     SamplingConfig,
     decode_completions,
+    repeat_greedy,
     resolve_max_model_len,
 )
 from recoverlib.engines.device import Device, current_device, resolve_dtype
+from recoverlib.engines.lora_mode import merge_blocker
+from recoverlib.engines.merge import MergeCache, serving_merged
 from recoverlib.errors import RecoverlibError
 from recoverlib.model_folder import checkpoint_dtype
-from recoverlib.quant.meta import is_quantized
+from recoverlib.quant.api import load_quantized
+from recoverlib.quant.meta import META_FILE, check_plain_loadable, is_quantized
 
 log = logging.getLogger("recoverlib")
 
@@ -43,9 +47,6 @@ def load_causal_lm(model_path: Path, dtype: str):
     (its ``recoverlib_quant.json`` says which) and are audited against their plan; others through transformers."""
     import torch
     from transformers import AutoModelForCausalLM
-
-    from recoverlib.quant.api import load_quantized
-    from recoverlib.quant.meta import META_FILE, check_plain_loadable
 
     # On a CUDA machine let accelerate place the layers (one or several GPUs); on CPU stay there.
     device_map = "auto" if torch.cuda.is_available() else None
@@ -73,7 +74,7 @@ def compute_dtype(requested: str, device: Device, checkpoint: str | None) -> str
     return dtype
 
 
-class HFEngine(Engine):
+class HFEngine(LocalEngine):
     """transformers ``generate`` with PEFT adapters switched per adapter; prompts batched with left padding."""
 
     name = "hf"
@@ -95,14 +96,10 @@ class HFEngine(Engine):
         self.lora_mode = self._resolve_lora_mode()
         # A quantized base takes merged adapters only through PEFT's merge (dequantize, add, requantize).
         self._peft_merge = self.lora_mode == "merged" and is_quantized(self.model_path)
-        if self._peft_merge and not self.config.dequantized_merge:
-            raise RecoverlibError(
-                f"lora mode merged: {self.model_path} is quantized, so merging is not exact"
-                " (ask for a dequantized merge, or use --lora-mode dynamic)"
-            )
+        blocker = merge_blocker(self._peft_merge, self.config.dequantized_merge)
+        if blocker:
+            raise RecoverlibError(f"lora mode merged: {blocker}")
         if self.lora_mode == "merged" and not self._peft_merge:
-            from recoverlib.engines.merge import MergeCache
-
             self._merges = MergeCache(self.model_path, self.config.merge_cache)
         elif self.adapters:
             from peft import PeftModel
@@ -167,30 +164,30 @@ class HFEngine(Engine):
         finally:
             self._model.unmerge_adapter()
 
-    @contextmanager
     def _merged(self, adapter: str):
         """Hold ``adapter``'s merged weights in the model; put the base weights back after."""
         import torch
 
         info, dtype = self.adapters[adapter], getattr(torch, self.dtype)
-        if swap_merge_problem(info):  # e.g. LoRA on fused expert parameters: serve a whole merged copy
-            base, self._model = self._model, load_causal_lm(self._merges.model_folder(info, dtype), self.dtype)
-            try:
-                yield
-            finally:
-                self._model = base
-            return
         params = dict(self._model.named_parameters())
-        merged = self._merges.tensors(info, dtype)
-        saved = {k: params[k].detach().clone() for k in merged}
-        with torch.no_grad():
-            for k, v in merged.items():
-                params[k].copy_(v)
-            try:
-                yield
-            finally:
-                for k, v in saved.items():
+
+        def load(tensors: dict) -> None:
+            with torch.no_grad():
+                for k, v in tensors.items():
                     params[k].copy_(v)
+
+        # e.g. LoRA on fused expert parameters: a whole merged copy is served instead
+        return serving_merged(self._merges, info, dtype, swap_merge_problem(info) is not None, restart=self._serving_model,
+                              load=load, read_base=lambda names: {k: params[k].detach().clone() for k in names})
+
+    @contextmanager
+    def _serving_model(self, folder: Path):
+        """A whole merged model in place of the base while generating."""
+        base, self._model = self._model, load_causal_lm(folder, self.dtype)
+        try:
+            yield
+        finally:
+            self._model = base
 
     def generate(self, prompts: Prompts, sampling: SamplingConfig, adapters: Sequence[str | None],
                  keys: Sequence[int] | None = None) -> Samples:
@@ -216,7 +213,7 @@ class HFEngine(Engine):
             ids = self._model.generate(**enc, **self._generate_kwargs(sampling))
         decoded = decode_completions(self._tokenizer, ids[:, enc["input_ids"].shape[1] :])
         k = 1 if sampling.greedy else sampling.samples
-        return [decoded[i * k : (i + 1) * k] * (sampling.samples // k) for i in range(len(batch))]
+        return [repeat_greedy(decoded[i * k : (i + 1) * k], sampling) for i in range(len(batch))]
 
     def _generate_kwargs(self, sampling: SamplingConfig) -> dict:
         common = {

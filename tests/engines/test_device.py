@@ -37,18 +37,17 @@ def test_explicit_dtype_the_device_cannot_do_names_the_fix():
 
 
 def test_tensor_parallel_beyond_the_gpus_is_refused():
-    check_vllm_settings(EngineConfig(tensor_parallel_size=2), T4X2)
+    check_vllm_settings(EngineConfig(tensor_parallel_size=2), T4X2, 16)
     with pytest.raises(RecoverlibError, match="needs 4 GPUs; this machine has 2: use --tensor-parallel-size 2"):
-        check_vllm_settings(EngineConfig(tensor_parallel_size=4), T4X2)
+        check_vllm_settings(EngineConfig(tensor_parallel_size=4), T4X2, 16)
 
 
-def test_gpu_settings_on_cpu_are_refused(monkeypatch):
+def test_gpu_settings_on_cpu_are_refused():
     with pytest.raises(RecoverlibError, match="--gpu-memory-utilization applies to GPUs.*--kv-cache-gib"):
-        check_vllm_settings(EngineConfig(gpu_memory_utilization=0.8), CPU)
-    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1})
-    check_vllm_settings(EngineConfig(tensor_parallel_size=2), CPU)
+        check_vllm_settings(EngineConfig(gpu_memory_utilization=0.8), CPU, 2)
+    check_vllm_settings(EngineConfig(tensor_parallel_size=2), CPU, 2)
     with pytest.raises(RecoverlibError, match="has 2: use --tensor-parallel-size 2 or fewer"):
-        check_vllm_settings(EngineConfig(tensor_parallel_size=3), CPU)
+        check_vllm_settings(EngineConfig(tensor_parallel_size=3), CPU, 2)
 
 
 def test_cpu_thread_binding_splits_cores_per_rank():
@@ -68,7 +67,7 @@ def test_preset_then_explicit_values_on_top():
     assert config.tensor_parallel_size == 1  # given explicitly
     assert config.dtype == "float16" and not config.custom_all_reduce  # from the preset
     assert config.max_model_len == preset["max_model_len"]  # None = not given
-    check_vllm_settings(engine_config_with("kaggle-t4x2"), T4X2)
+    check_vllm_settings(engine_config_with("kaggle-t4x2"), T4X2, 4)
     resolve_dtype(engine_config_with("kaggle-t4x2").dtype, T4X2)  # the preset is valid on its machine
     with pytest.raises(RecoverlibError, match="preset 'nope': choose one of kaggle-t4x2"):
         engine_config_with("nope")

@@ -80,7 +80,3 @@ def test_rank_above_engine_maximum(tiny_model, tiny_adapters):
     with pytest.raises(RecoverlibError, match=r"exceeds the engine's max_lora_rank 8: tiny-c \(r=16\)"):
         make_engine("vllm", tiny_model, tiny_adapters, EngineConfig(max_lora_rank=8, lora_mode="dynamic"))
 
-
-def test_quantized_base_is_refused_on_cpu(fake_quantized):
-    with pytest.raises(RecoverlibError, match="quantized.*--engine hf"):
-        make_engine("vllm", fake_quantized)

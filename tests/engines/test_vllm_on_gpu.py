@@ -1,4 +1,5 @@
-"""VLLMEngine's decisions off CPU, checked here by faking the platform check (no GPU, no engine start).
+"""VLLMEngine's decisions off CPU: the pure plan (:func:`plan_vllm`) called directly, and the engine carrying it out
+with a faked device and engine start (no GPU here).
 
 The bug (issue 13, item 4): on a GPU ``--lora-mode auto`` chose ``merged`` for an adapter with LoRA on the fused
 expert parameters, and the first generate raised inside merging it from tensors. The shared rule
@@ -12,6 +13,11 @@ import pytest
 
 from recoverlib.engines import EngineConfig
 from recoverlib.engines import vllm as vllm_engine
+from recoverlib.engines.device import Device
+from recoverlib.engines.vllm_setup import ModelFacts, plan_vllm
+
+GPU = Device(gpus=1, capability=(9, 0), memory_bytes=80 * 10**9, name="H100")
+T4X2 = Device(gpus=2, capability=(7, 5), memory_bytes=15 * 10**9, name="Tesla T4")
 
 pytest.importorskip("vllm", reason="vLLM is not installed")
 
@@ -27,13 +33,13 @@ class _FakeLLM:
 def on_gpu(monkeypatch):
     """The engine believes it runs on a GPU; starting an engine only records the folder it would load."""
     started = []
-    monkeypatch.setattr(vllm_engine, "on_cpu", lambda: False)
+    monkeypatch.setattr(vllm_engine, "vllm_device", lambda: GPU)
 
-    def fake_start(self, path):
+    def fake_start(path, setup):
         started.append(path)
         return _FakeLLM(path)
 
-    monkeypatch.setattr(vllm_engine.VLLMEngine, "_start", fake_start)
+    monkeypatch.setattr(vllm_engine, "start_llm", fake_start)
 
     def no_tensor_merge(*_args, **_kw):
         raise AssertionError("an experts adapter must not be merged from tensors")
@@ -47,12 +53,11 @@ def on_gpu(monkeypatch):
 def test_experts_adapter_on_gpu_is_served_from_a_merged_checkpoint(on_gpu, tiny_model, experts_adapter, tmp_path, mode):
     config = EngineConfig(lora_mode=mode, dtype="float32", merge_cache=str(tmp_path / "merged"))
     engine = vllm_engine.VLLMEngine(tiny_model, {"experts": experts_adapter}, config)
-    assert not engine._cpu
-    assert engine._dynamic_problem() is None  # on a GPU vLLM serves expert LoRA dynamically ...
-    assert engine.lora_mode == "merged"  # ... but a large job makes auto pick merged (the case that crashed)
-    info = engine.adapters["experts"]
-    assert engine._needs_fresh_engine(info)
-    assert engine._restart_count() == 1
+    assert not engine.device.is_cpu
+    assert engine.lora_mode == "merged"  # a large job makes auto pick merged (the case that crashed) ...
+    assert plan_vllm(EngineConfig(lora_mode="dynamic"), GPU, engine.adapters, ModelFacts(tiny_model)).lora_mode == \
+        "dynamic"  # ... where vLLM on a GPU could serve expert LoRA dynamically
+    assert engine.setup.restart_adapters == {"experts"}
     with engine._serving("experts"):
         served = engine._llm.path
     assert served != tiny_model and (served / "config.json").is_file()  # a whole merged model folder
@@ -63,8 +68,7 @@ def test_experts_adapter_on_gpu_is_served_from_a_merged_checkpoint(on_gpu, tiny_
 
 def test_attention_adapter_on_gpu_is_swapped_not_restarted(on_gpu, tiny_model, tiny_adapters):
     engine = vllm_engine.VLLMEngine(tiny_model, tiny_adapters, EngineConfig(lora_mode="merged"))
-    assert not any(map(engine._needs_fresh_engine, engine.adapters.values()))
-    assert engine._restart_count() == 0
+    assert engine.setup.restart_adapters == frozenset()
 
 
 def test_small_job_with_experts_adapter_on_gpu_goes_dynamic(on_gpu, tiny_model, experts_adapter, tmp_path):
@@ -77,24 +81,24 @@ def test_small_job_with_experts_adapter_on_gpu_goes_dynamic(on_gpu, tiny_model, 
 @pytest.fixture
 def on_t4x2(on_gpu, monkeypatch):
     """As :func:`on_gpu`, on Kaggle's machine: two T4s (compute capability 7.5, 15 GB)."""
-    from recoverlib.engines.device import Device
-
-    monkeypatch.setattr(vllm_engine, "vllm_device",
-                        lambda: Device(gpus=2, capability=(7, 5), memory_bytes=15 * 10**9, name="Tesla T4"))
+    monkeypatch.setattr(vllm_engine, "vllm_device", lambda: T4X2)
     return on_gpu
 
 
-def test_kaggle_preset_reaches_vllm(on_t4x2, tiny_model, tiny_adapters):
+def test_kaggle_preset_reaches_vllm(tiny_model, tiny_adapters):
+    from recoverlib.adapters import check_adapters
     from recoverlib.engines import engine_config_with
 
     config = engine_config_with("kaggle-t4x2", lora_mode="dynamic", max_loras=2, max_model_len=1024,
                                 max_num_batched_tokens=1024)
-    engine = vllm_engine.VLLMEngine(tiny_model, tiny_adapters, config)
-    assert engine.dtype == "float16"  # the preset's; auto would give the same on a T4
-    assert engine._gpu_kwargs() == {"tensor_parallel_size": 2, "gpu_memory_utilization": 0.95,
-                                    "disable_custom_all_reduce": True}
-    lora = engine._lora_kwargs()
-    assert (lora["max_loras"], lora["max_cpu_loras"]) == (2, 3)  # two resident, all three in CPU memory
+    adapters = {a.name: a for a in check_adapters(tiny_model, tiny_adapters)}
+    setup = plan_vllm(config, T4X2, adapters, ModelFacts(tiny_model, native_max_len=1024))
+    assert setup.dtype == "float16"  # the preset's; auto would give the same on a T4
+    kwargs = setup.llm_kwargs
+    assert (kwargs["tensor_parallel_size"], kwargs["gpu_memory_utilization"], kwargs["disable_custom_all_reduce"],
+            kwargs["enforce_eager"], kwargs["max_num_batched_tokens"]) == (2, 0.95, True, True, 1024)
+    assert (kwargs["max_loras"], kwargs["max_cpu_loras"]) == (2, 3)  # two resident, all three in CPU memory
+    assert setup.env == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} and not setup.separate_base
 
 
 def test_auto_dtype_on_t4_is_fp16_and_bf16_is_refused_before_start(on_t4x2, tiny_model):
