@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,17 @@ TRUTH_COLUMNS = ("id", "rewrite_prompt")
 
 
 @dataclass(frozen=True)
+class Sample:
+    """One cleaned prediction: which adapter made it (None = the base model alone), its sample index, and which
+    base model served it (None in a run with one base)."""
+
+    adapter: str | None
+    index: int
+    text: str
+    base: str | None = None
+
+
+@dataclass(frozen=True)
 class Row:
     """One Kaggle row. ``problem`` is set (and the texts may be empty) when the row cannot be served."""
 
@@ -35,15 +47,28 @@ class Row:
     problem: str | None = None
 
 
-def read_csv(path: str | Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    """Read a CSV as strings (ids stay as written) and check the required columns exist, once."""
+PARQUET = (".parquet", ".pq")
+
+
+def is_parquet(path: str | Path) -> bool:
+    """Parquet by its suffix (``.parquet``, ``.pq``); anything else is CSV."""
+    return Path(path).suffix.lower() in PARQUET
+
+
+def read_table(path: str | Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    """Read a CSV or Parquet file as strings (ids stay as written) and check the required columns exist, once."""
     path = Path(path)
     if not path.is_file():
         raise RecoverlibError(f"{path}: no such file")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
-        raise RecoverlibError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from None
+        if is_parquet(path):
+            frame = pd.read_parquet(path).astype("string").astype(object)
+            frame = frame.where(frame.notna() & (frame != ""), None)
+        else:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as err:
+        kind = "Parquet" if is_parquet(path) else "CSV"
+        raise RecoverlibError(f"{path}: not a readable {kind} ({str(err).splitlines()[0]})") from None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         hints = []
@@ -70,7 +95,7 @@ def read_rows(path: str | Path, with_truth: bool = False) -> list[Row]:
     Rows with an empty or missing text get ``problem`` set and a warning; they are not dropped.
     """
     columns = INPUT_COLUMNS + (("rewrite_prompt",) if with_truth else ())
-    frame = read_csv(path, columns)
+    frame = read_table(path, columns)
     has_truth = "rewrite_prompt" in frame.columns
     rows = []
     for rec in frame.itertuples(index=False):
@@ -94,7 +119,7 @@ def read_rows(path: str | Path, with_truth: bool = False) -> list[Row]:
 
 def read_truth(path: str | Path) -> dict[str, str]:
     """``id -> rewrite_prompt`` from a truth CSV; an empty prompt is an error (it cannot be scored)."""
-    frame = read_csv(path, TRUTH_COLUMNS)
+    frame = read_table(path, TRUTH_COLUMNS)
     empty = frame["id"][frame["rewrite_prompt"].isna()]
     if len(empty):
         raise RecoverlibError(f"{path}: empty rewrite_prompt for id(s) {', '.join(map(str, empty[:5]))}")
@@ -102,21 +127,60 @@ def read_truth(path: str | Path) -> dict[str, str]:
 
 
 def write_submission(path: str | Path, ids: list[str], prompts: list[str]) -> Path:
-    """Write ``id, rewrite_prompt`` atomically: the file is either the old one or the complete new one."""
+    """Write ``id, rewrite_prompt`` (CSV, or Parquet by the suffix) atomically: the file is either the old one or
+    the complete new one."""
     if len(ids) != len(prompts):
         raise ValueError(f"{len(ids)} ids but {len(prompts)} prompts")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame({"id": ids, "rewrite_prompt": prompts})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            frame.to_csv(fh, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with SubmissionWriter(path) as out:
+        out.write(ids, prompts)
+    return Path(path)
+
+
+class SubmissionWriter:
+    """A submission written block by block (``write``), in place only once whole (``close``; a context manager
+    leaves the old file untouched on an error). CSV, or Parquet by the suffix (one row group per block)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        os.close(fd)
+        self._tmp, self._parquet, self._csv_header = Path(tmp), None, True
+
+    def write(self, ids: list[str], prompts: list[str]) -> None:
+        frame = pd.DataFrame({"id": ids, "rewrite_prompt": prompts}, dtype=object)
+        if is_parquet(self.path):
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(frame.astype(str), preserve_index=False)
+            self._parquet = self._parquet or pq.ParquetWriter(str(self._tmp), table.schema)
+            self._parquet.write_table(table)
+            return
+        with open(self._tmp, "a", newline="") as fh:
+            frame.to_csv(fh, index=False, header=self._csv_header)
+        self._csv_header = False
+
+    def close(self) -> Path:
+        if is_parquet(self.path) and self._parquet is None:
+            self.write([], [])  # an empty file still has the schema
+        if self._parquet is not None:
+            self._parquet.close()
+        elif self._csv_header:
+            self.write([], [])  # the header of an empty submission
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+        else:
+            if self._parquet is not None:
+                self._parquet.close()
+            self._tmp.unlink(missing_ok=True)
 
 
 # -- the samples file: JSONL, one line per row, {"id": ..., "samples": [{"adapter", "index", "text"}, ...]} -----
@@ -157,47 +221,36 @@ def mend_last_line(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def read_sample_lines(path: str | Path) -> list[tuple[str, str | None, tuple]]:
-    """``[(id, base, samples)]``, one per line of a samples file; a malformed line is a one-line error naming it."""
-    from recoverlib.combine.base import Sample
+def parse_sample_line(line: str, path: Path, n: int) -> tuple[str, str | None, tuple[Sample, ...]]:
+    """``(id, base, samples)`` of one samples line; a malformed line is a one-line error naming it (line ``n``)."""
+    try:
+        rec = json.loads(line)
+        base = rec.get("base")
+        got = tuple(Sample(s["adapter"], int(s["index"]), str(s["text"]), base) for s in rec["samples"])
+        return str(rec["id"]), base, got
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise RecoverlibError(f"{path}:{n}: not a samples line ({type(err).__name__}: {err})") from None
 
+
+def iter_sample_lines(path: str | Path) -> Iterator[tuple[str, str | None, tuple[Sample, ...]]]:
+    """``(id, base, samples)`` for each line of a samples file, read line by line."""
     path = Path(path)
     if not path.is_file():
         raise RecoverlibError(f"{path}: no such samples file")
-    out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            base = rec.get("base")
-            got = tuple(Sample(s["adapter"], int(s["index"]), str(s["text"]), base) for s in rec["samples"])
-            out.append((str(rec["id"]), base, got))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
-            raise RecoverlibError(f"{path}:{n}: not a samples line ({type(err).__name__}: {err})") from None
-    return out
+    with open(path) as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                yield parse_sample_line(line, path, n)
+
+
+def read_sample_lines(path: str | Path) -> list[tuple[str, str | None, tuple[Sample, ...]]]:
+    """``[(id, base, samples)]``, one per line of a samples file; a malformed line is a one-line error naming it."""
+    return list(iter_sample_lines(path))
 
 
 def read_samples(path: str | Path) -> dict:
     """``id -> tuple of Sample`` from a samples file (a row's lines of several bases add up, in file order)."""
     out: dict = {}
-    for row_id, _, samples in read_sample_lines(path):
+    for row_id, _, samples in iter_sample_lines(path):
         out[row_id] = out.get(row_id, ()) + samples
     return out
-
-
-def resume_samples(path: str | Path, ids, base: str | None = None) -> dict:
-    """The samples ``base`` already made in ``path`` for a run over ``ids`` ({} when the file does not exist yet).
-
-    A last line without its newline was cut by a crash: it is dropped from the file (a warning says so) and its
-    row is sampled again. A complete last line that only lacks the newline gets it, so appends stay whole lines.
-    """
-    if not Path(path).is_file():
-        return {}
-    mend_last_line(Path(path))
-    got = {row_id: samples for row_id, b, samples in read_sample_lines(path) if b == base}
-    stray = set(got) - set(ids)
-    if stray:
-        raise RecoverlibError(f"{path}: samples for ids not in the input ({', '.join(sorted(stray)[:3])}); not resuming")
-    log.info("resuming: %d of %d rows already sampled in %s", len(got), len(ids), path)
-    return got

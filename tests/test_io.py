@@ -56,3 +56,28 @@ def test_write_submission_roundtrip_and_atomic(tmp_path):
     out = write_submission(tmp_path / "sub" / "s.csv", ["1", "2"], ['say "hi", then, go', "x\ny"])
     assert read_truth(out) == {"1": 'say "hi", then, go', "2": "x\ny"}
     assert [p.name for p in out.parent.iterdir()] == ["s.csv"]  # no temp file left
+
+
+def test_parquet_in_and_out_as_csv(sample_csv, tmp_path):
+    import pandas as pd
+
+    from recoverlib.io import read_rows, read_truth, write_submission
+
+    frame = pd.read_csv(sample_csv, dtype=str, keep_default_na=False).head(5)
+    frame.loc[2, "rewritten_text"] = ""
+    csv, parquet = tmp_path / "in.csv", tmp_path / "in.parquet"
+    frame.to_csv(csv, index=False)
+    frame.to_parquet(parquet, index=False)
+    assert read_rows(parquet) == read_rows(csv) and read_rows(parquet)[2].problem == "empty rewritten_text"
+    out = write_submission(tmp_path / "sub.parquet", ["a", "b"], ["x", "y"])
+    assert read_truth(out) == {"a": "x", "b": "y"}
+
+
+def test_a_submission_is_replaced_only_when_whole(tmp_path):
+    from recoverlib.io import SubmissionWriter, read_truth, write_submission
+
+    path = write_submission(tmp_path / "sub.csv", ["a"], ["old"])
+    with pytest.raises(RuntimeError), SubmissionWriter(path) as out:
+        out.write(["a"], ["new"])
+        raise RuntimeError("killed mid-write")
+    assert read_truth(path) == {"a": "old"} and [p.name for p in tmp_path.iterdir()] == ["sub.csv"]

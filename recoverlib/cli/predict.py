@@ -135,13 +135,12 @@ def cmd_predict(args) -> int:
     # the CLI's stdout open), so an engine with processes of its own is shut down properly.
     own_processes = engine_cfg.multiprocess or engine_cfg.tensor_parallel_size > 1
     model, adapters = parse_models(args.model, args.adapter or [])
-    preds = predict(model, args.input, args.out, adapters=adapters, engine=args.engine,
-                    config=config, engine_config=engine_cfg, samples_file=args.samples_file,
-                    resume=args.resume, context=CombineContext(embedder=args.embedder),
-                    close_engine=not args.process_exits or own_processes)
-    fallbacks = sum(p.fallback is not None for p in preds)
-    print(f"wrote {len(preds)} predictions to {args.out} in {time.perf_counter() - start:.1f} s"
-          + (f" ({fallbacks} row(s) got the fallback prompt)" if fallbacks else ""), file=args.stdout)
+    done = predict(model, args.input, args.out, adapters=adapters, engine=args.engine,
+                   config=config, engine_config=engine_cfg, samples_file=args.samples_file,
+                   resume=args.resume, context=CombineContext(embedder=args.embedder),
+                   close_engine=not args.process_exits or own_processes)
+    print(f"wrote {done.rows} predictions to {args.out} in {time.perf_counter() - start:.1f} s"
+          + (f" ({done.fallbacks} row(s) got the fallback prompt)" if done.fallbacks else ""), file=args.stdout)
     return 0
 
 

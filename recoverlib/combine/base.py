@@ -17,19 +17,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from recoverlib.errors import RecoverlibError
+from recoverlib.io import Sample
 
 PREDICTION, MEAN, SUFFIX = "prediction", "mean", "suffix"
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One cleaned prediction: which adapter made it (None = the base model alone), its sample index, and which
-    base model served it (None in a run with one base)."""
-
-    adapter: str | None
-    index: int
-    text: str
-    base: str | None = None
 
 
 @dataclass(frozen=True)

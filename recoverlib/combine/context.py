@@ -45,6 +45,11 @@ class CombineContext:
             return
         self._vectors.update(zip(todo, self._normalised(todo), strict=True))
 
+    def forget(self) -> None:
+        """Drop the cached embeddings and token counts (a run combining block by block keeps memory bounded)."""
+        self._vectors.clear()
+        self._tokens.clear()
+
     def embed(self, texts: Sequence[str], remember: bool = True) -> np.ndarray:
         """(len(texts), dim) normalised embeddings, from the cache where possible.
 

@@ -40,13 +40,13 @@ def _builtin(model_path: Path, template: str) -> list[str]:
 def _from_csv(path: Path, model_path: Path, template: str) -> list[str]:
     import pandas as pd
 
-    from recoverlib.io import read_csv
+    from recoverlib.io import read_table
 
     if not path.is_file():
         raise RecoverlibError(f"calibration {path}: no such file")
     if "text" in pd.read_csv(path, nrows=0).columns:
         return pd.read_csv(path, dtype=str)["text"].dropna().tolist()
-    frame = read_csv(path, ("id", "original_text", "rewritten_text"))
+    frame = read_table(path, ("id", "original_text", "rewritten_text"))
     rows = frame.dropna(subset=["original_text", "rewritten_text"])
     return _render(list(zip(rows["original_text"], rows["rewritten_text"], strict=True)), model_path, template)
 

@@ -185,11 +185,11 @@ def test_chunks_default_to_the_engine_choice(engine, monkeypatch):
 
 @pytest.mark.parametrize("close_engine", [True, False])
 def test_predict_closes_the_engine_unless_told_not_to(tiny_model, sample_csv, tmp_path, monkeypatch, close_engine):
-    import recoverlib.engines as engines
+    import recoverlib.executors.base as executors
     from recoverlib.pipeline import predict
 
     closed, made = [], []
-    real = engines.make_engine
+    real = executors.make_engine
 
     def make(*args, **kwargs):
         eng = real(*args, **kwargs)
@@ -197,7 +197,7 @@ def test_predict_closes_the_engine_unless_told_not_to(tiny_model, sample_csv, tm
         monkeypatch.setattr(eng, "close", lambda: closed.append(True))
         return eng
 
-    monkeypatch.setattr(engines, "make_engine", make)
+    monkeypatch.setattr(executors, "make_engine", make)
     rows = tmp_path / "in.csv"
     rows.write_text("\n".join(sample_csv.read_text().splitlines()[:3]) + "\n")
     predict(tiny_model, rows, tmp_path / "out.csv", engine="hf", config=PredictConfig(SamplingConfig(samples=1, max_new_tokens=4)),

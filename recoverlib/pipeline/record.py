@@ -1,0 +1,116 @@
+"""Where a run's samples go: the samples file (JSONL, one line per row and base, input order) or memory.
+
+Chunks may finish in any order (several workers); :class:`InOrder` releases them in input order, so the file
+reads the same whatever executed them, and a run killed at any moment and resumed with the same options writes the
+same bytes as one that never stopped. With a samples file the driver keeps no samples in memory: finishing reads
+them back block by block (:meth:`SampleStore.samples_of`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from recoverlib.combine import Sample
+from recoverlib.errors import RecoverlibError
+from recoverlib.io import append_samples, iter_sample_lines, mend_last_line, parse_sample_line
+from recoverlib.pipeline.chunks import Chunk
+
+log = logging.getLogger("recoverlib")
+
+
+class InOrder:
+    """Finished chunks handed over in any order, released in input order (early ones held back)."""
+
+    def __init__(self, chunks: Sequence[Chunk]):
+        self._order = [c.index for c in chunks]
+        self._next = 0
+        self._held: dict[int, tuple[Chunk, dict]] = {}
+
+    def add(self, chunk: Chunk, got: dict) -> list[tuple[Chunk, dict]]:
+        """Hold ``chunk``; return the chunks now ready, in input order."""
+        self._held[chunk.index] = (chunk, got)
+        ready = []
+        while self._next < len(self._order) and self._order[self._next] in self._held:
+            ready.append(self._held.pop(self._order[self._next]))
+            self._next += 1
+        return ready
+
+    @property
+    def held(self) -> int:
+        """Chunks finished but waiting for an earlier one."""
+        return len(self._held)
+
+
+class SampleStore:
+    """A run's samples across its bases: in ``path`` (a samples file) when given, else in memory.
+
+    ``resume``: continue a file an earlier run of the same options wrote (a last line cut short by a crash is
+    dropped, with a warning, and its row sampled again); otherwise a file that already holds samples is refused.
+    """
+
+    def __init__(self, path: str | Path | None, ids: Sequence[str], resume: bool = False):
+        self.path = Path(path) if path else None
+        self._ids = set(ids)
+        self._memory: dict[str, tuple[Sample, ...]] = {}
+        self._index: dict[str, list[int]] | None = None
+        if self.path is None:
+            return
+        if resume and self.path.is_file():
+            mend_last_line(self.path)
+            stray = {row_id for row_id, _, _ in iter_sample_lines(self.path)} - self._ids
+            if stray:
+                raise RecoverlibError(f"{self.path}: samples for ids not in the input ({', '.join(sorted(stray)[:3])});"
+                                      " not resuming")
+        elif not resume:
+            if self.path.is_file() and self.path.stat().st_size:
+                raise RecoverlibError(f"samples file {self.path} already holds samples: pass --resume to continue it,"
+                                      " or name a new file (nothing was changed)")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("")
+
+    def done(self, base: str | None) -> set[str]:
+        """The rows ``base`` already sampled (read from the file; none in memory before the run)."""
+        if self.path is None or not self.path.is_file():
+            return set()
+        done = {row_id for row_id, b, _ in iter_sample_lines(self.path) if b == base}
+        log.info("resuming: %d of %d rows already sampled in %s", len(done), len(self._ids), self.path)
+        return done
+
+    def append(self, rows: Sequence[tuple[str, tuple[Sample, ...]]], base: str | None) -> None:
+        """Record finished rows (in input order) of ``base``."""
+        if self.path is None:
+            for row_id, samples in rows:
+                self._memory[row_id] = self._memory.get(row_id, ()) + tuple(samples)
+            return
+        append_samples(self.path, rows, base)
+        self._index = None  # the file grew
+
+    def samples_of(self, ids: Sequence[str]) -> dict[str, tuple[Sample, ...]]:
+        """Every base's samples of ``ids`` (in file order), read from the file by offset (memory stays bounded)."""
+        if self.path is None:
+            return {i: self._memory.get(i, ()) for i in ids}
+        if self._index is None:
+            self._index = _line_offsets(self.path)
+        out: dict[str, tuple[Sample, ...]] = {}
+        with open(self.path, "rb") as fh:
+            for row_id in ids:
+                for offset in self._index.get(row_id, ()):
+                    fh.seek(offset)
+                    _, _, samples = parse_sample_line(fh.readline().decode(), self.path, 0)
+                    out[row_id] = out.get(row_id, ()) + samples
+        return out
+
+
+def _line_offsets(path: Path) -> dict[str, list[int]]:
+    """Row id -> byte offsets of its lines (one per base that sampled it)."""
+    index: dict[str, list[int]] = {}
+    with open(path, "rb") as fh:
+        offset = 0
+        for line in fh:
+            if line.strip():
+                index.setdefault(str(json.loads(line)["id"]), []).append(offset)
+            offset += len(line)
+    return index
