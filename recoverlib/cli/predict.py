@@ -57,49 +57,57 @@ def _name_value(text: str, flag: str, form: str) -> tuple[str, str]:
     return name, value
 
 
-ENGINE_FIELDS = ("dtype", "max_model_len", "batch_size", "kv_cache_gib", "multiprocess", "lora_mode", "merge_cache",
-                 "dequantized_merge", "tensor_parallel_size", "gpu_memory_utilization", "max_loras", "max_num_seqs",
-                 "max_num_batched_tokens", "enforce_eager", "custom_all_reduce")
+def engine_config(args, engine: str | None = None):
+    """The settings of the engine ``--engine`` names (``auto``: the local engines'): ``--preset``'s, given options
+    on top."""
+    from recoverlib.cli.settings import settings_from_args
+    from recoverlib.engines import ENGINE_PRESETS, EngineConfig
+    from recoverlib.engines.registry import AUTO, ENGINES
+
+    name = engine or args.engine
+    config_type = EngineConfig if name == AUTO else ENGINES.get(name).config_type
+    preset = dict(ENGINE_PRESETS[args.preset]) if getattr(args, "preset", None) else {}
+    if preset and config_type is not EngineConfig:
+        from recoverlib.errors import RecoverlibError
+
+        raise RecoverlibError(f"--preset sets local engine options; engine {name!r} has its own settings")
+    return settings_from_args(args, config_type, **preset)
 
 
-def engine_config(args):
-    """The :class:`EngineConfig` the engine options describe: ``--preset``'s settings, options given on top."""
-    from recoverlib.engines import engine_config_with
+def add_engine_options(p: argparse.ArgumentParser, engines: bool = True) -> None:
+    """``--engine`` (with ``engines``), ``--preset`` and every registered engine's own options (from its config)."""
+    from recoverlib.cli.settings import add_settings
+    from recoverlib.engines import ENGINE_PRESETS
+    from recoverlib.engines.registry import ENGINES
 
-    return engine_config_with(args.preset, **{f: getattr(args, f) for f in ENGINE_FIELDS})
-
-
-def add_engine_options(p: argparse.ArgumentParser) -> None:
-    """Engine options; each defaults to ``None`` (unset), so a preset's value holds unless one is given."""
-    from recoverlib.engines import ENGINE_PRESETS, LORA_MODES, EngineConfig
-    from recoverlib.engines.device import DTYPES
-
-    d = EngineConfig()
-    p.add_argument("--engine", default="auto",
-                   help="vllm, hf (transformers + PEFT), or auto (default): vllm where it can serve the model here")
+    if engines:
+        p.add_argument("--engine", default="auto",
+                       help=f"{', '.join(ENGINES.names())}, or auto (default): vllm where it can serve the model here,"
+                            " else hf")
     p.add_argument("--preset", choices=sorted(ENGINE_PRESETS),
                    help="engine settings for a known machine (kaggle-t4x2: 2x T4); options given override it")
-    p.add_argument("--dtype", choices=DTYPES, help=f"default {d.dtype}: bf16, or fp16 on GPUs before Ampere")
-    p.add_argument("--max-model-len", type=int, help="context tokens (default: the model's, at most 4096)")
-    p.add_argument("--batch-size", type=int, help=f"hf engine: prompts per generate call (default {d.batch_size})")
-    p.add_argument("--kv-cache-gib", type=float, help=f"vllm on CPU: KV cache size (default {d.kv_cache_gib})")
-    p.add_argument("--multiprocess", action="store_true", default=None,
-                   help="vllm: its multiprocess engine core (slower start; default: in-process)")
-    p.add_argument("--lora-mode", choices=LORA_MODES,
-                   help=f"adapters as LoRA in one batch, as merged weights one after another, or chosen by cost"
-                        f" (default {d.lora_mode})")
-    p.add_argument("--merge-cache", help="merged-weights cache (default <cache root>/merged)")
-    p.add_argument("--dequantized-merge", action="store_true", default=None,
-                   help="allow merging adapters into a quantized base")
-    p.add_argument("--tensor-parallel-size", type=int, help="vllm: GPUs (CPU: processes) the model is split over")
-    p.add_argument("--gpu-memory-utilization", type=float, help="vllm: fraction of each GPU to use (default 0.9)")
-    p.add_argument("--max-loras", type=int, help="vllm: adapters resident on the GPU at once (default: all)")
-    p.add_argument("--max-num-seqs", type=int, help="vllm: sequences per step (default 2048 on CPU, vLLM's on GPU)")
-    p.add_argument("--max-num-batched-tokens", type=int,
-                   help="vllm: tokens per step (default: max model len, at least 65536 on CPU, 8192 on GPU)")
-    p.add_argument("--enforce-eager", action="store_true", default=None, help="vllm: no CUDA graphs (less memory)")
-    p.add_argument("--custom-all-reduce", action=argparse.BooleanOptionalAction, default=None,
-                   help="vllm: its custom all-reduce kernel under tensor parallel (default on; off cures T4 hangs)")
+    seen: set[str] = set()
+    for name in ENGINES.names():
+        add_settings(p, ENGINES.get(name).config_type, seen)
+
+
+def add_executor_options(p: argparse.ArgumentParser) -> None:
+    """``--executor`` and every registered executor's own options."""
+    from recoverlib.cli.settings import add_settings
+    from recoverlib.executors import EXECUTORS
+
+    p.add_argument("--executor", default="local",
+                   help=f"where chunks run: {', '.join(EXECUTORS.names())} (default local: this process)")
+    seen: set[str] = set()
+    for name in EXECUTORS.names():
+        add_settings(p, EXECUTORS.get(name).config_type, seen)
+
+
+def executor_config(args):
+    from recoverlib.cli.settings import settings_from_args
+    from recoverlib.executors import EXECUTORS
+
+    return settings_from_args(args, EXECUTORS.get(args.executor).config_type)
 
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
@@ -132,13 +140,14 @@ def cmd_predict(args) -> int:
     start = time.perf_counter()
     engine_cfg = engine_config(args)
     # vLLM's engine-core and worker processes outlive the CLI's os._exit (seen: orphans that kept running and held
-    # the CLI's stdout open), so an engine with processes of its own is shut down properly.
-    own_processes = engine_cfg.multiprocess or engine_cfg.tensor_parallel_size > 1
+    # the CLI's stdout open), so an engine with processes of its own (or a Ray run) is shut down properly.
+    own_processes = (getattr(engine_cfg, "multiprocess", False) or getattr(engine_cfg, "tensor_parallel_size", 1) > 1
+                     or args.executor != "local")
     model, adapters = parse_models(args.model, args.adapter or [])
     done = predict(model, args.input, args.out, adapters=adapters, engine=args.engine,
                    config=config, engine_config=engine_cfg, samples_file=args.samples_file,
-                   resume=args.resume, context=CombineContext(embedder=args.embedder),
-                   close_engine=not args.process_exits or own_processes)
+                   resume=args.resume, context=CombineContext(embedder=args.embedder), executor=args.executor,
+                   executor_config=executor_config(args), close_engine=not args.process_exits or own_processes)
     print(f"wrote {done.rows} predictions to {args.out} in {time.perf_counter() - start:.1f} s"
           + (f" ({done.fallbacks} row(s) got the fallback prompt)" if done.fallbacks else ""), file=args.stdout)
     return 0
@@ -180,8 +189,10 @@ def add_commands(sub) -> None:
                      old=("--save-samples",))
     p.add_argument("--resume", action="store_true", help="continue from --samples-file")
     p.add_argument("--chunk-rows", type=int, default=None,
-                   help="rows per generate call, samples saved after each (default: the engine's, vllm 512, hf 64)")
+                   help="rows per generate call, samples saved after each (default: the engine's, vllm 512, hf 64;"
+                        " a quarter of that on ray)")
     add_engine_options(p)
+    add_executor_options(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("score", help="mean sharpened cosine (cos^3) of predictions against truths")

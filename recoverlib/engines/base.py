@@ -24,6 +24,7 @@ import numpy as np
 from recoverlib.adapters import AdapterInfo, check_adapters
 from recoverlib.errors import RecoverlibError
 from recoverlib.model_folder import require_model_folder
+from recoverlib.settings import setting
 
 log = logging.getLogger("recoverlib")
 
@@ -73,26 +74,33 @@ class EngineConfig:
     adapter's merged weights (cached on disk) into the running model, one adapter after another; ``auto`` picks.
     """
 
-    dtype: str = "auto"  # auto: bf16 where the device has it, fp16 on pre-Ampere GPUs (engines/device.py)
-    max_model_len: int | None = None  # None: the model's own, capped at 4096
-    batch_size: int = 16  # HF engine: prompts per generate call
-    max_lora_rank: int | None = None  # vLLM: None = smallest supported size >= the largest adapter rank
-    kv_cache_gib: float = 1.0  # vLLM on CPU: KV cache size
-    multiprocess: bool = False  # vLLM: its multiprocess engine core (in-process starts in about 3 s, not 30 s)
-    # vLLM: sequences per step (None: vLLM's default on GPU; 2048 on CPU, where per-step overhead dominates)
-    max_num_seqs: int | None = None
-    # vLLM: tokens per step (None: max_model_len, at least 65536 on CPU and 8192 on GPU); its activations grow with it
-    max_num_batched_tokens: int | None = None
-    lora_mode: str = "auto"
-    merge_cache: str | None = None  # merged-weights cache folder (None: $RECOVERLIB_CACHE/merged or ~/.cache)
-    dequantized_merge: bool = False  # allow merging into a quantized base (not exact)
-    expected_new_tokens: int | None = None  # workload hint for lora_mode auto (None: a large job)
-    # vLLM on GPUs (checked against the device before start: engines/device.py check_vllm_settings)
-    tensor_parallel_size: int = 1  # ranks the model is split over (GPUs; processes on CPU)
-    gpu_memory_utilization: float | None = None  # fraction of each GPU vLLM may use (None: vLLM's 0.9)
-    max_loras: int | None = None  # adapters resident on the device at once (None: all); the rest wait in CPU memory
-    enforce_eager: bool = False  # no CUDA graphs (less memory, slower decode); always eager on CPU
-    custom_all_reduce: bool = True  # vLLM's custom all-reduce kernel; off cures tensor-parallel hangs on T4 pairs
+    dtype: str = setting("auto", choices=DTYPES,
+                         help="compute dtype; auto: bf16 where the device has it, fp16 on GPUs before Ampere")
+    max_model_len: int | None = setting(None, help="context tokens (default: the model's, at most 4096)")
+    batch_size: int = setting(16, help="hf engine: prompts per generate call")
+    max_lora_rank: int | None = setting(None, help="vllm: LoRA rank slot (default: the smallest vLLM size that holds"
+                                                   " every adapter)")
+    kv_cache_gib: float = setting(1.0, help="vllm on CPU: KV-cache space in GiB")
+    multiprocess: bool = setting(False, help="vllm: its multiprocess engine core (starts in ~30 s, not ~3 s)")
+    max_num_seqs: int | None = setting(None, help="vllm: sequences per step (default: 2048 on CPU, where per-step"
+                                                  " overhead dominates; vLLM's on GPU)")
+    max_num_batched_tokens: int | None = setting(None, help="vllm: tokens per step (default: the context, at least"
+                                                            " 65536 on CPU and 8192 on GPU)")
+    block_size: int | None = setting(None, help="vllm: KV-cache block size in tokens (CPU: multiples of 32;"
+                                                " default: vLLM's, 128 on CPU and 16 on GPU)")
+    lora_mode: str = setting("auto", choices=LORA_MODES,
+                             help="adapters as LoRA in one batch (dynamic), as merged weights one after another"
+                                  " (merged), or chosen by cost (auto)")
+    merge_cache: str | None = setting(None, help="merged-weights cache folder (default: <cache root>/merged)")
+    dequantized_merge: bool = setting(False, help="allow merging adapters into a quantized base (not exact)")
+    expected_new_tokens: int | None = setting(None, cli=False, help="workload hint for lora mode auto (None: large)")
+    tensor_parallel_size: int = setting(1, help="vllm: ranks the model is split over (GPUs; processes on CPU)")
+    gpu_memory_utilization: float | None = setting(None, help="vllm: fraction of each GPU to use (default vLLM's 0.9)")
+    max_loras: int | None = setting(None, help="vllm: adapters resident on the device at once (default: all); the"
+                                               " others wait in CPU memory")
+    enforce_eager: bool = setting(False, help="vllm: no CUDA graphs (less memory, slower decode); always on CPU")
+    custom_all_reduce: bool = setting(True, help="vllm: its custom all-reduce kernel under tensor parallel (off"
+                                                 " cures hangs on T4 pairs)")
 
     def __post_init__(self):
         if self.lora_mode not in LORA_MODES:
@@ -106,6 +114,8 @@ class EngineConfig:
                 raise RecoverlibError(f"{name} must be >= 1 (got {value})")
         if not self.kv_cache_gib > 0:
             raise RecoverlibError(f"kv_cache_gib must be > 0 (got {self.kv_cache_gib})")
+        if self.block_size is not None and (self.block_size < 16 or self.block_size % 16):
+            raise RecoverlibError(f"block_size must be a multiple of 16 (32 on CPU), got {self.block_size}")
         if self.tensor_parallel_size < 1:
             raise RecoverlibError(f"tensor parallel size must be >= 1 (got {self.tensor_parallel_size})")
         if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:

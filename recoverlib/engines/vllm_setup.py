@@ -149,6 +149,10 @@ def _llm_kwargs(config: EngineConfig, device: Device, adapters: Mapping[str, Ada
         kwargs["max_num_seqs"] = max_seqs
     if config.gpu_memory_utilization is not None:
         kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
+    if config.block_size is not None:
+        if device.is_cpu and config.block_size % 32:
+            raise RecoverlibError(f"block size {config.block_size}: vLLM's CPU attention takes multiples of 32")
+        kwargs["block_size"] = config.block_size
     if not config.custom_all_reduce:
         kwargs["disable_custom_all_reduce"] = True
     return kwargs | lora_kwargs(config, adapters)
