@@ -21,7 +21,7 @@ log = logging.getLogger("recoverlib")
 # Libraries whose import-time warnings ("Failed to load ..." of optional kernels) are noise to a user: behind -v.
 NOISY_LOGGERS = ("torchao", "bitsandbytes")
 # Command groups in the order ``--help`` lists them; each module has ``add_commands(subparsers)``.
-COMMAND_GROUPS = ("predict", "tiny", "training", "quant", "plan", "combine")
+COMMAND_GROUPS = ("predict", "serve", "tiny", "training", "quant", "plan", "combine")
 
 
 def build_parser() -> argparse.ArgumentParser:

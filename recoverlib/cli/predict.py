@@ -10,7 +10,7 @@ from recoverlib.cli.options import add_embedder, add_out, add_samples_file, add_
 from recoverlib.errors import RecoverlibError
 
 
-def _adapter_arg(text: str) -> tuple[str, str]:
+def adapter_arg(text: str) -> tuple[str, str]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
         raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
@@ -74,21 +74,23 @@ def engine_config(args, engine: str | None = None):
     return settings_from_args(args, config_type, **preset)
 
 
-def add_engine_options(p: argparse.ArgumentParser, engines: bool = True) -> None:
-    """``--engine`` (with ``engines``), ``--preset`` and every registered engine's own options (from its config)."""
+def add_engine_options(p: argparse.ArgumentParser, local_only: bool = False) -> None:
+    """``--engine``, ``--preset`` and every registered engine's own options (from its config); ``local_only``: the
+    settings of the engines that load the model here (``recoverlib serve``), without ``--engine``."""
     from recoverlib.cli.settings import add_settings
-    from recoverlib.engines import ENGINE_PRESETS
+    from recoverlib.engines import ENGINE_PRESETS, EngineConfig
     from recoverlib.engines.registry import ENGINES
 
-    if engines:
+    if not local_only:
         p.add_argument("--engine", default="auto",
                        help=f"{', '.join(ENGINES.names())}, or auto (default): vllm where it can serve the model here,"
                             " else hf")
     p.add_argument("--preset", choices=sorted(ENGINE_PRESETS),
                    help="engine settings for a known machine (kaggle-t4x2: 2x T4); options given override it")
     seen: set[str] = set()
-    for name in ENGINES.names():
-        add_settings(p, ENGINES.get(name).config_type, seen)
+    types = [EngineConfig] if local_only else [ENGINES.get(name).config_type for name in ENGINES.names()]
+    for config_type in dict.fromkeys(types):
+        add_settings(p, config_type, seen)
 
 
 def add_executor_options(p: argparse.ArgumentParser) -> None:
@@ -174,7 +176,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("predict", help="recover prompts for a Kaggle CSV and write the submission")
     p.add_argument("--model", required=True, action="append", metavar="[NAME=]PATH",
                    help="HF model folder; repeat as NAME=PATH to serve several base models one after another")
-    p.add_argument("--adapter", action="append", type=_adapter_arg, metavar="[BASE:]NAME=PATH",
+    p.add_argument("--adapter", action="append", type=adapter_arg, metavar="[BASE:]NAME=PATH",
                    help="a PEFT LoRA folder (BASE: the --model name it belongs to, with several)")
     p.add_argument("--input", required=True, type=Path, help="CSV with id, original_text, rewritten_text")
     add_out(p, "submission CSV (id, rewrite_prompt)", old=("--output",))

@@ -8,6 +8,7 @@ from recoverlib.registry import Registry
 ENGINES = Registry("engine", "recoverlib.engines", {
     "vllm": "recoverlib.engines.vllm:VLLMEngine",
     "hf": "recoverlib.engines.hf:HFEngine",
+    "openai": "recoverlib.engines.openai:OpenAIEngine",
 })
 AUTO = "auto"  # not an engine: vLLM where it can serve the model here, else hf (engines/vllm_support.py)
 

@@ -1,0 +1,171 @@
+"""``recoverlib serve`` (vLLM's own OpenAI-compatible server, started here on 127.0.0.1) and ``--engine openai``
+against it: the same greedy predictions as the in-process engine, seeded samples that repeat, one-line refusals,
+and a server killed mid-run, then resumed, writing what a run that never stopped writes."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from recoverlib.cli import main
+from tests.executors.conftest import free_port
+
+pytest.importorskip("vllm", reason="vLLM is not installed")
+pytestmark = pytest.mark.slow  # each server takes 20-40 s to start on 2 cores
+
+KEY = "test-key"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tiny_adapters, tmp_path_factory):
+    from recoverlib.engines import EngineConfig
+    from recoverlib.serve import ServeConfig, VllmServer
+
+    adapters = {"a": tiny_adapters["tiny-a"], "b": tiny_adapters["tiny-b"]}
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with VllmServer(tiny_model, adapters, EngineConfig(), ServeConfig(port=free_port(), api_key=KEY), log) as srv:
+        yield srv
+
+
+def _predict(capsys, model, adapters, out: Path, *extra) -> tuple[int, str]:
+    argv = ["predict", "--model", str(model), *[x for n, p in adapters.items() for x in ("--adapter", f"{n}={p}")],
+            "--max-new-tokens", "10", "--input", str(out.parent / "rows.csv"), "--out", str(out),
+            "--samples-file", str(out.with_suffix(".jsonl")), "--include-base", *map(str, extra)]
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def work(sample_csv, tmp_path):
+    pd.read_csv(sample_csv, dtype=str).to_csv(tmp_path / "rows.csv", index=False)
+    return tmp_path
+
+
+def _adapters(tiny_adapters):
+    return {"a": tiny_adapters["tiny-a"], "b": tiny_adapters["tiny-b"]}
+
+
+def test_greedy_through_the_server_equals_the_in_process_engine(server, tiny_model, tiny_adapters, work, capsys):
+    ad = _adapters(tiny_adapters)
+    greedy = ("--samples", "1", "--temperature", "0")
+    code, err = _predict(capsys, tiny_model, ad, work / "server.csv", "--engine", "openai", "--server-url", server.url,
+                         "--api-key", KEY, *greedy)
+    assert code == 0, err[-2000:]
+    code, err = _predict(capsys, tiny_model, ad, work / "local.csv", "--engine", "vllm", *greedy)
+    assert code == 0, err[-2000:]
+    assert filecmp.cmp(work / "server.jsonl", work / "local.jsonl", shallow=False)
+
+
+def test_seeded_sampling_through_the_server_repeats(server, tiny_model, tiny_adapters, work, capsys):
+    ad = _adapters(tiny_adapters)
+    runs = [work / "one.csv", work / "two.csv"]
+    for out in runs:
+        code, err = _predict(capsys, tiny_model, ad, out, "--engine", "openai", "--server-url", server.url,
+                             "--api-key", KEY, "--samples", "3", "--seed", "7")
+        assert code == 0, err[-2000:]
+    assert filecmp.cmp(runs[0].with_suffix(".jsonl"), runs[1].with_suffix(".jsonl"), shallow=False)
+    lines = runs[0].with_suffix(".jsonl").read_text().splitlines()
+    assert len(lines) == 12 and '"adapter": "a"' in lines[0] and '"adapter": null' in lines[0]
+
+
+def test_a_model_name_without_a_folder_here_uses_the_servers_tokenizer(server, tiny_model, tiny_adapters, work, capsys):
+    ad = _adapters(tiny_adapters)
+    greedy = ("--engine", "openai", "--server-url", server.url, "--api-key", KEY, "--samples", "1", "--temperature", "0")
+    assert _predict(capsys, tiny_model, ad, work / "folder.csv", *greedy)[0] == 0
+    # by name: the adapters are the server's (no folder here: no prime, no recorded template); the tokenizer remote
+    code, err = _predict(capsys, f"{tiny_model}-not-here", {"a": "a"}, work / "remote.csv", *greedy)
+    assert code == 0, err[-2000:]
+    folder = [line for line in (work / "folder.jsonl").read_text().splitlines()]
+    remote = [line for line in (work / "remote.jsonl").read_text().splitlines()]
+    assert [_texts(x, "a") for x in remote] == [_texts(x, "a") for x in folder]
+
+
+def _texts(line: str, adapter):
+    import json
+
+    return [s["text"] for s in json.loads(line)["samples"] if s["adapter"] == adapter]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (("--adapter", "c=c"), "does not serve adapter(s) c (it serves"),
+    (("--api-key", "wrong"), "refused the API key (401 on /v1/models): give the right one with --api-key"),
+])
+def test_refusals_before_any_row(server, tiny_model, work, capsys, extra, message):
+    argv = ["predict", "--engine", "openai", "--server-url", server.url, "--model", str(tiny_model),
+            "--input", str(work / "rows.csv"), "--out", str(work / "x.csv"), "--samples-file", str(work / "x.jsonl")]
+    if "--api-key" not in extra:
+        argv += ["--api-key", KEY]
+    assert main([*argv, *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("recoverlib: error: ") and message in err[-1], err[-3:]
+    assert not (work / "x.jsonl").exists() or not (work / "x.jsonl").read_text()
+
+
+def test_an_unreachable_server_is_one_line(tiny_model, work, capsys):
+    url = f"http://127.0.0.1:{free_port()}"
+    argv = ["predict", "--engine", "openai", "--server-url", url, "--retries", "1", "--model", str(tiny_model),
+            "--input", str(work / "rows.csv"), "--out", str(work / "x.csv")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"recoverlib: error: the server at {url} does not answer /v1/models (ConnectionError")
+
+
+def _serve_cli(model, adapters, port: int, log: Path) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "recoverlib.cli", "serve", "--model", str(model), "--port", str(port),
+            *[x for n, p in adapters.items() for x in ("--adapter", f"{n}={p}")]]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(log, "ab"), text=True)  # noqa: SIM115
+    line = proc.stdout.readline()  # printed once the server answers
+    assert line.startswith("serving ") and f"127.0.0.1:{port}/v1" in line, (line, log.read_text()[-2000:])
+    return proc
+
+
+def test_the_server_killed_mid_run_then_resumed(tiny_model, tiny_adapters, sample_csv, tmp_path):
+    ad = _adapters(tiny_adapters)
+    rows = pd.concat([pd.read_csv(sample_csv, dtype=str)] * 4, ignore_index=True).head(40)
+    rows["id"] = [f"row{i:03d}" for i in range(len(rows))]
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    port = free_port()
+    argv = [sys.executable, "-m", "recoverlib.cli", "predict", "--engine", "openai", "--server-url",
+            f"http://127.0.0.1:{port}", "--retries", "2", "--model", str(tiny_model),
+            *[x for n, p in ad.items() for x in ("--adapter", f"{n}={p}")], "--samples", "3", "--max-new-tokens",
+            "24", "--chunk-rows", "2", "--input", str(tmp_path / "rows.csv")]
+    server = _serve_cli(tiny_model, ad, port, tmp_path / "server.log")
+    whole = subprocess.run([*argv, "--out", str(tmp_path / "whole.csv"), "--samples-file", str(tmp_path / "whole.jsonl")],
+                           capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    samples = tmp_path / "cut.jsonl"
+    run = subprocess.Popen([*argv, "--out", str(tmp_path / "cut.csv"), "--samples-file", str(samples)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while run.poll() is None and not (samples.is_file() and samples.read_text().count("\n") >= 4):
+        time.sleep(0.05)
+    group = [server.pid, *(c.pid for c in psutil.Process(server.pid).children(recursive=True))]
+    for pid in group:  # the server and every process it started die at once
+        os.kill(pid, signal.SIGKILL)
+    err = run.communicate(timeout=120)[1]
+    assert run.returncode == 2 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith(f"recoverlib: error: the server at http://127.0.0.1:{port} does"
+                                                   " not answer /v1/completions")
+    kept = samples.read_text().count("\n")
+    assert 4 <= kept < 40 and not (tmp_path / "cut.csv").exists()
+    server = _serve_cli(tiny_model, ad, port, tmp_path / "server.log")  # back
+    try:
+        resumed = subprocess.run([*argv, "--out", str(tmp_path / "cut.csv"), "--samples-file", str(samples),
+                                  "--resume"], capture_output=True, text=True)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert filecmp.cmp(samples, tmp_path / "whole.jsonl", shallow=False)
+        assert filecmp.cmp(tmp_path / "cut.csv", tmp_path / "whole.csv", shallow=False)
+    finally:
+        children = psutil.Process(server.pid).children(recursive=True)
+        server.send_signal(signal.SIGTERM)  # recoverlib serve stops the server and every process it started
+        server.wait(60)
+        gone, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, [p.pid for p in alive]
