@@ -1,15 +1,13 @@
 """Turning a row's samples into one recovered prompt. Strategies register by config type (see ``base``)."""
 
-import importlib
-import pkgutil
-
 from recoverlib.combine.base import (
+    STRATEGIES,
     Draft,
     Part,
     Sample,
+    Strategy,
     combine,
     combine_rows,
-    register_strategy,
     round_robin,
     strategies,
 )
@@ -24,11 +22,9 @@ from recoverlib.combine.medoid import MedoidConfig
 from recoverlib.combine.pipeline import PipelineConfig
 from recoverlib.combine.suffix import SuffixConfig
 
-# Every strategy module registers itself on import: adding a strategy is adding a file.
-for _mod in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_mod.name}")
-
 __all__ = [
+    "STRATEGIES",
+    "Strategy",
     "BudgetConfig",
     "CombineContext",
     "ConcatConfig",
@@ -47,7 +43,6 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "load_combination",
-    "register_strategy",
     "round_robin",
     "save_combination",
     "strategies",

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from recoverlib.errors import RecoverlibError
 from recoverlib.io import Sample
+from recoverlib.registry import Registry
 
 PREDICTION, MEAN, SUFFIX = "prediction", "mean", "suffix"
 
@@ -50,57 +51,51 @@ class Draft:
 
 @dataclass(frozen=True)
 class Strategy:
-    """A registered strategy: its JSON ``name``, handler, whether it embeds, and an optional prefetch hook.
+    """A strategy: the config type it serves (its ``strategy`` class attribute is the strategy's name in JSON
+    configs and in :data:`STRATEGIES`), its handler, whether it embeds, and an optional prefetch hook.
 
     ``prefetch(config, samples, ctx) -> texts`` names texts the handler will embed for a row, so
-    :func:`combine_rows` can embed them for every row in one batch before the per-row loop.
+    :func:`combine_rows` can embed them for every row in one batch before the per-row loop. A strategy module
+    defines one as ``STRATEGY``.
     """
 
-    name: str
     config_type: type
     handler: Callable
     embeds: bool = False
     prefetch: Callable | None = field(default=None, compare=False)
 
+    @property
+    def name(self) -> str:
+        return self.config_type.strategy
 
-_BY_TYPE: dict[type, Strategy] = {}
-_BY_NAME: dict[str, Strategy] = {}
+
+# One file per strategy, found through one registry (entry point group ``recoverlib.strategies``).
+STRATEGIES = Registry("combination strategy", "recoverlib.strategies", {
+    name: f"recoverlib.combine.{module}:STRATEGY" for name, module in (
+        ("concat", "concat"), ("first", "first"), ("medoid", "medoid"), ("mbr", "mbr"),
+        ("mean-prompt", "mean_prompt"), ("suffix", "suffix"), ("budget", "budget"), ("pipeline", "pipeline"))
+})
 
 
-def register_strategy(config_type: type, name: str | None = None, embeds: bool = False, prefetch=None):
-    """Decorator: ``handler(config, samples, ctx, draft)`` serves configs of ``config_type``.
-
-    ``name`` is the ``"strategy"`` tag in JSON configs (default: the type's name without ``Config``,
-    lower case). ``embeds``: the handler needs ``ctx.scorer`` (sample texts are then embedded up front).
-    """
-
-    def wrap(handler):
-        tag = name or config_type.__name__.removesuffix("Config").lower()
-        strategy = Strategy(tag, config_type, handler, embeds, prefetch)
-        _BY_TYPE[config_type] = strategy
-        _BY_NAME[tag] = strategy
-        return handler
-
-    return wrap
+def is_combination(config) -> bool:
+    """Whether ``config`` is a strategy's config (a dataclass naming its ``strategy``)."""
+    return isinstance(getattr(type(config), "strategy", None), str)
 
 
 def strategy_for(config) -> Strategy:
-    got = _BY_TYPE.get(type(config))
-    if got is None:
+    """The strategy serving ``config`` (by its type's ``strategy`` name)."""
+    if not is_combination(config):
         raise RecoverlibError(f"no combination strategy for {type(config).__name__}")
-    return got
+    return strategy_named(type(config).strategy)
 
 
 def strategy_named(name: str) -> Strategy:
-    got = _BY_NAME.get(name)
-    if got is None:
-        raise RecoverlibError(f"unknown combination strategy {name!r}; known: {', '.join(sorted(_BY_NAME))}")
-    return got
+    return STRATEGIES.get(name)
 
 
 def strategies() -> dict[str, Strategy]:
     """Every registered strategy by JSON name."""
-    return dict(_BY_NAME)
+    return {name: STRATEGIES.get(name) for name in STRATEGIES.names()}
 
 
 def sub_configs(config) -> list:
@@ -109,7 +104,7 @@ def sub_configs(config) -> list:
     for value in getattr(config, "__dict__", {}).values():
         items = value if isinstance(value, tuple) else (value,)
         for item in items:
-            if type(item) in _BY_TYPE:
+            if is_combination(item):
                 out.extend(sub_configs(item))
     return out
 

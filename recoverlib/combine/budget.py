@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -24,8 +25,8 @@ from recoverlib.combine.base import (
     Draft,
     Part,
     Sample,
+    Strategy,
     default_draft,
-    register_strategy,
 )
 from recoverlib.errors import RecoverlibError
 from recoverlib.metric import sharpen
@@ -34,6 +35,8 @@ from recoverlib.metric import sharpen
 @dataclass(frozen=True)
 class BudgetConfig:
     """``max_tokens``: the limit, special tokens included; None (default) or larger: the embedder's own limit."""
+
+    strategy: ClassVar[str] = "budget"  # its name in JSON configs and the registry
 
     max_tokens: int | None = None
 
@@ -113,8 +116,10 @@ def fit_budget(draft: Draft, samples: Sequence[Sample], ctx, limit: int) -> Draf
     return draft.replace(parts)
 
 
-@register_strategy(BudgetConfig, name="budget", embeds=True)
 def _budget(config: BudgetConfig, samples: Sequence[Sample], ctx, draft) -> Draft:
     draft = draft if draft is not None else default_draft(samples)
     limit = ctx.max_tokens if config.max_tokens is None else min(config.max_tokens, ctx.max_tokens)
     return fit_budget(draft, samples, ctx, limit)
+
+
+STRATEGY = Strategy(BudgetConfig, _budget, embeds=True)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
-from recoverlib.combine.base import Draft, Part, Sample, distinct_texts, register_strategy, unique_texts
+from recoverlib.combine.base import Draft, Part, Sample, Strategy, distinct_texts, unique_texts
 from recoverlib.errors import RecoverlibError
 
 
@@ -18,6 +19,8 @@ class ConcatConfig:
     ``dedup_threshold``: also drop a prediction whose embedding cosine to an earlier kept one is at least this
     (near-duplicates add tokens but barely move the embedding); None: exact duplicates only (no embedder).
     """
+
+    strategy: ClassVar[str] = "concat"  # its name in JSON configs and the registry
 
     separator: str = " "
     max_parts: int | None = None  # keep at most this many distinct predictions (None: all)
@@ -59,7 +62,9 @@ def distinct_predictions(samples: Sequence[Sample], ctx, dedup_threshold: float 
     return [texts[i] for i in near_dedup(texts, ctx.embed(texts), dedup_threshold)]
 
 
-@register_strategy(ConcatConfig, name="concat")
 def _concat(config: ConcatConfig, samples: Sequence[Sample], ctx, draft) -> Draft:
     texts = distinct_predictions(samples, ctx, config.dedup_threshold)[: config.max_parts]
     return Draft(tuple(Part(t) for t in texts), config.separator)
+
+
+STRATEGY = Strategy(ConcatConfig, _concat)

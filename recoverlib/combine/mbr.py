@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
-from recoverlib.combine.base import Draft, Part, Sample, register_strategy
+from recoverlib.combine.base import Draft, Part, Sample, Strategy
 from recoverlib.combine.budget import approx_utility
 from recoverlib.combine.concat import distinct_predictions
 from recoverlib.combine.mean_prompt import MeanPromptConfig, add_mean_prompt
@@ -34,6 +35,8 @@ class MbrConfig:
     """``max_parts``: longest concatenation tried; ``dedup_threshold``: near-duplicate cosine (None: exact only);
     ``mean_prompt``: also try every candidate with it; ``prior_weight`` in [0, 1] (needs ``mean_prompt``);
     ``leave_one_out``: score a candidate that is a sample against the other samples only."""
+
+    strategy: ClassVar[str] = "mbr"  # its name in JSON configs and the registry
 
     max_parts: int = 4
     dedup_threshold: float | None = 0.95
@@ -119,9 +122,11 @@ def _prefetch(config: MbrConfig, samples: Sequence[Sample], ctx) -> list[str]:
     return [d.text for d in candidates(config, samples, ctx)]
 
 
-@register_strategy(MbrConfig, name="mbr", embeds=True, prefetch=_prefetch)
 def _mbr(config: MbrConfig, samples: Sequence[Sample], ctx, draft) -> Draft:
     drafts = candidates(config, samples, ctx)
     if not drafts:
         return Draft()
     return drafts[int(np.argmax(expected_scores(config, drafts, samples, ctx)))]
+
+
+STRATEGY = Strategy(MbrConfig, _mbr, embeds=True, prefetch=_prefetch)

@@ -11,8 +11,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
-from recoverlib.combine.base import MEAN, Draft, Part, Sample, default_draft, register_strategy
+from recoverlib.combine.base import MEAN, Draft, Part, Sample, Strategy, default_draft
 from recoverlib.errors import RecoverlibError
 
 MODES = ("append", "prepend", "insert")
@@ -35,6 +36,8 @@ class MeanPromptConfig:
 
     ``mode``: ``append`` | ``prepend`` | ``insert`` (predictions go after word ``k`` of the mean prompt).
     """
+
+    strategy: ClassVar[str] = "mean-prompt"  # its name in JSON configs and the registry
 
     text: str | None = None
     path: str | None = None
@@ -82,6 +85,8 @@ def add_mean_prompt(draft: Draft, config: MeanPromptConfig) -> Draft:
     return draft.replace([p for p in parts if p.text])
 
 
-@register_strategy(MeanPromptConfig, name="mean-prompt")
 def _mean_prompt(config: MeanPromptConfig, samples: Sequence[Sample], ctx, draft) -> Draft:
     return add_mean_prompt(draft if draft is not None else default_draft(samples), config)
+
+
+STRATEGY = Strategy(MeanPromptConfig, _mean_prompt)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
-from recoverlib.combine.base import Sample, register_strategy, round_robin
+from recoverlib.combine.base import Sample, Strategy, round_robin
 
 
 @dataclass(frozen=True)
 class MedoidConfig:
     """No options. Duplicates count: a text sampled three times weighs three times (it is likelier)."""
+
+    strategy: ClassVar[str] = "medoid"  # its name in JSON configs and the registry
 
 
 def medoid_index(sharp: np.ndarray) -> int:
@@ -24,10 +27,12 @@ def medoid_index(sharp: np.ndarray) -> int:
     return int(np.argmax(off_diagonal))
 
 
-@register_strategy(MedoidConfig, name="medoid", embeds=True)
 def _medoid(config: MedoidConfig, samples: Sequence[Sample], ctx, draft) -> str:
     texts = [s.text.strip() for s in round_robin(samples) if s.text.strip()]
     if len(texts) <= 2:
         return texts[0] if texts else ""
     vectors = ctx.embed(texts)
     return texts[medoid_index(ctx.sharp(vectors, vectors))]
+
+
+STRATEGY = Strategy(MedoidConfig, _medoid, embeds=True)

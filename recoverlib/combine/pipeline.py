@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
-from recoverlib.combine.base import Sample, apply, register_strategy, strategy_for
+from recoverlib.combine.base import Sample, Strategy, apply, strategy_for
 from recoverlib.errors import RecoverlibError
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
     """``steps``: strategy configs, first to last; a pipeline may not hold itself (no nesting)."""
+
+    strategy: ClassVar[str] = "pipeline"  # its name in JSON configs and the registry
 
     steps: tuple = ()
 
@@ -26,8 +29,10 @@ class PipelineConfig:
             strategy_for(step)
 
 
-@register_strategy(PipelineConfig, name="pipeline")
 def _pipeline(config: PipelineConfig, samples: Sequence[Sample], ctx, draft):
     for step in config.steps:
         draft = apply(step, samples, ctx, draft)
     return draft
+
+
+STRATEGY = Strategy(PipelineConfig, _pipeline)

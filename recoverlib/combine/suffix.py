@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from recoverlib.combine.base import SUFFIX, Draft, Part, Sample, default_draft, register_strategy
+from recoverlib.combine.base import SUFFIX, Draft, Part, Sample, Strategy, default_draft
 from recoverlib.combine.mean_prompt import read_text_file
 from recoverlib.errors import RecoverlibError
 
@@ -18,6 +19,8 @@ from recoverlib.errors import RecoverlibError
 @dataclass(frozen=True)
 class SuffixConfig:
     """The suffix by ``text`` or ``path`` (a file from ``search-suffix``), appended ``repeat`` times."""
+
+    strategy: ClassVar[str] = "suffix"  # its name in JSON configs and the registry
 
     text: str | None = None
     path: str | None = None
@@ -42,6 +45,8 @@ def add_suffix(draft: Draft, config: SuffixConfig) -> Draft:
     return draft.replace([*draft.parts, Part(config.resolved, SUFFIX)])
 
 
-@register_strategy(SuffixConfig, name="suffix")
 def _suffix(config: SuffixConfig, samples: Sequence[Sample], ctx, draft) -> Draft:
     return add_suffix(draft if draft is not None else default_draft(samples), config)
+
+
+STRATEGY = Strategy(SuffixConfig, _suffix)
