@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from recoverlib.errors import RecoverlibError
+from recoverlib.tiny.corpus import corpus_texts
 
 log = logging.getLogger("recoverlib")
 
@@ -150,7 +151,6 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def shared_direction(scorer: Scorer) -> np.ndarray:
     """(dim,) unit vector: the mean direction of a fixed English corpus under ``scorer``'s own embedder."""
-    from recoverlib.tiny.corpus import corpus_texts
 
     return _unit(_unit(scorer.encode(corpus_texts())).mean(axis=0))
 

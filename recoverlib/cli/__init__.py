@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 
+from recoverlib.cli.options import check_required
 from recoverlib.errors import RecoverlibError
 
 log = logging.getLogger("recoverlib")
@@ -68,7 +69,6 @@ def _quiet_libraries(verbose: bool):
 
 def main(argv: list[str] | None = None, process_exits: bool = False) -> int:
     """Run one command; ``process_exits``: the process ends right after, so engines need not be shut down."""
-    from recoverlib.cli.options import check_required
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLine())

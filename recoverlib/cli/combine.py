@@ -6,18 +6,32 @@ import time
 from pathlib import Path
 
 from recoverlib.cli.options import add_embedder, add_out, add_samples_file
+from recoverlib.combine.base import combine_rows
+from recoverlib.combine.concat import ConcatConfig
+from recoverlib.combine.configio import load_combination
+from recoverlib.combine.context import CombineContext
+from recoverlib.combine.mean_prompt import read_text_file
+from recoverlib.combine.search import (
+    SearchConfig,
+    holdout_split,
+    optimize_prompt,
+    prompt_scorer,
+    search_suffix,
+    suffix_scorer,
+)
+from recoverlib.combine.tune import Candidate, format_table, matched_ids, tune
+from recoverlib.errors import RecoverlibError
+from recoverlib.io import read_samples, read_truth, write_submission
+from recoverlib.metric import Scorer
+from recoverlib.output_paths import check_output_file
+from recoverlib.pipeline import DEFAULT_FALLBACK
 
 
 def _context(embedder: str):
-    from recoverlib.combine.context import CombineContext
-    from recoverlib.metric import Scorer
-
     return CombineContext(Scorer(embedder))
 
 
 def _search_config(args):
-    from recoverlib.combine.search import SearchConfig
-
     return SearchConfig(steps=args.steps, beam=args.beam, vocab_size=args.vocab_size,
                         vocab=getattr(args, "vocab", "tokens"), seed=args.seed, screen=args.screen,
                         shortlist=args.shortlist)
@@ -30,7 +44,6 @@ def _write_text(path: Path, text: str) -> None:
 
 def _check_out(args, *names: str) -> None:
     """``--out`` must not be any of the input options ``names`` (e.g. ``"truth"``, ``"samples_file"``)."""
-    from recoverlib.output_paths import check_output_file
 
     inputs = []
     for name in names:
@@ -41,17 +54,12 @@ def _check_out(args, *names: str) -> None:
 
 
 def _at_least(option: str, value: int, low: int) -> None:
-    from recoverlib.errors import RecoverlibError
-
     if value < low:
         raise RecoverlibError(f"{option} must be >= {low} (got {value})")
 
 
 def cmd_optimize_prompt(args) -> int:
     import numpy as np
-
-    from recoverlib.combine.search import holdout_split, optimize_prompt, prompt_scorer
-    from recoverlib.io import read_truth
 
     _check_out(args, "train", "validation")
     config = _search_config(args)
@@ -72,9 +80,6 @@ def cmd_optimize_prompt(args) -> int:
 
 
 def _samples_and_truth(args):
-    from recoverlib.combine.tune import matched_ids
-    from recoverlib.io import read_samples, read_truth
-
     samples, truth = read_samples(args.samples_file), read_truth(args.truth)
     ids = matched_ids(samples, truth)
     return {i: samples[i] for i in ids}, truth
@@ -82,11 +87,6 @@ def _samples_and_truth(args):
 
 def cmd_search_suffix(args) -> int:
     import numpy as np
-
-    from recoverlib.combine.base import combine_rows
-    from recoverlib.combine.concat import ConcatConfig
-    from recoverlib.combine.configio import load_combination
-    from recoverlib.combine.search import holdout_split, search_suffix, suffix_scorer
 
     _check_out(args, "samples_file", "truth", "combination")
     _at_least("--rows", args.rows, 1)
@@ -113,11 +113,6 @@ def cmd_search_suffix(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from recoverlib.combine.configio import load_combination
-    from recoverlib.combine.mean_prompt import read_text_file
-    from recoverlib.combine.tune import Candidate, format_table, tune
-    from recoverlib.pipeline import DEFAULT_FALLBACK
-
     _check_out(args, "samples_file", "truth", "mean_prompt", "suffix", "pipeline")
     _at_least("--bootstrap", args.bootstrap, 0)
     samples, truth = _samples_and_truth(args)
@@ -136,11 +131,6 @@ def cmd_tune(args) -> int:
 
 
 def cmd_combine(args) -> int:
-    from recoverlib.combine.base import combine_rows
-    from recoverlib.combine.configio import load_combination
-    from recoverlib.io import read_samples, write_submission
-    from recoverlib.pipeline import DEFAULT_FALLBACK
-
     _check_out(args, "samples_file", "combination")
     config = load_combination(args.combination)
     samples = read_samples(args.samples_file)

@@ -11,6 +11,9 @@ import argparse
 import logging
 from pathlib import Path
 
+from recoverlib.metric import COMPETITION_EMBEDDER
+from recoverlib.prompt import TEMPLATE_KINDS
+
 log = logging.getLogger("recoverlib")
 
 
@@ -43,15 +46,12 @@ def add_samples_file(parser: argparse.ArgumentParser, help: str, required: bool 
 
 
 def add_embedder(parser: argparse.ArgumentParser) -> None:
-    from recoverlib.metric import COMPETITION_EMBEDDER
-
     parser.add_argument("--embedder", default=COMPETITION_EMBEDDER,
                         help="sentence embedder: a name, a folder, or 'minilm' (offline; default %(default)s)")
 
 
 def add_template(parser: argparse.ArgumentParser) -> None:
     """``--template auto|chat|plain``: the recovery prompt's kind (plain for base models without a chat template)."""
-    from recoverlib.prompt import TEMPLATE_KINDS
 
     parser.add_argument("--template", choices=TEMPLATE_KINDS, default="auto",
                         help="recovery prompt: the tokenizer's chat template, plain text (base models), or auto:"

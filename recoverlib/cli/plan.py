@@ -10,19 +10,31 @@ from __future__ import annotations
 
 import argparse
 
+from recoverlib.engines import ENGINE_PRESETS
+from recoverlib.engines.memory import (
+    ATTENTION_TARGETS,
+    Devices,
+    GiB,
+    ServingSetup,
+    parse_gpus,
+    plan_serving,
+    serving_report_lines,
+)
+from recoverlib.errors import RecoverlibError
+from recoverlib.model_folder import read_config
+from recoverlib.quant.checkpoint import parse_size
+from recoverlib.quant.plan import PRESETS, load_plan
+from recoverlib.quant.planner import MIXTRAL_8X7B, quantize_peak
+
 PUBLIC_CONFIGS = ("mixtral-8x7b",)  # names accepted instead of a folder or config.json
 
 
 def _model_config(text: str):
-    from recoverlib.quant.planner import MIXTRAL_8X7B
-
     return dict(MIXTRAL_8X7B) if text.lower() == "mixtral-8x7b" else text
 
 
 def add_serving_options(p: argparse.ArgumentParser) -> None:
     """The serving planner's options; unset ones come from ``--preset``, then the planner's defaults."""
-    from recoverlib.engines import ENGINE_PRESETS
-    from recoverlib.engines.memory import ATTENTION_TARGETS, ServingSetup
 
     d = ServingSetup()
     p.add_argument("--gpus", help="GPUs as COUNTxSIZE, e.g. 2x15GB (default: vLLM on this CPU)")
@@ -41,8 +53,6 @@ def add_serving_options(p: argparse.ArgumentParser) -> None:
 
 def serving_setup(args):
     """The :class:`ServingSetup` the options describe: ``--preset``'s engine settings, given options on top."""
-    from recoverlib.engines import ENGINE_PRESETS
-    from recoverlib.engines.memory import ServingSetup
 
     fields = {k: v for k, v in (ENGINE_PRESETS[args.preset] if args.preset else {}).items()
               if k in ServingSetup.__dataclass_fields__}
@@ -57,7 +67,6 @@ def serving_setup(args):
 
 def serving_lines(args) -> list[str]:
     """The serving report for ``args`` (model, plan, devices and engine settings)."""
-    from recoverlib.engines.memory import Devices, GiB, parse_gpus, plan_serving, serving_report_lines
 
     devices = parse_gpus(args.gpus) if args.gpus else Devices(cpu_kv_bytes=int(args.kv_cache_gib * GiB))
     return serving_report_lines(plan_serving(_model_config(args.model), args.plan, serving_setup(args), devices))
@@ -72,7 +81,6 @@ def add_quantize_options(p: argparse.ArgumentParser) -> None:
 
 def quantize_device(text: str) -> str:
     """``cpu`` or ``cuda`` from ``--device`` (``cuda:N`` is ``cuda``); anything else is a one-line error."""
-    from recoverlib.errors import RecoverlibError
 
     if text == "cpu" or text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
         return text.split(":")[0]
@@ -81,10 +89,6 @@ def quantize_device(text: str) -> str:
 
 def quantize_lines(args) -> tuple[list[str], bool]:
     """The quantization report (weights, peak memory, fits) and whether it fits what was given."""
-    from recoverlib.model_folder import read_config
-    from recoverlib.quant.checkpoint import parse_size
-    from recoverlib.quant.plan import load_plan
-    from recoverlib.quant.planner import quantize_peak
 
     config = read_config(_model_config(args.model))
     plan = load_plan(args.plan)
@@ -106,8 +110,6 @@ def quantize_lines(args) -> tuple[list[str], bool]:
 
 
 def cmd_plan(args) -> int:
-    from recoverlib.quant.plan import PRESETS
-
     fits = True
     if args.plan in PRESETS or args.plan.endswith(".json"):  # a dtype plan (bfloat16) quantizes nothing
         lines, fits = quantize_lines(args)
@@ -119,7 +121,6 @@ def cmd_plan(args) -> int:
 
 def add_commands(sub) -> None:
     """Register ``plan``."""
-    from recoverlib.quant.plan import PRESETS
 
     p = sub.add_parser("plan", help="memory plan: does the model under a precision plan fit, with how much KV cache")
     p.add_argument("model", help=f"HF model folder, config.json, or {', '.join(PUBLIC_CONFIGS)}")

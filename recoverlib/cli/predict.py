@@ -7,7 +7,16 @@ import time
 from pathlib import Path
 
 from recoverlib.cli.options import add_embedder, add_out, add_samples_file, add_template
+from recoverlib.cli.settings import add_settings, settings_from_args
+from recoverlib.combine import CombineContext, ConcatConfig, load_combination
+from recoverlib.engines import ENGINE_PRESETS, EngineConfig, SamplingConfig
+from recoverlib.engines.registry import AUTO, ENGINES
 from recoverlib.errors import RecoverlibError
+from recoverlib.executors import EXECUTORS
+from recoverlib.io import read_truth
+from recoverlib.metric import Scorer
+from recoverlib.pipeline import DEFAULT_FALLBACK, BaseModel, PredictConfig, predict
+from recoverlib.prompt import RecoveryTemplate
 
 
 def adapter_arg(text: str) -> tuple[str, str]:
@@ -33,7 +42,6 @@ def parse_models(models: list[str], adapters: list[tuple[str, str]]):
     One ``--model PATH``: that folder, adapters ``NAME=PATH``. Several: ``--model NAME=PATH`` each, adapters
     ``BASE:NAME=PATH`` naming the base they belong to.
     """
-    from recoverlib.pipeline import BaseModel
 
     if len(models) == 1 and (Path(models[0]).exists() or "=" not in models[0]):
         return models[0], parse_adapters(adapters)
@@ -60,15 +68,11 @@ def _name_value(text: str, flag: str, form: str) -> tuple[str, str]:
 def engine_config(args, engine: str | None = None):
     """The settings of the engine ``--engine`` names (``auto``: the local engines'): ``--preset``'s, given options
     on top."""
-    from recoverlib.cli.settings import settings_from_args
-    from recoverlib.engines import ENGINE_PRESETS, EngineConfig
-    from recoverlib.engines.registry import AUTO, ENGINES
 
     name = engine or args.engine
     config_type = EngineConfig if name == AUTO else ENGINES.get(name).config_type
     preset = dict(ENGINE_PRESETS[args.preset]) if getattr(args, "preset", None) else {}
     if preset and config_type is not EngineConfig:
-        from recoverlib.errors import RecoverlibError
 
         raise RecoverlibError(f"--preset sets local engine options; engine {name!r} has its own settings")
     return settings_from_args(args, config_type, **preset)
@@ -77,9 +81,6 @@ def engine_config(args, engine: str | None = None):
 def add_engine_options(p: argparse.ArgumentParser, local_only: bool = False) -> None:
     """``--engine``, ``--preset`` and every registered engine's own options (from its config); ``local_only``: the
     settings of the engines that load the model here (``recoverlib serve``), without ``--engine``."""
-    from recoverlib.cli.settings import add_settings
-    from recoverlib.engines import ENGINE_PRESETS, EngineConfig
-    from recoverlib.engines.registry import ENGINES
 
     if not local_only:
         p.add_argument("--engine", default="auto",
@@ -95,8 +96,6 @@ def add_engine_options(p: argparse.ArgumentParser, local_only: bool = False) -> 
 
 def add_executor_options(p: argparse.ArgumentParser) -> None:
     """``--executor`` and every registered executor's own options."""
-    from recoverlib.cli.settings import add_settings
-    from recoverlib.executors import EXECUTORS
 
     p.add_argument("--executor", default="local",
                    help=f"where chunks run: {', '.join(EXECUTORS.names())} (default local: this process)")
@@ -106,15 +105,10 @@ def add_executor_options(p: argparse.ArgumentParser) -> None:
 
 
 def executor_config(args):
-    from recoverlib.cli.settings import settings_from_args
-    from recoverlib.executors import EXECUTORS
-
     return settings_from_args(args, EXECUTORS.get(args.executor).config_type)
 
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
-    from recoverlib.pipeline import PredictConfig
-
     s = PredictConfig().sampling
     p.add_argument("--samples", type=int, default=s.samples, help="sampled predictions per row and adapter (default %(default)s)")
     p.add_argument("--temperature", type=float, default=s.temperature, help="0 = greedy (default %(default)s)")
@@ -124,17 +118,11 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
 
 
 def sampling_config(args):
-    from recoverlib.engines import SamplingConfig
-
     return SamplingConfig(samples=args.samples, temperature=args.temperature, top_p=args.top_p,
                           max_new_tokens=args.max_new_tokens, seed=args.seed)
 
 
 def cmd_predict(args) -> int:
-    from recoverlib.combine import CombineContext, ConcatConfig, load_combination
-    from recoverlib.pipeline import PredictConfig, predict
-    from recoverlib.prompt import RecoveryTemplate
-
     combination = load_combination(args.combination) if args.combination else ConcatConfig(separator=args.separator)
     config = PredictConfig(sampling_config(args), include_base=args.include_base,
                            fallback_prompt=args.fallback_prompt, combination=combination, chunk_rows=args.chunk_rows,
@@ -156,9 +144,6 @@ def cmd_predict(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from recoverlib.io import read_truth
-    from recoverlib.metric import Scorer
-
     preds, truth = read_truth(args.predictions), read_truth(args.truth)
     missing = sorted(set(truth) - set(preds))
     if missing:
@@ -171,7 +156,6 @@ def cmd_score(args) -> int:
 
 def add_commands(sub) -> None:
     """Register ``predict`` and ``score``."""
-    from recoverlib.pipeline import DEFAULT_FALLBACK
 
     p = sub.add_parser("predict", help="recover prompts for a Kaggle CSV and write the submission")
     p.add_argument("--model", required=True, action="append", metavar="[NAME=]PATH",

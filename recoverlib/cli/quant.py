@@ -7,11 +7,18 @@ import json
 from pathlib import Path
 
 from recoverlib.cli.options import add_out, add_template
+from recoverlib.errors import RecoverlibError
+from recoverlib.model_folder import require_model_folder
+from recoverlib.output_paths import check_output_folder
+from recoverlib.quant.api import inspect_checkpoint, quantize
+from recoverlib.quant.audit import check_plan
+from recoverlib.quant.convert import publish_layout
+from recoverlib.quant.meta import META_FILE
+from recoverlib.quant.plan import PRESETS, PrecisionPlan
 
 
 def add_commands(subparsers) -> None:
     """Register ``quantize`` and ``inspect`` (``plan`` lives in :mod:`recoverlib.cli.plan`)."""
-    from recoverlib.quant.plan import PRESETS
 
     q = subparsers.add_parser("quantize", help="quantize a Mixtral checkpoint (experts included) and audit it")
     q.add_argument("--model", required=True, type=Path, help="16-bit HF Mixtral folder")
@@ -40,11 +47,6 @@ def add_commands(subparsers) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from recoverlib.model_folder import require_model_folder
-    from recoverlib.output_paths import check_output_folder
-    from recoverlib.quant.api import quantize
-    from recoverlib.quant.meta import META_FILE
-
     require_model_folder(args.model)
     inputs = [("--model", args.model), ("--calibration", args.calibration)]
     check_output_folder(args.out, inputs, marker=META_FILE)
@@ -58,17 +60,11 @@ class _Gone(argparse.Action):
     """``--export-vllm``: quantize writes vLLM's layout itself now; said in one line instead of a silent no-op."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from recoverlib.errors import RecoverlibError
-
         raise RecoverlibError("--export-vllm is gone: `recoverlib quantize --plan gptq-*` writes Mixtral's published"
                               " layout, which vLLM loads as it is (older checkpoints: `recoverlib convert`)")
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from recoverlib.model_folder import require_model_folder
-    from recoverlib.output_paths import check_output_folder
-    from recoverlib.quant.convert import publish_layout
-
     require_model_folder(args.model)
     check_output_folder(args.out, [("--model", args.model)], marker="config.json")
     print(f"wrote {publish_layout(args.model, args.out)} (Mixtral's published layout)", file=args.stdout)
@@ -76,10 +72,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from recoverlib.quant.api import inspect_checkpoint
-    from recoverlib.quant.audit import check_plan
-    from recoverlib.quant.plan import PrecisionPlan
-
     report = inspect_checkpoint(args.path, check=False)
     print(json.dumps(report.to_json(), indent=1) if args.json else report.table(), file=args.stdout)
     if report.plan_dict is not None:

@@ -7,12 +7,11 @@ import sys
 from pathlib import Path
 
 from recoverlib.cli.predict import adapter_arg, add_engine_options, engine_config, parse_adapters
+from recoverlib.cli.settings import add_settings, settings_from_args
+from recoverlib.serve import ServeConfig, VllmServer
 
 
 def cmd_serve(args) -> int:
-    from recoverlib.cli.settings import settings_from_args
-    from recoverlib.serve import ServeConfig, VllmServer
-
     server = VllmServer(args.model, parse_adapters(args.adapter or []), engine_config(args, "vllm"),
                         settings_from_args(args, ServeConfig))
 
@@ -39,8 +38,6 @@ def cmd_serve(args) -> int:
 
 def add_commands(sub) -> None:
     """Register ``serve``."""
-    from recoverlib.cli.settings import add_settings
-    from recoverlib.serve import ServeConfig
 
     p = sub.add_parser("serve", help="vLLM's OpenAI-compatible server for a model and its LoRA adapters")
     p.add_argument("--model", required=True, type=Path, help="HF model folder (16-bit, or GPTQ from recoverlib quantize)")

@@ -6,13 +6,15 @@ import argparse
 from pathlib import Path
 
 from recoverlib.cli.options import add_out
+from recoverlib.errors import RecoverlibError
+from recoverlib.output_paths import check_output_folder
+from recoverlib.tiny import make_tiny, make_trained_tiny
+from recoverlib.tiny.trained import STAMP
 
 
 def out_folder(args) -> Path:
     """``--out``, or the positional folder older releases took (warned)."""
     import logging
-
-    from recoverlib.errors import RecoverlibError
 
     if args.out_dir is not None and args.out is not None:
         raise RecoverlibError(f"{args.command}: give the output folder once, as --out")
@@ -25,10 +27,6 @@ def out_folder(args) -> Path:
 
 
 def cmd_make_tiny(args) -> int:
-    from recoverlib.output_paths import check_output_folder
-    from recoverlib.tiny import make_tiny, make_trained_tiny
-    from recoverlib.tiny.trained import STAMP
-
     make = make_trained_tiny if args.trained else make_tiny
     check_output_folder(out_folder(args), [], marker=STAMP if args.trained else "tiny.json")
     out = make(out_folder(args), adapters=args.adapters, seed=args.seed)

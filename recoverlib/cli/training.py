@@ -6,12 +6,15 @@ from pathlib import Path
 
 from recoverlib.cli.options import add_embedder, add_out, add_template, old_name
 from recoverlib.cli.tiny import add_positional_out, out_folder
+from recoverlib.errors import RecoverlibError
+from recoverlib.model_folder import require_model_folder
+from recoverlib.output_paths import check_output_folder
+from recoverlib.synthetic.generator import TaskConfig, write_task
+from recoverlib.training.checkpoints import CHECKPOINTS
+from recoverlib.training.lora import PLANS, TARGETS, TrainConfig, train_adapter
 
 
 def cmd_make_task(args) -> int:
-    from recoverlib.output_paths import check_output_folder
-    from recoverlib.synthetic.generator import TaskConfig, write_task
-
     config = TaskConfig(rows=args.rows, eval_rows=args.eval_rows, ambiguity=args.ambiguity, seed=args.seed)
     check_output_folder(out_folder(args), [], marker="task.json")
     out = write_task(out_folder(args), config)
@@ -21,12 +24,6 @@ def cmd_make_task(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from recoverlib.errors import RecoverlibError
-    from recoverlib.model_folder import require_model_folder
-    from recoverlib.output_paths import check_output_folder
-    from recoverlib.training.checkpoints import CHECKPOINTS
-    from recoverlib.training.lora import TrainConfig, train_adapter
-
     config = TrainConfig(
         rank=args.rank, alpha=args.alpha, targets=args.targets, prime=args.prime, epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, max_rows=args.max_rows, score_rows=args.score_rows, embedder=args.embedder,
@@ -49,8 +46,6 @@ def cmd_train(args) -> int:
 
 def add_commands(sub) -> None:
     """Register ``make-task`` and ``train`` (defaults read from TaskConfig and TrainConfig)."""
-    from recoverlib.synthetic.generator import TaskConfig
-    from recoverlib.training.lora import PLANS, TARGETS, TrainConfig
 
     task, tc = sub.add_parser("make-task", help="write a synthetic prompt-recovery task"), TaskConfig()
     add_positional_out(task)

@@ -1,49 +1,16 @@
-"""Turning a row's samples into one recovered prompt. Strategies register by config type (see ``base``)."""
+"""Turning a row's samples into one recovered prompt: one file per strategy, a config dataclass each, found
+through one registry (:data:`~recoverlib.combine.base.STRATEGIES`). Names load on first use."""
 
-from recoverlib.combine.base import (
-    STRATEGIES,
-    Draft,
-    Part,
-    Sample,
-    Strategy,
-    combine,
-    combine_rows,
-    round_robin,
-    strategies,
-)
-from recoverlib.combine.budget import BudgetConfig
-from recoverlib.combine.concat import ConcatConfig, concat_predictions
-from recoverlib.combine.configio import config_from_dict, config_to_dict, load_combination, save_combination
-from recoverlib.combine.context import CombineContext
-from recoverlib.combine.first import FirstConfig
-from recoverlib.combine.mbr import MbrConfig
-from recoverlib.combine.mean_prompt import MeanPromptConfig
-from recoverlib.combine.medoid import MedoidConfig
-from recoverlib.combine.pipeline import PipelineConfig
-from recoverlib.combine.suffix import SuffixConfig
+from recoverlib.lazy import lazy_exports
 
-__all__ = [
-    "STRATEGIES",
-    "Strategy",
-    "BudgetConfig",
-    "CombineContext",
-    "ConcatConfig",
-    "Draft",
-    "FirstConfig",
-    "MbrConfig",
-    "MeanPromptConfig",
-    "MedoidConfig",
-    "Part",
-    "PipelineConfig",
-    "Sample",
-    "SuffixConfig",
-    "combine",
-    "combine_rows",
-    "concat_predictions",
-    "config_from_dict",
-    "config_to_dict",
-    "load_combination",
-    "round_robin",
-    "save_combination",
-    "strategies",
-]
+_EXPORTS = {
+    "STRATEGIES": "base", "Draft": "base", "Part": "base", "Sample": "base", "Strategy": "base", "combine": "base",
+    "combine_rows": "base", "round_robin": "base", "strategies": "base",
+    "BudgetConfig": "budget", "ConcatConfig": "concat", "concat_predictions": "concat",
+    "config_from_dict": "configio", "config_to_dict": "configio", "load_combination": "configio",
+    "save_combination": "configio", "CombineContext": "context", "FirstConfig": "first", "MbrConfig": "mbr",
+    "MeanPromptConfig": "mean_prompt", "MedoidConfig": "medoid", "PipelineConfig": "pipeline",
+    "SuffixConfig": "suffix",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

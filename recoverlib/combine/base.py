@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from recoverlib.combine.context import CombineContext
 from recoverlib.errors import RecoverlibError
 from recoverlib.io import Sample
 from recoverlib.registry import Registry
@@ -133,7 +134,6 @@ def combine(samples: Sequence[Sample], config, ctx=None) -> str:
     """
     strategy_for(config)
     if ctx is None:
-        from recoverlib.combine.context import CombineContext
 
         ctx = CombineContext()
     return apply(config, samples, ctx).text
@@ -142,8 +142,6 @@ def combine(samples: Sequence[Sample], config, ctx=None) -> str:
 def combine_rows(rows: Mapping[str, Sequence[Sample]], config, ctx=None, progress: bool = True) -> dict[str, str]:
     """``id -> prompt`` for many rows: every text a strategy will embed is embedded up front, across rows."""
     from tqdm.auto import tqdm
-
-    from recoverlib.combine.context import CombineContext
 
     ctx = ctx or CombineContext()
     if needs_embeddings(config):

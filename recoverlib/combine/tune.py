@@ -26,6 +26,7 @@ import numpy as np
 from recoverlib.combine.base import Sample, combine_rows
 from recoverlib.combine.budget import BudgetConfig
 from recoverlib.combine.concat import ConcatConfig
+from recoverlib.combine.configio import config_to_dict, save_combination
 from recoverlib.combine.first import FirstConfig
 from recoverlib.combine.mbr import MbrConfig
 from recoverlib.combine.mean_prompt import MeanPromptConfig
@@ -135,15 +136,11 @@ class TuneProgress:
         self._head = "".join(whole) or json.dumps({"digest": digest}) + "\n"  # written with the first new line
 
     def get(self, cand: Candidate) -> tuple[np.ndarray, float] | None:
-        from recoverlib.combine.configio import config_to_dict
-
         got = self.done.get(cand.name)
         same = got is not None and got[0] == json.loads(json.dumps(config_to_dict(cand.config)))
         return (got[1], got[2]) if same else None
 
     def add(self, cand: Candidate, scores: np.ndarray, seconds: float) -> None:
-        from recoverlib.combine.configio import config_to_dict
-
         line = json.dumps({"name": cand.name, "config": config_to_dict(cand.config),
                            "scores": scores.tolist(), "seconds": seconds}) + "\n"
         if self._head is not None:  # nothing is written before a candidate is scored (a bad input leaves no file)
@@ -238,7 +235,6 @@ def tune(samples: Mapping[str, Sequence[Sample]], truth: Mapping[str, str], ctx,
          fallback: str | None = None, out: str | None = None, tuned_on: str = "") -> list[Result]:
     """``recoverlib tune``: score the grid (``strategies`` of it, plus ``extra`` candidates) on rows with known
     truths, best first; with ``out``, write the best as a combination file (its info holds the whole table)."""
-    from recoverlib.combine.configio import save_combination
 
     candidates = select(default_candidates(mean_prompt, suffix), strategies) + list(extra)
     partial = None if out is None else Path(f"{out}.partial.jsonl")

@@ -1,27 +1,15 @@
-"""Engines: the same interface over vLLM and transformers + PEFT (see :mod:`recoverlib.engines.base`)."""
+"""Engines: one interface over vLLM (in-process), an OpenAI-compatible server and transformers + PEFT
+(see :mod:`recoverlib.engines.base`); found by name through :mod:`recoverlib.engines.registry`.
 
-from recoverlib.adapters import AdapterInfo, check_adapters
-from recoverlib.engines.base import (
-    ENGINE_PRESETS,
-    LORA_MODES,
-    Engine,
-    EngineConfig,
-    Samples,
-    SamplingConfig,
-    engine_config_with,
-)
-from recoverlib.engines.registry import ENGINES, make_engine
+Names load on first use.
+"""
 
-__all__ = [
-    "ENGINES",
-    "ENGINE_PRESETS",
-    "LORA_MODES",
-    "AdapterInfo",
-    "Engine",
-    "EngineConfig",
-    "SamplingConfig",
-    "Samples",
-    "check_adapters",
-    "engine_config_with",
-    "make_engine",
-]
+from recoverlib.lazy import lazy_exports
+
+_EXPORTS = {
+    "ENGINE_PRESETS": "base", "LORA_MODES": "base", "Engine": "base", "EngineConfig": "base", "LocalEngine": "base",
+    "SamplingConfig": "base", "Samples": "base", "engine_config_with": "base",
+    "ENGINES": "registry", "make_engine": "registry",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

@@ -22,6 +22,9 @@ import re
 from dataclasses import dataclass
 
 from recoverlib.errors import RecoverlibError
+from recoverlib.model_folder import read_config
+from recoverlib.quant.plan import COMPUTE_DTYPES, DTYPE_BYTES, PrecisionPlan, load_plan
+from recoverlib.quant.planner import MoeShapes, plan_bytes
 
 GiB = 1024**3
 # Per-GPU overheads outside weights, KV cache and activations. Assumed, not measured here (no GPU was lent to
@@ -136,8 +139,6 @@ class ServingEstimate:
 
 
 def _weights_per_rank(config: dict, plan, tp: int) -> int:
-    from recoverlib.quant.planner import MoeShapes, plan_bytes
-
     est = plan_bytes(config, plan)
     shapes = MoeShapes.from_config(config)
     g = {name: e.bytes for name, e in est.groups.items()}
@@ -151,7 +152,6 @@ def _weights_per_rank(config: dict, plan, tp: int) -> int:
 
 def kv_bytes_per_token(config: dict, tp: int, dtype_bytes: int) -> int:
     """KV-cache bytes one token takes on each rank: K and V of every layer, the rank's KV heads."""
-    from recoverlib.quant.planner import MoeShapes
 
     s = MoeShapes.from_config(config)
     return 2 * s.layers * max(1, s.kv_heads // tp) * s.head_dim * dtype_bytes
@@ -159,7 +159,6 @@ def kv_bytes_per_token(config: dict, tp: int, dtype_bytes: int) -> int:
 
 def lora_buffer_bytes(config: dict, setup: ServingSetup, dtype_bytes: int) -> int:
     """vLLM's preallocated LoRA stacks on each rank: ``max_loras`` slots of ``max_lora_rank`` per targeted module."""
-    from recoverlib.quant.planner import MoeShapes
 
     if setup.max_loras == 0:
         return 0
@@ -181,7 +180,6 @@ def lora_buffer_bytes(config: dict, setup: ServingSetup, dtype_bytes: int) -> in
 def activation_bytes(config: dict, setup: ServingSetup, devices: Devices, dtype_bytes: int) -> int:
     """Peak activations of vLLM's profiling forward on one rank (an estimate): hidden states, q/k/v, and the
     fused-MoE kernel's three intermediate caches for ``max_num_batched_tokens`` tokens, plus fp32 logits."""
-    from recoverlib.quant.planner import MoeShapes
 
     s, tp = MoeShapes.from_config(config), setup.tensor_parallel_size
     top_k = int(config.get("num_experts_per_tok", 2))
@@ -193,7 +191,6 @@ def activation_bytes(config: dict, setup: ServingSetup, devices: Devices, dtype_
 
 def load_serving_plan(spec):
     """A precision plan (preset name, JSON file, PrecisionPlan), or a dtype name for an unquantized model."""
-    from recoverlib.quant.plan import COMPUTE_DTYPES, PrecisionPlan, load_plan
 
     if isinstance(spec, str) and spec in COMPUTE_DTYPES:
         return PrecisionPlan(backend="gptq", compute_dtype=spec, name=spec)  # nothing quantized: backend unused
@@ -203,8 +200,6 @@ def load_serving_plan(spec):
 def plan_serving(config, plan, setup: ServingSetup, devices: Devices) -> ServingEstimate:
     """Memory per device of serving ``config`` under ``plan`` (a preset, JSON file, PrecisionPlan, or a dtype
     such as ``bfloat16`` for an unquantized model) with vLLM."""
-    from recoverlib.model_folder import read_config
-    from recoverlib.quant.plan import DTYPE_BYTES
 
     cfg, plan = read_config(config), load_serving_plan(plan)
     tp = setup.tensor_parallel_size

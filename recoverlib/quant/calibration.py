@@ -7,6 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from recoverlib.errors import RecoverlibError
+from recoverlib.io import read_table
+from recoverlib.prompt import RecoveryTemplate
+from recoverlib.tiny.corpus import corpus_texts
 
 MAX_TEXTS = 256
 
@@ -30,8 +33,6 @@ def calibration_texts(source: str | Path | Sequence[str] | None, model_path: Pat
 
 
 def _builtin(model_path: Path, template: str) -> list[str]:
-    from recoverlib.tiny.corpus import corpus_texts
-
     lines = corpus_texts()
     pairs = list(zip(lines, lines[1:] + lines[:1], strict=True))
     return lines + _render(pairs, model_path, template)
@@ -39,8 +40,6 @@ def _builtin(model_path: Path, template: str) -> list[str]:
 
 def _from_csv(path: Path, model_path: Path, template: str) -> list[str]:
     import pandas as pd
-
-    from recoverlib.io import read_table
 
     if not path.is_file():
         raise RecoverlibError(f"calibration {path}: no such file")
@@ -64,8 +63,6 @@ def calibration_tokenizer(model_path: Path):
 
 
 def _render(pairs: list[tuple[str, str]], model_path: Path, kind: str) -> list[str]:
-    from recoverlib.prompt import RecoveryTemplate
-
     tok = calibration_tokenizer(model_path)
     template = RecoveryTemplate(kind=kind).for_tokenizer(tok, f"the tokenizer of {model_path}")
     return [template.render(tok, o, r) for o, r in pairs]

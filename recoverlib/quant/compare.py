@@ -6,6 +6,8 @@ work on PEFT-wrapped, split-MoE or fused-MoE Mixtrals alike.
 
 from __future__ import annotations
 
+from recoverlib.module_groups import is_router
+
 
 def _logits(model, input_ids):
     import torch
@@ -31,8 +33,6 @@ def logits_error(ref_model, model, input_ids) -> dict:
 def _router_choices(model, input_ids, k: int) -> list:
     """Top-k expert indices (tokens x k) of every MoE layer's router, in layer order."""
     import torch
-
-    from recoverlib.module_groups import is_router
 
     choices: dict[str, torch.Tensor] = {}
     hooks = []

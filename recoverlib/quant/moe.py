@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from copy import deepcopy
 
 from recoverlib.errors import RecoverlibError
+from recoverlib.patches import require_attr
 from recoverlib.quant.checkpoint import disk_name
 
 
@@ -94,8 +95,6 @@ def split_moe():
     """
     from transformers import conversion_mapping as cm
     from transformers.models.mixtral import modeling_mixtral as mm
-
-    from recoverlib.patches import require_attr
 
     mapping = _defuser_mapping()
     with _SPLIT_LOCK:

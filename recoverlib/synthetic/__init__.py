@@ -1,6 +1,11 @@
-"""A synthetic prompt-recovery task with known answers, small enough for a tiny model to learn on a CPU."""
+"""A synthetic prompt-recovery task with known answers, small enough for a tiny model to learn on a CPU.
 
-from recoverlib.synthetic.families import FAMILIES, Family, transforms
-from recoverlib.synthetic.generator import TaskConfig, TaskRow, generate, write_task
+Names load on first use.
+"""
 
-__all__ = ["FAMILIES", "Family", "TaskConfig", "TaskRow", "generate", "transforms", "write_task"]
+from recoverlib.lazy import lazy_exports
+
+_EXPORTS = {"FAMILIES": "families", "Family": "families", "transforms": "families",
+            "TaskConfig": "generator", "TaskRow": "generator", "generate": "generator", "write_task": "generator"}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

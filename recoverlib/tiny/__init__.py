@@ -1,6 +1,11 @@
-"""The tiny Mixtral the tests, demo and benchmarks run on: built here (random or trained), nothing downloaded."""
+"""The tiny Mixtral the tests, demo and benchmarks run on: built here (random or trained), nothing downloaded.
 
-from recoverlib.tiny.model import TinySpec, adapter_paths, make_tiny
-from recoverlib.tiny.trained import TrainedTinyConfig, make_trained_tiny
+Names load on first use.
+"""
 
-__all__ = ["TinySpec", "TrainedTinyConfig", "adapter_paths", "make_tiny", "make_trained_tiny"]
+from recoverlib.lazy import lazy_exports
+
+_EXPORTS = {"TinySpec": "model", "adapter_paths": "model", "make_tiny": "model",
+            "TrainedTinyConfig": "trained", "make_trained_tiny": "trained"}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from recoverlib.errors import RecoverlibError
 from recoverlib.prompt import INSTRUCTION, RESPONSE_PREFIX
+from recoverlib.tiny.corpus import corpus_texts
 
 # Mixtral-Instruct's own turn markers; BOS is added by the template, not by the tokenizer.
 CHAT_TEMPLATE = (
@@ -47,7 +48,6 @@ class TinySpec:
 
 def tokenizer_corpus() -> list[str]:
     """Text the BPE tokenizer is trained on: the recovery template, sample rows and common English."""
-    from recoverlib.tiny.corpus import corpus_texts
 
     return [INSTRUCTION, RESPONSE_PREFIX, "Original text:", "Rewritten text:", *corpus_texts()]
 

@@ -25,9 +25,10 @@ from tqdm.auto import tqdm
 
 from recoverlib.cache import cache_root
 from recoverlib.errors import RecoverlibError
-from recoverlib.synthetic.generator import TaskConfig
-from recoverlib.tiny.model import TinySpec
-from recoverlib.training.pretrain import PretrainConfig
+from recoverlib.synthetic.generator import TaskConfig, generate, write_task
+from recoverlib.tiny.model import TinySpec, save_model
+from recoverlib.training.lora import TrainConfig, train_adapter
+from recoverlib.training.pretrain import PretrainConfig, new_model, pretrain, task_tokenizer
 
 STAMP = "trained.json"
 
@@ -124,8 +125,6 @@ def _stamp_key(folder: Path) -> str | None:
 def _build(out: Path, adapters: int, seed: int, config: TrainedTinyConfig, key: str) -> None:
     from dataclasses import replace
 
-    from recoverlib.synthetic.generator import generate, write_task
-
     start = time.perf_counter()
     task = replace(config.task, seed=seed)
     bar = tqdm(total=2 + adapters, desc="make-tiny --trained", unit="stage")
@@ -147,9 +146,6 @@ def _build(out: Path, adapters: int, seed: int, config: TrainedTinyConfig, key: 
 
 
 def _train_base(model_dir: Path, train_rows, val_rows, seed: int, config: TrainedTinyConfig) -> list[dict]:
-    from recoverlib.tiny.model import save_model
-    from recoverlib.training.pretrain import new_model, pretrain, task_tokenizer
-
     texts = [t for r in train_rows for t in (r.original_text, r.rewritten_text, r.rewrite_prompt)]
     tokenizer = task_tokenizer(texts, config.spec.vocab_size)
     model = new_model(tokenizer, config.spec, seed)
@@ -160,8 +156,6 @@ def _train_base(model_dir: Path, train_rows, val_rows, seed: int, config: Traine
 
 
 def _train_one(out: Path, k: int, rows, seed: int, config: TrainedTinyConfig) -> dict:
-    from recoverlib.training.lora import TrainConfig, train_adapter
-
     spec, name = ADAPTER_SPECS[k], f"tiny-{chr(ord('a') + k)}"
     tc = TrainConfig(rank=spec.rank, alpha=2.0 * spec.rank, prime=spec.prime, epochs=config.adapter_epochs,
                      lr=config.adapter_lr, max_rows=spec.rows, score_rows=config.adapter_score_rows,

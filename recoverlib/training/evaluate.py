@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from recoverlib.engines.base import decode_completions
+from recoverlib.metric import Scorer, sharpened_cosine
 from recoverlib.prompt import RecoveryTemplate, clean_prediction
 
 
@@ -23,7 +24,6 @@ def best_constant_prompt(
     (default MiniLM). Truths are embedded once (duplicates once), at most ``max_truths`` of them (a seeded
     evenly spaced subset), so this takes seconds for thousands of rows.
     """
-    from recoverlib.metric import Scorer, sharpened_cosine
 
     scorer = scorer or Scorer("minilm", progress=False)
     truths = list(train_prompts)

@@ -19,7 +19,16 @@ from pathlib import Path
 
 from recoverlib.adapters import ADAPTER_META  # the engines read the prime from it
 from recoverlib.errors import RecoverlibError
+from recoverlib.io import read_rows
+from recoverlib.metric import Scorer
 from recoverlib.prompt import TEMPLATE_KINDS, RecoveryTemplate, has_prime
+from recoverlib.training.checkpoints import (
+    CHECKPOINTS,
+    checkpoint_callback,
+    last_checkpoint,
+    restore_selector,
+)
+from recoverlib.training.evaluate import greedy_predictions
 
 log = logging.getLogger("recoverlib")
 
@@ -94,7 +103,6 @@ def import_trl():
 
 def load_training_rows(path: str | Path, prime: str = "", what: str = "training"):
     """Rows with prompts from a CSV; every text and prompt must be non-empty (one-line error otherwise)."""
-    from recoverlib.io import read_rows
 
     rows = read_rows(path, with_truth=True)
     bad = [r.id for r in rows if r.problem or not (r.rewrite_prompt or "").strip()]
@@ -225,9 +233,6 @@ class _BestEpoch:
         log.info("epoch %d: %s", epoch, entry)
 
     def _score(self, model) -> float:
-        from recoverlib.metric import Scorer
-        from recoverlib.training.evaluate import greedy_predictions
-
         self.scorer = self.scorer or Scorer(self.config.embedder, progress=False)
         preds = greedy_predictions(model, self.tokenizer, [(r.original_text, r.rewritten_text) for r in self.rows],
                                    self.template, self.config.prime, max_prompt_tokens=self.config.max_length - 64)
@@ -279,8 +284,6 @@ def train_adapter(model_path: str | Path, train, out_dir: str | Path, validation
 
     from peft import set_peft_model_state_dict
 
-    from recoverlib.training.checkpoints import CHECKPOINTS, last_checkpoint, restore_selector
-
     config = config or TrainConfig()
     start = time.perf_counter()
     train_rows = subset(_rows(train, config.prime, "training"), config.max_rows, config.seed)
@@ -313,8 +316,6 @@ def build_trainer(model_path: str | Path, train_rows, val_rows, config: TrainCon
     import_trl()
     from transformers import AutoTokenizer
     from trl import SFTTrainer
-
-    from recoverlib.training.checkpoints import checkpoint_callback
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     dedicated_pad(tokenizer)

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from recoverlib.errors import RecoverlibError
 from recoverlib.prompt import INSTRUCTION, RESPONSE_PREFIX, RecoveryTemplate
+from recoverlib.tiny.model import TinySpec, _init_, mixtral_config, train_tokenizer
 
 log = logging.getLogger("recoverlib")
 
@@ -43,7 +44,6 @@ def task_tokenizer(texts: Sequence[str], vocab_size: int):
 
     The template is repeated once per text, as in the training sequences, so its words get merges of their own.
     """
-    from recoverlib.tiny.model import train_tokenizer
 
     template = " ".join([INSTRUCTION, "Original text:", "Rewritten text:", RESPONSE_PREFIX])
     return train_tokenizer(vocab_size, [template] * len(texts) + list(texts))
@@ -53,8 +53,6 @@ def new_model(tokenizer, spec=None, seed: int = 0):
     """A fresh tiny Mixtral for ``tokenizer`` (fp32), every weight drawn from ``torch.Generator(seed)``."""
     import torch
     from transformers import MixtralForCausalLM
-
-    from recoverlib.tiny.model import TinySpec, _init_, mixtral_config
 
     spec = spec or TinySpec()
     with torch.random.fork_rng(devices=[]):  # the constructor's own init draws from the global RNG

@@ -28,12 +28,14 @@ import functools
 import logging
 import os
 
+from recoverlib.module_groups import names_expert_weights
+from recoverlib.patches import PATCHES, version_matches
+
 log = logging.getLogger("recoverlib")
 
 
 def lora_targets_experts(target_modules: list[str] | None) -> bool:
     """True unless the LoRA target modules are known and none is an expert weight (None: unknown, assume yes)."""
-    from recoverlib.module_groups import names_expert_weights
 
     return not target_modules or names_expert_weights(target_modules)
 
@@ -72,7 +74,7 @@ def _keep_cpu_moe_kernel() -> None:
 def _grouped_lora_products() -> None:
     from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
-    from recoverlib.vllm_plugin.grouped_lora import install
+    from recoverlib.vllm_plugin.grouped_lora import install  # torch: only where a cure is installed
 
     if not getattr(PunicaWrapperCPU._shrink_decode, "_recoverlib", False):
         install(PunicaWrapperCPU)
@@ -81,7 +83,7 @@ def _grouped_lora_products() -> None:
 def _top_p_without_sort() -> None:
     from vllm.v1.sample.ops import topk_topp_sampler as sampler
 
-    from recoverlib.vllm_plugin.top_p import make_apply_top_k_top_p
+    from recoverlib.vllm_plugin.top_p import make_apply_top_k_top_p  # torch: only where a cure is installed
 
     _patch_once(sampler, "apply_top_k_top_p",
                 lambda original: make_apply_top_k_top_p(original, sampler.apply_top_k_only))
@@ -94,7 +96,6 @@ DISABLE_ENV = "RECOVERLIB_VLLM_PLUGIN"
 
 def register() -> list[str]:
     """Install the CPU cures; returns the names installed (none on other platforms, versions or when disabled)."""
-    from recoverlib.patches import PATCHES, version_matches
 
     if os.environ.get(DISABLE_ENV, "1") == "0":
         return []

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from recoverlib.errors import RecoverlibError
 from recoverlib.quant.backends.base import LinearStorage, QuantBackend
+from recoverlib.quant.layerwise import load_model, single_device
 from recoverlib.quant.plan import DTYPE_BYTES, GroupPrecision, PrecisionPlan
 
 HQQ_MARKER = {"quant_method": "hqq", "loader": "recoverlib.quant.load_quantized"}
@@ -33,7 +34,6 @@ class HqqBackend(QuantBackend):
 
     def load(self, path: Path, plan: PrecisionPlan, device_map: str | dict | None = None):
         """Read a checkpoint (one file or HF shards) piece by piece onto one device."""
-        from recoverlib.quant.layerwise import load_model, single_device
 
         device = single_device(device_map, self.name)
 
