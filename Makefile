@@ -7,17 +7,27 @@ LOCK ?= requirements/lock-cpu.txt
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint clean-cache wheelhouse wheelhouse-cpu wheelhouse-cuda wheelhouse-check
+.PHONY: install tcmalloc demo test lint clean-cache wheelhouse wheelhouse-cpu wheelhouse-cuda wheelhouse-check
 
 install: $(STAMP)
 
 $(STAMP): $(LOCK) pyproject.toml
+	@$(MAKE) --no-print-directory tcmalloc
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r $(LOCK)
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(PY) -c "import vllm, transformers, peft, trl, sentence_transformers" 2>/dev/null || \
 	  { echo "install check failed: python -c 'import vllm, transformers, peft' does not work"; exit 1; }
 	touch $@
+
+# vLLM's CPU backend asks for tcmalloc (recoverlib preloads it for the commands that start vLLM). Installed where
+# this user may (root with apt); elsewhere recoverlib says once how to install it, and runs without.
+TCMALLOC := /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
+tcmalloc:
+	@if [ ! -e $(TCMALLOC) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1; } || \
+	  echo "note: could not install libtcmalloc-minimal4; vLLM runs without the allocator it asks for"; fi
 
 demo: $(STAMP)
 	$(PY) examples/demo.py

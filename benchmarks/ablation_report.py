@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.report import machine_line, markdown_table, write_table
+from benchmarks.report import machine_line, markdown_table, pyplot, write_table
 
 ROUTER = "+router"
 
@@ -89,10 +89,7 @@ def answer(pairs: pd.DataFrame, floor: dict) -> str:
 
 
 def plot(frame: pd.DataFrame, floor: dict, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5))
     quant = frame[frame["preset"] != "bf16"]

@@ -8,7 +8,7 @@ marked; if its test interval against ``first`` excludes 0, combining pays on thi
 
 Writes ``benchmarks/results/combination.{md,csv,png}``. Reproduce the table with::
 
-    python benchmarks/combination.py --val-samples VAL.jsonl --val-truth VAL.csv \\
+    python -m benchmarks.combination --val-samples VAL.jsonl --val-truth VAL.csv \\
         --test-samples TEST.jsonl --test-truth TEST.csv --embedder minilm \\
         [--mean-prompt MEAN.txt] [--suffix SUFFIX.txt] [--seed 0]
 
@@ -18,12 +18,6 @@ Writes ``benchmarks/results/combination.{md,csv,png}``. Reproduce the table with
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as `python benchmarks/X.py`: make the repository's `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import argparse
 import sys
 import time
@@ -32,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.report import results_dir
+from benchmarks.report import pyplot, results_dir
 from recoverlib.combine.context import CombineContext
 from recoverlib.combine.mean_prompt import read_text_file
 from recoverlib.combine.tune import default_candidates, format_table, score_candidates, select
@@ -86,10 +80,7 @@ def run(args, ctx: CombineContext) -> pd.DataFrame:
 
 def write(frame: pd.DataFrame, args, seconds: float, name: str = "combination") -> list[Path]:
     """``<name>.{csv,md,png}`` in ``args.out``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -26,12 +26,6 @@ one (quality meaningless; for tests and smoke runs).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as `python benchmarks/X.py`: make the repository's `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import argparse
 import os
 import sys
@@ -44,7 +38,7 @@ import pandas as pd
 
 from benchmarks import combination
 from benchmarks.ensemble_rows import GREEDY, SAMPLED, Generated, baseline_name, score_table, table_specs
-from benchmarks.report import machine_info, machine_line, results_dir
+from benchmarks.report import machine_info, machine_line, pyplot, results_dir
 from recoverlib.cache import cache_root
 from recoverlib.combine import CombineContext, Sample
 from recoverlib.engines.base import SamplingConfig
@@ -315,10 +309,7 @@ def write_outputs(frame: pd.DataFrame, infos: list[dict], setup: Setup, args, se
 
 def plot(frame: pd.DataFrame, path: Path) -> None:
     """One panel per embedder: every strategy's score per ambiguity level, with its interval."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     labels = list(dict.fromkeys(frame.strategy))
     levels = list(dict.fromkeys(frame.level))

@@ -12,24 +12,19 @@ two geometries at it (plain MiniLM vs t5like: the ratio of the constant prompt's
 
 Reproduce (about a minute on 2 CPU cores; the committed ``ANISOTROPY`` comes from this)::
 
-    python benchmarks/geometry.py
+    python -m benchmarks.geometry
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as `python benchmarks/X.py`: make the repository's `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from benchmarks.report import machine_info, machine_line, markdown_table, results_dir, write_table
+from benchmarks.report import machine_info, machine_line, markdown_table, pyplot, results_dir, write_table
 from recoverlib.metric import ANISOTROPY, Scorer, move_toward, shared_direction, sharpen
 from recoverlib.synthetic import TaskConfig, generate
 
@@ -63,10 +58,7 @@ def solve(raw_c, raw_t, direction, target: float, hi: float = 16.0) -> float:
 
 
 def plot(frame: pd.DataFrame, solved: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for col, label in (("best_constant_cos", "best constant: mean cosine"),
@@ -113,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{plain.mean_pairwise_cos:.3f} vs {t5like.mean_pairwise_cos:.3f}. Real sentence-t5 on the real test set: "
              "about 0.63 mean cos^3 for the best public constant prompt.",
              f"Seconds: {time.perf_counter() - start:.1f}.",
-             "Command: python benchmarks/geometry.py" + (" --quick" if args.quick else "")]
+             "Command: python -m benchmarks.geometry" + (" --quick" if args.quick else "")]
     md = write_table(frame.round(4), out, "geometry" + ("_quick" if args.quick else ""),
                      "Metric geometry: MiniLM moved toward sentence-t5's anisotropy", notes)
     plot(frame, solved, out / ("geometry" + ("_quick" if args.quick else "") + ".png"))

@@ -9,7 +9,7 @@ of each run, the ratio of peaks between row counts, and the RSS growth per row (
 against rows done over the second half of the run, after warm-up), next to the samples file's bytes per row
 (what predict keeps per row by design: the samples, for combining at the end).
 
-Reproduce: ``python benchmarks/predict_memory.py`` (about 8 minutes on the 2-core CPU); ``--runs hf:auto:2000``
+Reproduce: ``python -m benchmarks.predict_memory`` (about 8 minutes on the 2-core CPU); ``--runs hf:auto:2000``
 picks runs; ``--quick`` uses 200 and 2,000 rows, HF only, and writes to a scratch folder. Findings (Dec 2026,
 2-core AMD EPYC): in bf16 the HF engine grew about 0.5 MB per row inside generate with changing prompt shapes
 (oneDNN's 16-bit matmuls; Python-level allocations stayed flat under tracemalloc), so ``auto`` on CPU now computes
@@ -24,12 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import pandas as pd
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from benchmarks.report import machine_info, machine_line, results_dir, write_table  # noqa: E402
+from benchmarks.report import machine_info, machine_line, pyplot, results_dir, write_table
 
 EMPTY_EVERY = 500  # one row in this many has an empty rewritten_text
 
@@ -138,7 +136,7 @@ def report(runs: list[dict], out_dir: Path) -> Path:
     notes = [f"Machine: {machine_line(machine_info())}", *ratios(table),
              f"Rows with an empty text (one in {EMPTY_EVERY}), or whose 2 greedy tokens cleaned to nothing, get the"
              " fallback; *rows written*: the submission's rows.",
-             "Command: python benchmarks/predict_memory.py " + " ".join(sys.argv[1:])]
+             "Command: python -m benchmarks.predict_memory " + " ".join(sys.argv[1:])]
     path = write_table(table, out_dir, "predict_memory", "predict: memory against rows (tiny model)", notes)
     _plot(runs, out_dir / "predict_memory.png")
     return path
@@ -156,10 +154,7 @@ def ratios(table: pd.DataFrame) -> list[str]:
 
 
 def _plot(runs: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in runs:

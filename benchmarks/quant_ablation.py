@@ -25,12 +25,6 @@ size), so its rows have no in-memory model to check the reload against. The full
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as `python benchmarks/X.py`: make the repository's `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import argparse
 import gc
 import os

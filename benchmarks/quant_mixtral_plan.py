@@ -1,15 +1,9 @@
 """The planner's weight bytes for every preset on Mixtral-8x7B's public config, beside the published figures.
 
-    PYTHONPATH=. python benchmarks/quant_mixtral_plan.py --out benchmarks/results/quant_mixtral_plan.md
+    python -m benchmarks.quant_mixtral_plan --out benchmarks/results/quant_mixtral_plan.md
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as `python benchmarks/X.py`: make the repository's `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 from pathlib import Path

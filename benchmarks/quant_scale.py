@@ -11,12 +11,12 @@ the measurement (the committed tables also hold the whole-model path the library
 for 1 layer). Time per layer is the least-squares slope of wall time over layers (the intercept is the fixed start cost: imports and packing).
 
 Full run (about 25 minutes on 2 cores; writes ~22 GB under --scratch, deleted after):
-    nice python benchmarks/quant_scale.py
+    nice python -m benchmarks.quant_scale
 Quick check (reduced width, under 2 minutes; results in the scratch folder, not benchmarks/results):
-    python benchmarks/quant_scale.py --quick
+    python -m benchmarks.quant_scale --quick
 GPTQ at full width (GPTQModel's layer loop; about 15 minutes and 14.4 GB RSS per layer on 2 cores), the committed
 quant_scale_gptq table (1 and 2 layers, run one at a time, rows merged, report rebuilt with --from-csv):
-    nice python benchmarks/quant_scale.py --presets gptq-4 --layers 1 2 --name quant_scale_gptq
+    nice python -m benchmarks.quant_scale --presets gptq-4 --layers 1 2 --name quant_scale_gptq
 """
 
 from __future__ import annotations
@@ -25,57 +25,19 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # runnable as `python benchmarks/quant_scale.py`
-    sys.path.insert(0, str(ROOT))
+from benchmarks.report import machine_info, machine_line, pyplot, run_measured, write_table
+from benchmarks.synthetic_checkpoint import write_checkpoint
 
-from benchmarks.report import machine_info, machine_line, write_table  # noqa: E402
-from benchmarks.synthetic_checkpoint import write_checkpoint  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 FULL = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8,
         "head_dim": 128, "num_local_experts": 8, "num_experts_per_tok": 2, "vocab_size": 32000}
 QUICK = {**FULL, "hidden_size": 512, "intermediate_size": 1792, "num_attention_heads": 8, "num_key_value_heads": 2,
          "head_dim": 64, "vocab_size": 8000}
-
-
-def run_measured(cmd: list[str], env: dict, phase_of=lambda: "run") -> tuple[float, int, dict[str, int]]:
-    """Run ``cmd``: wall seconds, its peak RSS in bytes (``ru_maxrss`` of that process alone, from ``os.wait4``),
-    and the largest RSS polled (every 50 ms, psutil) within each phase ``phase_of()`` names."""
-    import threading
-
-    import psutil
-
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    phases: dict[str, int] = {}
-    stop = threading.Event()
-
-    def poll() -> None:
-        ps = psutil.Process(proc.pid)
-        while not stop.is_set():
-            try:
-                rss, phase = ps.memory_info().rss, phase_of()
-            except (psutil.Error, OSError):
-                return
-            phases[phase] = max(phases.get(phase, 0), rss)
-            time.sleep(0.05)
-
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
-    stderr = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    stop.set()
-    poller.join()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:6])} ... failed ({proc.returncode}): {stderr[-2000:]}")
-    return wall, usage.ru_maxrss * 1024, phases
 
 
 def stream_phase(out: Path):
@@ -158,10 +120,7 @@ def per_layer_fit(rows: list[dict]) -> tuple[float, float]:
 
 
 def plot(rows: list[dict], extrapolated: list[tuple[int, float]], out: Path, title: str, full32: float | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     stream = [r for r in rows if r["path"] == "streaming"]
@@ -240,7 +199,7 @@ def report(rows, args, shapes, out_dir: Path, mixtral: dict, presets, quantize_p
                     f"the bf16 checkpoint ({r['path']})" for r in rows if r["preset"] == preset]]
     frame = pd.DataFrame(rows)
     width = "Mixtral-8x7B full width" if not args.quick else "reduced width (hidden 512, quick)"
-    cmd = "python benchmarks/quant_scale.py" + (" --quick" if args.quick else "")
+    cmd = "python -m benchmarks.quant_scale" + (" --quick" if args.quick else "")
     if args.presets != ["bnb-nf4"]:
         cmd += " --presets " + " ".join(args.presets)
     if args.name != "quant_scale":

@@ -6,6 +6,7 @@ import importlib.metadata as md
 import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,3 +101,48 @@ def write_table(frame: pd.DataFrame, out_dir: Path, name: str, title: str, notes
     body = "\n".join([f"# {title}", "", *[f"{n}  " for n in notes], "", markdown_table(frame), ""])
     (out_dir / f"{name}.md").write_text(body)
     return out_dir / f"{name}.md"
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (benchmarks write PNGs; no screen here)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def run_measured(cmd: list[str], env: dict, phase_of=lambda: "run") -> tuple[float, int, dict[str, int]]:
+    """Run ``cmd``: wall seconds, its peak RSS in bytes (``ru_maxrss`` of that process alone, from ``os.wait4``),
+    and the largest RSS polled (every 50 ms, psutil) within each phase ``phase_of()`` names."""
+    import threading
+
+    import psutil
+
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    phases: dict[str, int] = {}
+    stop = threading.Event()
+
+    def poll() -> None:
+        ps = psutil.Process(proc.pid)
+        while not stop.is_set():
+            try:
+                rss, phase = ps.memory_info().rss, phase_of()
+            except (psutil.Error, OSError):
+                return
+            phases[phase] = max(phases.get(phase, 0), rss)
+            time.sleep(0.05)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    stop.set()
+    poller.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:6])} ... failed ({proc.returncode}): {stderr[-2000:]}")
+    return wall, usage.ru_maxrss * 1024, phases

@@ -13,23 +13,19 @@ row would embed rows x 21,000 texts per step, so the full suffix search screens:
 Reproduce (the full vocabulary is about 21,000 MiniLM tokens; about 28 minutes on 2 cores, a screened suffix
 step embedding 21,000 x 4 texts in about 4 minutes)::
 
-    python benchmarks/search_vocab.py --steps 3 --screen 4
+    python -m benchmarks.search_vocab --steps 3 --screen 4
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as `python benchmarks/X.py`: make the repository's `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.report import machine_info, machine_line, results_dir, write_table
+from benchmarks.report import machine_info, machine_line, pyplot, results_dir, write_table
 from recoverlib.cache import cache_root
 from recoverlib.combine.context import CombineContext
 from recoverlib.combine.search import (
@@ -94,10 +90,7 @@ def run_suffix(embedder: str, vocab_size: int | None, screen: int | None, steps:
 
 
 def plot(frame: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     searches = list(dict.fromkeys(frame.search))
     fig, axes = plt.subplots(len(searches), 2, figsize=(10, 3.5 * len(searches)), squeeze=False)
@@ -154,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"appended to tiny-a's greedy predictions, searched on {len(data[0])} validation rows, held out: "
                 f"{len(data[2])} test rows; *held_out_without* is those predictions with no suffix.")
              + f" Greedy (beam 1), {steps} step(s) at most, seed {args.seed}.",
-             "Command: python benchmarks/search_vocab.py " + " ".join(argv if argv is not None else sys.argv[1:])]
+             "Command: python -m benchmarks.search_vocab " + " ".join(argv if argv is not None else sys.argv[1:])]
     md = write_table(frame.round(4), out, name, "Mean-prompt search: whole vocabulary vs a sample", notes)
     plot(frame, out / f"{name}.png")
     print(frame.round(4).to_string())

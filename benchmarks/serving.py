@@ -25,12 +25,6 @@ adapters x 4 samples x at most 32 tokens; eos ends a sample early, as in real us
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as `python benchmarks/X.py`: make the repository's `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import argparse
 import gc
 import json
@@ -50,6 +44,7 @@ from benchmarks.report import (
     machine_info,
     machine_line,
     markdown_table,
+    pyplot,
     results_dir,
     time_repeats,
     write_table,
@@ -240,10 +235,7 @@ def whole_command(tiny: Path, out: Path, rows: int = 512) -> list[dict]:
 
 
 def plot(frame: pd.DataFrame, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if frame["adapters"].nunique() == 1:  # one ensemble size: a bar per engine

@@ -6,20 +6,15 @@ parameters and of its LoRA stacks as each worker holds them (read inside the wor
 block size vLLM sized from ``VLLM_CPU_KVCACHE_SPACE``. The ratio planner / vLLM is the result (target: within 10%).
 
 Reproduce (about 4 minutes on 2 cores; tensor parallel 2 starts in about 90 s):
-    python benchmarks/serving_plan_check.py
+    python -m benchmarks.serving_plan_check
 Quick (tensor parallel 1 only, scratch output): ``--quick``.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as `python benchmarks/X.py`: make the repository's `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import argparse
 import os
+from pathlib import Path
 
 KV_GIB = 1
 

@@ -33,6 +33,7 @@ from recoverlib.engines.vllm_setup import ModelFacts, VllmSetup, plan_vllm
 from recoverlib.engines.vllm_support import check_vllm_serves
 from recoverlib.errors import RecoverlibError
 from recoverlib.model_folder import require_model_folder
+from recoverlib.runtime import allocator_env
 from recoverlib.settings import setting
 
 log = logging.getLogger("recoverlib")
@@ -93,7 +94,7 @@ def server_command(model: Path, adapters: Mapping[str, Path], setup: VllmSetup, 
     if serve.api_key:
         argv += ["--api-key", serve.api_key]
     env = {k: v for k, v in setup.env.items() if k not in IN_PROCESS_ONLY}
-    return argv, env
+    return argv, env | allocator_env()  # tcmalloc and libiomp5 in every server process (the CPU build's advice)
 
 
 class VllmServer:

@@ -20,6 +20,13 @@ from recoverlib.engines.memory import (
     plan_serving,
     serving_report_lines,
 )
+from recoverlib.engines.vllm_support import (
+    ServedWeights,
+    kernel_problem,
+    needs_kernels,
+    probe_vllm_kernels,
+    weights_problem,
+)
 from recoverlib.errors import RecoverlibError
 from recoverlib.model_folder import read_config
 from recoverlib.quant.checkpoint import parse_size
@@ -109,11 +116,24 @@ def quantize_lines(args) -> tuple[list[str], bool]:
     return lines, fits
 
 
+def vllm_line(plan, on_gpus: bool) -> str:
+    """Whether vLLM can serve what ``plan`` writes: on ``--gpus`` by the checkpoint alone, on this CPU also by this
+    machine's int4 kernels (vLLM is imported to ask it)."""
+    weights = ServedWeights.from_plan(plan, f"a {plan.name} checkpoint")
+    problem = weights_problem(weights)
+    if not problem and needs_kernels(weights) and not on_gpus:
+        kernels = probe_vllm_kernels()
+        problem = kernel_problem(weights, kernels)
+        if not problem:
+            return f"vLLM on this CPU can serve it ({kernels.describe()})"
+    return f"vLLM cannot serve it: {problem}" if problem else "vLLM can serve it"
+
+
 def cmd_plan(args) -> int:
     fits = True
     if args.plan in PRESETS or args.plan.endswith(".json"):  # a dtype plan (bfloat16) quantizes nothing
         lines, fits = quantize_lines(args)
-        print("\n".join(lines), file=args.stdout)
+        print("\n".join([*lines, vllm_line(load_plan(args.plan), bool(args.gpus))]), file=args.stdout)
     serving = serving_lines(args)
     print("\n".join(serving), file=args.stdout)
     return 0 if fits and serving[-1].startswith("fits") else 1

@@ -33,6 +33,7 @@ from recoverlib.engines.merge import MergeCache, read_tensors, serving_merged
 from recoverlib.engines.vllm_setup import GROUPED_CURE, MOE_CURE, ModelFacts, VllmSetup, plan_vllm
 from recoverlib.engines.vllm_support import check_vllm_serves
 from recoverlib.errors import RecoverlibError
+from recoverlib.runtime import allocator_env, environ
 from recoverlib.vllm_plugin import register as register_plugin
 
 log = logging.getLogger("recoverlib")
@@ -76,20 +77,8 @@ def start_llm(path: Path, setup: VllmSetup):
     """``vllm.LLM`` on the weights in ``path`` as ``setup`` says (its arguments and environment)."""
     from vllm import LLM
 
-    with _environ(**setup.env):
+    with environ(**setup.env):
         return LLM(model=str(path), **setup.llm_kwargs)
-
-
-@contextmanager
-def _environ(**values: str):
-    """Set environment variables vLLM reads at engine start (those the user set win), restored afterwards."""
-    values = {k: v for k, v in values.items() if k not in os.environ}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k in values:
-            os.environ.pop(k, None)
 
 
 @contextmanager
@@ -116,7 +105,7 @@ class VLLMEngine(LocalEngine):
         import_vllm()
         self.device = vllm_device()
         self.setup = plan_vllm(self.config, self.device, self.adapters, ModelFacts.read(self.model_path),
-                               active_cures(self.device), costs, sorted(os.sched_getaffinity(0)))
+                               active_cures(self.device), costs, sorted(os.sched_getaffinity(0)), allocator_env())
         check_vllm_serves(self.model_path)  # quantization method, expert names, this machine's int4 kernels
         self.lora_mode, self.dtype = self.setup.lora_mode, self.setup.dtype
         self._merges = MergeCache(self.model_path, self.config.merge_cache) if self.lora_mode == "merged" else None

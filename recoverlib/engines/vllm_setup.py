@@ -98,11 +98,13 @@ def vllm_merge_problem(config: EngineConfig, model: ModelFacts) -> str | None:
 
 def plan_vllm(config: EngineConfig, device: Device, adapters: Mapping[str, AdapterInfo], model: ModelFacts,
               cures: frozenset[str] = frozenset({MOE_CURE, GROUPED_CURE}), costs: LoraCosts | None = None,
-              cores: Sequence[int] = (0,)) -> VllmSetup:
+              cores: Sequence[int] = (0,), preload: Mapping[str, str] | None = None) -> VllmSetup:
     """Decide how to serve ``adapters`` on ``model`` with vLLM on ``device`` (see the module docstring).
 
     ``cures``: the names of recoverlib's vLLM plugin cures active where the engine runs (CPU);
-    ``cores``: the CPU cores this process may use (CPU tensor parallel binds ranks to them).
+    ``cores``: the CPU cores this process may use (CPU tensor parallel binds ranks to them);
+    ``preload``: ``LD_PRELOAD`` for the engine's own processes on a CPU (tcmalloc, libiomp5), which a process
+    spawned for the multiprocess engine gets; an in-process engine runs with what this process loaded.
     """
     check_vllm_settings(config, device, len(cores))
     dtype = resolve_dtype(config.dtype, device, model.stored_dtype)
@@ -124,6 +126,8 @@ def plan_vllm(config: EngineConfig, device: Device, adapters: Mapping[str, Adapt
     env = {"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(config.kv_cache_gib)))} if device.is_cpu else {}
     if not config.multiprocess:
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    elif device.is_cpu and preload:
+        env.update({**preload, "VLLM_WORKER_MULTIPROC_METHOD": "spawn"})  # spawn execs: LD_PRELOAD applies
     if device.is_cpu and config.tensor_parallel_size > 1:
         env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_thread_binding(config.tensor_parallel_size, list(cores))
     separate = lora and device.is_cpu and GROUPED_CURE not in cures

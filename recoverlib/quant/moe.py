@@ -10,6 +10,7 @@ plain load elsewhere in the process still gets the fused model.
 
 from __future__ import annotations
 
+import functools
 import threading
 from contextlib import contextmanager
 from copy import deepcopy
@@ -72,15 +73,10 @@ def _block_class():
     return SplitMoeBlock
 
 
-_BLOCK = None
-
-
+@functools.cache
 def split_block_class():
-    """The split MoE block class (built once; torch and transformers are imported lazily)."""
-    global _BLOCK
-    if _BLOCK is None:
-        _BLOCK = _block_class()
-    return _BLOCK
+    """The split MoE block class (built once, on first use: torch and transformers are imported then)."""
+    return _block_class()
 
 
 _SPLIT_LOCK = threading.RLock()  # two of our own loads at once must not restore each other's patch

@@ -19,7 +19,8 @@ Three cures, all active on the CPU platform only:
 vLLM calls :func:`register` in every process it starts, possibly several times, and without a try/except: so
 the plugin is idempotent, patches only the vLLM version it was tested on (:mod:`recoverlib.patches`; another
 version logs one warning and keeps vLLM's own code), applies each cure on its own (one that fails is warned
-and skipped, the others stay), and is off entirely with ``RECOVERLIB_VLLM_PLUGIN=0``.
+and skipped, the others stay), and is off entirely with ``RECOVERLIB_VLLM_PLUGIN=0`` (or limited to the cures a
+comma-separated list there names: benchmarks compare against vLLM with only the MoE-kernel cure LoRA needs).
 """
 
 from __future__ import annotations
@@ -91,13 +92,26 @@ def _top_p_without_sort() -> None:
 
 CURES = {"vllm-cpu-moe-kernel": _keep_cpu_moe_kernel, "vllm-grouped-lora": _grouped_lora_products,
          "vllm-top-p": _top_p_without_sort}
-DISABLE_ENV = "RECOVERLIB_VLLM_PLUGIN"
+DISABLE_ENV = "RECOVERLIB_VLLM_PLUGIN"  # "0": off; a comma-separated list of cure names: only those
+
+
+def chosen_cures(setting: str | None) -> list[str]:
+    """The cures ``RECOVERLIB_VLLM_PLUGIN`` asks for: all (unset or "1"), none ("0"), or the ones it names."""
+    if setting in (None, "", "1"):
+        return list(CURES)
+    if setting == "0":
+        return []
+    names = [n.strip() for n in setting.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CURES]
+    if unknown:
+        log.warning("%s=%s: unknown cure(s) %s (known: %s)", DISABLE_ENV, setting, unknown, ", ".join(CURES))
+    return [n for n in CURES if n in names]
 
 
 def register() -> list[str]:
     """Install the CPU cures; returns the names installed (none on other platforms, versions or when disabled)."""
-
-    if os.environ.get(DISABLE_ENV, "1") == "0":
+    wanted = chosen_cures(os.environ.get(DISABLE_ENV))
+    if not wanted:
         return []
     try:
         from vllm.platforms import current_platform
@@ -109,6 +123,8 @@ def register() -> list[str]:
         return []
     installed = []
     for name, cure in CURES.items():
+        if name not in wanted:
+            continue
         patch = PATCHES[name]
         if not version_matches(patch.distribution, patch.tested):
             continue  # warned once; vLLM keeps its own code path

@@ -1,20 +1,14 @@
 """benchmarks/combination.py end to end on small constructed splits (quick mode)."""
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
 
 from .synth import make_split
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "combination.py"
-
 
 def load():
-    spec = importlib.util.spec_from_file_location("combination_benchmark", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from benchmarks import combination
+
+    return combination
 
 
 def test_quick_benchmark_writes_md_csv_png(tmp_path, ctx, capsys):

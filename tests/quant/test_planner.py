@@ -80,3 +80,15 @@ def test_plan_command_says_whether_it_fits(capsys):
     assert "device memory 1GB: does NOT fit" in capsys.readouterr().out
     assert main(["plan", "mixtral-8x7b", "--plan", "hqq-4", "--host-memory", "lots"]) == 2
     assert "give a positive number with a unit" in capsys.readouterr().err
+
+
+def test_plan_command_says_whether_vllm_can_serve_it(capsys):
+    from recoverlib.cli import main
+
+    assert main(["plan", "mixtral-8x7b", "--plan", "bnb-nf4", "--host-memory", "29GB"]) == 0
+    assert "vLLM cannot serve it: a bnb-nf4 checkpoint is a bnb checkpoint: vLLM 0.32 has no bitsandbytes" in \
+        capsys.readouterr().out
+    main(["plan", "mixtral-8x7b", "--plan", "gptq-4", "--gpus", "2x15GB", "--preset", "kaggle-t4x2"])
+    assert "\nvLLM can serve it\n" in capsys.readouterr().out
+    main(["plan", "mixtral-8x7b", "--plan", "gptq-4+router", "--gpus", "2x15GB"])
+    assert "quantized router; vLLM's Mixtral router is always 16-bit" in capsys.readouterr().out

@@ -367,12 +367,10 @@ def test_quantize_on_cuda_audits_and_reloads(preset, base4, tmp_path):
 
 
 def _peak_rss(cmd: list[str]) -> int:
-    """Peak RSS (bytes) of one subprocess, from ``os.wait4`` (that process alone)."""
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, err.decode()[-1000:]
-    return usage.ru_maxrss * 1024
+    """Peak RSS (bytes) of one subprocess, that process alone (the benchmarks' measured run)."""
+    from benchmarks.report import run_measured
+
+    return run_measured(cmd, _env())[1]
 
 
 @pytest.mark.slow

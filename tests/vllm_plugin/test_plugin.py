@@ -84,3 +84,11 @@ def test_every_patch_names_its_tested_version():
 
     assert all(p.tested[0].isdigit() for p in PATCHES.values())
     assert table().count("\n") == len(PATCHES) + 1
+
+
+def test_the_cures_the_environment_chooses():
+    from recoverlib.vllm_plugin import CURES, chosen_cures
+
+    assert chosen_cures(None) == chosen_cures("1") == list(CURES)
+    assert chosen_cures("0") == []
+    assert chosen_cures("vllm-top-p, vllm-cpu-moe-kernel") == ["vllm-cpu-moe-kernel", "vllm-top-p"]

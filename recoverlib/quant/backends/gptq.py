@@ -37,6 +37,7 @@ from recoverlib.quant.checkpoint import disk_name, rewrite_names
 from recoverlib.quant.layerwise import load_model, single_device
 from recoverlib.quant.moe import preserved_transformers, split_block_class
 from recoverlib.quant.plan import GroupPrecision, PrecisionPlan
+from recoverlib.runtime import environ
 
 CALIBRATION_BATCH = 8
 
@@ -151,9 +152,8 @@ class GptqBackend(QuantBackend):
 
     @contextmanager
     def _gptqmodel(self, router: bool):
-        os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
         hf_home = os.environ.get("HF_HOME")
-        with preserved_transformers():
+        with environ(GPTQMODEL_CPU_WORKERS=str(os.cpu_count() or 1)), preserved_transformers():
             gptqmodel = self.require("gptqmodel")
             if hf_home is None:  # importing gptqmodel points HF_HOME at a temp folder; undo for the rest of the process
                 os.environ.pop("HF_HOME", None)
