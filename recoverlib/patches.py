@@ -41,6 +41,10 @@ PATCHES = {p.name: p for p in (
           "bitsandbytes replaces nn.Linear only: without per-expert Linears a 4-bit Mixtral keeps 16-bit experts"),
     Patch("hqq-backend", "hqq", "0.2.8.post1", "HQQLinear.set_backend (during an HQQ call on CPU, restored after)",
           "PYTORCH is the only hqq backend that runs on CPU"),
+    Patch("hqq-blocked-optimizer", "hqq", "0.2.8.post1",
+          "hqq Quantizer.optimize_weights (during an HQQ call on CPU, restored after)",
+          "hqq's proximal optimizer in 1 MiB row blocks on CPU: the same steps and early stop, bit-identical "
+          "W_q/scale/zero, ~6x faster (on the whole matrix ~70% of the time went to page faults)"),
     Patch("gptq-split-block", "defuser", "0.0.28", "defuser mixtral LinearMixtralSparseMoeBlock (during GPTQ calls)",
           "GPTQModel builds recoverlib's split MoE block, whose router is an nn.Linear (for +router plans)"),
     Patch("gptq-router-tree", "gptqmodel", "7.6.0", "gptqmodel MODEL_MAP['mixtral'] (during GPTQ calls)",
