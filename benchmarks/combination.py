@@ -1,5 +1,5 @@
-"""Which way of combining a row's samples does the metric pay for on this task, and by how much over the single
-first (greedy) prediction?
+"""Which way of combining a row's samples does the metric pay for on this task, and by how much over the
+single first (greedy) prediction?
 
 The choice is tuned on a validation split (``recoverlib tune``'s grid: first, medoid, concat, near-dup concat,
 mbr, and with a mean prompt / suffix when given) and then every strategy is scored on a separate test split,
@@ -58,7 +58,8 @@ def parse(argv):
 
 
 def run(args, ctx: CombineContext) -> pd.DataFrame:
-    """Tune on validation, score on test; one row per strategy (test metrics, validation score, tuned flag)."""
+    """Tune on validation, score on test; one row per strategy (test metrics, validation score, tuned
+    flag)."""
     mean = read_text_file(args.mean_prompt, "--mean-prompt") if args.mean_prompt else None
     suffix = read_text_file(args.suffix, "--suffix") if args.suffix else None
     names = args.strategies or (QUICK if args.quick else None)
@@ -70,11 +71,26 @@ def run(args, ctx: CombineContext) -> pd.DataFrame:
     val = score_candidates(*splits["val"], candidates, ctx, rng, n_boot, DEFAULT_FALLBACK, progress=False)
     test = score_candidates(*splits["test"], candidates, ctx, rng, n_boot, DEFAULT_FALLBACK, progress=False)
     val_score = {r.name: r.score for r in val}
-    frame = pd.DataFrame([{
-        "strategy": r.name, "tuned": r.name == val[0].name, "val_score": val_score[r.name], "test_score": r.score,
-        "test_low": r.low, "test_high": r.high, "vs_first": r.diff, "vs_first_low": r.diff_low,
-        "vs_first_high": r.diff_high, "seconds": r.seconds} for r in test])
-    frame.attrs.update(rows={s: len(v[0]) for s, v in splits.items()}, table=format_table(test), tuned=val[0].name)
+    frame = pd.DataFrame(
+        [
+            {
+                "strategy": r.name,
+                "tuned": r.name == val[0].name,
+                "val_score": val_score[r.name],
+                "test_score": r.score,
+                "test_low": r.low,
+                "test_high": r.high,
+                "vs_first": r.diff,
+                "vs_first_low": r.diff_low,
+                "vs_first_high": r.diff_high,
+                "seconds": r.seconds,
+            }
+            for r in test
+        ]
+    )
+    frame.attrs.update(
+        rows={s: len(v[0]) for s, v in splits.items()}, table=format_table(test), tuned=val[0].name
+    )
     return frame
 
 

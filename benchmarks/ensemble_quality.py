@@ -1,6 +1,6 @@
-"""Ensemble quality, the seed's table in miniature: on the synthetic task, does sampling more predictions from one
-adapter, or joining several adapters, or appending the best constant prompt raise the score over the single
-greedy prediction of one adapter, and does that change when the task is more ambiguous?
+"""Ensemble quality, the seed's table in miniature: on the synthetic task, does sampling more predictions
+from one adapter, or joining several adapters, or appending the best constant prompt raise the score over the
+single greedy prediction of one adapter, and does that change when the task is more ambiguous?
 
 Per ambiguity level: a trained tiny Mixtral with LoRA adapters (``make_trained_tiny``, cached), one generation
 pass through vLLM (merged LoRA) on the validation and test splits (greedy for the base and each adapter, and
@@ -9,19 +9,20 @@ recoverlib's combine strategies: best constant prompt, base / each adapter greed
 concatenated, all adapters concatenated (greedy, n samples), each with the constant prompt appended. Scores
 are mean cos^3 with bootstrap 95% intervals and paired differences against the first adapter's greedy
 prediction, under two metric geometries: MiniLM as it is, and MiniLM moved toward sentence-t5's anisotropy
-(``minilm@t5like``, a simulation; see ``benchmarks/geometry.py``), since whether hedging pays depends on it. Then
-``benchmarks/combination.py`` tunes a combination on the validation samples and scores every strategy on the
-test samples (rows marked ``test``), under each geometry.
+(``minilm@t5like``, a simulation; see ``benchmarks/geometry.py``), since whether hedging pays depends on it.
+Then ``benchmarks/combination.py`` tunes a combination on the validation samples and scores every strategy on
+the test samples (rows marked ``test``), under each geometry.
 
-Writes ``benchmarks/results/ensemble_quality.{md,csv,png}`` and ``combination_<level>[_t5like].{md,csv,png}``; the
-samples files (``recoverlib tune`` / ``combination.py`` input: every adapter's greedy as index 0, then its
-samples) and the constant prompt go to ``--cache``/samples-<level>/{validation,test}.jsonl, constant.txt.
+Writes ``benchmarks/results/ensemble_quality.{md,csv,png}`` and
+``combination_<level>[_t5like].{md,csv,png}``; the samples files (``recoverlib tune`` / ``combination.py``
+input: every adapter's greedy as index 0, then its samples) and the constant prompt go to
+``--cache``/samples-<level>/{validation,test}.jsonl, constant.txt.
 Reproduce (about 35 minutes on 2 busy CPU cores from scratch, training three models; about 12 once cached)::
 
     PYTHONPATH=. .venv/bin/python -m benchmarks.ensemble_quality
 
-``--quick``: 2 adapters, 8 rows, 2 samples, 200 resamples; uses the full trained models when cached, else trains a tiny
-one (quality meaningless; for tests and smoke runs).
+``--quick``: 2 adapters, 8 rows, 2 samples, 200 resamples; uses the full trained models when cached, else
+trains a tiny one (quality meaningless; for tests and smoke runs).
 """
 
 from __future__ import annotations
@@ -72,13 +73,21 @@ QUICK = Setup(levels=(0.5, 1.0), adapters=2, rows=8, samples=2, counts=(1, 2), b
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--levels", type=float, nargs="+", help="ambiguity levels (default 0 0.5 1; --quick: 0.5 1)")
+    p.add_argument(
+        "--levels", type=float, nargs="+", help="ambiguity levels (default 0 0.5 1; --quick: 0.5 1)"
+    )
     p.add_argument("--adapters", type=int, help="trained adapters (default 4; --quick: 2)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results; --quick: scratch)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="results folder (default benchmarks/results; --quick: scratch)"
+    )
     p.add_argument("--cache", type=Path, default=cache_root() / "ensemble_quality", help="models and samples")
-    p.add_argument("--embedders", nargs="+", default=["minilm", "minilm@t5like"],
-                   help="every table is scored under each (default: MiniLM and its sentence-t5-like geometry)")
+    p.add_argument(
+        "--embedders",
+        nargs="+",
+        default=["minilm", "minilm@t5like"],
+        help="every table is scored under each (default: MiniLM and its sentence-t5-like geometry)",
+    )
     args = p.parse_args(argv)
     args.out = results_dir(args.out, args.quick)
     return args
@@ -97,9 +106,13 @@ def trained_model(cache: Path, level: float, setup: Setup, quick: bool) -> tuple
     cached = cache_root() / f"trained-tiny-{cache_key(setup.adapters, setup.seed, config)}" / STAMP
     note = "full trained model"
     if quick and not cached.is_file():
-        print(f"level {level}: no cached full trained model; training a tiny one (--quick: quality meaningless)")
-        config = TrainedTinyConfig(task=TaskConfig(rows=96, eval_rows=max(8, setup.rows or 8), ambiguity=level),
-                                   pretrain=PretrainConfig(epochs=1))
+        print(
+            f"level {level}: no cached full trained model; training a tiny one (--quick: quality meaningless)"
+        )
+        config = TrainedTinyConfig(
+            task=TaskConfig(rows=96, eval_rows=max(8, setup.rows or 8), ambiguity=level),
+            pretrain=PretrainConfig(epochs=1),
+        )
         note = "tiny quick-trained model (96 rows, 1 epoch)"
     start = time.perf_counter()
     out = make_trained_tiny(cache / f"model-{level}", adapters=setup.adapters, seed=setup.seed, config=config)
@@ -162,7 +175,9 @@ def sample_splits(model_dir: Path, setup: Setup, samples_dir: Path) -> dict[str,
     from recoverlib.tiny import adapter_paths
 
     out = {}
-    with make_engine("vllm", model_dir / "model", adapter_paths(model_dir), EngineConfig(lora_mode="merged")) as eng:
+    with make_engine(
+        "vllm", model_dir / "model", adapter_paths(model_dir), EngineConfig(lora_mode="merged")
+    ) as eng:
         for split in SPLITS:
             rows = read_rows(split_files(model_dir, split)[0])[: setup.rows]
             out[split] = generate(eng, rows, setup, samples_dir / split)
@@ -174,8 +189,11 @@ def geometry_suffix(embedder: str) -> str:
     return "".join(f"_{m}" for m in embedder.split("@")[1:])
 
 
-def run_level(level: float, setup: Setup, args, contexts: dict[str, CombineContext]) -> tuple[list[dict], list[dict]]:
-    """The level's table rows under every embedder (validation, then the combination's on test) and their notes.
+def run_level(
+    level: float, setup: Setup, args, contexts: dict[str, CombineContext]
+) -> tuple[list[dict], list[dict]]:
+    """The level's table rows under every embedder (validation, then the combination's on test) and their
+    notes.
 
     Generation runs once; each embedder scores the same samples, so the geometries differ in scoring only.
     """
@@ -199,18 +217,46 @@ def run_level(level: float, setup: Setup, args, contexts: dict[str, CombineConte
         frame, comb_s = tune_and_score(model_dir, files, constant_file, level, setup, args, ctx, embedder)
         got += combination_rows(frame, gen["test"], adapters, setup, level)
         rows += [{**r, "embedder": embedder} for r in got]
-        infos.append({"level": level, "embedder": embedder, "model": note, "adapters": adapters, "constant": const,
-                      "constant_train": const_train, "combination_s": round(comb_s, 1), "criterion": criterion(frame),
-                      "generation_s": {s: round(sum(g.seconds.values()), 1) for s, g in gen.items()}})
+        infos.append(
+            {
+                "level": level,
+                "embedder": embedder,
+                "model": note,
+                "adapters": adapters,
+                "constant": const,
+                "constant_train": const_train,
+                "combination_s": round(comb_s, 1),
+                "criterion": criterion(frame),
+                "generation_s": {s: round(sum(g.seconds.values()), 1) for s, g in gen.items()},
+            }
+        )
     return rows, infos
 
 
-def tune_and_score(model_dir: Path, files: dict, mean: Path, level: float, setup: Setup, args, ctx, embedder: str):
+def tune_and_score(
+    model_dir: Path, files: dict, mean: Path, level: float, setup: Setup, args, ctx, embedder: str
+):
     """``benchmarks/combination.py`` on this level: tune on validation, score on test; writes its files."""
-    argv = ["--val-samples", str(files["validation"]), "--val-truth", str(split_files(model_dir, "validation")[1]),
-            "--test-samples", str(files["test"]), "--test-truth", str(split_files(model_dir, "test")[1]),
-            "--mean-prompt", str(mean), "--bootstrap", str(setup.bootstrap), "--seed", str(setup.seed),
-            "--out", str(args.out), "--embedder", embedder] + (["--quick"] if args.quick else [])
+    argv = [
+        "--val-samples",
+        str(files["validation"]),
+        "--val-truth",
+        str(split_files(model_dir, "validation")[1]),
+        "--test-samples",
+        str(files["test"]),
+        "--test-truth",
+        str(split_files(model_dir, "test")[1]),
+        "--mean-prompt",
+        str(mean),
+        "--bootstrap",
+        str(setup.bootstrap),
+        "--seed",
+        str(setup.seed),
+        "--out",
+        str(args.out),
+        "--embedder",
+        embedder,
+    ] + (["--quick"] if args.quick else [])
     cargs = combination.parse(argv)
     start = time.perf_counter()
     frame = combination.run(cargs, ctx)
@@ -223,18 +269,33 @@ def combination_rows(frame: pd.DataFrame, gen: Generated, adapters, setup: Setup
     """The combination's test rows in the table's columns; they use every adapter's greedy and samples."""
     from benchmarks.ensemble_rows import Spec, spend
 
-    every = Spec("all", "combination", tuple((a, k, setup.samples) for a in adapters for k in (GREEDY, SAMPLED)),
-                 None)
+    every = Spec(
+        "all", "combination", tuple((a, k, setup.samples) for a in adapters for k in (GREEDY, SAMPLED)), None
+    )
     tokens, gen_s = spend(gen, every, list(gen.samples[GREEDY]))
-    return [{"strategy": f"combination: {r.strategy}" + (" (tuned)" if r.tuned else ""), "group": "combination",
-             "score": r.test_score, "low": r.test_low, "high": r.test_high, "vs_greedy": r.vs_first,
-             "vs_low": r.vs_first_low, "vs_high": r.vs_first_high, "tokens_per_row": tokens,
-             "seconds": gen_s + r.seconds, "level": level, "split": "test"} for r in frame.itertuples()]
+    return [
+        {
+            "strategy": f"combination: {r.strategy}" + (" (tuned)" if r.tuned else ""),
+            "group": "combination",
+            "score": r.test_score,
+            "low": r.test_low,
+            "high": r.test_high,
+            "vs_greedy": r.vs_first,
+            "vs_low": r.vs_first_low,
+            "vs_high": r.vs_first_high,
+            "tokens_per_row": tokens,
+            "seconds": gen_s + r.seconds,
+            "level": level,
+            "split": "test",
+        }
+        for r in frame.itertuples()
+    ]
 
 
 def criterion(frame: pd.DataFrame) -> dict:
-    """The issues' checks on test: tuned within the best's interval; above concat wherever concat is not the best;
-    never below max(first prediction, concat) - 0.01 (it picks the better side of hedging in either geometry)."""
+    """The issues' checks on test: tuned within the best's interval; above concat wherever concat is not the
+    best; never below max(first prediction, concat) - 0.01 (it picks the better side of hedging in either
+    geometry)."""
     best = frame.loc[frame.test_score.idxmax()]
     tuned = frame.loc[frame.tuned].iloc[0]
     concat = frame.loc[frame.strategy == "concat"].iloc[0]
@@ -263,41 +324,69 @@ def md_table(frame: pd.DataFrame) -> str:
 
 def level_notes(info: dict, setup: Setup) -> list[str]:
     c = info["criterion"]
-    return [f"Model: {info['model']}; adapters {', '.join(info['adapters'])}; baseline (*vs greedy*): "
-            f"`{info['adapters'][0]} greedy`.",
-            f"Best constant prompt (train split, score there {info['constant_train']:.4f}): "
-            f"\"{info['constant']}\".",
-            f"Generation (greedy base + adapters, then {setup.samples} samples per adapter, T="
-            f"{setup.temperature}): " + ", ".join(f"{s} {v:.0f} s" for s, v in info["generation_s"].items()) +
-            f"; combination tuning + test scoring {info['combination_s']:.0f} s.",
-            f"Combination criterion: tuned **{c['tuned']}** {c['tuned_score']:.4f} vs best **{c['best']}** "
-            f"{c['best_score']:.4f} (interval low {c['best_low']:.4f}): within the best's interval: "
-            f"**{c['within_best_interval']}**; concat {c['concat_score']:.4f}, tuned above concat wherever concat "
-            f"is not the best: **{c['above_concat']}**; first {c['first_score']:.4f}, tuned >= max(first, concat) "
-            f"- 0.01: **{c['better_side']}**."]
+    return [
+        f"Model: {info['model']}; adapters {', '.join(info['adapters'])}; baseline (*vs greedy*): "
+        f"`{info['adapters'][0]} greedy`.",
+        f"Best constant prompt (train split, score there {info['constant_train']:.4f}): "
+        f'"{info["constant"]}".',
+        f"Generation (greedy base + adapters, then {setup.samples} samples per adapter, T="
+        f"{setup.temperature}): "
+        + ", ".join(f"{s} {v:.0f} s" for s, v in info["generation_s"].items())
+        + f"; combination tuning + test scoring {info['combination_s']:.0f} s.",
+        f"Combination criterion: tuned **{c['tuned']}** {c['tuned_score']:.4f} vs best **{c['best']}** "
+        f"{c['best_score']:.4f} (interval low {c['best_low']:.4f}): within the best's interval: "
+        f"**{c['within_best_interval']}**; concat {c['concat_score']:.4f}, tuned above concat wherever "
+        "concat "
+        f"is not the best: **{c['above_concat']}**; first {c['first_score']:.4f}, tuned >= max(first, "
+        "concat) "
+        f"- 0.01: **{c['better_side']}**.",
+    ]
 
 
 def write_outputs(frame: pd.DataFrame, infos: list[dict], setup: Setup, args, seconds: float) -> list[Path]:
     name = "ensemble_quality_quick" if args.quick else "ensemble_quality"
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    cols = ["embedder", "level", "split", "strategy", "group", "score", "low", "high", "vs_greedy", "vs_low", "vs_high",
-            "tokens_per_row", "seconds"]
+    cols = [
+        "embedder",
+        "level",
+        "split",
+        "strategy",
+        "group",
+        "score",
+        "low",
+        "high",
+        "vs_greedy",
+        "vs_low",
+        "vs_high",
+        "tokens_per_row",
+        "seconds",
+    ]
     frame[cols].to_csv(out / f"{name}.csv", index=False, float_format="%.5f")
     cmd = "PYTHONPATH=. .venv/bin/python -m benchmarks.ensemble_quality" + (" --quick" if args.quick else "")
-    md = [f"# {__doc__.split(chr(10) + chr(10))[0].split(':')[0]}", "", __doc__.split("\n\n")[0].replace("\n", " "),
-          "", f"Machine: {machine_line(machine_info())}  ", f"Command: {cmd}  ",
-          f"Rows per split: {setup.rows or 'all'}; samples {setup.samples}; bootstrap {setup.bootstrap}; "
-          f"seed {setup.seed}; embedders {', '.join(args.embedders)}; total {seconds / 60:.1f} min.  ",
-          "Geometry: `minilm` is all-MiniLM-L6-v2 as it is (unrelated texts near cosine 0.1-0.3); `minilm@t5like` "
-          "is a simulation of sentence-t5's anisotropy on it (every embedding moved toward one shared direction, "
-          "calibrated so the best constant prompt's mean cosine is 0.86 as on the real leaderboard; "
-          "`benchmarks/results/geometry.md`). Same samples, scored twice.  ",
-          "Scores: mean cos^3 [bootstrap 95% interval]; *vs greedy*: paired difference [95% interval]; "
-          "*tokens/row*: generated tokens of the samples a row uses; *s*: the generation time those tokens took "
-          "(each pass's time shared by tokens) plus combining and scoring. `+ constant` appends the constant "
-          "prompt's words the predictions lack (MeanPromptConfig). Rows `combination: ...` are the test split "
-          "(tuned on validation; see `combination_<level>.md`).", ""]
+    md = [
+        f"# {__doc__.split(chr(10) + chr(10))[0].split(':')[0]}",
+        "",
+        __doc__.split("\n\n")[0].replace("\n", " "),
+        "",
+        f"Machine: {machine_line(machine_info())}  ",
+        f"Command: {cmd}  ",
+        f"Rows per split: {setup.rows or 'all'}; samples {setup.samples}; bootstrap {setup.bootstrap}; "
+        f"seed {setup.seed}; embedders {', '.join(args.embedders)}; total {seconds / 60:.1f} min.  ",
+        "Geometry: `minilm` is all-MiniLM-L6-v2 as it is (unrelated texts near cosine 0.1-0.3); "
+        "`minilm@t5like` "
+        "is a simulation of sentence-t5's anisotropy on it (every embedding moved toward one shared "
+        "direction, "
+        "calibrated so the best constant prompt's mean cosine is 0.86 as on the real leaderboard; "
+        "`benchmarks/results/geometry.md`). Same samples, scored twice.  ",
+        "Scores: mean cos^3 [bootstrap 95% interval]; *vs greedy*: paired difference [95% interval]; "
+        "*tokens/row*: generated tokens of the samples a row uses; *s*: the generation time those tokens "
+        "took "
+        "(each pass's time shared by tokens) plus combining and scoring. `+ constant` appends the constant "
+        "prompt's words the predictions lack (MeanPromptConfig). Rows `combination: ...` are the test split "
+        "(tuned on validation; see `combination_<level>.md`).",
+        "",
+    ]
     for info in infos:
         part = frame[(frame.level == info["level"]) & (frame.embedder == info["embedder"])]
         md += [f"## Ambiguity {info['level']}, embedder {info['embedder']}", "",

@@ -35,7 +35,8 @@ class Generated:
 
 @dataclass(frozen=True)
 class Spec:
-    """A table row: ``sources`` are (adapter, kind, how many) picks from a row's samples; ``config`` joins them."""
+    """A table row: ``sources`` are (adapter, kind, how many) picks from a row's samples; ``config`` joins
+    them."""
 
     name: str
     group: str
@@ -50,12 +51,16 @@ def table_specs(adapters: Sequence[str], counts: Sequence[int], constant: str) -
     plain = [Spec("base greedy", "single", ((None, GREEDY, 1),), join)]
     plain += [Spec(f"{a} greedy", "single", ((a, GREEDY, 1),), join) for a in adapters]
     plain += [Spec(f"{first} x{n} sampled, concat", "samples", ((first, SAMPLED, n),), join) for n in counts]
-    plain.append(Spec("all adapters greedy, concat", "adapters", tuple((a, GREEDY, 1) for a in adapters), join))
+    plain.append(
+        Spec("all adapters greedy, concat", "adapters", tuple((a, GREEDY, 1) for a in adapters), join)
+    )
     plain += [Spec(f"all adapters x{n} sampled, concat", "adapters+samples",
                    tuple((a, SAMPLED, n) for a in adapters), join) for n in counts]
     mean = MeanPromptConfig(text=constant)
-    with_mean = [Spec(f"{s.name} + constant", s.group + "+constant", s.sources, PipelineConfig((s.config, mean)))
-                 for s in plain]
+    with_mean = [
+        Spec(f"{s.name} + constant", s.group + "+constant", s.sources, PipelineConfig((s.config, mean)))
+        for s in plain
+    ]
     return [Spec("constant prompt", "constant", (), mean), *plain, *with_mean]
 
 

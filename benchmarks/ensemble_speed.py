@@ -1,16 +1,18 @@
-"""Question: how fast does recoverlib's vLLM engine serve an ensemble on a CPU, against vLLM as users start it; which
-KV block size serves it fastest; and what do the adapters cost against the base model on equal prompts?
+"""Question: how fast does recoverlib's vLLM engine serve an ensemble on a CPU, against vLLM as users start
+it; which KV block size serves it fastest; and what do the adapters cost against the base model on equal
+prompts?
 
-The job is an ensemble: R rows x 4 rank-16 adapters x n samples x T new tokens (eos ignored), every row's recovery
-prompt to every adapter, with fresh texts for every timed run (vLLM's prefix cache would otherwise reuse an
-earlier run's prompts) and the same texts for every variant of a run. Variants, each a warm engine in a process of
-its own, timed in turn (A B C ... A B C ..., the order rotated each repeat):
+The job is an ensemble: R rows x 4 rank-16 adapters x n samples x T new tokens (eos ignored), every row's
+recovery prompt to every adapter, with fresh texts for every timed run (vLLM's prefix cache would otherwise
+reuse an earlier run's prompts) and the same texts for every variant of a run. Variants, each a warm engine
+in a process of its own, timed in turn (A B C ... A B C ..., the order rotated each repeat):
 
 - ``vllm-defaults``: ``vllm.LLM`` as a user starts it for LoRA on a Mixtral on a CPU: only what that needs
-  (``enable_lora``, its rank and target modules, the one plugin cure without which LoRA on a MoE cannot run, and
-  ``enable_chunked_prefill=False`` for seeded sampling); vLLM's own defaults otherwise (128-token KV blocks on a
-  CPU), no preloaded allocator;
-- ``recoverlib bN``: recoverlib's ``VLLMEngine`` (all plugin cures, tcmalloc and libiomp5 preloaded as its commands
+  (``enable_lora``, its rank and target modules, the one plugin cure without which LoRA on a MoE cannot run,
+  and ``enable_chunked_prefill=False`` for seeded sampling); vLLM's own defaults otherwise (128-token KV
+  blocks on a CPU), no preloaded allocator;
+- ``recoverlib bN``: recoverlib's ``VLLMEngine`` (all plugin cures, tcmalloc and libiomp5 preloaded as its
+commands
   run it) with N-token KV blocks;
 - ``recoverlib base``: the same number of requests on the base model, through the ``--base-block`` engine (its
   adapters idle; each adapter's copy of a prompt gets a distinct leading number, so the base run cannot share
@@ -18,8 +20,8 @@ its own, timed in turn (A B C ... A B C ..., the order rotated each repeat):
 
 Prompts: ``synthetic`` (the synthetic task's rows, ~100 tokens) and ``kaggle`` (originals of 60-450 words, the
 competition's range, 100-600 tokens). Reported: tokens/s median (min, max) over the repeats, and each against
-``vllm-defaults`` of the same prompts and n. The machine's CPU, its features and the load average before and after
-are in the report.
+``vllm-defaults`` of the same prompts and n. The machine's CPU, its features and the load average before and
+after are in the report.
 
 Reproduce (both models; ~8 min tiny, ~40 min full width on 2 quiet cores; results in benchmarks/results):
     python -m benchmarks.ensemble_speed --model tiny
@@ -68,8 +70,15 @@ def serve_jobs(variant: str, model: str, adapters: dict[str, str]) -> None:
         from vllm import LLM, SamplingParams
         from vllm.lora.request import LoRARequest
 
-        llm = LLM(model, enable_lora=True, max_loras=len(adapters), max_lora_rank=16, lora_target_modules=ATTENTION,
-                  enable_chunked_prefill=False, seed=0)
+        llm = LLM(
+            model,
+            enable_lora=True,
+            max_loras=len(adapters),
+            max_lora_rank=16,
+            lora_target_modules=ATTENTION,
+            enable_chunked_prefill=False,
+            seed=0,
+        )
         loras = {n: LoRARequest(n, i + 1, p) for i, (n, p) in enumerate(sorted(adapters.items()))}
 
         def run(job):
@@ -106,10 +115,20 @@ class Worker:
 
     def __init__(self, variant: str, model: Path, adapters: dict, log: Path):
         self.variant = variant
-        cmd = [sys.executable, "-m", "benchmarks.ensemble_speed", "--worker", variant, "--worker-model", str(model),
-               "--worker-adapters", json.dumps({k: str(v) for k, v in adapters.items()})]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(log, "a"),  # noqa: SIM115
-                                     text=True, env=variant_env(variant))
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.ensemble_speed",
+            "--worker",
+            variant,
+            "--worker-model",
+            str(model),
+            "--worker-adapters",
+            json.dumps({k: str(v) for k, v in adapters.items()}),
+        ]
+        with open(log, "a") as err:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                         text=True, env=variant_env(variant))
         assert json.loads(self._line()).get("ready"), f"{variant} did not start; see {log}"
 
     def _line(self) -> str:
@@ -195,7 +214,12 @@ def plot(frame: pd.DataFrame, path: Path, title: str) -> None:
     width = 0.8 / len(variants)
     for i, v in enumerate(variants):
         part = frame[frame["variant"] == v].set_index(["prompts", "n"])
-        ax.bar([g + i * width for g in range(len(groups))], [part.loc[k, "tok_per_s"] for k in groups], width, label=v)
+        ax.bar(
+            [g + i * width for g in range(len(groups))],
+            [part.loc[k, "tok_per_s"] for k in groups],
+            width,
+            label=v,
+        )
     ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], [f"{k}, n={n}" for k, n in groups])
     ax.set_ylabel("generated tokens / s (median)")
     ax.set_title(title)
@@ -208,7 +232,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=("tiny", "fullwidth"), default="tiny")
     p.add_argument("--prompts", nargs="+", default=["synthetic", "kaggle"])
-    p.add_argument("--samples", type=int, nargs="+", default=None, help="n (default: 1 4 8 tiny, 4 full width)")
+    p.add_argument(
+        "--samples", type=int, nargs="+", default=None, help="n (default: 1 4 8 tiny, 4 full width)"
+    )
     p.add_argument("--blocks", type=int, nargs="+", default=[32, 64, 128])
     p.add_argument("--base-block", type=int, default=32, help="the engine whose base-model speed is measured")
     p.add_argument("--rows", type=int, default=None, help="rows per run (default: 64 tiny, 8 full width)")
@@ -236,13 +262,15 @@ def main(argv: list[str] | None = None) -> None:
     cpu, feats = cpu_identity()
     frame = pd.DataFrame(rows)
     name = f"ensemble_speed_{args.model}"
-    notes = [f"Machine: {machine_line(machine_info())}; CPU features: {', '.join(feats)}",
-             f"Load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in load_before)};"
-             f" after: {', '.join(f'{x:.2f}' for x in load_after)}; {time.perf_counter() - start:.0f} s in all",
-             f"Model: {'full-width Mixtral shapes, 1 layer, random bf16 weights' if full else 'tiny Mixtral'};"
-             f" {args.rows} rows x {len(adapters)} rank-16 adapters x n samples x {args.tokens} tokens per run,"
-             f" fresh texts every run; {args.repeats} repeats, variants in rotating order",
-             f"Command: python -m benchmarks.ensemble_speed --model {args.model}"]
+    notes = [
+        f"Machine: {machine_line(machine_info())}; CPU features: {', '.join(feats)}",
+        f"Load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in load_before)};"
+        f" after: {', '.join(f'{x:.2f}' for x in load_after)}; {time.perf_counter() - start:.0f} s in all",
+        f"Model: {'full-width Mixtral shapes, 1 layer, random bf16 weights' if full else 'tiny Mixtral'};"
+        f" {args.rows} rows x {len(adapters)} rank-16 adapters x n samples x {args.tokens} tokens per run,"
+        f" fresh texts every run; {args.repeats} repeats, variants in rotating order",
+        f"Command: python -m benchmarks.ensemble_speed --model {args.model}",
+    ]
     write_table(frame, out_dir, name, f"Ensemble speed on a CPU ({cpu})", notes)
     plot(frame, out_dir / f"{name}.png", f"Ensemble tokens/s, {args.model} ({cpu})")
     print((out_dir / f"{name}.md").read_text())

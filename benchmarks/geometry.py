@@ -1,14 +1,15 @@
-"""Metric geometry: how far must MiniLM's embeddings move toward one shared direction so that the synthetic task's
-best constant prompt has sentence-t5's typical cosine to the truth (about 0.86), and what does that do to the
-scores hedging is judged by?
+"""Metric geometry: how far must MiniLM's embeddings move toward one shared direction so that the synthetic
+task's best constant prompt has sentence-t5's typical cosine to the truth (about 0.86), and what does that do
+to the scores hedging is judged by?
 
-sentence-t5-base (the competition's embedder) is anisotropic: one constant prompt scored about 0.63 mean cos^3 on
-the real test set, a typical cosine of 0.86, while under MiniLM the synthetic task's best constant scores about
-0.10-0.14. ``recoverlib.metric`` simulates the former on the latter (the ``t5like`` embedder mode: unit embeddings
-moved toward the corpus' mean direction by ``ANISOTROPY`` and renormalised). This benchmark measures, for a grid of
-shift amounts, the best constant prompt's mean cosine and mean cos^3 on the validation split, and the mean
-pairwise cosine of distinct prompts; it solves for the amount that gives a mean cosine of 0.86 and compares the
-two geometries at it (plain MiniLM vs t5like: the ratio of the constant prompt's scores).
+sentence-t5-base (the competition's embedder) is anisotropic: one constant prompt scored about 0.63 mean
+cos^3 on the real test set, a typical cosine of 0.86, while under MiniLM the synthetic task's best constant
+scores about 0.10-0.14. ``recoverlib.metric`` simulates the former on the latter (the ``t5like`` embedder
+mode: unit embeddings moved toward the corpus' mean direction by ``ANISOTROPY`` and renormalised). This
+benchmark measures, for a grid of shift amounts, the best constant prompt's mean cosine and mean cos^3 on the
+validation split, and the mean pairwise cosine of distinct prompts; it solves for the amount that gives a
+mean cosine of 0.86 and compares the two geometries at it (plain MiniLM vs t5like: the ratio of the constant
+prompt's scores).
 
 Reproduce (about a minute on 2 CPU cores; the committed ``ANISOTROPY`` comes from this)::
 
@@ -32,7 +33,8 @@ TARGET_COS = 0.86  # sentence-t5: a constant prompt's mean cos^3 of about 0.63 o
 
 
 def best_constant(cands: np.ndarray, truths: np.ndarray) -> tuple[int, float, float]:
-    """(index, mean cosine, mean cos^3) of the candidate row with the best mean cos^3 against ``truths`` rows."""
+    """(index, mean cosine, mean cos^3) of the candidate row with the best mean cos^3 against ``truths``
+    rows."""
     cos = np.clip(cands @ truths.T, -1, 1)
     scores = sharpen(cos).mean(axis=1)
     best = int(np.argmax(scores))
@@ -53,7 +55,9 @@ def solve(raw_c, raw_t, direction, target: float, hi: float = 16.0) -> float:
     lo = 0.0
     for _ in range(40):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if measure(mid, raw_c, raw_t, direction)["best_constant_cos"] < target else (lo, mid)
+        lo, hi = (
+            (mid, hi) if measure(mid, raw_c, raw_t, direction)["best_constant_cos"] < target else (lo, mid)
+        )
     return (lo + hi) / 2
 
 
@@ -94,18 +98,22 @@ def main(argv: list[str] | None = None) -> int:
     frame = pd.DataFrame([measure(a, raw_c, raw_t, direction) for a in sorted({*grid, solved, ANISOTROPY})])
     frame["constant"] = [cands[i] for i in frame.pop("best_constant")]
     plain, t5like = frame.iloc[0], frame.loc[(frame.anisotropy - ANISOTROPY).abs().idxmin()]
-    notes = [f"Machine: {machine_line(machine_info())}",
-             f"Task: synthetic, ambiguity {args.ambiguity}, {len(cands)} distinct train prompts as candidates, "
-             f"{len(truths)} validation prompts as truths; embedder MiniLM (all-MiniLM-L6-v2, offline).",
-             f"Solved: a shift of {solved:.3f} gives the best constant a mean cosine of {TARGET_COS}; the library's "
-             f"ANISOTROPY is {ANISOTROPY}.",
-             f"Plain MiniLM vs t5like (shift {t5like.anisotropy:.2f}): best constant mean cos^3 "
-             f"{plain.best_constant_cos3:.4f} vs {t5like.best_constant_cos3:.4f} "
-             f"({t5like.best_constant_cos3 / plain.best_constant_cos3:.1f}x); mean pairwise cosine "
-             f"{plain.mean_pairwise_cos:.3f} vs {t5like.mean_pairwise_cos:.3f}. Real sentence-t5 on the real test set: "
-             "about 0.63 mean cos^3 for the best public constant prompt.",
-             f"Seconds: {time.perf_counter() - start:.1f}.",
-             "Command: python -m benchmarks.geometry" + (" --quick" if args.quick else "")]
+    notes = [
+        f"Machine: {machine_line(machine_info())}",
+        f"Task: synthetic, ambiguity {args.ambiguity}, {len(cands)} distinct train prompts as candidates, "
+        f"{len(truths)} validation prompts as truths; embedder MiniLM (all-MiniLM-L6-v2, offline).",
+        f"Solved: a shift of {solved:.3f} gives the best constant a mean cosine of {TARGET_COS}; the "
+        "library's "
+        f"ANISOTROPY is {ANISOTROPY}.",
+        f"Plain MiniLM vs t5like (shift {t5like.anisotropy:.2f}): best constant mean cos^3 "
+        f"{plain.best_constant_cos3:.4f} vs {t5like.best_constant_cos3:.4f} "
+        f"({t5like.best_constant_cos3 / plain.best_constant_cos3:.1f}x); mean pairwise cosine "
+        f"{plain.mean_pairwise_cos:.3f} vs {t5like.mean_pairwise_cos:.3f}. Real sentence-t5 on the real "
+        "test set: "
+        "about 0.63 mean cos^3 for the best public constant prompt.",
+        f"Seconds: {time.perf_counter() - start:.1f}.",
+        "Command: python -m benchmarks.geometry" + (" --quick" if args.quick else ""),
+    ]
     md = write_table(frame.round(4), out, "geometry" + ("_quick" if args.quick else ""),
                      "Metric geometry: MiniLM moved toward sentence-t5's anisotropy", notes)
     plot(frame, solved, out / ("geometry" + ("_quick" if args.quick else "") + ".png"))

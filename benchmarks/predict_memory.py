@@ -2,18 +2,19 @@
 
 Ways of doing the same work in one run: the same predict (tiny Mixtral, 1 greedy sample of 2 new tokens, no
 adapters) by engine, compute dtype and rows: by default the HF engine in bf16 (the checkpoint's dtype) and in
-``auto`` (float32 on CPU) over 2,000 rows, ``auto`` over 20,000, and vLLM over 2,000 and 20,000 (one row in 500
-has an empty text, which must cost that row only: it gets the fallback prompt). Each predict runs as its own
-process; its RSS is read from /proc every 0.2 s, next to how many rows its samples file holds. Reported: peak RSS
-of each run, the ratio of peaks between row counts, and the RSS growth per row (a least-squares slope of RSS
-against rows done over the second half of the run, after warm-up), next to the samples file's bytes per row
-(what predict keeps per row by design: the samples, for combining at the end).
+``auto`` (float32 on CPU) over 2,000 rows, ``auto`` over 20,000, and vLLM over 2,000 and 20,000 (one row in
+500 has an empty text, which must cost that row only: it gets the fallback prompt). Each predict runs as its
+own process; its RSS is read from /proc every 0.2 s, next to how many rows its samples file holds. Reported:
+peak RSS of each run, the ratio of peaks between row counts, and the RSS growth per row (a least-squares
+slope of RSS against rows done over the second half of the run, after warm-up), next to the samples file's
+bytes per row (what predict keeps per row by design: the samples, for combining at the end).
 
-Reproduce: ``python -m benchmarks.predict_memory`` (about 8 minutes on the 2-core CPU); ``--runs hf:auto:2000``
-picks runs; ``--quick`` uses 200 and 2,000 rows, HF only, and writes to a scratch folder. Findings (Dec 2026,
-2-core AMD EPYC): in bf16 the HF engine grew about 0.5 MB per row inside generate with changing prompt shapes
-(oneDNN's 16-bit matmuls; Python-level allocations stayed flat under tracemalloc), so ``auto`` on CPU now computes
-in float32: 1.06x the peak RSS for 10x the rows. vLLM on CPU still grows (24-52 KB per row, native memory).
+Reproduce: ``python -m benchmarks.predict_memory`` (about 8 minutes on the 2-core CPU); ``--runs
+hf:auto:2000`` picks runs; ``--quick`` uses 200 and 2,000 rows, HF only, and writes to a scratch folder.
+Findings (Dec 2026, 2-core AMD EPYC): in bf16 the HF engine grew about 0.5 MB per row inside generate with
+changing prompt shapes (oneDNN's 16-bit matmuls; Python-level allocations stayed flat under tracemalloc), so
+``auto`` on CPU now computes in float32: 1.06x the peak RSS for 10x the rows. vLLM on CPU still grows (24-52
+KB per row, native memory).
 """
 
 from __future__ import annotations
@@ -62,11 +63,37 @@ def run_predict(model: Path, engine: str, dtype: str, rows: int, work: Path) -> 
         make_input(rows, inp)
     samples, out = work / f"samples_{engine}_{dtype}_{rows}.jsonl", work / f"sub_{engine}_{dtype}_{rows}.csv"
     samples.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "recoverlib.cli", "predict", "--engine", engine, "--model", str(model), "--input",
-           str(inp), "--out", str(out), "--samples-file", str(samples), "--samples", "1", "--max-new-tokens", "2",
-           "--temperature", "0", "--batch-size", "64", "--chunk-rows", "256", "--dtype", dtype]
+    cmd = [
+        sys.executable,
+        "-m",
+        "recoverlib.cli",
+        "predict",
+        "--engine",
+        engine,
+        "--model",
+        str(model),
+        "--input",
+        str(inp),
+        "--out",
+        str(out),
+        "--samples-file",
+        str(samples),
+        "--samples",
+        "1",
+        "--max-new-tokens",
+        "2",
+        "--temperature",
+        "0",
+        "--batch-size",
+        "64",
+        "--chunk-rows",
+        "256",
+        "--dtype",
+        dtype,
+    ]
     start = time.perf_counter()
-    log = work / f"log_{engine}_{dtype}_{rows}.txt"  # a file, not a pipe: thousands of warnings would fill a pipe
+    # a file, not a pipe: thousands of warnings would fill a pipe
+    log = work / f"log_{engine}_{dtype}_{rows}.txt"
     with open(log, "w") as err:                         # nobody reads until the end, and block the run
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
     trace = []  # (seconds, rows done, rss bytes)
@@ -85,9 +112,17 @@ def run_predict(model: Path, engine: str, dtype: str, rows: int, work: Path) -> 
                 "trace": np.array(trace or [(0, 0, 0)], dtype=float), "fallbacks": 0, "written": 0,
                 "samples_bytes": 0, "progress_bar": "rows:" in stderr, "failed": last[:200]}
     sub = pd.read_csv(out, dtype=str, keep_default_na=False)
-    return {"engine": engine, "dtype": dtype, "rows": rows, "seconds": time.perf_counter() - start, "trace": np.array(trace, dtype=float),
-            "fallbacks": stderr.count("it gets the fallback prompt"), "written": len(sub),
-            "samples_bytes": samples.stat().st_size, "progress_bar": "rows:" in stderr}
+    return {
+        "engine": engine,
+        "dtype": dtype,
+        "rows": rows,
+        "seconds": time.perf_counter() - start,
+        "trace": np.array(trace, dtype=float),
+        "fallbacks": stderr.count("it gets the fallback prompt"),
+        "written": len(sub),
+        "samples_bytes": samples.stat().st_size,
+        "progress_bar": "rows:" in stderr,
+    }
 
 
 def per_row_slope(trace: np.ndarray, rows: int) -> float:
@@ -104,11 +139,15 @@ QUICK = ("hf:bfloat16:200", "hf:auto:200", "hf:auto:2000")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="200 and 2,000 rows, HF only; results to a scratch folder")
+    parser.add_argument(
+        "--quick", action="store_true", help="200 and 2,000 rows, HF only; results to a scratch folder"
+    )
     parser.add_argument("--runs", nargs="+", metavar="ENGINE:DTYPE:ROWS", help=f"default: {' '.join(FULL)}")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    specs = [(e, d, int(n)) for e, d, n in (r.split(":") for r in args.runs or (QUICK if args.quick else FULL))]
+    specs = [
+        (e, d, int(n)) for e, d, n in (r.split(":") for r in args.runs or (QUICK if args.quick else FULL))
+    ]
     out_dir = results_dir(args.out, args.quick)
     from recoverlib.cache import cache_dir
 
@@ -118,25 +157,41 @@ def main() -> None:
 
     model = make_tiny(work / "tiny", adapters=0, seed=0) / "model"
     runs = []
-    for e, d, n in specs:  # the table is rewritten after every run: a run stopped part-way keeps the finished ones
+    # the table is rewritten after every run: a run stopped part-way keeps the finished ones
+    for e, d, n in specs:
         runs.append(run_predict(model, e, d, n, work))
         path = report(runs, out_dir)
     print(path.read_text())
 
 
 def report(runs: list[dict], out_dir: Path) -> Path:
-    table = pd.DataFrame([{
-        "engine": r["engine"], "dtype": r["dtype"], "rows": r["rows"], "seconds": r["seconds"], "ms per row": 1000 * r["seconds"] / r["rows"],
-        "peak RSS MiB": r["trace"][:, 2].max() / 2**20,
-        "RSS growth per row (bytes)": per_row_slope(r["trace"], r["rows"]),
-        "samples file bytes per row": r["samples_bytes"] / r["rows"],
-        "rows given the fallback": r["fallbacks"], "rows written": r["written"], "progress bar": r["progress_bar"],
-        "failed": r.get("failed", ""),
-    } for r in runs])
-    notes = [f"Machine: {machine_line(machine_info())}", *ratios(table),
-             f"Rows with an empty text (one in {EMPTY_EVERY}), or whose 2 greedy tokens cleaned to nothing, get the"
-             " fallback; *rows written*: the submission's rows.",
-             "Command: python -m benchmarks.predict_memory " + " ".join(sys.argv[1:])]
+    table = pd.DataFrame(
+        [
+            {
+                "engine": r["engine"],
+                "dtype": r["dtype"],
+                "rows": r["rows"],
+                "seconds": r["seconds"],
+                "ms per row": 1000 * r["seconds"] / r["rows"],
+                "peak RSS MiB": r["trace"][:, 2].max() / 2**20,
+                "RSS growth per row (bytes)": per_row_slope(r["trace"], r["rows"]),
+                "samples file bytes per row": r["samples_bytes"] / r["rows"],
+                "rows given the fallback": r["fallbacks"],
+                "rows written": r["written"],
+                "progress bar": r["progress_bar"],
+                "failed": r.get("failed", ""),
+            }
+            for r in runs
+        ]
+    )
+    notes = [
+        f"Machine: {machine_line(machine_info())}",
+        *ratios(table),
+        f"Rows with an empty text (one in {EMPTY_EVERY}), or whose 2 greedy tokens cleaned to nothing, get "
+        "the"
+        " fallback; *rows written*: the submission's rows.",
+        "Command: python -m benchmarks.predict_memory " + " ".join(sys.argv[1:]),
+    ]
     path = write_table(table, out_dir, "predict_memory", "predict: memory against rows (tiny model)", notes)
     _plot(runs, out_dir / "predict_memory.png")
     return path
@@ -158,7 +213,11 @@ def _plot(runs: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in runs:
-        ax.plot(r["trace"][:, 1], r["trace"][:, 2] / 2**20, label=f"{r['engine']} {r['dtype']}, {r['rows']:,} rows")
+        ax.plot(
+            r["trace"][:, 1],
+            r["trace"][:, 2] / 2**20,
+            label=f"{r['engine']} {r['dtype']}, {r['rows']:,} rows",
+        )
     ax.set_xscale("symlog", linthresh=1000)
     ax.set_xlabel("rows done (samples file lines)")
     ax.set_ylabel("RSS (MiB)")

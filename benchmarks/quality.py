@@ -1,9 +1,9 @@
-"""What the quantization ablation measures on a model, beside its bytes: quality against a reference on a fixed
-text set, generation speed through an engine, and the metric through recoverlib's predict path.
+"""What the quantization ablation measures on a model, beside its bytes: quality against a reference on a
+fixed text set, generation speed through an engine, and the metric through recoverlib's predict path.
 
 The text set is recoverlib's own English, never random ids: the example rows (original and rewritten texts and
-their rewrite prompts) and the built-in corpus, tokenized, joined with eos and cut into equal windows, so every
-model sees the same tokens without padding.
+their rewrite prompts) and the built-in corpus, tokenized, joined with eos and cut into equal windows, so
+every model sees the same tokens without padding.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def token_stream(tokenizer) -> list[int]:
 
 
 def text_windows(tokenizer, seq_len: int, count: int | None = None):
-    """(windows x seq_len) LongTensor: consecutive non-overlapping windows of the stream (all, or the first ``count``)."""
+    """(windows x seq_len) LongTensor: consecutive non-overlapping windows of the stream (all, or the first
+    ``count``)."""
     import torch
 
     stream = token_stream(tokenizer)
@@ -64,8 +65,11 @@ def perplexity(model, windows, batch: int = 8) -> float:
         for ids in _batches(windows, batch):
             logits = model(input_ids=ids).logits.float()[:, :-1]
             target = ids[:, 1:]
-            nll += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                           reduction="sum"))
+            nll += float(
+                torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum"
+                )
+            )
             count += target.numel()
     return float(torch.exp(torch.tensor(nll / count)))
 
@@ -95,9 +99,11 @@ def prompts_of(tokenizer, n_tokens: int, count: int) -> list[str]:
 
 
 def generation_speed(engine, prompts: Sequence[str], new_tokens: int, repeats: int, seed: int = 0) -> dict:
-    """Prompt and generated tokens per second of one generate call over ``prompts`` (exactly ``new_tokens`` each,
-    eos ignored), after one warm-up call; median of ``repeats`` with min and max."""
-    sampling = SamplingConfig(samples=1, temperature=0.7, max_new_tokens=new_tokens, seed=seed, ignore_eos=True)
+    """Prompt and generated tokens per second of one generate call over ``prompts`` (exactly ``new_tokens``
+    each, eos ignored), after one warm-up call; median of ``repeats`` with min and max."""
+    sampling = SamplingConfig(
+        samples=1, temperature=0.7, max_new_tokens=new_tokens, seed=seed, ignore_eos=True
+    )
     engine.generate(list(prompts), sampling, [None])  # warm-up (first kernel use, allocator)
     timing, _ = time_repeats(lambda: engine.generate(list(prompts), sampling, [None]), repeats)
     tok = engine.tokenizer

@@ -1,21 +1,23 @@
-"""Quantizing Mixtral-8x7B for real: does ``recoverlib quantize`` stream, i.e. is its peak host memory about one
-decoder layer whatever the number of layers, how long does a full-width layer take on this CPU, and what does that
-extrapolate to for the published 32-layer model?
+"""Quantizing Mixtral-8x7B for real: does ``recoverlib quantize`` stream, i.e. is its peak host memory about
+one decoder layer whatever the number of layers, how long does a full-width layer take on this CPU, and what
+does that extrapolate to for the published 32-layer model?
 
 Random bf16 checkpoints with Mixtral-8x7B's shapes (hidden 4096, intermediate 14336, 8 experts, vocab 32000,
 32 heads, 8 KV heads) and 1, 2, 4 decoder layers are written in the published layout (sharded safetensors,
 ``block_sparse_moe.experts.E.w1/w2/w3``) by a writer that holds one shard at a time. Each is quantized by
-``recoverlib quantize`` in a fresh subprocess; measured: wall time, peak RSS (``os.wait4``'s ``ru_maxrss`` of that
-process), output bytes and bits/param (from the written checkpoint's audit); the planner's peak estimate beside
-the measurement (the committed tables also hold the whole-model path the library had before every backend streamed,
-for 1 layer). Time per layer is the least-squares slope of wall time over layers (the intercept is the fixed start cost: imports and packing).
+``recoverlib quantize`` in a fresh subprocess; measured: wall time, peak RSS (``os.wait4``'s ``ru_maxrss`` of
+that process), output bytes and bits/param (from the written checkpoint's audit); the planner's peak estimate
+beside the measurement (the committed tables also hold the whole-model path the library had before every
+backend streamed, for 1 layer). Time per layer is the least-squares slope of wall time over layers (the
+intercept is the fixed start cost: imports and packing).
 
 Full run (about 25 minutes on 2 cores; writes ~22 GB under --scratch, deleted after):
     nice python -m benchmarks.quant_scale
 Quick check (reduced width, under 2 minutes; results in the scratch folder, not benchmarks/results):
     python -m benchmarks.quant_scale --quick
-GPTQ at full width (GPTQModel's layer loop; about 15 minutes and 14.4 GB RSS per layer on 2 cores), the committed
-quant_scale_gptq table (1 and 2 layers, run one at a time, rows merged, report rebuilt with --from-csv):
+GPTQ at full width (GPTQModel's layer loop; about 15 minutes and 14.4 GB RSS per layer on 2 cores), the
+committed quant_scale_gptq table (1 and 2 layers, run one at a time, rows merged, report rebuilt with
+--from-csv):
     nice python -m benchmarks.quant_scale --presets gptq-4 --layers 1 2 --name quant_scale_gptq
 """
 
@@ -36,8 +38,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 FULL = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8,
         "head_dim": 128, "num_local_experts": 8, "num_experts_per_tok": 2, "vocab_size": 32000}
-QUICK = {**FULL, "hidden_size": 512, "intermediate_size": 1792, "num_attention_heads": 8, "num_key_value_heads": 2,
-         "head_dim": 64, "vocab_size": 8000}
+QUICK = {
+    **FULL,
+    "hidden_size": 512,
+    "intermediate_size": 1792,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+    "vocab_size": 8000,
+}
 
 
 def stream_phase(out: Path):
@@ -104,7 +113,9 @@ def rows_from_csv(csv: Path, shapes: dict, args) -> list[dict]:
     for r in rows:
         if r["path"] == "streaming":
             cfg = {**shapes, "num_hidden_layers": int(r["layers"]), "model_type": "mixtral"}
-            r["planner_peak_GB"] = quantize_peak(cfg, PRESETS[r["preset"]], "cpu", _size(args.max_shard_size)).host_bytes / 1e9
+            r["planner_peak_GB"] = (
+                quantize_peak(cfg, PRESETS[r["preset"]], "cpu", _size(args.max_shard_size)).host_bytes / 1e9
+            )
     args.layers = sorted({int(r["layers"]) for r in rows})
     return rows
 
@@ -119,17 +130,44 @@ def per_layer_fit(rows: list[dict]) -> tuple[float, float]:
     return slope, my - slope * mx
 
 
-def plot(rows: list[dict], extrapolated: list[tuple[int, float]], out: Path, title: str, full32: float | None = None) -> None:
+def plot(
+    rows: list[dict],
+    extrapolated: list[tuple[int, float]],
+    out: Path,
+    title: str,
+    full32: float | None = None,
+) -> None:
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     stream = [r for r in rows if r["path"] == "streaming"]
-    ax.plot([r["layers"] for r in stream], [r["peak_rss_GB"] for r in stream], "o-", label="streaming: measured peak RSS")
-    ax.plot([x for x, _ in extrapolated], [y for _, y in extrapolated], "s--", label="streaming: planner estimate")
+    ax.plot(
+        [r["layers"] for r in stream],
+        [r["peak_rss_GB"] for r in stream],
+        "o-",
+        label="streaming: measured peak RSS",
+    )
+    ax.plot(
+        [x for x, _ in extrapolated], [y for _, y in extrapolated], "s--", label="streaming: planner estimate"
+    )
     if full32 is not None:
-        ax.axhline(full32, color="purple", lw=0.8, label=f"planner, 32 layers (Mixtral-8x7B): {full32:.1f} GB")
-    ax.plot([r["layers"] for r in stream], [r["bf16_GB"] for r in stream], ":", color="grey", label="bf16 checkpoint size")
-    ax.plot([r["layers"] for r in stream], [0.5 * r["bf16_GB"] for r in stream], ":", color="green", label="target 0.5x bf16")
+        ax.axhline(
+            full32, color="purple", lw=0.8, label=f"planner, 32 layers (Mixtral-8x7B): {full32:.1f} GB"
+        )
+    ax.plot(
+        [r["layers"] for r in stream],
+        [r["bf16_GB"] for r in stream],
+        ":",
+        color="grey",
+        label="bf16 checkpoint size",
+    )
+    ax.plot(
+        [r["layers"] for r in stream],
+        [0.5 * r["bf16_GB"] for r in stream],
+        ":",
+        color="green",
+        label="target 0.5x bf16",
+    )
     whole = [r for r in rows if r["path"] == "whole-model"]
     if whole:
         ax.plot([r["layers"] for r in whole], [r["peak_rss_GB"] for r in whole], "x", ms=10, color="red",
@@ -150,12 +188,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--presets", nargs="+", default=["bnb-nf4"])
     p.add_argument("--max-shard-size", default="5GB")
     p.add_argument("--scratch", type=Path, default=Path("/work/scratch/quant_scale"))
-    p.add_argument("--out-dir", type=Path, default=None, help="default: benchmarks/results (--quick: --scratch)")
+    p.add_argument(
+        "--out-dir", type=Path, default=None, help="default: benchmarks/results (--quick: --scratch)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="quant_scale", help="results file stem")
-    p.add_argument("--note", action="append", default=[], help="a line added to the report (how a run was made)")
-    p.add_argument("--from-csv", type=Path, default=None,
-                   help="rebuild the report from a results CSV (measured columns kept, planner column recomputed)")
+    p.add_argument(
+        "--note", action="append", default=[], help="a line added to the report (how a run was made)"
+    )
+    p.add_argument(
+        "--from-csv",
+        type=Path,
+        default=None,
+        help="rebuild the report from a results CSV (measured columns kept, planner column recomputed)",
+    )
     args = p.parse_args(argv)
     from recoverlib.quant.plan import PRESETS
     from recoverlib.quant.planner import MIXTRAL_8X7B, quantize_peak
@@ -190,13 +236,23 @@ def report(rows, args, shapes, out_dir: Path, mixtral: dict, presets, quantize_p
         est = quantize_peak(full32, presets[preset], "cpu", _size(args.max_shard_size))
         extrapolated = [(r["layers"], r["planner_peak_GB"]) for r in stream]
         err = [(r["planner_peak_GB"] - r["peak_rss_GB"]) / r["peak_rss_GB"] for r in stream]
-        notes += [f"{preset}: {slope:.1f} s per layer + {fixed:.1f} s fixed (least squares over {len(stream)} runs); "
-                  f"32 layers: about {(32 * slope + fixed) / 3600:.2f} h and a planner peak of {est.host_bytes / 1e9:.2f} GB RSS "
-                  f"({est.weights_bytes / 1e9:.2f} GB written)",
-                  f"{preset}: planner peak vs measured: within {100 * max(map(abs, err), default=float('nan')):.0f}% "
-                  f"(per run, planner minus measured: {', '.join(f'{100 * e:+.0f}%' for e in err)})",
-                  *[f"{preset}, {r['layers']} layer(s): peak RSS {r['peak_rss_GB']:.2f} GB = {r['rss_over_bf16']:.2f}x "
-                    f"the bf16 checkpoint ({r['path']})" for r in rows if r["preset"] == preset]]
+        notes += [
+            f"{preset}: {slope:.1f} s per layer + {fixed:.1f} s fixed (least squares over {len(stream)} "
+            "runs); "
+            f"32 layers: about {(32 * slope + fixed) / 3600:.2f} h and a planner peak of "
+            f"{est.host_bytes / 1e9:.2f} GB RSS "
+            f"({est.weights_bytes / 1e9:.2f} GB written)",
+            f"{preset}: planner peak vs measured: within "
+            f"{100 * max(map(abs, err), default=float('nan')):.0f}% "
+            f"(per run, planner minus measured: {', '.join(f'{100 * e:+.0f}%' for e in err)})",
+            *[
+                f"{preset}, {r['layers']} layer(s): peak RSS {r['peak_rss_GB']:.2f} GB = "
+                f"{r['rss_over_bf16']:.2f}x "
+                f"the bf16 checkpoint ({r['path']})"
+                for r in rows
+                if r["preset"] == preset
+            ],
+        ]
     frame = pd.DataFrame(rows)
     width = "Mixtral-8x7B full width" if not args.quick else "reduced width (hidden 512, quick)"
     cmd = "python -m benchmarks.quant_scale" + (" --quick" if args.quick else "")
@@ -206,11 +262,28 @@ def report(rows, args, shapes, out_dir: Path, mixtral: dict, presets, quantize_p
         cmd += f" --name {args.name}"
     if args.from_csv is not None:
         cmd += f" --from-csv {args.from_csv}"
-    notes = [f"Command: `{cmd}` (layers {args.layers}, presets {args.presets}, --max-shard-size {args.max_shard_size})",
-             f"Shapes: {width}; {json.dumps(shapes)}", f"Machine: {machine_line(machine_info())}", *args.note, *notes]
-    write_table(frame, out_dir, args.name, "recoverlib quantize at Mixtral-8x7B scale: peak RSS and time per layer", notes)
-    plot(rows, extrapolated, out_dir / f"{args.name}.png", f"peak RSS of recoverlib quantize ({', '.join(args.presets)}), {width}",
-         est.host_bytes / 1e9)
+    notes = [
+        f"Command: `{cmd}` (layers {args.layers}, presets {args.presets}, --max-shard-size "
+        f"{args.max_shard_size})",
+        f"Shapes: {width}; {json.dumps(shapes)}",
+        f"Machine: {machine_line(machine_info())}",
+        *args.note,
+        *notes,
+    ]
+    write_table(
+        frame,
+        out_dir,
+        args.name,
+        "recoverlib quantize at Mixtral-8x7B scale: peak RSS and time per layer",
+        notes,
+    )
+    plot(
+        rows,
+        extrapolated,
+        out_dir / f"{args.name}.png",
+        f"peak RSS of recoverlib quantize ({', '.join(args.presets)}), {width}",
+        est.host_bytes / 1e9,
+    )
     print((out_dir / f"{args.name}.md").read_text())
 
 

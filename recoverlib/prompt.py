@@ -4,7 +4,8 @@ A recovery prompt is one user turn (instruction + original text + rewritten text
 prefix; the model continues after the prefix with the rewrite prompt it believes was used. Two kinds:
 
 - ``chat``: the user turn through the tokenizer's chat template (instruct models, the seed's recipe);
-- ``plain``: the same text with no chat markup, after the tokenizer's BOS (base models such as Mixtral-8x7B-v0.1
+- ``plain``: the same text with no chat markup, after the tokenizer's BOS (base models such as
+Mixtral-8x7B-v0.1
   are published without a chat template)::
 
       <s>Below are an original text and ... (INSTRUCTION)
@@ -18,8 +19,8 @@ prefix; the model continues after the prefix with the rewrite prompt it believes
       The most likely text prompt given to transform the original text into the rewritten text was:
 
 ``auto`` (the default) is ``chat`` where the tokenizer has a chat template, else ``plain``. Training
-(completion-only loss), both engines and GPTQ calibration render rows through :class:`RecoveryTemplate`, so what
-a model is trained on is exactly what it is served; an adapter records the kind it was trained with
+(completion-only loss), both engines and GPTQ calibration render rows through :class:`RecoveryTemplate`, so
+what a model is trained on is exactly what it is served; an adapter records the kind it was trained with
 (:func:`template_for_adapter`).
 """
 
@@ -67,11 +68,13 @@ class RecoveryTemplate:
             raise RecoverlibError(f"template {self.kind!r}: choose one of {', '.join(TEMPLATE_KINDS)}")
 
     def for_tokenizer(self, tokenizer, what: str = "the model") -> RecoveryTemplate:
-        """This template with ``kind`` settled for ``tokenizer``: ``auto`` becomes ``chat`` or ``plain`` (a one-line
-        note when plain); ``chat`` on a tokenizer without a chat template is a one-line error."""
+        """This template with ``kind`` settled for ``tokenizer``: ``auto`` becomes ``chat`` or ``plain`` (a
+        one-line note when plain); ``chat`` on a tokenizer without a chat template is a one-line error."""
         chat = has_chat_template(tokenizer)
         if self.kind == "chat" and not chat:
-            raise RecoverlibError(f"{what} has no chat template (a base model?): use --template plain or auto")
+            raise RecoverlibError(
+                f"{what} has no chat template (a base model?): use --template plain or auto"
+            )
         if self.kind != "auto":
             return self
         if not chat:
@@ -115,7 +118,8 @@ class RecoveryTemplate:
         ids = [_encode(tokenizer, t) for t in (original_text, rewritten_text)]
         keep = _split_budget([len(x) for x in ids], budget)
         texts = [
-            tokenizer.decode(x[:k]) + (self.ellipsis if k < len(x) else "") for x, k in zip(ids, keep, strict=True)
+            tokenizer.decode(x[:k]) + (self.ellipsis if k < len(x) else "")
+            for x, k in zip(ids, keep, strict=True)
         ]
         prompt = self.render(tokenizer, texts[0], texts[1], prime)
         # Re-tokenising decoded text can merge differently; shave until it fits.
@@ -129,8 +133,8 @@ class RecoveryTemplate:
     def completion(self, rewrite_prompt: str, prime: str = "") -> str:
         """The training target that follows :meth:`render` (without eos; the trainer appends it).
 
-        Unprimed: ``" " + prompt``. Primed: the prompt must start with ``prime`` (see :func:`has_prime`) and the
-        target is what follows it, separator included (``"Rewrite the text."`` -> ``" the text."``), so
+        Unprimed: ``" " + prompt``. Primed: the prompt must start with ``prime`` (see :func:`has_prime`) and
+        the target is what follows it, separator included (``"Rewrite the text."`` -> ``" the text."``), so
         prompt + completion is the same string as unprimed and tokenizes the same way.
         """
         text = rewrite_prompt.strip()
@@ -153,7 +157,8 @@ def template_for_adapter(template: RecoveryTemplate, trained: str | None, adapte
 
 
 def has_prime(rewrite_prompt: str, prime: str) -> bool:
-    """Whether ``rewrite_prompt`` opens with ``prime`` as whole words ("Rewrite" opens "Rewrite it", not "Rewritten")."""
+    """Whether ``rewrite_prompt`` opens with ``prime`` as whole words ("Rewrite" opens "Rewrite it", not
+    "Rewritten")."""
     text = rewrite_prompt.strip()
     if not prime or not text.startswith(prime):
         return not prime
@@ -201,5 +206,6 @@ def clean_prediction(
     while len(out) >= 2 and out[0] in _QUOTES and out[-1] in _QUOTES:
         out = out[1:-1].strip()
     out = out.strip(_QUOTES + " ")
-    out = "".join(c for c in out if c.isprintable() or c.isspace())  # byte-level models can emit control bytes
+    # byte-level models can emit control bytes
+    out = "".join(c for c in out if c.isprintable() or c.isspace())
     return re.sub(r"\s+", " ", out).strip()

@@ -9,8 +9,8 @@ registry's entry point group, without editing recoverlib::
     [project.entry-points."recoverlib.engines"]
     mine = "my_package.engine:MyEngine"
 
-A name recoverlib already has is not replaced by an entry point (warned once); an entry that cannot be imported
-is a one-line error naming it.
+A name recoverlib already has is not replaced by an entry point (warned once); an entry that cannot be
+imported is a one-line error naming it.
 """
 
 from __future__ import annotations
@@ -44,14 +44,20 @@ class Registry:
         self._warned: set[str] = set()
 
     def references(self) -> dict[str, str]:
-        """``name -> "module:attribute"``: recoverlib's own, then the entry points of installed distributions."""
+        """``name -> "module:attribute"``: recoverlib's own, then the entry points of installed
+        distributions."""
         refs = dict(self._builtin)
         for ep in entry_points(group=self.group):
             if ep.name in refs:
                 if refs[ep.name] != ep.value and ep.name not in self._warned:
                     self._warned.add(ep.name)
-                    log.warning("%s %r: entry point %s ignored (recoverlib's own is %s)", self.kind, ep.name, ep.value,
-                                refs[ep.name])
+                    log.warning(
+                        "%s %r: entry point %s ignored (recoverlib's own is %s)",
+                        self.kind,
+                        ep.name,
+                        ep.value,
+                        refs[ep.name],
+                    )
                 continue
             refs[ep.name] = ep.value
         return refs

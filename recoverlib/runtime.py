@@ -1,4 +1,5 @@
-"""The process environment engines and libraries read: variables set for the length of a call, restored after."""
+"""The process environment engines and libraries read: variables set for the length of a call, restored
+after."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from contextlib import contextmanager
 
 @contextmanager
 def environ(**values: str):
-    """Set environment variables for the duration (a variable the user already set keeps the user's value), then
-    put the environment back as it was."""
+    """Set environment variables for the duration (a variable the user already set keeps the user's value),
+    then put the environment back as it was."""
     values = {k: v for k, v in values.items() if k not in os.environ}
     os.environ.update(values)
     try:
@@ -19,15 +20,24 @@ def environ(**values: str):
             os.environ.pop(k, None)
 
 
-# -- the allocator and OpenMP runtime vLLM's CPU backend asks for ---------------------------------------------------
-# vLLM warns at every CPU start that tcmalloc and Intel's OpenMP (libiomp5) are not preloaded; preloaded, a
-# full-width job ran 1.23x (base) and 1.32x (adapters) faster and a 20,000-row predict kept a flat RSS (FACTS, turn 3).
-# Both must be in LD_PRELOAD when the process that runs the model starts, so the CLI relaunches itself with them.
+# -- the allocator and OpenMP runtime vLLM's CPU backend asks for
+# --------------------------------------------------- vLLM warns at every CPU start that tcmalloc and Intel's
+# OpenMP (libiomp5) are not preloaded; preloaded, a full-width job ran 1.23x (base) and 1.32x (adapters)
+# faster and a 20,000-row predict kept a flat RSS (FACTS, turn 3). Both must be in LD_PRELOAD when the
+# process that runs the model starts, so the CLI relaunches itself with them.
 PRELOAD_ENV = "RECOVERLIB_PRELOAD"  # "0": leave LD_PRELOAD alone; "done": set by the relaunch
 TCMALLOC_NAMES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4")
-LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")
-TCMALLOC_HINT = ("tcmalloc is not installed, so vLLM on this CPU runs without the allocator it asks for (about 1.2x"
-                 " slower at Mixtral's width): apt-get install libtcmalloc-minimal4 (root), or set LD_PRELOAD yourself")
+LIB_DIRS = (
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/usr/local/lib",
+)
+TCMALLOC_HINT = (
+    "tcmalloc is not installed, so vLLM on this CPU runs without the allocator it asks for (about 1.2x"
+    " slower at Mixtral's width): apt-get install libtcmalloc-minimal4 (root), or set LD_PRELOAD yourself"
+)
 
 
 def find_tcmalloc(dirs=LIB_DIRS) -> str | None:
@@ -40,7 +50,8 @@ def find_tcmalloc(dirs=LIB_DIRS) -> str | None:
 
 
 def find_iomp(prefix: str | None = None) -> str | None:
-    """Intel's OpenMP runtime in this environment (the intel-openmp wheel puts it in ``<prefix>/lib``), or None."""
+    """Intel's OpenMP runtime in this environment (the intel-openmp wheel puts it in ``<prefix>/lib``), or
+    None."""
     import sys
 
     path = os.path.join(prefix or sys.prefix, "lib", "libiomp5.so")
@@ -69,9 +80,10 @@ def uses_cpu_vllm() -> bool:
     return True
 
 
-def relaunch_with_allocator(argv: list[str]) -> None:
-    """Replace this process by the same command with tcmalloc and libiomp5 preloaded (when they are here and not
-    yet loaded); say once when tcmalloc is missing. Returns only when there is nothing to do."""
+def relaunch_with_allocator(command: list[str]) -> None:
+    """Replace this process by ``command`` (this process's own command line: ``[python, ...]``) with tcmalloc
+    and libiomp5 preloaded, when they are here and not loaded yet; say once when tcmalloc is missing. Returns
+    only when there is nothing to do."""
     import sys
 
     new, note = preload_plan(dict(os.environ), find_tcmalloc(), find_iomp())
@@ -79,14 +91,17 @@ def relaunch_with_allocator(argv: list[str]) -> None:
         print(f"recoverlib: note: {note}", file=sys.stderr, flush=True)
     if new is None:
         return
-    env = {**os.environ, "LD_PRELOAD": new, PRELOAD_ENV: "done"}
-    os.execve(sys.executable, [sys.executable, "-m", "recoverlib.cli", *argv], env)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(command[0], command, {**os.environ, "LD_PRELOAD": new, PRELOAD_ENV: "done"})
 
 
 def allocator_env() -> dict[str, str]:
-    """``LD_PRELOAD`` with tcmalloc and libiomp5 for a process about to be started (a server, a spawned engine),
-    with vLLM's CPU build; {} otherwise."""
+    """``LD_PRELOAD`` with tcmalloc and libiomp5 for a process about to be started (a server, a spawned
+    engine), with vLLM's CPU build; {} otherwise."""
     if not uses_cpu_vllm():
         return {}
-    new, _ = preload_plan({k: v for k, v in os.environ.items() if k != PRELOAD_ENV}, find_tcmalloc(), find_iomp())
+    new, _ = preload_plan(
+        {k: v for k, v in os.environ.items() if k != PRELOAD_ENV}, find_tcmalloc(), find_iomp()
+    )
     return {"LD_PRELOAD": new} if new else {}

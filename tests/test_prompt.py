@@ -18,7 +18,9 @@ def test_render_is_chat_formatted_and_ends_with_prefix(tokenizer):
 
 
 def test_prime_is_the_last_text_of_the_prompt(tokenizer):
-    assert RecoveryTemplate().render(tokenizer, "a", "b", prime="Rewrite").endswith(RESPONSE_PREFIX + " Rewrite")
+    assert (
+        RecoveryTemplate().render(tokenizer, "a", "b", prime="Rewrite").endswith(RESPONSE_PREFIX + " Rewrite")
+    )
 
 
 def test_long_texts_are_truncated_to_fit(tokenizer):
@@ -71,8 +73,9 @@ def base_tokenizer(tiny_model):
 def test_plain_prompt_for_a_tokenizer_without_chat_template(base_tokenizer, tokenizer, caplog):
     tpl = RecoveryTemplate().for_tokenizer(base_tokenizer, "base")
     assert tpl.kind == "plain"
-    assert [r.getMessage() for r in caplog.records] == ["base has no chat template: using the plain recovery prompt"
-                                                         " (see --template)"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "base has no chat template: using the plain recovery prompt (see --template)"
+    ]
     prompt = tpl.render(base_tokenizer, "the cat", "THE CAT", prime="Rewrite")
     user = RecoveryTemplate().user_message("the cat", "THE CAT")
     assert prompt == f"<s>{user}\n\n{RESPONSE_PREFIX} Rewrite" and "[INST]" not in prompt
@@ -100,5 +103,7 @@ def test_adapters_are_served_with_the_template_they_were_trained_with():
     assert template_for_adapter(auto, "plain", "a").kind == "plain"
     assert template_for_adapter(auto, None, "a") is auto  # not trained by recoverlib: the run's template
     assert template_for_adapter(RecoveryTemplate(kind="chat"), "chat", "a").kind == "chat"
-    with pytest.raises(RecoverlibError, match="adapter 'a' was trained with the plain recovery prompt, not chat"):
+    with pytest.raises(
+        RecoverlibError, match="adapter 'a' was trained with the plain recovery prompt, not chat"
+    ):
         template_for_adapter(RecoveryTemplate(kind="chat"), "plain", "a")

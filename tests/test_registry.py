@@ -1,5 +1,6 @@
-"""Extension points from outside the package: a distribution that declares an engine and a combination strategy
-under recoverlib's entry point groups is found by name, with no edit to recoverlib, through the API and the CLI."""
+"""Extension points from outside the package: a distribution that declares an engine and a combination
+strategy under recoverlib's entry point groups is found by name, with no edit to recoverlib, through the API
+and the CLI."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from recoverlib.errors import RecoverlibError
 from recoverlib.registry import Registry
 
 PLUGIN = textwrap.dedent('''
-    """A third-party package: an engine that echoes the rewritten text's first word, and a shouting strategy."""
+    """A third-party package: an engine that echoes the rewritten text's first word, and a shouting
+    strategy."""
     from dataclasses import dataclass
     from typing import ClassVar
 
@@ -66,7 +68,8 @@ PLUGIN = textwrap.dedent('''
 
 @pytest.fixture
 def plugin_path(tmp_path, monkeypatch):
-    """``echo_plugin`` installed the way pip leaves a package: its module and a dist-info with entry points."""
+    """``echo_plugin`` installed the way pip leaves a package: its module and a dist-info with entry
+    points."""
     (tmp_path / "echo_plugin.py").write_text(PLUGIN)
     info = tmp_path / "echo_plugin-1.0.dist-info"
     info.mkdir()
@@ -97,7 +100,9 @@ def test_an_engine_and_a_strategy_from_another_package(plugin_path, tiny_model, 
 
 
 def test_lookup_is_lazy_and_a_bad_entry_is_one_line(tmp_path, monkeypatch):
-    registry = Registry("thing", "recoverlib.tests-nothing", {"ok": "json:dumps", "broken": "no_such_module:X"})
+    registry = Registry(
+        "thing", "recoverlib.tests-nothing", {"ok": "json:dumps", "broken": "no_such_module:X"}
+    )
     assert registry.names() == ["broken", "ok"]  # nothing imported to list them
     assert registry.get("ok")([1]) == "[1]"
     with pytest.raises(RecoverlibError, match="thing 'broken' \\(no_such_module:X\\) cannot be loaded"):

@@ -16,7 +16,8 @@ def test_what_is_added_to_ld_preload():
     assert preload_plan({}, TC, IOMP) == (f"{TC}:{IOMP}", None)
     assert preload_plan({"LD_PRELOAD": "/x/libfoo.so"}, TC, IOMP) == (f"{TC}:{IOMP}:/x/libfoo.so", None)
     assert preload_plan({"LD_PRELOAD": f"{TC} {IOMP}"}, TC, IOMP) == (None, None)  # already there
-    assert preload_plan({"LD_PRELOAD": "/opt/libtcmalloc_minimal.so.4"}, TC, None) == (None, None)  # another copy
+    # another copy
+    assert preload_plan({"LD_PRELOAD": "/opt/libtcmalloc_minimal.so.4"}, TC, None) == (None, None)
     assert preload_plan({}, None, IOMP) == (IOMP, TCMALLOC_HINT)  # the hint names what to install
     assert preload_plan({PRELOAD_ENV: "0"}, TC, IOMP) == (None, None)  # turned off
     assert preload_plan({PRELOAD_ENV: "done"}, TC, IOMP) == (None, None)  # relaunched already: no loop
@@ -24,10 +25,32 @@ def test_what_is_added_to_ld_preload():
 
 def test_the_predict_command_runs_vllm_with_them(tiny_model, sample_csv, tmp_path):
     pytest.importorskip("vllm")
-    res = subprocess.run([sys.executable, "-m", "recoverlib.cli", "predict", "--engine", "vllm", "--model",
-                          str(tiny_model), "--input", str(sample_csv), "--out", str(tmp_path / "sub.csv"),
-                          "--samples", "1", "--max-new-tokens", "4"], capture_output=True, text=True)
+    # -v: vLLM's own warnings shown (its start-up check names a missing tcmalloc or libiomp)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recoverlib.cli",
+            "-v",
+            "predict",
+            "--engine",
+            "vllm",
+            "--model",
+            str(tiny_model),
+            "--input",
+            str(sample_csv),
+            "--out",
+            str(tmp_path / "sub.csv"),
+            "--samples",
+            "1",
+            "--max-new-tokens",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
+    assert "Starting to load model" in res.stderr  # vLLM's info logs are there: its warnings would be too
     if find_tcmalloc():
         assert "libtcmalloc is not found in LD_PRELOAD" not in res.stderr  # vLLM's own start-up check
     else:

@@ -1,5 +1,5 @@
-"""Safe loading: safetensors only (no pickle is ever loaded), and no JSON file can make recoverlib import or run
-anything it names."""
+"""Safe loading: safetensors only (no pickle is ever loaded), and no JSON file can make recoverlib import or
+run anything it names."""
 
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ def test_every_torch_load_is_weights_only():
 @pytest.fixture
 def canary(tmp_path, monkeypatch):
     """A module that records its import: a JSON file naming it must not get it imported."""
-    (tmp_path / "recoverlib_canary.py").write_text("import os\nos.environ['RECOVERLIB_CANARY'] = 'imported'\n")
+    (tmp_path / "recoverlib_canary.py").write_text(
+        "import os\nos.environ['RECOVERLIB_CANARY'] = 'imported'\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv("RECOVERLIB_CANARY", raising=False)
     yield "recoverlib_canary"
@@ -43,7 +45,8 @@ def canary(tmp_path, monkeypatch):
     {"strategy": "recoverlib_canary"},
     {"strategy": "recoverlib_canary:main"},
     {"strategy": "os.system", "command": "touch /tmp/recoverlib-canary"},
-    {"format": "recoverlib-combination/1", "combination": {"strategy": "pipeline", "steps": [{"strategy": "__import__"}]}},
+    {"format": "recoverlib-combination/1",
+     "combination": {"strategy": "pipeline", "steps": [{"strategy": "__import__"}]}},
     {"strategy": "concat", "__class__": "recoverlib_canary.Thing"},
     {"strategy": "concat", "separator": {"strategy": "recoverlib_canary"}},
 ])

@@ -31,7 +31,10 @@ def test_same_seed_same_bytes_other_seed_other_rows(tmp_path):
 
 def test_splits_are_disjoint_and_kaggle_shaped(tmp_path):
     out = write_task(tmp_path, TaskConfig(rows=300, eval_rows=50))
-    train, val = read_rows(out / "train.csv", with_truth=True), read_rows(out / "validation.csv", with_truth=True)
+    train, val = (
+        read_rows(out / "train.csv", with_truth=True),
+        read_rows(out / "validation.csv", with_truth=True),
+    )
     test = read_rows(out / "test.csv")
     assert (len(train), len(val), len(test)) == (300, 50, 50)
     assert all(r.rewrite_prompt for r in train + val) and all(r.rewrite_prompt is None for r in test)

@@ -20,15 +20,20 @@ from recoverlib.runtime import relaunch_with_allocator, uses_cpu_vllm
 
 log = logging.getLogger("recoverlib")
 
-# Libraries whose import-time warnings ("Failed to load ..." of optional kernels) are noise to a user: behind -v.
-NOISY_LOGGERS = ("torchao", "bitsandbytes")
+# Libraries whose warnings are noise to a user of a command (optional kernels that fail to load, torch's
+# pytree deprecations, datasets' notes): behind -v.
+NOISY_LOGGERS = ("torchao", "bitsandbytes", "torch.utils._pytree", "datasets")
 # Command groups in the order ``--help`` lists them; each module has ``add_commands(subparsers)``.
 COMMAND_GROUPS = ("predict", "serve", "tiny", "training", "quant", "plan", "combine")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recoverlib", description="Recover the prompt an LLM rewrote a text with.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show info logs (ours and the libraries')")
+    parser = argparse.ArgumentParser(
+        prog="recoverlib", description="Recover the prompt an LLM rewrote a text with."
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show info logs (ours and the libraries')"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for group in COMMAND_GROUPS:
         importlib.import_module(f"{__name__}.{group}").add_commands(sub)
@@ -42,11 +47,16 @@ class _OneLine(logging.Formatter):
 
 @contextlib.contextmanager
 def _quiet_libraries(verbose: bool):
-    """Library prints to stderr, vLLM's logs to stderr at warning level and optional-kernel warnings off (unless
-    ``verbose``); all put back after. Yields the real stdout, which is where a command writes its output.
+    """Library prints to stderr, vLLM's logs to stderr at warning level and optional-kernel warnings off
+    (unless ``verbose``); all put back after. Yields the real stdout, which is where a command writes its
+    output.
     """
     stdout = sys.stdout
-    env = {"VLLM_LOGGING_STREAM": "ext://sys.stderr", "VLLM_LOGGING_LEVEL": "INFO" if verbose else "WARNING"}
+    # vLLM's start-up warnings (tcmalloc, NUMA, thread binding, Triton) repeat for every engine: errors only,
+    # unless -v; datasets' map bars (training's tokenization) too: the commands' own progress bars stay.
+    env = {"VLLM_LOGGING_STREAM": "ext://sys.stderr", "VLLM_LOGGING_LEVEL": "INFO" if verbose else "ERROR"}
+    if not verbose:
+        env["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
     saved = {k: os.environ.get(k) for k in env}
     for k, v in env.items():
         os.environ.setdefault(k, v)
@@ -101,16 +111,16 @@ VLLM_COMMANDS = ("predict", "serve")
 def run() -> None:
     """Console entry point: :func:`main`, then exit without tearing the interpreter down.
 
-    ``predict`` and ``serve`` on vLLM's CPU build first relaunch themselves with tcmalloc and libiomp5 preloaded
-    (:func:`recoverlib.runtime.relaunch_with_allocator`; ``RECOVERLIB_PRELOAD=0`` turns it off).
+    ``predict`` and ``serve`` on vLLM's CPU build first relaunch themselves with tcmalloc and libiomp5
+    preloaded (:func:`recoverlib.runtime.relaunch_with_allocator`; ``RECOVERLIB_PRELOAD=0`` turns it off).
 
-    With vLLM and torch loaded, interpreter finalization took about 2 s after the work was done, and shutting the
-    vLLM engine down about 1.3 s more (measured on the 2-core CPU); the exit releases all of it at once. By then
-    every output file is closed; stdio and logging are flushed before the exit.
+    With vLLM and torch loaded, interpreter finalization took about 2 s after the work was done, and shutting
+    the vLLM engine down about 1.3 s more (measured on the 2-core CPU); the exit releases all of it at once.
+    By then every output file is closed; stdio and logging are flushed before the exit.
     """
     argv = sys.argv[1:]
-    if argv[:1] and argv[0] in VLLM_COMMANDS and uses_cpu_vllm():
-        relaunch_with_allocator(argv)
+    if next((a for a in argv if not a.startswith("-")), None) in VLLM_COMMANDS and uses_cpu_vllm():
+        relaunch_with_allocator([sys.executable, "-m", "recoverlib.cli", *argv])
     code = main(argv, process_exits=True)
     logging.shutdown()
     sys.stdout.flush()

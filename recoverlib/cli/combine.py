@@ -1,4 +1,5 @@
-"""Combination commands: ``optimize-prompt``, ``search-suffix``, ``tune`` and ``combine`` (saved samples in)."""
+"""Combination commands: ``optimize-prompt``, ``search-suffix``, ``tune`` and ``combine`` (saved samples
+in)."""
 
 from __future__ import annotations
 
@@ -107,7 +108,9 @@ def cmd_search_suffix(args) -> int:
         if len(idx):
             score = suffix_scorer(*pick(idx), ctx)
             before, after = score([""])[0], score([result.text])[0]
-            lines.append(f"{name} ({len(idx)} rows): {before:.4f} without, {after:.4f} with ({after - before:+.4f})")
+            lines.append(
+                f"{name} ({len(idx)} rows): {before:.4f} without, {after:.4f} with ({after - before:+.4f})"
+            )
     print("\n".join(lines), file=args.stdout)
     return 0
 
@@ -120,9 +123,20 @@ def cmd_tune(args) -> int:
     suffix = read_text_file(args.suffix, "--suffix") if args.suffix else None
     extra = [Candidate(Path(p).stem, load_combination(p)) for p in args.pipeline or []]
     start = time.perf_counter()
-    results = tune(samples, truth, _context(args.embedder), strategies=args.strategies, mean_prompt=mean,
-                   suffix=suffix, extra=extra, n_boot=args.bootstrap, seed=args.seed, fallback=DEFAULT_FALLBACK,
-                   out=args.out, tuned_on=str(args.samples_file))
+    results = tune(
+        samples,
+        truth,
+        _context(args.embedder),
+        strategies=args.strategies,
+        mean_prompt=mean,
+        suffix=suffix,
+        extra=extra,
+        n_boot=args.bootstrap,
+        seed=args.seed,
+        fallback=DEFAULT_FALLBACK,
+        out=args.out,
+        tuned_on=str(args.samples_file),
+    )
     best = results[0]
     print(format_table(results), file=args.stdout)
     print(f"best: {best.name} ({best.score:.4f}, {best.diff:+.4f} vs first) over {len(samples)} rows "
@@ -138,8 +152,10 @@ def cmd_combine(args) -> int:
     empty = [i for i, p in prompts.items() if not p.strip()]
     texts = [prompts[i].strip() or args.fallback_prompt or DEFAULT_FALLBACK for i in samples]
     write_submission(args.out, list(samples), texts)
-    print(f"wrote {len(texts)} prompts to {args.out}" + (f" ({len(empty)} got the fallback)" if empty else ""),
-          file=args.stdout)
+    print(
+        f"wrote {len(texts)} prompts to {args.out}" + (f" ({len(empty)} got the fallback)" if empty else ""),
+        file=args.stdout,
+    )
     return 0
 
 
@@ -157,10 +173,18 @@ def _vocab_size(text: str) -> int | None:
 def _search_options(p, steps: int, vocab_size: int) -> None:
     p.add_argument("--steps", type=int, default=steps, help="words or tokens appended at most")
     p.add_argument("--beam", type=int, default=1, help="strings kept per step (1 = greedy)")
-    p.add_argument("--vocab-size", type=_vocab_size, default=vocab_size,
-                   help="candidates tried per step, or 'all' (the whole vocabulary every step; slow, exhaustive)")
-    p.add_argument("--screen", type=int, help="rank every candidate on this many seeded rows first, then score"
-                   " only the --shortlist best on all rows (makes --vocab-size all affordable; approximate)")
+    p.add_argument(
+        "--vocab-size",
+        type=_vocab_size,
+        default=vocab_size,
+        help="candidates tried per step, or 'all' (the whole vocabulary every step; slow, exhaustive)",
+    )
+    p.add_argument(
+        "--screen",
+        type=int,
+        help="rank every candidate on this many seeded rows first, then score"
+        " only the --shortlist best on all rows (makes --vocab-size all affordable; approximate)",
+    )
     p.add_argument("--shortlist", type=int, default=256, help="candidates of the screen scored on all rows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--holdout", type=float, default=0.2, help="seeded validation fraction")
@@ -170,18 +194,30 @@ def _search_options(p, steps: int, vocab_size: int) -> None:
 
 def add_commands(subparsers) -> None:
     """Register ``optimize-prompt``, ``search-suffix``, ``tune`` and ``combine``."""
-    p = subparsers.add_parser("optimize-prompt", help="search a mean prompt that scores well against train prompts")
+    p = subparsers.add_parser(
+        "optimize-prompt", help="search a mean prompt that scores well against train prompts"
+    )
     p.add_argument("--train", required=True, type=Path, help="CSV with id, rewrite_prompt")
-    p.add_argument("--validation", type=Path, help="CSV with id, rewrite_prompt (default: a held-out train part)")
-    p.add_argument("--vocab", choices=("words", "tokens"), default="words", help="train-prompt words or embedder tokens")
+    p.add_argument(
+        "--validation", type=Path, help="CSV with id, rewrite_prompt (default: a held-out train part)"
+    )
+    p.add_argument(
+        "--vocab", choices=("words", "tokens"), default="words", help="train-prompt words or embedder tokens"
+    )
     _search_options(p, steps=16, vocab_size=200)
     p.set_defaults(func=cmd_optimize_prompt)
 
-    p = subparsers.add_parser("search-suffix", help="search tokens that raise every prediction's score when appended")
+    p = subparsers.add_parser(
+        "search-suffix", help="search tokens that raise every prediction's score when appended"
+    )
     add_samples_file(p, "samples JSONL (predict --samples-file)")
     p.add_argument("--truth", required=True, type=Path, help="CSV with id, rewrite_prompt")
-    p.add_argument("--combination", type=Path, help="combination file making the predictions (default: concat)")
-    p.add_argument("--rows", type=int, default=64, help="rows the search scores (it embeds rows x vocab per step)")
+    p.add_argument(
+        "--combination", type=Path, help="combination file making the predictions (default: concat)"
+    )
+    p.add_argument(
+        "--rows", type=int, default=64, help="rows the search scores (it embeds rows x vocab per step)"
+    )
     _search_options(p, steps=8, vocab_size=100)
     p.set_defaults(func=cmd_search_suffix)
 
@@ -198,7 +234,9 @@ def add_commands(subparsers) -> None:
     add_embedder(p)
     p.set_defaults(func=cmd_tune)
 
-    p = subparsers.add_parser("combine", help="combine saved samples with a combination file into a submission")
+    p = subparsers.add_parser(
+        "combine", help="combine saved samples with a combination file into a submission"
+    )
     add_samples_file(p, "samples JSONL (predict --samples-file)")
     p.add_argument("--combination", required=True, type=Path, help="combination file (tune --out)")
     add_out(p, "submission CSV (id, rewrite_prompt)", old=("--output",))

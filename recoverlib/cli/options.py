@@ -1,8 +1,8 @@
 """Options several commands share, so one concept has one name and one default everywhere.
 
-Names: ``--out`` for what a command writes, ``--samples-file`` for the samples JSONL, ``--samples`` for a count,
-``--embedder`` for the sentence embedder. Older spellings stay accepted for one release as hidden aliases that
-warn (see :func:`old_name`).
+Names: ``--out`` for what a command writes, ``--samples-file`` for the samples JSONL, ``--samples`` for a
+count, ``--embedder`` for the sentence embedder. Older spellings stay accepted for one release as hidden
+aliases that warn (see :func:`old_name`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,13 @@ def old_name(parser: argparse.ArgumentParser, flag: str, new: str, dest: str, **
     parser.add_argument(flag, dest=dest, action=Alias, help=argparse.SUPPRESS, **kwargs)
 
 
-def add_out(parser: argparse.ArgumentParser, help: str, required: bool = True, old: tuple[str, ...] = ()) -> None:
+def add_out(
+    parser: argparse.ArgumentParser, help: str, required: bool = True, old: tuple[str, ...] = ()
+) -> None:
     """``--out PATH``: what the command writes (older spellings in ``old`` kept as aliases)."""
-    parser.add_argument("--out", type=Path, required=False, default=None, help=help + (" (required)" if required else ""))
+    parser.add_argument(
+        "--out", type=Path, required=False, default=None, help=help + (" (required)" if required else "")
+    )
     for flag in old:
         old_name(parser, flag, "--out", "out", type=Path)
     parser.set_defaults(_required_out=required, _parser=parser)
@@ -39,23 +43,33 @@ def add_out(parser: argparse.ArgumentParser, help: str, required: bool = True, o
 def add_samples_file(parser: argparse.ArgumentParser, help: str, required: bool = True,
                      old: tuple[str, ...] = ("--samples",)) -> None:
     """``--samples-file PATH``: the samples JSONL (``predict --samples-file`` writes it)."""
-    parser.add_argument("--samples-file", type=Path, default=None, help=help + (" (required)" if required else ""))
+    parser.add_argument(
+        "--samples-file", type=Path, default=None, help=help + (" (required)" if required else "")
+    )
     for flag in old:
         old_name(parser, flag, "--samples-file", "samples_file", type=Path)
     parser.set_defaults(_required_samples_file=required, _parser=parser)
 
 
 def add_embedder(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--embedder", default=COMPETITION_EMBEDDER,
-                        help="sentence embedder: a name, a folder, or 'minilm' (offline; default %(default)s)")
+    parser.add_argument(
+        "--embedder",
+        default=COMPETITION_EMBEDDER,
+        help="sentence embedder: a name, a folder, or 'minilm' (offline; default %(default)s)",
+    )
 
 
 def add_template(parser: argparse.ArgumentParser) -> None:
-    """``--template auto|chat|plain``: the recovery prompt's kind (plain for base models without a chat template)."""
+    """``--template auto|chat|plain``: the recovery prompt's kind (plain for base models without a chat
+    template)."""
 
-    parser.add_argument("--template", choices=TEMPLATE_KINDS, default="auto",
-                        help="recovery prompt: the tokenizer's chat template, plain text (base models), or auto:"
-                             " chat where the tokenizer has one (default); adapters keep the kind they were trained with")
+    parser.add_argument(
+        "--template",
+        choices=TEMPLATE_KINDS,
+        default="auto",
+        help="recovery prompt: the tokenizer's chat template, plain text (base models), or auto:"
+        " chat where the tokenizer has one (default); adapters keep the kind they were trained with",
+    )
 
 
 def check_required(args: argparse.Namespace) -> None:

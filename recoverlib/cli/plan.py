@@ -1,9 +1,10 @@
 """``recoverlib plan``: will a model, quantized by a plan, fit where it is quantized and where it is served?
 
-Two reports from ``config.json`` alone, nothing loaded: quantizing (:func:`recoverlib.quant.planner.quantize_peak`:
-weights, peak host and device memory of the streaming quantize, against ``--host-memory`` / ``--device-memory``)
-and serving (:mod:`recoverlib.engines.memory`: vLLM's weights, LoRA buffers, overheads and KV cache per device,
-against ``--gpus`` or this CPU). Exit status 0 when everything fits, 1 when something does not.
+Two reports from ``config.json`` alone, nothing loaded: quantizing
+(:func:`recoverlib.quant.planner.quantize_peak`: weights, peak host and device memory of the streaming
+quantize, against ``--host-memory`` / ``--device-memory``) and serving (:mod:`recoverlib.engines.memory`:
+vLLM's weights, LoRA buffers, overheads and KV cache per device, against ``--gpus`` or this CPU). Exit status
+0 when everything fits, 1 when something does not.
 """
 
 from __future__ import annotations
@@ -55,17 +56,30 @@ def add_serving_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-loras", type=int, help="adapter slots on each GPU (default 0: no LoRA)")
     p.add_argument("--max-lora-rank", type=int, help=f"default {d.max_lora_rank}")
     p.add_argument("--lora-targets", help=f"comma-separated modules (default {','.join(ATTENTION_TARGETS)})")
-    p.add_argument("--enforce-eager", action="store_true", default=None, help="no CUDA graphs (their memory saved)")
+    p.add_argument(
+        "--enforce-eager", action="store_true", default=None, help="no CUDA graphs (their memory saved)"
+    )
 
 
 def serving_setup(args):
-    """The :class:`ServingSetup` the options describe: ``--preset``'s engine settings, given options on top."""
+    """The :class:`ServingSetup` the options describe: ``--preset``'s engine settings, given options on
+    top."""
 
     fields = {k: v for k, v in (ENGINE_PRESETS[args.preset] if args.preset else {}).items()
               if k in ServingSetup.__dataclass_fields__}
-    given = {k: getattr(args, k) for k in ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len",
-                                            "max_num_seqs", "max_num_batched_tokens", "max_loras", "max_lora_rank",
-                                            "enforce_eager")}
+    given = {
+        k: getattr(args, k)
+        for k in (
+            "tensor_parallel_size",
+            "gpu_memory_utilization",
+            "max_model_len",
+            "max_num_seqs",
+            "max_num_batched_tokens",
+            "max_loras",
+            "max_lora_rank",
+            "enforce_eager",
+        )
+    }
     if args.lora_targets:
         given["lora_targets"] = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
     fields.update({k: v for k, v in given.items() if v is not None})
@@ -76,11 +90,15 @@ def serving_lines(args) -> list[str]:
     """The serving report for ``args`` (model, plan, devices and engine settings)."""
 
     devices = parse_gpus(args.gpus) if args.gpus else Devices(cpu_kv_bytes=int(args.kv_cache_gib * GiB))
-    return serving_report_lines(plan_serving(_model_config(args.model), args.plan, serving_setup(args), devices))
+    return serving_report_lines(
+        plan_serving(_model_config(args.model), args.plan, serving_setup(args), devices)
+    )
 
 
 def add_quantize_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="where layers would be quantized: cpu or cuda (default cpu)")
+    p.add_argument(
+        "--device", default="cpu", help="where layers would be quantized: cpu or cuda (default cpu)"
+    )
     p.add_argument("--max-shard-size", default="5GB", help="output shard size the quantize would use")
     p.add_argument("--host-memory", default=None, help="RAM available for quantizing, e.g. 29GB")
     p.add_argument("--device-memory", default=None, help="GPU memory available for quantizing, e.g. 15GB")
@@ -101,14 +119,20 @@ def quantize_lines(args) -> tuple[list[str], bool]:
     plan = load_plan(args.plan)
     device = quantize_device(args.device)
     peak = quantize_peak(config, plan, device, parse_size(args.max_shard_size))
-    lines = [f"quantizing with {plan.name} ({plan.backend}) on {device}, {config.get('num_hidden_layers')} layers",
-             f"  weights (quantized)      {peak.weights_bytes / 1e9:9.2f} GB",
-             f"  one layer 16-bit         {peak.piece_16bit / 1e9:9.2f} GB, quantized {peak.piece_quantized / 1e9:.2f} GB",
-             f"  peak host                {peak.host_bytes / 1e9:9.2f} GB"]
+    lines = [
+        f"quantizing with {plan.name} ({plan.backend}) on {device}, {config.get('num_hidden_layers')} layers",
+        f"  weights (quantized)      {peak.weights_bytes / 1e9:9.2f} GB",
+        f"  one layer 16-bit         {peak.piece_16bit / 1e9:9.2f} GB, quantized "
+        f"{peak.piece_quantized / 1e9:.2f} GB",
+        f"  peak host                {peak.host_bytes / 1e9:9.2f} GB",
+    ]
     if device != "cpu":
         lines.append(f"  peak device              {peak.device_bytes / 1e9:9.2f} GB")
     fits = True
-    for label, given, need in (("host", args.host_memory, peak.host_bytes), ("device", args.device_memory, peak.device_bytes)):
+    for label, given, need in (
+        ("host", args.host_memory, peak.host_bytes),
+        ("device", args.device_memory, peak.device_bytes),
+    ):
         if given is not None:
             ok = need <= parse_size(given)
             fits &= ok
@@ -117,8 +141,8 @@ def quantize_lines(args) -> tuple[list[str], bool]:
 
 
 def vllm_line(plan, on_gpus: bool) -> str:
-    """Whether vLLM can serve what ``plan`` writes: on ``--gpus`` by the checkpoint alone, on this CPU also by this
-    machine's int4 kernels (vLLM is imported to ask it)."""
+    """Whether vLLM can serve what ``plan`` writes: on ``--gpus`` by the checkpoint alone, on this CPU also
+    by this machine's int4 kernels (vLLM is imported to ask it)."""
     weights = ServedWeights.from_plan(plan, f"a {plan.name} checkpoint")
     problem = weights_problem(weights)
     if not problem and needs_kernels(weights) and not on_gpus:
@@ -142,9 +166,16 @@ def cmd_plan(args) -> int:
 def add_commands(sub) -> None:
     """Register ``plan``."""
 
-    p = sub.add_parser("plan", help="memory plan: does the model under a precision plan fit, with how much KV cache")
+    p = sub.add_parser(
+        "plan", help="memory plan: does the model under a precision plan fit, with how much KV cache"
+    )
     p.add_argument("model", help=f"HF model folder, config.json, or {', '.join(PUBLIC_CONFIGS)}")
-    p.add_argument("--plan", required=True, help=f"preset ({', '.join(PRESETS)}), a JSON plan file, or a dtype (bfloat16, float16) for an unquantized model")
+    p.add_argument(
+        "--plan",
+        required=True,
+        help=f"preset ({', '.join(PRESETS)}), a JSON plan file, or a dtype (bfloat16, float16) for an "
+             "unquantized model",
+    )
     add_quantize_options(p)
     add_serving_options(p)
     p.set_defaults(func=cmd_plan)

@@ -52,8 +52,10 @@ def parse_models(models: list[str], adapters: list[tuple[str, str]]):
     for name, path in adapters:
         base, sep, short = name.partition(":")
         if not sep or base not in named:
-            raise RecoverlibError(f"--adapter {name}={path}: with several base models write BASE:NAME=PATH, BASE one of "
-                                  f"{', '.join(named)}")
+            raise RecoverlibError(
+                f"--adapter {name}={path}: with several base models write BASE:NAME=PATH, BASE one of "
+                f"{', '.join(named)}"
+            )
         per_base[base].append((short, path))
     return [BaseModel(Path(p), parse_adapters(per_base[n]), n) for n, p in named.items()], None
 
@@ -66,8 +68,8 @@ def _name_value(text: str, flag: str, form: str) -> tuple[str, str]:
 
 
 def engine_config(args, engine: str | None = None):
-    """The settings of the engine ``--engine`` names (``auto``: the local engines'): ``--preset``'s, given options
-    on top."""
+    """The settings of the engine ``--engine`` names (``auto``: the local engines'): ``--preset``'s, given
+    options on top."""
 
     name = engine or args.engine
     config_type = EngineConfig if name == AUTO else ENGINES.get(name).config_type
@@ -79,13 +81,17 @@ def engine_config(args, engine: str | None = None):
 
 
 def add_engine_options(p: argparse.ArgumentParser, local_only: bool = False) -> None:
-    """``--engine``, ``--preset`` and every registered engine's own options (from its config); ``local_only``: the
-    settings of the engines that load the model here (``recoverlib serve``), without ``--engine``."""
+    """``--engine``, ``--preset`` and every registered engine's own options (from its config);
+    ``local_only``: the settings of the engines that load the model here (``recoverlib serve``), without
+    ``--engine``."""
 
     if not local_only:
-        p.add_argument("--engine", default="auto",
-                       help=f"{', '.join(ENGINES.names())}, or auto (default): vllm where it can serve the model here,"
-                            " else hf")
+        p.add_argument(
+            "--engine",
+            default="auto",
+            help=f"{', '.join(ENGINES.names())}, or auto (default): vllm where it can serve the model here,"
+            " else hf",
+        )
     p.add_argument("--preset", choices=sorted(ENGINE_PRESETS),
                    help="engine settings for a known machine (kaggle-t4x2: 2x T4); options given override it")
     seen: set[str] = set()
@@ -110,8 +116,15 @@ def executor_config(args):
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
     s = PredictConfig().sampling
-    p.add_argument("--samples", type=int, default=s.samples, help="sampled predictions per row and adapter (default %(default)s)")
-    p.add_argument("--temperature", type=float, default=s.temperature, help="0 = greedy (default %(default)s)")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=s.samples,
+        help="sampled predictions per row and adapter (default %(default)s)",
+    )
+    p.add_argument(
+        "--temperature", type=float, default=s.temperature, help="0 = greedy (default %(default)s)"
+    )
     p.add_argument("--top-p", type=float, default=s.top_p)
     p.add_argument("--max-new-tokens", type=int, default=s.max_new_tokens)
     p.add_argument("--seed", type=int, default=s.seed)
@@ -123,23 +136,48 @@ def sampling_config(args):
 
 
 def cmd_predict(args) -> int:
-    combination = load_combination(args.combination) if args.combination else ConcatConfig(separator=args.separator)
-    config = PredictConfig(sampling_config(args), include_base=args.include_base,
-                           fallback_prompt=args.fallback_prompt, combination=combination, chunk_rows=args.chunk_rows,
-                           template=RecoveryTemplate(kind=args.template))
+    combination = (
+        load_combination(args.combination) if args.combination else ConcatConfig(separator=args.separator)
+    )
+    config = PredictConfig(
+        sampling_config(args),
+        include_base=args.include_base,
+        fallback_prompt=args.fallback_prompt,
+        combination=combination,
+        chunk_rows=args.chunk_rows,
+        template=RecoveryTemplate(kind=args.template),
+    )
     start = time.perf_counter()
     engine_cfg = engine_config(args)
-    # vLLM's engine-core and worker processes outlive the CLI's os._exit (seen: orphans that kept running and held
-    # the CLI's stdout open), so an engine with processes of its own (or a Ray run) is shut down properly.
-    own_processes = (getattr(engine_cfg, "multiprocess", False) or getattr(engine_cfg, "tensor_parallel_size", 1) > 1
-                     or args.executor != "local")
+    # vLLM's engine-core and worker processes outlive the CLI's os._exit (seen: orphans that kept running and
+    # held the CLI's stdout open), so an engine with processes of its own (or a Ray run) is shut down
+    # properly.
+    own_processes = (
+        getattr(engine_cfg, "multiprocess", False)
+        or getattr(engine_cfg, "tensor_parallel_size", 1) > 1
+        or args.executor != "local"
+    )
     model, adapters = parse_models(args.model, args.adapter or [])
-    done = predict(model, args.input, args.out, adapters=adapters, engine=args.engine,
-                   config=config, engine_config=engine_cfg, samples_file=args.samples_file,
-                   resume=args.resume, context=CombineContext(embedder=args.embedder), executor=args.executor,
-                   executor_config=executor_config(args), close_engine=not args.process_exits or own_processes)
-    print(f"wrote {done.rows} predictions to {args.out} in {time.perf_counter() - start:.1f} s"
-          + (f" ({done.fallbacks} row(s) got the fallback prompt)" if done.fallbacks else ""), file=args.stdout)
+    done = predict(
+        model,
+        args.input,
+        args.out,
+        adapters=adapters,
+        engine=args.engine,
+        config=config,
+        engine_config=engine_cfg,
+        samples_file=args.samples_file,
+        resume=args.resume,
+        context=CombineContext(embedder=args.embedder),
+        executor=args.executor,
+        executor_config=executor_config(args),
+        close_engine=not args.process_exits or own_processes,
+    )
+    print(
+        f"wrote {done.rows} predictions to {args.out} in {time.perf_counter() - start:.1f} s"
+        + (f" ({done.fallbacks} row(s) got the fallback prompt)" if done.fallbacks else ""),
+        file=args.stdout,
+    )
     return 0
 
 
@@ -147,7 +185,9 @@ def cmd_score(args) -> int:
     preds, truth = read_truth(args.predictions), read_truth(args.truth)
     missing = sorted(set(truth) - set(preds))
     if missing:
-        raise RecoverlibError(f"{args.predictions}: no prediction for {len(missing)} id(s), e.g. {missing[0]}")
+        raise RecoverlibError(
+            f"{args.predictions}: no prediction for {len(missing)} id(s), e.g. {missing[0]}"
+        )
     ids = list(truth)
     score = Scorer(args.embedder).score([preds[i] for i in ids], [truth[i] for i in ids])
     print(f"score {score:.4f} over {len(ids)} rows (embedder {args.embedder})", file=args.stdout)
@@ -166,7 +206,9 @@ def add_commands(sub) -> None:
     add_out(p, "submission CSV (id, rewrite_prompt)", old=("--output",))
     add_sampling_options(p)
     p.add_argument("--include-base", action="store_true", help="also sample the base model")
-    p.add_argument("--separator", default=" ", help="joins the combined predictions (default combination: concat)")
+    p.add_argument(
+        "--separator", default=" ", help="joins the combined predictions (default combination: concat)"
+    )
     p.add_argument("--combination", type=Path, help="combination config JSON (from `recoverlib tune`)")
     add_embedder(p)
     p.add_argument("--fallback-prompt", default=DEFAULT_FALLBACK, help="for rows that cannot be served")
@@ -174,9 +216,13 @@ def add_commands(sub) -> None:
     add_samples_file(p, "JSONL of every row's cleaned samples, written as rows finish", required=False,
                      old=("--save-samples",))
     p.add_argument("--resume", action="store_true", help="continue from --samples-file")
-    p.add_argument("--chunk-rows", type=int, default=None,
-                   help="rows per generate call, samples saved after each (default: the engine's, vllm 512, hf 64;"
-                        " a quarter of that on ray)")
+    p.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=None,
+        help="rows per generate call, samples saved after each (default: the engine's, vllm 512, hf 64;"
+        " a quarter of that on ray)",
+    )
     add_engine_options(p)
     add_executor_options(p)
     p.set_defaults(func=cmd_predict)

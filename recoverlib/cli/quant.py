@@ -1,4 +1,5 @@
-"""``recoverlib quantize`` (a 16-bit Mixtral to a precision plan) and ``recoverlib inspect`` (audit a checkpoint)."""
+"""``recoverlib quantize`` (a 16-bit Mixtral to a precision plan) and ``recoverlib inspect`` (audit a
+checkpoint)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from recoverlib.quant.plan import PRESETS, PrecisionPlan
 def add_commands(subparsers) -> None:
     """Register ``quantize`` and ``inspect`` (``plan`` lives in :mod:`recoverlib.cli.plan`)."""
 
-    q = subparsers.add_parser("quantize", help="quantize a Mixtral checkpoint (experts included) and audit it")
+    q = subparsers.add_parser(
+        "quantize", help="quantize a Mixtral checkpoint (experts included) and audit it"
+    )
     q.add_argument("--model", required=True, type=Path, help="16-bit HF Mixtral folder")
     q.add_argument("--plan", required=True, help=f"preset ({', '.join(PRESETS)}) or a JSON plan file")
     add_out(q, "output folder")
@@ -29,18 +32,27 @@ def add_commands(subparsers) -> None:
     q.add_argument("--seed", type=int, default=0, help="seed for choosing calibration texts")
     add_template(q)
     q.add_argument("--export-vllm", action=_Gone, help=argparse.SUPPRESS)
-    q.add_argument("--device", default="cpu", help="where layers are quantized: cpu, cuda or cuda:N (bnb, hqq)")
-    q.add_argument("--max-shard-size", default="5GB", help="largest output shard (e.g. 5GB, 500MB); default 5GB")
+    q.add_argument(
+        "--device", default="cpu", help="where layers are quantized: cpu, cuda or cuda:N (bnb, hqq)"
+    )
+    q.add_argument(
+        "--max-shard-size", default="5GB", help="largest output shard (e.g. 5GB, 500MB); default 5GB"
+    )
     q.add_argument("--quiet", action="store_true", help="no progress on stderr")
     q.set_defaults(func=cmd_quantize)
 
-    c = subparsers.add_parser("convert", help="rewrite an older GPTQ Mixtral checkpoint (mlp.experts.N.gate_proj names)"
-                              " in Mixtral's published layout, which vLLM loads; shard by shard")
+    c = subparsers.add_parser(
+        "convert",
+        help="rewrite an older GPTQ Mixtral checkpoint (mlp.experts.N.gate_proj names)"
+        " in Mixtral's published layout, which vLLM loads; shard by shard",
+    )
     c.add_argument("--model", required=True, type=Path, help="GPTQ Mixtral folder in GPTQModel's layout")
     add_out(c, "output folder")
     c.set_defaults(func=cmd_convert)
 
-    i = subparsers.add_parser("inspect", help="audit a checkpoint: bits, group size, params and bytes per module group")
+    i = subparsers.add_parser(
+        "inspect", help="audit a checkpoint: bits, group size, params and bytes per module group"
+    )
     i.add_argument("path", type=Path, help="HF model folder (quantized or not)")
     i.add_argument("--json", action="store_true", help="print the audit as JSON")
     i.set_defaults(func=cmd_inspect)
@@ -57,11 +69,14 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 class _Gone(argparse.Action):
-    """``--export-vllm``: quantize writes vLLM's layout itself now; said in one line instead of a silent no-op."""
+    """``--export-vllm``: quantize writes vLLM's layout itself now; said in one line instead of a silent
+    no-op."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        raise RecoverlibError("--export-vllm is gone: `recoverlib quantize --plan gptq-*` writes Mixtral's published"
-                              " layout, which vLLM loads as it is (older checkpoints: `recoverlib convert`)")
+        raise RecoverlibError(
+            "--export-vllm is gone: `recoverlib quantize --plan gptq-*` writes Mixtral's published"
+            " layout, which vLLM loads as it is (older checkpoints: `recoverlib convert`)"
+        )
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""``recoverlib serve``: vLLM's OpenAI-compatible server for a model and its adapters (see :mod:`recoverlib.serve`)."""
+"""``recoverlib serve``: vLLM's OpenAI-compatible server for a model and its adapters (see
+:mod:`recoverlib.serve`)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ def cmd_serve(args) -> int:
     stopped = []
 
     def stop(signum, _frame):
-        # Only signal here (the main thread is inside the server's wait): SIGTERM to the server's process group,
-        # SIGKILL if asked again; the wait below returns once the server is gone.
+        # Only signal here (the main thread is inside the server's wait): SIGTERM to the server's process
+        # group, SIGKILL if asked again; the wait below returns once the server is gone.
         server.signal(signal.SIGTERM if not stopped else signal.SIGKILL)
         stopped.append(signum)
 
@@ -27,7 +28,11 @@ def cmd_serve(args) -> int:
         signal.signal(sig, stop)
     server.start()
     names = ", ".join(sorted(parse_adapters(args.adapter or []))) or "none"
-    print(f"serving {args.model} at {server.url} (adapters: {names}); Ctrl-C stops it", file=args.stdout, flush=True)
+    print(
+        f"serving {args.model} at {server.url} (adapters: {names}); Ctrl-C stops it",
+        file=args.stdout,
+        flush=True,
+    )
     code = server.wait()
     server.stop()  # any process of the group still there
     if stopped:
@@ -40,7 +45,9 @@ def add_commands(sub) -> None:
     """Register ``serve``."""
 
     p = sub.add_parser("serve", help="vLLM's OpenAI-compatible server for a model and its LoRA adapters")
-    p.add_argument("--model", required=True, type=Path, help="HF model folder (16-bit, or GPTQ from recoverlib quantize)")
+    p.add_argument(
+        "--model", required=True, type=Path, help="HF model folder (16-bit, or GPTQ from recoverlib quantize)"
+    )
     p.add_argument("--adapter", action="append", type=adapter_arg, metavar="NAME=PATH",
                    help="a PEFT LoRA folder, served under NAME (repeat for several)")
     add_settings(p, ServeConfig)

@@ -1,7 +1,7 @@
 """Command-line options made from settings dataclasses (:func:`recoverlib.settings.setting` fields).
 
-Every option defaults to ``None`` (unset), so a preset's value or the dataclass default holds unless the option is
-given; :func:`settings_from_args` builds the dataclass from what was given.
+Every option defaults to ``None`` (unset), so a preset's value or the dataclass default holds unless the
+option is given; :func:`settings_from_args` builds the dataclass from what was given.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ def _scalar(annotation):
 
 def add_settings(parser: argparse.ArgumentParser, config_type, seen: set[str] | None = None,
                  group: str | None = None) -> None:
-    """One option per command-line field of ``config_type``; flags already in ``seen`` are skipped (shared)."""
+    """One option per command-line field of ``config_type``; flags already in ``seen`` are skipped
+    (shared)."""
     seen = set() if seen is None else seen
     hints = typing.get_type_hints(config_type)
     target = parser.add_argument_group(group) if group else parser
@@ -50,7 +51,11 @@ def add_settings(parser: argparse.ArgumentParser, config_type, seen: set[str] | 
 
 def given(args: argparse.Namespace, config_type) -> dict:
     """The command-line fields of ``config_type`` that were given (not None)."""
-    return {f.name: getattr(args, f.name) for f in cli_fields(config_type) if getattr(args, f.name, None) is not None}
+    return {
+        f.name: getattr(args, f.name)
+        for f in cli_fields(config_type)
+        if getattr(args, f.name, None) is not None
+    }
 
 
 def settings_from_args(args: argparse.Namespace, config_type, **base):

@@ -1,4 +1,5 @@
-"""``recoverlib make-tiny``: the tiny Mixtral, its tokenizer and LoRA adapters, made here (random or trained)."""
+"""``recoverlib make-tiny``: the tiny Mixtral, its tokenizer and LoRA adapters, made here (random or
+trained)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ def out_folder(args) -> Path:
     if args.out_dir is not None and args.out is not None:
         raise RecoverlibError(f"{args.command}: give the output folder once, as --out")
     if args.out_dir is not None:
-        logging.getLogger("recoverlib").warning("a positional output folder is now --out; it goes in the next release")
+        logging.getLogger("recoverlib").warning(
+            "a positional output folder is now --out; it goes in the next release"
+        )
         return args.out_dir
     if args.out is None:
         raise RecoverlibError(f"{args.command}: give the output folder: --out FOLDER")
@@ -45,7 +48,9 @@ def add_positional_out(p: argparse.ArgumentParser) -> None:
 
 def add_commands(sub) -> None:
     """Register ``make-tiny``."""
-    p = sub.add_parser("make-tiny", help="write a tiny Mixtral, its tokenizer and LoRA adapters (no download)")
+    p = sub.add_parser(
+        "make-tiny", help="write a tiny Mixtral, its tokenizer and LoRA adapters (no download)"
+    )
     add_positional_out(p)
     p.add_argument("--adapters", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)

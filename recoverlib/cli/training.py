@@ -1,4 +1,5 @@
-"""``recoverlib make-task`` (the synthetic recovery task) and ``recoverlib train`` (a LoRA adapter through TRL)."""
+"""``recoverlib make-task`` (the synthetic recovery task) and ``recoverlib train`` (a LoRA adapter through
+TRL)."""
 
 from __future__ import annotations
 
@@ -25,9 +26,19 @@ def cmd_make_task(args) -> int:
 
 def cmd_train(args) -> int:
     config = TrainConfig(
-        rank=args.rank, alpha=args.alpha, targets=args.targets, prime=args.prime, epochs=args.epochs, lr=args.lr,
-        batch_size=args.batch_size, max_rows=args.max_rows, score_rows=args.score_rows, embedder=args.embedder,
-        plan={"4bit": "bnb-nf4"}.get(args.plan, args.plan), template=args.template, seed=args.seed,
+        rank=args.rank,
+        alpha=args.alpha,
+        targets=args.targets,
+        prime=args.prime,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        max_rows=args.max_rows,
+        score_rows=args.score_rows,
+        embedder=args.embedder,
+        plan={"4bit": "bnb-nf4"}.get(args.plan, args.plan),
+        template=args.template,
+        seed=args.seed,
     )
     require_model_folder(args.model)
     inputs = [("--model", args.model), ("--train", args.train), ("--validation", args.validation)]
@@ -37,10 +48,17 @@ def cmd_train(args) -> int:
                               f" or remove {args.out / CHECKPOINTS}")
     result = train_adapter(args.model, args.train, args.out, args.validation, config, resume=args.resume)
     for h in result.history:
-        print("epoch {epoch}: val_loss {val_loss}, val_score {score}".format(score=h.get("val_score", "-"), **h),
-              file=args.stdout)
-    print(f"wrote {result.adapter} (best epoch {result.best_epoch}, {result.train_rows} rows, {result.seconds:.0f} s)",
-          file=args.stdout)
+        print(
+            "epoch {epoch}: val_loss {val_loss}, val_score {score}".format(
+                score=h.get("val_score", "-"), **h
+            ),
+            file=args.stdout,
+        )
+    print(
+        f"wrote {result.adapter} (best epoch {result.best_epoch}, {result.train_rows} rows, "
+        f"{result.seconds:.0f} s)",
+        file=args.stdout,
+    )
     return 0
 
 
@@ -59,7 +77,9 @@ def add_commands(sub) -> None:
     cfg = TrainConfig()
     train = sub.add_parser("train", help="fine-tune a LoRA adapter (QLoRA on CUDA) for prompt recovery")
     train.add_argument("--model", type=Path, required=True, help="base HF model folder")
-    train.add_argument("--train", type=Path, required=True, help="CSV with id, original_text, rewritten_text, rewrite_prompt")
+    train.add_argument(
+        "--train", type=Path, required=True, help="CSV with id, original_text, rewritten_text, rewrite_prompt"
+    )
     train.add_argument("--validation", type=Path, help="CSV like --train; picks the best epoch")
     add_out(train, "adapter folder to write")
     train.add_argument("--rank", type=int, default=cfg.rank)
@@ -79,5 +99,7 @@ def add_commands(sub) -> None:
     old_name(train, "--quantize", "--plan", "plan", choices=("auto", "none", "4bit"))
     add_template(train)
     train.add_argument("--seed", type=int, default=cfg.seed)
-    train.add_argument("--resume", action="store_true", help="continue the run checkpointed under --out/.checkpoints")
+    train.add_argument(
+        "--resume", action="store_true", help="continue the run checkpointed under --out/.checkpoints"
+    )
     train.set_defaults(func=cmd_train)

@@ -127,7 +127,8 @@ def apply(config, samples: Sequence[Sample], ctx, draft: Draft | None = None) ->
 
 
 def combine(samples: Sequence[Sample], config, ctx=None) -> str:
-    """One prompt from a row's samples, by the strategy ``config``'s type names. May return "" (no usable text).
+    """One prompt from a row's samples, by the strategy ``config``'s type names. May return "" (no usable
+    text).
 
     ``ctx``: a :class:`CombineContext`; needed only by strategies that embed (one with the competition's
     embedder is made on demand). For many rows, :func:`combine_rows` embeds in batches and is much faster.
@@ -139,7 +140,9 @@ def combine(samples: Sequence[Sample], config, ctx=None) -> str:
     return apply(config, samples, ctx).text
 
 
-def combine_rows(rows: Mapping[str, Sequence[Sample]], config, ctx=None, progress: bool = True) -> dict[str, str]:
+def combine_rows(
+    rows: Mapping[str, Sequence[Sample]], config, ctx=None, progress: bool = True
+) -> dict[str, str]:
     """``id -> prompt`` for many rows: every text a strategy will embed is embedded up front, across rows."""
     from tqdm.auto import tqdm
 

@@ -34,7 +34,8 @@ from recoverlib.metric import sharpen
 
 @dataclass(frozen=True)
 class BudgetConfig:
-    """``max_tokens``: the limit, special tokens included; None (default) or larger: the embedder's own limit."""
+    """``max_tokens``: the limit, special tokens included; None (default) or larger: the embedder's own
+    limit."""
 
     strategy: ClassVar[str] = "budget"  # its name in JSON configs and the registry
 

@@ -30,7 +30,9 @@ class ConcatConfig:
         if self.max_parts is not None and self.max_parts < 1:
             raise RecoverlibError(f"concat: max_parts must be >= 1 or null (got {self.max_parts})")
         if self.dedup_threshold is not None and not -1.0 <= self.dedup_threshold <= 1.0:
-            raise RecoverlibError(f"concat: dedup_threshold must be in [-1, 1] or null (got {self.dedup_threshold})")
+            raise RecoverlibError(
+                f"concat: dedup_threshold must be in [-1, 1] or null (got {self.dedup_threshold})"
+            )
 
     @property
     def needs_embeddings(self) -> bool:
@@ -38,7 +40,8 @@ class ConcatConfig:
 
 
 def concat_predictions(texts: Sequence[str], separator: str = " ", max_parts: int | None = None) -> str:
-    """Distinct non-empty texts joined in first-seen order; duplicates compare case- and space-insensitively."""
+    """Distinct non-empty texts joined in first-seen order; duplicates compare case- and
+    space-insensitively."""
     return separator.join(unique_texts(texts)[:max_parts])
 
 
@@ -55,7 +58,8 @@ def near_dedup(texts: Sequence[str], vectors: np.ndarray, threshold: float) -> l
 
 
 def distinct_predictions(samples: Sequence[Sample], ctx, dedup_threshold: float | None) -> list[str]:
-    """Distinct non-empty predictions in round-robin order, near-duplicates dropped when a threshold is set."""
+    """Distinct non-empty predictions in round-robin order, near-duplicates dropped when a threshold is
+    set."""
     texts = distinct_texts(samples)
     if dedup_threshold is None or len(texts) < 2:
         return texts

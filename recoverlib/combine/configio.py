@@ -14,10 +14,10 @@ Format (one JSON object; ``info`` is free-form and ignored when loading)::
     }
 
 Every config is an object with a ``"strategy"`` tag (``concat``, ``first``, ``medoid``, ``mean-prompt``,
-``suffix``, ``budget``, ``mbr``, ``pipeline``) and that strategy's fields (see each ``*Config`` class); a missing
-field takes its default. A bare config object (no ``format`` wrapper) is accepted too. A relative ``path``
-(mean prompt or suffix file) is read relative to the JSON file's folder. ``tune`` writes texts inline, so a
-tuned file carries to another split or machine on its own.
+``suffix``, ``budget``, ``mbr``, ``pipeline``) and that strategy's fields (see each ``*Config`` class); a
+missing field takes its default. A bare config object (no ``format`` wrapper) is accepted too. A relative
+``path`` (mean prompt or suffix file) is read relative to the JSON file's folder. ``tune`` writes texts
+inline, so a tuned file carries to another split or machine on its own.
 """
 
 from __future__ import annotations
@@ -72,7 +72,9 @@ def _type_ok(value, hint) -> bool:
 def config_from_dict(data, base_dir: Path | None = None, where: str = "combination"):
     """The config object ``data`` describes; every problem is a one-line :class:`RecoverlibError`."""
     if not isinstance(data, dict) or not isinstance(data.get("strategy"), str):
-        raise RecoverlibError(f"{where}: expected an object with a \"strategy\" name, got {json.dumps(data)[:80]}")
+        raise RecoverlibError(
+            f'{where}: expected an object with a "strategy" name, got {json.dumps(data)[:80]}'
+        )
     cls = strategy_named(data["strategy"]).config_type
     known = {f.name: f for f in fields(cls) if f.init}
     extra = sorted(set(data) - set(known) - {"strategy"})
@@ -85,10 +87,17 @@ def config_from_dict(data, base_dir: Path | None = None, where: str = "combinati
         if name == "strategy":
             continue
         value = _decode(raw, base_dir, f"{where}.{name}")
-        if name == "path" and isinstance(value, str) and base_dir is not None and not Path(value).is_absolute():
+        if (
+            name == "path"
+            and isinstance(value, str)
+            and base_dir is not None
+            and not Path(value).is_absolute()
+        ):
             value = str(base_dir / value)
         if not _type_ok(value, hints[name]):
-            raise RecoverlibError(f"{where}.{name}: {json.dumps(raw)[:60]} is not a valid {data['strategy']} {name}")
+            raise RecoverlibError(
+                f"{where}.{name}: {json.dumps(raw)[:60]} is not a valid {data['strategy']} {name}"
+            )
         kwargs[name] = value
     return cls(**kwargs)
 

@@ -1,7 +1,8 @@
-"""What embedding strategies share across rows: the scorer (loaded lazily) and caches of embeddings and token counts.
+"""What embedding strategies share across rows: the scorer (loaded lazily) and caches of embeddings and token
+counts.
 
-Configs stay plain data (they serialise to JSON); the loaded model lives here instead. Every text is embedded at
-most once per context, so a tuning run that tries twenty strategies embeds each sample once.
+Configs stay plain data (they serialise to JSON); the loaded model lives here instead. Every text is embedded
+at most once per context, so a tuning run that tries twenty strategies embeds each sample once.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from recoverlib.metric import COMPETITION_EMBEDDER, Scorer, sharpen
 class CombineContext:
     """Embedding context for :func:`~recoverlib.combine.combine` and friends.
 
-    ``scorer``: a ready :class:`Scorer`; if None, one for ``embedder`` is made on first use (so strategies that
-    never embed never load a model). Embeddings are L2-normalised float32 rows, so a dot product is a cosine.
+    ``scorer``: a ready :class:`Scorer`; if None, one for ``embedder`` is made on first use (so strategies
+    that never embed never load a model). Embeddings are L2-normalised float32 rows, so a dot product is a
+    cosine.
     """
 
     scorer: Scorer | None = None
@@ -46,7 +48,8 @@ class CombineContext:
         self._vectors.update(zip(todo, self._normalised(todo), strict=True))
 
     def forget(self) -> None:
-        """Drop the cached embeddings and token counts (a run combining block by block keeps memory bounded)."""
+        """Drop the cached embeddings and token counts (a run combining block by block keeps memory
+        bounded)."""
         self._vectors.clear()
         self._tokens.clear()
 

@@ -9,10 +9,11 @@ candidate prompts, pick the one with the highest expected score, the mean cos^3 
 - each of those with and without the mean prompt (when one is configured).
 
 Where the samples agree a single clean answer wins (a hedge only dilutes it); where they split, a
-concatenation near their mean wins. A single sample is scored leave-one-out (against the other samples, its own
-copy removed): the truth is never literally one of the samples, and counting a candidate's match with itself
-as 1 would make every single sample look better than any hedge. ``prior_weight`` mixes in the mean prompt as a stand-in for the task's
-prompt distribution: expected = (1 - w) * mean_s cos^3(c, s) + w * cos^3(c, mean prompt).
+concatenation near their mean wins. A single sample is scored leave-one-out (against the other samples, its
+own copy removed): the truth is never literally one of the samples, and counting a candidate's match with
+itself as 1 would make every single sample look better than any hedge. ``prior_weight`` mixes in the mean
+prompt as a stand-in for the task's prompt distribution: expected = (1 - w) * mean_s cos^3(c, s) + w *
+cos^3(c, mean prompt).
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ from recoverlib.errors import RecoverlibError
 
 @dataclass(frozen=True)
 class MbrConfig:
-    """``max_parts``: longest concatenation tried; ``dedup_threshold``: near-duplicate cosine (None: exact only);
-    ``mean_prompt``: also try every candidate with it; ``prior_weight`` in [0, 1] (needs ``mean_prompt``);
-    ``leave_one_out``: score a candidate that is a sample against the other samples only."""
+    """``max_parts``: longest concatenation tried; ``dedup_threshold``: near-duplicate cosine (None: exact
+    only); ``mean_prompt``: also try every candidate with it; ``prior_weight`` in [0, 1] (needs
+    ``mean_prompt``); ``leave_one_out``: score a candidate that is a sample against the other samples only."""
 
     strategy: ClassVar[str] = "mbr"  # its name in JSON configs and the registry
 
@@ -49,7 +50,9 @@ class MbrConfig:
         if self.max_parts < 1:
             raise RecoverlibError(f"mbr: max_parts must be >= 1 (got {self.max_parts})")
         if self.dedup_threshold is not None and not -1.0 <= self.dedup_threshold <= 1.0:
-            raise RecoverlibError(f"mbr: dedup_threshold must be in [-1, 1] or null (got {self.dedup_threshold})")
+            raise RecoverlibError(
+                f"mbr: dedup_threshold must be in [-1, 1] or null (got {self.dedup_threshold})"
+            )
         if not 0.0 <= self.prior_weight <= 1.0:
             raise RecoverlibError(f"mbr: prior_weight must be in [0, 1] (got {self.prior_weight})")
         if self.prior_weight > 0 and self.mean_prompt is None:
@@ -87,7 +90,9 @@ def candidates(config: MbrConfig, samples: Sequence[Sample], ctx) -> list[Draft]
     subsets = [[i] for i in range(len(texts))]
     if len(texts) > 1 and config.max_parts > 1:
         weights = np.array([ctx.token_count(t) for t in texts], dtype=np.float64)
-        subsets += greedy_chain(ctx.embed(texts), weights, ctx.embed(_targets(samples)), config.max_parts, ctx.power)
+        subsets += greedy_chain(
+            ctx.embed(texts), weights, ctx.embed(_targets(samples)), config.max_parts, ctx.power
+        )
         subsets.append(list(range(len(texts))))
     drafts = [Draft(tuple(Part(texts[i]) for i in sub), config.separator) for sub in subsets]
     if config.mean_prompt is not None:

@@ -1,8 +1,9 @@
-"""``mean-prompt``: add a prompt that scores well against every truth of the task (made by ``optimize-prompt``).
+"""``mean-prompt``: add a prompt that scores well against every truth of the task (made by
+``optimize-prompt``).
 
 It pulls the embedding toward the centre of the task's prompts: a hedge against the predictions being wrong.
-Placement follows the public solutions: append, prepend, or insert the predictions after word ``k`` of the mean
-prompt (3rd place), and with ``only_new_words`` add only the mean prompt's words the predictions lack.
+Placement follows the public solutions: append, prepend, or insert the predictions after word ``k`` of the
+mean prompt (3rd place), and with ``only_new_words`` add only the mean prompt's words the predictions lack.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ class MeanPromptConfig:
             raise RecoverlibError(f"mean-prompt: mode must be one of {', '.join(MODES)} (got {self.mode!r})")
         if self.k < 0:
             raise RecoverlibError(f"mean-prompt: k must be >= 0 (got {self.k})")
-        text = " ".join(self.text.split()) if self.text is not None else read_text_file(self.path, "mean-prompt")
+        text = (
+            " ".join(self.text.split()) if self.text is not None else read_text_file(self.path, "mean-prompt")
+        )
         if not text:
             raise RecoverlibError("mean-prompt: the text is empty")
         object.__setattr__(self, "resolved", text)  # frozen: set once, after validation
@@ -64,7 +67,8 @@ def _key(word: str) -> str:
 
 
 def add_mean_prompt(draft: Draft, config: MeanPromptConfig) -> Draft:
-    """``draft`` with the mean prompt placed by ``config.mode``; an empty draft becomes the whole mean prompt."""
+    """``draft`` with the mean prompt placed by ``config.mode``; an empty draft becomes the whole mean
+    prompt."""
     words = config.resolved.split()
     if not draft.text:
         return draft.replace([Part(config.resolved, MEAN)])

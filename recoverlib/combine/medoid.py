@@ -1,4 +1,5 @@
-"""``medoid``: the one sample most similar to the others (mean cos^3 under the metric): a clean single answer."""
+"""``medoid``: the one sample most similar to the others (mean cos^3 under the metric): a clean single
+answer."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
-"""Searching strings the metric likes: the mean prompt (``optimize-prompt``) and the suffix (``search-suffix``).
+"""Searching strings the metric likes: the mean prompt (``optimize-prompt``) and the suffix
+(``search-suffix``).
 
 Both are a beam search that appends one word (or embedder token) per step and keeps the ``beam`` best strings
 seen so far, so the best train score never decreases from step to step; it stops early when no step helps.
-Everything is seeded (vocabulary sample, validation split, screening rows) and the embedder is deterministic on
-CPU, so a run repeats for a seed.
+Everything is seeded (vocabulary sample, validation split, screening rows) and the embedder is deterministic
+on CPU, so a run repeats for a seed.
 
 Screening (``screen``): the suffix's objective embeds rows x candidates texts per step, too many for the whole
 vocabulary on a CPU; with ``screen=k`` every candidate is first scored on ``k`` seeded rows only, and the best
@@ -57,14 +58,15 @@ class SearchResult:
 
 
 def word_vocabulary(texts: Sequence[str], size: int | None) -> list[str]:
-    """The ``size`` most frequent words of ``texts`` (all with None; lower case, no punctuation), ties by first use."""
+    """The ``size`` most frequent words of ``texts`` (all with None; lower case, no punctuation), ties by
+    first use."""
     counts = Counter(w for t in texts for w in re.findall(r"[A-Za-z][A-Za-z'-]*", t.lower()))
     return [w for w, _ in counts.most_common(size)]
 
 
 def token_vocabulary(tokenizer, size: int | None, rng: np.random.Generator) -> list[str]:
-    """A seeded sample of ``size`` of the tokenizer's whole-word alphabetic tokens (3+ letters, markers stripped),
-    or all of them (sorted) with ``size=None``."""
+    """A seeded sample of ``size`` of the tokenizer's whole-word alphabetic tokens (3+ letters, markers
+    stripped), or all of them (sorted) with ``size=None``."""
     words = set()
     for tok in tokenizer.get_vocab():
         if tok.startswith("##"):
@@ -98,7 +100,8 @@ def beam_search(score: Callable[[list[str]], np.ndarray], vocab: Sequence[str], 
             ranked = np.argsort(-screen(texts), kind="stable")[: config.shortlist]
             texts = [texts[i] for i in sorted(ranked)]
         new = list(zip(score(texts).tolist(), texts, strict=True))
-        # Old strings stay in the pool: the best score cannot fall, and a step that finds nothing better ends it.
+        # Old strings stay in the pool: the best score cannot fall, and a step that finds nothing better ends
+        # it.
         pool = sorted(dict((t, s) for s, t in [*beam, *new]).items(), key=lambda kv: (-kv[1], kv[0]))
         improved = pool[0][1] > beam[0][0]
         beam = [(s, t) for t, s in pool[: config.beam]]
@@ -111,7 +114,8 @@ def beam_search(score: Callable[[list[str]], np.ndarray], vocab: Sequence[str], 
 
 
 def prompt_scorer(targets: Sequence[str], ctx) -> Callable[[list[str]], np.ndarray]:
-    """``score(candidates)``: each candidate's mean cos^3 against every target (the mean prompt's objective)."""
+    """``score(candidates)``: each candidate's mean cos^3 against every target (the mean prompt's
+    objective)."""
     goal = ctx.embed(list(targets))
 
     def score(texts: list[str]) -> np.ndarray:
@@ -134,13 +138,16 @@ def optimize_prompt(train: Sequence[str], ctx, config: SearchConfig = SearchConf
 
 
 def _screen_rows(n: int, config: SearchConfig, rng: np.random.Generator) -> np.ndarray | None:
-    """Seeded indices of the ``config.screen`` rows that rank candidates (None: no screening, or too few rows)."""
+    """Seeded indices of the ``config.screen`` rows that rank candidates (None: no screening, or too few
+    rows)."""
     if config.screen is None or config.screen >= n:
         return None
     return np.sort(rng.choice(n, size=config.screen, replace=False))
 
 
-def suffix_scorer(predictions: Sequence[str], truths: Sequence[str], ctx) -> Callable[[list[str]], np.ndarray]:
+def suffix_scorer(
+    predictions: Sequence[str], truths: Sequence[str], ctx
+) -> Callable[[list[str]], np.ndarray]:
     """``score(suffixes)``: mean cos^3 of ``prediction + " " + suffix`` against its truth, over rows."""
     goal = ctx.embed(list(truths))
 
@@ -152,9 +159,15 @@ def suffix_scorer(predictions: Sequence[str], truths: Sequence[str], ctx) -> Cal
     return score
 
 
-def search_suffix(predictions: Sequence[str], truths: Sequence[str], ctx, config: SearchConfig = SearchConfig(),
-                  progress: bool = True) -> SearchResult:
-    """The suffix: embedder tokens whose addition to every prediction most raises its score against its truth."""
+def search_suffix(
+    predictions: Sequence[str],
+    truths: Sequence[str],
+    ctx,
+    config: SearchConfig = SearchConfig(),
+    progress: bool = True,
+) -> SearchResult:
+    """The suffix: embedder tokens whose addition to every prediction most raises its score against its
+    truth."""
     if not predictions or len(predictions) != len(truths):
         raise RecoverlibError(f"search-suffix: {len(predictions)} predictions for {len(truths)} truths")
     rng = np.random.default_rng(config.seed)
@@ -167,9 +180,12 @@ def search_suffix(predictions: Sequence[str], truths: Sequence[str], ctx, config
 
 
 def holdout_split(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded (train, validation) index arrays; validation gets ``fraction`` of ``n`` (at least 1 when n >= 2)."""
+    """Seeded (train, validation) index arrays; validation gets ``fraction`` of ``n`` (at least 1 when n >=
+    2)."""
     if not 0 <= fraction < 1:
-        raise RecoverlibError(f"holdout must be in [0, 1) (got {fraction}): the rest is what the search learns from")
+        raise RecoverlibError(
+            f"holdout must be in [0, 1) (got {fraction}): the rest is what the search learns from"
+        )
     order = rng.permutation(n)
     k = max(1, round(n * fraction)) if n >= 2 else 0
     return np.sort(order[k:]), np.sort(order[:k])

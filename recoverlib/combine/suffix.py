@@ -39,7 +39,8 @@ class SuffixConfig:
 
 
 def add_suffix(draft: Draft, config: SuffixConfig) -> Draft:
-    """``draft`` with the suffix as its last part (an empty draft stays empty: a suffix alone says nothing)."""
+    """``draft`` with the suffix as its last part (an empty draft stays empty: a suffix alone says
+    nothing)."""
     if not draft.text:
         return draft
     return draft.replace([*draft.parts, Part(config.resolved, SUFFIX)])

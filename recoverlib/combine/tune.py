@@ -1,14 +1,14 @@
-"""Choosing the combination by the metric on validation rows: score every candidate strategy and pipeline on saved
-samples against their truths, with bootstrap intervals and paired differences against the single first
+"""Choosing the combination by the metric on validation rows: score every candidate strategy and pipeline on
+saved samples against their truths, with bootstrap intervals and paired differences against the single first
 (greedy) prediction, and keep the best as a combination config.
 
 The choice is per task (is hedging worth it here?) and, through ``mbr``, per row. A tuned config holds no row
 ids and its prompt texts inline, so it carries to another split of the same task.
 
-A tune that writes ``out`` keeps ``<out>.partial.jsonl`` while it runs: one line per scored candidate (its config
-and per-row scores), fsynced. Killed and rerun with the same inputs, it scores only the candidates not there yet
-and writes the same bytes (the bootstrap draws come after all scoring, in candidate order); other inputs are
-refused in one line. The partial file is removed once ``out`` is written.
+A tune that writes ``out`` keeps ``<out>.partial.jsonl`` while it runs: one line per scored candidate (its
+config and per-row scores), fsynced. Killed and rerun with the same inputs, it scores only the candidates not
+there yet and writes the same bytes (the bootstrap draws come after all scoring, in candidate order); other
+inputs are refused in one line. The partial file is removed once ``out`` is written.
 """
 
 from __future__ import annotations
@@ -56,17 +56,23 @@ def default_candidates(mean_prompt: str | None = None, suffix: str | None = None
            Candidate("mbr-2", MbrConfig(max_parts=2)), Candidate("mbr-4", MbrConfig(max_parts=4))]
     if mean_prompt:
         append, insert = MeanPromptConfig(text=mean_prompt), MeanPromptConfig(text=mean_prompt, mode="insert")
-        out += [Candidate("concat-dedup+mean", PipelineConfig((dedup, append, budget))),
-                Candidate("concat-dedup+mean-insert", PipelineConfig((dedup, insert, budget))),
-                Candidate("mbr-4+mean?", PipelineConfig((MbrConfig(mean_prompt=append), budget))),
-                Candidate("mbr-4+mean?-prior", PipelineConfig((MbrConfig(mean_prompt=append, prior_weight=0.25),
-                                                               budget)))]
+        out += [
+            Candidate("concat-dedup+mean", PipelineConfig((dedup, append, budget))),
+            Candidate("concat-dedup+mean-insert", PipelineConfig((dedup, insert, budget))),
+            Candidate("mbr-4+mean?", PipelineConfig((MbrConfig(mean_prompt=append), budget))),
+            Candidate(
+                "mbr-4+mean?-prior",
+                PipelineConfig((MbrConfig(mean_prompt=append, prior_weight=0.25), budget)),
+            ),
+        ]
     if suffix:
         tail = SuffixConfig(text=suffix)
         out += [Candidate("concat-dedup+suffix", PipelineConfig((dedup, tail, budget))),
                 Candidate("mbr-4+suffix", PipelineConfig((MbrConfig(), tail, budget)))]
         if mean_prompt:
-            out.append(Candidate("mbr-4+mean?+suffix", PipelineConfig((MbrConfig(mean_prompt=append), tail, budget))))
+            out.append(
+                Candidate("mbr-4+mean?+suffix", PipelineConfig((MbrConfig(mean_prompt=append), tail, budget)))
+            )
     return out
 
 
@@ -77,13 +83,16 @@ def select(candidates: Sequence[Candidate], names: Sequence[str] | None) -> list
     known = {c.name for c in candidates}
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise RecoverlibError(f"unknown strategy name(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise RecoverlibError(
+            f"unknown strategy name(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
     return [c for c in candidates if c.name in set(names) | {BASELINE}]
 
 
 def bootstrap_interval(values: np.ndarray, rng: np.random.Generator, n_boot: int = 1000,
                        level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (rows,); ``rng`` is the caller's seeded generator."""
+    """Percentile bootstrap interval of the mean of ``values`` (rows,); ``rng`` is the caller's seeded
+    generator."""
     if len(values) == 0:
         return float("nan"), float("nan")
     idx = rng.integers(0, len(values), size=(n_boot, len(values)))
@@ -115,8 +124,9 @@ class Result:
 class TuneProgress:
     """The candidates a killed tune already scored (``<out>.partial.jsonl``), for a rerun to skip.
 
-    The first line holds a digest of what the scores depend on (rows, samples, truths, embedder, power, fallback);
-    each further line one candidate: ``{"name", "config", "scores", "seconds"}``. A torn last line is dropped.
+    The first line holds a digest of what the scores depend on (rows, samples, truths, embedder, power,
+    fallback); each further line one candidate: ``{"name", "config", "scores", "seconds"}``. A torn last line
+    is dropped.
     """
 
     def __init__(self, path: str | Path, digest: str):
@@ -126,14 +136,23 @@ class TuneProgress:
         whole = [ln for ln in lines if ln.endswith("\n")]
         try:
             if whole and json.loads(whole[0]).get("digest") != digest:
-                raise RecoverlibError(f"{self.path} is a partial tune of other samples, truths or embedder: delete"
-                                      " it, or rerun with the inputs it was started with")
+                raise RecoverlibError(
+                    f"{self.path} is a partial tune of other samples, truths or embedder: delete"
+                    " it, or rerun with the inputs it was started with"
+                )
             for line in whole[1:]:
                 rec = json.loads(line)
-                self.done[rec["name"]] = (rec["config"], np.array(rec["scores"], dtype=np.float64), rec["seconds"])
+                self.done[rec["name"]] = (
+                    rec["config"],
+                    np.array(rec["scores"], dtype=np.float64),
+                    rec["seconds"],
+                )
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-            raise RecoverlibError(f"{self.path}: not a partial tune ({type(err).__name__}: {err}); delete it") from None
-        self._head = "".join(whole) or json.dumps({"digest": digest}) + "\n"  # written with the first new line
+            raise RecoverlibError(
+                f"{self.path}: not a partial tune ({type(err).__name__}: {err}); delete it"
+            ) from None
+        # written with the first new line
+        self._head = "".join(whole) or json.dumps({"digest": digest}) + "\n"
 
     def get(self, cand: Candidate) -> tuple[np.ndarray, float] | None:
         got = self.done.get(cand.name)
@@ -143,9 +162,11 @@ class TuneProgress:
     def add(self, cand: Candidate, scores: np.ndarray, seconds: float) -> None:
         line = json.dumps({"name": cand.name, "config": config_to_dict(cand.config),
                            "scores": scores.tolist(), "seconds": seconds}) + "\n"
-        if self._head is not None:  # nothing is written before a candidate is scored (a bad input leaves no file)
+        # nothing is written before a candidate is scored (a bad input leaves no file)
+        if self._head is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._write(self._head, "w")  # rewritten without a torn tail (a kill mid-line): appends stay whole
+            # rewritten without a torn tail (a kill mid-line): appends stay whole
+            self._write(self._head, "w")
             self._head = None
         self._write(line, "a")
 
@@ -175,7 +196,9 @@ def score_candidates(samples: Mapping[str, Sequence[Sample]], truth: Mapping[str
     rows = {i: samples[i] for i in ids}
     saved = None
     if partial is not None:
-        saved = TuneProgress(partial, inputs_digest(samples, truth, ids, ctx.embedder_name, ctx.power, fallback))
+        saved = TuneProgress(
+            partial, inputs_digest(samples, truth, ids, ctx.embedder_name, ctx.power, fallback)
+        )
     if BASELINE not in {c.name for c in candidates}:
         candidates = [Candidate(BASELINE, FirstConfig()), *candidates]
     scored, gold = {}, None
@@ -194,7 +217,8 @@ def score_candidates(samples: Mapping[str, Sequence[Sample]], truth: Mapping[str
     base = scored[BASELINE][1]
     out = []
     for cand, got, secs in scored.values():
-        # One seeded draw per candidate, from the caller's generator: a rerun with the same seed repeats exactly.
+        # One seeded draw per candidate, from the caller's generator: a rerun with the same seed repeats
+        # exactly.
         low, high = bootstrap_interval(got, rng, n_boot)
         d_low, d_high = bootstrap_interval(got - base, rng, n_boot)
         out.append(Result(cand.name, cand.config, float(got.mean()), low, high, float((got - base).mean()),
@@ -221,7 +245,8 @@ def matched_ids(samples: Mapping[str, Sequence[Sample]], truth: Mapping[str, str
 
 
 def format_table(results: Sequence[Result]) -> str:
-    """A Markdown table: score [95% interval], paired difference vs the first prediction [interval], seconds."""
+    """A Markdown table: score [95% interval], paired difference vs the first prediction [interval],
+    seconds."""
     lines = ["| strategy | score | 95% interval | vs first | 95% interval | s |", "|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r.name} | {r.score:.4f} | [{r.low:.4f}, {r.high:.4f}] | {r.diff:+.4f} | "
@@ -233,8 +258,9 @@ def tune(samples: Mapping[str, Sequence[Sample]], truth: Mapping[str, str], ctx,
          strategies: Sequence[str] | None = None, mean_prompt: str | None = None, suffix: str | None = None,
          extra: Sequence[Candidate] = (), n_boot: int = 1000, seed: int = 0,
          fallback: str | None = None, out: str | None = None, tuned_on: str = "") -> list[Result]:
-    """``recoverlib tune``: score the grid (``strategies`` of it, plus ``extra`` candidates) on rows with known
-    truths, best first; with ``out``, write the best as a combination file (its info holds the whole table)."""
+    """``recoverlib tune``: score the grid (``strategies`` of it, plus ``extra`` candidates) on rows with
+    known truths, best first; with ``out``, write the best as a combination file (its info holds the whole
+    table)."""
 
     candidates = select(default_candidates(mean_prompt, suffix), strategies) + list(extra)
     partial = None if out is None else Path(f"{out}.partial.jsonl")

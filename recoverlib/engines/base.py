@@ -1,9 +1,9 @@
 """The engine interface: prompts in, n sampled texts per (prompt, adapter) out.
 
 An engine never sees CSVs or rows: it gets rendered prompt strings and adapter names, and returns raw
-generations (the pipeline cleans and combines them). :class:`Engine` assumes nothing about where the model runs
-(an engine may be a client of a server); :class:`LocalEngine` is the base of the engines that load a model folder
-here (vLLM in-process, transformers), whose adapters are checked against the base
+generations (the pipeline cleans and combines them). :class:`Engine` assumes nothing about where the model
+runs (an engine may be a client of a server); :class:`LocalEngine` is the base of the engines that load a
+model folder here (vLLM in-process, transformers), whose adapters are checked against the base
 (:func:`recoverlib.adapters.check_adapters`) before any engine starts.
 """
 
@@ -71,36 +71,56 @@ class EngineConfig:
     """Engine settings with defaults that work for the tiny model on a small CPU.
 
     ``lora_mode``: ``dynamic`` serves adapters as LoRA (vLLM mixes them in one batch); ``merged`` swaps each
-    adapter's merged weights (cached on disk) into the running model, one adapter after another; ``auto`` picks.
+    adapter's merged weights (cached on disk) into the running model, one adapter after another; ``auto``
+    picks.
     """
 
     dtype: str = setting("auto", choices=DTYPES,
                          help="compute dtype; auto: bf16 where the device has it, fp16 on GPUs before Ampere")
     max_model_len: int | None = setting(None, help="context tokens (default: the model's, at most 4096)")
     batch_size: int = setting(16, help="hf engine: prompts per generate call")
-    max_lora_rank: int | None = setting(None, help="vllm: LoRA rank slot (default: the smallest vLLM size that holds"
-                                                   " every adapter)")
+    max_lora_rank: int | None = setting(
+        None, help="vllm: LoRA rank slot (default: the smallest vLLM size that holds every adapter)"
+    )
     kv_cache_gib: float = setting(1.0, help="vllm on CPU: KV-cache space in GiB")
     multiprocess: bool = setting(False, help="vllm: its multiprocess engine core (starts in ~30 s, not ~3 s)")
-    max_num_seqs: int | None = setting(None, help="vllm: sequences per step (default: 2048 on CPU, where per-step"
-                                                  " overhead dominates; vLLM's on GPU)")
-    max_num_batched_tokens: int | None = setting(None, help="vllm: tokens per step (default: the context, at least"
-                                                            " 65536 on CPU and 8192 on GPU)")
+    max_num_seqs: int | None = setting(
+        None,
+        help="vllm: sequences per step (default: 2048 on CPU, where per-step"
+        " overhead dominates; vLLM's on GPU)",
+    )
+    max_num_batched_tokens: int | None = setting(
+        None, help="vllm: tokens per step (default: the context, at least 65536 on CPU and 8192 on GPU)"
+    )
     block_size: int | None = setting(None, help="vllm: KV-cache block size in tokens (CPU: multiples of 32;"
                                                 " default: vLLM's, 128 on CPU and 16 on GPU)")
-    lora_mode: str = setting("auto", choices=LORA_MODES,
-                             help="adapters as LoRA in one batch (dynamic), as merged weights one after another"
-                                  " (merged), or chosen by cost (auto)")
+    lora_mode: str = setting(
+        "auto",
+        choices=LORA_MODES,
+        help="adapters as LoRA in one batch (dynamic), as merged weights one after another"
+        " (merged), or chosen by cost (auto)",
+    )
     merge_cache: str | None = setting(None, help="merged-weights cache folder (default: <cache root>/merged)")
     dequantized_merge: bool = setting(False, help="allow merging adapters into a quantized base (not exact)")
-    expected_new_tokens: int | None = setting(None, cli=False, help="workload hint for lora mode auto (None: large)")
-    tensor_parallel_size: int = setting(1, help="vllm: ranks the model is split over (GPUs; processes on CPU)")
-    gpu_memory_utilization: float | None = setting(None, help="vllm: fraction of each GPU to use (default vLLM's 0.9)")
-    max_loras: int | None = setting(None, help="vllm: adapters resident on the device at once (default: all); the"
-                                               " others wait in CPU memory")
-    enforce_eager: bool = setting(False, help="vllm: no CUDA graphs (less memory, slower decode); always on CPU")
-    custom_all_reduce: bool = setting(True, help="vllm: its custom all-reduce kernel under tensor parallel (off"
-                                                 " cures hangs on T4 pairs)")
+    expected_new_tokens: int | None = setting(
+        None, cli=False, help="workload hint for lora mode auto (None: large)"
+    )
+    tensor_parallel_size: int = setting(
+        1, help="vllm: ranks the model is split over (GPUs; processes on CPU)"
+    )
+    gpu_memory_utilization: float | None = setting(
+        None, help="vllm: fraction of each GPU to use (default vLLM's 0.9)"
+    )
+    max_loras: int | None = setting(
+        None,
+        help="vllm: adapters resident on the device at once (default: all); the others wait in CPU memory",
+    )
+    enforce_eager: bool = setting(
+        False, help="vllm: no CUDA graphs (less memory, slower decode); always on CPU"
+    )
+    custom_all_reduce: bool = setting(
+        True, help="vllm: its custom all-reduce kernel under tensor parallel (off cures hangs on T4 pairs)"
+    )
 
     def __post_init__(self):
         if self.lora_mode not in LORA_MODES:
@@ -119,25 +139,43 @@ class EngineConfig:
         if self.tensor_parallel_size < 1:
             raise RecoverlibError(f"tensor parallel size must be >= 1 (got {self.tensor_parallel_size})")
         if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
-            raise RecoverlibError(f"gpu memory utilization is a fraction in (0, 1] (got {self.gpu_memory_utilization})")
+            raise RecoverlibError(
+                f"gpu memory utilization is a fraction in (0, 1] (got {self.gpu_memory_utilization})"
+            )
         if self.max_loras is not None and self.max_loras < 1:
             raise RecoverlibError(f"max_loras must be >= 1 (got {self.max_loras})")
-        if self.max_num_batched_tokens and self.max_model_len and self.max_num_batched_tokens < self.max_model_len:
-            raise RecoverlibError(f"max_num_batched_tokens {self.max_num_batched_tokens} is below max_model_len"
-                                  f" {self.max_model_len} (prompts are not split): raise it or lower the context")
+        if (
+            self.max_num_batched_tokens
+            and self.max_model_len
+            and self.max_num_batched_tokens < self.max_model_len
+        ):
+            raise RecoverlibError(
+                f"max_num_batched_tokens {self.max_num_batched_tokens} is below max_model_len"
+                f" {self.max_model_len} (prompts are not split): raise it or lower the context"
+            )
 
 
 # Named machine settings; ``EngineConfig`` fields they set (explicit CLI values override them). kaggle-t4x2:
 # Kaggle's 2x T4 (15 GB each, compute capability 7.5): fp16, both GPUs, custom all-reduce off (reported hangs,
 # vLLM issues 14449 and 9046); 0.95 of each GPU and a 2048-token context leave Mixtral-8x7B GPTQ-4 with four
-# rank-16 adapters about 9,400 KV-cache tokens per the serving planner (README, "Will it fit?"); eager mode and
-# 2048 batched tokens keep CUDA graphs and activations small (0.9 of each GPU would not fit the model).
-ENGINE_PRESETS: Mapping[str, Mapping[str, object]] = MappingProxyType({
-    "kaggle-t4x2": MappingProxyType({
-        "tensor_parallel_size": 2, "dtype": "float16", "custom_all_reduce": False, "enforce_eager": True,
-        "gpu_memory_utilization": 0.95, "max_model_len": 2048, "max_num_batched_tokens": 2048, "max_num_seqs": 32,
-    }),
-})
+# rank-16 adapters about 9,400 KV-cache tokens per the serving planner (README, "Will it fit?"); eager mode
+# and 2048 batched tokens keep CUDA graphs and activations small (0.9 of each GPU would not fit the model).
+ENGINE_PRESETS: Mapping[str, Mapping[str, object]] = MappingProxyType(
+    {
+        "kaggle-t4x2": MappingProxyType(
+            {
+                "tensor_parallel_size": 2,
+                "dtype": "float16",
+                "custom_all_reduce": False,
+                "enforce_eager": True,
+                "gpu_memory_utilization": 0.95,
+                "max_model_len": 2048,
+                "max_num_batched_tokens": 2048,
+                "max_num_seqs": 32,
+            }
+        ),
+    }
+)
 
 
 def engine_config_with(preset: str | None = None, **explicit) -> EngineConfig:
@@ -151,7 +189,8 @@ def engine_config_with(preset: str | None = None, **explicit) -> EngineConfig:
     return EngineConfig(**fields)
 
 
-DEFAULT_CONTEXT_CAP = 4096  # tokens; recovery prompts are far shorter, and a long context costs KV-cache memory
+# tokens; recovery prompts are far shorter, and a long context costs KV-cache memory
+DEFAULT_CONTEXT_CAP = 4096
 
 
 def resolve_max_model_len(requested: int | None, native: int) -> int:
@@ -174,10 +213,11 @@ def decode_completions(tokenizer, token_ids) -> list[str]:
 
 
 class Engine(ABC):
-    """Generates ``n`` samples per (prompt, adapter). Registered by :attr:`name` (:mod:`recoverlib.engines.registry`).
+    """Generates ``n`` samples per (prompt, adapter). Registered by :attr:`name`
+    (:mod:`recoverlib.engines.registry`).
 
-    ``adapters``: name -> :class:`~recoverlib.adapters.AdapterInfo` (its prime and recovery prompt kind matter to
-    the pipeline); ``config``: an instance of :attr:`config_type`, the engine's own settings.
+    ``adapters``: name -> :class:`~recoverlib.adapters.AdapterInfo` (its prime and recovery prompt kind
+    matter to the pipeline); ``config``: an instance of :attr:`config_type`, the engine's own settings.
     """
 
     name: ClassVar[str]
@@ -197,11 +237,12 @@ class Engine(ABC):
     @abstractmethod
     def generate(self, prompts: Prompts, sampling: SamplingConfig, adapters: Sequence[str | None],
                  keys: Sequence[int] | None = None) -> Samples:
-        """For each adapter name (``None`` = base), ``n`` texts per prompt, continuation only, special tokens removed.
+        """For each adapter name (``None`` = base), ``n`` texts per prompt, continuation only, special tokens
+        removed.
 
         ``prompts`` is one list for every adapter, or a mapping adapter -> list (same length for each).
-        ``keys``: one int per prompt that seeds it (default: its position); the pipeline passes each row's position
-        in the input, so a row's samples do not depend on which call or chunk serves it.
+        ``keys``: one int per prompt that seeds it (default: its position); the pipeline passes each row's
+        position in the input, so a row's samples do not depend on which call or chunk serves it.
         """
 
     @abstractmethod
@@ -241,7 +282,8 @@ class Engine(ABC):
 
 
 class LocalEngine(Engine):
-    """An engine that loads an HF model folder in this process; adapters are PEFT folders checked against it."""
+    """An engine that loads an HF model folder in this process; adapters are PEFT folders checked against
+    it."""
 
     def __init__(self, model: str | Path, adapters: Mapping[str, str | Path] | None = None,
                  config: EngineConfig | None = None):
@@ -251,17 +293,19 @@ class LocalEngine(Engine):
 
 
 def repeat_greedy(texts: Sequence[str], sampling: SamplingConfig) -> list[str]:
-    """A prompt's samples: greedy decoding ran once (every sample would be the same), so its text is repeated."""
+    """A prompt's samples: greedy decoding ran once (every sample would be the same), so its text is
+    repeated."""
     return list(texts) * sampling.samples if sampling.greedy else list(texts)
 
 
 class FrozenHeap:
-    """``gc.freeze()`` for the life of the engines that need it. The freeze is process-wide, so it is undone only
-    when the last holder lets go (an engine closing must not unfreeze another live engine's heap).
+    """``gc.freeze()`` for the life of the engines that need it. The freeze is process-wide, so it is undone
+    only when the last holder lets go (an engine closing must not unfreeze another live engine's heap).
 
-    vLLM collects garbage several times while it builds an engine, then freezes the heap (its ``freeze_gc_heap``);
-    freezing first makes those collections skip the ~million objects the imports made (in-process start on the
-    tiny model: 3.6 s -> 2.0 s). Unfreezing when the last engine closes lets what the engines held be collected.
+    vLLM collects garbage several times while it builds an engine, then freezes the heap (its
+    ``freeze_gc_heap``); freezing first makes those collections skip the ~million objects the imports made
+    (in-process start on the tiny model: 3.6 s -> 2.0 s). Unfreezing when the last engine closes lets what
+    the engines held be collected.
     """
 
     def __init__(self):

@@ -2,8 +2,9 @@
 
 Every setting the device cannot honour is refused here, before an engine starts, in one line naming what to
 change (vLLM's own errors come minutes later, from inside a worker). The rules mirror vLLM 0.32's: bf16 needs
-compute capability 8.0 (``CudaPlatform.check_if_supports_dtype``), ``auto`` keeps the checkpoint's 16-bit dtype
-where supported and otherwise takes the device's first supported dtype (``config.model._resolve_auto_dtype``).
+compute capability 8.0 (``CudaPlatform.check_if_supports_dtype``), ``auto`` keeps the checkpoint's 16-bit
+dtype where supported and otherwise takes the device's first supported dtype
+(``config.model._resolve_auto_dtype``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ BF16_CAPABILITY = (8, 0)  # Ampere; T4 (Turing) is 7.5, V100 7.0
 
 @dataclass(frozen=True)
 class Device:
-    """What the engines run on: CPU, or ``gpus`` CUDA GPUs (the lowest compute capability and memory among them)."""
+    """What the engines run on: CPU, or ``gpus`` CUDA GPUs (the lowest compute capability and memory among
+    them)."""
 
     gpus: int = 0
     capability: tuple[int, int] | None = None  # (major, minor) of the weakest GPU
@@ -38,7 +40,8 @@ class Device:
 
 
 def current_device() -> Device:
-    """The CUDA GPUs torch sees, else the CPU (the HF engine; the vLLM engine asks vLLM, which leaves CUDA alone)."""
+    """The CUDA GPUs torch sees, else the CPU (the HF engine; the vLLM engine asks vLLM, which leaves CUDA
+    alone)."""
     import torch
 
     if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
@@ -58,8 +61,10 @@ def resolve_dtype(requested: str, device: Device, checkpoint_dtype: str | None =
     if requested != "auto":
         if requested not in supported:
             raise RecoverlibError(
-                f"{device.name} (compute capability {'.'.join(map(str, device.capability))}) cannot compute in"
-                f" {requested} (needs {'.'.join(map(str, BF16_CAPABILITY))}): use --dtype float16 or --dtype auto"
+                f"{device.name} (compute capability {'.'.join(map(str, device.capability))}) cannot compute "
+                "in"
+                f" {requested} (needs {'.'.join(map(str, BF16_CAPABILITY))}): use --dtype float16 or "
+                "--dtype auto"
             )
         return requested
     if checkpoint_dtype in supported and checkpoint_dtype != "float32":
@@ -73,10 +78,14 @@ def check_vllm_settings(config, device: Device, cores: int) -> None:
     tp = config.tensor_parallel_size
     if device.is_cpu:
         if config.gpu_memory_utilization is not None:
-            raise RecoverlibError("--gpu-memory-utilization applies to GPUs; on CPU size the KV cache with --kv-cache-gib")
+            raise RecoverlibError(
+                "--gpu-memory-utilization applies to GPUs; on CPU size the KV cache with --kv-cache-gib"
+            )
         if tp > cores:
-            raise RecoverlibError(f"tensor parallel size {tp} on CPU binds each rank to its own cores; this machine"
-                                  f" has {cores}: use --tensor-parallel-size {cores} or fewer")
+            raise RecoverlibError(
+                f"tensor parallel size {tp} on CPU binds each rank to its own cores; this machine"
+                f" has {cores}: use --tensor-parallel-size {cores} or fewer"
+            )
         return
     if tp > device.gpus:
         raise RecoverlibError(f"tensor parallel size {tp} needs {tp} GPUs; this machine has {device.gpus}:"
@@ -84,10 +93,12 @@ def check_vllm_settings(config, device: Device, cores: int) -> None:
 
 
 def cpu_thread_binding(tp: int, cores: list[int]) -> str:
-    """``VLLM_CPU_OMP_THREADS_BIND`` for ``tp`` CPU ranks: ``cores`` split into ``tp`` contiguous groups ("0|1").
+    """``VLLM_CPU_OMP_THREADS_BIND`` for ``tp`` CPU ranks: ``cores`` split into ``tp`` contiguous groups
+    ("0|1").
 
     vLLM's ``auto`` binding gives each rank a NUMA node of its own, and refuses tensor parallel 2 on a machine
-    with one node ("Not enough allowed NUMA nodes to bind threads of 2 local CPUWorkers"); explicit lists work.
+    with one node ("Not enough allowed NUMA nodes to bind threads of 2 local CPUWorkers"); explicit lists
+    work.
     """
     cores = sorted(cores)
     per = len(cores) // tp

@@ -1,13 +1,14 @@
 """HFEngine: transformers + PEFT, the reference engine, and the one for bases vLLM cannot load here.
 
-``dynamic``: adapters are loaded once into one ``PeftModel`` and switched with ``set_adapter`` (the seed's way);
-the base is served with the adapters disabled. ``merged``: each adapter's merged weights (see ``merge.py``) are
-copied into the plain model while its prompts are generated, then the base weights are copied back (exact).
-``auto`` is ``merged`` where merging is exact (a plain base, plain LoRA adapters), else ``dynamic``: merged
-weights generated 1.10-1.14x as fast as PEFT's layers on the 2-core CPU, 3.2-3.4x on an H100. Sampling is seeded per
-(batch, adapter) inside ``torch.random.fork_rng``, so the caller's seed decides the output and the global RNG is
-left as it was. A batch's seed comes from its first prompt's key, so the same prompts batched the same way give
-the same samples in any call (the pipeline chunks rows at fixed input positions, so a resumed run batches alike).
+``dynamic``: adapters are loaded once into one ``PeftModel`` and switched with ``set_adapter`` (the seed's
+way); the base is served with the adapters disabled. ``merged``: each adapter's merged weights (see
+``merge.py``) are copied into the plain model while its prompts are generated, then the base weights are
+copied back (exact). ``auto`` is ``merged`` where merging is exact (a plain base, plain LoRA adapters), else
+``dynamic``: merged weights generated 1.10-1.14x as fast as PEFT's layers on the 2-core CPU, 3.2-3.4x on an
+H100. Sampling is seeded per (batch, adapter) inside ``torch.random.fork_rng``, so the caller's seed decides
+the output and the global RNG is left as it was. A batch's seed comes from its first prompt's key, so the
+same prompts batched the same way give the same samples in any call (the pipeline chunks rows at fixed input
+positions, so a resumed run batches alike).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ log = logging.getLogger("recoverlib")
 
 def load_causal_lm(model_path: Path, dtype: str):
     """An HF causal LM for inference. Checkpoints made by ``recoverlib quantize`` load through their backend
-    (its ``recoverlib_quant.json`` says which) and are audited against their plan; others through transformers."""
+    (its ``recoverlib_quant.json`` says which) and are audited against their plan; others through
+    transformers."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -53,8 +55,9 @@ def load_causal_lm(model_path: Path, dtype: str):
     if (Path(model_path) / META_FILE).is_file():
         return load_quantized(model_path, device_map=device_map).eval()  # compute dtype is the plan's
     check_plain_loadable(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype), device_map=device_map,
-                                                 use_safetensors=True)  # never a pickle
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=getattr(torch, dtype), device_map=device_map, use_safetensors=True
+    )  # never a pickle
     return model.eval()
 
 
@@ -63,8 +66,8 @@ def compute_dtype(requested: str, device: Device, checkpoint: str | None) -> str
 
     Why: on the CPU, 16-bit matmuls go through oneDNN, and with prompt shapes that change from batch to batch
     its memory grew without bound (tiny Mixtral, batches of 64 prompts of 5-200 words: +45 MB RSS per 256
-    prompts in bf16, flat in float32; disabling oneDNN stopped it too but ran 3.6x slower). ``--dtype bfloat16``
-    still asks for bf16.
+    prompts in bf16, flat in float32; disabling oneDNN stopped it too but ran 3.6x slower). ``--dtype
+    bfloat16`` still asks for bf16.
     """
     dtype = resolve_dtype(requested, device, checkpoint)
     if requested == "auto" and device.is_cpu and dtype != "float32":
@@ -75,17 +78,25 @@ def compute_dtype(requested: str, device: Device, checkpoint: str | None) -> str
 
 
 class HFEngine(LocalEngine):
-    """transformers ``generate`` with PEFT adapters switched per adapter; prompts batched with left padding."""
+    """transformers ``generate`` with PEFT adapters switched per adapter; prompts batched with left
+    padding."""
 
     name = "hf"
 
-    def __init__(self, model: str | Path, adapters: Mapping[str, str | Path] | None = None, config: EngineConfig | None = None):
+    def __init__(
+        self,
+        model: str | Path,
+        adapters: Mapping[str, str | Path] | None = None,
+        config: EngineConfig | None = None,
+    ):
         super().__init__(model, adapters, config)
         from transformers import AutoTokenizer
 
         if self.config.tensor_parallel_size > 1:
-            raise RecoverlibError("the hf engine spreads layers over all GPUs by itself; tensor parallel is vLLM's:"
-                                  " use --engine vllm or --tensor-parallel-size 1")
+            raise RecoverlibError(
+                "the hf engine spreads layers over all GPUs by itself; tensor parallel is vLLM's:"
+                " use --engine vllm or --tensor-parallel-size 1"
+            )
 
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self._tokenizer.padding_side = "left"
@@ -105,7 +116,9 @@ class HFEngine(LocalEngine):
             from peft import PeftModel
 
             names = sorted(self.adapters)
-            self._model = PeftModel.from_pretrained(self._model, str(self.adapters[names[0]].path), adapter_name=names[0])
+            self._model = PeftModel.from_pretrained(
+                self._model, str(self.adapters[names[0]].path), adapter_name=names[0]
+            )
             for name in names[1:]:
                 self._model.load_adapter(str(self.adapters[name].path), adapter_name=name)
             self._model.eval()
@@ -123,7 +136,9 @@ class HFEngine(LocalEngine):
         blocker = "the base is quantized" if is_quantized(self.model_path) else None
         blocker = blocker or next(filter(None, map(swap_merge_problem, self.adapters.values())), None)
         mode = "dynamic" if blocker else "merged"
-        log.info("lora mode auto -> %s (hf engine%s)", mode, f": {blocker}" if blocker else ": merging is exact")
+        log.info(
+            "lora mode auto -> %s (hf engine%s)", mode, f": {blocker}" if blocker else ": merging is exact"
+        )
         return mode
 
     @property
@@ -153,12 +168,15 @@ class HFEngine(LocalEngine):
 
     @contextmanager
     def _dequantized_merged(self, adapter: str):
-        """PEFT merges into the quantized layers and unmerges after; both round, so the base drifts slightly."""
+        """PEFT merges into the quantized layers and unmerges after; both round, so the base drifts
+        slightly."""
         self._model.set_adapter(adapter)
         try:
             self._model.merge_adapter()
         except (NotImplementedError, ValueError, TypeError) as err:
-            raise RecoverlibError(f"dequantized merge of {adapter!r} failed ({err}); use --lora-mode dynamic") from None
+            raise RecoverlibError(
+                f"dequantized merge of {adapter!r} failed ({err}); use --lora-mode dynamic"
+            ) from None
         try:
             yield
         finally:
@@ -177,8 +195,15 @@ class HFEngine(LocalEngine):
                     params[k].copy_(v)
 
         # e.g. LoRA on fused expert parameters: a whole merged copy is served instead
-        return serving_merged(self._merges, info, dtype, swap_merge_problem(info) is not None, restart=self._serving_model,
-                              load=load, read_base=lambda names: {k: params[k].detach().clone() for k in names})
+        return serving_merged(
+            self._merges,
+            info,
+            dtype,
+            swap_merge_problem(info) is not None,
+            restart=self._serving_model,
+            load=load,
+            read_base=lambda names: {k: params[k].detach().clone() for k in names},
+        )
 
     @contextmanager
     def _serving_model(self, folder: Path):
@@ -198,16 +223,23 @@ class HFEngine(LocalEngine):
             out[adapter] = []
             for start in range(0, len(adapter_prompts), self.config.batch_size):
                 batch = list(adapter_prompts[start : start + self.config.batch_size])
-                key = self.prompt_keys(keys, len(adapter_prompts))[start]  # a batch is seeded by its first prompt
-                out[adapter] += self._generate_batch(batch, sampling, adapter, seed=sampling.request_seed(key, self.adapter_index(adapter)))
+                # a batch is seeded by its first prompt
+                key = self.prompt_keys(keys, len(adapter_prompts))[start]
+                out[adapter] += self._generate_batch(
+                    batch, sampling, adapter, seed=sampling.request_seed(key, self.adapter_index(adapter))
+                )
                 bar.update(len(batch))
         bar.close()
         return out
 
-    def _generate_batch(self, batch: list[str], sampling: SamplingConfig, adapter: str | None, seed: int) -> list[list[str]]:
+    def _generate_batch(
+        self, batch: list[str], sampling: SamplingConfig, adapter: str | None, seed: int
+    ) -> list[list[str]]:
         import torch
 
-        enc = self._tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(self._model.device)
+        enc = self._tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(
+            self._model.device
+        )
         with self._adapter_context(adapter), torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             ids = self._model.generate(**enc, **self._generate_kwargs(sampling))

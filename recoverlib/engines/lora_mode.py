@@ -1,10 +1,10 @@
 """Choosing how adapters are served: ``dynamic`` LoRA or ``merged`` weights, by estimated time.
 
-The estimate uses measured costs (:class:`LoraCosts`): how much slower the dynamic LoRA path generates than the
-base model, and what switching to an adapter's merged weights costs (a swap inside the running engine, or a
-fresh engine where swapping cannot work). The defaults were measured on this project's 2-core AVX2 CPU with the
-tiny Mixtral (``benchmarks/serving.py``); measure your own machine (a GPU above all) with that script and pass
-them in.
+The estimate uses measured costs (:class:`LoraCosts`): how much slower the dynamic LoRA path generates than
+the base model, and what switching to an adapter's merged weights costs (a swap inside the running engine, or
+a fresh engine where swapping cannot work). The defaults were measured on this project's 2-core AVX2 CPU with
+the tiny Mixtral (``benchmarks/serving.py``); measure your own machine (a GPU above all) with that script and
+pass them in.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ class LoraCosts:
     """Costs that decide ``auto``. Units: seconds, tokens per second, and a ratio."""
 
     base_tokens_per_s: float = 12000.0  # vLLM, no LoRA, trained tiny Mixtral (benchmarks/results/serving.md)
-    dynamic_slowdown: float = 1.15  # base tok/s / multi-LoRA tok/s (serving.md: 1.16-1.17 trained, 1.13 random weights)
+    # base tok/s / multi-LoRA tok/s (serving.md: 1.16-1.17 trained, 1.13 random weights)
+    dynamic_slowdown: float = 1.15
     swap_s: float = 0.05  # swap one adapter's merged attention weights in and back (reload + restore)
     restart_s: float = 2.0  # a fresh in-process engine on a merged checkpoint (serving.md: 1.96 s to start)
 
@@ -46,14 +47,16 @@ def estimate_seconds(mode: str, work: LoraWorkload, costs: LoraCosts) -> float:
 
 
 def merge_blocker(quantized: bool, dequantized_merge: bool) -> str | None:
-    """Why merged weights are refused for a base (both engines' rule): merging into a quantized base rounds, so
-    it is not exact unless a dequantized merge is asked for."""
+    """Why merged weights are refused for a base (both engines' rule): merging into a quantized base rounds,
+    so it is not exact unless a dequantized merge is asked for."""
     if quantized and not dequantized_merge:
         return "the base is quantized, so merging is not exact (ask for a dequantized merge, or use dynamic)"
     return None
 
 
-def choose_lora_mode(requested: str, work: LoraWorkload, costs: LoraCosts, can_dynamic: bool, can_merge: str | None) -> str:
+def choose_lora_mode(
+    requested: str, work: LoraWorkload, costs: LoraCosts, can_dynamic: bool, can_merge: str | None
+) -> str:
     """Resolve ``requested`` (dynamic|merged|auto) to dynamic or merged; log the choice for ``auto``.
 
     ``can_merge`` is ``None`` when merging is possible, else the reason it is not.
@@ -70,6 +73,12 @@ def choose_lora_mode(requested: str, work: LoraWorkload, costs: LoraCosts, can_d
         return mode
     t = {m: estimate_seconds(m, work, costs) for m in ("dynamic", "merged")}
     mode = min(t, key=t.get)
-    log.info("lora mode auto -> %s (estimated %.1f s merged vs %.1f s dynamic for %d new tokens, %d adapter(s))",
-             mode, t["merged"], t["dynamic"], work.new_tokens, work.adapters)
+    log.info(
+        "lora mode auto -> %s (estimated %.1f s merged vs %.1f s dynamic for %d new tokens, %d adapter(s))",
+        mode,
+        t["merged"],
+        t["dynamic"],
+        work.new_tokens,
+        work.adapters,
+    )
     return mode

@@ -1,13 +1,17 @@
 """The serving memory planner: will vLLM serve this model on these devices, and with how much KV cache?
 
-From a Mixtral-style ``config.json``, a precision plan (weight bytes from :func:`recoverlib.quant.planner.plan_bytes`)
-and the engine settings it works out, per device, what vLLM 0.32 allocates at start-up:
+From a Mixtral-style ``config.json``, a precision plan (weight bytes from
+:func:`recoverlib.quant.planner.plan_bytes`) and the engine settings it works out, per device, what vLLM 0.32
+allocates at start-up:
 
 - weights: attention, experts, lm_head and embeddings split over the tensor-parallel ranks; router and norms
-  replicated; K/V projections replicated when ranks outnumber KV heads (vLLM gives each rank at least one KV head);
+  replicated; K/V projections replicated when ranks outnumber KV heads (vLLM gives each rank at least one KV
+  head);
 - KV cache: ``2 (K and V) x layers x KV heads per rank x head_dim x dtype bytes`` per token, for each rank;
-- LoRA buffers: vLLM preallocates ``max_loras`` slots of ``max_lora_rank`` on every targeted module (column-parallel
-  layers hold A whole and B sharded, row-parallel ones the other way round: ``vllm/lora/layers/base_linear.py``);
+- LoRA buffers: vLLM preallocates ``max_loras`` slots of ``max_lora_rank`` on every targeted module
+(column-parallel
+  layers hold A whole and B sharded, row-parallel ones the other way round:
+  ``vllm/lora/layers/base_linear.py``);
 - activations of the profiling forward (``max_num_batched_tokens`` tokens through attention and the fused-MoE
   kernel's intermediate caches) and a fixed overhead for the CUDA context, CUDA graphs and all-reduce buffers.
 
@@ -40,7 +44,8 @@ EXPERT_TARGETS = ("w1", "w2", "w3")
 
 @dataclass(frozen=True)
 class Devices:
-    """``count`` devices of ``memory_bytes`` each (GPUs), or the CPU (``cpu_kv_bytes``: vLLM's fixed KV space)."""
+    """``count`` devices of ``memory_bytes`` each (GPUs), or the CPU (``cpu_kv_bytes``: vLLM's fixed KV
+    space)."""
 
     count: int = 1
     memory_bytes: int | None = None
@@ -78,16 +83,24 @@ class ServingSetup:
         for name in ("tensor_parallel_size", "max_model_len", "max_num_seqs", "max_lora_rank"):
             if getattr(self, name) < 1:
                 raise RecoverlibError(f"{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
-        if self.max_loras < 0 or (self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1):
+        if self.max_loras < 0 or (
+            self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1
+        ):
             raise RecoverlibError("max-loras must be >= 0 and max-num-batched-tokens >= 1")
         if not 0 < self.gpu_memory_utilization <= 1:
-            raise RecoverlibError(f"gpu-memory-utilization must be in (0, 1] (got {self.gpu_memory_utilization})")
+            raise RecoverlibError(
+                f"gpu-memory-utilization must be in (0, 1] (got {self.gpu_memory_utilization})"
+            )
         unknown = sorted(set(self.lora_targets) - set(ATTENTION_TARGETS + EXPERT_TARGETS))
         if unknown:
-            raise RecoverlibError(f"LoRA targets {unknown}: choose from {', '.join(ATTENTION_TARGETS + EXPERT_TARGETS)}")
+            raise RecoverlibError(
+                f"LoRA targets {unknown}: choose from {', '.join(ATTENTION_TARGETS + EXPERT_TARGETS)}"
+            )
 
     def batched_tokens(self, devices: Devices) -> int:
-        return self.max_num_batched_tokens or max(self.max_model_len, 0 if devices.is_cpu else GPU_BATCHED_TOKENS)
+        return self.max_num_batched_tokens or max(
+            self.max_model_len, 0 if devices.is_cpu else GPU_BATCHED_TOKENS
+        )
 
 
 @dataclass(frozen=True)
@@ -115,7 +128,8 @@ class ServingEstimate:
 
     @property
     def requested_kv_bytes(self) -> int:
-        """KV cache for ``max_num_seqs`` sequences all at ``max_model_len`` (the most the settings can ask for)."""
+        """KV cache for ``max_num_seqs`` sequences all at ``max_model_len`` (the most the settings can ask
+        for)."""
         return self.setup.max_num_seqs * self.setup.max_model_len * self.kv_bytes_per_token
 
     @property
@@ -128,13 +142,18 @@ class ServingEstimate:
         s = self.setup
         if not self.fits:
             short = self.setup.max_model_len * self.kv_bytes_per_token - self.kv_cache
-            return (f"does not fit: {short / 1e9:.2f} GB per device short of one {s.max_model_len}-token sequence;"
-                    " change the plan to fewer bits, raise --tensor-parallel-size, lower --max-model-len"
-                    " or --max-loras/--max-lora-rank")
+            return (
+                f"does not fit: {short / 1e9:.2f} GB per device short of one {s.max_model_len}-token "
+                "sequence;"
+                " change the plan to fewer bits, raise --tensor-parallel-size, lower --max-model-len"
+                " or --max-loras/--max-lora-rank"
+            )
         full = self.kv_tokens // s.max_model_len
-        line = f"fits: {self.kv_tokens:,} tokens of KV cache ({full} sequences of {s.max_model_len} tokens at once)"
+        line = (f"fits: {self.kv_tokens:,} tokens of KV cache ({full} sequences of {s.max_model_len} tokens"
+                " at once)")
         if full < s.max_num_seqs:
-            line += f"; fewer than --max-num-seqs {s.max_num_seqs} at full length (shorter sequences share the rest)"
+            line += (f"; fewer than --max-num-seqs {s.max_num_seqs} at full length"
+                     " (shorter sequences share the rest)")
         return line
 
 
@@ -158,7 +177,8 @@ def kv_bytes_per_token(config: dict, tp: int, dtype_bytes: int) -> int:
 
 
 def lora_buffer_bytes(config: dict, setup: ServingSetup, dtype_bytes: int) -> int:
-    """vLLM's preallocated LoRA stacks on each rank: ``max_loras`` slots of ``max_lora_rank`` per targeted module."""
+    """vLLM's preallocated LoRA stacks on each rank: ``max_loras`` slots of ``max_lora_rank`` per targeted
+    module."""
 
     if setup.max_loras == 0:
         return 0
@@ -193,7 +213,8 @@ def load_serving_plan(spec):
     """A precision plan (preset name, JSON file, PrecisionPlan), or a dtype name for an unquantized model."""
 
     if isinstance(spec, str) and spec in COMPUTE_DTYPES:
-        return PrecisionPlan(backend="gptq", compute_dtype=spec, name=spec)  # nothing quantized: backend unused
+        # nothing quantized: backend unused
+        return PrecisionPlan(backend="gptq", compute_dtype=spec, name=spec)
     return load_plan(spec)
 
 
@@ -211,7 +232,11 @@ def plan_serving(config, plan, setup: ServingSetup, devices: Devices) -> Serving
     if devices.is_cpu:
         return ServingEstimate(setup, devices, weights, kv_bytes_per_token(cfg, tp, dtype_bytes), lora, 0, 0,
                                weights + lora + (devices.cpu_kv_bytes or 0))
-    fixed = CUDA_CONTEXT_BYTES + (0 if setup.enforce_eager else CUDA_GRAPH_BYTES) + (ALL_REDUCE_BYTES if tp > 1 else 0)
+    fixed = (
+        CUDA_CONTEXT_BYTES
+        + (0 if setup.enforce_eager else CUDA_GRAPH_BYTES)
+        + (ALL_REDUCE_BYTES if tp > 1 else 0)
+    )
     return ServingEstimate(setup, devices, weights, kv_bytes_per_token(cfg, tp, dtype_bytes), lora,
                            activation_bytes(cfg, setup, devices, dtype_bytes), fixed,
                            int(setup.gpu_memory_utilization * devices.memory_bytes))
@@ -225,7 +250,11 @@ def _size(nbytes: int) -> str:
 def serving_report_lines(est: ServingEstimate) -> list[str]:
     """The serving part of ``recoverlib plan``'s report: one figure per line, per device, then the verdict."""
     s, gb = est.setup, _size
-    where = "CPU" if est.devices.is_cpu else f"{est.devices.count} GPU(s) of {est.devices.memory_bytes / 1e9:.1f} GB"
+    where = (
+        "CPU"
+        if est.devices.is_cpu
+        else f"{est.devices.count} GPU(s) of {est.devices.memory_bytes / 1e9:.1f} GB"
+    )
     lines = [
         f"serving with vLLM on {where}, tensor parallel {s.tensor_parallel_size}, per device:",
         f"  weights            {gb(est.weights)}",
@@ -240,7 +269,8 @@ def serving_report_lines(est: ServingEstimate) -> list[str]:
         ]
     lines += [
         f"  KV cache           {gb(est.kv_cache)}   ({est.kv_bytes_per_token:,} bytes per token)",
-        f"  asked for          {gb(est.requested_kv_bytes)}   ({s.max_num_seqs} sequences x {s.max_model_len} tokens)",
+        f"  asked for          {gb(est.requested_kv_bytes)}   ({s.max_num_seqs} sequences x "
+        f"{s.max_model_len} tokens)",
         est.verdict(),
     ]
     return lines

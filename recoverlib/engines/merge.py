@@ -1,15 +1,16 @@
 """Merged LoRA weights (W + scale * B @ A), computed once per (base, adapter) and cached on disk.
 
 Why: on CPU, serving an adapter through vLLM's LoRA path costs about 3x the base model's speed, while a merged
-adapter runs at the base's speed. An engine swaps the merged tensors of the modules an adapter touches into the
-running model, generates, and swaps the base tensors back.
+adapter runs at the base's speed. An engine swaps the merged tensors of the modules an adapter touches into
+the running model, generates, and swaps the base tensors back.
 
 Two kinds of cache entry under ``<cache>/<key>/`` (key = fingerprints of base and adapter + dtype):
 
-- ``merged.safetensors``: only the touched modules, under checkpoint names (``model.layers.0.self_attn.q_proj.weight``).
+- ``merged.safetensors``: only the touched modules, under checkpoint names
+(``model.layers.0.self_attn.q_proj.weight``).
   Made here from the safetensors files alone (no model load), for plain LoRA on ``nn.Linear`` modules; the
-  arithmetic is PEFT's (``scale = lora_alpha / r``, or ``/ sqrt(r)`` with rsLoRA), and a test checks it against
-  PEFT's ``merge_and_unload``.
+  arithmetic is PEFT's (``scale = lora_alpha / r``, or ``/ sqrt(r)`` with rsLoRA), and a test checks it
+  against PEFT's ``merge_and_unload``.
 - ``model/``: a complete HF model folder, made by PEFT's ``merge_and_unload`` for adapters on parameters
   (fused MoE experts), which a running vLLM engine on CPU cannot take by swapping.
 """
@@ -42,8 +43,8 @@ def default_cache_dir() -> Path:
 def fingerprint(folder: Path, full: bool) -> str:
     """sha256 over a folder's config and weight files.
 
-    ``full``: every byte (adapters are small). Otherwise name, size, safetensors header and 1 MiB samples at the
-    start, middle and end of each file, so a 90 GB base is fingerprinted in milliseconds.
+    ``full``: every byte (adapters are small). Otherwise name, size, safetensors header and 1 MiB samples at
+    the start, middle and end of each file, so a 90 GB base is fingerprinted in milliseconds.
     """
     h = hashlib.sha256()
     files = sorted(p for p in folder.iterdir() if p.suffix in (".json", ".safetensors") and p.is_file())
@@ -84,8 +85,13 @@ def read_tensors(model: Path, names: set[str]) -> dict:
 
 def _lora_scale(cfg: dict, module: str) -> float:
     short = module.split(".")
-    rank = next((v for k, v in cfg.get("rank_pattern", {}).items() if k in short or module.endswith(k)), cfg["r"])
-    alpha = next((v for k, v in cfg.get("alpha_pattern", {}).items() if k in short or module.endswith(k)), cfg["lora_alpha"])
+    rank = next(
+        (v for k, v in cfg.get("rank_pattern", {}).items() if k in short or module.endswith(k)), cfg["r"]
+    )
+    alpha = next(
+        (v for k, v in cfg.get("alpha_pattern", {}).items() if k in short or module.endswith(k)),
+        cfg["lora_alpha"],
+    )
     return alpha / (rank**0.5 if cfg.get("use_rslora") else rank)
 
 
@@ -126,7 +132,8 @@ def merge_full_model(base: Path, adapter: AdapterInfo, out: Path, dtype) -> Path
 
 
 class MergeCache:
-    """Merged weights per (base, adapter, dtype) on disk; a second request reads them back instead of merging."""
+    """Merged weights per (base, adapter, dtype) on disk; a second request reads them back instead of
+    merging."""
 
     def __init__(self, base: Path, root: Path | None = None):
         self.base = Path(base)
@@ -179,8 +186,8 @@ def serving_merged(cache: MergeCache, info: AdapterInfo, dtype, whole: bool,
     """Hold ``info``'s merged weights in a running model while generating: the one way both engines do it.
 
     ``whole``: the adapter cannot be swapped tensor by tensor (see the engines' rules), so ``restart(folder)``
-    serves a whole merged checkpoint. Otherwise ``load(tensors)`` swaps the merged tensors of the touched modules
-    in, and the base tensors (``read_base(names)``, read before the swap) are loaded back afterwards.
+    serves a whole merged checkpoint. Otherwise ``load(tensors)`` swaps the merged tensors of the touched
+    modules in, and the base tensors (``read_base(names)``, read before the swap) are loaded back afterwards.
     """
     if whole:
         with restart(cache.model_folder(info, dtype)):

@@ -1,18 +1,21 @@
-"""OpenAIEngine: the pipeline against any OpenAI-compatible server that serves the base and the adapters by name.
+"""OpenAIEngine: the pipeline against any OpenAI-compatible server that serves the base and the adapters by
+name.
 
-vLLM's server (``recoverlib serve``) is the one it is made for: ``/v1/completions`` with ``model`` = the adapter's
-name (the base's for base requests), the prompts as token ids, and every sampling field sent explicitly (a field
-left out would take the server's defaults): ``n``, ``seed``, ``temperature``, ``top_p`` and the rest as the
-in-process engine uses them. Before any row, ``/v1/models`` must list every adapter asked for.
+vLLM's server (``recoverlib serve``) is the one it is made for: ``/v1/completions`` with ``model`` = the
+adapter's name (the base's for base requests), the prompts as token ids, and every sampling field sent
+explicitly (a field left out would take the server's defaults): ``n``, ``seed``, ``temperature``, ``top_p``
+and the rest as the in-process engine uses them. Before any row, ``/v1/models`` must list every adapter asked
+for.
 
 Repeatable by design: a chunk's prompts go in one request per adapter, as a list, so the server schedules them
 together (its batches, and so its numerics, do not depend on other requests' timing); the request's seed comes
-from the chunk's first row and the adapter, as the HF engine seeds a batch (vLLM gives every prompt of a request
-the seed, and sample ``j`` of a prompt seed + ``j``). With ``concurrency`` 1 (the default) each server gets one
-request at a time, and seeded sampling repeats byte for byte while nothing else uses it, which ``--resume`` relies
-on. With more, requests share a server's batches by arrival time, and seeded samples may change from run to run
-(said once). Greedy predictions equal the in-process vLLM engine's either way. Several servers of the same model
-(``--server-url`` with comma-separated URLs) share the requests, each at ``concurrency``.
+from the chunk's first row and the adapter, as the HF engine seeds a batch (vLLM gives every prompt of a
+request the seed, and sample ``j`` of a prompt seed + ``j``). With ``concurrency`` 1 (the default) each
+server gets one request at a time, and seeded sampling repeats byte for byte while nothing else uses it, which
+``--resume`` relies on. With more, requests share a server's batches by arrival time, and seeded samples may
+change from run to run (said once). Greedy predictions equal the in-process vLLM engine's either way. Several
+servers of the same model (``--server-url`` with comma-separated URLs) share the requests, each at
+``concurrency``.
 """
 
 from __future__ import annotations
@@ -37,12 +40,20 @@ log = logging.getLogger("recoverlib")
 class OpenAIConfig:
     """How to reach the server (each field is also a command-line option)."""
 
-    server_url: str | None = setting(None, help="openai: the server's URL (http://HOST:PORT, /v1 optional); several"
-                                                " servers of the same model: comma-separated")
+    server_url: str | None = setting(
+        None,
+        help="openai: the server's URL (http://HOST:PORT, /v1 optional); several"
+        " servers of the same model: comma-separated",
+    )
     api_key: str | None = setting(None, help="openai: the server's API key")
-    concurrency: int = setting(1, help="openai: requests in flight per server (1 repeats seeded sampling byte for"
-                                       " byte; more lets a server batch them by arrival time)")
-    retries: int = setting(5, help="openai: retries of a request on a connection error, 429 or 5xx (with backoff)")
+    concurrency: int = setting(
+        1,
+        help="openai: requests in flight per server (1 repeats seeded sampling byte for"
+        " byte; more lets a server batch them by arrival time)",
+    )
+    retries: int = setting(
+        5, help="openai: retries of a request on a connection error, 429 or 5xx (with backoff)"
+    )
     timeout_s: float = setting(600.0, help="openai: seconds one request may take")
     backoff_s: float = setting(1.0, cli=False, help="first retry's wait, doubled at each retry")
 
@@ -64,8 +75,9 @@ def adapter_infos(adapters: Mapping[str, str | Path]) -> dict[str, AdapterInfo]:
 
 
 class OpenAIEngine(Engine):
-    """An OpenAI-compatible server's completions (see the module docstring). ``model``: the base model's folder
-    here (its tokenizer fits the prompts), or its name on the server (the server's ``/tokenize`` does)."""
+    """An OpenAI-compatible server's completions (see the module docstring). ``model``: the base model's
+    folder here (its tokenizer fits the prompts), or its name on the server (the server's ``/tokenize``
+    does)."""
 
     name = "openai"
     config_type = OpenAIConfig
@@ -82,7 +94,9 @@ class OpenAIEngine(Engine):
         self.adapters = adapter_infos(adapters or {})
         served = {self._check_served(client, str(model)) for client in self.clients}
         if len(served) > 1:
-            raise RecoverlibError(f"the servers {', '.join(urls)} serve different models or contexts: {sorted(served)}")
+            raise RecoverlibError(
+                f"the servers {', '.join(urls)} serve different models or contexts: {sorted(served)}"
+            )
         self.base_model, self._max_len = served.pop()
         # a free slot per (server, request in flight): each request takes one and gives it back
         self._slots: queue.Queue = queue.Queue()
@@ -93,24 +107,32 @@ class OpenAIEngine(Engine):
         self._tokenizer = _local_tokenizer(folder) if (folder / "config.json").is_file() else \
             RemoteTokenizer(self.clients[0], self.base_model)
         if c.concurrency > 1:
-            log.warning("openai: %d requests in flight share the server's batches by arrival time, so seeded samples"
-                        " may differ from run to run (--concurrency 1 repeats them)", c.concurrency)
+            log.warning(
+                "openai: %d requests in flight share the server's batches by arrival time, so seeded samples"
+                " may differ from run to run (--concurrency 1 repeats them)",
+                c.concurrency,
+            )
 
     def _check_served(self, client: ServerClient, model: str) -> tuple[str, int]:
-        """The server's name for the base and its context; every adapter asked for must be listed (one line)."""
+        """The server's name for the base and its context; every adapter asked for must be listed (one
+        line)."""
         cards = client.models()
         bases = [c for c in cards if not c.get("parent")]
         named = [c for c in bases if model in (c.get("id"), c.get("root"))] or \
                 [c for c in bases if Path(str(c.get("root", ""))).resolve() == Path(model).resolve()]
         base = named[0] if named else (bases[0] if len(bases) == 1 else None)
         if base is None:
-            raise RecoverlibError(f"the server at {client.root} serves {[c.get('id') for c in bases]}, not {model}")
+            raise RecoverlibError(
+                f"the server at {client.root} serves {[c.get('id') for c in bases]}, not {model}"
+            )
         served = {c.get("id") for c in cards}
         missing = sorted(set(self.adapters) - served)
         if missing:
-            raise RecoverlibError(f"the server at {client.root} does not serve adapter(s) {', '.join(missing)}"
-                                  f" (it serves {', '.join(sorted(map(str, served)))}); start it with them"
-                                  " (recoverlib serve --adapter NAME=PATH)")
+            raise RecoverlibError(
+                f"the server at {client.root} does not serve adapter(s) {', '.join(missing)}"
+                f" (it serves {', '.join(sorted(map(str, served)))}); start it with them"
+                " (recoverlib serve --adapter NAME=PATH)"
+            )
         return str(base["id"]), int(base.get("max_model_len") or 4096)
 
     @property
@@ -135,11 +157,25 @@ class OpenAIEngine(Engine):
         """One request: ``prompts`` (as token ids) for ``adapter``; its texts per prompt."""
         ids = self._tokenizer(prompts, add_special_tokens=False)["input_ids"]
         n = 1 if sampling.greedy else sampling.samples
-        body = {"model": adapter or self.base_model, "prompt": ids, "n": n, "max_tokens": sampling.max_new_tokens,
-                "temperature": sampling.temperature, "top_p": 1.0 if sampling.greedy else sampling.top_p,
-                "top_k": 0, "min_p": 0.0, "min_tokens": 0, "repetition_penalty": 1.0, "presence_penalty": 0.0,
-                "frequency_penalty": 0.0, "seed": sampling.request_seed(keys[0], self.adapter_index(adapter)),
-                "ignore_eos": sampling.ignore_eos, "skip_special_tokens": True, "stream": False, "echo": False}
+        body = {
+            "model": adapter or self.base_model,
+            "prompt": ids,
+            "n": n,
+            "max_tokens": sampling.max_new_tokens,
+            "temperature": sampling.temperature,
+            "top_p": 1.0 if sampling.greedy else sampling.top_p,
+            "top_k": 0,
+            "min_p": 0.0,
+            "min_tokens": 0,
+            "repetition_penalty": 1.0,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+            "seed": sampling.request_seed(keys[0], self.adapter_index(adapter)),
+            "ignore_eos": sampling.ignore_eos,
+            "skip_special_tokens": True,
+            "stream": False,
+            "echo": False,
+        }
         client = self._slots.get()
         try:
             answer = client.call("POST", "/v1/completions", body)
@@ -147,7 +183,9 @@ class OpenAIEngine(Engine):
             self._slots.put(client)
         choices = sorted(answer["choices"], key=lambda c: c["index"])
         if len(choices) != n * len(ids):
-            raise RecoverlibError(f"the server returned {len(choices)} completions for {len(ids)} prompts x {n}")
+            raise RecoverlibError(
+                f"the server returned {len(choices)} completions for {len(ids)} prompts x {n}"
+            )
         return [repeat_greedy([c["text"].rstrip("\ufffd") for c in choices[i * n : (i + 1) * n]], sampling)
                 for i in range(len(ids))]
 

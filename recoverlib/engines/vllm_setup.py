@@ -1,11 +1,12 @@
-"""Everything ``VLLMEngine`` decides before vLLM starts, as one pure function of (settings, device, adapters, model).
+"""Everything ``VLLMEngine`` decides before vLLM starts, as one pure function of (settings, device, adapters,
+model).
 
-:func:`plan_vllm` turns an :class:`EngineConfig`, the :class:`Device` vLLM will use, the checked adapters and what
-was read from the model folder (:class:`ModelFacts`) into a :class:`VllmSetup`: how adapters are served (dynamic
-LoRA or merged weights, and which adapters need a whole merged checkpoint in a fresh engine), the dtype, the
-context, whether base requests must be batched apart from adapter requests, and the exact ``vllm.LLM`` arguments
-and environment. Every setting the device or vLLM cannot honour is a one-line error here; the engine only carries
-the plan out, and tests call this function directly.
+:func:`plan_vllm` turns an :class:`EngineConfig`, the :class:`Device` vLLM will use, the checked adapters and
+what was read from the model folder (:class:`ModelFacts`) into a :class:`VllmSetup`: how adapters are served
+(dynamic LoRA or merged weights, and which adapters need a whole merged checkpoint in a fresh engine), the
+dtype, the context, whether base requests must be batched apart from adapter requests, and the exact
+``vllm.LLM`` arguments and environment. Every setting the device or vLLM cannot honour is a one-line error
+here; the engine only carries the plan out, and tests call this function directly.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from recoverlib.model_folder import checkpoint_dtype, read_model_config
 from recoverlib.quant.meta import is_quantized
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
-# recoverlib's vLLM plugin cures (recoverlib.vllm_plugin): keep the CPU MoE kernel with attention LoRA; one LoRA
-# product per adapter, nothing for base requests (vLLM's CPU path applies the last adapter to them)
+# recoverlib's vLLM plugin cures (recoverlib.vllm_plugin): keep the CPU MoE kernel with attention LoRA; one
+# LoRA product per adapter, nothing for base requests (vLLM's CPU path applies the last adapter to them)
 MOE_CURE, GROUPED_CURE = "vllm-cpu-moe-kernel", "vllm-grouped-lora"
 CPU_MAX_SEQS, CPU_BATCHED_TOKENS, GPU_BATCHED_TOKENS = 2048, 65536, 8192
 
@@ -76,11 +77,14 @@ def needs_fresh_engine(info: AdapterInfo, device: Device) -> bool:
 
 
 def dynamic_problem(adapters: Mapping[str, AdapterInfo], device: Device) -> str | None:
-    """Why the adapters cannot be served as LoRA by vLLM here (its CPU LoRA ops cannot touch expert weights)."""
+    """Why the adapters cannot be served as LoRA by vLLM here (its CPU LoRA ops cannot touch expert
+    weights)."""
     experts = sorted(a.name for a in adapters.values() if a.targets_experts)
     if device.is_cpu and experts:
-        return (f"adapter(s) {experts} put LoRA on MoE expert weights, which vLLM's CPU LoRA path cannot serve;"
-                " use --lora-mode merged or --engine hf")
+        return (
+            f"adapter(s) {experts} put LoRA on MoE expert weights, which vLLM's CPU LoRA path cannot serve;"
+            " use --lora-mode merged or --engine hf"
+        )
     return None
 
 
@@ -117,10 +121,12 @@ def plan_vllm(config: EngineConfig, device: Device, adapters: Mapping[str, Adapt
         raise RecoverlibError(dynamic)
     lora = mode == "dynamic" and bool(adapters)
     if lora and device.is_cpu and model.moe and MOE_CURE not in cures:
-        raise RecoverlibError("vLLM's CPU backend picks its Triton MoE kernel whenever LoRA is on, and that kernel"
-                              " cannot run on a CPU; recoverlib's vLLM plugin keeps the CPU kernel, and it is off"
-                              " here (RECOVERLIB_VLLM_PLUGIN=0, or another vLLM version): use --lora-mode merged or"
-                              " --engine hf")
+        raise RecoverlibError(
+            "vLLM's CPU backend picks its Triton MoE kernel whenever LoRA is on, and that kernel"
+            " cannot run on a CPU; recoverlib's vLLM plugin keeps the CPU kernel, and it is off"
+            " here (RECOVERLIB_VLLM_PLUGIN=0, or another vLLM version): use --lora-mode merged or"
+            " --engine hf"
+        )
     max_len = resolve_max_model_len(config.max_model_len, model.native_max_len)
     kwargs = _llm_kwargs(config, device, adapters if lora else {}, dtype, max_len)
     env = {"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(config.kv_cache_gib)))} if device.is_cpu else {}
@@ -131,23 +137,27 @@ def plan_vllm(config: EngineConfig, device: Device, adapters: Mapping[str, Adapt
     if device.is_cpu and config.tensor_parallel_size > 1:
         env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_thread_binding(config.tensor_parallel_size, list(cores))
     separate = lora and device.is_cpu and GROUPED_CURE not in cures
-    return VllmSetup(mode, dtype, max_len, restarts if mode == "merged" else frozenset(), separate, kwargs, env)
+    return VllmSetup(
+        mode, dtype, max_len, restarts if mode == "merged" else frozenset(), separate, kwargs, env
+    )
 
 
 def _llm_kwargs(config: EngineConfig, device: Device, adapters: Mapping[str, AdapterInfo], dtype: str,
                 max_len: int) -> dict:
     """``vllm.LLM`` arguments (the model path aside)."""
     kwargs: dict = {"dtype": dtype, "max_model_len": max_len, "seed": 0,
-                    # chunked prefill rewinds a CPU generator for seeded requests, which CPU generators cannot do
+                    # chunked prefill rewinds a CPU generator for seeded requests, which CPU generators
+                    # cannot do
                     "enable_chunked_prefill": False,
                     "max_num_batched_tokens": config.max_num_batched_tokens
                     or max(max_len, CPU_BATCHED_TOKENS if device.is_cpu else GPU_BATCHED_TOKENS),
                     "enforce_eager": device.is_cpu or config.enforce_eager,
-                    # one worker process per rank under tensor parallel; otherwise the worker runs in the engine core
+                    # one worker process per rank under tensor parallel; otherwise the worker runs in the
+                    # engine core
                     "distributed_executor_backend": "mp" if config.tensor_parallel_size > 1 else "uni",
                     "tensor_parallel_size": config.tensor_parallel_size}
-    # On CPU a decode step costs mostly Python bookkeeping, so wide steps pay: with 2048 sequences and 64 k batched
-    # tokens a 512-row prediction ran about 13 % faster than with vLLM's 256 / 8 k (tiny Mixtral).
+    # On CPU a decode step costs mostly Python bookkeeping, so wide steps pay: with 2048 sequences and 64 k
+    # batched tokens a 512-row prediction ran about 13 % faster than with vLLM's 256 / 8 k (tiny Mixtral).
     max_seqs = config.max_num_seqs or (CPU_MAX_SEQS if device.is_cpu else None)
     if max_seqs:
         kwargs["max_num_seqs"] = max_seqs
@@ -155,7 +165,9 @@ def _llm_kwargs(config: EngineConfig, device: Device, adapters: Mapping[str, Ada
         kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
     if config.block_size is not None:
         if device.is_cpu and config.block_size % 32:
-            raise RecoverlibError(f"block size {config.block_size}: vLLM's CPU attention takes multiples of 32")
+            raise RecoverlibError(
+                f"block size {config.block_size}: vLLM's CPU attention takes multiples of 32"
+            )
         kwargs["block_size"] = config.block_size
     if not config.custom_all_reduce:
         kwargs["disable_custom_all_reduce"] = True
@@ -167,7 +179,9 @@ def lora_kwargs(config: EngineConfig, adapters: Mapping[str, AdapterInfo]) -> di
     if not adapters:
         return {}
     slot = config.max_lora_rank or lora_rank_slot(max(a.rank for a in adapters.values()))
-    too_big = [f"{a.name} (r={a.rank})" for a in sorted(adapters.values(), key=lambda a: a.name) if a.rank > slot]
+    too_big = [
+        f"{a.name} (r={a.rank})" for a in sorted(adapters.values(), key=lambda a: a.name) if a.rank > slot
+    ]
     if too_big:
         raise RecoverlibError(f"adapter rank exceeds the engine's max_lora_rank {slot}: {', '.join(too_big)}")
     targets = sorted({m.rsplit(".", 1)[-1] for a in adapters.values() for m in a.target_modules})

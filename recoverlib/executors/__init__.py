@@ -1,4 +1,5 @@
-"""Where chunks run, found through one registry (entry point group ``recoverlib.executors``): an executor is one file.
+"""Where chunks run, found through one registry (entry point group ``recoverlib.executors``): an executor is
+one file.
 
 ``local`` serves every chunk in this process with one engine; ``ray`` spreads chunks over the workers of a Ray
 cluster, each holding its own engine. The driver (:func:`recoverlib.pipeline.run.predict`) records what they

@@ -1,8 +1,9 @@
-"""The executor interface: serve chunks with engines built from an :class:`EngineSpec`, report them as they finish.
+"""The executor interface: serve chunks with engines built from an :class:`EngineSpec`, report them as they
+finish.
 
-An executor never sees models, only engines it builds where it runs them (in this process, or in each worker of a
-cluster) from a picklable :class:`EngineSpec`; it never writes the samples file (the driver records what it
-yields, in input order). Its settings are its own config dataclass (:attr:`Executor.config_type`).
+An executor never sees models, only engines it builds where it runs them (in this process, or in each worker
+of a cluster) from a picklable :class:`EngineSpec`; it never writes the samples file (the driver records what
+it yields, in input order). Its settings are its own config dataclass (:attr:`Executor.config_type`).
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ from recoverlib.pipeline.sample import ChunkSampler, Samples
 
 class LocalExecutor(Executor):
     """One engine in this process for each run; it stays until the next run or :meth:`close` (one engine in
-    memory at a time). A caller about to exit may skip ``close``: vLLM's shutdown spends about 1.3 s collecting
-    garbage on a 2-core CPU, and the process's end releases everything at once."""
+    memory at a time). A caller about to exit may skip ``close``: vLLM's shutdown spends about 1.3 s
+    collecting garbage on a 2-core CPU, and the process's end releases everything at once."""
 
     name = "local"
 

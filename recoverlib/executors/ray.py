@@ -2,15 +2,15 @@
 
 Ray does the scheduling and the recovery: each worker is an actor restarted by Ray when its process dies
 (``max_restarts``), and the chunk it was serving is run again by Ray on the restarted actor
-(``max_task_retries``), so a killed worker costs time, never a row. The driver keeps a few chunks in flight per
-worker and hands finished chunks back as they come; the pipeline records them in input order, so a run on any
-number of workers writes the same samples file as ``--executor local``.
+(``max_task_retries``), so a killed worker costs time, never a row. The driver keeps a few chunks in flight
+per worker and hands finished chunks back as they come; the pipeline records them in input order, so a run on
+any number of workers writes the same samples file as ``--executor local``.
 
-Workers build their engine from the run's :class:`~recoverlib.executors.base.EngineSpec` where they run (on that
-node's devices); recoverlib must be installed in the cluster's Python. A cluster started apart from the driver
-(``ray start``) gives workers its own environment, so the driver passes on the variables that steer engines
-(``VLLM_*``, ``RECOVERLIB_*``, ``HF_*``, ``LD_PRELOAD``...). With no address, a Ray instance local to this machine
-is started for the run and stopped after it.
+Workers build their engine from the run's :class:`~recoverlib.executors.base.EngineSpec` where they run (on
+that node's devices); recoverlib must be installed in the cluster's Python. A cluster started apart from the
+driver (``ray start``) gives workers its own environment, so the driver passes on the variables that steer
+engines (``VLLM_*``, ``RECOVERLIB_*``, ``HF_*``, ``LD_PRELOAD``...). With no address, a Ray instance local to
+this machine is started for the run and stopped after it.
 """
 
 from __future__ import annotations
@@ -38,9 +38,12 @@ FORWARDED_ENV = ("VLLM_", "RECOVERLIB_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", 
 class RayConfig:
     """Where and how wide the Ray executor runs (each field is also a command-line option)."""
 
-    address: str | None = setting(None, flag="--ray-address",
-                                  help="ray: the cluster (auto: the one on this machine, or HOST:PORT; default: a"
-                                       " local Ray started for the run)")
+    address: str | None = setting(
+        None,
+        flag="--ray-address",
+        help="ray: the cluster (auto: the one on this machine, or HOST:PORT; default: a"
+        " local Ray started for the run)",
+    )
     workers: int = setting(2, help="ray: workers, each holding one engine")
     cpus_per_worker: float = setting(1.0, help="ray: CPUs reserved per worker")
     gpus_per_worker: float = setting(0.0, help="ray: GPUs per worker (vLLM's tensor parallel size inside it)")
@@ -72,7 +75,8 @@ def worker_env(config: RayConfig) -> dict[str, str]:
 
 
 def check_reachable(address: str, timeout: float) -> None:
-    """A ``HOST:PORT`` address must accept a TCP connection (Ray itself retries for many minutes); one line if not."""
+    """A ``HOST:PORT`` address must accept a TCP connection (Ray itself retries for many minutes); one line
+    if not."""
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
         raise RecoverlibError(f"--ray-address {address!r}: give auto or HOST:PORT")
@@ -120,12 +124,23 @@ class RayExecutor(Executor):
         if address and address != "auto":
             check_reachable(address, self.config.connect_timeout_s)
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
-                     **({} if address else {"num_cpus": max(1, int(self.config.workers * self.config.cpus_per_worker))}))
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=True,
+                logging_level=logging.WARNING,
+                **(
+                    {}
+                    if address
+                    else {"num_cpus": max(1, int(self.config.workers * self.config.cpus_per_worker))}
+                ),
+            )
         except (ConnectionError, RuntimeError, ValueError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise RecoverlibError(f"cannot join the Ray cluster at {address or 'a new local instance'} ({first});"
-                                  " check --ray-address, or use --executor local") from None
+            raise RecoverlibError(
+                f"cannot join the Ray cluster at {address or 'a new local instance'} ({first});"
+                " check --ray-address, or use --executor local"
+            ) from None
         self._started_ray = not address
         return ray
 
@@ -171,13 +186,17 @@ class RayExecutor(Executor):
         except RayTaskError as err:
             if isinstance(err.cause, RecoverlibError):
                 raise RecoverlibError(str(err.cause)) from None  # a setting to change, said by the worker
-            raise RecoverlibError(f"{rows} failed on a Ray worker: {type(err.cause).__name__}: {err.cause}") from None
+            raise RecoverlibError(
+                f"{rows} failed on a Ray worker: {type(err.cause).__name__}: {err.cause}"
+            ) from None
         except (ActorDiedError, ActorUnavailableError) as err:
             said = _recoverlib_error_in(str(err))
             if said:  # the worker's engine could not start: the user's to fix
                 raise RecoverlibError(said) from None
-            raise RecoverlibError(f"{rows}: its Ray worker died {self.config.chunk_retries + 1} time(s) or could not"
-                                  f" start ({_first_line(err)}); finished chunks are kept: --resume continues") from None
+            raise RecoverlibError(
+                f"{rows}: its Ray worker died {self.config.chunk_retries + 1} time(s) or could not"
+                f" start ({_first_line(err)}); finished chunks are kept: --resume continues"
+            ) from None
 
     def worker_pids(self) -> list[int]:
         """The process id of each worker (tests kill one)."""
@@ -199,7 +218,8 @@ class RayExecutor(Executor):
 
 
 def _recoverlib_error_in(text: str) -> str | None:
-    """The one-line RecoverlibError a worker raised while starting, as Ray reports it inside its own message."""
+    """The one-line RecoverlibError a worker raised while starting, as Ray reports it inside its own
+    message."""
     marker = "RecoverlibError: "
     return text.split(marker, 1)[1].splitlines()[0].strip() if marker in text else None
 

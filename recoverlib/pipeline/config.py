@@ -12,14 +12,14 @@ from recoverlib.errors import RecoverlibError
 from recoverlib.prompt import RecoveryTemplate
 
 # A public mean prompt worth about 0.63 on the competition's test set on its own (a public Kaggle notebook).
-DEFAULT_FALLBACK = (
-    "Please improve this text using the writing style with maintaining the original meaning but altering the tone."
-)
+DEFAULT_FALLBACK = ("Please improve this text using the writing style with maintaining the original meaning"
+                    " but altering the tone.")
 
 
 @dataclass(frozen=True)
 class PredictConfig:
-    """What to sample and how to combine it. Defaults follow the seed (4 samples, temperature 0.7, top_p 0.95)."""
+    """What to sample and how to combine it. Defaults follow the seed (4 samples, temperature 0.7, top_p
+    0.95)."""
 
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(samples=4))
     include_base: bool = False  # also sample the base model (it is always sampled when there are no adapters)
@@ -37,7 +37,8 @@ class PredictConfig:
 
 @dataclass(frozen=True)
 class Prediction:
-    """One row's result: the combined prompt, the samples it came from, and why a fallback was used (if so)."""
+    """One row's result: the combined prompt, the samples it came from, and why a fallback was used (if
+    so)."""
 
     id: str
     prompt: str
@@ -47,8 +48,9 @@ class Prediction:
 
 @dataclass(frozen=True)
 class BaseModel:
-    """One base model of a run and the adapters it serves. ``name`` labels its samples; a run with several bases
-    needs distinct names (the 1st place combined Mistral and Gemma adapters; each base is served in turn)."""
+    """One base model of a run and the adapters it serves. ``name`` labels its samples; a run with several
+    bases needs distinct names (the 1st place combined Mistral and Gemma adapters; each base is served in
+    turn)."""
 
     path: Path
     adapters: Mapping[str, str | Path] = field(default_factory=dict)

@@ -1,9 +1,10 @@
 """Samples into one recovered prompt per row, streamed block by block into the submission.
 
-Combining runs over a block of rows at a time (strategies that embed batch their model calls per block), reading
-the block's samples of every base from the run's :class:`~recoverlib.pipeline.record.SampleStore`; the block's
-prompts go straight into the submission, so the driver never holds every row's samples. A row that cannot be
-served (empty text), whose generation failed, or whose samples were all empty gets the fallback prompt.
+Combining runs over a block of rows at a time (strategies that embed batch their model calls per block),
+reading the block's samples of every base from the run's :class:`~recoverlib.pipeline.record.SampleStore`;
+the block's prompts go straight into the submission, so the driver never holds every row's samples. A row
+that cannot be served (empty text), whose generation failed, or whose samples were all empty gets the
+fallback prompt.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ def finish_blocks(rows: Sequence[Row], store: SampleStore, config: PredictConfig
     with tqdm(total=len(rows), desc="combine", unit="row", disable=len(rows) <= block) as bar:
         for start in range(0, len(rows), block):
             part = rows[start : start + block]
-            yield from finish_rows(part, store.samples_of([r.id for r in part]), config, context, progress=False)
+            yield from finish_rows(
+                part, store.samples_of([r.id for r in part]), config, context, progress=False
+            )
             context.forget()
             bar.update(len(part))
 

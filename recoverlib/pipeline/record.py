@@ -1,9 +1,9 @@
 """Where a run's samples go: the samples file (JSONL, one line per row and base, input order) or memory.
 
 Chunks may finish in any order (several workers); :class:`InOrder` releases them in input order, so the file
-reads the same whatever executed them, and a run killed at any moment and resumed with the same options writes the
-same bytes as one that never stopped. With a samples file the driver keeps no samples in memory: finishing reads
-them back block by block (:meth:`SampleStore.samples_of`).
+reads the same whatever executed them, and a run killed at any moment and resumed with the same options
+writes the same bytes as one that never stopped. With a samples file the driver keeps no samples in memory:
+finishing reads them back block by block (:meth:`SampleStore.samples_of`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ class SampleStore:
     """A run's samples across its bases: in ``path`` (a samples file) when given, else in memory.
 
     ``resume``: continue a file an earlier run of the same options wrote (a last line cut short by a crash is
-    dropped, with a warning, and its row sampled again); otherwise a file that already holds samples is refused.
+    dropped, with a warning, and its row sampled again); otherwise a file that already holds samples is
+    refused.
     """
 
     def __init__(self, path: str | Path | None, ids: Sequence[str], resume: bool = False):
@@ -62,12 +63,16 @@ class SampleStore:
             mend_last_line(self.path)
             stray = {row_id for row_id, _, _ in iter_sample_lines(self.path)} - self._ids
             if stray:
-                raise RecoverlibError(f"{self.path}: samples for ids not in the input ({', '.join(sorted(stray)[:3])});"
-                                      " not resuming")
+                raise RecoverlibError(
+                    f"{self.path}: samples for ids not in the input ({', '.join(sorted(stray)[:3])});"
+                    " not resuming"
+                )
         elif not resume:
             if self.path.is_file() and self.path.stat().st_size:
-                raise RecoverlibError(f"samples file {self.path} already holds samples: pass --resume to continue it,"
-                                      " or name a new file (nothing was changed)")
+                raise RecoverlibError(
+                    f"samples file {self.path} already holds samples: pass --resume to continue it,"
+                    " or name a new file (nothing was changed)"
+                )
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text("")
 
@@ -89,7 +94,8 @@ class SampleStore:
         self._index = None  # the file grew
 
     def samples_of(self, ids: Sequence[str]) -> dict[str, tuple[Sample, ...]]:
-        """Every base's samples of ``ids`` (in file order), read from the file by offset (memory stays bounded)."""
+        """Every base's samples of ``ids`` (in file order), read from the file by offset (memory stays
+        bounded)."""
         if self.path is None:
             return {i: self._memory.get(i, ()) for i in ids}
         if self._index is None:

@@ -1,10 +1,11 @@
-"""``predict``: a whole input through an executor into a submission; ``predict_rows``: rows through an engine here.
+"""``predict``: a whole input through an executor into a submission; ``predict_rows``: rows through an engine
+here.
 
-For each base model in turn: the chunks still to sample are planned at fixed positions, an executor serves them
-(in this process, or on a Ray cluster), and the driver records each finished chunk in input order. Then every row's
-samples (all bases') are combined block by block and the submission is written, CSV or Parquet. With a samples
-file, a run that stops keeps every finished chunk, and the same command with ``resume`` writes the same bytes as a
-run that never stopped, whichever executor ran it.
+For each base model in turn: the chunks still to sample are planned at fixed positions, an executor serves
+them (in this process, or on a Ray cluster), and the driver records each finished chunk in input order. Then
+every row's samples (all bases') are combined block by block and the submission is written, CSV or Parquet.
+With a samples file, a run that stops keeps every finished chunk, and the same command with ``resume`` writes
+the same bytes as a run that never stopped, whichever executor ran it.
 """
 
 from __future__ import annotations
@@ -47,13 +48,15 @@ class PredictSummary:
 def predict_rows(engine: Engine, rows: Sequence[Row], config: PredictConfig | None = None, *,
                  samples_file: str | Path | None = None, resume: bool = False,
                  context: CombineContext | None = None) -> list[Prediction]:
-    """Predict every row with ``engine`` (in this process); returns one :class:`Prediction` per row, in input order.
+    """Predict every row with ``engine`` (in this process); returns one :class:`Prediction` per row, in input
+    order.
 
     ``context``: embedder and caches for combination strategies that embed (default: the competition's
     embedder, loaded only if the strategy needs it).
     """
     config = config or PredictConfig()
-    sampler = ChunkSampler(engine, config)  # before the samples file is touched: a template mismatch is one line
+    # before the samples file is touched: a template mismatch is one line
+    sampler = ChunkSampler(engine, config)
     store = SampleStore(samples_file, [r.id for r in rows], resume)
     chunks = plan_chunks(rows, config.chunk_rows or engine.chunk_rows, store.done(None))
     record(store, None, chunks, serve_in_order(sampler, chunks))
@@ -61,12 +64,14 @@ def predict_rows(engine: Engine, rows: Sequence[Row], config: PredictConfig | No
 
 
 def record(store: SampleStore, base: str | None, chunks: Sequence[Chunk], finished) -> None:
-    """Append the rows of each finished chunk not yet sampled for ``base``, in input order (early chunks held)."""
+    """Append the rows of each finished chunk not yet sampled for ``base``, in input order (early chunks
+    held)."""
     done = store.done(base) if store.path else set()
     todo = sum(r.id not in done for c in chunks for r in c.rows)
     order = InOrder(chunks)
     label = "rows" if base is None else f"rows ({base})"
-    with tqdm(total=todo, desc=label, unit="row", disable=not todo) as bar:  # closed (a newline) on errors too
+    # closed (a newline) on errors too
+    with tqdm(total=todo, desc=label, unit="row", disable=not todo) as bar:
         for chunk, got in finished:
             for ready, samples in order.add(chunk, got):
                 rows = [(r.id, samples[r.id]) for r in ready.rows if r.id not in done and r.id in samples]
@@ -83,12 +88,14 @@ def predict(model: str | Path | Sequence[BaseModel], input_path: str | Path, out
     """One call for a whole input (Kaggle CSV or Parquet): read rows, sample every base through ``executor``,
     combine, write the submission (CSV or Parquet, by ``out``'s suffix).
 
-    ``model``: a model folder (with ``adapters``), or several :class:`BaseModel` (each with its adapters), served
-    one after another (one engine per worker at a time); every row's samples of all bases are combined together,
-    and the samples file records each sample's base (``resume`` continues across bases). ``executor``: a
-    registered name (``local``, ``ray``, with ``executor_config``, that executor's settings) or an
-    :class:`Executor`. ``close_engine=False`` leaves the executor's last engine to the end of the process: for a
-    caller about to exit (the CLI), since vLLM's shutdown spends about 1.3 s in garbage collection on 2 cores.
+    ``model``: a model folder (with ``adapters``), or several :class:`BaseModel` (each with its adapters),
+    served one after another (one engine per worker at a time); every row's samples of all bases are combined
+    together, and the samples file records each sample's base (``resume`` continues across bases).
+    ``executor``: a registered name (``local``, ``ray``, with ``executor_config``, that executor's settings)
+    or an
+    :class:`Executor`. ``close_engine=False`` leaves the executor's last engine to the end of the process:
+    for a caller about to exit (the CLI), since vLLM's shutdown spends about 1.3 s in garbage collection on 2
+    cores.
     """
     config = config or PredictConfig()
     check_engine_name(engine)  # an unknown name fails here, before anything is read or loaded
@@ -115,7 +122,9 @@ def predict(model: str | Path | Sequence[BaseModel], input_path: str | Path, out
     return PredictSummary(Path(out), written, fallbacks)
 
 
-def _spec(engine: str, base: BaseModel, engine_config, config: PredictConfig, rows: Sequence[Row]) -> EngineSpec:
+def _spec(
+    engine: str, base: BaseModel, engine_config, config: PredictConfig, rows: Sequence[Row]
+) -> EngineSpec:
     """The engine a base is served by (``auto`` settled here, said once) with the run's workload hint."""
     name = choose_engine(engine, [base.path])
     engine_config = engine_config or ENGINES.get(name).config_type()
@@ -133,7 +142,9 @@ def _bases(model, adapters) -> list[BaseModel]:
         return [BaseModel(Path(model), dict(adapters or {}))]
     bases = list(model)
     if adapters:
-        raise RecoverlibError("with several base models, give each its adapters (BaseModel.adapters), not adapters=")
+        raise RecoverlibError(
+            "with several base models, give each its adapters (BaseModel.adapters), not adapters="
+        )
     names = [b.name for b in bases]
     if not bases or (len(bases) > 1 and (None in names or len(set(names)) != len(names))):
         raise RecoverlibError(f"several base models need distinct names (got {names})")

@@ -1,10 +1,11 @@
 """One chunk of rows through one engine: what a worker of any executor runs.
 
 Recovery prompts are rendered with each adapter's template (the kind it was trained with, else the run's,
-settled once for the engine's tokenizer) and prime, fitted to the engine's context, generated, and cleaned. A row
-that cannot be served (empty text) gets no samples. A chunk whose generation fails is served again row by row:
-a row that fails alone is left out of the result (it gets the fallback, a warning names it, and ``--resume``
-tries it again); when every row fails alone, the error is the engine's, not a row's, and is raised.
+settled once for the engine's tokenizer) and prime, fitted to the engine's context, generated, and cleaned. A
+row that cannot be served (empty text) gets no samples. A chunk whose generation fails is served again row by
+row: a row that fails alone is left out of the result (it gets the fallback, a warning names it, and
+``--resume`` tries it again); when every row fails alone, the error is the engine's, not a row's, and is
+raised.
 """
 
 from __future__ import annotations
@@ -33,20 +34,24 @@ def serving_adapters(engine: Engine, config: PredictConfig) -> list[str | None]:
 
 
 def serving_templates(engine: Engine, config: PredictConfig) -> dict[str | None, RecoveryTemplate]:
-    """The recovery template of each served adapter (``None``: the base): the kind an adapter was trained with,
-    else ``config.template``, settled for the engine's tokenizer (a plain prompt is said once, here)."""
+    """The recovery template of each served adapter (``None``: the base): the kind an adapter was trained
+    with, else ``config.template``, settled for the engine's tokenizer (a plain prompt is said once, here)."""
     what = f"the tokenizer of {getattr(engine, 'model_path', 'the model')}"
     base = config.template.for_tokenizer(engine.tokenizer, what)
     out = {}
     for a in serving_adapters(engine, config):
         trained = engine.adapters[a].template if a else None
-        out[a] = template_for_adapter(config.template, trained, a).for_tokenizer(engine.tokenizer, what) if trained else base
+        out[a] = (
+            template_for_adapter(config.template, trained, a).for_tokenizer(engine.tokenizer, what)
+            if trained
+            else base
+        )
     return out
 
 
 class ChunkSampler:
-    """Serves chunks with ``engine`` (labelled ``base`` in the samples): ``sampler(chunk)`` -> samples per row id
-    (rows that cannot be served: empty; rows that failed alone: absent)."""
+    """Serves chunks with ``engine`` (labelled ``base`` in the samples): ``sampler(chunk)`` -> samples per
+    row id (rows that cannot be served: empty; rows that failed alone: absent)."""
 
     def __init__(self, engine: Engine, config: PredictConfig, base: str | None = None):
         self.engine, self.config, self.base = engine, config, base
@@ -77,14 +82,18 @@ class ChunkSampler:
         return {**out, **_failed(chunk.rows, errors)}
 
     def _serve(self, chunk: Sequence[Row], first_key: int) -> Samples:
-        """Cleaned samples of every servable row (rows with a problem get none); row i is seeded by ``first_key + i``."""
+        """Cleaned samples of every servable row (rows with a problem get none); row i is seeded by
+        ``first_key + i``."""
         out: Samples = {r.id: () for r in chunk}
         keys = [first_key + i for i, r in enumerate(chunk) if not r.problem]
         rows = [r for r in chunk if not r.problem]
         if not rows:
             return out
         adapters = list(self.templates)
-        prompts = {a: render_prompts(self.engine, rows, self.config, self.primes[a], self.templates[a]) for a in adapters}
+        prompts = {
+            a: render_prompts(self.engine, rows, self.config, self.primes[a], self.templates[a])
+            for a in adapters
+        }
         raw = self.engine.generate(prompts, self.config.sampling, adapters, keys=keys)
         stop = tuple(t for t in (getattr(self.engine.tokenizer, "eos_token", None),) if t)
         for i, row in enumerate(rows):
@@ -108,8 +117,10 @@ def prompt_budget(max_model_len: int, max_new_tokens: int) -> int:
     """Context tokens left for the prompt next to ``max_new_tokens``; too few is a one-line error."""
     budget = max_model_len - max_new_tokens
     if budget < MIN_PROMPT_TOKENS:
-        raise RecoverlibError(f"max_new_tokens {max_new_tokens} leaves {budget} of {max_model_len} context tokens "
-                              f"for the prompt (at least {MIN_PROMPT_TOKENS}); lower it or raise --max-model-len")
+        raise RecoverlibError(
+            f"max_new_tokens {max_new_tokens} leaves {budget} of {max_model_len} context tokens "
+            f"for the prompt (at least {MIN_PROMPT_TOKENS}); lower it or raise --max-model-len"
+        )
     return budget
 
 

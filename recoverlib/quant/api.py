@@ -34,16 +34,22 @@ def quantize(model_path: str | Path, plan: str | Path | PrecisionPlan, out_dir: 
     """Quantize an HF Mixtral folder following ``plan`` (preset name, JSON file or plan) into ``out_dir``.
 
     One decoder layer in memory at a time, quantized on ``device``, written as HF shards of at most
-    ``max_shard_size`` (e.g. ``"5GB"``), crash-safe and resumable (:mod:`recoverlib.quant.stream`). bitsandbytes and
-    HQQ go through recoverlib's piece loop; GPTQ through GPTQModel's layer loop with its disk offloading
-    (``calibration``: a CSV of Kaggle rows or a ``text`` column, or a list of texts; default: built-in examples;
-    rows are rendered as ``template`` recovery prompts, plain for a tokenizer without a chat template under
-    ``auto``). The result is audited against the plan layer by layer; returns ``out_dir``.
+    ``max_shard_size`` (e.g. ``"5GB"``), crash-safe and resumable (:mod:`recoverlib.quant.stream`).
+    bitsandbytes and HQQ go through recoverlib's piece loop; GPTQ through GPTQModel's layer loop with its
+    disk offloading (``calibration``: a CSV of Kaggle rows or a ``text`` column, or a list of texts; default:
+    built-in examples; rows are rendered as ``template`` recovery prompts, plain for a tokenizer without a
+    chat template under ``auto``). The result is audited against the plan layer by layer; returns ``out_dir``.
     """
     plan, model_path = load_plan(plan), Path(model_path)
     check_source(model_path)  # before reading calibration texts from it
-    texts = tuple(calibration_texts(calibration, model_path, seed, template)) if get_backend(plan.backend).calibrated else ()
-    job = StreamJob(model_path, plan, Path(out_dir), device, parse_size(max_shard_size), seed, progress, texts)
+    texts = (
+        tuple(calibration_texts(calibration, model_path, seed, template))
+        if get_backend(plan.backend).calibrated
+        else ()
+    )
+    job = StreamJob(
+        model_path, plan, Path(out_dir), device, parse_size(max_shard_size), seed, progress, texts
+    )
     return quantize_streaming(job)
 
 

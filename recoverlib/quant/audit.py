@@ -32,7 +32,9 @@ class GroupReport:
     variants: dict[tuple[int, int | None], int] = field(default_factory=dict)
     quantized: set[bool] = field(default_factory=set)
 
-    def add(self, bits: int, group_size: int | None, params: int, nbytes: int, dtype: str, quantized: bool) -> None:
+    def add(
+        self, bits: int, group_size: int | None, params: int, nbytes: int, dtype: str, quantized: bool
+    ) -> None:
         self.params += params
         self.bytes += nbytes
         self.dtypes.add(dtype)
@@ -91,19 +93,33 @@ class AuditReport:
         return 8 * self.total_bytes / max(self.total_params, 1)
 
     def to_json(self) -> dict:
-        return {"plan": self.plan_name, "backend": self.backend,
-                "groups": {g: r.to_json() for g, r in self.groups.items()},
-                "other": self.other.to_json(), "total_params": self.total_params, "total_bytes": self.total_bytes,
-                "planned_bytes": self.planned_bytes, "effective_bits": round(self.effective_bits, 4)}
+        return {
+            "plan": self.plan_name,
+            "backend": self.backend,
+            "groups": {g: r.to_json() for g, r in self.groups.items()},
+            "other": self.other.to_json(),
+            "total_params": self.total_params,
+            "total_bytes": self.total_bytes,
+            "planned_bytes": self.planned_bytes,
+            "effective_bits": round(self.effective_bits, 4),
+        }
 
     def table(self) -> str:
         """A fixed-width text table: one row per group, then the totals."""
-        head = f"{'group':<11} {'precision':<20} {'dtype':<22} {'params':>12} {'bytes':>14} {'bits/param':>10}"
+        head = (
+            f"{'group':<11} {'precision':<20} {'dtype':<22} {'params':>12} {'bytes':>14} {'bits/param':>10}"
+        )
         rows = [head, "-" * len(head)]
         for g, r in [*self.groups.items(), ("other", self.other)]:
             bpp = 8 * r.bytes / r.params if r.params else 0.0
-            rows.append(f"{g:<11} {r.label():<20} {'+'.join(sorted(r.dtypes)):<22} {r.params:>12,} {r.bytes:>14,} {bpp:>10.3f}")
-        rows.append(f"{'total':<11} {'':<20} {'':<22} {self.total_params:>12,} {self.total_bytes:>14,} {self.effective_bits:>10.3f}")
+            rows.append(
+                f"{g:<11} {r.label():<20} {'+'.join(sorted(r.dtypes)):<22} {r.params:>12,} {r.bytes:>14,} "
+                f"{bpp:>10.3f}"
+            )
+        rows.append(
+            f"{'total':<11} {'':<20} {'':<22} {self.total_params:>12,} {self.total_bytes:>14,} "
+            f"{self.effective_bits:>10.3f}"
+        )
         if self.planned_bytes is not None:
             rows.append(f"planned bytes {self.planned_bytes:,} (measured {self.total_bytes:,})")
         return "\n".join(rows)
@@ -129,14 +145,23 @@ class _Auditor:
             storage = backend.describe(module)
             if storage is not None:
                 target = self.groups.get(group_of(name), self.other)
-                target.add(storage.bits, storage.group_size, storage.params, storage.bytes, storage.dtype, True)
+                target.add(
+                    storage.bits, storage.group_size, storage.params, storage.bytes, storage.dtype, True
+                )
                 return
         for _, p in module.named_parameters(recurse=False):
             if id(p) in self.seen:  # tied weights count once
                 continue
             self.seen.add(id(p))
             target = self.groups.get(group_of(name), self.other)
-            target.add(8 * p.element_size(), None, p.numel(), p.numel() * p.element_size(), str(p.dtype).removeprefix("torch."), False)
+            target.add(
+                8 * p.element_size(),
+                None,
+                p.numel(),
+                p.numel() * p.element_size(),
+                str(p.dtype).removeprefix("torch."),
+                False,
+            )
         for child_name, child in module.named_children():
             self.visit(f"{name}.{child_name}" if name else child_name, child)
 
@@ -151,14 +176,19 @@ def audit_model(model, plan: PrecisionPlan | None = None, planned_bytes: int | N
     return auditor.report(plan, planned_bytes)
 
 
-def audit_checkpoint(path, plan: PrecisionPlan, planned_bytes: int | None = None, progress: bool = False) -> AuditReport:
-    """Audit a checkpoint written by the streaming quantizer piece by piece (one decoder layer in memory at a time)."""
+def audit_checkpoint(
+    path, plan: PrecisionPlan, planned_bytes: int | None = None, progress: bool = False
+) -> AuditReport:
+    """Audit a checkpoint written by the streaming quantizer piece by piece (one decoder layer in memory at a
+    time)."""
     backend = get_backend(plan.backend)
     config = lw.mixtral_config(Path(path))
     auditor = _Auditor()
     with backend.session(plan, "cpu"):
         pieces = lw.iter_pieces(Path(path), config, plan, backend)
-        for prefix, module in tqdm(pieces, desc="audit", unit="piece", total=config.num_hidden_layers + 1, disable=not progress):
+        for prefix, module in tqdm(
+            pieces, desc="audit", unit="piece", total=config.num_hidden_layers + 1, disable=not progress
+        ):
             auditor.seen = set()  # ids of a freed piece's objects may be reused by the next one
             auditor.visit(prefix, module)
             del module
@@ -173,7 +203,9 @@ def audit_plain_checkpoint(path) -> AuditReport:
     for name, size in ckpt.sizes.items():
         module = memory_name(name).rsplit(".", 1)[0]
         bits, dtype = ckpt.dtypes[name]
-        auditor.groups.get(group_of(module), auditor.other).add(bits, None, 8 * size // bits, size, dtype, False)
+        auditor.groups.get(group_of(module), auditor.other).add(
+            bits, None, 8 * size // bits, size, dtype, False
+        )
     return auditor.report(None, None)
 
 
@@ -184,12 +216,15 @@ def _unwrap(model):
 
 
 def check_plan(report: AuditReport, plan: PrecisionPlan) -> None:
-    """Raise a one-line RecoverlibError naming the first group whose realised precision differs from the plan."""
+    """Raise a one-line RecoverlibError naming the first group whose realised precision differs from the
+    plan."""
     for g in GROUPS:
         want, got = plan.group(g), report.groups[g]
         if not got.variants:
             if want.quantized:
-                raise RecoverlibError(f"{g}: planned {want.label()} but the model has no {g} weights (plan {plan.name!r})")
+                raise RecoverlibError(
+                    f"{g}: planned {want.label()} but the model has no {g} weights (plan {plan.name!r})"
+                )
             continue  # e.g. lm_head tied to the embeddings
         realised = got.label() if len(got.variants) == 1 else f"mixed ({got.label()})"
         if not want.quantized:
@@ -199,4 +234,6 @@ def check_plan(report: AuditReport, plan: PrecisionPlan) -> None:
         ok = got.quantized == {True} and got.bits == want.bits and got.group_size == want.group_size
         if not ok:
             dtype = "+".join(sorted(got.dtypes))
-            raise RecoverlibError(f"{g}: planned {want.label()} but realised {realised} [{dtype}] (plan {plan.name!r})")
+            raise RecoverlibError(
+                f"{g}: planned {want.label()} but realised {realised} [{dtype}] (plan {plan.name!r})"
+            )

@@ -1,4 +1,5 @@
-"""Calibration texts for GPTQ: rows of a CSV rendered as recovery prompts, a text column, or built-in examples."""
+"""Calibration texts for GPTQ: rows of a CSV rendered as recovery prompts, a text column, or built-in
+examples."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ MAX_TEXTS = 256
 
 def calibration_texts(source: str | Path | Sequence[str] | None, model_path: Path, seed: int = 0,
                       template: str = "auto") -> list[str]:
-    """Up to ``MAX_TEXTS`` texts, chosen with ``seed`` when the source has more; rows become recovery prompts of
-    kind ``template`` (auto: chat where the model's tokenizer has a chat template, else plain)."""
+    """Up to ``MAX_TEXTS`` texts, chosen with ``seed`` when the source has more; rows become recovery prompts
+    of kind ``template`` (auto: chat where the model's tokenizer has a chat template, else plain)."""
     if source is None:
         texts = _builtin(model_path, template)
     elif isinstance(source, str | Path):
@@ -47,7 +48,9 @@ def _from_csv(path: Path, model_path: Path, template: str) -> list[str]:
         return pd.read_csv(path, dtype=str)["text"].dropna().tolist()
     frame = read_table(path, ("id", "original_text", "rewritten_text"))
     rows = frame.dropna(subset=["original_text", "rewritten_text"])
-    return _render(list(zip(rows["original_text"], rows["rewritten_text"], strict=True)), model_path, template)
+    return _render(
+        list(zip(rows["original_text"], rows["rewritten_text"], strict=True)), model_path, template
+    )
 
 
 def calibration_tokenizer(model_path: Path):
@@ -58,8 +61,10 @@ def calibration_tokenizer(model_path: Path):
         return AutoTokenizer.from_pretrained(model_path)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RecoverlibError(f"{model_path}: no usable tokenizer ({first}); GPTQ calibrates through the model's"
-                              " tokenizer: copy tokenizer.json and tokenizer_config.json into the folder") from None
+        raise RecoverlibError(
+            f"{model_path}: no usable tokenizer ({first}); GPTQ calibrates through the model's"
+            " tokenizer: copy tokenizer.json and tokenizer_config.json into the folder"
+        ) from None
 
 
 def _render(pairs: list[tuple[str, str]], model_path: Path, kind: str) -> list[str]:

@@ -1,10 +1,10 @@
 """Safetensors checkpoints tensor by tensor: read a (sharded) HF folder lazily, write HF-sharded output.
 
-Reading goes through safetensors' ``safe_open``, one open per tensor, so a tensor is a view of its own memory map
-that costs memory only once used and releases it when freed (see :meth:`Checkpoint.read`). Writing:
+Reading goes through safetensors' ``safe_open``, one open per tensor, so a tensor is a view of its own memory
+map that costs memory only once used and releases it when freed (see :meth:`Checkpoint.read`). Writing:
 :func:`write_sharded` packs named tensor groups into ``model-0000i-of-0000n.safetensors`` files of at most
-``max_shard_bytes`` (one ``model.safetensors`` when everything fits, as transformers' ``save_pretrained`` does)
-plus ``model.safetensors.index.json``, holding one shard in memory at a time.
+``max_shard_bytes`` (one ``model.safetensors`` when everything fits, as transformers' ``save_pretrained``
+does) plus ``model.safetensors.index.json``, holding one shard in memory at a time.
 
 Names: Mixtral's published checkpoints call the MoE block ``block_sparse_moe`` and expert projections
 ``w1/w2/w3``; in memory recoverlib's split block (:mod:`recoverlib.quant.moe`) calls them ``mlp`` and
@@ -24,14 +24,25 @@ from recoverlib.errors import RecoverlibError
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
-# Expert projection names inside a split block, with Mixtral's on-disk names (vLLM and the original checkpoints).
+# Expert projection names inside a split block, with Mixtral's on-disk names (vLLM and the original
+# checkpoints).
 EXPERT_PROJ = {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
 DISK_PROJ = {v: k for k, v in EXPERT_PROJ.items()}
-_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+_UNITS = {
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+}
 
 
 def parse_size(text: str | int) -> int:
-    """``"5GB"`` -> 5_000_000_000 bytes (decimal units as transformers' ``max_shard_size``; ``GiB`` binary)."""
+    """``"5GB"`` -> 5_000_000_000 bytes (decimal units as transformers' ``max_shard_size``; ``GiB``
+    binary)."""
     if isinstance(text, int):
         return text
     s = text.strip().upper().replace(" ", "")
@@ -48,7 +59,8 @@ def parse_size(text: str | int) -> int:
 
 
 def disk_name(key: str) -> str:
-    """In-memory split name -> Mixtral's checkpoint name (``mlp.experts.0.gate_proj`` -> ``block_sparse_moe.experts.0.w1``)."""
+    """In-memory split name -> Mixtral's checkpoint name (``mlp.experts.0.gate_proj`` ->
+    ``block_sparse_moe.experts.0.w1``)."""
     return _renamed(key, "mlp", "block_sparse_moe", EXPERT_PROJ)
 
 
@@ -115,20 +127,26 @@ class Checkpoint:
                 keys = set(fh.keys())
                 _check_complete(file, fh, keys)
                 if names is not None and names - keys:
-                    raise RecoverlibError(f"{file}: lacks {len(names - keys)} tensor(s) its index lists, e.g. {min(names - keys)}")
+                    raise RecoverlibError(
+                        f"{file}: lacks {len(names - keys)} tensor(s) its index lists, e.g. "
+                        f"{min(names - keys)}"
+                    )
                 for k in sorted(keys):
                     sl = fh.get_slice(k)
                     sizes[k] = math.prod(sl.get_shape()) * _dtype_bytes(sl.get_dtype())
-                    dtypes[k] = (8 * _dtype_bytes(sl.get_dtype()), _TORCH_NAMES.get(sl.get_dtype(), sl.get_dtype().lower()))
+                    dtypes[k] = (
+                        8 * _dtype_bytes(sl.get_dtype()),
+                        _TORCH_NAMES.get(sl.get_dtype(), sl.get_dtype().lower()),
+                    )
                     files[k] = file
         return cls(folder, files, sizes, dtypes)
 
     def read(self, names: Iterable[str], device: str = "cpu") -> dict:
         """Tensors by disk name, backed by the file's memory map: nothing is resident until a tensor is used
         (940 MB of expert tensors added 3.6 MB of RSS here), and a used tensor's pages stay resident while its
-        map lives. The file is opened for each tensor, so each tensor has its own map and freeing the tensor (a
-        16-bit linear once quantized) releases its pages; one map shared by a whole layer would keep every page
-        read until the last tensor of the layer was freed."""
+        map lives. The file is opened for each tensor, so each tensor has its own map and freeing the tensor
+        (a 16-bit linear once quantized) releases its pages; one map shared by a whole layer would keep every
+        page read until the last tensor of the layer was freed."""
         out = {}
         for k in names:
             if k not in self.files:
@@ -137,7 +155,9 @@ class Checkpoint:
                 try:
                     out[k] = fh.get_tensor(k).to(device)
                 except Exception as err:  # safetensors raises its own error types for truncated data
-                    raise RecoverlibError(f"{self.files[k]}: cannot read {k} ({type(err).__name__}: {err})") from None
+                    raise RecoverlibError(
+                        f"{self.files[k]}: cannot read {k} ({type(err).__name__}: {err})"
+                    ) from None
         return out
 
     def names_with_prefix(self, prefix: str) -> list[str]:
@@ -152,7 +172,9 @@ def _check_complete(file: Path, fh, keys: set[str]) -> None:
         end += math.prod(sl.get_shape()) * _dtype_bytes(sl.get_dtype())
     header = _header_bytes(file)
     if file.stat().st_size < 8 + header + end:
-        raise RecoverlibError(f"{file}: truncated ({file.stat().st_size:,} bytes, its header describes {8 + header + end:,})")
+        raise RecoverlibError(
+            f"{file}: truncated ({file.stat().st_size:,} bytes, its header describes {8 + header + end:,})"
+        )
 
 
 def _header_bytes(file: Path) -> int:
@@ -160,12 +182,36 @@ def _header_bytes(file: Path) -> int:
         return int.from_bytes(fh.read(8), "little")
 
 
-_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+_DTYPE_BYTES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
 
 
-_TORCH_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64", "U8": "uint8", "I8": "int8",
-                "I32": "int32", "I64": "int64", "BOOL": "bool"}
+_TORCH_NAMES = {
+    "BF16": "bfloat16",
+    "F16": "float16",
+    "F32": "float32",
+    "F64": "float64",
+    "U8": "uint8",
+    "I8": "int8",
+    "I32": "int32",
+    "I64": "int64",
+    "BOOL": "bool",
+}
 
 
 def _dtype_bytes(dtype: str) -> int:
@@ -178,7 +224,9 @@ def save_tensors(tensors: dict, file: Path) -> None:
 
     tmp = file.with_name(file.name + ".tmp")
     try:
-        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
+        save_file(
+            {k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"}
+        )
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, file)
@@ -207,9 +255,10 @@ def write_sharded(source: Checkpoint, names: list[str], out_dir: Path, max_shard
 
 
 def rewrite_names(src: Path, dst: Path, rename, consume: bool = False) -> None:
-    """Copy the safetensors folder ``src`` into ``dst`` shard by shard with every tensor renamed by ``rename`` (the
-    shards and the index keep their files; other files are copied as they are). One shard in memory at a time;
-    ``consume`` removes each source shard once its copy is on disk, so the copy needs little more disk than one shard."""
+    """Copy the safetensors folder ``src`` into ``dst`` shard by shard with every tensor renamed by
+    ``rename`` (the shards and the index keep their files; other files are copied as they are). One shard in
+    memory at a time; ``consume`` removes each source shard once its copy is on disk, so the copy needs
+    little more disk than one shard."""
     import shutil
 
     from safetensors import safe_open
@@ -235,8 +284,9 @@ def rewrite_names(src: Path, dst: Path, rename, consume: bool = False) -> None:
 
 def expert_layout(names) -> str | None:
     """How a Mixtral checkpoint names its MoE experts: ``published`` (``block_sparse_moe.experts.N.w1``, the
-    layout of Mixtral's own checkpoints, which vLLM reads), ``split`` (``mlp.experts.N.gate_proj``, GPTQModel's
-    and transformers 5's per-expert names) or ``fused`` (``mlp.experts.gate_up_proj``); None without experts."""
+    layout of Mixtral's own checkpoints, which vLLM reads), ``split`` (``mlp.experts.N.gate_proj``,
+    GPTQModel's and transformers 5's per-expert names) or ``fused`` (``mlp.experts.gate_up_proj``); None
+    without experts."""
     for name in names:
         parts = name.split(".")
         if "experts" not in parts:

@@ -58,7 +58,8 @@ def _layer_index(name: str) -> int:
 
 
 def router_agreement(ref, model, input_ids, k: int = 2) -> dict:
-    """Per layer, the mean over tokens of |top-k(ref) & top-k(model)| / k; plus their mean and exact-set rate."""
+    """Per layer, the mean over tokens of |top-k(ref) & top-k(model)| / k; plus their mean and exact-set
+    rate."""
     a, b = _router_choices(ref, input_ids, k), _router_choices(model, input_ids, k)
     if len(a) != len(b) or not a:
         raise ValueError(f"router layers differ or are missing ({len(a)} vs {len(b)})")

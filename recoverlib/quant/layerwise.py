@@ -7,7 +7,8 @@ experts, :mod:`recoverlib.quant.moe`). Backends quantize and rebuild one linear 
 :meth:`~recoverlib.quant.backends.base.QuantBackend.quantize_linear` /
 :meth:`~recoverlib.quant.backends.base.QuantBackend.load_linear`; this module walks the pieces.
 
-A backend here is any object with the :class:`~recoverlib.quant.backends.base.QuantBackend` layer-by-layer hooks.
+A backend here is any object with the :class:`~recoverlib.quant.backends.base.QuantBackend` layer-by-layer
+hooks.
 
 Piece names: ``outer`` (``model.embed_tokens``, ``model.norm``, ``lm_head``) and ``layer-00003``. Tensor
 names are the full in-memory names (``model.layers.3.mlp.experts.0.gate_proj.weight``).
@@ -34,7 +35,8 @@ def piece_names(layers: int) -> list[str]:
 
 
 def piece_prefix(piece: str) -> str:
-    """Name prefix of a piece's modules: ``""`` for the outer modules, ``model.layers.3.`` for ``layer-00003``."""
+    """Name prefix of a piece's modules: ``""`` for the outer modules, ``model.layers.3.`` for
+    ``layer-00003``."""
     return "" if piece == OUTER else f"model.layers.{int(piece.split('-')[1])}."
 
 
@@ -71,7 +73,11 @@ def source_names(ckpt: Checkpoint, names: list[str]) -> dict[str, str]:
                 break
         else:
             fused = any(".experts.gate_up_proj" in k for k in ckpt.files)
-            hint = "; fused experts (mlp.experts.gate_up_proj) are not read, save in Mixtral's published layout" if fused else ""
+            hint = (
+                "; fused experts (mlp.experts.gate_up_proj) are not read, save in Mixtral's published layout"
+                if fused
+                else ""
+            )
             raise RecoverlibError(f"{ckpt.folder}: no tensor {disk_name(n)} (nor {n}){hint}")
     return out
 
@@ -84,7 +90,10 @@ def fill(module, tensors: dict, dtype, loaded: frozenset[str] = frozenset()) -> 
     missing = [k for k in result.missing_keys if k.rsplit(".", 1)[0] not in loaded]
     if missing or result.unexpected_keys:
         bad = (missing or result.unexpected_keys)[0]
-        raise RecoverlibError(f"checkpoint tensors do not fit the Mixtral module ({'missing' if missing else 'unexpected'} {bad})")
+        raise RecoverlibError(
+            f"checkpoint tensors do not fit the Mixtral module ({'missing' if missing else 'unexpected'} "
+            f"{bad})"
+        )
 
 
 def read_source_piece(ckpt: Checkpoint, config, piece: str, dtype):
@@ -99,13 +108,20 @@ def read_source_piece(ckpt: Checkpoint, config, piece: str, dtype):
 
 
 def quantize_piece(backend, module, prefix: str, plan: PrecisionPlan, device: str) -> None:
-    """Replace each ``nn.Linear`` whose group the plan quantizes, one at a time (its 16-bit weight freed after)."""
+    """Replace each ``nn.Linear`` whose group the plan quantizes, one at a time (its 16-bit weight freed
+    after)."""
     from torch import nn
 
-    names = [n for n, m in module.named_modules() if type(m) is nn.Linear and plan.group(group_of(prefix + n)).quantized]
+    names = [
+        n
+        for n, m in module.named_modules()
+        if type(m) is nn.Linear and plan.group(group_of(prefix + n)).quantized
+    ]
     for n in names:
         linear = module.get_submodule(n)
-        module.set_submodule(n, backend.quantize_linear(linear, plan.group(group_of(prefix + n)), plan, device))
+        module.set_submodule(
+            n, backend.quantize_linear(linear, plan.group(group_of(prefix + n)), plan, device)
+        )
         del linear
 
 
@@ -129,14 +145,19 @@ def load_piece(backend, ckpt: Checkpoint, config, piece: str, plan: PrecisionPla
     module = build_piece(config, piece)
     prefix = piece_prefix(piece)
     dtype = getattr(torch, plan.compute_dtype)
-    # memory names whichever layout the checkpoint uses (published block_sparse_moe.experts.N.w1, or split names)
-    tensors = {memory_name(k)[len(prefix):]: v for k, v in ckpt.read(_piece_keys(ckpt, prefix, piece)).items()}
+    # memory names whichever layout the checkpoint uses (published block_sparse_moe.experts.N.w1, or split
+    # names)
+    tensors = {
+        memory_name(k)[len(prefix) :]: v for k, v in ckpt.read(_piece_keys(ckpt, prefix, piece)).items()
+    }
     loaded = set()
     for n, m in [(n, m) for n, m in module.named_modules() if type(m) is nn.Linear]:
         prec = plan.group(group_of(prefix + n))
         if prec.quantized:
             own = {k[len(n) + 1:]: tensors.pop(k) for k in [k for k in tensors if k.startswith(n + ".")]}
-            module.set_submodule(n, backend.load_linear(own, (m.out_features, m.in_features), prec, plan, device))
+            module.set_submodule(
+                n, backend.load_linear(own, (m.out_features, m.in_features), prec, plan, device)
+            )
             loaded.add(n)
     fill(module, {k: v.to(device) for k, v in tensors.items()}, dtype, frozenset(loaded))
     return module
@@ -148,8 +169,11 @@ def _piece_keys(ckpt: Checkpoint, prefix: str, piece: str) -> list[str]:
     return [k for k in ckpt.files if not k.startswith("model.layers.")]
 
 
-def iter_pieces(path: Path, config, plan: PrecisionPlan, backend, device: str = "cpu") -> Iterator[tuple[str, object]]:
-    """``(prefix, module)`` for every piece of a quantized checkpoint, one piece alive at a time if the caller drops it."""
+def iter_pieces(
+    path: Path, config, plan: PrecisionPlan, backend, device: str = "cpu"
+) -> Iterator[tuple[str, object]]:
+    """``(prefix, module)`` for every piece of a quantized checkpoint, one piece alive at a time if the
+    caller drops it."""
     ckpt = Checkpoint.open(path)
     for piece in piece_names(config.num_hidden_layers):
         yield piece_prefix(piece).rstrip("."), load_piece(backend, ckpt, config, piece, plan, device)
@@ -161,21 +185,26 @@ def mixtral_config(path_or_dict):
 
     cfg = dict(read_config(path_or_dict))
     cfg.pop("quantization_config", None)
-    return MixtralConfig(**{k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version")})
+    return MixtralConfig(
+        **{k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version")}
+    )
 
 
 def single_device(device_map: str | dict | None, backend: str) -> str:
-    """The one device a layer-by-layer load places every piece on: the CPU for None, the first GPU for ``auto``."""
+    """The one device a layer-by-layer load places every piece on: the CPU for None, the first GPU for
+    ``auto``."""
     if isinstance(device_map, dict):
-        raise RecoverlibError(f"{backend} checkpoints load onto one device here; give a device such as cuda:0, not a map")
+        raise RecoverlibError(
+            f"{backend} checkpoints load onto one device here; give a device such as cuda:0, not a map"
+        )
     return "cpu" if device_map is None else ("cuda:0" if device_map in ("auto", "cuda") else device_map)
 
 
 def load_model(path: Path, plan: PrecisionPlan, backend, device: str = "cpu"):
     """A whole quantized model for inference, read piece by piece (shard by shard) onto ``device``.
 
-    The skeleton is transformers' ``MixtralForCausalLM`` with no weights; each decoder layer is replaced by its
-    rebuilt piece, so host memory holds one piece beyond what ``device`` keeps.
+    The skeleton is transformers' ``MixtralForCausalLM`` with no weights; each decoder layer is replaced by
+    its rebuilt piece, so host memory holds one piece beyond what ``device`` keeps.
     """
     import torch
     from accelerate import init_empty_weights

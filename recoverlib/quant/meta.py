@@ -1,7 +1,9 @@
-"""``recoverlib_quant.json``, written beside every checkpoint ``recoverlib quantize`` makes, and what a folder is.
+"""``recoverlib_quant.json``, written beside every checkpoint ``recoverlib quantize`` makes, and what a
+folder is.
 
-The metadata records the plan and backend, so reloading never depends on sniffing file names. Also here: the one
-check that a folder is a 16-bit Mixtral to quantize, and that plain transformers can load a checkpoint correctly.
+The metadata records the plan and backend, so reloading never depends on sniffing file names. Also here: the
+one check that a folder is a 16-bit Mixtral to quantize, and that plain transformers can load a checkpoint
+correctly.
 """
 
 from __future__ import annotations
@@ -17,20 +19,31 @@ META_VERSION = 1
 
 
 def write_meta(out_dir: Path, plan, source: Path, audit: dict, seed: int, n_calibration: int) -> None:
-    """Write ``recoverlib_quant.json``: format, backend, the plan (a PrecisionPlan), source, seed and the audit."""
-    meta = {"format_version": META_VERSION, "backend": plan.backend, "plan": plan.to_dict(), "source": str(source),
-            "seed": seed, "calibration_texts": n_calibration, "audit": audit}
+    """Write ``recoverlib_quant.json``: format, backend, the plan (a PrecisionPlan), source, seed and the
+    audit."""
+    meta = {
+        "format_version": META_VERSION,
+        "backend": plan.backend,
+        "plan": plan.to_dict(),
+        "source": str(source),
+        "seed": seed,
+        "calibration_texts": n_calibration,
+        "audit": audit,
+    }
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
 
 
 def read_meta(path: str | Path) -> dict | None:
-    """The checkpoint's ``recoverlib_quant.json`` as a dict, or None for a checkpoint recoverlib did not make."""
+    """The checkpoint's ``recoverlib_quant.json`` as a dict, or None for a checkpoint recoverlib did not
+    make."""
     file = Path(path) / META_FILE
     if not file.is_file():
         return None
     meta = json.loads(file.read_text())
     if meta.get("format_version") != META_VERSION:
-        raise RecoverlibError(f"{file}: format_version {meta.get('format_version')} (this recoverlib reads {META_VERSION})")
+        raise RecoverlibError(
+            f"{file}: format_version {meta.get('format_version')} (this recoverlib reads {META_VERSION})"
+        )
     return meta
 
 
@@ -47,7 +60,9 @@ def check_source(model_path: Path) -> dict:
     """The config of a 16-bit HF Mixtral folder; raise for anything else (or an already quantized one)."""
     cfg = read_model_config(model_path)
     if cfg.get("model_type") != "mixtral":
-        raise RecoverlibError(f"model {model_path}: model_type {cfg.get('model_type')!r}; MoE quantization supports mixtral")
+        raise RecoverlibError(
+            f"model {model_path}: model_type {cfg.get('model_type')!r}; MoE quantization supports mixtral"
+        )
     if cfg.get("quantization_config") or (model_path / META_FILE).is_file():
         raise RecoverlibError(f"model {model_path} is already quantized; quantize the 16-bit checkpoint")
     return cfg
@@ -60,7 +75,8 @@ def check_plain_loadable(path: str | Path) -> dict:
     method = (cfg.get("quantization_config") or {}).get("quant_method")
     if cfg.get("model_type") == "mixtral" and method in ("gptq", "hqq"):
         raise RecoverlibError(
-            f"{path}: a {method} Mixtral without {META_FILE}; plain transformers would start its experts from random"
+            f"{path}: a {method} Mixtral without {META_FILE}; plain transformers would start its experts "
+            "from random"
             f" weights. Quantize the 16-bit model with `recoverlib quantize`"
         )
     return cfg

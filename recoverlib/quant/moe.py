@@ -122,7 +122,11 @@ def preserved_transformers():
     from transformers import conversion_mapping as cm
     from transformers.models.mixtral import modeling_mixtral as mm
 
-    saved = (mm.MixtralSparseMoeBlock, cm.get_checkpoint_conversion_mapping, getattr(mu, "get_checkpoint_conversion_mapping", None))
+    saved = (
+        mm.MixtralSparseMoeBlock,
+        cm.get_checkpoint_conversion_mapping,
+        getattr(mu, "get_checkpoint_conversion_mapping", None),
+    )
     try:
         yield
     finally:
@@ -132,7 +136,8 @@ def preserved_transformers():
 
 
 def save_state(model, out_dir, disk_names: bool = True) -> int:
-    """Write ``model.state_dict()`` as one safetensors file, names in Mixtral's checkpoint layout; return bytes.
+    """Write ``model.state_dict()`` as one safetensors file, names in Mixtral's checkpoint layout; return
+    bytes.
 
     transformers' ``save_pretrained`` re-casts and reshapes bitsandbytes quant states on this path (reload
     then differs), so the state dict is written as is.

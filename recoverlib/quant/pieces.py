@@ -1,12 +1,13 @@
 """recoverlib's piece loop: a 16-bit Mixtral quantized one piece at a time (bitsandbytes, HQQ).
 
-For each piece (the embeddings/norm/head, then each decoder layer) the 16-bit tensors are read with ``safe_open``,
-the piece is built directly (:mod:`recoverlib.quant.layerwise`), its linears are quantized on ``device`` one by
-one through the backend's ``quantize_linear``, and the piece is written to ``work/parts/<piece>.safetensors`` and
-freed. The 16-bit input is memory-mapped lazily, so the host holds the piece's quantized tensors, the one linear
-being quantized and the quantizer's scratch; packing into HF shards then holds one output shard. Measured at
-Mixtral-8x7B's full width with bnb-nf4 (benchmarks/results/quant_scale.md): peak RSS 2.99 GB for 1 and for 2
-layers, 4.42 GB for 4 layers (their whole 3.79 GB output fits one 5 GB shard; 3.02 GB with 1 GB shards).
+For each piece (the embeddings/norm/head, then each decoder layer) the 16-bit tensors are read with
+``safe_open``, the piece is built directly (:mod:`recoverlib.quant.layerwise`), its linears are quantized on
+``device`` one by one through the backend's ``quantize_linear``, and the piece is written to
+``work/parts/<piece>.safetensors`` and freed. The 16-bit input is memory-mapped lazily, so the host holds the
+piece's quantized tensors, the one linear being quantized and the quantizer's scratch; packing into HF shards
+then holds one output shard. Measured at Mixtral-8x7B's full width with bnb-nf4
+(benchmarks/results/quant_scale.md): peak RSS 2.99 GB for 1 and for 2 layers, 4.42 GB for 4 layers (their
+whole 3.79 GB output fits one 5 GB shard; 3.02 GB with 1 GB shards).
 :func:`recoverlib.quant.planner.quantize_peak` estimates the peak from the config (within 8% of those runs).
 
 A rerun after a kill skips the pieces :class:`~recoverlib.quant.progress.RunRecord` holds as finished; the
@@ -45,10 +46,16 @@ def _quantize_pieces(job, backend, source: Checkpoint, cfg: dict, record: RunRec
     dtype = getattr(torch, job.plan.compute_dtype)
     todo = [p for p in lw.piece_names(config.num_hidden_layers) if p not in record.done]
     if record.done and job.progress:
-        print(f"[recoverlib quantize] resuming: {len(record.done)} piece(s) already done", file=sys.stderr, flush=True)
+        print(
+            f"[recoverlib quantize] resuming: {len(record.done)} piece(s) already done",
+            file=sys.stderr,
+            flush=True,
+        )
     (record.work / "parts").mkdir(exist_ok=True)
     with backend.session(job.plan, job.device), torch.no_grad():
-        for piece in tqdm(todo, desc=f"quantize ({job.plan.name}, {job.device})", unit="piece", disable=not job.progress):
+        for piece in tqdm(
+            todo, desc=f"quantize ({job.plan.name}, {job.device})", unit="piece", disable=not job.progress
+        ):
             module = lw.read_source_piece(source, config, piece, dtype)
             prefix = lw.piece_prefix(piece)
             lw.quantize_piece(backend, module, prefix, job.plan, job.device)
@@ -64,9 +71,10 @@ def _quantize_pieces(job, backend, source: Checkpoint, cfg: dict, record: RunRec
 
 
 def release_heap() -> None:
-    """Hand freed heap memory back to the OS (glibc ``malloc_trim``). Tensors under glibc's mmap threshold (at most
-    32 MB) come from the heap, whose freed space the process otherwise keeps: with 7 MB expert matrices the peak RSS
-    grew by 0.36 GB from 2 to 6 layers without this. A no-op where glibc is not the C library."""
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``). Tensors under glibc's mmap threshold
+    (at most 32 MB) come from the heap, whose freed space the process otherwise keeps: with 7 MB expert
+    matrices the peak RSS grew by 0.36 GB from 2 to 6 layers without this. A no-op where glibc is not the C
+    library."""
     import ctypes
     import ctypes.util
 

@@ -2,8 +2,8 @@
 
 A plan names its backend and gives each module group a :class:`GroupPrecision`; ``bits=None`` keeps the group
 in the compute dtype. Groups: ``attention`` (q/k/v/o), ``experts`` (w1/w2/w3 = gate/up/down projections of
-every expert), ``router`` (the MoE gate), ``lm_head`` and ``embeddings``. The router stays in the compute dtype
-by default; each preset has a ``+router`` twin that quantizes it like attention (the ablation).
+every expert), ``router`` (the MoE gate), ``lm_head`` and ``embeddings``. The router stays in the compute
+dtype by default; each preset has a ``+router`` twin that quantizes it like attention (the ablation).
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ class GroupPrecision:
     def __post_init__(self):
         if self.bits is None:
             if self.group_size is not None:
-                raise RecoverlibError(f"group_size {self.group_size} given for an unquantized group (bits null)")
+                raise RecoverlibError(
+                    f"group_size {self.group_size} given for an unquantized group (bits null)"
+                )
             return
         if self.bits not in (2, 3, 4, 8):
             raise RecoverlibError(f"bits must be 2, 3, 4, 8 or null (got {self.bits})")
@@ -67,7 +69,9 @@ class PrecisionPlan:
         if not self.backend or not isinstance(self.backend, str):
             raise RecoverlibError(f"plan {self.name!r}: backend must be a name (got {self.backend!r})")
         if self.compute_dtype not in COMPUTE_DTYPES:
-            raise RecoverlibError(f"plan {self.name!r}: compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}")
+            raise RecoverlibError(
+                f"plan {self.name!r}: compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}"
+            )
         for g in GROUPS:
             if not isinstance(getattr(self, g), GroupPrecision):
                 raise RecoverlibError(f"plan {self.name!r}: group {g} is not a GroupPrecision")
@@ -82,7 +86,9 @@ class PrecisionPlan:
         """The same plan with the router quantized like attention (the router ablation)."""
         src = self.attention if self.attention.quantized else self.experts
         if not src.quantized:
-            raise RecoverlibError(f"plan {self.name!r}: nothing is quantized, so no precision to give the router")
+            raise RecoverlibError(
+                f"plan {self.name!r}: nothing is quantized, so no precision to give the router"
+            )
         return replace(self, router=src, name=self.name + ROUTER_SUFFIX)
 
     def to_dict(self) -> dict:
@@ -100,7 +106,9 @@ class PrecisionPlan:
         for g in GROUPS:
             spec = data.get(g) or {}
             if not isinstance(spec, dict) or set(spec) - {"bits", "group_size"}:
-                raise RecoverlibError(f"plan {name!r}: {g} must be {{'bits': int|null, 'group_size': int|null}}")
+                raise RecoverlibError(
+                    f"plan {name!r}: {g} must be {{'bits': int|null, 'group_size': int|null}}"
+                )
             groups[g] = GroupPrecision(spec.get("bits"), spec.get("group_size"))
         if "backend" not in data:
             raise RecoverlibError(f"plan {name!r}: missing 'backend'")
@@ -152,7 +160,9 @@ def load_plan(spec: str | Path | PrecisionPlan) -> PrecisionPlan:
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            raise RecoverlibError(f"plan file {path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+            raise RecoverlibError(
+                f"plan file {path}: not valid JSON ({err.msg}, line {err.lineno})"
+            ) from None
         if not isinstance(data, dict):
             raise RecoverlibError(f"plan file {path}: expected a JSON object")
         return PrecisionPlan.from_dict(data, name=path.stem)

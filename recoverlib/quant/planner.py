@@ -43,18 +43,31 @@ class MoeShapes:
         missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                                "num_local_experts", "vocab_size") if k not in cfg]
         if missing:
-            raise RecoverlibError(f"config has no {', '.join(missing)}: the planner needs a Mixtral-style MoE config")
+            raise RecoverlibError(
+                f"config has no {', '.join(missing)}: the planner needs a Mixtral-style MoE config"
+            )
         heads = cfg["num_attention_heads"]
-        return cls(cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], heads,
-                   cfg.get("num_key_value_heads") or heads, cfg.get("head_dim") or cfg["hidden_size"] // heads,
-                   cfg["num_local_experts"], cfg["vocab_size"], bool(cfg.get("tie_word_embeddings", False)))
+        return cls(
+            cfg["hidden_size"],
+            cfg["intermediate_size"],
+            cfg["num_hidden_layers"],
+            heads,
+            cfg.get("num_key_value_heads") or heads,
+            cfg.get("head_dim") or cfg["hidden_size"] // heads,
+            cfg["num_local_experts"],
+            cfg["vocab_size"],
+            bool(cfg.get("tie_word_embeddings", False)),
+        )
 
     def linears(self) -> dict[str, list[tuple[int, int, int]]]:
         """group -> [(out_features, in_features, how many)]; embeddings are a (vocab x hidden) table."""
         h, L, q, kv = self.hidden, self.layers, self.heads * self.head_dim, self.kv_heads * self.head_dim
         return {
             "attention": [(q, h, L), (kv, h, 2 * L), (h, q, L)],
-            "experts": [(self.intermediate, h, 2 * self.experts * L), (h, self.intermediate, self.experts * L)],
+            "experts": [
+                (self.intermediate, h, 2 * self.experts * L),
+                (h, self.intermediate, self.experts * L),
+            ],
             "router": [(self.experts, h, L)],
             "lm_head": [] if self.tied else [(self.vocab, h, 1)],
             "embeddings": [(self.vocab, h, 1)],
@@ -106,26 +119,32 @@ def plan_bytes(config: str | Path | dict, plan: PrecisionPlan) -> PlanEstimate:
         params = nbytes = 0
         for out_f, in_f, count in shapes.linears()[g]:
             params += out_f * in_f * count
-            one = backend.linear_bytes(out_f, in_f, prec, plan.compute_dtype) if prec.quantized else out_f * in_f * plain
+            one = (
+                backend.linear_bytes(out_f, in_f, prec, plan.compute_dtype)
+                if prec.quantized
+                else out_f * in_f * plain
+            )
             nbytes += one * count
         groups[g] = GroupEstimate(prec.bits if prec.quantized else 8 * plain, prec.group_size, params, nbytes)
     return PlanEstimate(plan.name, groups, shapes.norm_params * plain, shapes.norm_params)
 
 
 # Peak-memory model of the streaming quantizer (recoverlib.quant.stream), constants measured on this project's
-# 2-core CPU machine. The 16-bit input is read as lazily memory-mapped tensors, so only the linear being quantized
-# is resident; the quantized outputs of the piece accumulate until it is written. TRANSIENT_FP32: the peak a
-# backend's quantizer adds while quantizing one linear, in fp32 copies of that linear (ru_maxrss over the RSS
-# before: bitsandbytes NF4 on a 14336x4096 bf16 matrix +0.84 GB = 3.6 copies; hqq 4-bit g64 on a 7168x4096
-# matrix +1.08 GB = 9.2 copies). FIXED_HOST: the interpreter and libraries (benchmarks/quant_scale.py).
+# 2-core CPU machine. The 16-bit input is read as lazily memory-mapped tensors, so only the linear being
+# quantized is resident; the quantized outputs of the piece accumulate until it is written. TRANSIENT_FP32:
+# the peak a backend's quantizer adds while quantizing one linear, in fp32 copies of that linear (ru_maxrss
+# over the RSS before: bitsandbytes NF4 on a 14336x4096 bf16 matrix +0.84 GB = 3.6 copies; hqq 4-bit g64 on a
+# 7168x4096 matrix +1.08 GB = 9.2 copies). FIXED_HOST: the interpreter and libraries
+# (benchmarks/quant_scale.py).
 FIXED_HOST = int(1.0e9)
 TRANSIENT_FP32 = {"bnb": 3.6, "hqq": 9.2}
-# GPTQ (GPTQModel 7.6.0 on the CPU, benchmarks/results/quant_scale_gptq.md): one full-width layer peaked at 14.41 GB
-# while the 16 expert gate/up modules were quantized together: FIXED_HOST + the 2.90 GB layer + 16 x (a 67 MB
-# Hessian + 2.5 fp32 copies of a 235 MB weight). The 8 down_proj (822 MB Hessians) peaked lower (9.5 GB): their
-# set is over-counted, so the estimate errs high.
+# GPTQ (GPTQModel 7.6.0 on the CPU, benchmarks/results/quant_scale_gptq.md): one full-width layer peaked at
+# 14.41 GB while the 16 expert gate/up modules were quantized together: FIXED_HOST + the 2.90 GB layer + 16 x
+# (a 67 MB Hessian + 2.5 fp32 copies of a 235 MB weight). The 8 down_proj (822 MB Hessians) peaked lower (9.5
+# GB): their set is over-counted, so the estimate errs high.
 GPTQ_WORK_FP32 = 2.5
-CUDA_CONTEXT = int(0.5e9)  # CUDA context and kernels on the device, not counted by torch's allocator (not measured)
+# CUDA context and kernels on the device, not counted by torch's allocator (not measured)
+CUDA_CONTEXT = int(0.5e9)
 
 
 @dataclass(frozen=True)
@@ -150,20 +169,31 @@ class QuantizePeak:
 
 
 def gptq_working_set(shapes: MoeShapes, plan: PrecisionPlan) -> int:
-    """Bytes GPTQModel adds while quantizing one decoder layer: the largest set of modules it quantizes together
-    (q/k/v; o; every expert's gate and up; every expert's down; the router with a ``+router`` plan), each with
-    its fp32 Hessian (in x in) and :data:`GPTQ_WORK_FP32` fp32 copies of its weight."""
+    """Bytes GPTQModel adds while quantizing one decoder layer: the largest set of modules it quantizes
+    together (q/k/v; o; every expert's gate and up; every expert's down; the router with a ``+router`` plan),
+    each with its fp32 Hessian (in x in) and :data:`GPTQ_WORK_FP32` fp32 copies of its weight."""
     h, i, e = shapes.hidden, shapes.intermediate, shapes.experts
     q, kv = shapes.heads * shapes.head_dim, shapes.kv_heads * shapes.head_dim
-    subsets = {"attention": [[(q, h), (kv, h), (kv, h)], [(h, q)]], "experts": [[(i, h)] * (2 * e), [(h, i)] * e],
-               "router": [[(e, h)]]}
-    return max((sum(4 * inp * inp + int(GPTQ_WORK_FP32 * 4 * out * inp) for out, inp in subset)
-                for group, sets in subsets.items() if plan.group(group).quantized for subset in sets), default=0)
+    subsets = {
+        "attention": [[(q, h), (kv, h), (kv, h)], [(h, q)]],
+        "experts": [[(i, h)] * (2 * e), [(h, i)] * e],
+        "router": [[(e, h)]],
+    }
+    return max(
+        (
+            sum(4 * inp * inp + int(GPTQ_WORK_FP32 * 4 * out * inp) for out, inp in subset)
+            for group, sets in subsets.items()
+            if plan.group(group).quantized
+            for subset in sets
+        ),
+        default=0,
+    )
 
 
 def quantize_peak(config: str | Path | dict, plan: PrecisionPlan, device: str = "cpu",
                   max_shard_bytes: int = 5 * 10**9) -> QuantizePeak:
-    """Peak host and device memory of ``recoverlib quantize`` with ``plan`` on ``device``, from the config alone."""
+    """Peak host and device memory of ``recoverlib quantize`` with ``plan`` on ``device``, from the config
+    alone."""
     cfg = read_config(config)
     if get_backend(plan.backend).calibrated:
         return _gptq_peak(cfg, plan, device, max_shard_bytes)
@@ -174,7 +204,10 @@ def quantize_peak(config: str | Path | dict, plan: PrecisionPlan, device: str = 
     outer_q = total - shapes.layers * layer_q
     piece_q = max(layer_q, outer_q)
     one = MoeShapes(**{**shapes.__dict__, "layers": 1})
-    largest = max((o * i for g, group in one.linears().items() if plan.group(g).quantized for o, i, _ in group), default=0)
+    largest = max(
+        (o * i for g, group in one.linears().items() if plan.group(g).quantized for o, i, _ in group),
+        default=0,
+    )
     transient = int(4 * largest * TRANSIENT_FP32.get(plan.backend, 4.0))
     shard = min(max_shard_bytes, total)
     quantizing = piece_q + largest * plain + (transient if device == "cpu" else 0)
@@ -186,14 +219,17 @@ def quantize_peak(config: str | Path | dict, plan: PrecisionPlan, device: str = 
 def _layer_bytes(cfg: dict, plan: PrecisionPlan) -> tuple[int, int]:
     """Bytes of one decoder layer in 16 bit and quantized by ``plan``."""
     layer_cfg = {**cfg, "num_hidden_layers": 1, "vocab_size": 0}
-    final_norm = cfg["hidden_size"] * DTYPE_BYTES[plan.compute_dtype]  # plan_bytes counts the final norm; a layer has none
+    # plan_bytes counts the final norm; a layer has none
+    final_norm = cfg["hidden_size"] * DTYPE_BYTES[plan.compute_dtype]
     plain = PrecisionPlan(plan.backend, compute_dtype=plan.compute_dtype)
-    return plan_bytes(layer_cfg, plain).total_bytes - final_norm, plan_bytes(layer_cfg, plan).total_bytes - final_norm
+    return plan_bytes(layer_cfg, plain).total_bytes - final_norm, plan_bytes(
+        layer_cfg, plan
+    ).total_bytes - final_norm
 
 
 def _gptq_peak(cfg: dict, plan: PrecisionPlan, device: str, max_shard_bytes: int) -> QuantizePeak:
-    """GPTQModel's layer loop: it holds the whole decoder layer in 16 bit beside the working set (on the device
-    for a GPU run; the host then holds the layer while it is moved, not measured)."""
+    """GPTQModel's layer loop: it holds the whole decoder layer in 16 bit beside the working set (on the
+    device for a GPU run; the host then holds the layer while it is moved, not measured)."""
     layer_16, layer_q = _layer_bytes(cfg, plan)
     total = plan_bytes(cfg, plan).total_bytes
     working = gptq_working_set(MoeShapes.from_config(cfg), plan)

@@ -1,14 +1,16 @@
 """Streaming quantization: the crash-safe, resumable run every backend goes through.
 
 The backend writes the quantized checkpoint under ``OUT.partial`` (:meth:`QuantBackend.write_streamed`):
-bitsandbytes and HQQ through recoverlib's piece loop (:mod:`recoverlib.quant.pieces`, one decoder layer in memory
-at a time), GPTQ through GPTQModel's own layer loop with disk offloading (each layer's calibration activations
-feed the next). What follows is shared: tokenizer, the layer-by-layer audit against the plan (the planner's
-bytes must equal the audited bytes), ``recoverlib_quant.json``, and the rename of the finished folder to ``OUT``.
+bitsandbytes and HQQ through recoverlib's piece loop (:mod:`recoverlib.quant.pieces`, one decoder layer in
+memory at a time), GPTQ through GPTQModel's own layer loop with disk offloading (each layer's calibration
+activations feed the next). What follows is shared: tokenizer, the layer-by-layer audit against the plan (the
+planner's bytes must equal the audited bytes), ``recoverlib_quant.json``, and the rename of the finished
+folder to ``OUT``.
 
 Crash safety: everything is written under the sibling folder ``OUT.partial``, whose
 :class:`~recoverlib.quant.progress.RunRecord` records the arguments and each finished piece or stage. A rerun
-with the same arguments skips what is finished; other arguments are refused. A folder named ``OUT`` is complete.
+with the same arguments skips what is finished; other arguments are refused. A folder named ``OUT`` is
+complete.
 """
 
 from __future__ import annotations
@@ -71,7 +73,9 @@ def check_device(device: str) -> str:
         return text
     if text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
         if not torch.cuda.is_available():
-            raise RecoverlibError(f"device {text}: CUDA is not available on this machine (torch {torch.__version__})")
+            raise RecoverlibError(
+                f"device {text}: CUDA is not available on this machine (torch {torch.__version__})"
+            )
         index = int(text[5:]) if ":" in text else torch.cuda.current_device()
         if index >= torch.cuda.device_count():
             raise RecoverlibError(f"device {text}: only {torch.cuda.device_count()} CUDA device(s) here")
@@ -104,18 +108,25 @@ def _fingerprint(job: StreamJob, source: Checkpoint) -> dict:
 
 
 def _seal(job: StreamJob, cfg: dict, final: Path, record: RunRecord) -> Path:
-    """Audit the written checkpoint layer by layer, add tokenizer and metadata, rename it to OUT (complete only now)."""
+    """Audit the written checkpoint layer by layer, add tokenizer and metadata, rename it to OUT (complete
+    only now)."""
     copy_tokenizer(job.model_path, final)
     report = audit_checkpoint(final, job.plan, plan_bytes(cfg, job.plan).total_bytes, progress=job.progress)
     check_plan(report, job.plan)
     if report.total_bytes != report.planned_bytes:
-        raise RecoverlibError(f"audit: {report.total_bytes:,} bytes written, the planner says {report.planned_bytes:,}")
+        raise RecoverlibError(
+            f"audit: {report.total_bytes:,} bytes written, the planner says {report.planned_bytes:,}"
+        )
     write_meta(final, job.plan, job.model_path, report.to_json(), job.seed, len(job.calibration))
     if job.out_dir.exists():
         job.out_dir.rmdir()  # empty (checked at the start)
     os.replace(final, job.out_dir)
     shutil.rmtree(record.work)
     if job.progress:
-        print(f"[recoverlib quantize] audit ok: {report.effective_bits:.3f} bits/param, {report.total_bytes:,} bytes",
-              file=sys.stderr, flush=True)
+        print(
+            f"[recoverlib quantize] audit ok: {report.effective_bits:.3f} bits/param, "
+            f"{report.total_bytes:,} bytes",
+            file=sys.stderr,
+            flush=True,
+        )
     return job.out_dir

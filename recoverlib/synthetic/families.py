@@ -1,4 +1,5 @@
-"""Transformation families: each is a deterministic rewrite of a text plus several wordings of its instruction.
+"""Transformation families: each is a deterministic rewrite of a text plus several wordings of its
+instruction.
 
 A family registers with :func:`family`; an *alias* family (:func:`alias`) shares its primary's rewrite but is
 worded differently ("make it formal" / "make it professional"), so the rewrite alone cannot tell them apart.
@@ -117,7 +118,8 @@ PERSONAS = {
 }
 
 
-@family("Rewrite this text as if it were written by a {persona}.", "Make this sound like a {persona} is speaking.",
+@family("Rewrite this text as if it were written by a {persona}.", "Make this sound like a {persona} is "
+                                                                   "speaking.",
         "Rewrite the text in the voice of a {persona}.",
         draw=lambda rng, text: {"persona": rng.choice(sorted(PERSONAS))})
 def persona(text: str, p: Params) -> str:
@@ -187,8 +189,18 @@ def excited(text: str, p: Params) -> str:
     return "Wow! " + text.replace(".", "!")
 
 
-_FORMAL = {"big": "substantial", "kids": "children", "got": "obtained", "but": "however", "fix": "repair",
-           "fixed": "repaired", "cheap": "inexpensive", "wanted": "wished", "came": "arrived", "said": "stated"}
+_FORMAL = {
+    "big": "substantial",
+    "kids": "children",
+    "got": "obtained",
+    "but": "however",
+    "fix": "repair",
+    "fixed": "repaired",
+    "cheap": "inexpensive",
+    "wanted": "wished",
+    "came": "arrived",
+    "said": "stated",
+}
 
 
 @family("Make the text more formal.", "Rewrite this in a formal tone.", "Use formal language in this text.")
@@ -220,7 +232,8 @@ def dialogue(text: str, p: Params) -> str:
     return "\n".join(f"{'AB'[i % 2]}: {s}" for i, s in enumerate(sentences(text)))
 
 
-@family("Spell every word backwards.", "Reverse the letters of each word.", "Write each word of the text in reverse.")
+@family("Spell every word backwards.", "Reverse the letters of each word.", "Write each word of the text in "
+                                                                            "reverse.")
 def reverse_words(text: str, p: Params) -> str:
     return re.sub(r"\w+", lambda m: m.group(0)[::-1], text)
 
@@ -259,19 +272,35 @@ alias("shout", "upper", "Make the text sound like someone is shouting.", "Rewrit
       "Turn this into an angry shout.")
 alias("whisper", "lower", "Rewrite this as a quiet whisper.", "Make the text sound softly spoken.",
       "Turn the text into a gentle murmur.")
-alias("backwards", "reverse_sentences", "Tell this story backwards.", "Rewrite the text starting from the end.",
-      "Tell the events of the text in reverse.")
+alias(
+    "backwards",
+    "reverse_sentences",
+    "Tell this story backwards.",
+    "Rewrite the text starting from the end.",
+    "Tell the events of the text in reverse.",
+)
 alias("tldr", "summary", "Write a TL;DR of this text.", "Cut this text down to its main point.",
       "Make the text much shorter.")
 alias("checklist", "bullets", "Turn this into a to-do checklist.", "Rewrite the text as a checklist.",
       "Make a list of the points in this text.")
 alias("memo", "email", "Write this up as an office memo.", "Rewrite the text as a memo for the team.",
       "Turn this into a workplace announcement.")
-alias("song", "poem", "Turn this into song lyrics.", "Rewrite the text as a song.", "Make the text into a ballad.")
+alias(
+    "song",
+    "poem",
+    "Turn this into song lyrics.",
+    "Rewrite the text as a song.",
+    "Make the text into a ballad.",
+)
 alias("cheerful", "excited", "Make the text cheerful and upbeat.", "Rewrite this in a happy, positive way.",
       "Give the text a joyful tone.")
-alias("professional", "formal", "Make this sound more professional.", "Rewrite the text for a business audience.",
-      "Give the text a professional tone.")
+alias(
+    "professional",
+    "formal",
+    "Make this sound more professional.",
+    "Rewrite the text for a business audience.",
+    "Give the text a professional tone.",
+)
 alias("friendly", "casual", "Make the text friendlier.", "Rewrite this in a warm, friendly way.",
       "Make the text sound approachable.")
 alias("news", "headline", "Rewrite this as a news report.", "Turn the text into a newspaper headline.",

@@ -31,8 +31,8 @@ class TaskConfig:
     """How many rows, how ambiguous, which seed.
 
     ``ambiguity`` in [0, 1]: the weight of each alias family relative to its group's primary family. 0 uses
-    primary families only (a rewrite determines the instruction up to wording); 1 makes all families of a group
-    equally likely.
+    primary families only (a rewrite determines the instruction up to wording); 1 makes all families of a
+    group equally likely.
     """
 
     rows: int = 6000  # train rows
@@ -83,7 +83,9 @@ def generate(config: TaskConfig | None = None) -> dict[str, list[TaskRow]]:
     texts = unique_texts(random.Random(rng.getrandbits(64)), sum(sizes.values()))
     out: dict[str, list[TaskRow]] = {}
     for split in SPLITS:
-        out[split] = [make_row(rng, f"{split}-{i:06d}", next(texts), config.ambiguity) for i in range(sizes[split])]
+        out[split] = [
+            make_row(rng, f"{split}-{i:06d}", next(texts), config.ambiguity) for i in range(sizes[split])
+        ]
     return out
 
 

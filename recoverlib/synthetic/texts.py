@@ -31,13 +31,15 @@ TOPICS: dict[str, Topic] = {
     "cooking": _t(
         "the chef;my grandmother;the young cook;our neighbour;the baker;a food critic",
         "cooked/cook;tasted/taste;baked/bake;burned/burn;served/serve;seasoned/season;chopped/chop",
-        "the soup;a chocolate cake;the fresh bread;a spicy curry;the tomato sauce;the apple pie;the roast chicken",
+        "the soup;a chocolate cake;the fresh bread;a spicy curry;the tomato sauce;the apple pie;the roast "
+        "chicken",
         "in the kitchen;at the market;in the old restaurant;at the family dinner;on the stove",
         "the guests were hungry;the recipe was new;it was a holiday;the oven was finally fixed",
     ),
     "sports": _t(
         "the coach;the striker;our team;the young runner;the goalkeeper;the captain",
-        "won/win;lost/lose;practised/practise;played/play;trained for/train for;missed/miss;celebrated/celebrate",
+        "won/win;lost/lose;practised/practise;played/play;trained for/train "
+        "for;missed/miss;celebrated/celebrate",
         "the final match;the penalty kick;the marathon;the championship;the morning session;the trophy",
         "at the stadium;on the muddy field;in the gym;at the city park;on the track",
         "the weather was terrible;the fans were loud;the season was almost over;everyone was tired",
@@ -60,13 +62,15 @@ TOPICS: dict[str, Topic] = {
         "the director;our company;the sales team;the investor;the new manager;the accountant",
         "signed/sign;rejected/reject;approved/approve;discussed/discuss;presented/present;reviewed/review;delayed/delay",
         "the contract;the annual budget;the marketing plan;the quarterly report;the merger;the hiring plan",
-        "at the board meeting;in the head office;during the video call;at the trade fair;in the conference room",
+        "at the board meeting;in the head office;during the video call;at the trade fair;in the conference "
+        "room",
         "profits were falling;the costs were too high;the market was growing;the client asked for it",
     ),
     "school": _t(
         "the teacher;the students;my little brother;the principal;the new pupil;the librarian",
         "read/read;wrote/write;studied/study;forgot/forget;explained/explain;painted/paint;finished/finish",
-        "the history essay;the maths homework;a long novel;the science project;the spelling test;the school play",
+        "the history essay;the maths homework;a long novel;the science project;the spelling test;the school "
+        "play",
         "in the classroom;at the library;after lunch;in the playground;at the school hall",
         "the exam was next week;the bell rang early;the holidays were near;the class was curious",
     ),
@@ -82,7 +86,8 @@ TOPICS: dict[str, Topic] = {
         "checked/check;recommended/recommend;tested/test;improved/improve;measured/measure;treated/treat;prepared/prepare",
         "the blood pressure;a healthy diet;the new medicine;the sleep schedule;the morning walk;the vaccine",
         "at the hospital;in the clinic;at home;in the waiting room;at the pharmacy",
-        "the results were worrying;the winter was long;everyone wanted to feel better;the study was promising",
+        "the results were worrying;the winter was long;everyone wanted to feel better;"
+        "the study was promising",
     ),
     "home": _t(
         "our cat;the children;my sister;the landlord;the old dog;the neighbours",
@@ -102,12 +107,15 @@ TOPICS: dict[str, Topic] = {
         "the researchers;the astronomer;the chemist;our professor;the team of biologists;the student",
         "discovered/discover;measured/measure;observed/observe;published/publish;repeated/repeat;analysed/analyse;questioned/question",
         "a new species of frog;the distant planet;the experiment;the strange signal;the ice samples;the data",
-        "in the laboratory;at the observatory;in the rain forest;at the research station;under the microscope",
-        "the funding was renewed;the first results were wrong;nobody had tried it before;the instruments were new",
+        "in the laboratory;at the observatory;in the rain forest;at the research station;"
+        "under the microscope",
+        "the funding was renewed;the first results were wrong;nobody had tried it before;the instruments "
+        "were new",
     ),
     "city": _t(
         "the mayor;the city council;the bus driver;the shop owners;the police officer;the residents",
-        "built/build;closed/close;opened/open;protested against/protest against;planned/plan;cleaned/clean;rebuilt/rebuild",
+        "built/build;closed/close;opened/open;protested against/protest "
+        "against;planned/plan;cleaned/clean;rebuilt/rebuild",
         "the new bridge;the main square;the old library;the bus station;the night market;the bike lanes",
         "downtown;near the river;in the old town;on Main Street;by the station",
         "traffic was terrible;the budget was approved;the old one was unsafe;people asked for it for years",

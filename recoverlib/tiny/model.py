@@ -1,6 +1,7 @@
 """A deterministic tiny Mixtral, its tokenizer and LoRA adapters, made here without any download.
 
-The shapes follow Mixtral (sparse MoE, top-2 routing, GQA) at a size a 2-core CPU serves in seconds; head_dim 64
+The shapes follow Mixtral (sparse MoE, top-2 routing, GQA) at a size a 2-core CPU serves in seconds; head_dim
+64
 is one vLLM's CPU attention supports. Layout written by :func:`make_tiny`::
 
     OUT/model/               HF model folder (config, bf16 safetensors, fast tokenizer, chat template)
@@ -114,7 +115,8 @@ def _init_(module, generator, std: float) -> None:
 
 
 def make_base(out_dir: str | Path, spec: TinySpec | None = None, seed: int = 0):
-    """Write the tiny Mixtral with random weights and its tokenizer to ``out_dir``; return the model (fp32)."""
+    """Write the tiny Mixtral with random weights and its tokenizer to ``out_dir``; return the model
+    (fp32)."""
     import torch
     from transformers import MixtralForCausalLM
 
@@ -152,7 +154,8 @@ def make_adapter(model, out_dir: str | Path, rank: int, seed: int, targets=ATTEN
         for name, p in peft_model.named_parameters():
             if "lora_" in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * (0.5 / rank**0.5))
-    # Empty: PEFT would otherwise look the name up on the Hub while saving (a network call, and a warning offline).
+    # Empty: PEFT would otherwise look the name up on the Hub while saving (a network call, and a warning
+    # offline).
     peft_model.peft_config["default"].base_model_name_or_path = ""
     peft_model.save_pretrained(out_dir, safe_serialization=True)
     peft_model.unload()  # restores the plain base modules for the next adapter
@@ -169,7 +172,9 @@ def make_tiny(out_dir: str | Path, adapters: int = 2, seed: int = 0, spec: TinyS
     for k in range(adapters):
         name = f"tiny-{chr(ord('a') + k)}"
         make_adapter(model, out_dir / "adapters" / name, spec.adapter_ranks[k], seed=seed * 1000 + k + 1)
-    (out_dir / "tiny.json").write_text(json.dumps({"seed": seed, "adapters": adapters, **asdict(spec)}, indent=1))
+    (out_dir / "tiny.json").write_text(
+        json.dumps({"seed": seed, "adapters": adapters, **asdict(spec)}, indent=1)
+    )
     return out_dir
 
 

@@ -71,8 +71,21 @@ def code_version() -> str:
     import trl
 
     root = Path(__file__).parent.parent
-    files = sorted([*root.glob("synthetic/*.py"), *(root / n for n in ("training/pretrain.py", "training/lora.py",
-                                                                        "prompt.py", "tiny/model.py", "tiny/trained.py"))])
+    files = sorted(
+        [
+            *root.glob("synthetic/*.py"),
+            *(
+                root / n
+                for n in (
+                    "training/pretrain.py",
+                    "training/lora.py",
+                    "prompt.py",
+                    "tiny/model.py",
+                    "tiny/trained.py",
+                )
+            ),
+        ]
+    )
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode() + f.read_bytes())
@@ -82,13 +95,21 @@ def code_version() -> str:
 
 
 def cache_key(adapters: int, seed: int, config: TrainedTinyConfig) -> str:
-    payload = json.dumps({"adapters": adapters, "seed": seed, "config": asdict(config), "code": code_version()},
-                         sort_keys=True, default=str)
+    payload = json.dumps(
+        {"adapters": adapters, "seed": seed, "config": asdict(config), "code": code_version()},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-def make_trained_tiny(out_dir: str | Path, adapters: int = 2, seed: int = 0, config: TrainedTinyConfig | None = None,
-                      cache: bool = True) -> Path:
+def make_trained_tiny(
+    out_dir: str | Path,
+    adapters: int = 2,
+    seed: int = 0,
+    config: TrainedTinyConfig | None = None,
+    cache: bool = True,
+) -> Path:
     """Write a trained tiny model, ``adapters`` trained adapters and their task under ``out_dir``; return it.
 
     Deterministic for a given seed on a given machine. With ``cache`` a finished result is reused: from

@@ -18,7 +18,8 @@ from recoverlib.prompt import RecoveryTemplate, clean_prediction
 def best_constant_prompt(
     train_prompts: Sequence[str], candidates: Sequence[str] | None = None, scorer=None, max_truths: int = 2000
 ) -> tuple[str, float]:
-    """The candidate with the best mean sharpened cosine against ``train_prompts``; returns ``(prompt, score)``.
+    """The candidate with the best mean sharpened cosine against ``train_prompts``; returns ``(prompt,
+    score)``.
 
     ``candidates`` default to the distinct train prompts. ``scorer``: a :class:`recoverlib.metric.Scorer`
     (default MiniLM). Truths are embedded once (duplicates once), at most ``max_truths`` of them (a seeded
@@ -67,8 +68,14 @@ def greedy_predictions(
                             add_special_tokens=False).to(model.device)
             with torch.no_grad():
                 # TRL turns router logits on for the aux loss; with padding they break generation's forward
-                ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, output_router_logits=False,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                ids = model.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    output_router_logits=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
             texts = decode_completions(tokenizer, ids[:, enc["input_ids"].shape[1] :])
             out += [clean_prediction(t, template, prime=prime) for t in texts]
     finally:

@@ -35,7 +35,8 @@ log = logging.getLogger("recoverlib")
 ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 EXPERT_PARAMETERS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
 TARGETS = ("attention", "attention+experts")
-# The base model precision while training: a bnb-nf4 base (QLoRA, CUDA only), 16-bit, or chosen by the machine.
+# The base model precision while training: a bnb-nf4 base (QLoRA, CUDA only), 16-bit, or chosen by the
+# machine.
 PLANS = ("auto", "none", "bnb-nf4")
 
 
@@ -53,7 +54,8 @@ class TrainConfig:
     dropout: float = 0.0  # must be 0 with experts (PEFT's parameter LoRA has no dropout)
     max_length: int = 512  # tokens per training sequence; prompts are fitted to leave room for the completion
     max_rows: int | None = None  # train on a seeded subset of at most this many rows
-    score_rows: int = 200  # validation rows scored by greedy generation each epoch (0: pick the epoch by loss)
+    # validation rows scored by greedy generation each epoch (0: pick the epoch by loss)
+    score_rows: int = 200
     embedder: str = "minilm"  # scorer for the per-epoch score
     plan: str = "auto"  # "auto": a bnb-nf4 base (QLoRA) when CUDA and bitsandbytes are there
     template: str = "auto"  # recovery prompt kind: chat, plain, or auto (chat where the tokenizer has one)
@@ -65,16 +67,28 @@ class TrainConfig:
         if self.plan not in PLANS:
             raise RecoverlibError(f"training plan must be one of {', '.join(PLANS)} (got {self.plan!r})")
         if self.template not in TEMPLATE_KINDS:
-            raise RecoverlibError(f"template must be one of {', '.join(TEMPLATE_KINDS)} (got {self.template!r})")
-        bad = [f"{name} {value}" for name, value, ok in (
-            ("rank", self.rank, self.rank >= 1), ("alpha", self.alpha, self.alpha > 0),
-            ("epochs", self.epochs, self.epochs >= 1), ("lr", self.lr, self.lr > 0),
-            ("batch_size", self.batch_size, self.batch_size >= 1), ("max_length", self.max_length, self.max_length >= 16),
-            ("max_rows", self.max_rows, self.max_rows is None or self.max_rows >= 1),
-            ("score_rows", self.score_rows, self.score_rows >= 0),
-            ("dropout", self.dropout, 0 <= self.dropout < 1)) if not ok]
+            raise RecoverlibError(
+                f"template must be one of {', '.join(TEMPLATE_KINDS)} (got {self.template!r})"
+            )
+        bad = [
+            f"{name} {value}"
+            for name, value, ok in (
+                ("rank", self.rank, self.rank >= 1),
+                ("alpha", self.alpha, self.alpha > 0),
+                ("epochs", self.epochs, self.epochs >= 1),
+                ("lr", self.lr, self.lr > 0),
+                ("batch_size", self.batch_size, self.batch_size >= 1),
+                ("max_length", self.max_length, self.max_length >= 16),
+                ("max_rows", self.max_rows, self.max_rows is None or self.max_rows >= 1),
+                ("score_rows", self.score_rows, self.score_rows >= 0),
+                ("dropout", self.dropout, 0 <= self.dropout < 1),
+            )
+            if not ok
+        ]
         if bad:
-            raise RecoverlibError(f"bad training settings: {', '.join(bad)} (counts >= 1, score_rows >= 0, lr and alpha > 0)")
+            raise RecoverlibError(
+                f"bad training settings: {', '.join(bad)} (counts >= 1, score_rows >= 0, lr and alpha > 0)"
+            )
         if self.experts and self.dropout:
             raise RecoverlibError("LoRA on experts needs dropout 0 (PEFT's ParamWrapper has no dropout)")
 
@@ -97,7 +111,9 @@ def import_trl():
         import datasets  # noqa: F401
         import trl
     except ImportError as err:
-        raise RecoverlibError(f"training needs TRL ({err.name} missing): pip install trl==1.16.0 datasets") from None
+        raise RecoverlibError(
+            f"training needs TRL ({err.name} missing): pip install trl==1.16.0 datasets"
+        ) from None
     return trl
 
 
@@ -108,7 +124,8 @@ def load_training_rows(path: str | Path, prime: str = "", what: str = "training"
     bad = [r.id for r in rows if r.problem or not (r.rewrite_prompt or "").strip()]
     if bad:
         raise RecoverlibError(
-            f"{path}: {len(bad)} {what} row(s) have an empty text or rewrite_prompt (id {', '.join(bad[:3])}); fix or drop them"
+            f"{path}: {len(bad)} {what} row(s) have an empty text or rewrite_prompt (id "
+            f"{', '.join(bad[:3])}); fix or drop them"
         )
     if not rows:
         raise RecoverlibError(f"{path}: no {what} rows")
@@ -127,21 +144,30 @@ def subset(rows: Sequence, max_rows: int | None, seed: int) -> list:
 
 
 def dedicated_pad(tokenizer) -> None:
-    """Give the tokenizer a pad token that is not eos: with pad = eos, eos is masked and generation never stops."""
+    """Give the tokenizer a pad token that is not eos: with pad = eos, eos is masked and generation never
+    stops."""
     if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
         return
     if tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
-        tokenizer.pad_token = tokenizer.unk_token  # an existing token: no new embedding row, nothing to convert
+        # an existing token: no new embedding row, nothing to convert
+        tokenizer.pad_token = tokenizer.unk_token
         return
-    raise RecoverlibError("the tokenizer has no pad or unk token distinct from eos; add a <pad> token to the base first")
+    raise RecoverlibError(
+        "the tokenizer has no pad or unk token distinct from eos; add a <pad> token to the base first"
+    )
 
 
 def to_dataset(tokenizer, rows, template: RecoveryTemplate, prime: str, max_length: int):
     """A TRL prompt-completion dataset: ``prompt`` rendered by ``template``, ``completion`` its target."""
     from datasets import Dataset
 
-    prompts = [template.render_fitted(tokenizer, r.original_text, r.rewritten_text, max_length - 64, prime)[0] for r in rows]
-    return Dataset.from_dict({"prompt": prompts, "completion": [template.completion(r.rewrite_prompt, prime) for r in rows]})
+    prompts = [
+        template.render_fitted(tokenizer, r.original_text, r.rewritten_text, max_length - 64, prime)[0]
+        for r in rows
+    ]
+    return Dataset.from_dict(
+        {"prompt": prompts, "completion": [template.completion(r.rewrite_prompt, prime) for r in rows]}
+    )
 
 
 def resolve_plan(plan: str) -> bool:
@@ -210,7 +236,8 @@ def preserved_rng():
 
 
 class _BestEpoch:
-    """Per-epoch validation (loss from the Trainer, score by greedy generation) keeping the best LoRA weights."""
+    """Per-epoch validation (loss from the Trainer, score by greedy generation) keeping the best LoRA
+    weights."""
 
     def __init__(self, tokenizer, val_rows, config: TrainConfig, template: RecoveryTemplate):
         self.tokenizer, self.config, self.template = tokenizer, config, template
@@ -234,8 +261,14 @@ class _BestEpoch:
 
     def _score(self, model) -> float:
         self.scorer = self.scorer or Scorer(self.config.embedder, progress=False)
-        preds = greedy_predictions(model, self.tokenizer, [(r.original_text, r.rewritten_text) for r in self.rows],
-                                   self.template, self.config.prime, max_prompt_tokens=self.config.max_length - 64)
+        preds = greedy_predictions(
+            model,
+            self.tokenizer,
+            [(r.original_text, r.rewritten_text) for r in self.rows],
+            self.template,
+            self.config.prime,
+            max_prompt_tokens=self.config.max_length - 64,
+        )
         return self.scorer.score(preds, [r.rewrite_prompt for r in self.rows])
 
     def callback(self):
@@ -269,16 +302,24 @@ def sft_config(config: TrainConfig, work_dir: str, has_validation: bool, four_bi
     )
 
 
-def train_adapter(model_path: str | Path, train, out_dir: str | Path, validation=None,
-                  config: TrainConfig | None = None, base_name: str | None = None, resume: bool = False) -> TrainResult:
+def train_adapter(
+    model_path: str | Path,
+    train,
+    out_dir: str | Path,
+    validation=None,
+    config: TrainConfig | None = None,
+    base_name: str | None = None,
+    resume: bool = False,
+) -> TrainResult:
     """Train a LoRA adapter on ``model_path`` and save the best epoch's as a PEFT folder in ``out_dir``.
 
-    ``train``/``validation``: CSV paths or lists of rows with ``original_text, rewritten_text, rewrite_prompt``.
-    With ``config.prime`` only rows whose prompt starts with it are used. Returns the adapter folder, the best
-    epoch (by validation score, else loss, else the last) and the per-epoch history. ``base_name`` is
-    recorded as the adapter's base (default: ``model_path``). Each epoch is checkpointed under
-    ``out_dir/.checkpoints`` (see :mod:`recoverlib.training.checkpoints`); ``resume`` continues from the newest
-    whole one (the same data and config), else training starts afresh. The checkpoints go once the adapter is saved.
+    ``train``/``validation``: CSV paths or lists of rows with ``original_text, rewritten_text,
+    rewrite_prompt``. With ``config.prime`` only rows whose prompt starts with it are used. Returns the
+    adapter folder, the best epoch (by validation score, else loss, else the last) and the per-epoch history.
+    ``base_name`` is recorded as the adapter's base (default: ``model_path``). Each epoch is checkpointed
+    under ``out_dir/.checkpoints`` (see :mod:`recoverlib.training.checkpoints`); ``resume`` continues from the
+    newest whole one (the same data and config), else training starts afresh. The checkpoints go once the
+    adapter is saved.
     """
     import shutil
 
@@ -306,7 +347,9 @@ def train_adapter(model_path: str | Path, train, out_dir: str | Path, validation
         else:
             selector.best_epoch = config.epochs
     base_name = str(model_path) if base_name is None else base_name
-    result = _save(model, base_name, Path(out_dir), config, selector, len(train_rows), time.perf_counter() - start)
+    result = _save(
+        model, base_name, Path(out_dir), config, selector, len(train_rows), time.perf_counter() - start
+    )
     shutil.rmtree(work, ignore_errors=True)
     return result
 
@@ -319,14 +362,20 @@ def build_trainer(model_path: str | Path, train_rows, val_rows, config: TrainCon
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     dedicated_pad(tokenizer)
-    template = RecoveryTemplate(kind=config.template).for_tokenizer(tokenizer, f"the tokenizer of {model_path}")
+    template = RecoveryTemplate(kind=config.template).for_tokenizer(
+        tokenizer, f"the tokenizer of {model_path}"
+    )
     four_bit = resolve_plan(config.plan)
     selector = _BestEpoch(tokenizer, val_rows, config, template)
     trainer = SFTTrainer(
-        model=load_base(model_path, four_bit), args=sft_config(config, work_dir, bool(val_rows), four_bit),
+        model=load_base(model_path, four_bit),
+        args=sft_config(config, work_dir, bool(val_rows), four_bit),
         train_dataset=to_dataset(tokenizer, train_rows, template, config.prime, config.max_length),
-        eval_dataset=to_dataset(tokenizer, val_rows, template, config.prime, config.max_length) if val_rows else None,
-        processing_class=tokenizer, peft_config=lora_config(config),
+        eval_dataset=to_dataset(tokenizer, val_rows, template, config.prime, config.max_length)
+        if val_rows
+        else None,
+        processing_class=tokenizer,
+        peft_config=lora_config(config),
         callbacks=[selector.callback(), checkpoint_callback(selector)],
     )
     _bars_without_metric_lines(trainer)

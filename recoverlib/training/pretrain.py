@@ -36,13 +36,16 @@ class PretrainConfig:
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise RecoverlibError(f"bad pretrain config: epochs {self.epochs}, batch {self.batch_size}, lr {self.lr}")
+            raise RecoverlibError(
+                f"bad pretrain config: epochs {self.epochs}, batch {self.batch_size}, lr {self.lr}"
+            )
 
 
 def task_tokenizer(texts: Sequence[str], vocab_size: int):
     """A tiny-model tokenizer whose BPE merges are learned from the task's own text plus the template.
 
-    The template is repeated once per text, as in the training sequences, so its words get merges of their own.
+    The template is repeated once per text, as in the training sequences, so its words get merges of their
+    own.
     """
 
     template = " ".join([INSTRUCTION, "Original text:", "Rewritten text:", RESPONSE_PREFIX])
@@ -62,13 +65,18 @@ def new_model(tokenizer, spec=None, seed: int = 0):
 
 
 def encode_examples(tokenizer, rows, template: RecoveryTemplate, max_length: int, prime: str = ""):
-    """``(input_ids, n_prompt_tokens)`` per row: rendered prompt + completion + eos, as LoRA training builds it."""
+    """``(input_ids, n_prompt_tokens)`` per row: rendered prompt + completion + eos, as LoRA training builds
+    it."""
     eos = tokenizer.eos_token
     out = []
     for row in rows:
-        prompt, _ = template.render_fitted(tokenizer, row.original_text, row.rewritten_text, max_length - 64, prime)
+        prompt, _ = template.render_fitted(
+            tokenizer, row.original_text, row.rewritten_text, max_length - 64, prime
+        )
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        full = tokenizer(prompt + template.completion(row.rewrite_prompt, prime) + eos, add_special_tokens=False)
+        full = tokenizer(
+            prompt + template.completion(row.rewrite_prompt, prime) + eos, add_special_tokens=False
+        )
         out.append((full["input_ids"][:max_length], len(p_ids)))
     return out
 
@@ -110,7 +118,9 @@ def eval_loss(model, examples, pad_id: int, batch_size: int = 64) -> float:
     model.eval()
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
-            ids, mask, labels = collate(examples, range(start, min(start + batch_size, len(examples))), pad_id)
+            ids, mask, labels = collate(
+                examples, range(start, min(start + batch_size, len(examples))), pad_id
+            )
             n = int((labels[:, 1:] != -100).sum())
             total += float(model(input_ids=ids, attention_mask=mask, labels=labels).loss) * n
             count += n
@@ -118,7 +128,9 @@ def eval_loss(model, examples, pad_id: int, batch_size: int = 64) -> float:
     return total / max(count, 1)
 
 
-def pretrain(model, tokenizer, train_rows, validation_rows=(), config: PretrainConfig | None = None) -> list[dict]:
+def pretrain(
+    model, tokenizer, train_rows, validation_rows=(), config: PretrainConfig | None = None
+) -> list[dict]:
     """Train every parameter of ``model`` (fp32, in place) on rows with prompts; returns per-epoch stats.
 
     Each stat: ``{"epoch", "train_loss", "val_loss"}`` (nats per completion token). AdamW, linear warmup then
@@ -135,7 +147,10 @@ def pretrain(model, tokenizer, train_rows, validation_rows=(), config: PretrainC
     warm = max(1, int(steps * config.warmup_fraction))
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))
+        opt,
+        lambda s: (
+            (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))
+        ),
     )
     model.train()
     stats: list[dict] = []

@@ -13,14 +13,14 @@ Three cures, all active on the CPU platform only:
    adapter slot, so base requests batched with adapter requests silently got an adapter applied. Grouped
    products run one matmul per adapter present and leave tokens without an adapter untouched.
 3. **Top-p without a full sort** (:mod:`top_p`). The CPU sampler sorted the whole vocabulary of every row at
-   every step for top-p, about 40 % of generation time on the tiny Mixtral; the nucleus is now found among each
-   row's most likely tokens, and only rows with a wide nucleus are sorted.
+   every step for top-p, about 40 % of generation time on the tiny Mixtral; the nucleus is now found among
+   each row's most likely tokens, and only rows with a wide nucleus are sorted.
 
 vLLM calls :func:`register` in every process it starts, possibly several times, and without a try/except: so
 the plugin is idempotent, patches only the vLLM version it was tested on (:mod:`recoverlib.patches`; another
 version logs one warning and keeps vLLM's own code), applies each cure on its own (one that fails is warned
-and skipped, the others stay), and is off entirely with ``RECOVERLIB_VLLM_PLUGIN=0`` (or limited to the cures a
-comma-separated list there names: benchmarks compare against vLLM with only the MoE-kernel cure LoRA needs).
+and skipped, the others stay), and is off entirely with ``RECOVERLIB_VLLM_PLUGIN=0`` (or limited to the cures
+a comma-separated list there names: benchmarks compare against vLLM with only the MoE-kernel cure LoRA needs).
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ log = logging.getLogger("recoverlib")
 
 
 def lora_targets_experts(target_modules: list[str] | None) -> bool:
-    """True unless the LoRA target modules are known and none is an expert weight (None: unknown, assume yes)."""
+    """True unless the LoRA target modules are known and none is an expert weight (None: unknown, assume
+    yes)."""
 
     return not target_modules or names_expert_weights(target_modules)
 
@@ -109,7 +110,8 @@ def chosen_cures(setting: str | None) -> list[str]:
 
 
 def register() -> list[str]:
-    """Install the CPU cures; returns the names installed (none on other platforms, versions or when disabled)."""
+    """Install the CPU cures; returns the names installed (none on other platforms, versions or when
+    disabled)."""
     wanted = chosen_cures(os.environ.get(DISABLE_ENV))
     if not wanted:
         return []

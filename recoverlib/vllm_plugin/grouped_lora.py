@@ -16,7 +16,8 @@ import torch
 
 
 def _groups(indices: torch.Tensor) -> list[tuple[int, torch.Tensor | None]]:
-    """``[(slot, token rows)]`` for each adapter slot present; rows ``None`` when one slot covers every token."""
+    """``[(slot, token rows)]`` for each adapter slot present; rows ``None`` when one slot covers every
+    token."""
     slots = torch.unique(indices)
     if slots.numel() == 1:
         return [(int(slots[0]), None)]
@@ -28,7 +29,9 @@ def _matrix(weights: torch.Tensor, slot: int, dtype: torch.dtype) -> torch.Tenso
     return (w.squeeze(0) if w.dim() == 3 else w).to(dtype)
 
 
-def shrink(x: torch.Tensor, weights: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, scale: float) -> None:
+def shrink(
+    x: torch.Tensor, weights: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, scale: float
+) -> None:
     """``y[t, :rank] = scale * x[t] @ A[slot(t)].T``; zero for tokens without an adapter."""
     rank = weights.shape[-2]
     out = y[:, :rank]
@@ -50,7 +53,8 @@ def shrink(x: torch.Tensor, weights: torch.Tensor, y: torch.Tensor, indices: tor
 
 def expand(x: torch.Tensor, weights: torch.Tensor, y: torch.Tensor, indices: torch.Tensor,
            offset: int, size: int | None, add: bool) -> None:
-    """``y[t, offset:offset+size] (+)= x[t] @ B[slot(t)].T``; tokens without an adapter get zero (nothing added)."""
+    """``y[t, offset:offset+size] (+)= x[t] @ B[slot(t)].T``; tokens without an adapter get zero (nothing
+    added)."""
     size = min(weights.shape[-2], y.shape[1] - offset) if size is None else size
     out = y[:, offset : offset + size]
     x = x.to(y.dtype)
@@ -99,9 +103,14 @@ def install(wrapper_cls) -> None:
             expand(x, w_t_all, y, self.token_lora_indices, y_offset, y_slice_size, add_inputs)
         return method
 
-    for name, make in (("_shrink_prefill", make_shrink), ("_shrink_decode", make_shrink),
-                       ("_expand_prefill", make_expand), ("_expand_decode", make_expand),
-                       ("_expand_slice_prefill", make_expand_slice), ("_expand_slice_decode", make_expand_slice)):
+    for name, make in (
+        ("_shrink_prefill", make_shrink),
+        ("_shrink_decode", make_shrink),
+        ("_expand_prefill", make_expand),
+        ("_expand_decode", make_expand),
+        ("_expand_slice_prefill", make_expand_slice),
+        ("_expand_slice_decode", make_expand_slice),
+    ):
         method = make(name)
         method.__wrapped__ = originals[name]
         method._recoverlib = True

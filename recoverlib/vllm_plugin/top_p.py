@@ -1,15 +1,16 @@
 """Top-p (nucleus) masking for vLLM's CPU sampler without sorting the whole vocabulary.
 
-vLLM's CPU sampler applies top-p by sorting every row of the logits (batch x vocab) at every decode step; on the
-tiny Mixtral at the default ``top_p=0.95`` that sort was about 40 % of the generation time. A language model's
-nucleus is usually a handful of tokens, so the cut can be found among the ``k`` most likely tokens of a row
-(``topk``, far cheaper than a sort), and only rows whose nucleus is wider than that are sorted as before.
+vLLM's CPU sampler applies top-p by sorting every row of the logits (batch x vocab) at every decode step; on
+the tiny Mixtral at the default ``top_p=0.95`` that sort was about 40 % of the generation time. A language
+model's nucleus is usually a handful of tokens, so the cut can be found among the ``k`` most likely tokens of
+a row (``topk``, far cheaper than a sort), and only rows whose nucleus is wider than that are sorted as
+before.
 
-Same tokens kept as vLLM's sort-based ``apply_top_k_top_p_pytorch``: a token is masked when the probability mass
-of the tokens more likely than it reaches ``p`` (the most likely token always stays). Two deliberate
-differences, both without effect on what can be sampled: exact ties at the cut are resolved by ``topk`` instead
-of by an unstable sort (either is arbitrary), and rows with ``p >= 1`` are left untouched where vLLM masks
-tokens whose probability underflows to zero.
+Same tokens kept as vLLM's sort-based ``apply_top_k_top_p_pytorch``: a token is masked when the probability
+mass of the tokens more likely than it reaches ``p`` (the most likely token always stays). Two deliberate
+differences, both without effect on what can be sampled: exact ties at the cut are resolved by ``topk``
+instead of by an unstable sort (either is arbitrary), and rows with ``p >= 1`` are left untouched where vLLM
+masks tokens whose probability underflows to zero.
 """
 
 from __future__ import annotations
@@ -67,12 +68,15 @@ def top_p_mask_(logits: torch.Tensor, p: torch.Tensor, sort_mask) -> torch.Tenso
 
 
 def make_apply_top_k_top_p(original, top_k_only):
-    """vLLM's ``apply_top_k_top_p(logits, k, p)`` with top-p by :func:`top_p_mask_` (top-k first, as vLLM does).
+    """vLLM's ``apply_top_k_top_p(logits, k, p)`` with top-p by :func:`top_p_mask_` (top-k first, as vLLM
+    does).
 
     ``original`` is vLLM's function (used when there is no top-p), ``top_k_only`` its sort-free top-k mask.
     """
 
-    def apply_top_k_top_p(logits: torch.Tensor, k: torch.Tensor | None, p: torch.Tensor | None) -> torch.Tensor:
+    def apply_top_k_top_p(
+        logits: torch.Tensor, k: torch.Tensor | None, p: torch.Tensor | None
+    ) -> torch.Tensor:
         if p is None:
             return original(logits, k, p)
         if k is not None:

@@ -1,5 +1,5 @@
-"""The ensemble-quality benchmark's --quick mode writes a well-formed table, plot, samples and combination files
-(quality is not checked: without a cached full model it trains a tiny one for a minute)."""
+"""The ensemble-quality benchmark's --quick mode writes a well-formed table, plot, samples and combination
+files (quality is not checked: without a cached full model it trains a tiny one for a minute)."""
 
 import json
 
@@ -13,12 +13,21 @@ pytest.importorskip("vllm", reason="vLLM is not installed")
 def test_quick_ensemble_quality_writes_results(tmp_path):
     from benchmarks.ensemble_quality import main
 
-    assert main(["--quick", "--levels", "1.0", "--out", str(tmp_path), "--cache", str(tmp_path / "cache")]) == 0
+    assert (
+        main(["--quick", "--levels", "1.0", "--out", str(tmp_path), "--cache", str(tmp_path / "cache")]) == 0
+    )
     frame = pd.read_csv(tmp_path / "ensemble_quality_quick.csv")
     assert set(frame["split"]) == {"validation", "test"} and set(frame["level"]) == {1.0}
     names = set(frame["strategy"])
-    for name in ("constant prompt", "base greedy", "tiny-a greedy", "tiny-b greedy", "tiny-a x2 sampled, concat",
-                 "all adapters greedy, concat", "all adapters x2 sampled, concat + constant"):
+    for name in (
+        "constant prompt",
+        "base greedy",
+        "tiny-a greedy",
+        "tiny-b greedy",
+        "tiny-a x2 sampled, concat",
+        "all adapters greedy, concat",
+        "all adapters x2 sampled, concat + constant",
+    ):
         assert name in names
     assert set(frame["embedder"]) == {"minilm", "minilm@t5like"}  # both geometries score the same samples
     assert (frame[frame["strategy"].str.endswith("(tuned)")].groupby("embedder").size() == 1).all()
@@ -33,7 +42,9 @@ def test_quick_ensemble_quality_writes_results(tmp_path):
         comb = pd.read_csv(tmp_path / name)
         assert comb["tuned"].sum() == 1 and "first" in set(comb["strategy"])
     # the anisotropic geometry raises every score of the same texts (cosines move toward 1)
-    plain, t5like = (frame[frame.embedder == e].set_index(["split", "strategy"]).score for e in ("minilm", "minilm@t5like"))
+    plain, t5like = (
+        frame[frame.embedder == e].set_index(["split", "strategy"]).score for e in ("minilm", "minilm@t5like")
+    )
     common = plain.index.intersection(t5like.index)  # the tuned row's name may differ between geometries
     assert len(common) > 10 and (t5like.loc[common] > plain.loc[common]).mean() > 0.9
     line = json.loads((tmp_path / "cache" / "samples-1.0" / "test.jsonl").read_text().splitlines()[0])

@@ -13,7 +13,12 @@ def test_quick_serving_benchmark_writes_results(tmp_path):
     argv = ["--quick", "--model", "random", "--out", str(tmp_path), "--cache", str(tmp_path / "tiny")]
     assert main(argv) == 0
     frame = pd.read_csv(tmp_path / "serving_quick.csv")
-    assert set(frame["engine"]) == {"vllm base only", "vllm dynamic", "vllm merged", "hf (transformers + PEFT)"}
+    assert set(frame["engine"]) == {
+        "vllm base only",
+        "vllm dynamic",
+        "vllm merged",
+        "hf (transformers + PEFT)",
+    }
     assert (frame["tok_per_s"] > 0).all() and frame["x_hf"].notna().all()
     assert (tmp_path / "serving_quick.png").stat().st_size > 1000
     md = (tmp_path / "serving_quick.md").read_text()

@@ -1,5 +1,6 @@
 """Base models without a chat template (Mixtral-8x7B-v0.1, Mistral-7B-v0.1 are published so): predict on both
-engines, train and GPTQ quantize through the command line, with one note that the plain recovery prompt is used."""
+engines, train and GPTQ quantize through the command line, with one note that the plain recovery prompt is
+used."""
 
 from __future__ import annotations
 
@@ -51,21 +52,59 @@ def test_predict_on_a_base_model(engine, base_model, tiny_adapters, sample_csv, 
     assert lines and {s["adapter"] for s in lines[0]["samples"]} == {None, "a"}
     code, _, err = _run(capsys, ["predict", "--engine", engine, "--template", "chat", "--model", base_model,
                                  "--input", sample_csv, "--out", tmp_path / "x.csv"])
-    assert code == 2 and err.strip().endswith("has no chat template (a base model?): use --template plain or auto")
+    assert code == 2 and err.strip().endswith(
+        "has no chat template (a base model?): use --template plain or auto"
+    )
 
 
 @pytest.mark.slow
-def test_train_on_a_base_model_and_serve_the_adapter_with_its_template(base_model, tiny_model, task, sample_csv,
-                                                                        tmp_path, capsys):
-    code, _, err = _run(capsys, ["train", "--model", base_model, "--train", task / "train.csv", "--epochs", "1",
-                                 "--score-rows", "0", "--batch-size", "8", "--lr", "1e-3", "--out", tmp_path / "ad"])
+def test_train_on_a_base_model_and_serve_the_adapter_with_its_template(
+    base_model, tiny_model, task, sample_csv, tmp_path, capsys
+):
+    code, _, err = _run(
+        capsys,
+        [
+            "train",
+            "--model",
+            base_model,
+            "--train",
+            task / "train.csv",
+            "--epochs",
+            "1",
+            "--score-rows",
+            "0",
+            "--batch-size",
+            "8",
+            "--lr",
+            "1e-3",
+            "--out",
+            tmp_path / "ad",
+        ],
+    )
     assert code == 0, err[-2000:]
     assert NOTE in err
     meta = json.loads((tmp_path / "ad" / "recoverlib_adapter.json").read_text())
     assert meta["template"] == "plain"
     # on a base that has a chat template the adapter is still served with the prompt it was trained on ...
-    argv = ["predict", "--engine", "hf", "--model", tiny_model, "--adapter", f"a={tmp_path / 'ad'}", "--samples", "1",
-            "--temperature", "0", "--max-new-tokens", "4", "--input", sample_csv, "--out", tmp_path / "sub.csv"]
+    argv = [
+        "predict",
+        "--engine",
+        "hf",
+        "--model",
+        tiny_model,
+        "--adapter",
+        f"a={tmp_path / 'ad'}",
+        "--samples",
+        "1",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "4",
+        "--input",
+        sample_csv,
+        "--out",
+        tmp_path / "sub.csv",
+    ]
     code, _, err = _run(capsys, argv)
     assert code == 0 and NOTE not in err, err[-2000:]
     # ... and asking for the other one is one line
@@ -75,6 +114,8 @@ def test_train_on_a_base_model_and_serve_the_adapter_with_its_template(base_mode
 
 @pytest.mark.slow
 def test_gptq_quantize_calibrates_a_base_model(base_model, tmp_path, capsys):
-    code, _, err = _run(capsys, ["quantize", "--model", base_model, "--plan", "gptq-attn8-exp4", "--out", tmp_path / "q"])
+    code, _, err = _run(
+        capsys, ["quantize", "--model", base_model, "--plan", "gptq-attn8-exp4", "--out", tmp_path / "q"]
+    )
     assert code == 0, err[-2000:]
     assert err.count(NOTE) == 1 and (tmp_path / "q" / "recoverlib_quant.json").is_file()

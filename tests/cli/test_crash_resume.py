@@ -36,11 +36,34 @@ def _wait_for_lines(path, n: int, proc, timeout: float = 600) -> None:
 @pytest.mark.slow
 def test_predict_killed_then_resumed_writes_the_same_bytes(tiny_model, tiny_adapters, sample_csv, tmp_path):
     rows = _rows_csv(sample_csv, tmp_path / "in.csv")
-    common = ["predict", "--engine", "hf", "--model", tiny_model, "--adapter", f"a={tiny_adapters['tiny-a']}",
-              "--input", tmp_path / "in.csv", "--samples", "2", "--max-new-tokens", "6", "--temperature", "1.0",
-              "--seed", "5", "--chunk-rows", "3", "--batch-size", "2"]
-    whole = subprocess.run(_cli(*common, "--out", tmp_path / "whole.csv", "--samples-file", tmp_path / "whole.jsonl"),
-                           capture_output=True, text=True)
+    common = [
+        "predict",
+        "--engine",
+        "hf",
+        "--model",
+        tiny_model,
+        "--adapter",
+        f"a={tiny_adapters['tiny-a']}",
+        "--input",
+        tmp_path / "in.csv",
+        "--samples",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--temperature",
+        "1.0",
+        "--seed",
+        "5",
+        "--chunk-rows",
+        "3",
+        "--batch-size",
+        "2",
+    ]
+    whole = subprocess.run(
+        _cli(*common, "--out", tmp_path / "whole.csv", "--samples-file", tmp_path / "whole.jsonl"),
+        capture_output=True,
+        text=True,
+    )
     assert whole.returncode == 0, whole.stderr[-2000:]
 
     part = tmp_path / "part.jsonl"
@@ -52,14 +75,18 @@ def test_predict_killed_then_resumed_writes_the_same_bytes(tiny_model, tiny_adap
     assert not (tmp_path / "part.csv").exists()  # the submission is written whole at the end, or not at all
     done = part.read_bytes()
     assert 4 <= done.count(b"\n") < rows
-    # Rows written before the kill are the uninterrupted run's; then tear the next line as a kill mid-write would.
+    # Rows written before the kill are the uninterrupted run's; then tear the next line as a kill mid-write
+    # would.
     whole_lines = (tmp_path / "whole.jsonl").read_bytes().splitlines(keepends=True)
     kept = done[: done.rfind(b"\n") + 1]
     k = kept.count(b"\n")
     assert kept == b"".join(whole_lines[:k])
     part.write_bytes(kept + whole_lines[k][: len(whole_lines[k]) // 2])
-    resumed = subprocess.run(_cli(*common, "--out", tmp_path / "part.csv", "--samples-file", part, "--resume"),
-                             capture_output=True, text=True)
+    resumed = subprocess.run(
+        _cli(*common, "--out", tmp_path / "part.csv", "--samples-file", part, "--resume"),
+        capture_output=True,
+        text=True,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "cut short by a crash" in resumed.stderr
     assert part.read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
@@ -70,8 +97,15 @@ def test_predict_killed_then_resumed_writes_the_same_bytes(tiny_model, tiny_adap
 def test_tune_killed_then_rerun_writes_the_same_bytes(tmp_path):
     from tests.combine.synth import make_split
 
-    make_split(tmp_path / "val.jsonl", tmp_path / "val.csv", rows=200, per_adapter=4, adapters=("a", "b", "c"),
-               agree=0.5, seed=1)
+    make_split(
+        tmp_path / "val.jsonl",
+        tmp_path / "val.csv",
+        rows=200,
+        per_adapter=4,
+        adapters=("a", "b", "c"),
+        agree=0.5,
+        seed=1,
+    )
     (tmp_path / "mean.txt").write_text("Rewrite the text in a different style.\n")
     common = ["tune", "--samples-file", tmp_path / "val.jsonl", "--truth", tmp_path / "val.csv", "--embedder",
               "minilm", "--mean-prompt", tmp_path / "mean.txt", "--bootstrap", "200", "--seed", "3"]

@@ -10,7 +10,9 @@ from recoverlib.cli import main
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "recoverlib.cli", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "recoverlib.cli", *map(str, args)], capture_output=True, text=True
+    )
 
 
 def _input_with_a_bad_row(sample_csv, tmp_path):
@@ -22,7 +24,9 @@ def _input_with_a_bad_row(sample_csv, tmp_path):
 
 
 @pytest.mark.parametrize("engine", ["hf", "vllm"])
-def test_predict_and_score_end_to_end(engine, tiny_model, tiny_adapters, sample_csv, sample_truth_csv, tmp_path):
+def test_predict_and_score_end_to_end(
+    engine, tiny_model, tiny_adapters, sample_csv, sample_truth_csv, tmp_path
+):
     if engine == "vllm":
         pytest.importorskip("vllm", reason="vLLM is not installed")
     inp, ids = _input_with_a_bad_row(sample_csv, tmp_path)
@@ -51,7 +55,18 @@ def _error_line(capsys, argv):
 
 
 def _predict(model, inp, *extra):
-    return ["predict", "--model", str(model), "--input", str(inp), "--out", "/tmp/never.csv", "--engine", "hf", *extra]
+    return [
+        "predict",
+        "--model",
+        str(model),
+        "--input",
+        str(inp),
+        "--out",
+        "/tmp/never.csv",
+        "--engine",
+        "hf",
+        *extra,
+    ]
 
 
 def test_missing_input_file(capsys, tiny_model, tmp_path):
@@ -88,7 +103,10 @@ def test_not_a_model_folder(capsys, tmp_path, sample_csv):
 def test_score_needs_every_truth_id(capsys, tmp_path, sample_truth_csv):
     preds = tmp_path / "p.csv"
     preds.write_text("id,rewrite_prompt\nr01,x\n")
-    line = _error_line(capsys, ["score", "--predictions", str(preds), "--truth", str(sample_truth_csv), "--embedder", "minilm"])
+    line = _error_line(
+        capsys,
+        ["score", "--predictions", str(preds), "--truth", str(sample_truth_csv), "--embedder", "minilm"],
+    )
     assert "no prediction for 11 id(s)" in line
 
 
@@ -101,11 +119,33 @@ def test_predict_with_a_tuned_combination_file(tiny_model, tiny_adapters, sample
     import json
 
     combo = tmp_path / "combo.json"
-    combo.write_text(json.dumps({"format": "recoverlib-combination/1", "combination": {"strategy": "medoid"}}))
+    combo.write_text(
+        json.dumps({"format": "recoverlib-combination/1", "combination": {"strategy": "medoid"}})
+    )
     out = tmp_path / "sub.csv"
-    res = run_cli("predict", "--model", tiny_model, "--adapter", f"a={tiny_adapters['tiny-a']}", "--samples", "3",
-                  "--max-new-tokens", "6", "--engine", "hf", "--input", sample_csv, "--out", out,
-                  "--combination", combo, "--embedder", "minilm", "--samples-file", tmp_path / "s.jsonl")
+    res = run_cli(
+        "predict",
+        "--model",
+        tiny_model,
+        "--adapter",
+        f"a={tiny_adapters['tiny-a']}",
+        "--samples",
+        "3",
+        "--max-new-tokens",
+        "6",
+        "--engine",
+        "hf",
+        "--input",
+        sample_csv,
+        "--out",
+        out,
+        "--combination",
+        combo,
+        "--embedder",
+        "minilm",
+        "--samples-file",
+        tmp_path / "s.jsonl",
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     sub = pd.read_csv(out, dtype=str, keep_default_na=False)
     samples = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
@@ -123,15 +163,17 @@ def test_bad_combination_file_is_one_line(capsys, tiny_model, sample_csv, tmp_pa
 
 def test_console_entry_exits_with_the_command_status(tmp_path):
     # `python -m recoverlib.cli` goes through run(), which ends the process without interpreter teardown.
-    res = run_cli("predict", "--model", tmp_path, "--input", tmp_path / "missing.csv", "--out", tmp_path / "o.csv")
+    res = run_cli(
+        "predict", "--model", tmp_path, "--input", tmp_path / "missing.csv", "--out", tmp_path / "o.csv"
+    )
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1].startswith("recoverlib: error: ")
 
 
 @pytest.mark.slow
 def test_two_bases_in_one_run_resume_across_bases(tiny_dir, sample_csv, tmp_path):
-    """Two base models served in turn through the CLI: every row combines both bases' samples, the samples file
-    records each sample's base, and a run cut after the first base resumes with the second only."""
+    """Two base models served in turn through the CLI: every row combines both bases' samples, the samples
+    file records each sample's base, and a run cut after the first base resumes with the second only."""
     import json
 
     from recoverlib.io import read_samples
@@ -141,10 +183,29 @@ def test_two_bases_in_one_run_resume_across_bases(tiny_dir, sample_csv, tmp_path
     inp = tmp_path / "in.csv"
     inp.write_text("\n".join(sample_csv.read_text().splitlines()[:4]) + "\n")
     samples, out = tmp_path / "s.jsonl", tmp_path / "sub.csv"
-    argv = ["predict", "--model", f"first={tiny_dir / 'model'}", "--model", f"second={other / 'model'}",
-            "--adapter", f"first:a={tiny_dir / 'adapters' / 'tiny-a'}",
-            "--adapter", f"second:x={other / 'adapters' / 'tiny-a'}", "--samples", "2", "--max-new-tokens", "4",
-            "--engine", "hf", "--input", inp, "--out", out, "--samples-file", samples]
+    argv = [
+        "predict",
+        "--model",
+        f"first={tiny_dir / 'model'}",
+        "--model",
+        f"second={other / 'model'}",
+        "--adapter",
+        f"first:a={tiny_dir / 'adapters' / 'tiny-a'}",
+        "--adapter",
+        f"second:x={other / 'adapters' / 'tiny-a'}",
+        "--samples",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--engine",
+        "hf",
+        "--input",
+        inp,
+        "--out",
+        out,
+        "--samples-file",
+        samples,
+    ]
     res = run_cli(*argv)
     assert res.returncode == 0, res.stderr[-2000:]
     lines = [json.loads(line) for line in samples.read_text().splitlines()]
@@ -152,7 +213,8 @@ def test_two_bases_in_one_run_resume_across_bases(tiny_dir, sample_csv, tmp_path
     got = read_samples(samples)
     assert {(s.base, s.adapter) for s in got[lines[0]["id"]]} == {("first", "a"), ("second", "x")}
     full = out.read_bytes()
-    samples.write_text("\n".join(samples.read_text().splitlines()[:3]) + "\n")  # as if killed after the first base
+    # as if killed after the first base
+    samples.write_text("\n".join(samples.read_text().splitlines()[:3]) + "\n")
     res = run_cli(*argv, "--resume")
     assert res.returncode == 0, res.stderr[-2000:]
     assert out.read_bytes() == full and len(samples.read_text().splitlines()) == 6

@@ -1,4 +1,5 @@
-"""One name per concept on every command, old names kept as warned aliases, and a flat API that loads nothing heavy."""
+"""One name per concept on every command, old names kept as warned aliases, and a flat API that loads nothing
+heavy."""
 
 import subprocess
 import sys
@@ -18,8 +19,17 @@ def test_every_command_names_its_output_out_and_its_samples_file_samples_file():
     for name, text in helps.items():
         for old in ("--output", "--save-samples", "--out-dir", "--quantize"):
             assert old not in text, f"{name} --help still shows {old}"
-    writers = ("predict", "make-tiny", "make-task", "train", "quantize", "optimize-prompt", "search-suffix", "tune",
-               "combine")
+    writers = (
+        "predict",
+        "make-tiny",
+        "make-task",
+        "train",
+        "quantize",
+        "optimize-prompt",
+        "search-suffix",
+        "tune",
+        "combine",
+    )
     assert all("--out" in helps[name] for name in writers)
     assert all("--samples-file" in helps[name] for name in ("predict", "search-suffix", "tune", "combine"))
     assert "--samples SAMPLES" in helps["predict"]  # a count, only where it is one
@@ -55,6 +65,18 @@ def test_every_public_name_resolves():
 
     missing = [n for n in recoverlib.__all__ if getattr(recoverlib, n, None) is None]
     assert not missing
-    for name in ("predict", "quantize", "inspect_checkpoint", "train_adapter", "write_task", "make_tiny", "tune",
-                 "optimize_prompt", "search_suffix", "combine_rows", "VLLMEngine", "HFEngine"):
+    for name in (
+        "predict",
+        "quantize",
+        "inspect_checkpoint",
+        "train_adapter",
+        "write_task",
+        "make_tiny",
+        "tune",
+        "optimize_prompt",
+        "search_suffix",
+        "combine_rows",
+        "VLLMEngine",
+        "HFEngine",
+    ):
         assert callable(getattr(recoverlib, name)), name

@@ -29,15 +29,37 @@ def test_errors_are_one_line(base, tmp_path, capsys):
     assert err.startswith("recoverlib: error: unknown plan 'nope'") and "\n" not in err
 
 
-def test_add_quant_commands_registers_both(base):
+def test_add_quant_commands_registers_quantize_convert_and_inspect(base):
     import argparse
 
-    from recoverlib.cli.quant import add_commands, cmd_inspect
+    from recoverlib.cli.quant import add_commands, cmd_convert, cmd_inspect, cmd_quantize
 
     parser = argparse.ArgumentParser()
     add_commands(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["inspect", str(base), "--json"])
     assert args.func is cmd_inspect and args.json
+    args = parser.parse_args(
+        [
+            "quantize",
+            "--model",
+            str(base),
+            "--plan",
+            "gptq-4",
+            "--out",
+            "q",
+            "--template",
+            "plain",
+            "--max-shard-size",
+            "1GB",
+        ]
+    )
+    assert args.func is cmd_quantize and (args.plan, args.template, args.max_shard_size) == (
+        "gptq-4",
+        "plain",
+        "1GB",
+    )
+    args = parser.parse_args(["convert", "--model", str(base), "--out", "c"])
+    assert args.func is cmd_convert and str(args.out) == "c"
 
 
 def test_quantizing_a_quantized_checkpoint_fails(quantized):
@@ -54,7 +76,10 @@ def test_inspect_json_parses_for_every_backend(preset, quantized):
     import subprocess
     import sys
 
-    res = subprocess.run([sys.executable, "-m", "recoverlib.cli", "inspect", str(quantized(preset).out), "--json"],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "recoverlib.cli", "inspect", str(quantized(preset).out), "--json"],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(res.stdout)["groups"]["experts"]["bits"] == 4

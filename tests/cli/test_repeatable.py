@@ -18,7 +18,22 @@ def tree_bytes(root) -> dict[str, bytes]:
 
 def test_make_task_repeats(tmp_path):
     for name in ("a", "b"):
-        assert main(["make-task", "--out", str(tmp_path / name), "--rows", "30", "--eval-rows", "5", "--seed", "3"]) == 0
+        assert (
+            main(
+                [
+                    "make-task",
+                    "--out",
+                    str(tmp_path / name),
+                    "--rows",
+                    "30",
+                    "--eval-rows",
+                    "5",
+                    "--seed",
+                    "3",
+                ]
+            )
+            == 0
+        )
     assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")
 
 
@@ -41,11 +56,46 @@ def saved_samples(sample_csv, sample_truth_csv, tmp_path):
 
 def test_tune_and_combine_repeat(saved_samples, sample_truth_csv, tmp_path):
     for name in ("a", "b"):
-        assert main(["tune", "--samples-file", str(saved_samples), "--truth", str(sample_truth_csv), "--embedder",
-                     "minilm", "--strategies", "first", "concat", "medoid", "--bootstrap", "50", "--seed", "1",
-                     "--out", str(tmp_path / f"{name}.json")]) == 0
-        assert main(["combine", "--samples-file", str(saved_samples), "--combination", str(tmp_path / f"{name}.json"),
-                     "--embedder", "minilm", "--out", str(tmp_path / f"{name}.csv")]) == 0
+        assert (
+            main(
+                [
+                    "tune",
+                    "--samples-file",
+                    str(saved_samples),
+                    "--truth",
+                    str(sample_truth_csv),
+                    "--embedder",
+                    "minilm",
+                    "--strategies",
+                    "first",
+                    "concat",
+                    "medoid",
+                    "--bootstrap",
+                    "50",
+                    "--seed",
+                    "1",
+                    "--out",
+                    str(tmp_path / f"{name}.json"),
+                ]
+            )
+            == 0
+        )
+        assert (
+            main(
+                [
+                    "combine",
+                    "--samples-file",
+                    str(saved_samples),
+                    "--combination",
+                    str(tmp_path / f"{name}.json"),
+                    "--embedder",
+                    "minilm",
+                    "--out",
+                    str(tmp_path / f"{name}.csv"),
+                ]
+            )
+            == 0
+        )
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
 
@@ -58,10 +108,34 @@ def test_predict_repeats(engine, tiny_model, tiny_adapters, sample_csv, tmp_path
         pytest.importorskip("vllm", reason="vLLM is not installed")
     outs = []
     for name in ("a", "b"):
-        cmd = [sys.executable, "-m", "recoverlib.cli", "predict", "--engine", engine, "--model", str(tiny_model),
-               "--adapter", f"a={tiny_adapters['tiny-a']}", "--adapter", f"b={tiny_adapters['tiny-b']}",
-               "--input", str(sample_csv), "--samples", "2", "--max-new-tokens", "6", "--temperature", "1.0",
-               "--seed", "9", "--out", str(tmp_path / f"{name}.csv"), "--samples-file", str(tmp_path / f"{name}.jsonl")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "recoverlib.cli",
+            "predict",
+            "--engine",
+            engine,
+            "--model",
+            str(tiny_model),
+            "--adapter",
+            f"a={tiny_adapters['tiny-a']}",
+            "--adapter",
+            f"b={tiny_adapters['tiny-b']}",
+            "--input",
+            str(sample_csv),
+            "--samples",
+            "2",
+            "--max-new-tokens",
+            "6",
+            "--temperature",
+            "1.0",
+            "--seed",
+            "9",
+            "--out",
+            str(tmp_path / f"{name}.csv"),
+            "--samples-file",
+            str(tmp_path / f"{name}.jsonl"),
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True)
         assert res.returncode == 0, res.stderr[-2000:]
         outs.append(((tmp_path / f"{name}.csv").read_bytes(), (tmp_path / f"{name}.jsonl").read_bytes()))

@@ -41,7 +41,9 @@ def test_short_drafts_untouched_and_empty_stays_empty(ctx):
 
 
 def test_drops_the_outlier_prediction_first_and_keeps_fixed_parts(ctx, scorer):
-    draft = Draft((Part(PIRATE), Part(PIRATE2), Part(POEM), Part("Please improve.", "mean"), Part("zz", "suffix")))
+    draft = Draft(
+        (Part(PIRATE), Part(PIRATE2), Part(POEM), Part("Please improve.", "mean"), Part("zz", "suffix"))
+    )
     limit = n_tokens(scorer, draft.text) - 2
     out = fit_budget(draft, rows_of(PIRATE, PIRATE2, PIRATE), ctx, limit)
     assert [p.text for p in out.parts] == [PIRATE, PIRATE2, "Please improve.", "zz"]

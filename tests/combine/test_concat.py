@@ -7,7 +7,10 @@ from .conftest import PIRATE, PIRATE2, SHORT, rows_of
 
 
 def test_drops_duplicates_and_empties_keeps_first_seen_order():
-    assert concat_predictions(["Make it short.", "", "make it  short.", "Add rhymes."]) == "Make it short. Add rhymes."
+    assert (
+        concat_predictions(["Make it short.", "", "make it  short.", "Add rhymes."])
+        == "Make it short. Add rhymes."
+    )
 
 
 def test_separator_and_max_parts():

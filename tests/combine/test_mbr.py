@@ -27,7 +27,10 @@ def test_candidates_cover_singles_chains_all_and_mean(ctx):
 def test_one_and_no_samples(ctx):
     assert combine(rows_of(POEM), MbrConfig(), ctx) == POEM
     assert combine([], MbrConfig(), ctx) == ""
-    assert combine(rows_of(""), MbrConfig(mean_prompt=MeanPromptConfig(text="Improve it.")), ctx) == "Improve it."
+    assert (
+        combine(rows_of(""), MbrConfig(mean_prompt=MeanPromptConfig(text="Improve it.")), ctx)
+        == "Improve it."
+    )
 
 
 def test_prior_weight_pulls_toward_the_mean_prompt(ctx):

@@ -29,9 +29,9 @@ def test_after_another_step_and_from_a_file(tmp_path):
     assert combine(rows_of("Be brief.", "Be loud."), cfg) == f"Be brief. {MEAN}"
 
 
-@pytest.mark.parametrize("kwargs,match", [({}, "exactly one"), ({"text": "x", "mode": "middle"}, "mode"),
-                                          ({"text": "x", "k": -1}, "k must"), ({"path": "/nope"}, "no such file"),
-                                          ({"text": "  "}, "empty")])
+@pytest.mark.parametrize("kwargs,match", [
+    ({}, "exactly one"), ({"text": "x", "mode": "middle"}, "mode"), ({"text": "x", "k": -1}, "k must"),
+    ({"path": "/nope"}, "no such file"), ({"text": "  "}, "empty")])
 def test_bad_configs(kwargs, match):
     with pytest.raises(RecoverlibError, match=match):
         MeanPromptConfig(**kwargs)

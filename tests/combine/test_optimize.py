@@ -36,7 +36,8 @@ def test_beam_search_on_a_hand_scored_toy():
 
 
 def test_screen_scores_only_its_shortlist_on_every_row():
-    # The screen ranks "make" and "text" first; only those two reach the full score, so "short" is never tried.
+    # The screen ranks "make" and "text" first; only those two reach the full score, so "short" is never
+    # tried.
     full_calls = []
 
     def score(texts):
@@ -93,7 +94,9 @@ def test_search_suffix_never_lowers_the_train_score(ctx):
 
 
 def test_optimize_prompt_cli(tmp_path, capsys, cli_scorer):
-    pd.DataFrame({"id": range(len(PROMPTS)), "rewrite_prompt": PROMPTS}).to_csv(tmp_path / "t.csv", index=False)
+    pd.DataFrame({"id": range(len(PROMPTS)), "rewrite_prompt": PROMPTS}).to_csv(
+        tmp_path / "t.csv", index=False
+    )
     out = tmp_path / "mean.txt"
     args = ["optimize-prompt", "--train", str(tmp_path / "t.csv"), "--embedder", "minilm", "--steps", "3",
             "--vocab-size", "10", "--seed", "1", "--out", str(out)]
@@ -106,9 +109,28 @@ def test_optimize_prompt_cli(tmp_path, capsys, cli_scorer):
 
 def test_search_suffix_cli(tmp_path, capsys, cli_scorer):
     make_split(tmp_path / "s.jsonl", tmp_path / "t.csv", rows=6, per_adapter=1, seed=0)
-    assert main(["search-suffix", "--samples-file", str(tmp_path / "s.jsonl"), "--truth", str(tmp_path / "t.csv"),
-                 "--embedder", "minilm", "--steps", "1", "--vocab-size", "5", "--rows", "4",
-                 "--out", str(tmp_path / "suffix.txt")]) == 0
+    assert (
+        main(
+            [
+                "search-suffix",
+                "--samples-file",
+                str(tmp_path / "s.jsonl"),
+                "--truth",
+                str(tmp_path / "t.csv"),
+                "--embedder",
+                "minilm",
+                "--steps",
+                "1",
+                "--vocab-size",
+                "5",
+                "--rows",
+                "4",
+                "--out",
+                str(tmp_path / "suffix.txt"),
+            ]
+        )
+        == 0
+    )
     assert "train (4 rows)" in capsys.readouterr().out and (tmp_path / "suffix.txt").read_text().strip()
 
 

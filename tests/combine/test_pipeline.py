@@ -52,7 +52,8 @@ def test_relative_paths_are_read_beside_the_file(tmp_path):
     ('{"strategy": "concat", "max_parts": true}', "max_parts"),
     ('{"strategy": "concat", "max_parts": 0}', "max_parts must be"),
     ('{"strategy": "pipeline", "steps": []}', "at least one step"),
-    ('{"strategy": "pipeline", "steps": [{"strategy": "pipeline", "steps": [{"strategy": "first"}]}]}', "pipeline"),
+    ('{"strategy": "pipeline", "steps": [{"strategy": "pipeline", "steps": [{"strategy": "first"}]}]}',
+     "pipeline"),
     ('{"strategy": "mbr", "mean_prompt": {"strategy": "suffix", "text": "x"}}', "mean_prompt"),
     ('{"strategy": "mean-prompt", "path": "missing.txt"}', "no such file"),
 ])

@@ -21,7 +21,8 @@ def test_after_a_selector_from_a_file(tmp_path, ctx):
     assert combine(rows_of(PIRATE), cfg, ctx) == f"{PIRATE} zz yy"
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"text": "a", "path": "b"}, {"text": "a", "repeat": 0}, {"path": "/no"}])
+@pytest.mark.parametrize("kwargs", [{}, {"text": "a", "path": "b"}, {"text": "a", "repeat": 0},
+                                    {"path": "/no"}])
 def test_bad_configs(kwargs):
     with pytest.raises(RecoverlibError, match="suffix"):
         SuffixConfig(**kwargs)

@@ -47,7 +47,9 @@ def test_scores_are_repeatable_and_paired_against_first(split, ctx):
     cands = [Candidate("mbr-4", MbrConfig()), Candidate("concat", default_candidates()[2].config)]
     one = score_candidates(samples, truth, cands, ctx, np.random.default_rng(3), 200, progress=False)
     two = score_candidates(samples, truth, cands, ctx, np.random.default_rng(3), 200, progress=False)
-    assert [(r.name, r.score, r.low, r.diff_high) for r in one] == [(r.name, r.score, r.low, r.diff_high) for r in two]
+    assert [(r.name, r.score, r.low, r.diff_high) for r in one] == [
+        (r.name, r.score, r.low, r.diff_high) for r in two
+    ]
     first = next(r for r in one if r.name == "first")
     assert first.diff == 0 and {r.name for r in one} == {"first", "mbr-4", "concat"}
     assert all(r.low <= r.score <= r.high and r.diff_low <= r.diff <= r.diff_high for r in one)
@@ -56,9 +58,25 @@ def test_scores_are_repeatable_and_paired_against_first(split, ctx):
 
 def test_tune_cli_writes_a_config_that_carries_to_another_split(split, tmp_path, capsys, cli_scorer):
     (tmp_path / "mean.txt").write_text("Rewrite the text.\n")
-    args = ["tune", "--samples-file", str(split / "val.jsonl"), "--truth", str(split / "val.csv"), "--embedder", "minilm",
-            "--strategies", "concat", "mbr-2", "mbr-4+mean?", "--mean-prompt", str(tmp_path / "mean.txt"),
-            "--bootstrap", "100", "--out", str(tmp_path / "best.json")]
+    args = [
+        "tune",
+        "--samples-file",
+        str(split / "val.jsonl"),
+        "--truth",
+        str(split / "val.csv"),
+        "--embedder",
+        "minilm",
+        "--strategies",
+        "concat",
+        "mbr-2",
+        "mbr-4+mean?",
+        "--mean-prompt",
+        str(tmp_path / "mean.txt"),
+        "--bootstrap",
+        "100",
+        "--out",
+        str(tmp_path / "best.json"),
+    ]
     assert main(args) == 0
     table = capsys.readouterr().out
     assert "best:" in table and "mbr-4+mean?" in table
@@ -66,11 +84,27 @@ def test_tune_cli_writes_a_config_that_carries_to_another_split(split, tmp_path,
     assert doc["info"]["name"] in table and doc["combination"]["strategy"]
     first = (tmp_path / "best.json").read_text()
     assert main([*args[:-1], str(tmp_path / "again.json")]) == 0
-    assert json.loads((tmp_path / "again.json").read_text())["combination"] == json.loads(first)["combination"]
+    assert (
+        json.loads((tmp_path / "again.json").read_text())["combination"] == json.loads(first)["combination"]
+    )
     load_combination(tmp_path / "best.json")
     out = tmp_path / "sub.csv"
-    assert main(["combine", "--samples-file", str(split / "test.jsonl"), "--combination", str(tmp_path / "best.json"),
-                 "--out", str(out), "--embedder", "minilm"]) == 0
+    assert (
+        main(
+            [
+                "combine",
+                "--samples-file",
+                str(split / "test.jsonl"),
+                "--combination",
+                str(tmp_path / "best.json"),
+                "--out",
+                str(out),
+                "--embedder",
+                "minilm",
+            ]
+        )
+        == 0
+    )
     assert list(read_truth(out)) == list(read_samples(split / "test.jsonl"))
 
 
@@ -89,8 +123,20 @@ def test_samples_without_truth_and_bad_combination_are_one_line(tmp_path, split,
                  "--out", str(tmp_path / "o.json")]) == 2
     assert "no truth" in capsys.readouterr().err
     (tmp_path / "c.json").write_text('{"strategy": "mbr", "max_parts": -1}')
-    assert main(["combine", "--samples-file", str(split / "test.jsonl"), "--combination", str(tmp_path / "c.json"),
-                 "--out", str(tmp_path / "o.csv")]) == 2
+    assert (
+        main(
+            [
+                "combine",
+                "--samples-file",
+                str(split / "test.jsonl"),
+                "--combination",
+                str(tmp_path / "c.json"),
+                "--out",
+                str(tmp_path / "o.csv"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "max_parts" in err and "\n" not in err
 

@@ -12,7 +12,9 @@ def rows(sample_csv):
 
 
 def render(engine, rows, prime=""):
-    return [RecoveryTemplate().render(engine.tokenizer, r.original_text, r.rewritten_text, prime) for r in rows]
+    return [
+        RecoveryTemplate().render(engine.tokenizer, r.original_text, r.rewritten_text, prime) for r in rows
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +25,9 @@ def experts_adapter(tiny_model, tmp_path_factory):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    cfg = LoraConfig(r=4, target_modules=["q_proj"], target_parameters=["mlp.experts.gate_up_proj"], lora_dropout=0.0)
+    cfg = LoraConfig(
+        r=4, target_modules=["q_proj"], target_parameters=["mlp.experts.gate_up_proj"], lora_dropout=0.0
+    )
     out = tmp_path_factory.mktemp("experts") / "experts"
     peft_model = get_peft_model(model, cfg)
     gen = torch.Generator().manual_seed(7)
@@ -37,7 +41,8 @@ def experts_adapter(tiny_model, tmp_path_factory):
 
 @pytest.fixture
 def fake_quantized(tiny_model, tmp_path):
-    """A copy of the tiny model whose config claims GPTQ 4-bit (enough for the refusals, which read the config)."""
+    """A copy of the tiny model whose config claims GPTQ 4-bit (enough for the refusals, which read the
+    config)."""
     import json
     import shutil
 

@@ -47,7 +47,11 @@ def test_request_seeds_are_distinct_and_stable():
     s = SamplingConfig(seed=1)
     seeds = {s.request_seed(i, a) for i in range(50) for a in range(4)}
     assert len(seeds) == 200
-    assert s.request_seed(3, 1) == SamplingConfig(seed=1).request_seed(3, 1) != SamplingConfig(seed=2).request_seed(3, 1)
+    assert (
+        s.request_seed(3, 1)
+        == SamplingConfig(seed=1).request_seed(3, 1)
+        != SamplingConfig(seed=2).request_seed(3, 1)
+    )
 
 
 @pytest.mark.parametrize("kwargs", [{"samples": 0}, {"temperature": -1}, {"top_p": 0}, {"max_new_tokens": 0}])

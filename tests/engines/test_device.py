@@ -15,7 +15,8 @@ A100 = Device(gpus=1, capability=(8, 0), memory_bytes=80 * 10**9, name="A100")
 
 @pytest.mark.parametrize(("device", "checkpoint", "expected"), [
     (CPU, "bfloat16", "bfloat16"),
-    (CPU, "float32", "bfloat16"),  # fp32 checkpoints are served in the device's preferred 16-bit dtype, as vLLM does
+    # fp32 checkpoints are served in the device's preferred 16-bit dtype, as vLLM does
+    (CPU, "float32", "bfloat16"),
     (CPU, None, "bfloat16"),
     (A100, "bfloat16", "bfloat16"),
     (A100, "float16", "float16"),
@@ -28,8 +29,11 @@ def test_auto_dtype(device, checkpoint, expected):
 
 
 def test_explicit_dtype_the_device_cannot_do_names_the_fix():
-    with pytest.raises(RecoverlibError, match=r"Tesla T4 \(compute capability 7.5\) cannot compute in bfloat16.*"
-                                              r"--dtype float16"):
+    with pytest.raises(
+        RecoverlibError,
+        match=r"Tesla T4 \(compute capability 7.5\) cannot compute in bfloat16.*"
+        r"--dtype float16",
+    ):
         resolve_dtype("bfloat16", T4X2)
     assert resolve_dtype("float32", T4X2) == "float32"
     with pytest.raises(RecoverlibError, match="choose one of auto"):
@@ -38,7 +42,9 @@ def test_explicit_dtype_the_device_cannot_do_names_the_fix():
 
 def test_tensor_parallel_beyond_the_gpus_is_refused():
     check_vllm_settings(EngineConfig(tensor_parallel_size=2), T4X2, 16)
-    with pytest.raises(RecoverlibError, match="needs 4 GPUs; this machine has 2: use --tensor-parallel-size 2"):
+    with pytest.raises(
+        RecoverlibError, match="needs 4 GPUs; this machine has 2: use --tensor-parallel-size 2"
+    ):
         check_vllm_settings(EngineConfig(tensor_parallel_size=4), T4X2, 16)
 
 

@@ -31,27 +31,35 @@ def test_seeded_sampling_repeats_and_leaves_global_rng_alone(engine, rows):
     first = engine.generate(prompts, s, ["tiny-a", None])
     assert torch.equal(state, torch.random.get_rng_state())
     assert first == engine.generate(prompts, s, ["tiny-a", None])
-    assert first != engine.generate(prompts, SamplingConfig(samples=2, temperature=1.0, max_new_tokens=8, seed=6), ["tiny-a", None])
+    assert first != engine.generate(
+        prompts, SamplingConfig(samples=2, temperature=1.0, max_new_tokens=8, seed=6), ["tiny-a", None]
+    )
     assert all(len(t) == 2 for t in first["tiny-a"])
 
 
 @pytest.mark.slow
 def test_greedy_agrees_with_vllm(tiny_model, tiny_adapters, rows):
-    """fp32 in both engines: adapters agree on every row. Differences left come from near-ties of random weights
-    (different kernels sum in different orders), so the bound: 3 of 4 rows identical, first token always equal."""
+    """fp32 in both engines: adapters agree on every row. Differences left come from near-ties of random
+    weights (different kernels sum in different orders), so the bound: 3 of 4 rows identical, first token
+    always equal."""
     pytest.importorskip("vllm", reason="vLLM is not installed")
     cfg = EngineConfig(dtype="float32", batch_size=6, lora_mode="dynamic")
     outs = {}
     for name in ("hf", "vllm"):
         with make_engine(name, tiny_model, tiny_adapters, cfg) as eng:
-            outs[name] = eng.generate(render(eng, rows), SamplingConfig(samples=1, temperature=0, max_new_tokens=16), ALL)
+            outs[name] = eng.generate(
+                render(eng, rows), SamplingConfig(samples=1, temperature=0, max_new_tokens=16), ALL
+            )
             tok = eng.tokenizer
     for adapter in ALL:
         pairs = list(zip(outs["hf"][adapter], outs["vllm"][adapter], strict=True))
         same = sum(h == v for h, v in pairs)
         assert same >= 0.75 * len(pairs), (adapter, pairs)
         for h, v in pairs:
-            assert tok(h[0], add_special_tokens=False)["input_ids"][:1] == tok(v[0], add_special_tokens=False)["input_ids"][:1]
+            assert (
+                tok(h[0], add_special_tokens=False)["input_ids"][:1]
+                == tok(v[0], add_special_tokens=False)["input_ids"][:1]
+            )
 
 
 def test_auto_merges_where_merging_is_exact(tiny_model, tiny_adapters, experts_adapter):

@@ -14,7 +14,9 @@ def test_estimates():
 
 def test_auto_picks_merged_for_big_jobs_and_dynamic_for_tiny_ones_with_restarts():
     assert choose_lora_mode("auto", LoraWorkload(100_000, 4), COSTS, True, None) == "merged"
-    assert choose_lora_mode("auto", LoraWorkload(1_000, 4, restart_adapters=4), COSTS, True, None) == "dynamic"
+    assert (
+        choose_lora_mode("auto", LoraWorkload(1_000, 4, restart_adapters=4), COSTS, True, None) == "dynamic"
+    )
 
 
 def test_auto_respects_what_is_possible():

@@ -1,4 +1,5 @@
-"""The serving memory planner: shape arithmetic, verdicts, the CLI, and agreement with vLLM on the tiny model."""
+"""The serving memory planner: shape arithmetic, verdicts, the CLI, and agreement with vLLM on the tiny
+model."""
 
 from __future__ import annotations
 
@@ -59,7 +60,11 @@ def test_lora_buffers_by_hand():
 
 def test_verdicts():
     small = plan_serving(MIXTRAL_8X7B, "gptq-4", ServingSetup(), Devices(count=1, memory_bytes=16 * 10**9))
-    assert not small.fits and small.verdict().startswith("does not fit") and "--tensor-parallel-size" in small.verdict()
+    assert (
+        not small.fits
+        and small.verdict().startswith("does not fit")
+        and "--tensor-parallel-size" in small.verdict()
+    )
     big = plan_serving(MIXTRAL_8X7B, "gptq-4", ServingSetup(max_model_len=4096), Devices(1, 80 * 10**9))
     assert big.fits and big.kv_tokens == big.kv_cache // big.kv_bytes_per_token
     assert big.verdict().startswith(f"fits: {big.kv_tokens:,} tokens")
@@ -81,14 +86,17 @@ def test_plan_command_kaggle(capsys):
 
 
 def test_plan_command_tiny_cpu(capsys, tiny_model):
-    code = main(["plan", str(tiny_model), "--plan", "bfloat16", "--kv-cache-gib", "1", "--max-model-len", "1024"])
+    code = main(
+        ["plan", str(tiny_model), "--plan", "bfloat16", "--kv-cache-gib", "1", "--max-model-len", "1024"]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "fits: 2,097,152 tokens" in out  # 1 GiB / (2 x 2 layers x 1 head x 64 x 2 bytes)
 
 
 @pytest.mark.slow
 def test_planner_agrees_with_vllm_on_the_tiny_model(tiny_model, tiny_adapters):
-    """Weights, LoRA stacks and KV tokens as vLLM holds them at tensor parallel 1, within 10% (measured: < 0.1%)."""
+    """Weights, LoRA stacks and KV tokens as vLLM holds them at tensor parallel 1, within 10% (measured: <
+    0.1%)."""
     pytest.importorskip("vllm", reason="vLLM is not installed")
     from benchmarks.serving_plan_check import compare
 

@@ -1,4 +1,5 @@
-"""Merged serving: the merge arithmetic against PEFT, the on-disk cache, and outputs that do not change with the mode."""
+"""Merged serving: the merge arithmetic against PEFT, the on-disk cache, and outputs that do not change with
+the mode."""
 
 import json
 import logging
@@ -30,7 +31,9 @@ def test_merge_from_tensors_equals_peft_merge_and_unload(tiny_model, tiny_adapte
         torch.testing.assert_close(tensor, peft[name], rtol=0, atol=1e-6)
 
 
-def test_cache_merges_once_and_again_when_the_adapter_changes(tiny_model, tiny_adapters, tmp_path, monkeypatch):
+def test_cache_merges_once_and_again_when_the_adapter_changes(
+    tiny_model, tiny_adapters, tmp_path, monkeypatch
+):
     import recoverlib.engines.merge as merge
 
     calls = []
@@ -53,7 +56,9 @@ def test_cache_merges_once_and_again_when_the_adapter_changes(tiny_model, tiny_a
 
 def test_merged_mode_is_refused_for_a_quantized_base(fake_quantized):
     pytest.importorskip("vllm", reason="vLLM is not installed")
-    with pytest.raises(RecoverlibError, match="lora mode merged: the base is quantized, so merging is not exact"):
+    with pytest.raises(
+        RecoverlibError, match="lora mode merged: the base is quantized, so merging is not exact"
+    ):
         make_engine("vllm", fake_quantized, {}, EngineConfig(lora_mode="merged"))
 
 
@@ -67,7 +72,8 @@ def _greedy(engine_name, model, adapters, mode, rows, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("engine_name", ["vllm", "hf"])
 def test_greedy_outputs_do_not_change_with_the_mode(engine_name, tiny_model, tiny_adapters, rows, tmp_path):
-    """fp32, so the only difference is merged (W + sBA) vs unmerged (Wx + sBAx) arithmetic: every row agrees."""
+    """fp32, so the only difference is merged (W + sBA) vs unmerged (Wx + sBAx) arithmetic: every row
+    agrees."""
     if engine_name == "vllm":
         pytest.importorskip("vllm", reason="vLLM is not installed")
     dynamic = _greedy(engine_name, tiny_model, tiny_adapters, "dynamic", rows, tmp_path)
@@ -92,9 +98,10 @@ def test_full_merge_of_an_experts_adapter_equals_peft(tiny_model, experts_adapte
 
 @pytest.mark.slow
 def test_experts_adapter_served_merged_by_vllm_on_cpu(tiny_model, experts_adapter, rows, tmp_path):
-    """vLLM serves it from a merged checkpoint (a fresh engine). Its CPU MoE kernel and transformers' differ in
-    summation order, and this adapter's large random expert weights make near-ties common, so the bound is loose:
-    half the rows identical to PEFT's, every row changed from the base (the merge itself is checked exactly above)."""
+    """vLLM serves it from a merged checkpoint (a fresh engine). Its CPU MoE kernel and transformers' differ
+    in summation order, and this adapter's large random expert weights make near-ties common, so the bound is
+    loose: half the rows identical to PEFT's, every row changed from the base (the merge itself is checked
+    exactly above)."""
     pytest.importorskip("vllm", reason="vLLM is not installed")
     adapters = {"experts": experts_adapter}
     reference = _greedy("hf", tiny_model, adapters, "dynamic", rows, tmp_path)
@@ -109,5 +116,7 @@ def test_auto_logs_its_choice(tiny_model, tiny_adapters, caplog):
     from recoverlib.engines.lora_mode import LoraCosts, LoraWorkload, choose_lora_mode
 
     with caplog.at_level(logging.INFO, logger="recoverlib"):
-        mode = choose_lora_mode("auto", LoraWorkload(100_000, 4), LoraCosts(), can_dynamic=True, can_merge=None)
+        mode = choose_lora_mode(
+            "auto", LoraWorkload(100_000, 4), LoraCosts(), can_dynamic=True, can_merge=None
+        )
     assert mode == "merged" and "lora mode auto -> merged" in caplog.text

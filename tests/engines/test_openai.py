@@ -1,6 +1,6 @@
-"""``recoverlib serve`` (vLLM's own OpenAI-compatible server, started here on 127.0.0.1) and ``--engine openai``
-against it: the same greedy predictions as the in-process engine, seeded samples that repeat, one-line refusals,
-and a server killed mid-run, then resumed, writing what a run that never stopped writes."""
+"""``recoverlib serve`` (vLLM's own OpenAI-compatible server, started here on 127.0.0.1) and ``--engine
+openai`` against it: the same greedy predictions as the in-process engine, seeded samples that repeat,
+one-line refusals, and a server killed mid-run, then resumed, writing what a run that never stopped writes."""
 
 from __future__ import annotations
 
@@ -32,14 +32,29 @@ def server(tiny_model, tiny_adapters, tmp_path_factory):
 
     adapters = {"a": tiny_adapters["tiny-a"], "b": tiny_adapters["tiny-b"]}
     log = tmp_path_factory.mktemp("server") / "server.log"
-    with VllmServer(tiny_model, adapters, EngineConfig(), ServeConfig(port=free_port(), api_key=KEY), log) as srv:
+    with VllmServer(
+        tiny_model, adapters, EngineConfig(), ServeConfig(port=free_port(), api_key=KEY), log
+    ) as srv:
         yield srv
 
 
 def _predict(capsys, model, adapters, out: Path, *extra) -> tuple[int, str]:
-    argv = ["predict", "--model", str(model), *[x for n, p in adapters.items() for x in ("--adapter", f"{n}={p}")],
-            "--max-new-tokens", "10", "--input", str(out.parent / "rows.csv"), "--out", str(out),
-            "--samples-file", str(out.with_suffix(".jsonl")), "--include-base", *map(str, extra)]
+    argv = [
+        "predict",
+        "--model",
+        str(model),
+        *[x for n, p in adapters.items() for x in ("--adapter", f"{n}={p}")],
+        "--max-new-tokens",
+        "10",
+        "--input",
+        str(out.parent / "rows.csv"),
+        "--out",
+        str(out),
+        "--samples-file",
+        str(out.with_suffix(".jsonl")),
+        "--include-base",
+        *map(str, extra),
+    ]
     code = main(argv)
     return code, capsys.readouterr().err
 
@@ -54,11 +69,24 @@ def _adapters(tiny_adapters):
     return {"a": tiny_adapters["tiny-a"], "b": tiny_adapters["tiny-b"]}
 
 
-def test_greedy_through_the_server_equals_the_in_process_engine(server, tiny_model, tiny_adapters, work, capsys):
+def test_greedy_through_the_server_equals_the_in_process_engine(
+    server, tiny_model, tiny_adapters, work, capsys
+):
     ad = _adapters(tiny_adapters)
     greedy = ("--samples", "1", "--temperature", "0")
-    code, err = _predict(capsys, tiny_model, ad, work / "server.csv", "--engine", "openai", "--server-url", server.url,
-                         "--api-key", KEY, *greedy)
+    code, err = _predict(
+        capsys,
+        tiny_model,
+        ad,
+        work / "server.csv",
+        "--engine",
+        "openai",
+        "--server-url",
+        server.url,
+        "--api-key",
+        KEY,
+        *greedy,
+    )
     assert code == 0, err[-2000:]
     code, err = _predict(capsys, tiny_model, ad, work / "local.csv", "--engine", "vllm", *greedy)
     assert code == 0, err[-2000:]
@@ -77,11 +105,25 @@ def test_seeded_sampling_through_the_server_repeats(server, tiny_model, tiny_ada
     assert len(lines) == 12 and '"adapter": "a"' in lines[0] and '"adapter": null' in lines[0]
 
 
-def test_a_model_name_without_a_folder_here_uses_the_servers_tokenizer(server, tiny_model, tiny_adapters, work, capsys):
+def test_a_model_name_without_a_folder_here_uses_the_servers_tokenizer(
+    server, tiny_model, tiny_adapters, work, capsys
+):
     ad = _adapters(tiny_adapters)
-    greedy = ("--engine", "openai", "--server-url", server.url, "--api-key", KEY, "--samples", "1", "--temperature", "0")
+    greedy = (
+        "--engine",
+        "openai",
+        "--server-url",
+        server.url,
+        "--api-key",
+        KEY,
+        "--samples",
+        "1",
+        "--temperature",
+        "0",
+    )
     assert _predict(capsys, tiny_model, ad, work / "folder.csv", *greedy)[0] == 0
-    # by name: the adapters are the server's (no folder here: no prime, no recorded template); the tokenizer remote
+    # by name: the adapters are the server's (no folder here: no prime, no recorded template); the tokenizer
+    # remote
     code, err = _predict(capsys, f"{tiny_model}-not-here", {"a": "a"}, work / "remote.csv", *greedy)
     assert code == 0, err[-2000:]
     folder = [line for line in (work / "folder.jsonl").read_text().splitlines()]
@@ -100,8 +142,21 @@ def _texts(line: str, adapter):
     (("--api-key", "wrong"), "refused the API key (401 on /v1/models): give the right one with --api-key"),
 ])
 def test_refusals_before_any_row(server, tiny_model, work, capsys, extra, message):
-    argv = ["predict", "--engine", "openai", "--server-url", server.url, "--model", str(tiny_model),
-            "--input", str(work / "rows.csv"), "--out", str(work / "x.csv"), "--samples-file", str(work / "x.jsonl")]
+    argv = [
+        "predict",
+        "--engine",
+        "openai",
+        "--server-url",
+        server.url,
+        "--model",
+        str(tiny_model),
+        "--input",
+        str(work / "rows.csv"),
+        "--out",
+        str(work / "x.csv"),
+        "--samples-file",
+        str(work / "x.jsonl"),
+    ]
     if "--api-key" not in extra:
         argv += ["--api-key", KEY]
     assert main([*argv, *extra]) == 2
@@ -112,11 +167,26 @@ def test_refusals_before_any_row(server, tiny_model, work, capsys, extra, messag
 
 def test_an_unreachable_server_is_one_line(tiny_model, work, capsys):
     url = f"http://127.0.0.1:{free_port()}"
-    argv = ["predict", "--engine", "openai", "--server-url", url, "--retries", "1", "--model", str(tiny_model),
-            "--input", str(work / "rows.csv"), "--out", str(work / "x.csv")]
+    argv = [
+        "predict",
+        "--engine",
+        "openai",
+        "--server-url",
+        url,
+        "--retries",
+        "1",
+        "--model",
+        str(tiny_model),
+        "--input",
+        str(work / "rows.csv"),
+        "--out",
+        str(work / "x.csv"),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith(f"recoverlib: error: the server at {url} does not answer /v1/models (ConnectionError")
+    assert err[-1].startswith(
+        f"recoverlib: error: the server at {url} does not answer /v1/models (ConnectionError"
+    )
 
 
 def _serve_cli(model, adapters, port: int, log: Path) -> subprocess.Popen:
@@ -134,13 +204,35 @@ def test_the_server_killed_mid_run_then_resumed(tiny_model, tiny_adapters, sampl
     rows["id"] = [f"row{i:03d}" for i in range(len(rows))]
     rows.to_csv(tmp_path / "rows.csv", index=False)
     port = free_port()
-    argv = [sys.executable, "-m", "recoverlib.cli", "predict", "--engine", "openai", "--server-url",
-            f"http://127.0.0.1:{port}", "--retries", "2", "--model", str(tiny_model),
-            *[x for n, p in ad.items() for x in ("--adapter", f"{n}={p}")], "--samples", "3", "--max-new-tokens",
-            "24", "--chunk-rows", "2", "--input", str(tmp_path / "rows.csv")]
+    argv = [
+        sys.executable,
+        "-m",
+        "recoverlib.cli",
+        "predict",
+        "--engine",
+        "openai",
+        "--server-url",
+        f"http://127.0.0.1:{port}",
+        "--retries",
+        "2",
+        "--model",
+        str(tiny_model),
+        *[x for n, p in ad.items() for x in ("--adapter", f"{n}={p}")],
+        "--samples",
+        "3",
+        "--max-new-tokens",
+        "24",
+        "--chunk-rows",
+        "2",
+        "--input",
+        str(tmp_path / "rows.csv"),
+    ]
     server = _serve_cli(tiny_model, ad, port, tmp_path / "server.log")
-    whole = subprocess.run([*argv, "--out", str(tmp_path / "whole.csv"), "--samples-file", str(tmp_path / "whole.jsonl")],
-                           capture_output=True, text=True)
+    whole = subprocess.run(
+        [*argv, "--out", str(tmp_path / "whole.csv"), "--samples-file", str(tmp_path / "whole.jsonl")],
+        capture_output=True,
+        text=True,
+    )
     assert whole.returncode == 0, whole.stderr[-2000:]
     samples = tmp_path / "cut.jsonl"
     run = subprocess.Popen([*argv, "--out", str(tmp_path / "cut.csv"), "--samples-file", str(samples)],
@@ -152,8 +244,13 @@ def test_the_server_killed_mid_run_then_resumed(tiny_model, tiny_adapters, sampl
         os.kill(pid, signal.SIGKILL)
     err = run.communicate(timeout=120)[1]
     assert run.returncode == 2 and "Traceback" not in err, err[-2000:]
-    assert err.strip().splitlines()[-1].startswith(f"recoverlib: error: the server at http://127.0.0.1:{port} does"
-                                                   " not answer /v1/completions")
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"recoverlib: error: the server at http://127.0.0.1:{port} does not answer /v1/completions"
+        )
+    )
     kept = samples.read_text().count("\n")
     assert 4 <= kept < 40 and not (tmp_path / "cut.csv").exists()
     server = _serve_cli(tiny_model, ad, port, tmp_path / "server.log")  # back

@@ -29,7 +29,8 @@ def test_adapters_mixed_in_one_call_each_differs_from_base(engine, rows):
 
 
 def test_mixed_batch_equals_separate_calls(engine, rows):
-    """Base requests batched with adapter requests get no adapter (the plugin's mask; vLLM picked the last slot)."""
+    """Base requests batched with adapter requests get no adapter (the plugin's mask; vLLM picked the last
+    slot)."""
     prompts = render(engine, rows)
     mixed = engine.generate(prompts, GREEDY, ALL)
     for adapter in ALL:
@@ -40,14 +41,18 @@ def test_same_seed_repeats_other_seed_differs(engine, rows):
     prompts = render(engine, rows)
     s1 = SamplingConfig(samples=3, temperature=1.0, max_new_tokens=10, seed=11)
     first, again = engine.generate(prompts, s1, ALL), engine.generate(prompts, s1, ALL)
-    other = engine.generate(prompts, SamplingConfig(samples=3, temperature=1.0, max_new_tokens=10, seed=12), ALL)
+    other = engine.generate(
+        prompts, SamplingConfig(samples=3, temperature=1.0, max_new_tokens=10, seed=12), ALL
+    )
     assert first == again
     assert first != other
 
 
 def test_n_samples_per_row_and_prompts_per_adapter(engine, rows):
     prompts = {"tiny-a": render(engine, rows), "tiny-b": render(engine, rows, prime="Rewrite")}
-    out = engine.generate(prompts, SamplingConfig(samples=4, temperature=1.0, max_new_tokens=8), ["tiny-a", "tiny-b"])
+    out = engine.generate(
+        prompts, SamplingConfig(samples=4, temperature=1.0, max_new_tokens=8), ["tiny-a", "tiny-b"]
+    )
     assert all(len(texts) == 4 for texts in out["tiny-a"] + out["tiny-b"])
     assert any(len(set(texts)) > 1 for texts in out["tiny-a"])  # samples, not copies
 

@@ -1,10 +1,11 @@
 """A GPTQ checkpoint from ``recoverlib quantize`` served by vLLM: loaded by vLLM's own ``LLM(path)`` with
-recoverlib's plugin off, two adapters mixed with base requests through ``VLLMEngine``, and (trained tiny model)
-greedy predictions that agree with the HF engine on the same checkpoint.
+recoverlib's plugin off, two adapters mixed with base requests through ``VLLMEngine``, and (trained tiny
+model) greedy predictions that agree with the HF engine on the same checkpoint.
 
 Which plans run here is decided by the same rule ``predict`` uses (:mod:`recoverlib.engines.vllm_support`): a
-GPTQ checkpoint whose experts are 16-bit needs vLLM's int4 GEMM (AVX-512 CPUs, GPUs); ``gptq-4`` also needs its
-int4 MoE kernel (AMX CPUs, GPUs). Elsewhere these tests skip with that reason; where the kernels exist they must pass.
+GPTQ checkpoint whose experts are 16-bit needs vLLM's int4 GEMM (AVX-512 CPUs, GPUs); ``gptq-4`` also needs
+its int4 MoE kernel (AMX CPUs, GPUs). Elsewhere these tests skip with that reason; where the kernels exist
+they must pass.
 """
 
 from __future__ import annotations
@@ -78,8 +79,13 @@ def test_vllm_loads_the_checkpoint_as_written(name, kernels, gptq_dir):
     servable(name, kernels)
     folder = gptq_dir(name)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    res = subprocess.run([sys.executable, "-c", LOAD_WITH_VLLM_ALONE, str(folder)], capture_output=True, text=True,
-                         env=env, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-c", LOAD_WITH_VLLM_ALONE, str(folder)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     got = json.loads(res.stdout.split("TOKENS", 1)[1])
     assert len(got["tokens"]) == 6
@@ -111,9 +117,27 @@ def test_predict_through_vllm_on_the_gptq_base(name, kernels, gptq_dir, tiny_ada
 
     servable(name, kernels)
     out = tmp_path / "sub.csv"
-    argv = ["predict", "--engine", "vllm", "--model", str(gptq_dir(name)), "--adapter", f"a={tiny_adapters['tiny-a']}",
-            "--adapter", f"b={tiny_adapters['tiny-b']}", "--samples", "2", "--max-new-tokens", "8",
-            "--input", str(sample_csv), "--out", str(out), "--samples-file", str(tmp_path / "s.jsonl")]
+    argv = [
+        "predict",
+        "--engine",
+        "vllm",
+        "--model",
+        str(gptq_dir(name)),
+        "--adapter",
+        f"a={tiny_adapters['tiny-a']}",
+        "--adapter",
+        f"b={tiny_adapters['tiny-b']}",
+        "--samples",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--input",
+        str(sample_csv),
+        "--out",
+        str(out),
+        "--samples-file",
+        str(tmp_path / "s.jsonl"),
+    ]
     assert main(argv) == 0
     lines = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
     assert lines and all({s["adapter"] for s in line["samples"]} == {"a", "b"} for line in lines)
@@ -137,9 +161,9 @@ def test_vllm_refuses_what_this_machine_cannot_run(kernels, fake_quantized):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(PLANS))
 def test_greedy_predictions_agree_with_the_hf_engine(name, kernels, tmp_path_factory):
-    """The trained tiny model and its two adapters, quantized; vLLM and the HF engine (GPTQModel's torch kernel)
-    on the same checkpoint, greedy, on validation rows: they agree on most rows (bf16 near-ties and the two
-    engines' different int4 kernels and reduction orders decide the rest)."""
+    """The trained tiny model and its two adapters, quantized; vLLM and the HF engine (GPTQModel's torch
+    kernel) on the same checkpoint, greedy, on validation rows: they agree on most rows (bf16 near-ties and
+    the two engines' different int4 kernels and reduction orders decide the rest)."""
     from recoverlib.io import read_rows
     from recoverlib.pipeline import PredictConfig, predict_rows
     from recoverlib.quant.api import quantize

@@ -1,10 +1,10 @@
-"""VLLMEngine's decisions off CPU: the pure plan (:func:`plan_vllm`) called directly, and the engine carrying it out
-with a faked device and engine start (no GPU here).
+"""VLLMEngine's decisions off CPU: the pure plan (:func:`plan_vllm`) called directly, and the engine carrying
+it out with a faked device and engine start (no GPU here).
 
-The bug (issue 13, item 4): on a GPU ``--lora-mode auto`` chose ``merged`` for an adapter with LoRA on the fused
-expert parameters, and the first generate raised inside merging it from tensors. The shared rule
-(:func:`recoverlib.adapters.swap_merge_problem`) now sends such an adapter to a whole merged checkpoint in a fresh
-engine on every platform.
+The bug (issue 13, item 4): on a GPU ``--lora-mode auto`` chose ``merged`` for an adapter with LoRA on the
+fused expert parameters, and the first generate raised inside merging it from tensors. The shared rule
+(:func:`recoverlib.adapters.swap_merge_problem`) now sends such an adapter to a whole merged checkpoint in a
+fresh engine on every platform.
 """
 
 from __future__ import annotations
@@ -50,13 +50,17 @@ def on_gpu(monkeypatch):
 
 
 @pytest.mark.parametrize("mode", ["auto", "merged"])
-def test_experts_adapter_on_gpu_is_served_from_a_merged_checkpoint(on_gpu, tiny_model, experts_adapter, tmp_path, mode):
+def test_experts_adapter_on_gpu_is_served_from_a_merged_checkpoint(
+    on_gpu, tiny_model, experts_adapter, tmp_path, mode
+):
     config = EngineConfig(lora_mode=mode, dtype="float32", merge_cache=str(tmp_path / "merged"))
     engine = vllm_engine.VLLMEngine(tiny_model, {"experts": experts_adapter}, config)
     assert not engine.device.is_cpu
     assert engine.lora_mode == "merged"  # a large job makes auto pick merged (the case that crashed) ...
-    assert plan_vllm(EngineConfig(lora_mode="dynamic"), GPU, engine.adapters, ModelFacts(tiny_model)).lora_mode == \
-        "dynamic"  # ... where vLLM on a GPU could serve expert LoRA dynamically
+    assert (
+        plan_vllm(EngineConfig(lora_mode="dynamic"), GPU, engine.adapters, ModelFacts(tiny_model)).lora_mode
+        == "dynamic"
+    )  # ... where vLLM on a GPU could serve expert LoRA dynamically
     assert engine.setup.restart_adapters == {"experts"}
     with engine._serving("experts"):
         served = engine._llm.path
@@ -72,7 +76,8 @@ def test_attention_adapter_on_gpu_is_swapped_not_restarted(on_gpu, tiny_model, t
 
 
 def test_small_job_with_experts_adapter_on_gpu_goes_dynamic(on_gpu, tiny_model, experts_adapter, tmp_path):
-    """Where a restart costs more than LoRA's slowdown, auto serves the experts adapter as LoRA (vLLM can, on GPU)."""
+    """Where a restart costs more than LoRA's slowdown, auto serves the experts adapter as LoRA (vLLM can, on
+    GPU)."""
     config = EngineConfig(lora_mode="auto", expected_new_tokens=1000, merge_cache=str(tmp_path))
     engine = vllm_engine.VLLMEngine(tiny_model, {"experts": experts_adapter}, config)
     assert engine.lora_mode == "dynamic"
@@ -95,8 +100,13 @@ def test_kaggle_preset_reaches_vllm(tiny_model, tiny_adapters):
     setup = plan_vllm(config, T4X2, adapters, ModelFacts(tiny_model, native_max_len=1024))
     assert setup.dtype == "float16"  # the preset's; auto would give the same on a T4
     kwargs = setup.llm_kwargs
-    assert (kwargs["tensor_parallel_size"], kwargs["gpu_memory_utilization"], kwargs["disable_custom_all_reduce"],
-            kwargs["enforce_eager"], kwargs["max_num_batched_tokens"]) == (2, 0.95, True, True, 1024)
+    assert (
+        kwargs["tensor_parallel_size"],
+        kwargs["gpu_memory_utilization"],
+        kwargs["disable_custom_all_reduce"],
+        kwargs["enforce_eager"],
+        kwargs["max_num_batched_tokens"],
+    ) == (2, 0.95, True, True, 1024)
     assert (kwargs["max_loras"], kwargs["max_cpu_loras"]) == (2, 3)  # two resident, all three in CPU memory
     assert setup.env == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} and not setup.separate_base
 

@@ -1,4 +1,5 @@
-"""VLLMEngine's decisions as a pure function of (settings, device, adapters, model): tests call it directly."""
+"""VLLMEngine's decisions as a pure function of (settings, device, adapters, model): tests call it
+directly."""
 
 from __future__ import annotations
 
@@ -20,12 +21,21 @@ def adapters(tiny_model, tiny_adapters):
 
 
 def test_cpu_defaults(tiny_model, adapters):
-    setup = plan_vllm(EngineConfig(lora_mode="dynamic"), CPU, adapters, ModelFacts(tiny_model, native_max_len=1024),
-                      BOTH, cores=(0, 1))
+    setup = plan_vllm(
+        EngineConfig(lora_mode="dynamic"),
+        CPU,
+        adapters,
+        ModelFacts(tiny_model, native_max_len=1024),
+        BOTH,
+        cores=(0, 1),
+    )
     kw = setup.llm_kwargs
     assert (setup.lora_mode, setup.dtype, setup.max_model_len) == ("dynamic", "bfloat16", 1024)
-    assert kw["enable_lora"] and kw["max_lora_rank"] == 16 and kw["lora_target_modules"] == ["k_proj", "o_proj",
-                                                                                           "q_proj", "v_proj"]
+    assert (
+        kw["enable_lora"]
+        and kw["max_lora_rank"] == 16
+        and kw["lora_target_modules"] == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    )
     assert (kw["max_num_seqs"], kw["max_num_batched_tokens"], kw["enforce_eager"]) == (2048, 65536, True)
     assert kw["enable_chunked_prefill"] is False  # seeded sampling on a CPU generator
     assert setup.env == {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
@@ -33,14 +43,18 @@ def test_cpu_defaults(tiny_model, adapters):
 
 
 def test_without_the_grouped_lora_cure_base_requests_are_batched_apart(tiny_model, adapters):
-    setup = plan_vllm(EngineConfig(lora_mode="dynamic"), CPU, adapters, ModelFacts(tiny_model), frozenset({MOE_CURE}))
+    setup = plan_vllm(
+        EngineConfig(lora_mode="dynamic"), CPU, adapters, ModelFacts(tiny_model), frozenset({MOE_CURE})
+    )
     assert setup.separate_base
     no_adapters = plan_vllm(EngineConfig(), CPU, {}, ModelFacts(tiny_model), frozenset({MOE_CURE}))
     assert not no_adapters.separate_base and "enable_lora" not in no_adapters.llm_kwargs
 
 
 def test_lora_on_a_moe_model_without_the_moe_kernel_cure_is_one_line(tiny_model, adapters):
-    with pytest.raises(RecoverlibError, match="Triton MoE kernel .*RECOVERLIB_VLLM_PLUGIN=0.*--lora-mode merged"):
+    with pytest.raises(
+        RecoverlibError, match="Triton MoE kernel .*RECOVERLIB_VLLM_PLUGIN=0.*--lora-mode merged"
+    ):
         plan_vllm(EngineConfig(lora_mode="dynamic"), CPU, adapters, ModelFacts(tiny_model), frozenset())
     merged = plan_vllm(EngineConfig(lora_mode="merged"), CPU, adapters, ModelFacts(tiny_model), frozenset())
     assert merged.lora_mode == "merged" and "enable_lora" not in merged.llm_kwargs
@@ -48,9 +62,13 @@ def test_lora_on_a_moe_model_without_the_moe_kernel_cure_is_one_line(tiny_model,
 
 def test_refusals_before_any_engine(tiny_model, adapters):
     with pytest.raises(RecoverlibError, match="lora mode merged: the base is quantized"):
-        plan_vllm(EngineConfig(lora_mode="merged"), CPU, adapters, ModelFacts(tiny_model, quantized=True), BOTH)
+        plan_vllm(
+            EngineConfig(lora_mode="merged"), CPU, adapters, ModelFacts(tiny_model, quantized=True), BOTH
+        )
     with pytest.raises(RecoverlibError, match=r"exceeds the engine's max_lora_rank 8: tiny-c \(r=16\)"):
-        plan_vllm(EngineConfig(lora_mode="dynamic", max_lora_rank=8), CPU, adapters, ModelFacts(tiny_model), BOTH)
+        plan_vllm(
+            EngineConfig(lora_mode="dynamic", max_lora_rank=8), CPU, adapters, ModelFacts(tiny_model), BOTH
+        )
     with pytest.raises(RecoverlibError, match="has 2: use --tensor-parallel-size 2"):
         plan_vllm(EngineConfig(tensor_parallel_size=3), CPU, {}, ModelFacts(tiny_model), BOTH, cores=(0, 1))
     assert lora_rank_slot(2) == 8 and lora_rank_slot(16) == 16
@@ -59,5 +77,10 @@ def test_refusals_before_any_engine(tiny_model, adapters):
 
 
 def test_cpu_tensor_parallel_binds_ranks_to_cores(tiny_model):
-    setup = plan_vllm(EngineConfig(tensor_parallel_size=2), CPU, {}, ModelFacts(tiny_model), BOTH, cores=(1, 0))
-    assert setup.env["VLLM_CPU_OMP_THREADS_BIND"] == "0|1" and setup.llm_kwargs["distributed_executor_backend"] == "mp"
+    setup = plan_vllm(
+        EngineConfig(tensor_parallel_size=2), CPU, {}, ModelFacts(tiny_model), BOTH, cores=(1, 0)
+    )
+    assert (
+        setup.env["VLLM_CPU_OMP_THREADS_BIND"] == "0|1"
+        and setup.llm_kwargs["distributed_executor_backend"] == "mp"
+    )

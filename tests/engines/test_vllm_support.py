@@ -1,4 +1,5 @@
-"""Whether vLLM can serve a checkpoint here: the pure rule over (checkpoint, machine), and the machine probe."""
+"""Whether vLLM can serve a checkpoint here: the pure rule over (checkpoint, machine), and the machine
+probe."""
 
 from __future__ import annotations
 
@@ -32,15 +33,18 @@ def gptq(**bits) -> ServedWeights:
     (ServedWeights("M"), AVX2, None),  # 16-bit: any vLLM
     (gptq(attention=4, experts=4), AMX, None),
     (gptq(attention=4, experts=4), GPU, None),
-    (gptq(attention=4, experts=4), ZEN4, "int4 MoE kernel on CPU needs AMX, .*AMD EPYC, avx2, avx512f, avx512_bf16"),
-    (gptq(attention=4, experts=4), AVX2, "int4 linear kernel on CPU needs AVX-512 .*AMD EPYC, avx2.*--engine hf"),
+    (gptq(attention=4, experts=4), ZEN4, "int4 MoE kernel on CPU needs AMX, .*AMD EPYC, avx2, avx512f, "
+                                         "avx512_bf16"),
+    (gptq(attention=4, experts=4), AVX2, "int4 linear kernel on CPU needs AVX-512 .*AMD EPYC, "
+                                         "avx2.*--engine hf"),
     (gptq(attention=4), ZEN4, None),  # experts 16-bit: only the int4 GEMM is needed
     (gptq(experts=4), AVX2, "int4 MoE kernel"),
     (gptq(attention=8, experts=4), AMX, "take 4-bit weights only \\(attention is 8-bit\\).*or a GPU"),
     (gptq(attention=8, experts=4), GPU, None),
     (gptq(attention=4, experts=4, router=4), GPU, "quantized router; vLLM's Mixtral router is always 16-bit"),
     (ServedWeights("Q", "gptq", {"attention": 4}, "split"), GPU, "recoverlib convert --model Q --out NEW"),
-    (ServedWeights("Q", "bnb", {"attention": 4}, None), GPU, "bnb checkpoint: vLLM 0.32 has no bitsandbytes.*--engine hf"),
+    (ServedWeights("Q", "bnb", {"attention": 4}, None), GPU, "bnb checkpoint: vLLM 0.32 has no "
+                                                             "bitsandbytes.*--engine hf"),
     (ServedWeights("Q", "hqq", {"attention": 4}, None), AMX, "no HQQ.*--engine hf"),
 ])
 def test_the_rule(weights, kernels, want):
@@ -63,7 +67,10 @@ def test_group_bits_read_back_from_the_dynamic_rules_recoverlib_writes(preset):
 
 def test_a_published_gptq_config_without_dynamic_rules():
     assert gptq_group_bits({"quant_method": "gptq", "bits": 4}) == {"attention": 4, "experts": 4}
-    assert gptq_group_bits({"bits": 4, "lm_head": True, "dynamic": {"-:.*experts.*": {}}}) == {"attention": 4, "lm_head": 4}
+    assert gptq_group_bits({"bits": 4, "lm_head": True, "dynamic": {"-:.*experts.*": {}}}) == {
+        "attention": 4,
+        "lm_head": 4,
+    }
 
 
 def test_a_config_claiming_gptq_is_read_from_its_folder(fake_quantized):
@@ -89,7 +96,8 @@ def test_auto_picks_hf_for_a_base_vllm_cannot_serve_and_says_so(tiny_model, tmp_
 
 @pytest.mark.slow
 def test_probe_asks_vllm_about_this_cpu():
-    """The probe's answers follow from this CPU's features as vLLM 0.32's own kernels need them (imports vLLM)."""
+    """The probe's answers follow from this CPU's features as vLLM 0.32's own kernels need them (imports
+    vLLM)."""
     pytest.importorskip("vllm")
     from recoverlib.engines.vllm_support import cpu_identity, probe_vllm_kernels
 

@@ -57,19 +57,36 @@ def _same(a: Path, b: Path) -> None:
 
 
 def _ray_workers() -> set[int]:
-    return {p.pid for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith("ray::Worker")}
+    return {
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if (p.info["cmdline"] or [""])[0].startswith("ray::Worker")
+    }
 
 
-def test_two_workers_write_what_one_process_writes(ray_cluster, tiny_model, adapters, rows_csv, local_run, tmp_path):
+def test_two_workers_write_what_one_process_writes(
+    ray_cluster, tiny_model, adapters, rows_csv, local_run, tmp_path
+):
     with RayExecutor(RayConfig(address=ray_cluster, workers=2)) as ray_executor:
-        done = predict(tiny_model, rows_csv, tmp_path / "sub.csv", adapters=adapters, engine="hf", config=CONFIG,
-                       samples_file=tmp_path / "s.jsonl", executor=ray_executor, close_engine=False)
+        done = predict(
+            tiny_model,
+            rows_csv,
+            tmp_path / "sub.csv",
+            adapters=adapters,
+            engine="hf",
+            config=CONFIG,
+            samples_file=tmp_path / "s.jsonl",
+            executor=ray_executor,
+            close_engine=False,
+        )
         pids = ray_executor.worker_pids()
     assert done.rows == 40 and len(set(pids)) == 2 and os.getpid() not in pids
     _same(tmp_path, local_run)
 
 
-def test_a_worker_killed_mid_run_loses_nothing(ray_cluster, tiny_model, adapters, rows_csv, local_run, tmp_path):
+def test_a_worker_killed_mid_run_loses_nothing(
+    ray_cluster, tiny_model, adapters, rows_csv, local_run, tmp_path
+):
     samples = tmp_path / "s.jsonl"
     killed: list[int] = []
 
@@ -95,13 +112,40 @@ def test_a_worker_killed_mid_run_loses_nothing(ray_cluster, tiny_model, adapters
     _same(tmp_path, local_run)
 
 
-def test_the_driver_killed_then_resumed_writes_the_same_bytes(ray_cluster, tiny_model, adapters, rows_csv, local_run,
-                                                              tmp_path):
-    argv = [sys.executable, "-m", "recoverlib.cli", "predict", "--model", str(tiny_model), "--engine", "hf",
-            *[a for name, path in adapters.items() for a in ("--adapter", f"{name}={path}")],
-            "--samples", "3", "--max-new-tokens", "12", "--seed", "5", "--chunk-rows", "2",
-            "--input", str(rows_csv), "--out", str(tmp_path / "sub.csv"), "--samples-file", str(tmp_path / "s.jsonl"),
-            "--executor", "ray", "--ray-address", ray_cluster, "--workers", "2"]
+def test_the_driver_killed_then_resumed_writes_the_same_bytes(
+    ray_cluster, tiny_model, adapters, rows_csv, local_run, tmp_path
+):
+    argv = [
+        sys.executable,
+        "-m",
+        "recoverlib.cli",
+        "predict",
+        "--model",
+        str(tiny_model),
+        "--engine",
+        "hf",
+        *[a for name, path in adapters.items() for a in ("--adapter", f"{name}={path}")],
+        "--samples",
+        "3",
+        "--max-new-tokens",
+        "12",
+        "--seed",
+        "5",
+        "--chunk-rows",
+        "2",
+        "--input",
+        str(rows_csv),
+        "--out",
+        str(tmp_path / "sub.csv"),
+        "--samples-file",
+        str(tmp_path / "s.jsonl"),
+        "--executor",
+        "ray",
+        "--ray-address",
+        ray_cluster,
+        "--workers",
+        "2",
+    ]
     driver = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     samples = tmp_path / "s.jsonl"
     deadline = time.monotonic() + 300
@@ -121,7 +165,9 @@ def test_the_driver_killed_then_resumed_writes_the_same_bytes(ray_cluster, tiny_
 def test_no_cluster_at_the_address_is_one_line(tiny_model, rows_csv, tmp_path):
     address = f"127.0.0.1:{free_port()}"
     start = time.monotonic()
-    with pytest.raises(RecoverlibError, match=f"no Ray cluster at {address}.*ray start --head.*--executor local"):
+    with pytest.raises(
+        RecoverlibError, match=f"no Ray cluster at {address}.*ray start --head.*--executor local"
+    ):
         predict(tiny_model, rows_csv, tmp_path / "sub.csv", engine="hf", config=CONFIG,
                 executor=RayExecutor(RayConfig(address=address)))
     assert time.monotonic() - start < 30 and not (tmp_path / "sub.csv").exists()
@@ -130,10 +176,21 @@ def test_no_cluster_at_the_address_is_one_line(tiny_model, rows_csv, tmp_path):
 @pytest.mark.slow
 def test_vllm_workers_write_what_one_process_writes(ray_cluster, tiny_model, adapters, rows_csv, tmp_path):
     pytest.importorskip("vllm")
-    for name, executor in (("local", "local"), ("ray", RayExecutor(RayConfig(address=ray_cluster, workers=2)))):
+    for name, executor in (
+        ("local", "local"),
+        ("ray", RayExecutor(RayConfig(address=ray_cluster, workers=2))),
+    ):
         (tmp_path / name).mkdir()
-        predict(tiny_model, rows_csv, tmp_path / name / "sub.csv", adapters=adapters, engine="vllm", config=CONFIG,
-                samples_file=tmp_path / name / "s.jsonl", executor=executor)
+        predict(
+            tiny_model,
+            rows_csv,
+            tmp_path / name / "sub.csv",
+            adapters=adapters,
+            engine="vllm",
+            config=CONFIG,
+            samples_file=tmp_path / name / "s.jsonl",
+            executor=executor,
+        )
         if name == "ray":
             executor.close()
     _same(tmp_path / "ray", tmp_path / "local")

@@ -18,7 +18,8 @@ def test_chunks_sit_at_fixed_positions_and_skip_finished_ones():
         (0, 0, ["0", "1", "2"]), (1, 3, ["3", "4", "5"]), (2, 6, ["6"])]
     assert chunks[1].keys() == [3, 4, 5]
     left = plan_chunks(ROWS, 3, done={"0", "1", "2", "3"})
-    assert [c.index for c in left] == [1, 2] and left[0].rows[0].id == "3"  # a chunk cut short is served whole
+    # a chunk cut short is served whole
+    assert [c.index for c in left] == [1, 2] and left[0].rows[0].id == "3"
 
 
 def test_in_order_holds_early_chunks_back():

@@ -12,7 +12,9 @@ from recoverlib.pipeline import PredictConfig, predict_rows
 
 @pytest.fixture(scope="module")
 def engine(tiny_model, tiny_adapters):
-    with make_engine("hf", tiny_model, {k: tiny_adapters[k] for k in ("tiny-a", "tiny-b")}, EngineConfig()) as eng:
+    with make_engine(
+        "hf", tiny_model, {k: tiny_adapters[k] for k in ("tiny-a", "tiny-b")}, EngineConfig()
+    ) as eng:
         yield eng
 
 
@@ -20,7 +22,11 @@ CFG = PredictConfig(SamplingConfig(samples=2, max_new_tokens=8), chunk_rows=2)
 
 
 def test_bad_rows_get_fallback_and_the_rest_is_served(engine):
-    rows = [Row("1", "a text", "A TEXT"), Row("2", "", "x", problem="empty original_text"), Row("3", "b", "B")]
+    rows = [
+        Row("1", "a text", "A TEXT"),
+        Row("2", "", "x", problem="empty original_text"),
+        Row("3", "b", "B"),
+    ]
     preds = predict_rows(engine, rows, CFG)
     assert [p.id for p in preds] == ["1", "2", "3"]
     assert preds[1].prompt == CFG.fallback_prompt and preds[1].fallback
@@ -28,13 +34,16 @@ def test_bad_rows_get_fallback_and_the_rest_is_served(engine):
 
 
 def test_all_empty_samples_get_fallback(engine, monkeypatch):
-    monkeypatch.setattr(engine, "generate", lambda prompts, s, adapters, keys=None: {a: [["", '""']] for a in adapters})
+    monkeypatch.setattr(
+        engine, "generate", lambda prompts, s, adapters, keys=None: {a: [["", '""']] for a in adapters}
+    )
     (pred,) = predict_rows(engine, [Row("1", "a", "b")], CFG)
     assert pred.prompt == CFG.fallback_prompt and pred.fallback == "empty samples"
 
 
 def _failing_on(engine, monkeypatch, marker: str, calls: list):
-    """engine.generate raising for any batch holding a prompt with ``marker`` (a row the engine cannot serve)."""
+    """engine.generate raising for any batch holding a prompt with ``marker`` (a row the engine cannot
+    serve)."""
     real = engine.generate
 
     def generate(prompts, s, adapters, keys=None):
@@ -56,8 +65,9 @@ def test_a_row_whose_generation_fails_costs_that_row_only(engine, tmp_path, monk
     assert [p.id for p in preds] == [r.id for r in rows]
     assert preds[2].prompt == CFG.fallback_prompt and preds[2].fallback == "generation failed"
     # Rows of the other chunks: what a clean run gives; the failed chunk's good row was served (alone).
-    assert [p.prompt for i, p in enumerate(preds) if i not in (2, 3)] == [p.prompt for i, p in enumerate(clean)
-                                                                          if i not in (2, 3)]
+    assert [p.prompt for i, p in enumerate(preds) if i not in (2, 3)] == [
+        p.prompt for i, p in enumerate(clean) if i not in (2, 3)
+    ]
     assert preds[3].fallback is None and len(preds[3].samples) == 4
     assert list(read_samples(path)) == ["0", "1", "3", "4"]  # the failed row is not saved: resume retries it
     assert "row id=2: generation failed (RuntimeError: a kernel failed on this row)" in caplog.text
@@ -81,7 +91,8 @@ def test_a_settings_error_is_not_a_row_failure(engine, monkeypatch):
         raise RecoverlibError("max_new_tokens 9999 leaves no room for the prompt")
 
     monkeypatch.setattr(engine, "generate", generate)
-    with pytest.raises(RecoverlibError, match="leaves no room"):  # one servable row: still raised, not a fallback
+    # one servable row: still raised, not a fallback
+    with pytest.raises(RecoverlibError, match="leaves no room"):
         predict_rows(engine, [Row("1", "a text", "A TEXT")], CFG)
 
 
@@ -96,7 +107,9 @@ def test_samples_file_lines_in_input_order_and_resume(engine, sample_csv, tmp_pa
     path.write_text("\n".join(path.read_text().splitlines()[:4]) + "\n")
     calls = []
     real = engine.generate
-    monkeypatch.setattr(engine, "generate", lambda p, s, a, keys: calls.append(len(p[a[0]])) or real(p, s, a, keys))
+    monkeypatch.setattr(
+        engine, "generate", lambda p, s, a, keys: calls.append(len(p[a[0]])) or real(p, s, a, keys)
+    )
     resumed = predict_rows(engine, rows, CFG, samples_file=path, resume=True)
     assert calls == [1]
     assert [p.prompt for p in resumed] == [p.prompt for p in first]
@@ -107,7 +120,8 @@ SAMPLED = PredictConfig(SamplingConfig(samples=2, max_new_tokens=6, temperature=
 
 
 def test_resume_after_a_torn_line_writes_the_same_bytes(engine, sample_csv, tmp_path, caplog):
-    """A crash mid-chunk: the torn last line is dropped (warned), its chunk sampled again, nothing duplicated."""
+    """A crash mid-chunk: the torn last line is dropped (warned), its chunk sampled again, nothing
+    duplicated."""
     rows = read_rows(sample_csv)[:8]
     whole = tmp_path / "whole.jsonl"
     first = predict_rows(engine, rows, SAMPLED, samples_file=whole)
@@ -173,7 +187,9 @@ def test_long_rows_are_truncated_with_a_warning(engine, caplog):
 def test_chunks_default_to_the_engine_choice(engine, monkeypatch):
     calls = []
     real = engine.generate
-    monkeypatch.setattr(engine, "generate", lambda p, s, a, keys: calls.append(len(p[a[0]])) or real(p, s, a, keys))
+    monkeypatch.setattr(
+        engine, "generate", lambda p, s, a, keys: calls.append(len(p[a[0]])) or real(p, s, a, keys)
+    )
     monkeypatch.setattr(type(engine), "chunk_rows", 3)
     rows = [Row(str(i), f"text {i}", f"TEXT {i}") for i in range(7)]
     predict_rows(engine, rows, PredictConfig(SamplingConfig(samples=1, max_new_tokens=4)))
@@ -184,7 +200,9 @@ def test_chunks_default_to_the_engine_choice(engine, monkeypatch):
 
 
 @pytest.mark.parametrize("close_engine", [True, False])
-def test_predict_closes_the_engine_unless_told_not_to(tiny_model, sample_csv, tmp_path, monkeypatch, close_engine):
+def test_predict_closes_the_engine_unless_told_not_to(
+    tiny_model, sample_csv, tmp_path, monkeypatch, close_engine
+):
     import recoverlib.executors.base as executors
     from recoverlib.pipeline import predict
 
@@ -200,8 +218,14 @@ def test_predict_closes_the_engine_unless_told_not_to(tiny_model, sample_csv, tm
     monkeypatch.setattr(executors, "make_engine", make)
     rows = tmp_path / "in.csv"
     rows.write_text("\n".join(sample_csv.read_text().splitlines()[:3]) + "\n")
-    predict(tiny_model, rows, tmp_path / "out.csv", engine="hf", config=PredictConfig(SamplingConfig(samples=1, max_new_tokens=4)),
-            close_engine=close_engine)
+    predict(
+        tiny_model,
+        rows,
+        tmp_path / "out.csv",
+        engine="hf",
+        config=PredictConfig(SamplingConfig(samples=1, max_new_tokens=4)),
+        close_engine=close_engine,
+    )
     assert (tmp_path / "out.csv").is_file() and len(made) == 1
     assert closed == ([True] if close_engine else [])
     type(made[0]).close(made[0])

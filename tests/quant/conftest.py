@@ -13,7 +13,8 @@ ERROR_BOUND = {8: 0.12, 4: 0.45, 3: 0.55, 2: 0.7}  # relative logits error vs bf
 
 @pytest.fixture(scope="session", autouse=True)
 def _hf_home(tmp_path_factory):
-    # gptqmodel points HF_HOME at a temp folder on import unless it is set; keep every cache in the session's tmp.
+    # gptqmodel points HF_HOME at a temp folder on import unless it is set; keep every cache in the session's
+    # tmp.
     os.environ.setdefault("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
 
 
@@ -45,7 +46,8 @@ def input_ids():
 
 
 class Quantized:
-    """One preset quantized by ``recoverlib quantize`` (streaming), its audit, and the model loaded from disk."""
+    """One preset quantized by ``recoverlib quantize`` (streaming), its audit, and the model loaded from
+    disk."""
 
     def __init__(self, preset, base, out):
         from recoverlib.quant.api import inspect_checkpoint, load_quantized, quantize

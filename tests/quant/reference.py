@@ -1,9 +1,9 @@
 """Whole-model quantization through each library's own path: the reference the streaming quantize must equal.
 
-recoverlib quantizes one linear at a time (its piece loop, or GPTQModel's layer loop with disk offloading); these
-are the libraries' whole-model routes, kept in the tests only: transformers' bitsandbytes integration loading the
-whole model with a ``BitsAndBytesConfig``, hqq's ``HQQLinear`` over every linear of the loaded model, and
-GPTQModel's quantize + save of the whole model (its own layout, ``mlp.experts.N.gate_proj``).
+recoverlib quantizes one linear at a time (its piece loop, or GPTQModel's layer loop with disk offloading);
+these are the libraries' whole-model routes, kept in the tests only: transformers' bitsandbytes integration
+loading the whole model with a ``BitsAndBytesConfig``, hqq's ``HQQLinear`` over every linear of the loaded
+model, and GPTQModel's quantize + save of the whole model (its own layout, ``mlp.experts.N.gate_proj``).
 """
 
 from __future__ import annotations
@@ -52,14 +52,21 @@ def _hqq(backend, base: Path, plan, out: Path, seed: int) -> None:
     compute = getattr(torch, plan.compute_dtype)
     with split_moe():
         model = AutoModelForCausalLM.from_pretrained(base, dtype=compute)
-    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and plan.group(group_of(n)).quantized]
+    targets = [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and plan.group(group_of(n)).quantized
+    ]
     with backend.session(plan, "cpu"):
         for name, module in targets:
             prec = plan.group(group_of(name))
             cfg = BaseQuantizeConfig(nbits=prec.bits, group_size=prec.group_size, axis=1)
             parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, HQQLinear(module, cfg, compute_dtype=compute, device="cpu",
-                                                                   del_orig=True))
+            setattr(
+                model.get_submodule(parent),
+                child,
+                HQQLinear(module, cfg, compute_dtype=compute, device="cpu", del_orig=True),
+            )
     state = {}
     for name, module in model.named_modules():
         if isinstance(module, HQQLinear):

@@ -20,8 +20,12 @@ def test_transformers_bnb_leaves_fused_experts_16_bit(base):
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
-                             llm_int8_skip_modules=["gate", "lm_head"])
+    cfg = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        llm_int8_skip_modules=["gate", "lm_head"],
+    )
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16, quantization_config=cfg)
     report = audit_model(model)
     assert report.groups["attention"].bits == 4 and report.groups["experts"].bits == 16
@@ -45,8 +49,13 @@ def test_wrong_bits_and_json_shape(quantized):
     assert set(data["groups"]) == {"attention", "experts", "router", "lm_head", "embeddings"}
     for g in data["groups"].values():
         assert set(g) >= {"bits", "group_size", "params", "bytes"}
-    assert data["groups"]["experts"] | {"dtype": None} == {"bits": 2, "group_size": 16, "params": 786432,
-                                                           "bytes": data["groups"]["experts"]["bytes"], "dtype": None}
+    assert data["groups"]["experts"] | {"dtype": None} == {
+        "bits": 2,
+        "group_size": 16,
+        "params": 786432,
+        "bytes": data["groups"]["experts"]["bytes"],
+        "dtype": None,
+    }
     assert data["total_bytes"] == data["planned_bytes"]
     assert data["effective_bits"] == pytest.approx(8 * data["total_bytes"] / data["total_params"], abs=1e-4)
 

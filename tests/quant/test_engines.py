@@ -21,7 +21,8 @@ def _generate(path, adapters):
     [
         pytest.param("bnb-nf4", "peft.tuners.lora.bnb", id="bnb-nf4"),
         pytest.param("hqq-attn4-exp2", "peft.tuners.lora.hqq", marks=pytest.mark.slow, id="hqq-attn4-exp2"),
-        pytest.param("gptq-attn8-exp4", "peft.tuners.lora.gptq", marks=pytest.mark.slow, id="gptq-attn8-exp4"),
+        pytest.param("gptq-attn8-exp4", "peft.tuners.lora.gptq", marks=pytest.mark.slow,
+                     id="gptq-attn8-exp4"),
     ],
 )
 def test_hf_engine_serves_two_adapters_on_a_quantized_base(preset, lora_module, quantized, quant_tiny):

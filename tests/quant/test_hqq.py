@@ -1,5 +1,5 @@
-"""hqq's optimizer in row blocks on a CPU (patch hqq-blocked-optimizer): the same quantized weights as hqq's own
-whole-matrix path, bit for bit, and hqq's state restored after the session."""
+"""hqq's optimizer in row blocks on a CPU (patch hqq-blocked-optimizer): the same quantized weights as hqq's
+own whole-matrix path, bit for bit, and hqq's state restored after the session."""
 
 from __future__ import annotations
 
@@ -34,7 +34,9 @@ def test_blocked_optimizer_equals_hqqs_own_path(out_f, in_f, prec):
     from hqq.core.quantize import Quantizer
 
     assert out_f * in_f > BLOCK_ELEMENTS  # more than one row block
-    weight = (torch.randn(out_f, in_f, generator=torch.Generator().manual_seed(out_f)) * 0.02).to(torch.bfloat16)
+    weight = (torch.randn(out_f, in_f, generator=torch.Generator().manual_seed(out_f)) * 0.02).to(
+        torch.bfloat16
+    )
     linears = [torch.nn.Linear(in_f, out_f, bias=False, dtype=torch.bfloat16) for _ in range(2)]
     for lin in linears:
         lin.weight.data.copy_(weight)

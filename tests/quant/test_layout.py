@@ -13,7 +13,8 @@ from recoverlib.quant.convert import publish_layout
 
 GPTQ_PARTS = r"(qweight|qzeros|scales|g_idx)"
 # vllm/model_executor/models/mixtral.py: self_attn.{q,k,v}_proj stacked into qkv_proj, o_proj;
-# block_sparse_moe.gate (GateLinear, never quantized); block_sparse_moe.experts.N.{w1,w2,w3} (FusedMoE mapping).
+# block_sparse_moe.gate (GateLinear, never quantized); block_sparse_moe.experts.N.{w1,w2,w3} (FusedMoE
+# mapping).
 VLLM_NAMES = [
     r"model\.embed_tokens\.weight", r"model\.norm\.weight", r"lm_head\.weight",
     r"model\.layers\.\d+\.(input|post_attention)_layernorm\.weight",
@@ -59,7 +60,9 @@ def test_config_as_vllm_reads_it(written):
     assert "offload_to_disk_path" not in qc.get("meta", {})  # the finished run's scratch folder is gone
     # vLLM's get_dynamic_override: re.match of each rule against the layer prefix, first match wins
     rules = qc["dynamic"]
-    attn = [v for k, v in rules.items() if re.match(k.removeprefix("+:"), "model.layers.0.self_attn.qkv_proj")]
+    attn = [
+        v for k, v in rules.items() if re.match(k.removeprefix("+:"), "model.layers.0.self_attn.qkv_proj")
+    ]
     assert attn and attn[0]["bits"] == 8
     assert not any(re.match(k[2:], "model.layers.0.block_sparse_moe.experts") for k in rules)
 
@@ -68,7 +71,9 @@ def test_convert_gives_the_bytes_quantize_writes(written, old_layout, tmp_path):
     assert expert_layout(_names(old_layout)) == "split"
     out = publish_layout(old_layout, tmp_path / "new")
     assert (out / "model.safetensors").read_bytes() == (written / "model.safetensors").read_bytes()
-    assert json.loads((out / "recoverlib_quant.json").read_text()) == json.loads((written / "recoverlib_quant.json").read_text())
+    assert json.loads((out / "recoverlib_quant.json").read_text()) == json.loads(
+        (written / "recoverlib_quant.json").read_text()
+    )
     with pytest.raises(RecoverlibError, match="already uses Mixtral's published layout"):
         publish_layout(written, tmp_path / "again")
 
@@ -86,7 +91,9 @@ def test_both_layouts_load_alike(written, old_layout, input_ids):
     from recoverlib.quant.api import inspect_checkpoint, load_quantized
 
     with torch.no_grad():
-        assert torch.equal(load_quantized(written)(input_ids).logits, load_quantized(old_layout)(input_ids).logits)
+        assert torch.equal(
+            load_quantized(written)(input_ids).logits, load_quantized(old_layout)(input_ids).logits
+        )
     assert inspect_checkpoint(old_layout).total_bytes == inspect_checkpoint(written).total_bytes
 
 

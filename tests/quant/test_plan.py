@@ -61,7 +61,9 @@ def test_backend_validation_rejects_unrealisable_plans():
     from recoverlib.quant.backends import get_backend
 
     with pytest.raises(RecoverlibError, match="one bit width"):
-        get_backend("bnb").validate(PrecisionPlan("bnb", attention=GroupPrecision(8), experts=GroupPrecision(4, 64)))
+        get_backend("bnb").validate(
+            PrecisionPlan("bnb", attention=GroupPrecision(8), experts=GroupPrecision(4, 64))
+        )
     with pytest.raises(RecoverlibError, match="group_size"):
         get_backend("bnb").validate(PrecisionPlan("bnb", experts=GroupPrecision(4, 128)))
     with pytest.raises(RecoverlibError, match="embeddings"):

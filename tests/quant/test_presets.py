@@ -43,8 +43,11 @@ def test_preset(preset, quantized, base, ref_model, input_ids):
     err = logits_error(ref_model, q.reloaded, input_ids)
     routing = router_agreement(ref_model, q.reloaded, input_ids)
     lowest = min(p.bits for p in plan.groups().values() if p.quantized)
-    print(f"\n{preset}: {q.report.effective_bits:.3f} bits/param, {q.report.total_bytes:,} B, "
-          f"rel. logits error {err['rel_error']:.4f}, top-1 {err['top1']:.3f}, router top-2 {routing['mean']:.3f}")
+    print(
+        f"\n{preset}: {q.report.effective_bits:.3f} bits/param, {q.report.total_bytes:,} B, "
+        f"rel. logits error {err['rel_error']:.4f}, top-1 {err['top1']:.3f}, router top-2 "
+        f"{routing['mean']:.3f}"
+    )
     assert err["rel_error"] < ERROR_BOUND[lowest]
     assert routing["mean"] > 0.8
 

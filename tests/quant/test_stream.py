@@ -1,6 +1,6 @@
-"""Streaming quantization on a small multi-layer Mixtral: the same tensors as each library's own whole-model path
-(tests/quant/reference.py), sharded output, one piece in memory at a time, one-line errors for broken inputs,
-resume after a SIGKILL."""
+"""Streaming quantization on a small multi-layer Mixtral: the same tensors as each library's own whole-model
+path (tests/quant/reference.py), sharded output, one piece in memory at a time, one-line errors for broken
+inputs, resume after a SIGKILL."""
 
 from __future__ import annotations
 
@@ -55,7 +55,11 @@ def test_streaming_equals_whole_model(preset, base4, tmp_path):
     unequal = [k for k in a if a[k].dtype != b[k].dtype or not torch.equal(a[k], b[k])]
     assert not unequal, unequal[:3]
     meta = json.loads((streamed / "recoverlib_quant.json").read_text())
-    assert meta["audit"]["total_bytes"] == meta["audit"]["planned_bytes"] == inspect_checkpoint(streamed).total_bytes
+    assert (
+        meta["audit"]["total_bytes"]
+        == meta["audit"]["planned_bytes"]
+        == inspect_checkpoint(streamed).total_bytes
+    )
 
 
 def test_one_piece_alive_at_a_time(base4, tmp_path, monkeypatch):
@@ -166,7 +170,9 @@ def gptq_streamed(base4, tmp_path_factory):
     """``recoverlib quantize`` with a GPTQ plan, straight through, in small shards."""
     from recoverlib.quant.api import quantize
 
-    return quantize(base4, GPTQ, tmp_path_factory.mktemp("gptq") / "q", progress=False, max_shard_size="200KB")
+    return quantize(
+        base4, GPTQ, tmp_path_factory.mktemp("gptq") / "q", progress=False, max_shard_size="200KB"
+    )
 
 
 def _same_files(a: Path, b: Path) -> None:
@@ -194,7 +200,8 @@ def test_gptq_streams_sharded_and_equals_the_whole_model_path(gptq_streamed, bas
     whole = whole_model_checkpoint(base4, GPTQ, tmp_path / "whole")
     a, b = tensors(gptq_streamed, memory_name), tensors(whole)
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
-    assert any(".block_sparse_moe.experts.0.w1." in k for k in index["weight_map"])  # Mixtral's published layout
+    # Mixtral's published layout
+    assert any(".block_sparse_moe.experts.0.w1." in k for k in index["weight_map"])
     # The layer-by-layer rebuild (what the audit and the HF engine read) computes what GPTQModel's own loader
     # builds from its own layout (its scales in fp16: GPTQModel casts them to the compute dtype on load).
     plan, backend = load_plan(GPTQ), get_backend("gptq")
@@ -214,7 +221,9 @@ def _gptqmodel_load(path: Path, plan):
 
     from recoverlib.quant.checkpoint import Checkpoint
 
-    model = GPTQModel.load(str(path), device="cpu", backend=BACKEND.TORCH, dtype=getattr(torch, plan.compute_dtype)).model
+    model = GPTQModel.load(
+        str(path), device="cpu", backend=BACKEND.TORCH, dtype=getattr(torch, plan.compute_dtype)
+    ).model
     ckpt = Checkpoint.open(path)
     for name, module in model.named_modules():
         if f"{name}.scales" in ckpt.files and getattr(module, "qweight", None) is not None:
@@ -236,7 +245,9 @@ def test_gptq_resumes_after_its_finished_loop(gptq_streamed, base4, tmp_path, mo
     monkeypatch.setattr(stream, "_seal", seal)
     runs = []
     loop = GptqBackend.quantize_to
-    monkeypatch.setattr(GptqBackend, "quantize_to", lambda self, *a, **k: runs.append(1) or loop(self, *a, **k))
+    monkeypatch.setattr(
+        GptqBackend, "quantize_to", lambda self, *a, **k: runs.append(1) or loop(self, *a, **k)
+    )
     quantize(base4, GPTQ, tmp_path / "q", progress=False, max_shard_size="200KB")
     assert runs == [] and not (tmp_path / "q.partial").exists()
     _same_files(tmp_path / "q", gptq_streamed)
@@ -278,12 +289,29 @@ def test_gptq_full_disk_is_one_line_and_the_rerun_finishes(gptq_streamed, base4,
 
 def test_gptq_sigkill_inside_its_loop_then_rerun_writes_the_same_bytes(gptq_streamed, base4, tmp_path):
     out = tmp_path / "q"
-    cmd = [sys.executable, "-m", "recoverlib.cli", "quantize", "--model", str(base4), "--plan", GPTQ, "--out", str(out),
-           "--max-shard-size", "200KB", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "recoverlib.cli",
+        "quantize",
+        "--model",
+        str(base4),
+        "--plan",
+        GPTQ,
+        "--out",
+        str(out),
+        "--max-shard-size",
+        "200KB",
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     offload = tmp_path / "q.partial" / "gptq-scratch" / "offload"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None and not (offload.is_dir() and any(offload.iterdir())):
+    while (
+        time.monotonic() < deadline
+        and proc.poll() is None
+        and not (offload.is_dir() and any(offload.iterdir()))
+    ):
         time.sleep(0.02)
     assert proc.poll() is None, "finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
@@ -296,8 +324,8 @@ def test_gptq_sigkill_inside_its_loop_then_rerun_writes_the_same_bytes(gptq_stre
     _same_files(out, gptq_streamed)
 
 
-# The real CLI in a subprocess; each finished piece is followed by a 0.3 s pause so the test can kill it part-way
-# (the tiny model's pieces take milliseconds).
+# The real CLI in a subprocess; each finished piece is followed by a 0.3 s pause so the test can kill it
+# part-way (the tiny model's pieces take milliseconds).
 SLOW_CLI = """
 import sys, time
 from recoverlib.quant import progress
@@ -309,8 +337,22 @@ sys.exit(main(sys.argv[2:]))
 
 
 def _cli(base: Path, out: Path, pause: float) -> list[str]:
-    return [sys.executable, "-c", SLOW_CLI, str(pause), "quantize", "--model", str(base), "--plan", "hqq-attn4-exp2",
-            "--out", str(out), "--max-shard-size", "300KB", "--quiet"]
+    return [
+        sys.executable,
+        "-c",
+        SLOW_CLI,
+        str(pause),
+        "quantize",
+        "--model",
+        str(base),
+        "--plan",
+        "hqq-attn4-exp2",
+        "--out",
+        str(out),
+        "--max-shard-size",
+        "300KB",
+        "--quiet",
+    ]
 
 
 def _env() -> dict:
@@ -319,7 +361,9 @@ def _env() -> dict:
 
 def test_sigkill_then_rerun_continues_and_writes_the_same_bytes(base4, tmp_path, monkeypatch):
     out = tmp_path / "q"
-    proc = subprocess.Popen(_cli(base4, out, 0.5), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _cli(base4, out, 0.5), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     progress = tmp_path / "q.partial" / "progress.json"
     deadline = time.monotonic() + 120
     done = 0
@@ -338,10 +382,13 @@ def test_sigkill_then_rerun_continues_and_writes_the_same_bytes(base4, tmp_path,
 
     read, pieces = layerwise.read_source_piece, []
     monkeypatch.setattr(layerwise, "read_source_piece", lambda *a: pieces.append(a[2]) or read(*a))
-    quantize(base4, "hqq-attn4-exp2", out, progress=False, max_shard_size="300KB")  # the same arguments, resumed
+    # the same arguments, resumed
+    quantize(base4, "hqq-attn4-exp2", out, progress=False, max_shard_size="300KB")
     assert len(pieces) == 5 - done  # only the unfinished pieces were quantized again
     assert not (tmp_path / "q.partial").exists()
-    straight = quantize(base4, "hqq-attn4-exp2", tmp_path / "straight", progress=False, max_shard_size="300KB")
+    straight = quantize(
+        base4, "hqq-attn4-exp2", tmp_path / "straight", progress=False, max_shard_size="300KB"
+    )
     _same_files(out, straight)
 
 
@@ -375,16 +422,42 @@ def _peak_rss(cmd: list[str]) -> int:
 
 @pytest.mark.slow
 def test_peak_rss_does_not_grow_with_layers(tmp_path):
-    """2 and 6 layers of 176 MB (bf16) each: the 6-layer quantize peaks less than one layer above the 2-layer one."""
+    """2 and 6 layers of 176 MB (bf16) each: the 6-layer quantize peaks less than one layer above the 2-layer
+    one."""
     sys.path.insert(0, str(ROOT))
     from benchmarks.synthetic_checkpoint import write_checkpoint
 
-    shapes = {"hidden_size": 1024, "intermediate_size": 3584, "num_attention_heads": 8, "num_key_value_heads": 2,
-              "head_dim": 128, "num_local_experts": 8, "num_experts_per_tok": 2, "vocab_size": 4000}
+    shapes = {
+        "hidden_size": 1024,
+        "intermediate_size": 3584,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "head_dim": 128,
+        "num_local_experts": 8,
+        "num_experts_per_tok": 2,
+        "vocab_size": 4000,
+    }
     layer_bytes = 2 * (3 * 8 * 1024 * 3584 + 1024 * (2 * 1024 + 2 * 256) + 8 * 1024)
     peaks = {}
     for layers in (2, 6):
-        src = write_checkpoint(tmp_path / f"src{layers}", {**shapes, "num_hidden_layers": layers}, shard_bytes=300 * 10**6)
-        peaks[layers] = _peak_rss([sys.executable, "-m", "recoverlib.cli", "quantize", "--model", str(src), "--plan",
-                                   "bnb-nf4", "--out", str(tmp_path / f"q{layers}"), "--max-shard-size", "100MB", "--quiet"])
+        src = write_checkpoint(
+            tmp_path / f"src{layers}", {**shapes, "num_hidden_layers": layers}, shard_bytes=300 * 10**6
+        )
+        peaks[layers] = _peak_rss(
+            [
+                sys.executable,
+                "-m",
+                "recoverlib.cli",
+                "quantize",
+                "--model",
+                str(src),
+                "--plan",
+                "bnb-nf4",
+                "--out",
+                str(tmp_path / f"q{layers}"),
+                "--max-shard-size",
+                "100MB",
+                "--quiet",
+            ]
+        )
     assert peaks[6] - peaks[2] < layer_bytes, (peaks, layer_bytes)

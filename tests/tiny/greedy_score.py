@@ -1,4 +1,5 @@
-"""Greedy validation score of a saved base (plus an optional adapter): the yardstick of the trained-model tests."""
+"""Greedy validation score of a saved base (plus an optional adapter): the yardstick of the trained-model
+tests."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from __future__ import annotations
 def score_model(model_dir, rows, scorer, adapter_dir=None, batch_size: int = 32) -> tuple[float, list[str]]:
     """Greedy validation score of a saved base (plus an optional PEFT adapter, rendered with its prime).
 
-    ``rows``: objects with ``original_text, rewritten_text, rewrite_prompt``. Returns ``(score, predictions)``.
+    ``rows``: objects with ``original_text, rewritten_text, rewrite_prompt``. Returns ``(score,
+    predictions)``.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -12,7 +12,9 @@ def test_layout(tiny_dir):
     assert (tiny_dir / "model" / "model.safetensors").is_file()
     assert (tiny_dir / "model" / "tokenizer.json").is_file()
     assert sorted(adapter_paths(tiny_dir)) == ["tiny-a", "tiny-b", "tiny-c"]
-    ranks = [json.loads((p / "adapter_config.json").read_text())["r"] for p in adapter_paths(tiny_dir).values()]
+    ranks = [
+        json.loads((p / "adapter_config.json").read_text())["r"] for p in adapter_paths(tiny_dir).values()
+    ]
     assert len(set(ranks)) == 3
 
 
@@ -37,4 +39,6 @@ def test_tokenizer_has_pad_distinct_from_eos(tiny_model):
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     assert tok.pad_token == "<pad>" and tok.pad_token_id != tok.eos_token_id
-    assert tok.decode(tok("Rewrite this text.", add_special_tokens=False)["input_ids"]) == "Rewrite this text."
+    assert (
+        tok.decode(tok("Rewrite this text.", add_special_tokens=False)["input_ids"]) == "Rewrite this text."
+    )

@@ -32,7 +32,9 @@ def base(tmp_path_factory):
     from recoverlib.training.pretrain import new_model, task_tokenizer
 
     rows = generate(TaskConfig(rows=300, eval_rows=1, seed=9))["train"]
-    tok = task_tokenizer([t for r in rows for t in (r.original_text, r.rewritten_text, r.rewrite_prompt)], 1024)
+    tok = task_tokenizer(
+        [t for r in rows for t in (r.original_text, r.rewritten_text, r.rewrite_prompt)], 1024
+    )
     model = new_model(tok, TinySpec(vocab_size=1024), seed=0)
     return save_model(model, tok, tmp_path_factory.mktemp("base") / "model")
 
@@ -41,7 +43,9 @@ def test_completion_and_prime_semantics():
     t = RecoveryTemplate()
     assert t.completion("Rewrite it as a poem.") == " Rewrite it as a poem."
     assert t.completion("Rewrite it as a poem.", prime="Rewrite") == " it as a poem."
-    assert has_prime("Make this text shorter.", "Make this text") and not has_prime("Rewritten by me.", "Rewrite")
+    assert has_prime("Make this text shorter.", "Make this text") and not has_prime(
+        "Rewritten by me.", "Rewrite"
+    )
     with pytest.raises(ValueError, match="prime"):
         t.completion("Turn it into a poem.", prime="Rewrite")
     assert clean_prediction(" it as a poem.</s>", stop=("</s>",), prime="Rewrite") == "Rewrite it as a poem."
@@ -52,11 +56,15 @@ def test_labels_mask_the_prompt_and_training_lowers_completion_loss(base, task, 
 
     rows = read_rows(task / "train.csv", with_truth=True)
     config = TrainConfig(epochs=2, lr=1e-2, batch_size=16, score_rows=0, rank=8)
-    trainer, _ = build_trainer(base, rows, read_rows(task / "validation.csv", with_truth=True), config, str(tmp_path))
+    trainer, _ = build_trainer(
+        base, rows, read_rows(task / "validation.csv", with_truth=True), config, str(tmp_path)
+    )
     tok, t = trainer.processing_class, RecoveryTemplate()
     for i in range(3):
         ex, row = trainer.train_dataset[i], rows[i]
-        n_prompt = len(tok(t.render(tok, row.original_text, row.rewritten_text), add_special_tokens=False)["input_ids"])
+        n_prompt = len(
+            tok(t.render(tok, row.original_text, row.rewritten_text), add_special_tokens=False)["input_ids"]
+        )
         labels = ex.get("labels", None)
         if labels is None:  # TRL keeps the mask separately and builds labels in the collator
             labels = trainer.data_collator([ex])["labels"][0].tolist()
@@ -87,12 +95,16 @@ def test_expert_adapter_trains_and_serves_in_hf(base, task, tmp_path):
     from recoverlib.adapters import read_adapter
     from recoverlib.engines import EngineConfig, SamplingConfig, make_engine
 
-    config = TrainConfig(epochs=1, lr=5e-3, batch_size=16, score_rows=0, targets="attention+experts", max_rows=16)
+    config = TrainConfig(
+        epochs=1, lr=5e-3, batch_size=16, score_rows=0, targets="attention+experts", max_rows=16
+    )
     result = train_adapter(base, task / "train.csv", tmp_path / "ex", None, config)
     assert read_adapter("ex", result.adapter).targets_experts
     with make_engine("hf", base, {"ex": result.adapter}, EngineConfig(dtype="float32")) as engine:
         prompt = RecoveryTemplate().render(engine.tokenizer, "A b.", "a b.")
-        out = engine.generate([prompt], SamplingConfig(temperature=0, max_new_tokens=4), adapters=[None, "ex"])
+        out = engine.generate(
+            [prompt], SamplingConfig(temperature=0, max_new_tokens=4), adapters=[None, "ex"]
+        )
     assert set(out) == {None, "ex"}
 
 
@@ -138,9 +150,17 @@ def test_qlora_on_cuda(base, task, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     pytest.importorskip("bitsandbytes")
+    from transformers import AutoTokenizer
+
+    from recoverlib.engines import EngineConfig, SamplingConfig, make_engine
+
     config = TrainConfig(epochs=1, lr=5e-3, batch_size=16, score_rows=4, plan="bnb-nf4", max_rows=16)
     result = train_adapter(base, task / "train.csv", tmp_path / "q", task / "validation.csv", config)
-    assert (result.adapter / "adapter_model.safetensors").is_file()
+    assert len(result.history) == 1 and "val_score" in result.history[0]
+    prompts = [RecoveryTemplate().render(AutoTokenizer.from_pretrained(base), "a b", "B A")]
+    with make_engine("hf", base, {"q": result.adapter}, EngineConfig()) as engine:
+        out = engine.generate(prompts, SamplingConfig(temperature=0, max_new_tokens=8), [None, "q"])
+    assert out["q"] != out[None]  # the QLoRA adapter changes what the base says
 
 
 def test_train_cli_writes_a_peft_folder(base, task, tmp_path, capsys):
@@ -155,7 +175,8 @@ def test_train_cli_writes_a_peft_folder(base, task, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_train_killed_after_an_epoch_resumes_to_the_same_adapter(base, task, tmp_path):
-    """SIGKILL once the first epoch's checkpoint is whole; ``train --resume`` finishes the run as if never stopped."""
+    """SIGKILL once the first epoch's checkpoint is whole; ``train --resume`` finishes the run as if never
+    stopped."""
     import os
     import signal
     import subprocess
@@ -164,9 +185,33 @@ def test_train_killed_after_an_epoch_resumes_to_the_same_adapter(base, task, tmp
     from safetensors.torch import load_file
 
     def cmd(out, *extra):
-        return [sys.executable, "-m", "recoverlib.cli", "train", "--model", str(base), "--train", str(task / "train.csv"),
-                "--validation", str(task / "validation.csv"), "--out", str(out), "--epochs", "3", "--lr", "5e-3",
-                "--batch-size", "8", "--score-rows", "4", "--rank", "4", "--plan", "none", *extra]
+        return [
+            sys.executable,
+            "-m",
+            "recoverlib.cli",
+            "train",
+            "--model",
+            str(base),
+            "--train",
+            str(task / "train.csv"),
+            "--validation",
+            str(task / "validation.csv"),
+            "--out",
+            str(out),
+            "--epochs",
+            "3",
+            "--lr",
+            "5e-3",
+            "--batch-size",
+            "8",
+            "--score-rows",
+            "4",
+            "--rank",
+            "4",
+            "--plan",
+            "none",
+            *extra,
+        ]
 
     whole = subprocess.run(cmd(tmp_path / "whole"), capture_output=True, text=True)
     assert whole.returncode == 0, whole.stderr[-2000:]

@@ -32,7 +32,11 @@ def test_plugin_is_registered_and_idempotent():
     assert "recoverlib.vllm_plugin:register" in names
     register()
     register()
-    for fn in (FusedMoEConfig.__post_init__, PunicaWrapperCPU._shrink_decode, PunicaWrapperCPU._expand_slice_prefill):
+    for fn in (
+        FusedMoEConfig.__post_init__,
+        PunicaWrapperCPU._shrink_decode,
+        PunicaWrapperCPU._expand_slice_prefill,
+    ):
         assert fn._recoverlib
         assert not getattr(fn.__wrapped__, "_recoverlib", False)  # wrapped once, not twice
 
@@ -61,7 +65,8 @@ def test_another_vllm_version_keeps_vllms_code(monkeypatch, caplog):
             assert plugin.register() == [] and called == []
     finally:
         patches.version_matches.cache_clear()
-    assert sum("tested on 0.32.0" in r.getMessage() for r in caplog.records) == 1  # one warning, not one per cure
+    # one warning, not one per cure
+    assert sum("tested on 0.32.0" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_a_failing_cure_is_skipped_and_the_others_stay(monkeypatch, caplog):

@@ -1,4 +1,5 @@
-"""Quantization backends, one file each, found through one registry (entry point group ``recoverlib.quant_backends``).
+"""Quantization backends, one file each, found through one registry (entry point group
+``recoverlib.quant_backends``).
 
 A backend class is stored as an instance: backends hold no state and are called per model.
 """

@@ -1,9 +1,9 @@
 """The backend interface: a backend is one file, registered by name in :mod:`recoverlib.quant.backends`.
 
-A backend writes a quantized checkpoint following a :class:`PrecisionPlan` (by default through recoverlib's piece
-loop, one linear at a time with :meth:`QuantBackend.quantize_linear`), rebuilds its quantized linears for loading
-and the audit, describes them, and says how many bytes a quantized linear of a given shape takes (for the
-planner). Backend modules import their heavy library only inside methods.
+A backend writes a quantized checkpoint following a :class:`PrecisionPlan` (by default through recoverlib's
+piece loop, one linear at a time with :meth:`QuantBackend.quantize_linear`), rebuilds its quantized linears
+for loading and the audit, describes them, and says how many bytes a quantized linear of a given shape takes
+(for the planner). Backend modules import their heavy library only inside methods.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from recoverlib.quant.plan import GroupPrecision, PrecisionPlan
 
 @dataclass(frozen=True)
 class LinearStorage:
-    """How one quantized module is stored: nominal bits, group size (None = per row), weights it holds, bytes."""
+    """How one quantized module is stored: nominal bits, group size (None = per row), weights it holds,
+    bytes."""
 
     bits: int
     group_size: int | None
@@ -42,7 +43,9 @@ class QuantBackend(ABC):
         try:
             return importlib.import_module(module)
         except ImportError as err:
-            raise RecoverlibError(f"backend {self.name!r} needs {module} ({err}): pip install {self.pip_name}") from None
+            raise RecoverlibError(
+                f"backend {self.name!r} needs {module} ({err}): pip install {self.pip_name}"
+            ) from None
 
     @abstractmethod
     def validate(self, plan: PrecisionPlan) -> None:
@@ -50,8 +53,9 @@ class QuantBackend(ABC):
 
     @abstractmethod
     def load(self, path: Path, plan: PrecisionPlan, device_map: str | dict | None = None):
-        """Load a checkpoint this backend wrote (one file or HF shards, read shard by shard); return the HF model
-        in eval mode. ``device_map``: None (CPU), a device (``cuda:0``), ``"auto"`` or accelerate's dict."""
+        """Load a checkpoint this backend wrote (one file or HF shards, read shard by shard); return the HF
+        model in eval mode. ``device_map``: None (CPU), a device (``cuda:0``), ``"auto"`` or accelerate's
+        dict."""
 
     @abstractmethod
     def describe(self, module) -> LinearStorage | None:
@@ -70,7 +74,8 @@ class QuantBackend(ABC):
         return write_piecewise(self, job, source, record)
 
     def session(self, plan: PrecisionPlan, device: str):
-        """A context held around a streaming quantize or load (e.g. a library-wide setting, restored on exit)."""
+        """A context held around a streaming quantize or load (e.g. a library-wide setting, restored on
+        exit)."""
         return nullcontext()
 
     def quantize_linear(self, linear, prec: GroupPrecision, plan: PrecisionPlan, device: str):
@@ -82,11 +87,15 @@ class QuantBackend(ABC):
         return self.describe(module) is not None
 
     def linear_state(self, module) -> dict:
-        """``{key: tensor}`` of one quantized module as the checkpoint stores it (keys relative to the module)."""
+        """``{key: tensor}`` of one quantized module as the checkpoint stores it (keys relative to the
+        module)."""
         return module.state_dict()
 
-    def load_linear(self, state: dict, shape: tuple[int, int], prec: GroupPrecision, plan: PrecisionPlan, device: str):
-        """Rebuild a quantized module from its :meth:`linear_state` tensors; ``shape`` = (out, in) features."""
+    def load_linear(
+        self, state: dict, shape: tuple[int, int], prec: GroupPrecision, plan: PrecisionPlan, device: str
+    ):
+        """Rebuild a quantized module from its :meth:`linear_state` tensors; ``shape`` = (out, in)
+        features."""
         raise RecoverlibError(f"backend {self.name!r} does not load layer by layer")
 
     def checkpoint_config(self, config: dict, plan: PrecisionPlan) -> dict:
@@ -94,18 +103,26 @@ class QuantBackend(ABC):
         return config
 
     @abstractmethod
-    def linear_bytes(self, out_features: int, in_features: int, prec: GroupPrecision, compute_dtype: str) -> int:
+    def linear_bytes(
+        self, out_features: int, in_features: int, prec: GroupPrecision, compute_dtype: str
+    ) -> int:
         """Bytes of one quantized ``out x in`` linear at ``prec`` as :meth:`describe` counts them."""
 
 
-def require_group_sizes(backend: str, plan: PrecisionPlan, allowed: dict[int, tuple[int | None, ...]]) -> None:
+def require_group_sizes(
+    backend: str, plan: PrecisionPlan, allowed: dict[int, tuple[int | None, ...]]
+) -> None:
     """Raise unless every quantized group's (bits, group_size) is in ``allowed`` (bits -> group sizes)."""
     for group, prec in plan.groups().items():
         if not prec.quantized:
             continue
         if prec.bits not in allowed:
-            raise RecoverlibError(f"plan {plan.name!r}: {backend} cannot store {group} in {prec.bits} bits (supports {sorted(allowed)})")
+            raise RecoverlibError(
+                f"plan {plan.name!r}: {backend} cannot store {group} in {prec.bits} bits (supports "
+                f"{sorted(allowed)})"
+            )
         if prec.group_size not in allowed[prec.bits]:
             raise RecoverlibError(
-                f"plan {plan.name!r}: {backend} {prec.bits}-bit needs group_size in {list(allowed[prec.bits])} ({group} has {prec.group_size})"
+                f"plan {plan.name!r}: {backend} {prec.bits}-bit needs group_size in "
+                f"{list(allowed[prec.bits])} ({group} has {prec.group_size})"
             )

@@ -1,10 +1,11 @@
 """bitsandbytes: NF4 (block 64) or LLM.int8 (per-row scales), experts included.
 
 Linears are quantized with the same calls as transformers' bitsandbytes integration (so the bytes equal a
-transformers load with a ``BitsAndBytesConfig``, checked in the tests), one at a time by recoverlib's piece loop.
-Checkpoints carry transformers' ``quantization_config`` and load through transformers with the split MoE block
-(:mod:`recoverlib.quant.moe`), which places them across GPUs with a ``device_map``. Groups the plan keeps in 16 bit
-go to ``llm_int8_skip_modules`` (bnb matches whole name parts, so ``gate`` skips the router and not ``gate_proj``).
+transformers load with a ``BitsAndBytesConfig``, checked in the tests), one at a time by recoverlib's piece
+loop. Checkpoints carry transformers' ``quantization_config`` and load through transformers with the split
+MoE block (:mod:`recoverlib.quant.moe`), which places them across GPUs with a ``device_map``. Groups the plan
+keeps in 16 bit go to ``llm_int8_skip_modules`` (bnb matches whole name parts, so ``gate`` skips the router
+and not ``gate_proj``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ from recoverlib.quant.plan import GroupPrecision, PrecisionPlan
 NF4_BLOCK = 64
 NF4_CODE = 16  # fp32 entries of the NF4 code book each layer keeps
 CPU_BLOCK_N = 32  # bitsandbytes CPU 4-bit kernel packs output rows in blocks of 32
-SKIP_NAMES = {"attention": ["q_proj", "k_proj", "v_proj", "o_proj"], "experts": ["experts"], "router": ["gate"],
-              "lm_head": ["lm_head"]}
+SKIP_NAMES = {
+    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "experts": ["experts"],
+    "router": ["gate"],
+    "lm_head": ["lm_head"],
+}
 
 
 class BnbBackend(QuantBackend):
@@ -33,10 +38,14 @@ class BnbBackend(QuantBackend):
         require_group_sizes("bitsandbytes", plan, {4: (NF4_BLOCK,), 8: (None,)})
         bits = {p.bits for p in plan.groups().values() if p.quantized}
         if len(bits) > 1:
-            raise RecoverlibError(f"plan {plan.name!r}: bitsandbytes uses one bit width per model (got {sorted(bits)})")
+            raise RecoverlibError(
+                f"plan {plan.name!r}: bitsandbytes uses one bit width per model (got {sorted(bits)})"
+            )
         for group in ("embeddings", "lm_head"):
             if plan.group(group).quantized:
-                raise RecoverlibError(f"plan {plan.name!r}: the bitsandbytes backend keeps {group} in 16 bit; use hqq")
+                raise RecoverlibError(
+                    f"plan {plan.name!r}: the bitsandbytes backend keeps {group} in 16 bit; use hqq"
+                )
 
     def config(self, plan: PrecisionPlan):
         """transformers' ``BitsAndBytesConfig`` for ``plan`` (what the checkpoint's config.json carries)."""
@@ -48,21 +57,30 @@ class BnbBackend(QuantBackend):
         compute = getattr(torch, plan.compute_dtype)
         if plan.attention.bits == 8 or plan.experts.bits == 8:
             return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
-                                  bnb_4bit_use_double_quant=False, llm_int8_skip_modules=skip)
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=compute,
+            bnb_4bit_use_double_quant=False,
+            llm_int8_skip_modules=skip,
+        )
 
     def load(self, path: Path, plan: PrecisionPlan, device_map: str | dict | None = None):
         import torch
         from transformers import AutoModelForCausalLM
 
         self.require("bitsandbytes")
-        # transformers reads the shards one by one and places each tensor straight on its device (several GPUs too).
+        # transformers reads the shards one by one and places each tensor straight on its device (several
+        # GPUs too).
         with split_moe():
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, plan.compute_dtype), device_map=device_map)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=getattr(torch, plan.compute_dtype), device_map=device_map
+            )
         return cpu_safe(model).eval()
 
     def _empty_linear(self, out_features: int, in_features: int, prec: GroupPrecision, plan: PrecisionPlan):
-        """A bitsandbytes linear on the meta device, as transformers' ``replace_with_bnb_linear`` builds it."""
+        """A bitsandbytes linear on the meta device, as transformers' ``replace_with_bnb_linear`` builds
+        it."""
         import torch
 
         bnb = self.require("bitsandbytes")
@@ -72,25 +90,36 @@ class BnbBackend(QuantBackend):
                 new = bnb.nn.Linear8bitLt(in_features, out_features, False, has_fp16_weights=False,
                                           threshold=config.llm_int8_threshold)
             else:
-                new = bnb.nn.Linear4bit(in_features, out_features, False, config.bnb_4bit_compute_dtype,
-                                        compress_statistics=config.bnb_4bit_use_double_quant,
-                                        quant_type=config.bnb_4bit_quant_type, quant_storage=config.bnb_4bit_quant_storage)
+                new = bnb.nn.Linear4bit(
+                    in_features,
+                    out_features,
+                    False,
+                    config.bnb_4bit_compute_dtype,
+                    compress_statistics=config.bnb_4bit_use_double_quant,
+                    quant_type=config.bnb_4bit_quant_type,
+                    quant_storage=config.bnb_4bit_quant_storage,
+                )
         return new.requires_grad_(False)
 
     def quantize_linear(self, linear, prec: GroupPrecision, plan: PrecisionPlan, device: str):
-        # The same calls as transformers' Bnb4bitQuantize / Bnb8bitQuantize, so the bytes equal a whole-model load's.
+        # The same calls as transformers' Bnb4bitQuantize / Bnb8bitQuantize, so the bytes equal a whole-model
+        # load's.
         import bitsandbytes as bnb
 
         new = self._empty_linear(linear.out_features, linear.in_features, prec, plan)
         kwargs = dict(new.weight.__dict__)
         if prec.bits == 8:
             kwargs.pop("SCB", None)
-            new.weight = bnb.nn.Int8Params(linear.weight.data.to("cpu"), requires_grad=False, **kwargs).to(device)
+            new.weight = bnb.nn.Int8Params(linear.weight.data.to("cpu"), requires_grad=False, **kwargs).to(
+                device
+            )
         else:
             new.weight = bnb.nn.Params4bit(linear.weight.data, requires_grad=False, **kwargs).to(device)
         return cpu_safe(new)
 
-    def load_linear(self, state: dict, shape: tuple[int, int], prec: GroupPrecision, plan: PrecisionPlan, device: str):
+    def load_linear(
+        self, state: dict, shape: tuple[int, int], prec: GroupPrecision, plan: PrecisionPlan, device: str
+    ):
         import bitsandbytes as bnb
 
         new = self._empty_linear(shape[0], shape[1], prec, plan)
@@ -100,8 +129,9 @@ class BnbBackend(QuantBackend):
             new.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False,
                                            SCB=state.pop("SCB")).to(device)
         else:
-            new.weight = bnb.nn.Params4bit.from_prequantized(data=weight, quantized_stats=state, requires_grad=False,
-                                                             device=device, module=new)
+            new.weight = bnb.nn.Params4bit.from_prequantized(
+                data=weight, quantized_stats=state, requires_grad=False, device=device, module=new
+            )
         return cpu_safe(new)
 
     def checkpoint_config(self, config: dict, plan: PrecisionPlan) -> dict:
@@ -113,15 +143,23 @@ class BnbBackend(QuantBackend):
             qs = module.weight.quant_state
             extra = qs.absmax.numel() * qs.absmax.element_size() + qs.code.numel() * qs.code.element_size()
             if qs.nested:
-                extra += qs.state2.absmax.numel() * qs.state2.absmax.element_size() + qs.state2.code.numel() * 4
+                extra += (
+                    qs.state2.absmax.numel() * qs.state2.absmax.element_size() + qs.state2.code.numel() * 4
+                )
             params = math.prod(qs.shape)
-            return LinearStorage(4, qs.blocksize, params, _nbytes(module.weight) + extra, f"{qs.quant_type}/uint8")
+            return LinearStorage(
+                4, qs.blocksize, params, _nbytes(module.weight) + extra, f"{qs.quant_type}/uint8"
+            )
         if name == "Linear8bitLt":
             scb = module.weight.SCB if getattr(module.weight, "SCB", None) is not None else module.state.SCB
-            return LinearStorage(8, None, module.weight.numel(), _nbytes(module.weight) + _nbytes(scb), "int8")
+            return LinearStorage(
+                8, None, module.weight.numel(), _nbytes(module.weight) + _nbytes(scb), "int8"
+            )
         return None
 
-    def linear_bytes(self, out_features: int, in_features: int, prec: GroupPrecision, compute_dtype: str) -> int:
+    def linear_bytes(
+        self, out_features: int, in_features: int, prec: GroupPrecision, compute_dtype: str
+    ) -> int:
         n = out_features * in_features
         if prec.bits == 8:
             return n + 4 * out_features  # int8 weights + one fp32 scale per row

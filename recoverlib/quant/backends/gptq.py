@@ -1,15 +1,17 @@
-"""GPTQ through GPTQModel (auto-gptq's successor), calibrated on recovery prompts, per-module ``dynamic`` rules.
+"""GPTQ through GPTQModel (auto-gptq's successor), calibrated on recovery prompts, per-module ``dynamic``
+rules.
 
 GPTQModel defuses the Mixtral experts itself (through defuser); here its defused block is swapped for
 recoverlib's split block, whose router is an ``nn.Linear``, so ``+router`` plans can quantize the router too.
 The global patches GPTQModel makes to transformers are undone after every call.
 
 The checkpoint is written in Mixtral's published layout (``block_sparse_moe.experts.N.w1/w2/w3``, the router
-``block_sparse_moe.gate``), the names vLLM's Mixtral loader and published GPTQ Mixtrals use: ``vllm.LLM(path)``
-loads it with nothing of recoverlib installed. GPTQModel writes (and its own ``GPTQModel.load`` reads) the
-transformers-5 names (``mlp.experts.N.gate_proj``), so its output is renamed shard by shard, and recoverlib
-reads the checkpoint through its own loader (:func:`recoverlib.quant.layerwise.load_model`, one layer at a time),
-which takes either layout. :func:`recoverlib.quant.convert.publish_layout` converts an older checkpoint.
+``block_sparse_moe.gate``), the names vLLM's Mixtral loader and published GPTQ Mixtrals use:
+``vllm.LLM(path)`` loads it with nothing of recoverlib installed. GPTQModel writes (and its own
+``GPTQModel.load`` reads) the transformers-5 names (``mlp.experts.N.gate_proj``), so its output is renamed
+shard by shard, and recoverlib reads the checkpoint through its own loader
+(:func:`recoverlib.quant.layerwise.load_model`, one layer at a time), which takes either layout.
+:func:`recoverlib.quant.convert.publish_layout` converts an older checkpoint.
 
 Streaming: GPTQ already works layer by layer (each layer's calibration activations feed the next), so the
 streamed quantize is GPTQModel's own loop with its disk offloading (a meta shell filled from the checkpoint
@@ -43,7 +45,8 @@ CALIBRATION_BATCH = 8
 
 
 def dynamic_rules(plan: PrecisionPlan) -> tuple[GroupPrecision, dict]:
-    """The base precision (the experts', else attention's) and GPTQModel ``dynamic`` rules for the other groups."""
+    """The base precision (the experts', else attention's) and GPTQModel ``dynamic`` rules for the other
+    groups."""
     base = plan.experts if plan.experts.quantized else plan.attention
     rules: dict[str, dict] = {}
     for group, regex in GROUP_REGEX.items():
@@ -63,12 +66,16 @@ class GptqBackend(QuantBackend):
     def validate(self, plan: PrecisionPlan) -> None:
         for group, prec in plan.groups().items():
             if prec.quantized and prec.bits not in (2, 3, 4, 8):
-                raise RecoverlibError(f"plan {plan.name!r}: GPTQ stores 2, 3, 4 or 8 bits ({group}: {prec.bits})")
+                raise RecoverlibError(
+                    f"plan {plan.name!r}: GPTQ stores 2, 3, 4 or 8 bits ({group}: {prec.bits})"
+                )
             if prec.quantized and prec.group_size is None:
                 raise RecoverlibError(f"plan {plan.name!r}: GPTQ needs a group_size for {group}")
         for group in ("embeddings", "lm_head"):
             if plan.group(group).quantized:
-                raise RecoverlibError(f"plan {plan.name!r}: the gptq backend keeps {group} in 16 bit; use hqq")
+                raise RecoverlibError(
+                    f"plan {plan.name!r}: the gptq backend keeps {group} in 16 bit; use hqq"
+                )
         if not (plan.attention.quantized or plan.experts.quantized):
             raise RecoverlibError(f"plan {plan.name!r}: GPTQ needs attention or experts quantized")
 
@@ -79,7 +86,11 @@ class GptqBackend(QuantBackend):
         ``work/quantized`` (kept and reused once finished)."""
         import shutil
 
-        folder, saved, scratch = record.work / "quantized", record.work / "gptq-save", record.work / "gptq-scratch"
+        folder, saved, scratch = (
+            record.work / "quantized",
+            record.work / "gptq-save",
+            record.work / "gptq-scratch",
+        )
         if "gptq" in record.done:
             return folder
         for stale in (folder, saved, scratch):
@@ -94,22 +105,32 @@ class GptqBackend(QuantBackend):
         except OSError as err:
             raise RecoverlibError(f"GPTQ writing under {folder.parent}: {err.strerror or err}") from None
         shutil.rmtree(saved)
-        copy_tokenizer(job.model_path, folder)  # before the record: the audit step copies the same files again
+        # before the record: the audit step copies the same files again
+        copy_tokenizer(job.model_path, folder)
         record.mark_folder("gptq", folder)
         return folder
 
     def quantize_to(self, model_path: Path, plan: PrecisionPlan, texts, seed: int, device: str, scratch: Path,
                     out: Path, max_shard_bytes: int | None) -> None:
-        """Run GPTQModel's quantize on ``device`` and save its checkpoint (GPTQModel's layout) to ``out``; finished
-        modules are offloaded to ``scratch/offload``, GPTQModel's logs go to ``scratch/logs``."""
+        """Run GPTQModel's quantize on ``device`` and save its checkpoint (GPTQModel's layout) to ``out``;
+        finished modules are offloaded to ``scratch/offload``, GPTQModel's logs go to ``scratch/logs``."""
         import torch
 
         base, rules = dynamic_rules(plan)
         tokenizer = calibration_tokenizer(model_path)
         with self._gptqmodel(router=plan.router.quantized) as (GPTQModel, QuantizeConfig, _):
-            cfg = QuantizeConfig(bits=base.bits, group_size=base.group_size, dynamic=rules or None, desc_act=False,
-                                 sym=True, offload_to_disk=True, offload_to_disk_path=str(scratch / "offload"))
-            wrapper = GPTQModel.load(str(model_path), cfg, device=device, dtype=getattr(torch, plan.compute_dtype))
+            cfg = QuantizeConfig(
+                bits=base.bits,
+                group_size=base.group_size,
+                dynamic=rules or None,
+                desc_act=False,
+                sym=True,
+                offload_to_disk=True,
+                offload_to_disk_path=str(scratch / "offload"),
+            )
+            wrapper = GPTQModel.load(
+                str(model_path), cfg, device=device, dtype=getattr(torch, plan.compute_dtype)
+            )
             try:  # a full disk while offloading or saving is one line
                 with torch.random.fork_rng(devices=[]), _logs_in(scratch / "logs"):
                     torch.manual_seed(seed)  # pins any sampling inside; the caller's RNG is left alone
@@ -122,14 +143,17 @@ class GptqBackend(QuantBackend):
 
     def load(self, path: Path, plan: PrecisionPlan, device_map: str | dict | None = None):
         """The checkpoint (published or GPTQModel's names) piece by piece onto one device, through GPTQModel's
-        ``TorchLinear`` (:meth:`load_linear`); its fp16 scales are kept as written (GPTQModel's own loader casts
-        them to the compute dtype, which drops 3 mantissa bits in bf16)."""
+        ``TorchLinear`` (:meth:`load_linear`); its fp16 scales are kept as written (GPTQModel's own loader
+        casts them to the compute dtype, which drops 3 mantissa bits in bf16)."""
         device = single_device(device_map, self.name)
         with self.session(plan, device):
             return load_model(path, plan, self, device)
 
-    def load_linear(self, state: dict, shape: tuple[int, int], prec: GroupPrecision, plan: PrecisionPlan, device: str):
-        """GPTQModel's ``TorchLinear`` from a checkpoint's (v1-format) tensors, as GPTQModel's loader builds it."""
+    def load_linear(
+        self, state: dict, shape: tuple[int, int], prec: GroupPrecision, plan: PrecisionPlan, device: str
+    ):
+        """GPTQModel's ``TorchLinear`` from a checkpoint's (v1-format) tensors, as GPTQModel's loader builds
+        it."""
         import torch
         from gptqmodel.nn_modules.qlinear.torch import TorchLinear  # imported by session()
         from gptqmodel.utils.model import convert_gptq_v1_to_v2_format_module
@@ -141,13 +165,16 @@ class GptqBackend(QuantBackend):
             module.register_buffer(key, state.pop(key).to(device))
         module.bias = None  # Mixtral's linears have none (register_buffers=True would allocate every buffer)
         if state:
-            raise RecoverlibError(f"gptq checkpoint: unexpected tensors {sorted(state)} beside a quantized linear")
+            raise RecoverlibError(
+                f"gptq checkpoint: unexpected tensors {sorted(state)} beside a quantized linear"
+            )
         convert_gptq_v1_to_v2_format_module(module, prec.bits, torch.int32)
         module.post_init()
         return module.eval()
 
     def session(self, plan: PrecisionPlan, device: str):
-        """GPTQModel imported, its patches to transformers undone on exit (around a layer-by-layer audit or load)."""
+        """GPTQModel imported, its patches to transformers undone on exit (around a layer-by-layer audit or
+        load)."""
         return self._gptqmodel(router=plan.router.quantized)
 
     @contextmanager
@@ -155,7 +182,8 @@ class GptqBackend(QuantBackend):
         hf_home = os.environ.get("HF_HOME")
         with environ(GPTQMODEL_CPU_WORKERS=str(os.cpu_count() or 1)), preserved_transformers():
             gptqmodel = self.require("gptqmodel")
-            if hf_home is None:  # importing gptqmodel points HF_HOME at a temp folder; undo for the rest of the process
+            # importing gptqmodel points HF_HOME at a temp folder; undo for the rest of the process
+            if hf_home is None:
                 os.environ.pop("HF_HOME", None)
             from defuser.modeling.unfused_moe import mixtral as defused
             from gptqmodel.models import auto
@@ -172,13 +200,23 @@ class GptqBackend(QuantBackend):
 
     def describe(self, module) -> LinearStorage | None:
         # GPTQModel's CPU kernel class is TorchLinear; every GPTQ kernel derives from GPTQQuantLinear.
-        if not any(c.__name__ == "GPTQQuantLinear" for c in type(module).__mro__) or getattr(module, "qweight", None) is None:
+        if (
+            not any(c.__name__ == "GPTQQuantLinear" for c in type(module).__mro__)
+            or getattr(module, "qweight", None) is None
+        ):
             return None
         nbytes = sum(_nbytes(getattr(module, k)) for k in ("qweight", "qzeros", "scales", "g_idx"))
-        return LinearStorage(int(module.bits), int(module.group_size), module.in_features * module.out_features,
-                             nbytes, f"gptq/{str(module.qweight.dtype).removeprefix('torch.')}")
+        return LinearStorage(
+            int(module.bits),
+            int(module.group_size),
+            module.in_features * module.out_features,
+            nbytes,
+            f"gptq/{str(module.qweight.dtype).removeprefix('torch.')}",
+        )
 
-    def linear_bytes(self, out_features: int, in_features: int, prec: GroupPrecision, compute_dtype: str) -> int:
+    def linear_bytes(
+        self, out_features: int, in_features: int, prec: GroupPrecision, compute_dtype: str
+    ) -> int:
         groups = math.ceil(in_features / prec.group_size)
         qweight = 4 * math.ceil(in_features * prec.bits / 32) * out_features  # int32 words down the input dim
         qzeros = 4 * groups * math.ceil(out_features * prec.bits / 32)
@@ -187,8 +225,8 @@ class GptqBackend(QuantBackend):
 
 
 def publish_gptq(saved: Path, out: Path) -> None:
-    """GPTQModel's saved checkpoint ``saved`` renamed into Mixtral's published layout in ``out``, shard by shard
-    (each source shard removed once copied); its config loses the scratch path GPTQModel records."""
+    """GPTQModel's saved checkpoint ``saved`` renamed into Mixtral's published layout in ``out``, shard by
+    shard (each source shard removed once copied); its config loses the scratch path GPTQModel records."""
     import json
 
     rewrite_names(saved, out, disk_name, consume=True)
@@ -217,12 +255,22 @@ def _logs_in(folder: Path):
 
 def _router_model(base):
     """GPTQModel's Mixtral definition with the router in the quantized tree (it is marked skip by default)."""
-    tree = [dict(x) if isinstance(x, dict) else x for x in require_attr("gptq-router-tree", base, "module_tree")]
+    tree = [
+        dict(x) if isinstance(x, dict) else x for x in require_attr("gptq-router-tree", base, "module_tree")
+    ]
     # The decoder layer's entry is the dict naming the MoE block ("mlp|block_sparse_moe:moe:?" in 7.6.0).
-    found = [(layer, key) for layer in tree if isinstance(layer, dict) for key in layer if key.startswith("mlp")]
-    if len(found) != 1 or not isinstance(found[0][0][found[0][1]], dict) or "gate" not in found[0][0][found[0][1]]:
-        raise RecoverlibError("gptqmodel's Mixtral module tree has changed (patch 'gptq-router-tree', tested on "
-                              "7.6.0): quantizing the router is not possible with this version; keep the router")
+    found = [
+        (layer, key) for layer in tree if isinstance(layer, dict) for key in layer if key.startswith("mlp")
+    ]
+    if (
+        len(found) != 1
+        or not isinstance(found[0][0][found[0][1]], dict)
+        or "gate" not in found[0][0][found[0][1]]
+    ):
+        raise RecoverlibError(
+            "gptqmodel's Mixtral module tree has changed (patch 'gptq-router-tree', tested on "
+            "7.6.0): quantizing the router is not possible with this version; keep the router"
+        )
     layer, moe_key = found[0]
     layer[moe_key] = {**layer[moe_key], "gate": ("gate",)}
     return type("RouterMixtralQModel", (base,), {"module_tree": tree})

@@ -2,13 +2,15 @@
 
 transformers' ``HqqConfig`` is not implemented in transformers 5 and hqq's ``save_quantized`` drops fused
 experts, so linears are replaced one by one by recoverlib's piece loop and saved as hqq's encoded state dicts.
-Scales and zeros stay in the compute dtype (hqq's 8-bit meta quantization cannot be serialized to safetensors).
+Scales and zeros stay in the compute dtype (hqq's 8-bit meta quantization cannot be serialized to
+safetensors).
 
-On a CPU, hqq's proximal optimizer runs its own step function on row blocks of 1 MiB (:func:`blocked_proximal`)
-instead of the whole matrix: every elementwise op of its 20 iterations made a fresh full-size fp32 temporary (235 MB
-for a Mixtral expert), and the kernel's page faults for them were ~70% of the time. Same steps, same whole-matrix
-early stop (its fp32 mean, bit for bit), identical ``W_q``/scale/zero; one 14336x4096 expert matrix took 42.4 s on
-the whole matrix and 7.0-7.5 s blocked (one core; /tmp study, Dec 2026), a full-width layer ~3 min instead of ~17.
+On a CPU, hqq's proximal optimizer runs its own step function on row blocks of 1 MiB
+(:func:`blocked_proximal`) instead of the whole matrix: every elementwise op of its 20 iterations made a
+fresh full-size fp32 temporary (235 MB for a Mixtral expert), and the kernel's page faults for them were ~70%
+of the time. Same steps, same whole-matrix early stop (its fp32 mean, bit for bit), identical
+``W_q``/scale/zero; one 14336x4096 expert matrix took 42.4 s on the whole matrix and 7.0-7.5 s blocked (one
+core; /tmp study, Dec 2026), a full-width layer ~3 min instead of ~17.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ class HqqBackend(QuantBackend):
             if prec.quantized and prec.group_size is None:
                 raise RecoverlibError(f"plan {plan.name!r}: hqq needs a group_size for {group}")
         if plan.embeddings.quantized:
-            raise RecoverlibError(f"plan {plan.name!r}: the hqq backend quantizes linears only; keep embeddings at null")
+            raise RecoverlibError(
+                f"plan {plan.name!r}: the hqq backend quantizes linears only; keep embeddings at null"
+            )
 
     def load(self, path: Path, plan: PrecisionPlan, device_map: str | dict | None = None):
         """Read a checkpoint (one file or HF shards) piece by piece onto one device."""
@@ -50,8 +54,8 @@ class HqqBackend(QuantBackend):
     @contextmanager
     def session(self, plan: PrecisionPlan, device: str):
         """hqq's backend is class-wide: the PyTorch reference backend only for a CPU run, restored on exit
-        (on a GPU hqq keeps whatever fast backend it or the user chose). On a CPU hqq's optimizer also runs in row
-        blocks (patch ``hqq-blocked-optimizer``, the same results), restored on exit."""
+        (on a GPU hqq keeps whatever fast backend it or the user chose). On a CPU hqq's optimizer also runs
+        in row blocks (patch ``hqq-blocked-optimizer``, the same results), restored on exit."""
         self.require("hqq")
         from hqq.core import optimize as hqq_optimize
         from hqq.core.quantize import HQQBackend, HQQLinear, Quantizer
@@ -76,13 +80,17 @@ class HqqBackend(QuantBackend):
         from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
 
         cfg = BaseQuantizeConfig(nbits=prec.bits, group_size=prec.group_size, axis=1)
-        return HQQLinear(linear, cfg, compute_dtype=getattr(torch, plan.compute_dtype), device=device, del_orig=True)
+        return HQQLinear(
+            linear, cfg, compute_dtype=getattr(torch, plan.compute_dtype), device=device, del_orig=True
+        )
 
     def linear_state(self, module) -> dict:
         module.encoded_state_dict = True
         return module.state_dict()
 
-    def load_linear(self, state: dict, shape: tuple[int, int], prec: GroupPrecision, plan: PrecisionPlan, device: str):
+    def load_linear(
+        self, state: dict, shape: tuple[int, int], prec: GroupPrecision, plan: PrecisionPlan, device: str
+    ):
         import torch
         from hqq.core.quantize import HQQLinear
 
@@ -100,9 +108,17 @@ class HqqBackend(QuantBackend):
         meta = module.meta
         nbytes = _nbytes(module.W_q) + _nbytes(meta["scale"]) + _nbytes(meta["zero"])
         bits, group = int(meta["nbits"]), int(meta["group_size"])
-        return LinearStorage(bits, group, math.prod(meta["shape"]), nbytes, f"hqq/{str(module.W_q.dtype).removeprefix('torch.')}")
+        return LinearStorage(
+            bits,
+            group,
+            math.prod(meta["shape"]),
+            nbytes,
+            f"hqq/{str(module.W_q.dtype).removeprefix('torch.')}",
+        )
 
-    def linear_bytes(self, out_features: int, in_features: int, prec: GroupPrecision, compute_dtype: str) -> int:
+    def linear_bytes(
+        self, out_features: int, in_features: int, prec: GroupPrecision, compute_dtype: str
+    ) -> int:
         groups = out_features * in_features // prec.group_size
         per_word, word_bytes = PACKING[prec.bits]
         payload = math.ceil(groups / per_word) * prec.group_size * word_bytes
@@ -113,9 +129,9 @@ BLOCK_ELEMENTS = 1 << 18  # fp32 elements per row block (1 MiB: about one core's
 
 
 def blocked_proximal(legacy, step):
-    """hqq 0.2.8.post1's ``optimize_weights_proximal_legacy`` with its loop over row blocks: the same step function,
-    iterations and whole-matrix early stop, so W_q/scale/zero are bit-identical, without a full-size temporary per
-    op. ``legacy`` serves what this does not (another axis, a GPU tensor)."""
+    """hqq 0.2.8.post1's ``optimize_weights_proximal_legacy`` with its loop over row blocks: the same step
+    function, iterations and whole-matrix early stop, so W_q/scale/zero are bit-identical, without a full-size
+    temporary per op. ``legacy`` serves what this does not (another axis, a GPU tensor)."""
     import torch
 
     default = {"lp_norm": 0.7, "beta": 1e1, "kappa": 1.01, "iters": 20}  # legacy's own defaults
@@ -123,13 +139,18 @@ def blocked_proximal(legacy, step):
     @torch.inference_mode()
     def optimize(tensor, scale, zero, min_max, axis=0, device=None, opt_params=None, verbose=False):
         opt_params = opt_params or default
-        if axis != 1 or tensor.device.type != "cpu" or (device is not None and torch.device(device).type != "cpu"):
+        if (
+            axis != 1
+            or tensor.device.type != "cpu"
+            or (device is not None and torch.device(device).type != "cpu")
+        ):
             return legacy(tensor, scale, zero, min_max, axis, device, opt_params, verbose)
         lp_norm, beta, iters = opt_params["lp_norm"], opt_params["beta"], opt_params["iters"]
         w_f, scale, zero = tensor.float(), scale.float(), zero.float()
         rows = max(1, BLOCK_ELEMENTS // w_f.shape[1])
         blocks = [slice(s, s + rows) for s in range(0, w_f.shape[0], rows)]
-        abs_err = torch.empty_like(w_f)  # |W_f - W_r| filled block by block: its mean is legacy's error, bit for bit
+        # |W_f - W_r| filled block by block: its mean is legacy's error, bit for bit
+        abs_err = torch.empty_like(w_f)
         best_error = math.inf
         for _ in range(iters):
             new_zero = torch.empty_like(zero)
