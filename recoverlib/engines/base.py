@@ -92,8 +92,8 @@ class EngineConfig:
     max_num_batched_tokens: int | None = setting(
         None, help="vllm: tokens per step (default: the context, at least 65536 on CPU and 8192 on GPU)"
     )
-    block_size: int | None = setting(None, help="vllm: KV-cache block size in tokens (CPU: multiples of 32;"
-                                                " default: vLLM's, 128 on CPU and 16 on GPU)")
+    block_size: int | None = setting(None, help="vllm: KV-cache block size in tokens (default: 32 on CPU,"
+                                                " whose attention takes multiples of 32; vLLM's own 16 on GPU)")
     lora_mode: str = setting(
         "auto",
         choices=LORA_MODES,

@@ -28,6 +28,10 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.Max
 # LoRA product per adapter, nothing for base requests (vLLM's CPU path applies the last adapter to them)
 MOE_CURE, GROUPED_CURE = "vllm-cpu-moe-kernel", "vllm-grouped-lora"
 CPU_MAX_SEQS, CPU_BATCHED_TOKENS, GPU_BATCHED_TOKENS = 2048, 65536, 8192
+# KV-cache block on a CPU: vLLM's CPU default is 128 tokens, and its prefix cache shares whole blocks only, so
+# each of a request's n samples recomputes the prompt's last partial block (up to 127 tokens); 32 is the CPU
+# attention's smallest (benchmarks/results/ensemble_speed_*.md). GPUs keep vLLM's own (16).
+CPU_BLOCK_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -163,12 +167,11 @@ def _llm_kwargs(config: EngineConfig, device: Device, adapters: Mapping[str, Ada
         kwargs["max_num_seqs"] = max_seqs
     if config.gpu_memory_utilization is not None:
         kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
-    if config.block_size is not None:
-        if device.is_cpu and config.block_size % 32:
-            raise RecoverlibError(
-                f"block size {config.block_size}: vLLM's CPU attention takes multiples of 32"
-            )
-        kwargs["block_size"] = config.block_size
+    block = config.block_size or (CPU_BLOCK_SIZE if device.is_cpu else None)
+    if block is not None:
+        if device.is_cpu and block % 32:
+            raise RecoverlibError(f"block size {block}: vLLM's CPU attention takes multiples of 32")
+        kwargs["block_size"] = block
     if not config.custom_all_reduce:
         kwargs["disable_custom_all_reduce"] = True
     return kwargs | lora_kwargs(config, adapters)

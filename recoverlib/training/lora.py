@@ -13,15 +13,13 @@ import json
 import logging
 import random
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from recoverlib.adapters import ADAPTER_META  # the engines read the prime from it
 from recoverlib.errors import RecoverlibError
-from recoverlib.io import read_rows
 from recoverlib.metric import Scorer
-from recoverlib.prompt import TEMPLATE_KINDS, RecoveryTemplate, has_prime
+from recoverlib.prompt import TEMPLATE_KINDS, RecoveryTemplate
 from recoverlib.training.checkpoints import (
     CHECKPOINTS,
     checkpoint_callback,
@@ -29,6 +27,7 @@ from recoverlib.training.checkpoints import (
     restore_selector,
 )
 from recoverlib.training.evaluate import greedy_predictions
+from recoverlib.training.rows import dedicated_pad, rows_of, subset, to_dataset
 
 log = logging.getLogger("recoverlib")
 
@@ -115,59 +114,6 @@ def import_trl():
             f"training needs TRL ({err.name} missing): pip install trl==1.16.0 datasets"
         ) from None
     return trl
-
-
-def load_training_rows(path: str | Path, prime: str = "", what: str = "training"):
-    """Rows with prompts from a CSV; every text and prompt must be non-empty (one-line error otherwise)."""
-
-    rows = read_rows(path, with_truth=True)
-    bad = [r.id for r in rows if r.problem or not (r.rewrite_prompt or "").strip()]
-    if bad:
-        raise RecoverlibError(
-            f"{path}: {len(bad)} {what} row(s) have an empty text or rewrite_prompt (id "
-            f"{', '.join(bad[:3])}); fix or drop them"
-        )
-    if not rows:
-        raise RecoverlibError(f"{path}: no {what} rows")
-    kept = [r for r in rows if has_prime(r.rewrite_prompt, prime)]
-    if not kept:
-        raise RecoverlibError(f"{path}: no rewrite_prompt starts with the prime {prime!r}")
-    return kept
-
-
-def subset(rows: Sequence, max_rows: int | None, seed: int) -> list:
-    """At most ``max_rows`` rows, a seeded sample in the original order."""
-    if max_rows is None or len(rows) <= max_rows:
-        return list(rows)
-    keep = sorted(random.Random(seed).sample(range(len(rows)), max_rows))
-    return [rows[i] for i in keep]
-
-
-def dedicated_pad(tokenizer) -> None:
-    """Give the tokenizer a pad token that is not eos: with pad = eos, eos is masked and generation never
-    stops."""
-    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
-        return
-    if tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
-        # an existing token: no new embedding row, nothing to convert
-        tokenizer.pad_token = tokenizer.unk_token
-        return
-    raise RecoverlibError(
-        "the tokenizer has no pad or unk token distinct from eos; add a <pad> token to the base first"
-    )
-
-
-def to_dataset(tokenizer, rows, template: RecoveryTemplate, prime: str, max_length: int):
-    """A TRL prompt-completion dataset: ``prompt`` rendered by ``template``, ``completion`` its target."""
-    from datasets import Dataset
-
-    prompts = [
-        template.render_fitted(tokenizer, r.original_text, r.rewritten_text, max_length - 64, prime)[0]
-        for r in rows
-    ]
-    return Dataset.from_dict(
-        {"prompt": prompts, "completion": [template.completion(r.rewrite_prompt, prime) for r in rows]}
-    )
 
 
 def resolve_plan(plan: str) -> bool:
@@ -327,8 +273,8 @@ def train_adapter(
 
     config = config or TrainConfig()
     start = time.perf_counter()
-    train_rows = subset(_rows(train, config.prime, "training"), config.max_rows, config.seed)
-    val_rows = _rows(validation, config.prime, "validation") if validation is not None else []
+    train_rows = subset(rows_of(train, config.prime, "training"), config.max_rows, config.seed)
+    val_rows = rows_of(validation, config.prime, "validation") if validation is not None else []
     work = Path(out_dir) / CHECKPOINTS
     start_from = last_checkpoint(work) if resume else None
     if resume and start_from is None:
@@ -393,15 +339,6 @@ def _bars_without_metric_lines(trainer) -> None:
 
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(BarsOnly)
-
-
-def _rows(source, prime: str, what: str):
-    if isinstance(source, (str, Path)):
-        return load_training_rows(source, prime, what)
-    kept = [r for r in source if has_prime(r.rewrite_prompt, prime)]
-    if not kept:
-        raise RecoverlibError(f"no {what} rewrite_prompt starts with the prime {prime!r}")
-    return kept
 
 
 def _save(model, base_name: str, out_dir: Path, config: TrainConfig, selector: _BestEpoch, n_rows: int,

@@ -109,6 +109,7 @@ def test_kaggle_preset_reaches_vllm(tiny_model, tiny_adapters):
     ) == (2, 0.95, True, True, 1024)
     assert (kwargs["max_loras"], kwargs["max_cpu_loras"]) == (2, 3)  # two resident, all three in CPU memory
     assert setup.env == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} and not setup.separate_base
+    assert "block_size" not in kwargs  # GPUs keep vLLM's own
 
 
 def test_auto_dtype_on_t4_is_fp16_and_bf16_is_refused_before_start(on_t4x2, tiny_model):

@@ -37,9 +37,12 @@ def test_cpu_defaults(tiny_model, adapters):
         and kw["lora_target_modules"] == ["k_proj", "o_proj", "q_proj", "v_proj"]
     )
     assert (kw["max_num_seqs"], kw["max_num_batched_tokens"], kw["enforce_eager"]) == (2048, 65536, True)
+    assert kw["block_size"] == 32  # shared prefixes of a request's samples: whole 32-token blocks, not 128
     assert kw["enable_chunked_prefill"] is False  # seeded sampling on a CPU generator
     assert setup.env == {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     assert not setup.separate_base
+    with pytest.raises(RecoverlibError, match="block size 48: vLLM's CPU attention takes multiples of 32"):
+        plan_vllm(EngineConfig(block_size=48), CPU, {}, ModelFacts(tiny_model), BOTH)
 
 
 def test_without_the_grouped_lora_cure_base_requests_are_batched_apart(tiny_model, adapters):
