@@ -93,7 +93,7 @@ class EngineConfig:
         None, help="vllm: tokens per step (default: the context, at least 65536 on CPU and 8192 on GPU)"
     )
     block_size: int | None = setting(None, help="vllm: KV-cache block size in tokens (default: 32 on CPU,"
-                                                " whose attention takes multiples of 32; vLLM's own 16 on GPU)")
+                                                " where it takes multiples of 32; vLLM's own 16 on GPU)")
     lora_mode: str = setting(
         "auto",
         choices=LORA_MODES,
