@@ -108,7 +108,6 @@ class RayExecutor(Executor):
 
     def __init__(self, config: RayConfig | None = None):
         super().__init__(config)
-        self._started_ray = False
         self._actors: list = []
 
     def chunk_rows(self, spec: EngineSpec) -> int:
@@ -123,25 +122,16 @@ class RayExecutor(Executor):
         address = self.config.address
         if address and address != "auto":
             check_reachable(address, self.config.connect_timeout_s)
+        cpus = max(1, int(self.config.workers * self.config.cpus_per_worker))
+        local = {} if address else {"num_cpus": cpus}
         try:
-            ray.init(
-                address=address,
-                include_dashboard=False,
-                log_to_driver=True,
-                logging_level=logging.WARNING,
-                **(
-                    {}
-                    if address
-                    else {"num_cpus": max(1, int(self.config.workers * self.config.cpus_per_worker))}
-                ),
-            )
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, **local)
         except (ConnectionError, RuntimeError, ValueError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise RecoverlibError(
                 f"cannot join the Ray cluster at {address or 'a new local instance'} ({first});"
                 " check --ray-address, or use --executor local"
             ) from None
-        self._started_ray = not address
         return ray
 
     def run(self, spec: EngineSpec, chunks: Sequence[Chunk], predict: PredictConfig,
@@ -214,7 +204,6 @@ class RayExecutor(Executor):
             return
         self._stop_actors(ray)
         ray.shutdown()  # leaves a cluster given by address running; stops the local one this run started
-        self._started_ray = False
 
 
 def _recoverlib_error_in(text: str) -> str | None:
