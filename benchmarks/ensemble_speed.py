@@ -12,8 +12,7 @@ in a process of its own, timed in turn (A B C ... A B C ..., the order rotated e
   and ``enable_chunked_prefill=False`` for seeded sampling); vLLM's own defaults otherwise (128-token KV
   blocks on a CPU), no preloaded allocator;
 - ``recoverlib bN``: recoverlib's ``VLLMEngine`` (all plugin cures, tcmalloc and libiomp5 preloaded as its
-commands
-  run it) with N-token KV blocks;
+  commands run it) with N-token KV blocks;
 - ``recoverlib base``: the same number of requests on the base model, through the ``--base-block`` engine (its
   adapters idle; each adapter's copy of a prompt gets a distinct leading number, so the base run cannot share
   prefills the adapters' runs cannot).

@@ -3,10 +3,9 @@
 The policy, the same for every command (checked before any work starts):
 
 - An output *file* (submission, samples JSONL, combination JSON, text) must not be any input: paths are
-compared
-  resolved, and with ``os.path.samefile`` where both exist, so a symlink or hard link to the input is refused
-  too. An existing output file that is not an input is replaced atomically (the old one stays until the new is
-  whole).
+  compared resolved, and with ``os.path.samefile`` where both exist, so a symlink or hard link to the input is
+  refused too. An existing output file that is not an input is replaced atomically (the old one stays until
+  the new is whole).
 - An output *folder* (make-tiny, make-task, train, quantize) must not be an input, hold one, or lie inside an
   input folder. If it exists and is not empty it must be this command's own earlier output (it holds the
   command's marker file); then it is written again. Any other non-empty folder is refused: nothing of the

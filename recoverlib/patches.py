@@ -61,7 +61,7 @@ PATCHES = {
             "transformers",
             "5.19.0",
             "modeling_mixtral.MixtralSparseMoeBlock + conversion_mapping.get_checkpoint_conversion_mapping "
-            "(during bnb loads and the whole-model quantize only; streaming quantize builds layers itself)",
+            "(during bnb loads only; the streaming quantize builds layers itself)",
             "bitsandbytes replaces nn.Linear only: without per-expert Linears a 4-bit Mixtral keeps 16-bit "
             "experts",
         ),

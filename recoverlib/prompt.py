@@ -5,8 +5,7 @@ prefix; the model continues after the prefix with the rewrite prompt it believes
 
 - ``chat``: the user turn through the tokenizer's chat template (instruct models, the seed's recipe);
 - ``plain``: the same text with no chat markup, after the tokenizer's BOS (base models such as
-Mixtral-8x7B-v0.1
-  are published without a chat template)::
+  Mixtral-8x7B-v0.1 are published without a chat template)::
 
       <s>Below are an original text and ... (INSTRUCTION)
 

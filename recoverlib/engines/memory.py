@@ -9,8 +9,7 @@ allocates at start-up:
   head);
 - KV cache: ``2 (K and V) x layers x KV heads per rank x head_dim x dtype bytes`` per token, for each rank;
 - LoRA buffers: vLLM preallocates ``max_loras`` slots of ``max_lora_rank`` on every targeted module
-(column-parallel
-  layers hold A whole and B sharded, row-parallel ones the other way round:
+  (column-parallel layers hold A whole and B sharded, row-parallel ones the other way round:
   ``vllm/lora/layers/base_linear.py``);
 - activations of the profiling forward (``max_num_batched_tokens`` tokens through attention and the fused-MoE
   kernel's intermediate caches) and a fixed overhead for the CUDA context, CUDA graphs and all-reduce buffers.

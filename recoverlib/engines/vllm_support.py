@@ -3,14 +3,12 @@
 Two descriptions meet in one pure rule (:func:`vllm_problem`):
 
 - :class:`ServedWeights`: what the checkpoint asks of vLLM: its quantization method, the bits of each module
-group
-  (from recoverlib's ``recoverlib_quant.json``, else the ``quantization_config`` and its GPTQ ``dynamic``
-  rules) and how it names its experts (vLLM's Mixtral loader reads Mixtral's published
+  group (from recoverlib's ``recoverlib_quant.json``, else the ``quantization_config`` and its GPTQ
+  ``dynamic`` rules) and how it names its experts (vLLM's Mixtral loader reads Mixtral's published
   ``block_sparse_moe.experts.N.w1`` names only).
 - :class:`VllmKernels`: what this machine's vLLM can run, asked of vLLM itself (:func:`probe_vllm_kernels`):
-on a
-  CPU, whether the kernel library its build loaded here has the int4 GEMM (``cpu_gemm_wna16``, in the AVX-512
-  builds) and whether one of its int4 MoE kernels accepts this CPU (``CPUExpertsInt4``: x86 with AMX;
+  on a CPU, whether the kernel library its build loaded here has the int4 GEMM (``cpu_gemm_wna16``, in the
+  AVX-512 builds) and whether one of its int4 MoE kernels accepts this CPU (``CPUExpertsInt4``: x86 with AMX;
   ``ZentorchExpertsInt4``: AMD's zentorch). vLLM 0.32's CPU GPTQ kernels take 4-bit weights only.
 
 ``predict`` (``--engine vllm`` refuses, ``--engine auto`` chooses), ``plan`` and the benchmarks ask here,

@@ -1,8 +1,7 @@
 """The data path for a whole input, split by concern (names load on first use):
 
 - :mod:`~recoverlib.pipeline.config`: what to sample and how to combine it (:class:`PredictConfig`), the
-result of a
-  row (:class:`Prediction`), a run's base models (:class:`BaseModel`);
+  result of a row (:class:`Prediction`), a run's base models (:class:`BaseModel`);
 - :mod:`~recoverlib.pipeline.chunks`: rows cut into chunks at fixed input positions, each row seeded by its
   position, so any executor and any resume serves a row the same way;
 - :mod:`~recoverlib.pipeline.sample`: one chunk through one engine (prompts rendered and fitted, generated,

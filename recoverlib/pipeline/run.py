@@ -92,10 +92,9 @@ def predict(model: str | Path | Sequence[BaseModel], input_path: str | Path, out
     served one after another (one engine per worker at a time); every row's samples of all bases are combined
     together, and the samples file records each sample's base (``resume`` continues across bases).
     ``executor``: a registered name (``local``, ``ray``, with ``executor_config``, that executor's settings)
-    or an
-    :class:`Executor`. ``close_engine=False`` leaves the executor's last engine to the end of the process:
-    for a caller about to exit (the CLI), since vLLM's shutdown spends about 1.3 s in garbage collection on 2
-    cores.
+    or an :class:`Executor`. ``close_engine=False`` leaves the executor's last engine to the end of the
+    process: for a caller about to exit (the CLI), since vLLM's shutdown spends about 1.3 s in garbage
+    collection on 2 cores.
     """
     config = config or PredictConfig()
     check_engine_name(engine)  # an unknown name fails here, before anything is read or loaded

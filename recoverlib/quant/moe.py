@@ -87,7 +87,7 @@ def split_moe():
     """Within this context, Mixtral models are built and loaded with :class:`SplitMoeBlock`.
 
     Process-wide for its length (patch ``transformers-split-moe`` in :mod:`recoverlib.patches`): the streaming
-    quantize builds its layers directly instead; bitsandbytes loads and the whole-model path still need this.
+    quantize builds its layers directly instead; bitsandbytes loads still need this.
     """
     from transformers import conversion_mapping as cm
     from transformers.models.mixtral import modeling_mixtral as mm

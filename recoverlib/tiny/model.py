@@ -1,8 +1,7 @@
 """A deterministic tiny Mixtral, its tokenizer and LoRA adapters, made here without any download.
 
 The shapes follow Mixtral (sparse MoE, top-2 routing, GQA) at a size a 2-core CPU serves in seconds; head_dim
-64
-is one vLLM's CPU attention supports. Layout written by :func:`make_tiny`::
+64 is one vLLM's CPU attention supports. Layout written by :func:`make_tiny`::
 
     OUT/model/               HF model folder (config, bf16 safetensors, fast tokenizer, chat template)
     OUT/adapters/<name>/     PEFT LoRA folders on the attention projections, one rank each
