@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.report import machine_info, machine_line, pyplot, write_table
+from benchmarks.report import load_line, machine_info, machine_line, pyplot, write_table
 from benchmarks.serving import fullwidth_model, tiny_model
 from recoverlib.cache import cache_dir
 from recoverlib.engines.vllm_support import cpu_identity
@@ -258,13 +258,12 @@ def main(argv: list[str] | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = measure(args, folder / "model", adapters, out_dir / f"ensemble_speed_{args.model}.log")
     load_after = os.getloadavg()
-    cpu, feats = cpu_identity()
+    cpu = cpu_identity()[0]
     frame = pd.DataFrame(rows)
     name = f"ensemble_speed_{args.model}"
     notes = [
-        f"Machine: {machine_line(machine_info())}; CPU features: {', '.join(feats)}",
-        f"Load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in load_before)};"
-        f" after: {', '.join(f'{x:.2f}' for x in load_after)}; {time.perf_counter() - start:.0f} s in all",
+        f"Machine: {machine_line(machine_info())}",
+        f"{load_line(load_before, load_after)}; {time.perf_counter() - start:.0f} s in all",
         f"Model: {'full-width Mixtral shapes, 1 layer, random bf16 weights' if full else 'tiny Mixtral'};"
         f" {args.rows} rows x {len(adapters)} rank-16 adapters x n samples x {args.tokens} tokens per run,"
         f" fresh texts every run; {args.repeats} repeats, variants in rotating order",

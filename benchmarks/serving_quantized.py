@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.ensemble_speed import rows_of
-from benchmarks.report import machine_info, machine_line, pyplot, write_table
+from benchmarks.report import load_line, machine_info, machine_line, pyplot, write_table
 from benchmarks.serving import fullwidth_model
 from recoverlib.cache import cache_dir
 from recoverlib.engines.vllm_support import cpu_identity, serving_problem
@@ -123,11 +123,10 @@ def main(argv: list[str] | None = None) -> None:
     frame = pd.DataFrame(rows)
     bf16 = frame[frame["base"] == "bf16"].set_index("rows")["tok_per_s"]
     frame["x_bf16"] = [t / bf16[r] for r, t in zip(frame["rows"], frame["tok_per_s"], strict=True)]
-    cpu, feats = cpu_identity()
+    cpu = cpu_identity()[0]
     notes = [
-        f"Machine: {machine_line(machine_info())}; CPU features: {', '.join(feats)}",
-        f"Load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in load_before)};"
-        f" after: {', '.join(f'{x:.2f}' for x in load_after)}; {time.perf_counter() - start:.0f} s in all",
+        f"Machine: {machine_line(machine_info())}",
+        f"{load_line(load_before, load_after)}; {time.perf_counter() - start:.0f} s in all",
         "Model: full-width Mixtral shapes, 1 layer, random bf16 weights, 4 rank-16 attention adapters; rows "
         "of"
         f" 60-450 words x 4 adapters x 4 samples x {args.tokens} tokens, fresh texts per row count",

@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.ensemble_speed import rows_of
-from benchmarks.report import machine_info, machine_line, pyplot, write_table
+from benchmarks.report import load_line, machine_info, machine_line, pyplot, write_table
 from benchmarks.serving import fullwidth_model, tiny_model
 from recoverlib.cache import cache_dir
 from recoverlib.engines import EngineConfig, SamplingConfig
@@ -122,11 +122,10 @@ def main(argv: list[str] | None = None) -> None:
     load_before, start = os.getloadavg(), time.perf_counter()
     frame = pd.DataFrame(measure(args, folder / "model", adapters, out_dir / f"{name}.log"))
     load_after = os.getloadavg()
-    cpu, feats = cpu_identity()
+    cpu = cpu_identity()[0]
     notes = [
-        f"Machine: {machine_line(machine_info())}; CPU features: {', '.join(feats)}",
-        f"Load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in load_before)};"
-        f" after: {', '.join(f'{x:.2f}' for x in load_after)}; {time.perf_counter() - start:.0f} s in all",
+        f"Machine: {machine_line(machine_info())}",
+        f"{load_line(load_before, load_after)}; {time.perf_counter() - start:.0f} s in all",
         f"Model: {'full-width Mixtral shapes, 1 layer, random bf16 weights' if full else 'tiny Mixtral'};"
         f" {args.rows} {args.prompts} rows x {len(adapters)} rank-16 adapters x 4 samples x {args.tokens} "
         "tokens"
