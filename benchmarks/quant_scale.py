@@ -263,11 +263,11 @@ def report(rows, args, shapes, out_dir: Path, mixtral: dict, presets, quantize_p
         cmd += " --presets " + " ".join(args.presets)
     if args.name != "quant_scale":
         cmd += f" --name {args.name}"
-    if args.from_csv is not None:
-        cmd += f" --from-csv {args.from_csv}"
+    if args.layers != [1, 2, 4]:
+        cmd += " --layers " + " ".join(map(str, args.layers))
     notes = [
         f"Command: `{cmd}` (layers {args.layers}, presets {args.presets}, --max-shard-size "
-        f"{args.max_shard_size})",
+        f"{args.max_shard_size})" + ("; report rebuilt from its CSV (--from-csv)" if args.from_csv else ""),
         f"Shapes: {width}; {json.dumps(shapes)}",
         f"Machine: {machine_line(machine_info())}",
         *args.note,

@@ -140,24 +140,30 @@ def quantize_lines(args) -> tuple[list[str], bool]:
     return lines, fits
 
 
-def vllm_line(plan, on_gpus: bool) -> str:
-    """Whether vLLM can serve what ``plan`` writes: on ``--gpus`` by the checkpoint alone, on this CPU also
-    by this machine's int4 kernels (vLLM is imported to ask it)."""
+def vllm_line(plan, on_gpus: bool) -> tuple[str, bool]:
+    """Whether vLLM can serve what ``plan`` writes (the line to print, and yes/no): on ``--gpus`` by the
+    checkpoint alone, on this CPU also by this machine's int4 kernels (vLLM is imported to ask it)."""
     weights = ServedWeights.from_plan(plan, f"a {plan.name} checkpoint")
     problem = weights_problem(weights)
     if not problem and needs_kernels(weights) and not on_gpus:
         kernels = probe_vllm_kernels()
         problem = kernel_problem(weights, kernels)
         if not problem:
-            return f"vLLM on this CPU can serve it ({kernels.describe()})"
-    return f"vLLM cannot serve it: {problem}" if problem else "vLLM can serve it"
+            return f"vLLM on this CPU can serve it ({kernels.describe()})", True
+    if problem:
+        return f"vLLM cannot serve it: {problem}", False
+    return "vLLM can serve it", True
 
 
 def cmd_plan(args) -> int:
     fits = True
     if args.plan in PRESETS or args.plan.endswith(".json"):  # a dtype plan (bfloat16) quantizes nothing
         lines, fits = quantize_lines(args)
-        print("\n".join([*lines, vllm_line(load_plan(args.plan), bool(args.gpus))]), file=args.stdout)
+        line, servable = vllm_line(load_plan(args.plan), bool(args.gpus))
+        print("\n".join([*lines, line]), file=args.stdout)
+        if not servable:  # the serving plan below is vLLM's: nothing to plan
+            print("(no vLLM serving plan: the HF engine serves it)", file=args.stdout)
+            return 0 if fits else 1
     serving = serving_lines(args)
     print("\n".join(serving), file=args.stdout)
     return 0 if fits and serving[-1].startswith("fits") else 1

@@ -132,12 +132,14 @@ def plan_bytes(config: str | Path | dict, plan: PrecisionPlan) -> PlanEstimate:
 # Peak-memory model of the streaming quantizer (recoverlib.quant.stream), constants measured on this project's
 # 2-core CPU machine. The 16-bit input is read as lazily memory-mapped tensors, so only the linear being
 # quantized is resident; the quantized outputs of the piece accumulate until it is written. TRANSIENT_FP32:
-# the peak a backend's quantizer adds while quantizing one linear, in fp32 copies of that linear (ru_maxrss
-# over the RSS before: bitsandbytes NF4 on a 14336x4096 bf16 matrix +0.84 GB = 3.6 copies; hqq 4-bit g64 on a
-# 7168x4096 matrix +1.08 GB = 9.2 copies). FIXED_HOST: the interpreter and libraries
+# the peak a backend's quantizer adds while quantizing one linear, in fp32 copies of that linear. bitsandbytes
+# NF4 on a 14336x4096 bf16 matrix: +0.84 GB (ru_maxrss over the RSS before) = 3.6 copies. hqq 4-bit g64 with
+# its optimizer in row blocks (patch hqq-blocked-optimizer): 4.8 copies, from whole full-width runs peaking at
+# 2.98 and 3.02 GB for 1 and 2 layers (benchmarks/results/quant_scale_hqq.md); hqq's own optimizer on the
+# whole matrix needed 9.2 (4.12 GB, quant_scale_hqq_before.md). FIXED_HOST: the interpreter and libraries
 # (benchmarks/quant_scale.py).
 FIXED_HOST = int(1.0e9)
-TRANSIENT_FP32 = {"bnb": 3.6, "hqq": 9.2}
+TRANSIENT_FP32 = {"bnb": 3.6, "hqq": 4.8}
 # GPTQ (GPTQModel 7.6.0 on the CPU, benchmarks/results/quant_scale_gptq.md): one full-width layer peaked at
 # 14.41 GB while the 16 expert gate/up modules were quantized together: FIXED_HOST + the 2.90 GB layer + 16 x
 # (a 67 MB Hessian + 2.5 fp32 copies of a 235 MB weight). The 8 down_proj (822 MB Hessians) peaked lower (9.5
