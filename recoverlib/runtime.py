@@ -4,6 +4,7 @@ after."""
 from __future__ import annotations
 
 import os
+import weakref
 from contextlib import contextmanager
 
 
@@ -20,6 +21,38 @@ def environ(**values: str):
             os.environ.pop(k, None)
 
 
+class HeldEnviron:
+    """``os.environ`` as it was before the first live holder (an engine), put back when the last one lets go.
+
+    vLLM writes its own variables into ``os.environ`` while it builds an engine in this process
+    (``LD_PRELOAD`` with torch's libgomp, ``KMP_*``, ``LOCAL_WORLD_SIZE``, ``VLLM_DIST_IDENT``, ...). Left
+    there, every process started from this one afterwards inherits them: a vLLM server started after an
+    in-process engine closed failed vLLM's own check that one OpenMP runtime only is preloaded. Like
+    ``gc.freeze()``, the environment is process state, so it is put back only when no engine needs it.
+    """
+
+    def __init__(self):
+        self._holders: weakref.WeakSet = weakref.WeakSet()
+        self._before: dict[str, str] | None = None
+
+    def hold(self, holder) -> None:
+        if not self._holders:
+            self._before = dict(os.environ)
+        self._holders.add(holder)
+
+    def release(self, holder) -> None:
+        self._holders.discard(holder)
+        if not self._holders and self._before is not None:
+            for k in [k for k in os.environ if k not in self._before]:
+                del os.environ[k]
+            os.environ.update({k: v for k, v in self._before.items() if os.environ.get(k) != v})
+            self._before = None
+
+
+# The one process-wide record (the environment is process state, so its holders are too).
+ENGINE_ENVIRON = HeldEnviron()
+
+
 # -- the allocator and OpenMP runtime vLLM's CPU backend asks for
 # --------------------------------------------------- vLLM warns at every CPU start that tcmalloc and Intel's
 # OpenMP (libiomp5) are not preloaded; preloaded, a full-width job ran 1.23x (base) and 1.32x (adapters)
@@ -27,6 +60,7 @@ def environ(**values: str):
 # process that runs the model starts, so the CLI relaunches itself with them.
 PRELOAD_ENV = "RECOVERLIB_PRELOAD"  # "0": leave LD_PRELOAD alone; "done": set by the relaunch
 TCMALLOC_NAMES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4")
+OPENMP_NAMES = ("libiomp", "libgomp", "libomp")  # as vLLM tells OpenMP runtimes apart in LD_PRELOAD
 LIB_DIRS = (
     "/usr/lib/x86_64-linux-gnu",
     "/usr/lib/aarch64-linux-gnu",
@@ -63,6 +97,8 @@ def preload_plan(environ_now: dict, tcmalloc: str | None, iomp: str | None) -> t
     if environ_now.get(PRELOAD_ENV) in ("0", "done"):
         return None, None
     have = [p for p in environ_now.get("LD_PRELOAD", "").replace(":", " ").split() if p]
+    if any(name in os.path.basename(h) for h in have for name in OPENMP_NAMES):
+        iomp = None  # one OpenMP runtime only: vLLM refuses to start worker processes with two
     add = [lib for lib in (tcmalloc, iomp) if lib and lib not in have and os.path.basename(lib) not in
            {os.path.basename(h) for h in have}]
     note = None if tcmalloc or any("tcmalloc" in h for h in have) else TCMALLOC_HINT

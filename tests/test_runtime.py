@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
 
-from recoverlib.runtime import PRELOAD_ENV, TCMALLOC_HINT, find_iomp, find_tcmalloc, preload_plan
+from recoverlib.runtime import (
+    PRELOAD_ENV,
+    TCMALLOC_HINT,
+    HeldEnviron,
+    find_iomp,
+    find_tcmalloc,
+    preload_plan,
+)
 
 TC, IOMP = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/venv/lib/libiomp5.so"
 
@@ -57,3 +65,28 @@ def test_the_predict_command_runs_vllm_with_them(tiny_model, sample_csv, tmp_pat
         assert TCMALLOC_HINT in res.stderr
     if find_iomp():
         assert "libiomp is not found in LD_PRELOAD" not in res.stderr
+
+
+def test_one_openmp_runtime_only():
+    gomp = "/venv/lib/python3.11/site-packages/torch/lib/libgomp.so.1"  # what vLLM puts in LD_PRELOAD itself
+    assert preload_plan({"LD_PRELOAD": gomp}, TC, IOMP) == (f"{TC}:{gomp}", None)
+    assert preload_plan({"LD_PRELOAD": "/x/libomp.so"}, None, IOMP)[0] is None
+
+
+def test_the_environment_vllm_writes_goes_with_the_last_engine(monkeypatch):
+    held = HeldEnviron()
+    monkeypatch.setenv("KEEP", "1")
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    a, b = Holder(), Holder()
+    held.hold(a)
+    held.hold(b)
+    os.environ["LD_PRELOAD"] = "libgomp.so.1"  # as vLLM does while it builds an engine
+    os.environ["KEEP"] = "changed"
+    held.release(a)
+    assert os.environ["LD_PRELOAD"] == "libgomp.so.1"  # b still runs
+    held.release(b)
+    assert "LD_PRELOAD" not in os.environ and os.environ["KEEP"] == "1"
+
+
+class Holder:
+    """A stand-in engine (weak references need a class instance)."""

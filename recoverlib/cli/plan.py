@@ -157,6 +157,7 @@ def vllm_line(plan, on_gpus: bool) -> tuple[str, bool]:
 
 def cmd_plan(args) -> int:
     fits = True
+    serving_setup(args)  # the engine settings are checked even where there is no serving plan to make
     if args.plan in PRESETS or args.plan.endswith(".json"):  # a dtype plan (bfloat16) quantizes nothing
         lines, fits = quantize_lines(args)
         line, servable = vllm_line(load_plan(args.plan), bool(args.gpus))

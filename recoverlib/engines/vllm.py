@@ -33,7 +33,7 @@ from recoverlib.engines.merge import MergeCache, read_tensors, serving_merged
 from recoverlib.engines.vllm_setup import GROUPED_CURE, MOE_CURE, ModelFacts, VllmSetup, plan_vllm
 from recoverlib.engines.vllm_support import check_vllm_serves
 from recoverlib.errors import RecoverlibError
-from recoverlib.runtime import allocator_env, environ
+from recoverlib.runtime import ENGINE_ENVIRON, allocator_env, environ
 from recoverlib.vllm_plugin import register as register_plugin
 
 log = logging.getLogger("recoverlib")
@@ -138,7 +138,13 @@ class VLLMEngine(LocalEngine):
             return
         self.close()
         FROZEN_HEAP.hold(self)
-        self._llm = start_llm(path, self.setup)
+        ENGINE_ENVIRON.hold(self)  # what vLLM writes into os.environ goes when the last engine closes
+        try:
+            self._llm = start_llm(path, self.setup)
+        except BaseException:
+            FROZEN_HEAP.release(self)
+            ENGINE_ENVIRON.release(self)
+            raise
         self._loaded = path
 
     @property
@@ -271,3 +277,4 @@ class VLLMEngine(LocalEngine):
             self._loaded = None
             # what the engine held can be collected (once no other engine needs the freeze)
             FROZEN_HEAP.release(self)
+            ENGINE_ENVIRON.release(self)
