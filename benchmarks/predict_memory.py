@@ -20,7 +20,6 @@ KB per row, native memory).
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.report import load_line, machine_info, machine_line, pyplot, results_dir, write_table
+from benchmarks.report import machine_info, machine_line, pyplot, results_dir, write_table
 
 EMPTY_EVERY = 500  # one row in this many has an empty rewritten_text
 
@@ -57,15 +56,12 @@ def rss_bytes(pid: int) -> int | None:
     return None
 
 
-def run_predict(model: Path, engine: str, dtype: str, rows: int, work: Path,
-                recycle: int | None = None) -> dict:
-    """One predict process over ``rows`` rows (its engine built again every ``recycle`` rows, if given); its
-    RSS trace against rows done, and what it wrote."""
+def run_predict(model: Path, engine: str, dtype: str, rows: int, work: Path) -> dict:
+    """One predict process over ``rows`` rows; its RSS trace against rows done, and what it wrote."""
     inp = work / f"in_{rows}.csv"
     if not inp.is_file():
         make_input(rows, inp)
-    tag = f"{engine}_{dtype}_{rows}_{recycle or 'never'}"
-    samples, out = work / f"samples_{tag}.jsonl", work / f"sub_{tag}.csv"
+    samples, out = work / f"samples_{engine}_{dtype}_{rows}.jsonl", work / f"sub_{engine}_{dtype}_{rows}.csv"
     samples.unlink(missing_ok=True)
     cmd = [
         sys.executable,
@@ -94,11 +90,10 @@ def run_predict(model: Path, engine: str, dtype: str, rows: int, work: Path,
         "256",
         "--dtype",
         dtype,
-        *(["--recycle-rows", str(recycle)] if recycle else []),
     ]
     start = time.perf_counter()
     # a file, not a pipe: thousands of warnings would fill a pipe
-    log = work / f"log_{tag}.txt"
+    log = work / f"log_{engine}_{dtype}_{rows}.txt"
     with open(log, "w") as err:                         # nobody reads until the end, and block the run
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
     trace = []  # (seconds, rows done, rss bytes)
@@ -113,8 +108,7 @@ def run_predict(model: Path, engine: str, dtype: str, rows: int, work: Path,
     if proc.returncode:  # recorded, and the other runs go on
         last = (stderr.strip().splitlines() or ["(no output)"])[-1]
         print(f"{engine} {dtype} over {rows} rows failed:\n{stderr[-3000:]}", file=sys.stderr)
-        return {"engine": engine, "dtype": dtype, "rows": rows, "recycle": recycle,
-                "seconds": time.perf_counter() - start,
+        return {"engine": engine, "dtype": dtype, "rows": rows, "seconds": time.perf_counter() - start,
                 "trace": np.array(trace or [(0, 0, 0)], dtype=float), "fallbacks": 0, "written": 0,
                 "samples_bytes": 0, "progress_bar": "rows:" in stderr, "failed": last[:200]}
     sub = pd.read_csv(out, dtype=str, keep_default_na=False)
@@ -122,7 +116,6 @@ def run_predict(model: Path, engine: str, dtype: str, rows: int, work: Path,
         "engine": engine,
         "dtype": dtype,
         "rows": rows,
-        "recycle": recycle,
         "seconds": time.perf_counter() - start,
         "trace": np.array(trace, dtype=float),
         "fallbacks": stderr.count("it gets the fallback prompt"),
@@ -149,14 +142,11 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="200 and 2,000 rows, HF only; results to a scratch folder"
     )
-    parser.add_argument("--runs", nargs="+", metavar="ENGINE:DTYPE:ROWS[:RECYCLE]",
-                        help=f"RECYCLE: --recycle-rows (default: never); default runs: {' '.join(FULL)}")
+    parser.add_argument("--runs", nargs="+", metavar="ENGINE:DTYPE:ROWS", help=f"default: {' '.join(FULL)}")
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--name", default="predict_memory", help="results file stem")
     args = parser.parse_args()
     specs = [
-        (e, d, int(n), int(rest[0]) if rest else None)
-        for e, d, n, *rest in (r.split(":") for r in args.runs or (QUICK if args.quick else FULL))
+        (e, d, int(n)) for e, d, n in (r.split(":") for r in args.runs or (QUICK if args.quick else FULL))
     ]
     out_dir = results_dir(args.out, args.quick)
     from recoverlib.cache import cache_dir
@@ -166,22 +156,21 @@ def main() -> None:
     from recoverlib.tiny import make_tiny
 
     model = make_tiny(work / "tiny", adapters=0, seed=0) / "model"
-    runs, load_before = [], os.getloadavg()
+    runs = []
     # the table is rewritten after every run: a run stopped part-way keeps the finished ones
-    for e, d, n, recycle in specs:
-        runs.append(run_predict(model, e, d, n, work, recycle))
-        path = report(runs, out_dir, args.name, load_line(load_before, os.getloadavg()))
+    for e, d, n in specs:
+        runs.append(run_predict(model, e, d, n, work))
+        path = report(runs, out_dir)
     print(path.read_text())
 
 
-def report(runs: list[dict], out_dir: Path, name: str, load: str) -> Path:
+def report(runs: list[dict], out_dir: Path) -> Path:
     table = pd.DataFrame(
         [
             {
                 "engine": r["engine"],
                 "dtype": r["dtype"],
                 "rows": r["rows"],
-                "recycle rows": r["recycle"] or "never",
                 "seconds": r["seconds"],
                 "ms per row": 1000 * r["seconds"] / r["rows"],
                 "peak RSS MiB": r["trace"][:, 2].max() / 2**20,
@@ -197,27 +186,25 @@ def report(runs: list[dict], out_dir: Path, name: str, load: str) -> Path:
     )
     notes = [
         f"Machine: {machine_line(machine_info())}",
-        load,
         *ratios(table),
         f"Rows with an empty text (one in {EMPTY_EVERY}), or whose 2 greedy tokens cleaned to nothing, get "
         "the"
         " fallback; *rows written*: the submission's rows.",
         "Command: python -m benchmarks.predict_memory " + " ".join(sys.argv[1:]),
     ]
-    path = write_table(table, out_dir, name, "predict: memory against rows (tiny model)", notes)
-    _plot(runs, out_dir / f"{name}.png")
+    path = write_table(table, out_dir, "predict_memory", "predict: memory against rows (tiny model)", notes)
+    _plot(runs, out_dir / "predict_memory.png")
     return path
 
 
 def ratios(table: pd.DataFrame) -> list[str]:
     """Per engine and dtype with two row counts: the peak RSS ratio of the largest run to the smallest."""
     out = []
-    keys = ["engine", "dtype", "recycle rows"]
-    for (engine, dtype, recycle), part in table.groupby(keys, sort=False):
+    for (engine, dtype), part in table.groupby(["engine", "dtype"], sort=False):
         if len(part) > 1:
             lo, hi = part.loc[part.rows.idxmin()], part.loc[part.rows.idxmax()]
-            out.append(f"{engine} {dtype} (recycle {recycle}): peak RSS ratio {hi.rows:,} rows / {lo.rows:,}"
-                       f" rows = {hi['peak RSS MiB'] / lo['peak RSS MiB']:.3f} (rows x{hi.rows // lo.rows}).")
+            out.append(f"{engine} {dtype}: peak RSS ratio {hi.rows:,} rows / {lo.rows:,} rows = "
+                       f"{hi['peak RSS MiB'] / lo['peak RSS MiB']:.3f} (rows x{hi.rows // lo.rows}).")
     return out
 
 
@@ -229,11 +216,9 @@ def _plot(runs: list[dict], path: Path) -> None:
         ax.plot(
             r["trace"][:, 1],
             r["trace"][:, 2] / 2**20,
-            label=f"{r['engine']} {r['dtype']}, {r['rows']:,} rows"
-            + (f", engine rebuilt every {r['recycle']:,}" if r["recycle"] else ""),
+            label=f"{r['engine']} {r['dtype']}, {r['rows']:,} rows",
         )
-    if len({r["rows"] for r in runs}) > 1:  # row counts 10x apart: each run's growth visible
-        ax.set_xscale("symlog", linthresh=1000)
+    ax.set_xscale("symlog", linthresh=1000)
     ax.set_xlabel("rows done (samples file lines)")
     ax.set_ylabel("RSS (MiB)")
     ax.set_title("recoverlib predict: RSS against rows done")

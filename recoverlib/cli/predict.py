@@ -145,7 +145,6 @@ def cmd_predict(args) -> int:
         fallback_prompt=args.fallback_prompt,
         combination=combination,
         chunk_rows=args.chunk_rows,
-        recycle_rows=args.recycle_rows,
         template=RecoveryTemplate(kind=args.template),
     )
     start = time.perf_counter()
@@ -223,13 +222,6 @@ def add_commands(sub) -> None:
         default=None,
         help="rows per generate call, samples saved after each (default: the engine's, vllm 512, hf 64;"
         " a quarter of that on ray)",
-    )
-    p.add_argument(
-        "--recycle-rows",
-        type=int,
-        default=None,
-        help="build each engine again after it served this many rows (bounds a slow memory growth over very"
-        " long runs; samples unchanged; default: never)",
     )
     add_engine_options(p)
     add_executor_options(p)

@@ -69,41 +69,7 @@ class Executor(ABC):
         self.close()
 
 
-class EngineSampler:
-    """Serves chunks (as :class:`ChunkSampler`) with an engine built from ``spec`` on first use, and built
-    again after every ``predict.recycle_rows`` rows: what each executor's worker holds.
-
-    A new engine serves a row exactly as the old one would (rows are seeded by input position), so recycling
-    changes memory, never samples.
-    """
-
-    def __init__(self, spec: EngineSpec, predict: PredictConfig, base: str | None):
-        self.spec, self.predict, self.base = spec, predict, base
-        self._sampler: ChunkSampler | None = None
-        self._rows = 0  # served by the current engine
-
-    def start(self) -> EngineSampler:
-        """Build the engine now (a bad setting fails here, before any chunk)."""
-        if self._sampler is None:
-            self._sampler = ChunkSampler(self.spec.build(), self.predict, self.base)
-            self._rows = 0
-        return self
-
-    def __call__(self, chunk: Chunk) -> Samples:
-        samples = self.start()._sampler(chunk)
-        self._rows += len(chunk.rows)
-        if self.predict.recycle_rows and self._rows >= self.predict.recycle_rows:
-            self.close()  # the next chunk builds a fresh engine
-        return samples
-
-    def close(self) -> None:
-        if self._sampler is not None:
-            self._sampler, sampler = None, self._sampler
-            sampler.engine.close()
-
-
-def serve_in_order(sampler, chunks: Sequence[Chunk]) -> Iterator[tuple[Chunk, Samples]]:
-    """Each chunk through ``sampler`` (a :class:`ChunkSampler` or :class:`EngineSampler`), one after
-    another."""
+def serve_in_order(sampler: ChunkSampler, chunks: Sequence[Chunk]) -> Iterator[tuple[Chunk, Samples]]:
+    """Each chunk through ``sampler``, one after another."""
     for chunk in chunks:
         yield chunk, sampler(chunk)

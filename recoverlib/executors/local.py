@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from recoverlib.executors.base import EngineSampler, EngineSpec, Executor, serve_in_order
+from recoverlib.executors.base import EngineSpec, Executor, serve_in_order
 from recoverlib.pipeline.chunks import Chunk
 from recoverlib.pipeline.config import PredictConfig
-from recoverlib.pipeline.sample import Samples
+from recoverlib.pipeline.sample import ChunkSampler, Samples
 
 
 class LocalExecutor(Executor):
@@ -19,15 +19,15 @@ class LocalExecutor(Executor):
 
     def __init__(self, config=None):
         super().__init__(config)
-        self._sampler: EngineSampler | None = None
+        self._engine = None
 
     def run(self, spec: EngineSpec, chunks: Sequence[Chunk], predict: PredictConfig,
             base: str | None) -> Iterator[tuple[Chunk, Samples]]:
         self.close()
-        self._sampler = EngineSampler(spec, predict, base).start()
-        yield from serve_in_order(self._sampler, chunks)
+        self._engine = spec.build()
+        yield from serve_in_order(ChunkSampler(self._engine, predict, base), chunks)
 
     def close(self) -> None:
-        if self._sampler is not None:
-            self._sampler, sampler = None, self._sampler
-            sampler.close()
+        if self._engine is not None:
+            self._engine, engine = None, self._engine
+            engine.close()

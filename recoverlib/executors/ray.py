@@ -22,10 +22,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from recoverlib.errors import RecoverlibError
-from recoverlib.executors.base import EngineSampler, EngineSpec, Executor
+from recoverlib.executors.base import EngineSpec, Executor
 from recoverlib.pipeline.chunks import Chunk
 from recoverlib.pipeline.config import PredictConfig
-from recoverlib.pipeline.sample import Samples
+from recoverlib.pipeline.sample import ChunkSampler, Samples
 from recoverlib.settings import setting
 
 log = logging.getLogger("recoverlib")
@@ -88,10 +88,10 @@ def check_reachable(address: str, timeout: float) -> None:
 
 
 class Worker:
-    """One Ray actor: an engine built where it runs, serving chunks (see :class:`EngineSampler`)."""
+    """One Ray actor: an engine built where it runs, serving chunks (see :class:`ChunkSampler`)."""
 
     def __init__(self, spec: EngineSpec, predict: PredictConfig, base: str | None):
-        self.sampler = EngineSampler(spec, predict, base).start()
+        self.sampler = ChunkSampler(spec.build(), predict, base)
 
     def serve(self, chunk: Chunk) -> Samples:
         return self.sampler(chunk)

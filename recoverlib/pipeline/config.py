@@ -25,9 +25,6 @@ class PredictConfig:
     include_base: bool = False  # also sample the base model (it is always sampled when there are no adapters)
     fallback_prompt: str = DEFAULT_FALLBACK
     chunk_rows: int | None = None  # rows per generate call (None: the engine's choice, Engine.chunk_rows)
-    # rows an engine serves before it is built again (None: never); bounds a slow growth of native memory
-    # over very long runs (vLLM on CPU: benchmarks/results/predict_memory_vllm_200k.md)
-    recycle_rows: int | None = None
     combination: object = field(default_factory=ConcatConfig)
     template: RecoveryTemplate = field(default_factory=RecoveryTemplate)
 
@@ -36,8 +33,6 @@ class PredictConfig:
             raise RecoverlibError("the fallback prompt must not be empty")
         if self.chunk_rows is not None and self.chunk_rows < 1:
             raise RecoverlibError(f"chunk_rows must be >= 1 (got {self.chunk_rows})")
-        if self.recycle_rows is not None and self.recycle_rows < 1:
-            raise RecoverlibError(f"recycle_rows must be >= 1 (got {self.recycle_rows})")
 
 
 @dataclass(frozen=True)

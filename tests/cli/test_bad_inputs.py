@@ -304,7 +304,6 @@ CASES = [
     ("predict", "top-p-above-1", lambda w: _predict(w, "--top-p", "1.5"), "top_p must be in (0, 1]"),
     ("predict", "batch-size-0", lambda w: _predict(w, "--batch-size", "0"), "batch_size must be >= 1"),
     ("predict", "chunk-rows-0", lambda w: _predict(w, "--chunk-rows", "0"), "chunk_rows must be >= 1"),
-    ("predict", "recycle-rows-0", lambda w: _predict(w, "--recycle-rows", "0"), "recycle_rows must be >= 1"),
     (
         "predict",
         "max-model-len-0",
