@@ -13,13 +13,17 @@ Reproduce: ``python -m benchmarks.predict_memory`` (about 8 minutes on the 2-cor
 hf:auto:2000`` picks runs; ``--quick`` uses 200 and 2,000 rows, HF only, and writes to a scratch folder.
 Findings (Dec 2026, 2-core AMD EPYC): in bf16 the HF engine grew about 0.5 MB per row inside generate with
 changing prompt shapes (oneDNN's 16-bit matmuls; Python-level allocations stayed flat under tracemalloc), so
-``auto`` on CPU now computes in float32: 1.06x the peak RSS for 10x the rows. vLLM on CPU still grows (24-52
-KB per row, native memory).
+``auto`` on CPU now computes in float32: 1.06x the peak RSS for 10x the rows. vLLM on CPU grew 24-52 KB per
+row in native memory without tcmalloc; with tcmalloc and libiomp5 preloaded (as recoverlib's commands run it)
+200,000 rows peaked at 3.09 GB, 1.3 KB per row over the second half, in steps (allocator high-water marks;
+building the engine again every 50,000 rows released nothing): ``--runs vllm:auto:200000 --name
+predict_memory_vllm_200k``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -28,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.report import machine_info, machine_line, pyplot, results_dir, write_table
+from benchmarks.report import load_line, machine_info, machine_line, pyplot, results_dir, write_table
 
 EMPTY_EVERY = 500  # one row in this many has an empty rewritten_text
 
@@ -144,6 +148,7 @@ def main() -> None:
     )
     parser.add_argument("--runs", nargs="+", metavar="ENGINE:DTYPE:ROWS", help=f"default: {' '.join(FULL)}")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--name", default="predict_memory", help="results file stem")
     args = parser.parse_args()
     specs = [
         (e, d, int(n)) for e, d, n in (r.split(":") for r in args.runs or (QUICK if args.quick else FULL))
@@ -156,15 +161,15 @@ def main() -> None:
     from recoverlib.tiny import make_tiny
 
     model = make_tiny(work / "tiny", adapters=0, seed=0) / "model"
-    runs = []
+    runs, load_before = [], os.getloadavg()
     # the table is rewritten after every run: a run stopped part-way keeps the finished ones
     for e, d, n in specs:
         runs.append(run_predict(model, e, d, n, work))
-        path = report(runs, out_dir)
+        path = report(runs, out_dir, args.name, load_line(load_before, os.getloadavg()))
     print(path.read_text())
 
 
-def report(runs: list[dict], out_dir: Path) -> Path:
+def report(runs: list[dict], out_dir: Path, name: str, load: str) -> Path:
     table = pd.DataFrame(
         [
             {
@@ -186,14 +191,15 @@ def report(runs: list[dict], out_dir: Path) -> Path:
     )
     notes = [
         f"Machine: {machine_line(machine_info())}",
+        load,
         *ratios(table),
         f"Rows with an empty text (one in {EMPTY_EVERY}), or whose 2 greedy tokens cleaned to nothing, get "
         "the"
         " fallback; *rows written*: the submission's rows.",
         "Command: python -m benchmarks.predict_memory " + " ".join(sys.argv[1:]),
     ]
-    path = write_table(table, out_dir, "predict_memory", "predict: memory against rows (tiny model)", notes)
-    _plot(runs, out_dir / "predict_memory.png")
+    path = write_table(table, out_dir, name, "predict: memory against rows (tiny model)", notes)
+    _plot(runs, out_dir / f"{name}.png")
     return path
 
 
@@ -218,7 +224,8 @@ def _plot(runs: list[dict], path: Path) -> None:
             r["trace"][:, 2] / 2**20,
             label=f"{r['engine']} {r['dtype']}, {r['rows']:,} rows",
         )
-    ax.set_xscale("symlog", linthresh=1000)
+    if len({r["rows"] for r in runs}) > 1:  # row counts 10x apart: each run's growth visible
+        ax.set_xscale("symlog", linthresh=1000)
     ax.set_xlabel("rows done (samples file lines)")
     ax.set_ylabel("RSS (MiB)")
     ax.set_title("recoverlib predict: RSS against rows done")
