@@ -18,9 +18,9 @@ in a process of its own, timed in turn (A B C ... A B C ..., the order rotated e
   prefills the adapters' runs cannot).
 
 Prompts: ``synthetic`` (the synthetic task's rows, ~100 tokens) and ``kaggle`` (originals of 60-450 words, the
-competition's range, 100-600 tokens). Reported: tokens/s median (min, max) over the repeats, and each against
-``vllm-defaults`` of the same prompts and n. The machine's CPU, its features and the load average before and
-after are in the report.
+competition's range, each prompt fitted to 100-600 tokens). Reported: tokens/s median (min, max) over the
+repeats, and each against ``vllm-defaults`` of the same prompts and n. The machine's CPU, its features and the
+load average before and after are in the report.
 
 Reproduce (both models; ~8 min tiny, ~40 min full width on 2 quiet cores; results in benchmarks/results):
     python -m benchmarks.ensemble_speed --model tiny
@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -163,12 +164,26 @@ def rows_of(kind: str, count: int, seed: int) -> list[tuple[str, str]]:
     return out
 
 
-def jobs_for(tokenizer, kind: str, rows: int, adapters: list[str], n: int, tokens: int, repeat: int) -> dict:
-    """A timed run's prompts for the adapters and for the base (distinct copies), fresh for ``repeat``."""
+KAGGLE_TOKENS = (100, 600)  # recovery prompt lengths of the competition's rows, in tokens
+
+
+def recovery_prompts(tokenizer, kind: str, count: int, seed: int) -> list[str]:
+    """``count`` fresh recovery prompts: the synthetic task's size (~100 tokens), or ``kaggle``: each fitted
+    to a length drawn from :data:`KAGGLE_TOKENS` (whatever the tokenizer, so the tiny model's fits its
+    context)."""
     from recoverlib.prompt import RecoveryTemplate
 
     tpl = RecoveryTemplate().for_tokenizer(tokenizer)
-    prompts = [tpl.render(tokenizer, o, r) for o, r in rows_of(kind, rows, 1000 * repeat + n)]
+    rng = random.Random(seed)
+    pairs = rows_of(kind, count, seed)
+    if kind == "synthetic":
+        return [tpl.render(tokenizer, o, r) for o, r in pairs]
+    return [tpl.render_fitted(tokenizer, o, r, rng.randint(*KAGGLE_TOKENS))[0] for o, r in pairs]
+
+
+def jobs_for(tokenizer, kind: str, rows: int, adapters: list[str], n: int, tokens: int, repeat: int) -> dict:
+    """A timed run's prompts for the adapters and for the base (distinct copies), fresh for ``repeat``."""
+    prompts = recovery_prompts(tokenizer, kind, rows, 1000 * repeat + n)
     return {"lora": {"prompts": dict.fromkeys(adapters, prompts), "n": n, "tokens": tokens, "seed": repeat},
             "base": {"prompts": {"base": [f"{k} {p}" for k in range(len(adapters)) for p in prompts]}, "n": n,
                      "tokens": tokens, "seed": repeat}}
@@ -194,9 +209,9 @@ def measure(args, model: Path, adapters: dict, log: Path) -> list[dict]:
                         got = workers[v].run(job["base" if v.endswith("base") else "lora"])
                         times[v].append(got["tokens"] / got["seconds"])
                         print(f"{kind:9s} n={n} {v:16s} {times[v][-1]:9.1f} tok/s", flush=True)
-                ref = sorted(times[DEFAULTS])[len(times[DEFAULTS]) // 2]
+                ref = statistics.median(times[DEFAULTS])
                 for v, tps in times.items():
-                    med = sorted(tps)[len(tps) // 2]
+                    med = statistics.median(tps)
                     rows.append({"prompts": kind, "n": n, "variant": v, "tok_per_s": med, "min": min(tps),
                                  "max": max(tps), "x_vllm_defaults": med / ref, "repeats": len(tps)})
     finally:

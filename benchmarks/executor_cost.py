@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     folder = tiny_model(cache_dir("bench-serving") / "tiny4", adapters=4)
     adapters = dict(sorted(adapter_paths(folder).items())[:2])
     work = cache_dir("bench-executor")
+    work.mkdir(parents=True, exist_ok=True)
     out_dir = args.out or Path(__file__).resolve().parent / "results"
     load_before, start = os.getloadavg(), time.perf_counter()
     rows = measure(args.rows, folder / "model", adapters, work)

@@ -20,12 +20,14 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
+import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.ensemble_speed import rows_of
+from benchmarks.ensemble_speed import recovery_prompts
 from benchmarks.report import load_line, machine_info, machine_line, pyplot, write_table
 from benchmarks.serving import fullwidth_model, tiny_model
 from recoverlib.cache import cache_dir
@@ -34,6 +36,7 @@ from recoverlib.engines.openai import OpenAIConfig, OpenAIEngine
 from recoverlib.engines.vllm import VLLMEngine
 from recoverlib.engines.vllm_support import cpu_identity
 from recoverlib.prompt import RecoveryTemplate
+from recoverlib.runtime import relaunch_with_allocator
 from recoverlib.serve import ServeConfig, VllmServer
 from recoverlib.tiny import adapter_paths
 
@@ -67,8 +70,7 @@ def measure(args, model: Path, adapters: dict[str, Path], log: Path) -> list[dic
             timed(engine, [tpl.render(local.tokenizer, "a b c", "A B C")], names[:1],
                   SamplingConfig(max_new_tokens=2, temperature=0))
         for repeat in range(args.repeats):
-            pairs = rows_of(args.prompts, args.rows, 500 + repeat)
-            prompts = [tpl.render(local.tokenizer, o, r) for o, r in pairs]
+            prompts = recovery_prompts(local.tokenizer, args.prompts, args.rows, 500 + repeat)
             order = [("in-process", local), ("server", remote)]
             for label, engine in order if repeat % 2 == 0 else order[::-1]:
                 wall, cpu, tokens = timed(engine, prompts, names, sampling)
@@ -82,7 +84,7 @@ def measure(args, model: Path, adapters: dict[str, Path], log: Path) -> list[dic
         server.stop()
         local.close()
     rows = []
-    med = {k: sorted(t for t, _ in v)[len(v) // 2] for k, v in results.items()}
+    med = {k: statistics.median(t for t, _ in v) for k, v in results.items()}
     for label, got in results.items():
         tps = [t for t, _ in got]
         rows.append(
@@ -92,7 +94,7 @@ def measure(args, model: Path, adapters: dict[str, Path], log: Path) -> list[dic
                 "min": min(tps),
                 "max": max(tps),
                 "x_in_process": med[label] / med["in-process"],
-                "client_cpu_ms_per_row": sorted(c for _, c in got)[len(got) // 2] * 1000
+                "client_cpu_ms_per_row": statistics.median(c for _, c in got) * 1000
                 if label == "server"
                 else float("nan"),
                 "repeats": len(got),
@@ -111,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=8391)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
+    if argv is None:  # the in-process engine runs as the server does: tcmalloc and libiomp5 preloaded
+        relaunch_with_allocator([sys.executable, "-m", "benchmarks.serving_server", *sys.argv[1:]])
     full = args.model == "fullwidth"
     args.rows = args.rows or (8 if full else 64)
     cache = cache_dir("bench-serving")
