@@ -41,6 +41,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.report import (
+    load_line,
     machine_info,
     machine_line,
     markdown_table,
@@ -53,6 +54,7 @@ from recoverlib.cache import cache_dir
 from recoverlib.engines import EngineConfig, SamplingConfig, make_engine
 from recoverlib.io import read_rows
 from recoverlib.prompt import RecoveryTemplate
+from recoverlib.runtime import relaunch_with_allocator
 from recoverlib.tiny import adapter_paths, make_tiny
 from recoverlib.tiny.model import TinySpec, make_adapter, mixtral_config, train_tokenizer
 from recoverlib.tiny.trained import make_trained_tiny
@@ -301,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--cache", type=Path, default=cache_dir("bench-serving"), help="models")
     args = ap.parse_args(argv)
+    if argv is None:  # vLLM runs as recoverlib's commands run it: tcmalloc and libiomp5 preloaded
+        relaunch_with_allocator([sys.executable, "-m", "benchmarks.serving", *sys.argv[1:]])
+    load_before = os.getloadavg()
     args.model = args.model or ("random" if args.quick else "trained")
     args.out = results_dir(args.out, args.quick)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
@@ -341,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     notes = [
         f"Machine: {machine_line(info)}",
+        load_line(load_before, os.getloadavg()),
         f"Workload: {w.rows} rows x A adapters x {w.samples} samples x {w.new_tokens} new tokens (eos "
         "ignored), "
         f"{MODEL_LABELS[args.model]} "
