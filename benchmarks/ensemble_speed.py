@@ -41,7 +41,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.report import load_line, machine_info, machine_line, pyplot, write_table
+from benchmarks.report import load_line, log_path, machine_info, machine_line, pyplot, write_table
 from benchmarks.serving import fullwidth_model, tiny_model
 from recoverlib.cache import cache_dir
 from recoverlib.engines.vllm_support import cpu_identity
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     out_dir = args.out or Path(__file__).resolve().parent / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = measure(args, folder / "model", adapters, out_dir / f"ensemble_speed_{args.model}.log")
+    rows = measure(args, folder / "model", adapters, log_path(f"ensemble_speed_{args.model}"))
     load_after = os.getloadavg()
     cpu = cpu_identity()[0]
     frame = pd.DataFrame(rows)

@@ -54,6 +54,15 @@ def machine_info() -> dict[str, str]:
     return info
 
 
+def log_path(name: str) -> Path:
+    """Where a benchmark's worker and server output goes: the cache, not the committed results."""
+    from recoverlib.cache import cache_dir
+
+    folder = cache_dir("bench-logs")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{name}.log"
+
+
 def machine_line(info: dict[str, str]) -> str:
     """``machine_info`` as one line for a results file."""
     return ", ".join(f"{k} {v}" for k, v in info.items())

@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.ensemble_speed import rows_of
-from benchmarks.report import load_line, machine_info, machine_line, pyplot, write_table
+from benchmarks.report import load_line, log_path, machine_info, machine_line, pyplot, write_table
 from benchmarks.serving import fullwidth_model
 from recoverlib.cache import cache_dir
 from recoverlib.engines.vllm_support import cpu_identity, serving_problem
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     adapters = adapter_paths(folder)
     out_dir = args.out or Path(__file__).resolve().parent / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
-    log = out_dir / "serving_quantized.log"
+    log = log_path("serving_quantized")
     load_before, start = os.getloadavg(), time.perf_counter()
     bases, skipped = {"bf16": folder / "model"}, []
     for plan in args.plans:

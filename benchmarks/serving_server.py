@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.ensemble_speed import recovery_prompts
-from benchmarks.report import load_line, machine_info, machine_line, pyplot, write_table
+from benchmarks.report import load_line, log_path, machine_info, machine_line, pyplot, write_table
 from benchmarks.serving import fullwidth_model, tiny_model
 from recoverlib.cache import cache_dir
 from recoverlib.engines import EngineConfig, SamplingConfig
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     name = f"serving_server_{args.model}"
     load_before, start = os.getloadavg(), time.perf_counter()
-    frame = pd.DataFrame(measure(args, folder / "model", adapters, out_dir / f"{name}.log"))
+    frame = pd.DataFrame(measure(args, folder / "model", adapters, log_path(name)))
     load_after = os.getloadavg()
     cpu = cpu_identity()[0]
     notes = [
