@@ -22,9 +22,11 @@ competition's range, each prompt fitted to 100-600 tokens). Reported: tokens/s m
 repeats, and each against ``vllm-defaults`` of the same prompts and n. The machine's CPU, its features and the
 load average before and after are in the report.
 
-Reproduce (both models; ~8 min tiny, ~40 min full width on 2 quiet cores; results in benchmarks/results):
+Reproduce (~8 min tiny, ~12 min each full width on 2 quiet cores; results in benchmarks/results):
     python -m benchmarks.ensemble_speed --model tiny
     python -m benchmarks.ensemble_speed --model fullwidth
+    python -m benchmarks.ensemble_speed --model fullwidth --blocks 128 --base-block 128 \
+        --name ensemble_speed_fullwidth_b128
 """
 
 from __future__ import annotations
@@ -249,12 +251,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--samples", type=int, nargs="+", default=None, help="n (default: 1 4 8 tiny, 4 full width)"
     )
-    p.add_argument("--blocks", type=int, nargs="+", default=[32, 64, 128])
+    p.add_argument("--blocks", type=int, nargs="+", default=None,
+                   help="recoverlib's KV block sizes (default: 32 64 128 tiny; 32 full width, where each warm"
+                   " engine holds about 8 GB and two fit a 24 GB machine)")
     p.add_argument("--base-block", type=int, default=32, help="the engine whose base-model speed is measured")
     p.add_argument("--rows", type=int, default=None, help="rows per run (default: 64 tiny, 8 full width)")
     p.add_argument("--tokens", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--name", default=None, help="results file stem (default ensemble_speed_MODEL)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--worker-model", help=argparse.SUPPRESS)
     p.add_argument("--worker-adapters", help=argparse.SUPPRESS)
@@ -263,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         return serve_jobs(args.worker, args.worker_model, json.loads(args.worker_adapters))
     full = args.model == "fullwidth"
     args.samples = args.samples or ([4] if full else [1, 4, 8])
+    args.blocks = args.blocks or ([32] if full else [32, 64, 128])
     args.rows = args.rows or (8 if full else 64)
     cache = cache_dir("bench-serving")
     folder = fullwidth_model(cache) if full else tiny_model(cache / "tiny4", adapters=4)
@@ -275,14 +281,15 @@ def main(argv: list[str] | None = None) -> None:
     load_after = os.getloadavg()
     cpu = cpu_identity()[0]
     frame = pd.DataFrame(rows)
-    name = f"ensemble_speed_{args.model}"
+    name = args.name or f"ensemble_speed_{args.model}"
     notes = [
         f"Machine: {machine_line(machine_info())}",
         f"{load_line(load_before, load_after)}; {time.perf_counter() - start:.0f} s in all",
         f"Model: {'full-width Mixtral shapes, 1 layer, random bf16 weights' if full else 'tiny Mixtral'};"
         f" {args.rows} rows x {len(adapters)} rank-16 adapters x n samples x {args.tokens} tokens per run,"
         f" fresh texts every run; {args.repeats} repeats, variants in rotating order",
-        f"Command: python -m benchmarks.ensemble_speed --model {args.model}",
+        "Command: python -m benchmarks.ensemble_speed "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
     ]
     write_table(frame, out_dir, name, f"Ensemble speed on a CPU ({cpu})", notes)
     plot(frame, out_dir / f"{name}.png", f"Ensemble tokens/s, {args.model} ({cpu})")
