@@ -138,7 +138,9 @@ def plan_vllm(config: EngineConfig, device: Device, adapters: Mapping[str, Adapt
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     elif device.is_cpu and preload:
         env.update({**preload, "VLLM_WORKER_MULTIPROC_METHOD": "spawn"})  # spawn execs: LD_PRELOAD applies
-    if device.is_cpu and config.tensor_parallel_size > 1:
+    if device.is_cpu and (config.tensor_parallel_size > 1 or config.multiprocess):
+        # vLLM's own binding gives a multiprocess worker all cores but one (kept for its scheduler): half the
+        # compute on a 2-core machine. Every allowed core goes to the ranks; a binding the user set stays.
         env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_thread_binding(config.tensor_parallel_size, list(cores))
     separate = lora and device.is_cpu and GROUPED_CURE not in cures
     return VllmSetup(

@@ -87,3 +87,11 @@ def test_cpu_tensor_parallel_binds_ranks_to_cores(tiny_model):
         setup.env["VLLM_CPU_OMP_THREADS_BIND"] == "0|1"
         and setup.llm_kwargs["distributed_executor_backend"] == "mp"
     )
+
+
+def test_a_multiprocess_cpu_engine_gets_every_core(tiny_model):
+    # vLLM's auto binding would keep one of the two cores for its scheduler process
+    setup = plan_vllm(EngineConfig(multiprocess=True), CPU, {}, ModelFacts(tiny_model), BOTH, cores=(1, 0))
+    assert setup.env["VLLM_CPU_OMP_THREADS_BIND"] == "0,1"
+    in_process = plan_vllm(EngineConfig(), CPU, {}, ModelFacts(tiny_model), BOTH, cores=(0, 1))
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in in_process.env
