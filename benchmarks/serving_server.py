@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
         f" {args.rows} {args.prompts} rows x {len(adapters)} rank-16 adapters x 4 samples x {args.tokens} "
         "tokens"
         f" per run, fresh texts every run; {args.repeats} repeats, alternating order",
+        "client_cpu_ms_per_row: this process's CPU while the server worked, per row; an upper bound (the"
+        " process also holds the idle in-process engine, whose OpenMP threads may spin)",
         f"Command: python -m benchmarks.serving_server --model {args.model}",
     ]
     write_table(frame, out_dir, name, f"In-process vLLM vs vLLM's server ({cpu})", notes)
