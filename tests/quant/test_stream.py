@@ -424,7 +424,6 @@ def _peak_rss(cmd: list[str]) -> int:
 def test_peak_rss_does_not_grow_with_layers(tmp_path):
     """2 and 6 layers of 176 MB (bf16) each: the 6-layer quantize peaks less than one layer above the 2-layer
     one."""
-    sys.path.insert(0, str(ROOT))
     from benchmarks.synthetic_checkpoint import write_checkpoint
 
     shapes = {
