@@ -6,7 +6,8 @@ The full-width Mixtral-shaped model (hidden 4096, 8 experts of 14336, 32 heads, 
 bf16 weights, published layout, 4 rank-16 attention adapters) is quantized by ``recoverlib quantize`` with
 each GPTQ plan asked for, then every checkpoint this machine's vLLM can serve (the same rule ``predict``
 uses; the others are listed with the reason) runs the same job in a process of its own: R rows x 4 adapters x
-4 samples x 16 tokens (eos ignored; R x 16 sequences), fresh texts for every R. Reported per base and R:
+4 samples x 16 tokens (eos ignored; R x 16 sequences), Kaggle-like prompts of 100-600 tokens, fresh for
+every R. Reported per base and R:
 generated tokens/s, against bf16, and the process's peak RSS; the CPU's model and features and the load
 average before and after.
 
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.ensemble_speed import rows_of
+from benchmarks.ensemble_speed import recovery_prompts
 from benchmarks.report import load_line, log_path, machine_info, machine_line, pyplot, write_table
 from benchmarks.serving import fullwidth_model
 from recoverlib.cache import cache_dir
@@ -59,7 +60,7 @@ def serve_sizes(model: str, adapters: dict, rows: list[int], tokens: int) -> Non
         names[:1],
     )  # warm-up
     for count in rows:
-        prompts = [tpl.render(engine.tokenizer, o, r) for o, r in rows_of("kaggle", count, 7000 + count)]
+        prompts = recovery_prompts(engine.tokenizer, "kaggle", count, 7000 + count)  # 100-600 tokens
         start = time.perf_counter()
         got = engine.generate(dict.fromkeys(names, prompts), sampling, names)
         seconds = time.perf_counter() - start
