@@ -7,9 +7,8 @@ bf16 weights, published layout, 4 rank-16 attention adapters) is quantized by ``
 each GPTQ plan asked for, then every checkpoint this machine's vLLM can serve (the same rule ``predict``
 uses; the others are listed with the reason) runs the same job in a process of its own: R rows x 4 adapters x
 4 samples x 16 tokens (eos ignored; R x 16 sequences), Kaggle-like prompts of 100-600 tokens, fresh for
-every R. Reported per base and R:
-generated tokens/s, against bf16, and the process's peak RSS; the CPU's model and features and the load
-average before and after.
+every R. Reported per base and R: generated tokens/s, against bf16, and the process's peak RSS; the CPU's
+model and features and the load average before and after.
 
 Reproduce (about 30 minutes on 2 quiet cores; gptq-4 needs vLLM's int4 MoE kernel: AMX or a GPU):
     python -m benchmarks.serving_quantized --plans benchmarks/plans/gptq-attn4.json gptq-4
