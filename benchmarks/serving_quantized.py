@@ -137,9 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     notes = [
         f"Machine: {machine_line(machine_info())}",
         f"{load_line(load_before, load_after)}; {time.perf_counter() - start:.0f} s in all",
-        "Model: full-width Mixtral shapes, 1 layer, random bf16 weights, 4 rank-16 attention adapters; rows "
-        "of"
-        f" 60-450 words x 4 adapters x 4 samples x {args.tokens} tokens, fresh texts per row count",
+        "Model: full-width Mixtral shapes, 1 layer, random bf16 weights, 4 rank-16 attention adapters; rows"
+        f" of Kaggle-like prompts of 100-600 tokens x 4 adapters x 4 samples x {args.tokens} tokens, fresh"
+        " texts per row count",
         *skipped,
         "Command: python -m benchmarks.serving_quantized " + " ".join(argv or sys.argv[1:]),
     ]
