@@ -238,7 +238,8 @@ def write_results(
         f"![bits vs KL and decode speed]({name}.png)\n\n| preset",
         1,
     )
-    body += "\n## Router kept vs quantized\n\n" + markdown_table(pairs.round(5)) + "\n"
+    if len(pairs):  # only presets run beside their +router twin have a pair
+        body += "\n## Router kept vs quantized\n\n" + markdown_table(pairs.round(5)) + "\n"
     md.write_text(body)
     plot(frame, extra, out / f"{name}.png", f"{label}; {info['cpu']}")
     return md
