@@ -55,6 +55,7 @@ def add_serving_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-batched-tokens", type=int, help="default: max model len, at least 8192 on GPU")
     p.add_argument("--max-loras", type=int, help="adapter slots on each GPU (default 0: no LoRA)")
     p.add_argument("--max-lora-rank", type=int, help=f"default {d.max_lora_rank}")
+    p.add_argument("--block-size", type=int, help="KV-cache block in tokens (default 32 on CPU, 16 on GPU)")
     p.add_argument("--lora-targets", help=f"comma-separated modules (default {','.join(ATTENTION_TARGETS)})")
     p.add_argument(
         "--enforce-eager", action="store_true", default=None, help="no CUDA graphs (their memory saved)"
@@ -78,6 +79,7 @@ def serving_setup(args):
             "max_loras",
             "max_lora_rank",
             "enforce_eager",
+            "block_size",
         )
     }
     if args.lora_targets:

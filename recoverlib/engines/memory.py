@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from recoverlib.engines.vllm_setup import CPU_BLOCK_SIZE
 from recoverlib.errors import RecoverlibError
 from recoverlib.model_folder import read_config
 from recoverlib.quant.plan import COMPUTE_DTYPES, DTYPE_BYTES, PrecisionPlan, load_plan
@@ -36,6 +37,7 @@ GiB = 1024**3
 CUDA_CONTEXT_BYTES = int(0.6 * GiB)
 CUDA_GRAPH_BYTES = int(0.5 * GiB)
 ALL_REDUCE_BYTES = int(0.25 * GiB)
+GPU_BLOCK_SIZE = 16  # vLLM's KV block on CUDA, which VLLMEngine keeps
 GPU_BATCHED_TOKENS = 8192  # VLLMEngine's max_num_batched_tokens on GPU (at least max_model_len)
 ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 EXPERT_TARGETS = ("w1", "w2", "w3")
@@ -77,6 +79,7 @@ class ServingSetup:
     max_lora_rank: int = 16
     lora_targets: tuple[str, ...] = ATTENTION_TARGETS
     enforce_eager: bool = False
+    block_size: int | None = None  # KV-cache block in tokens; None: VLLMEngine's (32 on CPU, 16 on GPU)
 
     def __post_init__(self):
         for name in ("tensor_parallel_size", "max_model_len", "max_num_seqs", "max_lora_rank"):
@@ -86,6 +89,8 @@ class ServingSetup:
             self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1
         ):
             raise RecoverlibError("max-loras must be >= 0 and max-num-batched-tokens >= 1")
+        if self.block_size is not None and (self.block_size < 16 or self.block_size % 16):
+            raise RecoverlibError(f"block-size must be a multiple of 16 (got {self.block_size})")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise RecoverlibError(
                 f"gpu-memory-utilization must be in (0, 1] (got {self.gpu_memory_utilization})"
@@ -122,8 +127,14 @@ class ServingEstimate:
         return self.budget - self.weights - self.lora - self.activations - self.fixed_overhead
 
     @property
+    def block_size(self) -> int:
+        return self.setup.block_size or (CPU_BLOCK_SIZE if self.devices.is_cpu else GPU_BLOCK_SIZE)
+
+    @property
     def kv_tokens(self) -> int:
-        return max(0, self.kv_cache) // self.kv_bytes_per_token
+        """Tokens the KV cache holds: vLLM allocates it in whole blocks."""
+        block = self.block_size
+        return max(0, self.kv_cache) // (self.kv_bytes_per_token * block) * block
 
     @property
     def requested_kv_bytes(self) -> int:

@@ -66,12 +66,21 @@ def test_verdicts():
         and "--tensor-parallel-size" in small.verdict()
     )
     big = plan_serving(MIXTRAL_8X7B, "gptq-4", ServingSetup(max_model_len=4096), Devices(1, 80 * 10**9))
-    assert big.fits and big.kv_tokens == big.kv_cache // big.kv_bytes_per_token
+    assert big.fits and big.kv_tokens == big.kv_cache // (big.kv_bytes_per_token * 16) * 16  # GPU blocks
     assert big.verdict().startswith(f"fits: {big.kv_tokens:,} tokens")
     with pytest.raises(RecoverlibError, match="needs 4 GPUs"):
         plan_serving(MIXTRAL_8X7B, "gptq-4", ServingSetup(tensor_parallel_size=4), T4X2)
     with pytest.raises(RecoverlibError, match="LoRA targets"):
         ServingSetup(lora_targets=("gate",))
+
+
+def test_kv_cache_counted_in_whole_blocks():
+    """vLLM allocates KV in whole blocks: 32 tokens on a CPU (recoverlib's), 16 on a GPU, or as set."""
+    per_token = kv_bytes_per_token(MIXTRAL_8X7B, 1, 2)  # 131,072 bytes
+    cpu = Devices(cpu_kv_bytes=per_token * 100)  # room for 100 tokens: 3 blocks of 32, 1 of 64, none of 128
+    assert plan_serving(MIXTRAL_8X7B, "gptq-4", ServingSetup(), cpu).kv_tokens == 96
+    assert plan_serving(MIXTRAL_8X7B, "gptq-4", ServingSetup(block_size=128), cpu).kv_tokens == 0
+    assert plan_serving(MIXTRAL_8X7B, "gptq-4", ServingSetup(block_size=64), cpu).kv_tokens == 64
 
 
 def test_plan_command_kaggle(capsys):
