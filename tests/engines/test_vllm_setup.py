@@ -95,3 +95,13 @@ def test_a_multiprocess_cpu_engine_gets_every_core(tiny_model):
     assert setup.env["VLLM_CPU_OMP_THREADS_BIND"] == "0,1"
     in_process = plan_vllm(EngineConfig(), CPU, {}, ModelFacts(tiny_model), BOTH, cores=(0, 1))
     assert "VLLM_CPU_OMP_THREADS_BIND" not in in_process.env
+
+
+def test_gpus_keep_vllms_block_size(tiny_model, adapters):
+    """32-token blocks are a CPU choice; on a GPU vLLM's own (16) stays unless asked."""
+    t4 = Device(gpus=1, capability=(7, 5), memory_bytes=15 * 10**9, name="Tesla T4")
+    facts = ModelFacts(tiny_model, native_max_len=1024)
+    setup = plan_vllm(EngineConfig(lora_mode="dynamic"), t4, adapters, facts, BOTH)
+    assert "block_size" not in setup.llm_kwargs
+    asked = plan_vllm(EngineConfig(block_size=32), t4, adapters, facts, BOTH)
+    assert asked.llm_kwargs["block_size"] == 32
