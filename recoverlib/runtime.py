@@ -22,31 +22,46 @@ def environ(**values: str):
 
 
 class HeldEnviron:
-    """``os.environ`` as it was before the first live holder (an engine), put back when the last one lets go.
+    """What vLLM writes into ``os.environ`` while it builds an engine, undone when the last engine closes.
 
     vLLM writes its own variables into ``os.environ`` while it builds an engine in this process
     (``LD_PRELOAD`` with torch's libgomp, ``KMP_*``, ``LOCAL_WORLD_SIZE``, ``VLLM_DIST_IDENT``, ...). Left
     there, every process started from this one afterwards inherits them: a vLLM server started after an
     in-process engine closed failed vLLM's own check that one OpenMP runtime only is preloaded. Like
-    ``gc.freeze()``, the environment is process state, so it is put back only when no engine needs it.
+    ``gc.freeze()``, the environment is process state, so it is put back only when no engine needs it, and
+    only what the builds wrote: a variable someone else changed meanwhile is theirs and stays.
     """
 
     def __init__(self):
         self._holders: weakref.WeakSet = weakref.WeakSet()
-        self._before: dict[str, str] | None = None
+        self._written: list[tuple[str, str | None, str | None]] = []  # (name, before, after), in order
 
-    def hold(self, holder) -> None:
-        if not self._holders:
-            self._before = dict(os.environ)
+    @contextmanager
+    def building(self, holder):
+        """Hold the environment for ``holder`` (an engine) while the block builds it; what the block leaves
+        changed in ``os.environ`` is undone once no holder is left. A failed build lets go at once."""
+        before = dict(os.environ)
         self._holders.add(holder)
+        try:
+            yield
+        finally:
+            self._written += [(k, before.get(k), os.environ.get(k))
+                              for k in sorted(set(before) | set(os.environ))
+                              if before.get(k) != os.environ.get(k)]
+        # (on an exception the caller releases: the holder is gone)
 
     def release(self, holder) -> None:
         self._holders.discard(holder)
-        if not self._holders and self._before is not None:
-            for k in [k for k in os.environ if k not in self._before]:
-                del os.environ[k]
-            os.environ.update({k: v for k, v in self._before.items() if os.environ.get(k) != v})
-            self._before = None
+        if self._holders:
+            return
+        for name, before, after in reversed(self._written):
+            if os.environ.get(name) != after:
+                continue  # changed since by someone else: theirs
+            if before is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = before
+        self._written = []
 
 
 # The one process-wide record (the environment is process state, so its holders are too).

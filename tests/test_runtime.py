@@ -76,16 +76,33 @@ def test_one_openmp_runtime_only():
 def test_the_environment_vllm_writes_goes_with_the_last_engine(monkeypatch):
     held = HeldEnviron()
     monkeypatch.setenv("KEEP", "1")
+    monkeypatch.setenv("KMP_X", "user")
     monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.delenv("LATER", raising=False)
     a, b = Holder(), Holder()
-    held.hold(a)
-    held.hold(b)
-    os.environ["LD_PRELOAD"] = "libgomp.so.1"  # as vLLM does while it builds an engine
-    os.environ["KEEP"] = "changed"
+    with held.building(a):
+        os.environ["LD_PRELOAD"] = "libgomp.so.1"  # as vLLM does while it builds an engine
+        del os.environ["KMP_X"]
+    with held.building(b):
+        os.environ["KEEP"] = "vllm"
+    os.environ["LATER"] = "set after the builds"  # e.g. a command's own setting: not the engines' to undo
     held.release(a)
     assert os.environ["LD_PRELOAD"] == "libgomp.so.1"  # b still runs
     held.release(b)
-    assert "LD_PRELOAD" not in os.environ and os.environ["KEEP"] == "1"
+    assert "LD_PRELOAD" not in os.environ
+    assert (os.environ["KEEP"], os.environ["KMP_X"]) == ("1", "user")
+    assert os.environ["LATER"] == "set after the builds"
+
+
+def test_a_variable_changed_since_a_build_is_left_alone(monkeypatch):
+    held = HeldEnviron()
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    a = Holder()
+    with held.building(a):
+        os.environ["LD_PRELOAD"] = "libgomp.so.1"
+    os.environ["LD_PRELOAD"] = "libtcmalloc.so"  # someone else's since
+    held.release(a)
+    assert os.environ["LD_PRELOAD"] == "libtcmalloc.so"
 
 
 class Holder:

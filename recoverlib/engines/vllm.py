@@ -138,9 +138,9 @@ class VLLMEngine(LocalEngine):
             return
         self.close()
         FROZEN_HEAP.hold(self)
-        ENGINE_ENVIRON.hold(self)  # what vLLM writes into os.environ goes when the last engine closes
         try:
-            self._llm = start_llm(path, self.setup)
+            with ENGINE_ENVIRON.building(self):  # what vLLM writes into os.environ goes with the last engine
+                self._llm = start_llm(path, self.setup)
         except BaseException:
             FROZEN_HEAP.release(self)
             ENGINE_ENVIRON.release(self)
