@@ -21,6 +21,22 @@ def environ(**values: str):
             os.environ.pop(k, None)
 
 
+@contextmanager
+def kept_environ(*names: str):
+    """Put ``names`` back as they were after the block: for imports that write process-wide settings (TRL
+    sets ``VLLM_LOGGING_LEVEL=ERROR`` when imported, which would silence vLLM in every later engine and child
+    process, ``-v`` included)."""
+    before = {k: os.environ.get(k) for k in names}
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class HeldEnviron:
     """What vLLM writes into ``os.environ`` while it builds an engine, undone when the last engine closes.
 

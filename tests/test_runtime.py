@@ -58,7 +58,9 @@ def test_the_predict_command_runs_vllm_with_them(tiny_model, sample_csv, tmp_pat
         text=True,
     )
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "Starting to load model" in res.stderr  # vLLM's info logs are there: its warnings would be too
+    env = {k: v for k, v in os.environ.items() if k.startswith(("VLLM_", "RECOVERLIB_", "LD_PRELOAD"))}
+    # vLLM's info logs are there: its warnings would be too
+    assert "Starting to load model" in res.stderr, f"environment {env}; stderr: {res.stderr[:1500]}"
     if find_tcmalloc():
         assert "libtcmalloc is not found in LD_PRELOAD" not in res.stderr  # vLLM's own start-up check
     else:
@@ -77,8 +79,7 @@ def test_the_environment_vllm_writes_goes_with_the_last_engine(monkeypatch):
     held = HeldEnviron()
     monkeypatch.setenv("KEEP", "1")
     monkeypatch.setenv("KMP_X", "user")
-    monkeypatch.delenv("LD_PRELOAD", raising=False)
-    monkeypatch.delenv("LATER", raising=False)
+    absent(monkeypatch, "LD_PRELOAD", "LATER")
     a, b = Holder(), Holder()
     with held.building(a):
         os.environ["LD_PRELOAD"] = "libgomp.so.1"  # as vLLM does while it builds an engine
@@ -96,13 +97,20 @@ def test_the_environment_vllm_writes_goes_with_the_last_engine(monkeypatch):
 
 def test_a_variable_changed_since_a_build_is_left_alone(monkeypatch):
     held = HeldEnviron()
-    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    absent(monkeypatch, "LD_PRELOAD")
     a = Holder()
     with held.building(a):
         os.environ["LD_PRELOAD"] = "libgomp.so.1"
     os.environ["LD_PRELOAD"] = "libtcmalloc.so"  # someone else's since
     held.release(a)
     assert os.environ["LD_PRELOAD"] == "libtcmalloc.so"
+
+
+def absent(monkeypatch, *names):
+    """``names`` unset for the test and put back after it, however the test sets them."""
+    for name in names:
+        monkeypatch.setenv(name, "recorded")  # monkeypatch restores only what it saw first
+        monkeypatch.delenv(name)
 
 
 class Holder:

@@ -27,7 +27,7 @@ from recoverlib.cache import cache_root
 from recoverlib.errors import RecoverlibError
 from recoverlib.synthetic.generator import TaskConfig, generate, write_task
 from recoverlib.tiny.model import TinySpec, save_model
-from recoverlib.training.lora import TrainConfig, train_adapter
+from recoverlib.training.lora import TrainConfig, import_trl, train_adapter
 from recoverlib.training.pretrain import PretrainConfig, new_model, pretrain, task_tokenizer
 
 STAMP = "trained.json"
@@ -68,7 +68,8 @@ def code_version() -> str:
     import peft
     import torch
     import transformers
-    import trl
+
+    trl = import_trl()
 
     root = Path(__file__).parent.parent
     files = sorted(

@@ -20,6 +20,7 @@ from recoverlib.adapters import ADAPTER_META  # the engines read the prime from 
 from recoverlib.errors import RecoverlibError
 from recoverlib.metric import Scorer
 from recoverlib.prompt import TEMPLATE_KINDS, RecoveryTemplate
+from recoverlib.runtime import kept_environ
 from recoverlib.training.checkpoints import (
     CHECKPOINTS,
     checkpoint_callback,
@@ -106,9 +107,12 @@ class TrainResult:
 
 
 def import_trl():
+    """TRL, imported without the vLLM log level it sets for the whole process on import."""
     try:
         import datasets  # noqa: F401
-        import trl
+
+        with kept_environ("VLLM_LOGGING_LEVEL"):
+            import trl
     except ImportError as err:
         raise RecoverlibError(
             f"training needs TRL ({err.name} missing): pip install trl==1.16.0 datasets"
@@ -231,7 +235,8 @@ class _BestEpoch:
 
 def sft_config(config: TrainConfig, work_dir: str, has_validation: bool, four_bit: bool):
     import torch
-    from trl import SFTConfig
+
+    SFTConfig = import_trl().SFTConfig
 
     # per_device_* sizes, bf16 and use_cpu follow the device; a checkpoint per epoch (the last two kept) for
     # resume; the best epoch's weights are kept by _BestEpoch (and saved beside each checkpoint)
@@ -302,9 +307,8 @@ def train_adapter(
 
 def build_trainer(model_path: str | Path, train_rows, val_rows, config: TrainConfig, work_dir: str):
     """The configured ``SFTTrainer`` (datasets tokenized, labels built) and its best-epoch selector."""
-    import_trl()
+    SFTTrainer = import_trl().SFTTrainer
     from transformers import AutoTokenizer
-    from trl import SFTTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     dedicated_pad(tokenizer)
