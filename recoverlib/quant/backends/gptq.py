@@ -39,7 +39,10 @@ from recoverlib.quant.checkpoint import disk_name, rewrite_names
 from recoverlib.quant.layerwise import load_model, single_device
 from recoverlib.quant.moe import preserved_transformers, split_block_class
 from recoverlib.quant.plan import GroupPrecision, PrecisionPlan
-from recoverlib.runtime import environ
+from recoverlib.runtime import environ, kept_environ
+
+# What importing gptqmodel's tokenicer sets for the whole process when unset (tokenicer/__init__.py).
+TOKENICER_CACHE_VARS = ("HF_HOME", "HF_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_MODULES_CACHE")
 
 CALIBRATION_BATCH = 8
 
@@ -179,12 +182,11 @@ class GptqBackend(QuantBackend):
 
     @contextmanager
     def _gptqmodel(self, router: bool):
-        hf_home = os.environ.get("HF_HOME")
         with environ(GPTQMODEL_CPU_WORKERS=str(os.cpu_count() or 1)), preserved_transformers():
-            gptqmodel = self.require("gptqmodel")
-            # importing gptqmodel points HF_HOME at a temp folder; undo for the rest of the process
-            if hf_home is None:
-                os.environ.pop("HF_HOME", None)
+            # importing gptqmodel (its tokenicer) points the Hugging Face caches at a temp folder for the
+            # whole process, and every child (a server, a Ray worker) would inherit that: put them back
+            with kept_environ(*TOKENICER_CACHE_VARS):
+                gptqmodel = self.require("gptqmodel")
             from defuser.modeling.unfused_moe import mixtral as defused
             from gptqmodel.models import auto
 
