@@ -51,6 +51,8 @@ def main() -> int:
     tiny, task = args.model_dir, args.model_dir / "task"
     submission = args.out / "submission.csv"
     adapters = [f"--adapter={p.name}={p}" for p in sorted((tiny / "adapters").iterdir())]
+    samples = args.out / "samples.jsonl"
+    samples.unlink(missing_ok=True)  # each demo samples afresh (predict refuses to overwrite a samples file)
     rc = rc or cli(
         [
             "predict",
@@ -66,7 +68,7 @@ def main() -> int:
             "--out",
             str(submission),
             "--samples-file",
-            str(args.out / "samples.jsonl"),
+            str(samples),
             "--embedder",
             "minilm",
             "--combination",
@@ -78,7 +80,8 @@ def main() -> int:
     if rc == 0:
         prompt, score = constant_baseline(task)
         print(f"best constant prompt {prompt!r}: score {score:.4f} (the baseline to beat)")
-    print(f"submission: {submission}\ndemo wall time: {time.perf_counter() - start:.1f} s")
+        print(f"submission: {submission}")
+    print(f"demo wall time: {time.perf_counter() - start:.1f} s")
     return rc
 
 

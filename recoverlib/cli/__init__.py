@@ -13,6 +13,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 
 from recoverlib.cli.options import check_required
 from recoverlib.errors import RecoverlibError
@@ -22,7 +23,7 @@ log = logging.getLogger("recoverlib")
 
 # Libraries whose warnings are noise to a user of a command (optional kernels that fail to load, torch's
 # pytree deprecations, datasets' notes): behind -v.
-NOISY_LOGGERS = ("torchao", "bitsandbytes", "torch.utils._pytree", "datasets")
+NOISY_LOGGERS = ("torchao", "bitsandbytes", "torch.utils._pytree", "datasets", "vllm")
 # Command groups in the order ``--help`` lists them; each module has ``add_commands(subparsers)``.
 COMMAND_GROUPS = ("predict", "serve", "tiny", "training", "quant", "plan", "combine")
 
@@ -66,7 +67,9 @@ def _quiet_libraries(verbose: bool):
         for lg in loggers.values():
             lg.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+            if not verbose:  # vLLM's deprecation notices about torch, at every engine start
+                warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
             yield stdout
     finally:
         for name, lg in loggers.items():
