@@ -55,7 +55,8 @@ class HeldEnviron:
     @contextmanager
     def building(self, holder):
         """Hold the environment for ``holder`` (an engine) while the block builds it; what the block leaves
-        changed in ``os.environ`` is undone once no holder is left. A failed build lets go at once."""
+        changed in ``os.environ`` is undone once no holder is left. After a failed build the caller calls
+        :meth:`release` (what the failed build wrote is recorded all the same)."""
         before = dict(os.environ)
         self._holders.add(holder)
         try:
@@ -64,7 +65,6 @@ class HeldEnviron:
             self._written += [(k, before.get(k), os.environ.get(k))
                               for k in sorted(set(before) | set(os.environ))
                               if before.get(k) != os.environ.get(k)]
-        # (on an exception the caller releases: the holder is gone)
 
     def release(self, holder) -> None:
         self._holders.discard(holder)
