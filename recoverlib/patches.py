@@ -57,6 +57,14 @@ PATCHES = {
             "top-p without sorting the whole vocabulary on CPU (same tokens kept)",
         ),
         Patch(
+            "vllm-whole-requests",
+            "vllm",
+            "0.32.0",
+            "vllm.v1.core.sched.scheduler.Scheduler.add_request/finish_requests",
+            "a client request's prompts start in one step (held until all arrive), so a server's seeded "
+            "samples repeat under load",
+        ),
+        Patch(
             "transformers-split-moe",
             "transformers",
             "5.19.0",

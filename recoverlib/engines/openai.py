@@ -7,21 +7,24 @@ explicitly (a field left out would take the server's defaults): ``n``, ``seed``,
 and the rest as the in-process engine uses them. Before any row, ``/v1/models`` must list every adapter asked
 for.
 
-Repeatable by design: a chunk's prompts go in one request per adapter, as a list, so the server schedules them
-together (its batches, and so its numerics, do not depend on other requests' timing); the request's seed comes
-from the chunk's first row and the adapter, as the HF engine seeds a batch (vLLM gives every prompt of a
-request the seed, and sample ``j`` of a prompt seed + ``j``). With ``concurrency`` 1 (the default) each
-server gets one request at a time, and seeded sampling repeats byte for byte while nothing else uses it, which
-``--resume`` relies on. With more, requests share a server's batches by arrival time, and seeded samples may
-change from run to run (said once). Greedy predictions equal the in-process vLLM engine's either way. Several
-servers of the same model (``--server-url`` with comma-separated URLs) share the requests, each at
-``concurrency``.
+Repeatable by design: a chunk's prompts go in one request per adapter, as a list, named a group in
+``vllm_xargs``: recoverlib's vLLM plugin (loaded by any vLLM server where recoverlib is installed,
+``recoverlib serve`` among them) starts a group's prompts in one step, so the server's batches, and so its
+numerics, do not depend on how fast its API process hands them over (on a loaded machine they did: 19 of 30
+seeded runs changed a sample). The request's seed comes from the chunk's first row and the adapter, as the HF
+engine seeds a batch (vLLM gives every prompt of a request the seed, and sample ``j`` of a prompt seed +
+``j``). With ``concurrency`` 1 (the default) each server gets one request at a time, and seeded sampling
+repeats byte for byte while nothing else uses it, which ``--resume`` relies on. With more, requests share a
+server's batches by arrival time, and seeded samples may change from run to run (said once). Greedy
+predictions equal the in-process vLLM engine's either way. Several servers of the same model (``--server-url``
+with comma-separated URLs) share the requests, each at ``concurrency``.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +35,7 @@ from recoverlib.engines.base import Engine, Prompts, Samples, SamplingConfig, re
 from recoverlib.engines.openai_client import RemoteTokenizer, ServerClient
 from recoverlib.errors import RecoverlibError
 from recoverlib.settings import setting
+from recoverlib.vllm_plugin.whole_requests import group_xargs
 
 log = logging.getLogger("recoverlib")
 
@@ -175,6 +179,7 @@ class OpenAIEngine(Engine):
             "skip_special_tokens": True,
             "stream": False,
             "echo": False,
+            "vllm_xargs": group_xargs(uuid.uuid4().hex, len(ids), n),  # start together (whole_requests)
         }
         client = self._slots.get()
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +36,7 @@ from recoverlib.engines.vllm_support import check_vllm_serves
 from recoverlib.errors import RecoverlibError
 from recoverlib.runtime import ENGINE_ENVIRON, allocator_env, environ
 from recoverlib.vllm_plugin import register as register_plugin
+from recoverlib.vllm_plugin.whole_requests import group_xargs
 
 log = logging.getLogger("recoverlib")
 
@@ -157,7 +159,8 @@ class VLLMEngine(LocalEngine):
 
     # -- generation
     # ---------------------------------------------------------------------------------------------
-    def _params(self, sampling: SamplingConfig, prompt_index: int, adapter: str | None):
+    def _params(self, sampling: SamplingConfig, prompt_index: int, adapter: str | None,
+                group: dict | None = None):
         from vllm import SamplingParams
 
         return SamplingParams(
@@ -170,6 +173,9 @@ class VLLMEngine(LocalEngine):
             # Token ids only: vLLM's incremental detokenizer serves streaming (about 3 % of a profiled 512-row
             # prediction on the tiny model); one batch decode at the end is cheaper. Stopping is by eos token.
             detokenize=False,
+            # With a multiprocess engine core the requests reach it one by one while it runs: held until the
+            # last is in (the plugin's whole-requests cure), a call's batches do not depend on timing
+            extra_args=group,
         )
 
     def _run(self, requests: dict[str | None, Sequence[str]], sampling: SamplingConfig, lora: bool,
@@ -177,6 +183,8 @@ class VLLMEngine(LocalEngine):
         """One ``generate`` call over every (adapter, prompt) pair; LoRA requests attached when ``lora``."""
         tok = self.tokenizer
         flat_prompts, flat_params, flat_loras = [], [], []
+        n = 1 if sampling.greedy else sampling.samples
+        group = group_xargs(uuid.uuid4().hex, sum(len(p) for p in requests.values()), n)
         for adapter, adapter_prompts in requests.items():
             # Token ids, not strings: the prompt already holds its BOS (chat template); vLLM would add
             # another.
@@ -184,7 +192,7 @@ class VLLMEngine(LocalEngine):
             for key, prompt_ids in zip(self.prompt_keys(keys, len(ids)), ids, strict=True):
                 flat_prompts.append({"prompt_token_ids": prompt_ids})
                 flat_loras.append(self._lora_requests[adapter] if (lora and adapter) else None)
-                flat_params.append(self._params(sampling, key, adapter))
+                flat_params.append(self._params(sampling, key, adapter, group))
         lora_arg = flat_loras if any(r is not None for r in flat_loras) else None
         outputs = self._llm.generate(flat_prompts, flat_params, lora_request=lora_arg, use_tqdm=True)
         completions = [c.token_ids for out in outputs for c in out.outputs]

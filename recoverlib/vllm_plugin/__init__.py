@@ -1,6 +1,7 @@
-"""recoverlib's vLLM plugin (entry point ``vllm.general_plugins``): multi-LoRA on MoE models on CPU.
+"""recoverlib's vLLM plugin (entry point ``vllm.general_plugins``): multi-LoRA on MoE models on CPU, and
+seeded samples that repeat through a server.
 
-Three cures, all active on the CPU platform only:
+Four cures; the first three are active on the CPU platform only:
 
 1. **MoE kernel.** vLLM chooses its fused-MoE kernel by "is LoRA enabled at all"
    (``FusedMoEConfig.is_lora_enabled``), not by which modules the adapters touch. On CPU that selects the
@@ -15,6 +16,9 @@ Three cures, all active on the CPU platform only:
 3. **Top-p without a full sort** (:mod:`top_p`). The CPU sampler sorted the whole vocabulary of every row at
    every step for top-p, about 40 % of generation time on the tiny Mixtral; the nucleus is now found among
    each row's most likely tokens, and only rows with a wide nucleus are sorted.
+4. **Whole requests** (:mod:`whole_requests`, every platform). The prompts of one client request that names
+   itself a group start in the same step, whatever the machine's load, so a server's batches (and numerics)
+   for recoverlib's ``--engine openai`` are those of the in-process engine and seeded samples repeat.
 
 vLLM calls :func:`register` in every process it starts, possibly several times, and without a try/except: so
 the plugin is idempotent, patches only the vLLM version it was tested on (:mod:`recoverlib.patches`; another
@@ -31,6 +35,7 @@ import os
 
 from recoverlib.module_groups import names_expert_weights
 from recoverlib.patches import PATCHES, version_matches
+from recoverlib.vllm_plugin.whole_requests import install as install_whole_requests
 
 log = logging.getLogger("recoverlib")
 
@@ -91,8 +96,16 @@ def _top_p_without_sort() -> None:
                 lambda original: make_apply_top_k_top_p(original, sampler.apply_top_k_only))
 
 
+def _whole_requests() -> None:
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    if not getattr(Scheduler.add_request, "_recoverlib", False):
+        install_whole_requests(Scheduler)
+
+
 CURES = {"vllm-cpu-moe-kernel": _keep_cpu_moe_kernel, "vllm-grouped-lora": _grouped_lora_products,
-         "vllm-top-p": _top_p_without_sort}
+         "vllm-top-p": _top_p_without_sort, "vllm-whole-requests": _whole_requests}
+ANY_PLATFORM = ("vllm-whole-requests",)  # the others change CPU kernels
 DISABLE_ENV = "RECOVERLIB_VLLM_PLUGIN"  # "0": off; a comma-separated list of cure names: only those
 
 
@@ -118,14 +131,13 @@ def register() -> list[str]:
     try:
         from vllm.platforms import current_platform
 
-        if not current_platform.is_cpu():
-            return []
+        cpu = current_platform.is_cpu()
     except Exception as err:  # noqa: BLE001 (a plugin must never break vLLM's start)
         log.warning("recoverlib vLLM plugin off: cannot read vLLM's platform (%s)", err)
         return []
     installed = []
     for name, cure in CURES.items():
-        if name not in wanted:
+        if name not in wanted or not (cpu or name in ANY_PLATFORM):
             continue
         patch = PATCHES[name]
         if not version_matches(patch.distribution, patch.tested):

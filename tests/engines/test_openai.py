@@ -16,6 +16,7 @@ import pandas as pd
 import psutil
 import pytest
 
+from benchmarks.seeded_repeats import busy_cores
 from recoverlib.cli import main
 from tests.executors.conftest import free_port
 
@@ -93,15 +94,23 @@ def test_greedy_through_the_server_equals_the_in_process_engine(
     assert filecmp.cmp(work / "server.jsonl", work / "local.jsonl", shallow=False)
 
 
-def test_seeded_sampling_through_the_server_repeats(server, tiny_model, tiny_adapters, work, capsys):
+def test_seeded_sampling_through_the_server_repeats_on_a_busy_machine(
+    server, tiny_model, tiny_adapters, work, capsys
+):
+    # Both cores busy, as on a CI machine: the server's API process then hands a request's prompts to the
+    # engine slowly, and without the plugin's whole-requests cure 19 of 30 runs changed a sample
+    # (benchmarks/results/seeded_repeats.md; this test failed 2 of 2 times with the cure off).
     ad = _adapters(tiny_adapters)
-    runs = [work / "one.csv", work / "two.csv"]
-    for out in runs:
-        code, err = _predict(capsys, tiny_model, ad, out, "--engine", "openai", "--server-url", server.url,
-                             "--api-key", KEY, "--samples", "3", "--seed", "7")
-        assert code == 0, err[-2000:]
-    assert filecmp.cmp(runs[0].with_suffix(".jsonl"), runs[1].with_suffix(".jsonl"), shallow=False)
-    lines = runs[0].with_suffix(".jsonl").read_text().splitlines()
+    runs = [work / f"run{i}.csv" for i in range(16)]
+    with busy_cores(2):
+        for out in runs:
+            code, err = _predict(capsys, tiny_model, ad, out, "--engine", "openai", "--server-url",
+                                 server.url, "--api-key", KEY, "--samples", "3", "--seed", "7")
+            assert code == 0, err[-2000:]
+    first = runs[0].with_suffix(".jsonl")
+    differ = [r.name for r in runs[1:] if not filecmp.cmp(first, r.with_suffix(".jsonl"), shallow=False)]
+    assert not differ, differ
+    lines = first.read_text().splitlines()
     assert len(lines) == 12 and '"adapter": "a"' in lines[0] and '"adapter": null' in lines[0]
 
 
