@@ -7,11 +7,11 @@ Random bf16 checkpoints with Mixtral-8x7B's shapes (hidden 4096, intermediate 14
 ``block_sparse_moe.experts.E.w1/w2/w3``) by a writer that holds one shard at a time. Each is quantized by
 ``recoverlib quantize`` in a fresh subprocess; measured: wall time, peak RSS (``os.wait4``'s ``ru_maxrss`` of
 that process), output bytes and bits/param (from the written checkpoint's audit); the planner's peak estimate
-beside the measurement (the committed tables also hold the whole-model path the library had before every
-backend streamed, for 1 layer). Time per layer is the least-squares slope of wall time over layers (the
-intercept is the fixed start cost: imports and packing).
+beside the measurement (rows of the whole-model path the library had before every backend streamed are plotted
+when a CSV holds them: quant_scale.csv did until its quiet-machine rerun, see its history). Time per layer is
+the least-squares slope of wall time over layers (the intercept is the fixed start cost: imports and packing).
 
-Full run (about 25 minutes on 2 cores; writes ~22 GB under --scratch, deleted after):
+Full run (6 minutes on 2 quiet cores, 25 on shared ones; writes ~22 GB under --scratch, deleted after):
     nice python -m benchmarks.quant_scale
 Quick check (reduced width, under 2 minutes; results in the scratch folder, not benchmarks/results):
     python -m benchmarks.quant_scale --quick

@@ -116,6 +116,18 @@ def runs_against(model: Path, adapters: dict[str, Path], args, cures: list[str],
     }
 
 
+def plot(frame: pd.DataFrame, path: Path) -> None:
+    """Bars: the share of each server's runs that equal its first run byte for byte."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.bar(frame["server"], frame["runs_equal_to_first"] / frame["runs"])
+    ax.set_ylabel("share of runs equal to the first")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"{frame['runs'].iloc[0]} seeded runs on a loaded machine")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input", type=Path, default=Path(__file__).resolve().parent.parent / "examples" / "data"
@@ -148,14 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     name = "seeded_repeats"
     title = f"Seeded samples through vLLM's server, run to run ({cpu_identity()[0]})"
     write_table(frame, out_dir, name, title, notes)
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.bar(frame["server"], frame["runs_equal_to_first"] / frame["runs"])
-    ax.set_ylabel("runs equal to the first, byte for byte")
-    ax.set_ylim(0, 1.05)
-    ax.set_title(f"{args.runs} seeded runs on a loaded machine")
-    fig.tight_layout()
-    fig.savefig(out_dir / f"{name}.png", dpi=120)
+    plot(frame, out_dir / f"{name}.png")
     print((out_dir / f"{name}.md").read_text())
 
 
