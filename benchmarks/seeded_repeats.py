@@ -38,6 +38,7 @@ from recoverlib.cache import cache_dir
 from recoverlib.cli import main as cli_main
 from recoverlib.engines import EngineConfig
 from recoverlib.engines.vllm_support import cpu_identity
+from recoverlib.runtime import kept_environ
 from recoverlib.serve import ServeConfig, VllmServer
 from recoverlib.tiny import adapter_paths
 from recoverlib.vllm_plugin import CURES, DISABLE_ENV
@@ -59,16 +60,10 @@ def busy_cores(count: int):
 
 @contextmanager
 def plugin_cures(names: list[str]):
-    """The vLLM plugin limited to ``names`` in processes started inside the block."""
-    before = os.environ.get(DISABLE_ENV)
-    os.environ[DISABLE_ENV] = ",".join(names)
-    try:
+    """The vLLM plugin limited to ``names`` in processes started inside the block (over any caller value)."""
+    with kept_environ(DISABLE_ENV):
+        os.environ[DISABLE_ENV] = ",".join(names)
         yield
-    finally:
-        if before is None:
-            os.environ.pop(DISABLE_ENV)
-        else:
-            os.environ[DISABLE_ENV] = before
 
 
 def predict_once(model: Path, adapters: dict[str, Path], url: str, rows: Path, out: Path) -> list[str]:

@@ -57,6 +57,12 @@ class SamplingConfig:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @property
+    def draws(self) -> int:
+        """Texts an engine generates per prompt: one when greedy (``repeat_greedy`` copies it), else
+        ``samples``."""
+        return 1 if self.greedy else self.samples
+
     def request_seed(self, prompt_index: int, adapter_index: int) -> int:
         """A seed per (prompt, adapter), so a request's samples do not depend on how requests are batched."""
         return int(np.random.SeedSequence([self.seed, prompt_index, adapter_index]).generate_state(1)[0])

@@ -244,7 +244,7 @@ class HFEngine(LocalEngine):
             torch.manual_seed(seed)
             ids = self._model.generate(**enc, **self._generate_kwargs(sampling))
         decoded = decode_completions(self._tokenizer, ids[:, enc["input_ids"].shape[1] :])
-        k = 1 if sampling.greedy else sampling.samples
+        k = sampling.draws
         return [repeat_greedy(decoded[i * k : (i + 1) * k], sampling) for i in range(len(batch))]
 
     def _generate_kwargs(self, sampling: SamplingConfig) -> dict:

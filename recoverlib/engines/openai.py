@@ -160,7 +160,7 @@ class OpenAIEngine(Engine):
     def _complete(self, adapter: str | None, prompts: list[str], keys: list[int], sampling: SamplingConfig):
         """One request: ``prompts`` (as token ids) for ``adapter``; its texts per prompt."""
         ids = self._tokenizer(prompts, add_special_tokens=False)["input_ids"]
-        n = 1 if sampling.greedy else sampling.samples
+        n = sampling.draws
         body = {
             "model": adapter or self.base_model,
             "prompt": ids,

@@ -164,7 +164,7 @@ class VLLMEngine(LocalEngine):
         from vllm import SamplingParams
 
         return SamplingParams(
-            n=1 if sampling.greedy else sampling.samples,  # vLLM refuses n > 1 with greedy
+            n=sampling.draws,  # vLLM refuses n > 1 with greedy
             temperature=sampling.temperature,
             top_p=1.0 if sampling.greedy else sampling.top_p,
             max_tokens=sampling.max_new_tokens,
@@ -183,8 +183,7 @@ class VLLMEngine(LocalEngine):
         """One ``generate`` call over every (adapter, prompt) pair; LoRA requests attached when ``lora``."""
         tok = self.tokenizer
         flat_prompts, flat_params, flat_loras = [], [], []
-        n = 1 if sampling.greedy else sampling.samples
-        group = group_xargs(uuid.uuid4().hex, sum(len(p) for p in requests.values()), n)
+        group = group_xargs(uuid.uuid4().hex, sum(len(p) for p in requests.values()), sampling.draws)
         for adapter, adapter_prompts in requests.items():
             # Token ids, not strings: the prompt already holds its BOS (chat template); vLLM would add
             # another.

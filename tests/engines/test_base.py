@@ -58,3 +58,8 @@ def test_request_seeds_are_distinct_and_stable():
 def test_bad_sampling_is_refused(kwargs):
     with pytest.raises(RecoverlibError):
         SamplingConfig(**kwargs)
+
+
+def test_an_engine_draws_once_per_prompt_when_greedy():
+    assert SamplingConfig(samples=4, temperature=0).draws == 1
+    assert SamplingConfig(samples=4, temperature=0.7).draws == 4
