@@ -2,113 +2,51 @@
 
 Two descriptions meet in one pure rule (:func:`vllm_problem`):
 
-- :class:`ServedWeights`: what the checkpoint asks of vLLM: its quantization method, the bits of each module
-  group (from recoverlib's ``recoverlib_quant.json``, else the ``quantization_config`` and its GPTQ
-  ``dynamic`` rules) and how it names its experts (vLLM's Mixtral loader reads Mixtral's published
-  ``block_sparse_moe.experts.N.w1`` names only).
+- :class:`~recoverlib.quant.formats.ServedWeights`: what the checkpoint asks of vLLM, recognised from its
+  files (:mod:`recoverlib.quant.formats`): its quantization method (recoverlib's, or GPTQ, AWQ,
+  compressed-tensors, bitsandbytes, HQQ as published), the bits of each module group, group size, act-order
+  and what its ``g_idx`` really do, symmetry, where its config lives and how it names its experts (vLLM's
+  Mixtral loader reads Mixtral's published ``block_sparse_moe.experts.N.w1`` names only).
 - :class:`VllmKernels`: what this machine's vLLM can run, asked of vLLM itself (:func:`probe_vllm_kernels`):
   on a CPU, whether the kernel library its build loaded here has the int4 GEMM (``cpu_gemm_wna16``, in the
   AVX-512 builds) and whether one of its int4 MoE kernels accepts this CPU (``CPUExpertsInt4``: x86 with AMX;
-  ``ZentorchExpertsInt4``: AMD's zentorch). vLLM 0.32's CPU GPTQ kernels take 4-bit weights only.
+  ``ZentorchExpertsInt4``: AMD's zentorch). vLLM 0.32's CPU WNA16 kernels (GPTQ, AWQ and compressed-tensors
+  alike) take 4-bit weights only.
 
-``predict`` (``--engine vllm`` refuses, ``--engine auto`` chooses), ``plan`` and the benchmarks ask here,
-before any engine starts. On a GPU vLLM's own kernel choice is trusted.
+What vLLM 0.32 refuses on every device, read in its source (``model_executor/layers/quantization``): GPTQ with
+``desc_act`` and groups (``normalize_and_validate_gptq_desc_act``; ``group_size -1`` is let through), GPTQ
+other than 4/8-bit symmetric (``AutoGPTQConfig.TYPE_MAP``), AWQ other than 4-bit, compressed-tensors with
+``actorder`` group or dynamic; a quantization config outside ``config.json`` is not read at all.
+
+``predict`` (``--engine vllm`` refuses, ``--engine auto`` chooses and says why), ``plan`` and the benchmarks
+ask here, before any engine starts. On a GPU vLLM's own kernel choice is trusted.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from recoverlib.errors import RecoverlibError
-from recoverlib.model_folder import read_model_config
-from recoverlib.quant.checkpoint import Checkpoint, expert_layout
-from recoverlib.quant.meta import read_meta
+from recoverlib.quant.formats import SAMPLE_MODULES, ServedWeights, gptq_group_bits
+
+__all__ = [
+    "SAMPLE_MODULES", "ServedWeights", "VllmKernels", "choose_engine", "gptq_group_bits", "vllm_problem",
+]
 
 log = logging.getLogger("recoverlib")
 
-# One module of each group in vLLM's names; GPTQ ``dynamic`` rules are matched against these prefixes.
-SAMPLE_MODULES = {
-    "attention": "model.layers.0.self_attn.qkv_proj",
-    "experts": "model.layers.0.block_sparse_moe.experts",
-    "router": "model.layers.0.block_sparse_moe.gate",
-    "lm_head": "lm_head",
-}
 NO_VLLM_PATH = {  # recoverlib backends / quant methods vLLM 0.32 cannot load, and why
     "bnb": "vLLM 0.32 has no bitsandbytes (it moved to the GPU-only vllm-bnb-plugin, with no LoRA on MoE)",
     "bitsandbytes": "vLLM 0.32 has no bitsandbytes (it moved to the GPU-only vllm-bnb-plugin, with no LoRA "
                     "on MoE)",
     "hqq": "vLLM 0.32 has no HQQ (removed in 2026)",
 }
-CPU_GPTQ_BITS = 4  # vLLM 0.32's CPU WNA16 kernels: uint4 / uint4b8 only
-
-
-@dataclass(frozen=True)
-class ServedWeights:
-    """What a checkpoint asks of vLLM. ``bits``: group -> bits for the quantized groups (absent: 16-bit)."""
-
-    source: str
-    method: str | None = None  # None: 16-bit; "gptq", "bnb", "hqq", or another quantization_config method
-    bits: Mapping[str, int] = field(default_factory=dict)
-    # expert names: published, split, fused (recoverlib.quant.checkpoint.expert_layout)
-    layout: str | None = None
-
-    @classmethod
-    def from_folder(cls, path: str | Path) -> ServedWeights:
-        """Read a model folder: recoverlib's metadata, else ``config.json``; tensor names from the shard
-        headers."""
-        path = Path(path)
-        meta, cfg = read_meta(path), read_model_config(path)
-        qc = cfg.get("quantization_config") or {}
-        method = meta["backend"] if meta else qc.get("quant_method")
-        try:
-            names = Checkpoint.open(path).files if method else {}
-        except RecoverlibError:
-            names = {}  # no safetensors to read; the engine's own load says what is wrong
-        if meta is not None:
-            bits = {
-                g: p["bits"]
-                for g, p in meta["plan"].items()
-                if isinstance(p, dict) and p.get("bits") is not None
-            }
-        else:
-            bits = gptq_group_bits(qc) if method == "gptq" else {}
-            if any(n.endswith(("block_sparse_moe.gate.qweight", "mlp.gate.qweight")) for n in names):
-                # a rule GPTQModel's module tree applied, not the config
-                bits["router"] = int(qc.get("bits", 4))
-        return cls(str(path), method, bits, expert_layout(names))
-
-    @classmethod
-    def from_plan(cls, plan, source: str) -> ServedWeights:
-        """What ``recoverlib quantize`` would write for ``plan`` (a
-        :class:`~recoverlib.quant.plan.PrecisionPlan`)."""
-        bits = {g: p.bits for g, p in plan.groups().items() if p.quantized}
-        return cls(source, plan.backend if bits else None, bits, "published" if bits else None)
-
-
-def gptq_group_bits(qc: Mapping) -> dict[str, int]:
-    """Bits of each group a GPTQ ``quantization_config`` quantizes, as vLLM reads it: ``bits`` for every
-    linear, the first ``dynamic`` rule matching a group's module overriding it (``-:`` skips the module); the
-    router and ``lm_head`` only where a rule or ``lm_head: true`` says so (vLLM keeps Mixtral's router 16-bit
-    regardless)."""
-    out = {}
-    for group, module in SAMPLE_MODULES.items():
-        bits = (
-            qc.get("bits")
-            if group in ("attention", "experts") or (group == "lm_head" and qc.get("lm_head"))
-            else None
-        )
-        for rule, override in (qc.get("dynamic") or {}).items():
-            sign, pattern = (rule[0], rule[2:]) if rule[:2] in ("+:", "-:") else ("+", rule)
-            if re.match(pattern, module):
-                bits = None if sign == "-" else (override or {}).get("bits", qc.get("bits"))
-                break
-        if bits is not None:
-            out[group] = int(bits)
-    return out
+INT4_METHODS = ("gptq", "awq", "compressed-tensors")  # served by vLLM's WNA16 kernels (CPU: int4 only)
+CPU_INT4_BITS = 4  # vLLM 0.32's CPU WNA16 kernels: uint4 / uint4b8 only (linear and MoE)
+GPTQ_BITS = (4, 8)  # vLLM 0.32's AutoGPTQConfig.TYPE_MAP: (4, sym), (8, sym) only
+AWQ_BITS = (4,)  # vLLM 0.32's AutoAWQConfig.TYPE_MAP
 
 
 @dataclass(frozen=True)
@@ -138,54 +76,77 @@ def vllm_problem(weights: ServedWeights, kernels: VllmKernels) -> str | None:
 
 
 def weights_problem(weights: ServedWeights) -> str | None:
-    """What no vLLM 0.32 anywhere can load: bitsandbytes and HQQ, GPTQModel's expert names, a quantized
+    """What no vLLM 0.32 anywhere can load (read in its quantization configs and Mixtral loader): bitsandbytes
+    and HQQ; a quantization config only outside ``config.json``; GPTQModel's expert names; GPTQ act-order
+    groups, 3 bits or zero points; AWQ other than 4-bit GEMM; compressed-tensors group act-order; a quantized
     router."""
-    where = weights.source
-    if weights.method in NO_VLLM_PATH:
-        return (
-            f"{where} is a {weights.method} checkpoint: {NO_VLLM_PATH[weights.method]}. Serve it with "
-            "--engine hf,"
-            " or quantize the 16-bit model with a gptq-* plan for vLLM"
-        )
-    if weights.method != "gptq":
+    where, method = weights.source, weights.method
+    if method in NO_VLLM_PATH:
+        return (f"{where} is a {method} checkpoint: {NO_VLLM_PATH[method]}. Serve it with --engine hf, or"
+                " quantize the 16-bit model with a gptq-* plan for vLLM")
+    if method not in INT4_METHODS:
         return None
+    convert = f"`recoverlib convert --model {where} --out NEW`"
+    if weights.config_file not in (None, "config.json"):
+        return (f"{where} keeps its quantization config in {weights.config_file} only, which vLLM 0.32 does"
+                f" not read (it would load the packed tensors as 16-bit weights): {convert} copies it into"
+                " config.json (exact), or use --engine hf")
     if weights.layout == "split":
-        return (
-            f"{where} names its experts mlp.experts.N.gate_proj (GPTQModel's layout), which vLLM's Mixtral "
-            "loader"
-            f" rejects: convert it with `recoverlib convert --model {where} --out NEW` (shard by shard), or "
-            "use"
-            " --engine hf"
-        )
+        return (f"{where} names its experts mlp.experts.N.gate_proj (GPTQModel's layout), which vLLM's"
+                f" Mixtral loader rejects: convert it with {convert} (shard by shard), or use --engine hf")
     if "router" in weights.bits:
         return f"{where} has a quantized router; vLLM's Mixtral router is always 16-bit: use --engine hf"
+    return _method_problem(weights, convert)
+
+
+def _method_problem(weights: ServedWeights, convert: str) -> str | None:
+    """The one thing vLLM 0.32's config for this method refuses, with the way out."""
+    where, bits = weights.source, sorted(set(weights.bits.values()))
+    if weights.desc_act and weights.g_idx == "static":
+        return (f"{where} is marked act-order ({_order_flag(weights)}), which vLLM 0.32 refuses, but its"
+                f" g_idx are static groups: {convert} drops the flag exactly; or use --engine hf")
+    if weights.desc_act and weights.group_size not in (None, -1):
+        what = ", its g_idx permute the input" if weights.g_idx == "permuted" else ""
+        return (f"{where} is act-order {weights.method} ({_order_flag(weights)}, g{weights.group_size}"
+                f"{what}): vLLM 0.32 serves no act-order groups on any device. Use"
+                " --engine hf, or re-quantize the 16-bit model for vLLM (recoverlib quantize --plan gptq-4;"
+                " `recoverlib plan` gives its memory)")
+    if weights.method == "gptq" and (set(bits) - set(GPTQ_BITS) or not weights.sym):
+        what = "asymmetric (sym=false)" if not weights.sym else f"{'/'.join(map(str, bits))}-bit"
+        return (f"{where} is {what} GPTQ: vLLM 0.32 reads 4- or 8-bit symmetric GPTQ only. Use --engine hf,"
+                " or re-quantize the 16-bit model (recoverlib quantize --plan gptq-4)")
+    if weights.method == "awq" and (set(bits) - set(AWQ_BITS) or weights.version not in (None, "gemm")):
+        return (f"{where} is AWQ {'/'.join(map(str, bits))}-bit {weights.version or ''}: vLLM 0.32 reads"
+                " AutoAWQ's 4-bit GEMM layout only: use --engine hf")
     return None
 
 
+def _order_flag(weights: ServedWeights) -> str:
+    return "actorder=group" if weights.method == "compressed-tensors" else "desc_act=true"
+
+
 def needs_kernels(weights: ServedWeights) -> bool:
-    """Whether serving ``weights`` depends on this machine's int4 kernels (a GPTQ checkpoint)."""
-    return weights.method == "gptq" and bool(weights.bits)
+    """Whether serving ``weights`` depends on this machine's int4 kernels (GPTQ, AWQ, compressed-tensors)."""
+    return weights.method in INT4_METHODS and bool(weights.bits)
 
 
 def kernel_problem(weights: ServedWeights, kernels: VllmKernels) -> str | None:
-    """What this machine's vLLM lacks for ``weights``: on a CPU, 4-bit GPTQ only, the int4 GEMM (AVX-512
-    builds) for quantized linears and an int4 MoE kernel (AMX, or zentorch) for quantized experts."""
+    """What this machine's vLLM lacks for ``weights``: on a CPU, 4-bit weights only (vLLM's CPU WNA16
+    kernels, linear and MoE), the int4 GEMM (AVX-512 builds) for quantized linears and an int4 MoE kernel
+    (AMX, or zentorch) for quantized experts."""
     if not needs_kernels(weights) or kernels.platform != "cpu":
         return None
-    odd = {g: b for g, b in weights.bits.items() if b != CPU_GPTQ_BITS}
+    odd = {g: b for g, b in weights.bits.items() if b != CPU_INT4_BITS}
     if odd:
         group, bits = next(iter(odd.items()))
-        return (f"{weights.source}: vLLM's CPU GPTQ kernels take {CPU_GPTQ_BITS}-bit weights only ({group} is"
-                f" {bits}-bit): use --engine hf, or a GPU")
+        return (f"{weights.source}: vLLM's CPU {weights.method} kernels take {CPU_INT4_BITS}-bit weights only"
+                f" ({group} is {bits}-bit): use --engine hf, or a GPU")
     cpu = f"this CPU: {kernels.device}, {', '.join(kernels.cpu_features) or 'no AVX'}"
     if set(weights.bits) - {"experts"} and not kernels.int4_linear:
         return f"vLLM's int4 linear kernel on CPU needs AVX-512 ({cpu}): use --engine hf"
     if "experts" in weights.bits and not kernels.int4_moe:
-        return (
-            f"vLLM's int4 MoE kernel on CPU needs AMX, an Intel Xeon of 2023 or later ({cpu}; AMD's "
-            "zentorch is"
-            " the other route): use --engine hf"
-        )
+        return (f"vLLM's int4 MoE kernel on CPU needs AMX, an Intel Xeon of 2023 or later ({cpu}; AMD's"
+                " zentorch is the other route): use --engine hf")
     return None
 
 
@@ -260,5 +221,6 @@ def choose_engine(requested: str, model_paths) -> str:
         if problem:
             log.warning("engine auto -> hf, since %s", problem)
             return "hf"
-    log.info("engine auto -> vllm")
+    log.info("engine auto -> vllm (vLLM serves %s here)",
+             ", ".join(ServedWeights.from_folder(p).describe() for p in model_paths) or "the model")
     return "vllm"
