@@ -38,15 +38,20 @@ from recoverlib.engines.merge import MergeCache, serving_merged
 from recoverlib.errors import RecoverlibError
 from recoverlib.model_folder import checkpoint_dtype
 from recoverlib.quant.api import load_quantized
+from recoverlib.quant.backends import get_backend
+from recoverlib.quant.formats import ServedWeights, find_quant_config
 from recoverlib.quant.meta import META_FILE, check_plain_loadable, is_quantized
 
 log = logging.getLogger("recoverlib")
 
 
 def load_causal_lm(model_path: Path, dtype: str):
-    """An HF causal LM for inference. Checkpoints made by ``recoverlib quantize`` load through their backend
-    (its ``recoverlib_quant.json`` says which) and are audited against their plan; others through
-    transformers."""
+    """An HF causal LM for inference, loaded as the checkpoint's own library would. Checkpoints made by
+    ``recoverlib quantize`` load through their backend (its ``recoverlib_quant.json`` says which) and are
+    audited against their plan; a published GPTQ Mixtral (GPTQModel's or the published expert names, any
+    act-order, symmetry and bits) through the same layer-by-layer loader, since plain transformers would start
+    its experts from random weights; others through transformers, given the quantization config wherever the
+    checkpoint keeps it (AutoGPTQ's ``quantize_config.json`` included)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -54,11 +59,28 @@ def load_causal_lm(model_path: Path, dtype: str):
     device_map = "auto" if torch.cuda.is_available() else None
     if (Path(model_path) / META_FILE).is_file():
         return load_quantized(model_path, device_map=device_map).eval()  # compute dtype is the plan's
+    weights = ServedWeights.from_folder(model_path)
+    if weights.method == "gptq" and weights.model_type == "mixtral":
+        return get_backend("gptq").load_published(Path(model_path), weights, dtype, device_map).eval()
     check_plain_loadable(model_path)
     model = AutoModelForCausalLM.from_pretrained(
-        model_path, dtype=getattr(torch, dtype), device_map=device_map, use_safetensors=True
+        model_path, dtype=getattr(torch, dtype), device_map=device_map, use_safetensors=True,
+        **transformers_quant_config(model_path, weights),
     )  # never a pickle
     return model.eval()
+
+
+def transformers_quant_config(model_path: Path, weights: ServedWeights) -> dict:
+    """``quantization_config`` for transformers when the checkpoint keeps it outside ``config.json`` (which
+    is all transformers reads): AutoGPTQ's ``quantize_config.json``."""
+    if weights.method != "gptq" or weights.config_file in (None, "config.json"):
+        return {}
+    from transformers import GPTQConfig
+
+    qc = find_quant_config(Path(model_path))[0]
+    known = {k: qc[k] for k in ("bits", "group_size", "desc_act", "sym", "true_sequential", "damp_percent",
+                                 "static_groups", "checkpoint_format", "meta") if k in qc}
+    return {"quantization_config": GPTQConfig(**known)}
 
 
 def compute_dtype(requested: str, device: Device, checkpoint: str | None) -> str:

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recoverlib.errors import RecoverlibError
-from recoverlib.quant.formats import SAMPLE_MODULES, ServedWeights, gptq_group_bits
+from recoverlib.quant.convert import requantize_cost
+from recoverlib.quant.formats import SAMPLE_MODULES, ServedWeights, exact_rewrites, gptq_group_bits
 
 __all__ = [
     "SAMPLE_MODULES", "ServedWeights", "VllmKernels", "choose_engine", "gptq_group_bits", "vllm_problem",
@@ -75,42 +76,38 @@ def vllm_problem(weights: ServedWeights, kernels: VllmKernels) -> str | None:
     return weights_problem(weights) or kernel_problem(weights, kernels)
 
 
-def weights_problem(weights: ServedWeights) -> str | None:
+def weights_problem(weights: ServedWeights, requantize: str = "") -> str | None:
     """What no vLLM 0.32 anywhere can load (read in its quantization configs and Mixtral loader): bitsandbytes
     and HQQ; a quantization config only outside ``config.json``; GPTQModel's expert names; GPTQ act-order
     groups, 3 bits or zero points; AWQ other than 4-bit GEMM; compressed-tensors group act-order; a quantized
-    router."""
+    router. ``requantize``: what re-quantizing the 16-bit model costs, said where that is the way out."""
     where, method = weights.source, weights.method
     if method in NO_VLLM_PATH:
         return (f"{where} is a {method} checkpoint: {NO_VLLM_PATH[method]}. Serve it with --engine hf, or"
                 " quantize the 16-bit model with a gptq-* plan for vLLM")
     if method not in INT4_METHODS:
         return None
-    convert = f"`recoverlib convert --model {where} --out NEW`"
-    if weights.config_file not in (None, "config.json"):
-        return (f"{where} keeps its quantization config in {weights.config_file} only, which vLLM 0.32 does"
-                f" not read (it would load the packed tensors as 16-bit weights): {convert} copies it into"
-                " config.json (exact), or use --engine hf")
-    if weights.layout == "split":
-        return (f"{where} names its experts mlp.experts.N.gate_proj (GPTQModel's layout), which vLLM's"
-                f" Mixtral loader rejects: convert it with {convert} (shard by shard), or use --engine hf")
+    hard = _method_problem(weights, requantize)
+    if hard:
+        return hard
     if "router" in weights.bits:
         return f"{where} has a quantized router; vLLM's Mixtral router is always 16-bit: use --engine hf"
-    return _method_problem(weights, convert)
+    fixes = exact_rewrites(weights)
+    if fixes:
+        return (f"{where}: vLLM 0.32 cannot read it as written ({'; '.join(fixes)}):"
+                f" `recoverlib convert --model {where} --out NEW` rewrites it exactly, or use --engine hf")
+    return None
 
 
-def _method_problem(weights: ServedWeights, convert: str) -> str | None:
-    """The one thing vLLM 0.32's config for this method refuses, with the way out."""
+def _method_problem(weights: ServedWeights, requantize: str) -> str | None:
+    """What vLLM 0.32's config for this method refuses and no exact rewrite cures, with the way out."""
     where, bits = weights.source, sorted(set(weights.bits.values()))
-    if weights.desc_act and weights.g_idx == "static":
-        return (f"{where} is marked act-order ({_order_flag(weights)}), which vLLM 0.32 refuses, but its"
-                f" g_idx are static groups: {convert} drops the flag exactly; or use --engine hf")
-    if weights.desc_act and weights.group_size not in (None, -1):
+    if weights.desc_act and weights.group_size not in (None, -1) and weights.g_idx != "static":
         what = ", its g_idx permute the input" if weights.g_idx == "permuted" else ""
+        requantize = requantize or "recoverlib quantize --plan gptq-4"
         return (f"{where} is act-order {weights.method} ({_order_flag(weights)}, g{weights.group_size}"
-                f"{what}): vLLM 0.32 serves no act-order groups on any device. Use"
-                " --engine hf, or re-quantize the 16-bit model for vLLM (recoverlib quantize --plan gptq-4;"
-                " `recoverlib plan` gives its memory)")
+                f"{what}): vLLM 0.32 serves no act-order groups on any device. Use --engine hf, or"
+                f" re-quantize the 16-bit model for vLLM: {requantize}")
     if weights.method == "gptq" and (set(bits) - set(GPTQ_BITS) or not weights.sym):
         what = "asymmetric (sym=false)" if not weights.sym else f"{'/'.join(map(str, bits))}-bit"
         return (f"{where} is {what} GPTQ: vLLM 0.32 reads 4- or 8-bit symmetric GPTQ only. Use --engine hf,"
@@ -193,7 +190,7 @@ def serving_problem(path: str | Path) -> str | None:
     """Why vLLM cannot serve the model folder ``path`` on this machine, or None; the machine is probed (vLLM
     imported) only for a checkpoint whose serving depends on its kernels."""
     weights = ServedWeights.from_folder(path)
-    problem = weights_problem(weights)
+    problem = weights_problem(weights, requantize_cost(path) if weights.g_idx == "permuted" else "")
     if problem or not needs_kernels(weights):
         return problem
     return kernel_problem(weights, probe_vllm_kernels())

@@ -64,6 +64,9 @@ class ServedWeights:
     config_file: str | None = None
     version: str | None = None  # AWQ's packing ("gemm", "gemv", ...), compressed-tensors' "format"
     model_type: str | None = None
+    # GPTQ: the groups vLLM will build quantized, reading the config's ``dynamic`` rules against its own
+    # module prefixes (``model.layers.N.block_sparse_moe.experts``), whatever the tensors hold
+    rule_bits: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def recoverlib_made(self) -> bool:
@@ -93,8 +96,9 @@ class ServedWeights:
         g_idx = None
         if scheme["desc_act"] and scheme["group_size"] not in (None, -1) and ckpt is not None:
             g_idx = gidx_kind(ckpt, scheme["group_size"])
+        rules = gptq_group_bits(qc) if method == "gptq" else {}
         return cls(str(path), method, bits, expert_layout(names), scheme["group_size"], scheme["sym"],
-                   scheme["desc_act"], g_idx, where, scheme["version"], model_type)
+                   scheme["desc_act"], g_idx, where, scheme["version"], model_type, rules)
 
     @classmethod
     def from_plan(cls, plan, source: str) -> ServedWeights:
@@ -112,12 +116,32 @@ class ServedWeights:
         if self.group_size is not None:
             parts.append("per-row" if self.group_size == -1 else f"g{self.group_size}")
         if self.desc_act:
-            parts.append(f"act-order ({self.g_idx or 'no g_idx'})")
+            parts.append(f"act-order ({self.g_idx})" if self.g_idx else "act-order")
         if not self.sym:
             parts.append("asym")
         if self.layout:
             parts.append(f"{self.layout} names")
         return " ".join(parts)
+
+
+def exact_rewrites(weights: ServedWeights) -> list[str]:
+    """Why vLLM cannot read a published checkpoint as written, for each departure from the layout it reads
+    that ``recoverlib convert`` rewrites without changing a weight: the quantization config outside
+    ``config.json``; GPTQModel's ``mlp.experts.N`` names; 16-bit experts that the ``dynamic`` rules leave
+    quantized for vLLM; an act-order flag over static groups."""
+    out = []
+    if weights.method in PACKED_TENSOR and weights.config_file not in (None, "config.json"):
+        out.append(f"its quantization config is only in {weights.config_file}, which vLLM does not read")
+    if weights.method in PACKED_TENSOR and weights.layout == "split":
+        out.append("its experts are named mlp.experts.N.gate_proj (GPTQModel's layout), which vLLM's Mixtral"
+                   " loader rejects")
+    if weights.method == "gptq" and weights.bits and "experts" in set(weights.rule_bits) - set(weights.bits):
+        out.append("its experts are 16-bit but its dynamic rules do not skip vLLM's prefix for them"
+                   " (model.layers.N.block_sparse_moe.experts), so vLLM would build them quantized")
+    if weights.method == "gptq" and weights.desc_act and weights.g_idx == "static":
+        out.append("it is marked act-order, which vLLM refuses, over static groups (every g_idx[i] is"
+                   " i // group_size)")
+    return out
 
 
 def find_quant_config(path: Path, cfg: dict | None = None) -> tuple[dict, str | None]:

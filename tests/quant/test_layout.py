@@ -79,7 +79,7 @@ def test_convert_gives_the_bytes_quantize_writes(written, old_layout, tmp_path):
 
 
 def test_convert_refuses_what_it_cannot_serve(quantized, base, tmp_path):
-    with pytest.raises(RecoverlibError, match="convert takes a GPTQ Mixtral .*hqq.*--engine hf"):
+    with pytest.raises(RecoverlibError, match="convert takes a GPTQ, AWQ or .*hqq.*--engine hf"):
         publish_layout(quantized("hqq-4").out, tmp_path / "x")
     with pytest.raises(RecoverlibError, match="16-bit"):
         publish_layout(base, tmp_path / "y")

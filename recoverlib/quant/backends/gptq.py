@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from recoverlib.errors import RecoverlibError
@@ -152,28 +153,23 @@ class GptqBackend(QuantBackend):
         with self.session(plan, device):
             return load_model(path, plan, self, device)
 
+    def load_published(self, path: Path, weights, compute_dtype: str, device_map: str | dict | None = None):
+        """A GPTQ Mixtral recoverlib did not write (GPTQModel, AutoGPTQ; ``weights``: its
+        :class:`~recoverlib.quant.formats.ServedWeights`), read by the same layer-by-layer loader with the
+        checkpoint's own symmetry, act-order ``g_idx`` and bits. Plain transformers would start its experts
+        from random weights; here every tensor of every layer must be in the checkpoint."""
+        plan = published_plan(weights, compute_dtype)
+        device = single_device(device_map, self.name)
+        linears = PublishedLinears(weights.sym, weights.desc_act, weights.version == "gptq_v2")
+        with self.session(plan, device):
+            return load_model(path, plan, linears, device)
+
     def load_linear(
         self, state: dict, shape: tuple[int, int], prec: GroupPrecision, plan: PrecisionPlan, device: str
     ):
         """GPTQModel's ``TorchLinear`` from a checkpoint's (v1-format) tensors, as GPTQModel's loader builds
-        it."""
-        import torch
-        from gptqmodel.nn_modules.qlinear.torch import TorchLinear  # imported by session()
-        from gptqmodel.utils.model import convert_gptq_v1_to_v2_format_module
-
-        module = TorchLinear(bits=prec.bits, group_size=prec.group_size, sym=True, desc_act=False,
-                             in_features=shape[1], out_features=shape[0], bias=False, pack_dtype=torch.int32,
-                             register_buffers=False)
-        for key in ("qweight", "qzeros", "scales", "g_idx"):
-            module.register_buffer(key, state.pop(key).to(device))
-        module.bias = None  # Mixtral's linears have none (register_buffers=True would allocate every buffer)
-        if state:
-            raise RecoverlibError(
-                f"gptq checkpoint: unexpected tensors {sorted(state)} beside a quantized linear"
-            )
-        convert_gptq_v1_to_v2_format_module(module, prec.bits, torch.int32)
-        module.post_init()
-        return module.eval()
+        it (recoverlib writes symmetric weights without act-order)."""
+        return gptq_linear(state, shape, prec, device)
 
     def session(self, plan: PrecisionPlan, device: str):
         """GPTQModel imported, its patches to transformers undone on exit (around a layer-by-layer audit or
@@ -224,6 +220,57 @@ class GptqBackend(QuantBackend):
         qzeros = 4 * groups * math.ceil(out_features * prec.bits / 32)
         scales = 2 * groups * out_features  # fp16
         return qweight + qzeros + scales + 4 * in_features  # + int32 g_idx
+
+
+@dataclass(frozen=True)
+class PublishedLinears:
+    """The layer-by-layer hooks for a published GPTQ checkpoint: its symmetry, act-order and zero-point
+    format (``gptq`` v1, or GPTQModel's ``gptq_v2``) applied to every linear."""
+
+    sym: bool
+    desc_act: bool
+    v2: bool
+
+    def load_linear(self, state: dict, shape: tuple[int, int], prec: GroupPrecision, plan: PrecisionPlan,
+                    device: str):
+        return gptq_linear(state, shape, prec, device, self.sym, self.desc_act, self.v2)
+
+
+def published_plan(weights, compute_dtype: str) -> PrecisionPlan:
+    """The plan a published GPTQ checkpoint realises: each quantized group at its bits and the config's
+    group size (-1: per row), computed in ``compute_dtype``."""
+    size = None if weights.group_size in (None, -1) else int(weights.group_size)
+    groups = {g: GroupPrecision(int(b), size) for g, b in weights.bits.items() if g != "other"}
+    name = f"published {weights.describe()}"
+    return PrecisionPlan("gptq", compute_dtype=compute_dtype, name=name, **groups)
+
+
+def gptq_linear(state: dict, shape: tuple[int, int], prec: GroupPrecision, device: str, sym: bool = True,
+                desc_act: bool = False, v2: bool = False):
+    """GPTQModel's ``TorchLinear`` from one linear's ``qweight/qzeros/scales/g_idx``: the group of input
+    column i is ``g_idx[i]`` (act-order or not); v1 zeros (stored minus one) are converted as GPTQModel's
+    loader does."""
+    import torch
+    from gptqmodel.nn_modules.qlinear.torch import TorchLinear  # imported by session()
+    from gptqmodel.utils.model import convert_gptq_v1_to_v2_format_module
+
+    module = TorchLinear(bits=prec.bits, group_size=prec.group_size or -1, sym=sym, desc_act=desc_act,
+                         in_features=shape[1], out_features=shape[0], bias=False, pack_dtype=torch.int32,
+                         register_buffers=False)
+    missing = [k for k in ("qweight", "qzeros", "scales", "g_idx") if k not in state]
+    if missing:
+        raise RecoverlibError(f"gptq checkpoint: a quantized linear lacks its {missing[0]}")
+    for key in ("qweight", "qzeros", "scales", "g_idx"):
+        module.register_buffer(key, state.pop(key).to(device))
+    module.bias = None  # Mixtral's linears have none (register_buffers=True would allocate every buffer)
+    if state:
+        raise RecoverlibError(
+            f"gptq checkpoint: unexpected tensors {sorted(state)} beside a quantized linear"
+        )
+    if not v2:
+        convert_gptq_v1_to_v2_format_module(module, prec.bits, torch.int32)
+    module.post_init()
+    return module.eval()
 
 
 def publish_gptq(saved: Path, out: Path) -> None:

@@ -1,0 +1,38 @@
+"""Published quantized checkpoints of the tiny models, written by their own libraries (see writers.py)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.published import writers
+
+os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+
+
+@pytest.fixture(scope="session")
+def gptq_written(tiny_model):
+    """GPTQModel's checkpoints of the tiny Mixtral (its own expert names), by name (writers.GPTQ_SPECS)."""
+    pytest.importorskip("gptqmodel")
+    root = writers.gptq_set(tiny_model, writers.GPTQ_SPECS, "mixtral")
+    return {name: root / name for name in writers.GPTQ_SPECS}
+
+
+@pytest.fixture(scope="session")
+def gptq_published(gptq_written, tmp_path_factory):
+    """The same checkpoints with Mixtral's published expert names (block_sparse_moe.experts.N.w1)."""
+    root = tmp_path_factory.mktemp("published")
+    return {name: writers.published_names(path, root / name) for name, path in gptq_written.items()}
+
+
+@pytest.fixture(scope="session")
+def mistral(tiny_model, tmp_path_factory):
+    return writers.tiny_mistral(tiny_model, tmp_path_factory.mktemp("mistral") / "model")
+
+
+@pytest.fixture(scope="session")
+def mistral_gptq(mistral):
+    """GPTQModel's act-order checkpoint of the dense tiny Mistral."""
+    pytest.importorskip("gptqmodel")
+    return writers.gptq_set(mistral, {"act-g32": writers.G32}, "mistral") / "act-g32"
