@@ -39,7 +39,7 @@ from recoverlib.errors import RecoverlibError
 from recoverlib.model_folder import checkpoint_dtype
 from recoverlib.quant.api import load_quantized
 from recoverlib.quant.backends import get_backend
-from recoverlib.quant.formats import ServedWeights, find_quant_config
+from recoverlib.quant.formats import ServedWeights, find_quant_config, transformers_problem
 from recoverlib.quant.meta import META_FILE, check_plain_loadable, is_quantized
 
 log = logging.getLogger("recoverlib")
@@ -63,6 +63,9 @@ def load_causal_lm(model_path: Path, dtype: str):
     if weights.method == "gptq" and weights.model_type == "mixtral":
         return get_backend("gptq").load_published(Path(model_path), weights, dtype, device_map).eval()
     check_plain_loadable(model_path)
+    problem = transformers_problem(weights)
+    if problem:
+        raise RecoverlibError(problem)
     model = AutoModelForCausalLM.from_pretrained(
         model_path, dtype=getattr(torch, dtype), device_map=device_map, use_safetensors=True,
         **transformers_quant_config(model_path, weights),
@@ -71,16 +74,18 @@ def load_causal_lm(model_path: Path, dtype: str):
 
 
 def transformers_quant_config(model_path: Path, weights: ServedWeights) -> dict:
-    """``quantization_config`` for transformers when the checkpoint keeps it outside ``config.json`` (which
-    is all transformers reads): AutoGPTQ's ``quantize_config.json``."""
-    if weights.method != "gptq" or weights.config_file in (None, "config.json"):
+    """The config transformers needs when the checkpoint keeps its quantization config outside
+    ``config.json`` (which is all transformers reads; AutoGPTQ's ``quantize_config.json``): the model config
+    with it put in, as a pre-quantized checkpoint's (a ``quantization_config`` argument would ask transformers
+    to quantize)."""
+    if weights.method is None or weights.config_file in (None, "config.json"):
         return {}
-    from transformers import GPTQConfig
+    from transformers import AutoConfig
 
     qc = find_quant_config(Path(model_path))[0]
-    known = {k: qc[k] for k in ("bits", "group_size", "desc_act", "sym", "true_sequential", "damp_percent",
-                                 "static_groups", "checkpoint_format", "meta") if k in qc}
-    return {"quantization_config": GPTQConfig(**known)}
+    config = AutoConfig.from_pretrained(model_path)
+    config.quantization_config = {"quant_method": weights.method, **qc}
+    return {"config": config}
 
 
 def compute_dtype(requested: str, device: Device, checkpoint: str | None) -> str:

@@ -124,6 +124,20 @@ class ServedWeights:
         return " ".join(parts)
 
 
+def transformers_problem(weights: ServedWeights) -> str | None:
+    """Why transformers 5 would load this published checkpoint wrongly, or None. Its Mixtral keeps the
+    experts as fused 3-D parameters that its AWQ and compressed-tensors integrations do not quantize: a
+    checkpoint with quantized experts would load with the experts started from random weights (seen:
+    llm-compressor's W4A16 Mixtral, "MISSING ... newly initialized"). GPTQ Mixtrals are read by recoverlib's
+    own loader instead."""
+    if weights.model_type == "mixtral" and weights.method in ("awq", "compressed-tensors") \
+            and "experts" in weights.bits:
+        return (f"{weights.source}: a {weights.method} Mixtral with quantized experts, which transformers 5"
+                " would load with its experts started from random weights: serve it with --engine vllm on a"
+                " machine whose vLLM has an int4 MoE kernel (a GPU, or an AMX CPU)")
+    return None
+
+
 def exact_rewrites(weights: ServedWeights) -> list[str]:
     """Why vLLM cannot read a published checkpoint as written, for each departure from the layout it reads
     that ``recoverlib convert`` rewrites without changing a weight: the quantization config outside

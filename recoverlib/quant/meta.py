@@ -48,9 +48,11 @@ def read_meta(path: str | Path) -> dict | None:
 
 
 def is_quantized(path: str | Path) -> bool:
-    """True for a recoverlib quantized checkpoint or any HF checkpoint with a ``quantization_config``."""
+    """True for a recoverlib quantized checkpoint, any HF checkpoint with a ``quantization_config``, and one
+    that keeps its quantization config beside (AutoGPTQ's ``quantize_config.json``, AutoAWQ's
+    ``quant_config.json``)."""
     path = Path(path)
-    if (path / META_FILE).is_file():
+    if any((path / name).is_file() for name in (META_FILE, "quantize_config.json", "quant_config.json")):
         return True
     cfg = path / "config.json"
     return cfg.is_file() and bool(json.loads(cfg.read_text()).get("quantization_config"))
