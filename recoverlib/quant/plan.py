@@ -17,6 +17,11 @@ from recoverlib.errors import RecoverlibError
 GROUPS = ("attention", "experts", "router", "lm_head", "embeddings")
 ROUTER_SUFFIX = "+router"
 COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
+# GPTQ's column order (GPTQModel 7.6; every one gives static groups, g_idx[i] = i // group_size, which vLLM
+# serves): "none" natural order, "group-aware" (GPTQModel's act_group_aware, its default) orders columns by
+# activation within groups and groups by activation, "static-groups" (desc_act with static_groups) finds each
+# group's scale first, then quantizes columns in descending activation order.
+GPTQ_ORDERS = ("group-aware", "none", "static-groups")
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
 
@@ -64,6 +69,7 @@ class PrecisionPlan:
     embeddings: GroupPrecision = FULL
     compute_dtype: str = "bfloat16"
     name: str = field(default="custom", compare=False)
+    order: str = GPTQ_ORDERS[0]  # GPTQ only: the column order (GPTQ_ORDERS)
 
     def __post_init__(self):
         if not self.backend or not isinstance(self.backend, str):
@@ -75,6 +81,9 @@ class PrecisionPlan:
         for g in GROUPS:
             if not isinstance(getattr(self, g), GroupPrecision):
                 raise RecoverlibError(f"plan {self.name!r}: group {g} is not a GroupPrecision")
+        if self.order not in GPTQ_ORDERS or (self.order != GPTQ_ORDERS[0] and self.backend != "gptq"):
+            raise RecoverlibError(f"plan {self.name!r}: order is GPTQ's column order, one of"
+                                  f" {', '.join(GPTQ_ORDERS)} (got {self.order!r} for {self.backend})")
 
     def group(self, name: str) -> GroupPrecision:
         return getattr(self, name)
@@ -92,13 +101,14 @@ class PrecisionPlan:
         return replace(self, router=src, name=self.name + ROUTER_SUFFIX)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "backend": self.backend, "compute_dtype": self.compute_dtype,
+        order = {} if self.order == GPTQ_ORDERS[0] else {"order": self.order}
+        return {"name": self.name, "backend": self.backend, "compute_dtype": self.compute_dtype, **order,
                 **{g: asdict(self.group(g)) for g in GROUPS}}
 
     @classmethod
     def from_dict(cls, data: dict, name: str = "custom") -> PrecisionPlan:
         """Build a plan from ``{"backend": ..., "experts": {"bits": 4, "group_size": 64}, ...}``."""
-        known = {"name", "backend", "compute_dtype", *GROUPS}
+        known = {"name", "backend", "compute_dtype", "order", *GROUPS}
         extra = sorted(set(data) - known)
         if extra:
             raise RecoverlibError(f"plan {name!r}: unknown key(s) {extra}; known: {sorted(known)}")
@@ -113,7 +123,7 @@ class PrecisionPlan:
         if "backend" not in data:
             raise RecoverlibError(f"plan {name!r}: missing 'backend'")
         return cls(backend=data["backend"], compute_dtype=data.get("compute_dtype", "bfloat16"),
-                   name=data.get("name", name), **groups)
+                   name=data.get("name", name), order=data.get("order", GPTQ_ORDERS[0]), **groups)
 
 
 def _preset(name: str, backend: str, attention: GroupPrecision, experts: GroupPrecision) -> PrecisionPlan:

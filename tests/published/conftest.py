@@ -1,4 +1,5 @@
-"""Published quantized checkpoints of the tiny models, written by their own libraries (see writers.py)."""
+"""Published quantized checkpoints of the tiny models, written by their own libraries
+(benchmarks/published_checkpoints.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 
 import pytest
 
-from tests.published import writers
+from benchmarks import published_checkpoints as writers
 
 os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
 

@@ -36,7 +36,8 @@ from recoverlib.module_groups import GROUP_REGEX
 from recoverlib.patches import require_attr
 from recoverlib.quant.backends.base import LinearStorage, QuantBackend
 from recoverlib.quant.calibration import calibration_tokenizer
-from recoverlib.quant.checkpoint import disk_name, rewrite_names
+from recoverlib.quant.checkpoint import Checkpoint, disk_name, rewrite_names
+from recoverlib.quant.formats import gidx_kind
 from recoverlib.quant.layerwise import load_model, single_device
 from recoverlib.quant.moe import preserved_transformers, split_block_class
 from recoverlib.quant.plan import GroupPrecision, PrecisionPlan
@@ -46,6 +47,13 @@ from recoverlib.runtime import environ, kept_environ
 TOKENICER_CACHE_VARS = ("HF_HOME", "HF_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_MODULES_CACHE")
 
 CALIBRATION_BATCH = 8
+# GPTQModel 7.6's QuantizeConfig for each column order (recoverlib.quant.plan.GPTQ_ORDERS); all write static
+# groups. static_groups keeps desc_act in the config, which vLLM refuses: publish_gptq drops the flag.
+ORDER_ARGS = {
+    "group-aware": {"desc_act": False, "act_group_aware": True},
+    "none": {"desc_act": False, "act_group_aware": False},
+    "static-groups": {"desc_act": True, "static_groups": True, "act_group_aware": False},
+}
 
 
 def dynamic_rules(plan: PrecisionPlan) -> tuple[GroupPrecision, dict]:
@@ -105,7 +113,7 @@ class GptqBackend(QuantBackend):
                           job.max_shard_bytes)
         shutil.rmtree(scratch)
         try:
-            publish_gptq(saved, folder)
+            publish_gptq(saved, folder, job.plan.order == "static-groups")
         except OSError as err:
             raise RecoverlibError(f"GPTQ writing under {folder.parent}: {err.strerror or err}") from None
         shutil.rmtree(saved)
@@ -127,10 +135,10 @@ class GptqBackend(QuantBackend):
                 bits=base.bits,
                 group_size=base.group_size,
                 dynamic=rules or None,
-                desc_act=False,
                 sym=True,
                 offload_to_disk=True,
                 offload_to_disk_path=str(scratch / "offload"),
+                **ORDER_ARGS[plan.order],
             )
             wrapper = GPTQModel.load(
                 str(model_path), cfg, device=device, dtype=getattr(torch, plan.compute_dtype)
@@ -273,12 +281,17 @@ def gptq_linear(state: dict, shape: tuple[int, int], prec: GroupPrecision, devic
     return module.eval()
 
 
-def publish_gptq(saved: Path, out: Path) -> None:
+def publish_gptq(saved: Path, out: Path, static_groups: bool = False) -> None:
     """GPTQModel's saved checkpoint ``saved`` renamed into Mixtral's published layout in ``out``, shard by
-    shard (each source shard removed once copied); its config loses the scratch path GPTQModel records."""
+    shard (each source shard removed once copied); its config loses the scratch path GPTQModel records, and
+    with ``static_groups`` the act-order flag (checked on the written g_idx: each is i // group_size)."""
     import json
 
     rewrite_names(saved, out, disk_name, consume=True)
+    if static_groups:
+        sizes = {json.loads((out / "config.json").read_text())["quantization_config"]["group_size"]}
+        if gidx_kind(Checkpoint.open(out), sizes.pop()) == "permuted":
+            raise RecoverlibError(f"{out}: GPTQModel's static groups wrote a permuted g_idx")
     (out / "quant_log.csv").unlink(missing_ok=True)
     for name, key in (("config.json", "quantization_config"), ("quantize_config.json", None)):
         file = out / name
@@ -286,6 +299,8 @@ def publish_gptq(saved: Path, out: Path) -> None:
             data = json.loads(file.read_text())
             qc = data[key] if key else data
             (qc.get("meta") or {}).pop("offload_to_disk_path", None)  # a folder of the finished run, now gone
+            if static_groups:
+                qc["desc_act"] = False  # the groups are static: vLLM refuses the flag, which changes nothing
             file.write_text(json.dumps(data, indent=2) + "\n")
 
 

@@ -7,7 +7,15 @@ model's bytes, the writer's spec and the library versions), in a process of its 
   groups, attention-only, a dense Mistral; the published expert names made from GPTQModel's output by
   ``recoverlib convert``'s renaming, AutoGPTQ's ``quantize_config.json``-only layout by dropping the copy
   GPTQModel also writes into ``config.json``.
+- compressed-tensors W4A16 by llm-compressor (``oneshot`` with a W4A16 ``QuantizationModifier``), in an
+  environment of its own: llm-compressor 0.14 pins transformers<=5.17 and compressed-tensors 0.19, ours are
+  5.19 and 0.17. Built once with ``pip install --target`` (a few packages, the rest from ours; about a
+  minute), keyed by the versions; skipped with the reason when PyPI cannot be reached.
 - bitsandbytes by transformers' own ``save_pretrained`` of a ``BitsAndBytesConfig`` model.
+
+Not written here: AutoAWQ's GEMM format (GPTQModel 7.6 packs AWQ only on CUDA: "AWQ: CUDA is not
+available"; AutoAWQ itself is archived and needs CUDA and transformers 4) and HQQ as transformers saves it
+(transformers 5.19 cannot quantize with HQQ).
 """
 
 from __future__ import annotations
@@ -23,6 +31,23 @@ from pathlib import Path
 from recoverlib.cache import cache_dir
 
 HERE = Path(__file__).resolve().parent
+# llm-compressor's environment: these beside ours (its pins conflict with our transformers 5.19 and
+# compressed-tensors 0.17; datasets and huggingface-hub follow transformers 5.17's huggingface-hub<2)
+LLMCOMPRESSOR_ENV = ("llmcompressor==0.14.0.1", "transformers==5.17.0", "compressed-tensors==0.19.0",
+                     "auto-round==0.15.1", "huggingface-hub==1.14.0", "datasets==4.8.4", "loguru==0.7.3",
+                     "nvidia-ml-py==13.615.71")
+CT_SCRIPT = """
+import sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from llmcompressor import oneshot
+from llmcompressor.modifiers.quantization import QuantizationModifier
+src, out, experts = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16)
+ignore = ["lm_head", "re:.*mlp.gate$"] + ([] if experts else ["re:.*experts.*"])
+oneshot(model=model, recipe=QuantizationModifier(targets="Linear", scheme="W4A16", ignore=ignore))
+model.save_pretrained(out, save_compressed=True)
+AutoTokenizer.from_pretrained(src).save_pretrained(out)
+"""
 G32 = {"bits": 4, "group_size": 32, "desc_act": True, "sym": True}
 GPTQ_SPECS = {  # name -> GPTQModel QuantizeConfig arguments (experts False: a dynamic rule keeps them 16-bit)
     "act-g32": G32,
@@ -130,4 +155,39 @@ def bnb_checkpoint(model: Path, out: Path) -> Path:
     loaded = AutoModelForCausalLM.from_pretrained(model, quantization_config=cfg, dtype=torch.bfloat16)
     loaded.save_pretrained(out)
     AutoTokenizer.from_pretrained(model).save_pretrained(out)
+    return out
+
+
+def llmcompressor_env() -> Path:
+    """llm-compressor's packages in a folder of their own (``pip install --no-deps --target``), built once.
+    Raises ``RuntimeError`` naming pip's last line when it cannot be built (no PyPI)."""
+    key = folder_key(*LLMCOMPRESSOR_ENV, sys.version_info[:2])
+    target = cache_dir("fixture-envs", f"llmcompressor-{key}")
+    if (target / ".complete").is_file():
+        return target
+    shutil.rmtree(target, ignore_errors=True)
+    res = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+                          str(target), *LLMCOMPRESSOR_ENV], capture_output=True, text=True, timeout=900)
+    if res.returncode:
+        shutil.rmtree(target, ignore_errors=True)
+        last = res.stderr.strip().splitlines()[-1:]
+        raise RuntimeError(f"llm-compressor's environment: pip failed ({last})")
+    (target / ".complete").write_text("\n".join(LLMCOMPRESSOR_ENV))
+    return target
+
+
+def compressed_tensors(model: Path, out: Path, experts: bool) -> Path:
+    """llm-compressor's W4A16 (round to nearest, group 128, symmetric) of ``model``, saved compressed
+    (``pack-quantized``); ``experts=False`` keeps the MoE experts 16-bit."""
+    if (out / "config.json").is_file():
+        return out
+    import site
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(llmcompressor_env()), *site.getsitepackages()]),
+           "PYTHONNOUSERSITE": "1"}
+    tmp = out.with_name(out.name + ".tmp")
+    argv = [sys.executable, "-s", "-c", CT_SCRIPT, str(model), str(tmp), "1" if experts else "0"]
+    res = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    os.replace(tmp, out)
     return out
