@@ -10,10 +10,11 @@ artifact and engine (``hf``: recoverlib's HF engine; ``vllm``: vLLM on this CPU)
 one line it was refused with (decided before any engine starts, by ``recoverlib.engines.vllm_support`` and
 the HF engine's loader), and for a served one how many of the validation rows' greedy predictions equal the
 reference's: the format's own library loading the checkpoint as a user would (GPTQModel's ``GPTQModel.load``,
-transformers' ``from_pretrained`` for compressed-tensors and bitsandbytes), its model generating through the
-same prompts and generate loop (recoverlib's HF engine holding that model). Where the format's own library
-cannot load the checkpoint (GPTQModel reads only its own expert names) the reference is its load of the same
-tensors under GPTQModel's names.
+transformers' ``from_pretrained`` for bitsandbytes), its model generating through the same prompts and
+generate loop (recoverlib's HF engine holding that model). Where the format's own library cannot load the
+checkpoint (GPTQModel reads only its own expert names) the reference is its load of the same tensors under
+GPTQModel's names; for compressed-tensors, whose Mixtrals transformers 5.19 loads with random experts, it is
+the bf16 source model (so agreement there includes the quantization error).
 
     python -m benchmarks.checkpoint_formats            # about 15 minutes on 2 cores, fixtures cached after
     python -m benchmarks.checkpoint_formats --rows 20 --no-ct   # quicker; skip llm-compressor's environment
@@ -68,11 +69,16 @@ def artifacts(base: Path, work: Path, with_ct: bool) -> dict[str, tuple[Path, Pa
     old = writers.autogptq_layout(root / "attn-g32", work / "attn-g32-autogptq")
     out["gptq attn-g32 (quantize_config.json only)"] = (old, root / "attn-g32",
                                                         "GPTQModel 7.6, AutoGPTQ's layout")
-    if with_ct:
+    if with_ct:  # reference: the bf16 source (transformers 5.19 loads these Mixtrals with random experts)
         for experts in (False, True):
             label = "W4A16" + ("" if experts else " attention only")
             folder = writers.compressed_tensors(base, work / f"ct-{int(experts)}", experts)
-            out[f"compressed-tensors {label}"] = (folder, None, "llm-compressor 0.14")
+            out[f"compressed-tensors {label}"] = (folder, base, "llm-compressor 0.14")
+            converted = work / f"ct-{int(experts)}-converted"
+            if not (converted / "config.json").is_file():
+                publish_layout(folder, converted)
+            out[f"compressed-tensors {label} (recoverlib convert)"] = (converted, base,
+                                                                       "llm-compressor 0.14 + convert")
     out["bitsandbytes nf4"] = (writers.bnb_checkpoint(base, work / "bnb"), None, "transformers 5.19")
     return out
 
@@ -81,7 +87,7 @@ def reference_model(path: Path, method: str | None):
     """The format's own library loading ``path`` as a user would."""
     import torch
 
-    if method == "gptq":
+    if method == "gptq" and (path / "quantize_config.json").is_file():
         from gptqmodel import BACKEND, GPTQModel
 
         from recoverlib.quant.backends.gptq import GptqBackend

@@ -8,6 +8,9 @@ What it rewrites (each found by :func:`recoverlib.quant.formats.exact_rewrites` 
   renamed shard by shard (one shard in memory at a time), every byte kept.
 - A quantization config only in ``quantize_config.json`` (AutoGPTQ's layout) or ``quant_config.json``: vLLM
   reads ``config.json``'s ``quantization_config`` only; it is copied there.
+- Experts named ``block_sparse_moe.experts.N.gate_proj`` (llm-compressor's): vLLM's Mixtral matches a
+  compressed-tensors ``ignore`` list against ``w1/w3/w2`` and transformers 5 converts only ``w1/w2/w3``; the
+  tensors and the ``ignore`` entries are renamed.
 - 16-bit experts that GPTQ's ``dynamic`` rules do not skip for vLLM (a rule such as ``-:.*\\.experts\\..*``
   matches GPTQModel's ``mlp.experts.0.gate_proj`` but not vLLM's ``block_sparse_moe.experts`` prefix, so vLLM
   builds quantized experts and finds no int4 tensors): a first rule skipping that prefix is added.
@@ -59,12 +62,17 @@ def publish_layout(src: str | Path, out: str | Path) -> Path:
             f"{src} already uses Mixtral's published layout and its config is where vLLM reads it: vLLM loads"
             " it as it is"
         )
-    rewrite_names(src, out, disk_name if weights.layout == "split" else str)
+    rename = disk_name if weights.layout == "split" or weights.hf_proj_names else str
+    rewrite_names(src, out, rename)
     if weights.config_file not in (None, "config.json"):
         qc = read_json_object(src / weights.config_file)
         qc.setdefault("quant_method", weights.method)  # AutoGPTQ's file names no method
         cfg = read_json_object(out / "config.json")
         (out / "config.json").write_text(json.dumps({**cfg, "quantization_config": qc}, indent=2) + "\n")
+    if weights.hf_proj_names and weights.method == "compressed-tensors":
+        qc = json.loads((out / "config.json").read_text())["quantization_config"]
+        qc["ignore"] = [disk_name(n) for n in qc.get("ignore") or []]  # as the tensors are now named
+        write_quant_config(out, qc, "config.json")
     skip_experts = "experts" in set(weights.rule_bits) - set(weights.bits)
     for where in ("config.json", "quantize_config.json"):
         _rewrite_gptq_config(out, where, weights.desc_act and weights.g_idx == "static", skip_experts)

@@ -23,7 +23,7 @@ from pathlib import Path
 from recoverlib.errors import RecoverlibError
 from recoverlib.model_folder import read_json_object, read_model_config
 from recoverlib.module_groups import group_of
-from recoverlib.quant.checkpoint import Checkpoint, expert_layout
+from recoverlib.quant.checkpoint import EXPERT_PROJ, Checkpoint, expert_layout
 from recoverlib.quant.meta import read_meta
 
 # Where a published checkpoint keeps its quantization config, in the order the libraries look.
@@ -67,6 +67,9 @@ class ServedWeights:
     # GPTQ: the groups vLLM will build quantized, reading the config's ``dynamic`` rules against its own
     # module prefixes (``model.layers.N.block_sparse_moe.experts``), whatever the tensors hold
     rule_bits: Mapping[str, int] = field(default_factory=dict)
+    # Mixtral experts named gate_proj/up_proj/down_proj under block_sparse_moe (llm-compressor's), where vLLM
+    # quantization configs look for w1/w3/w2 and transformers 5 converts only w1/w2/w3 into its fused experts
+    hf_proj_names: bool = False
 
     @property
     def recoverlib_made(self) -> bool:
@@ -97,8 +100,9 @@ class ServedWeights:
         if scheme["desc_act"] and scheme["group_size"] not in (None, -1) and ckpt is not None:
             g_idx = gidx_kind(ckpt, scheme["group_size"])
         rules = gptq_group_bits(qc) if method == "gptq" else {}
+        hf_proj = any(".block_sparse_moe.experts." in n and n.split(".")[-2] in EXPERT_PROJ for n in names)
         return cls(str(path), method, bits, expert_layout(names), scheme["group_size"], scheme["sym"],
-                   scheme["desc_act"], g_idx, where, scheme["version"], model_type, rules)
+                   scheme["desc_act"], g_idx, where, scheme["version"], model_type, rules, hf_proj)
 
     @classmethod
     def from_plan(cls, plan, source: str) -> ServedWeights:
@@ -126,15 +130,21 @@ class ServedWeights:
 
 def transformers_problem(weights: ServedWeights) -> str | None:
     """Why transformers 5 would load this published checkpoint wrongly, or None. Its Mixtral keeps the
-    experts as fused 3-D parameters that its AWQ and compressed-tensors integrations do not quantize: a
-    checkpoint with quantized experts would load with the experts started from random weights (seen:
-    llm-compressor's W4A16 Mixtral, "MISSING ... newly initialized"). GPTQ Mixtrals are read by recoverlib's
-    own loader instead."""
-    if weights.model_type == "mixtral" and weights.method in ("awq", "compressed-tensors") \
-            and "experts" in weights.bits:
+    experts as fused 3-D parameters that its AWQ and compressed-tensors integrations do not quantize, and its
+    compressed-tensors load skips the conversion of per-expert tensors altogether: llm-compressor's W4A16
+    Mixtrals, experts quantized or 16-bit, in either expert naming, loaded with "MISSING ... newly
+    initialized" experts. GPTQ Mixtrals are read by recoverlib's own loader instead."""
+    if weights.model_type != "mixtral" or weights.method not in ("awq", "compressed-tensors"):
+        return None
+    if "experts" in weights.bits:
         return (f"{weights.source}: a {weights.method} Mixtral with quantized experts, which transformers 5"
                 " would load with its experts started from random weights: serve it with --engine vllm on a"
                 " machine whose vLLM has an int4 MoE kernel (a GPU, or an AMX CPU)")
+    if weights.method == "compressed-tensors":
+        return (f"{weights.source}: a compressed-tensors Mixtral, which transformers 5.19 loads with its"
+                " experts started from random weights (its compressed-tensors path skips Mixtral's expert"
+                " conversion, 16-bit experts included): serve it with --engine vllm (`recoverlib convert`"
+                " first where vLLM cannot read it as written)")
     return None
 
 
@@ -149,6 +159,9 @@ def exact_rewrites(weights: ServedWeights) -> list[str]:
     if weights.method in PACKED_TENSOR and weights.layout == "split":
         out.append("its experts are named mlp.experts.N.gate_proj (GPTQModel's layout), which vLLM's Mixtral"
                    " loader rejects")
+    if weights.method in PACKED_TENSOR and weights.hf_proj_names:
+        out.append("its experts are named block_sparse_moe.experts.N.gate_proj, and vLLM's Mixtral matches"
+                   " its quantization config against w1/w3/w2 (a 16-bit expert would be built quantized)")
     if weights.method == "gptq" and weights.bits and "experts" in set(weights.rule_bits) - set(weights.bits):
         out.append("its experts are 16-bit but its dynamic rules do not skip vLLM's prefix for them"
                    " (model.layers.N.block_sparse_moe.experts), so vLLM would build them quantized")
