@@ -37,3 +37,16 @@ def mistral_gptq(mistral):
     """GPTQModel's act-order checkpoint of the dense tiny Mistral."""
     pytest.importorskip("gptqmodel")
     return writers.gptq_set(mistral, {"act-g32": writers.G32}, "mistral") / "act-g32"
+
+
+@pytest.fixture(scope="session")
+def ct_attention(tiny_model):
+    """llm-compressor's W4A16 of the tiny Mixtral, experts 16-bit (its own environment, cached)."""
+    from recoverlib.cache import cache_dir
+
+    try:
+        writers.llmcompressor_env()
+    except RuntimeError as err:  # no PyPI here
+        pytest.skip(str(err))
+    key = writers.folder_key(tiny_model / "model.safetensors", *writers.LLMCOMPRESSOR_ENV)
+    return writers.compressed_tensors(tiny_model, cache_dir("published-fixtures", f"ct-attn-{key}"), False)
