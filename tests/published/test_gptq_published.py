@@ -197,3 +197,36 @@ def test_vllm_itself_agrees_with_the_rule(gptq_written, gptq_published, kernels,
         said = _vllm_alone(out)
         problem = vllm_problem(ServedWeights.from_folder(out), kernels)
         assert said.startswith("SERVED") == (problem is None), (name, said, problem)
+
+
+def test_predict_picks_or_refuses_in_one_line(gptq_published, sample_csv, tmp_path, capsys):
+    """The issue's case: an act-order GPTQ Mixtral. ``--engine vllm`` is refused in one line before any
+    engine starts; ``--engine auto`` says why it picks the HF engine, which serves it."""
+    pytest.importorskip("vllm")
+    from recoverlib.cli import main
+
+    model = gptq_published["act-g32"]
+    common = ["predict", "--model", str(model), "--input", str(sample_csv), "--samples", "1",
+              "--temperature", "0", "--max-new-tokens", "4"]
+    assert main([*common, "--engine", "vllm", "--out", str(tmp_path / "v.csv")]) == 2
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if line.startswith("recoverlib: error:")]
+    assert len(said) == 1 and "act-order" in said[0] and "--engine hf" in said[0] and "Traceback" not in err
+    assert main([*common, "--engine", "auto", "--out", str(tmp_path / "a.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "engine auto -> hf, since" in err and "act-order" in err
+    assert (tmp_path / "a.csv").is_file()
+
+
+def test_bitsandbytes_saved_by_transformers(tiny_model, tmp_path):
+    """transformers' own 4-bit save: the HF engine loads it as transformers does; vLLM refuses in one line."""
+    pytest.importorskip("bitsandbytes")
+    from recoverlib.engines.hf import load_causal_lm
+    from recoverlib.engines.vllm_support import weights_problem
+
+    folder = writers.bnb_checkpoint(tiny_model, tmp_path / "bnb")
+    w = ServedWeights.from_folder(folder)
+    assert w.method == "bitsandbytes" and w.config_file == "config.json"
+    assert "no bitsandbytes" in weights_problem(w) and "--engine hf" in weights_problem(w)
+    model = load_causal_lm(folder, "bfloat16")
+    assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
