@@ -15,6 +15,16 @@ task, bf16 against GPTQ (``plans/gptq-attn4.json``: attention in 4 bits, experts
 AVX-512 but no AMX serves; ``gptq-4`` needs vLLM's int4 MoE kernel, AMX or a GPU):
     python -m benchmarks.quant_ablation --trained --adapters --vllm --repeats 1 \
         --presets gptq-4 benchmarks/plans/gptq-attn4.json --name quant_ablation_vllm
+GPTQ's column order (plan ``order``; every order writes static groups, which vLLM serves): GPTQModel's
+group-aware order (the default), natural order, and act-order over static groups, same calibration, against
+bf16 on the trained tiny model:
+    python -m benchmarks.quant_ablation --trained --adapters --repeats 1 --name quant_ablation_gptq_order \\
+        --presets benchmarks/plans/gptq-4-order-group-aware.json benchmarks/plans/gptq-4-order-none.json \\
+        benchmarks/plans/gptq-4-order-static-groups.json
+and at full width (one Mixtral-8x7B-shaped layer, random weights: KL only; about 15 min and 14.4 GB a plan):
+    python -m benchmarks.quant_ablation --synthetic-layers 1 --repeats 1 \\
+        --name quant_ablation_gptq_order_fullwidth --presets benchmarks/plans/gptq-4-order-group-aware.json \\
+        benchmarks/plans/gptq-4-order-none.json benchmarks/plans/gptq-4-order-static-groups.json
 Reproduce the committed table (tiny Mixtral, its 2 adapters, the example rows; 4-7 minutes on 2 shared cores):
     python -m benchmarks.quant_ablation --threads 1 --adapters --validation examples/data/sample.csv \\
         --truth examples/data/sample_truth.csv
@@ -126,11 +136,11 @@ def available_ram() -> int:
 def check_fits(cfg: dict, presets: Sequence[str] = (), available: int | None = None) -> int:
     """Bytes the benchmark needs for this config and ``presets``; raise when that exceeds the available
     RAM."""
-    from recoverlib.quant.plan import PRESETS, PrecisionPlan
+    from recoverlib.quant.plan import PrecisionPlan, load_plan
     from recoverlib.quant.planner import plan_bytes, quantize_peak
 
     params = plan_bytes(cfg, PrecisionPlan(backend="bnb", name="bf16")).total_params
-    quantizing = max((quantize_peak(cfg, PRESETS[p]).host_bytes for p in presets), default=0)
+    quantizing = max((quantize_peak(cfg, load_plan(p)).host_bytes for p in presets), default=0)
     need = FIXED_BYTES + 2 * params + max(4 * params, quantizing)
     available = available_ram() if available is None else available
     if need > available:
