@@ -76,9 +76,10 @@ def check_plain_loadable(path: str | Path) -> dict:
     cfg = read_model_config(path)
     method = (cfg.get("quantization_config") or {}).get("quant_method")
     if cfg.get("model_type") == "mixtral" and method in ("gptq", "hqq"):
+        served = "--engine hf serves it through recoverlib's own loader" if method == "gptq" else \
+            "quantize the 16-bit model with `recoverlib quantize`"
         raise RecoverlibError(
             f"{path}: a {method} Mixtral without {META_FILE}; plain transformers would start its experts "
-            "from random"
-            f" weights. Quantize the 16-bit model with `recoverlib quantize`"
+            f"from random weights ({served})"
         )
     return cfg

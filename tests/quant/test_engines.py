@@ -61,13 +61,18 @@ def test_merged_mode_on_a_quantized_base_needs_a_dequantized_merge(quantized, qu
     assert merged["tiny-a"] != merged[None]
 
 
-def test_gptq_mixtral_without_metadata_is_refused(quantized, tmp_path):
+def test_gptq_mixtral_without_metadata_is_read_from_its_config(quantized, input_ids, tmp_path):
+    """A GPTQ Mixtral as others publish it (no recoverlib_quant.json): the HF engine reads its config and
+    loads it through the same layer-by-layer loader, so the model is the one the metadata would give."""
     import shutil
 
-    from recoverlib.engines.hf import load_causal_lm
-    from recoverlib.errors import RecoverlibError
+    import torch
 
-    bare = shutil.copytree(quantized("gptq-attn8-exp4").out, tmp_path / "bare")
+    from recoverlib.engines.hf import load_causal_lm
+
+    written = quantized("gptq-attn8-exp4").out
+    bare = shutil.copytree(written, tmp_path / "bare")
     (bare / "recoverlib_quant.json").unlink()
-    with pytest.raises(RecoverlibError, match="experts from random"):
-        load_causal_lm(bare, "bfloat16")
+    with torch.no_grad():
+        assert torch.equal(load_causal_lm(bare, "bfloat16")(input_ids).logits,
+                           load_causal_lm(written, "bfloat16")(input_ids).logits)
