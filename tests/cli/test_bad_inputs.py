@@ -658,7 +658,7 @@ CASES = [
         "convert",
         "not-gptq",
         lambda w: ["convert", "--model", f"{w}/model", "--out", f"{w}/c"],
-        "convert takes a GPTQ Mixtral",
+        "convert takes a GPTQ, AWQ or compressed-tensors checkpoint",
     ),
     (
         "convert",
