@@ -110,3 +110,47 @@ def test_probe_asks_vllm_about_this_cpu():
     if "amx_tile" in features:
         assert kernels.int4_moe
     print(kernels.describe())
+
+
+def published(method="gptq", bits=4, **kw) -> ServedWeights:
+    groups = kw.pop("groups", ("attention",))
+    return ServedWeights("P", method, {g: bits for g in groups}, "published", **{"group_size": 32, **kw})
+
+
+@pytest.mark.parametrize(("weights", "want"), [
+    (published(), None),
+    (published(desc_act=True, g_idx="permuted"),
+     "act-order gptq \\(desc_act=true, g32, its g_idx permute.*no act-order groups on any device.*--engine hf"
+     ".*re-quantize"),
+    (published(desc_act=True, g_idx="static"),
+     "marked act-order.*static groups.*recoverlib convert --model P"),
+    (published(desc_act=True, group_size=-1), None),  # one group per row: vLLM drops the flag itself
+    (published(sym=False), "asymmetric \\(sym=false\\) GPTQ: vLLM 0.32 reads 4- or 8-bit symmetric"),
+    (published(bits=3), "3-bit GPTQ"),
+    (published(config_file="quantize_config.json"), "only in quantize_config.json.*recoverlib convert"),
+    (published(rule_bits={"attention": 4, "experts": 4}), "do not skip vLLM's prefix.*recoverlib convert"),
+    (published("awq", version="gemv"), "AutoAWQ's 4-bit GEMM layout only"),
+    (published("awq", version="gemm"), None),
+    (published("compressed-tensors", desc_act=True, g_idx="permuted"), "actorder=group"),
+    (published("compressed-tensors", hf_proj_names=True), "gate_proj.*w1/w3/w2.*recoverlib convert"),
+    (published("compressed-tensors", groups=("attention", "experts")), None),  # on a GPU
+])
+def test_published_formats_on_any_device(weights, want):
+    problem = vllm_problem(weights, GPU)
+    if want is None:
+        assert problem is None
+    else:
+        assert problem is not None and re.search(want, problem) and "\n" not in problem, problem
+
+
+@pytest.mark.parametrize(("weights", "kernels", "want"), [
+    (published("awq"), ZEN4, None),
+    (published("compressed-tensors"), AVX2, "int4 linear kernel on CPU needs AVX-512"),
+    (published("compressed-tensors", groups=("attention", "experts")), ZEN4,
+     "int4 MoE kernel on CPU needs AMX"),
+    (published(bits=8), ZEN4, "CPU gptq kernels take 4-bit weights only \\(attention is 8-bit\\)"),
+    (published(bits=8), GPU, None),
+])
+def test_published_formats_on_cpus(weights, kernels, want):
+    problem = vllm_problem(weights, kernels)
+    assert (problem is None) if want is None else bool(re.search(want, problem or "")), problem
