@@ -18,9 +18,9 @@ AVX-512 but no AMX serves; ``gptq-4`` needs vLLM's int4 MoE kernel, AMX or a GPU
 GPTQ's column order (plan ``order``; every order writes static groups, which vLLM serves): GPTQModel's
 group-aware order (the default), natural order, and act-order over static groups, same calibration, against
 bf16 on the trained tiny model:
-    python -m benchmarks.quant_ablation --trained --adapters --repeats 1 --name quant_ablation_gptq_order \\
-        --presets benchmarks/plans/gptq-4-order-group-aware.json benchmarks/plans/gptq-4-order-none.json \\
-        benchmarks/plans/gptq-4-order-static-groups.json
+    python -m benchmarks.quant_ablation --trained --adapters --repeats 1 --rows 60 \\
+        --name quant_ablation_gptq_order --presets benchmarks/plans/gptq-4-order-group-aware.json \\
+        benchmarks/plans/gptq-4-order-none.json benchmarks/plans/gptq-4-order-static-groups.json
 and at full width (one Mixtral-8x7B-shaped layer, random weights: KL only; about 15 min and 14.4 GB a plan):
     python -m benchmarks.quant_ablation --synthetic-layers 1 --repeats 1 \\
         --name quant_ablation_gptq_order_fullwidth --presets benchmarks/plans/gptq-4-order-group-aware.json \\
@@ -348,6 +348,7 @@ def parse(argv):
         "--vllm", action="store_true", help="also score through vLLM where it can serve the checkpoint"
     )
     ap.add_argument("--repeats", type=int, help="timed repeats (default 3; --quick 1)")
+    ap.add_argument("--rows", type=int, help="validation rows scored (default: all; --quick 3)")
     ap.add_argument(
         "--threads", type=int, help="torch intra-op threads (default: torch's; 1 on a busy shared CPU)"
     )
@@ -379,6 +380,8 @@ def run(args, work: Path) -> tuple[pd.DataFrame, dict, str]:
     w = QUICK if args.quick else AblationWorkload()
     if args.repeats:
         w = AblationWorkload(**{**w.__dict__, "repeats": args.repeats})
+    if args.rows:
+        w = AblationWorkload(**{**w.__dict__, "rows": args.rows})
     base, adapters, label = prepare_model(args)
     rows, truths = load_validation(args, w.rows)
     torch.manual_seed(args.seed)
