@@ -92,7 +92,7 @@ def reference_model(path: Path, method: str | None):
 
         from recoverlib.quant.backends.gptq import GptqBackend
 
-        with GptqBackend()._gptqmodel(router=False):
+        with GptqBackend().library():
             return GPTQModel.load(str(path), backend=BACKEND.TORCH, dtype=torch.bfloat16).model
     from transformers import AutoModelForCausalLM
 

@@ -66,10 +66,13 @@ def load_causal_lm(model_path: Path, dtype: str):
     problem = transformers_problem(weights)
     if problem:
         raise RecoverlibError(problem)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_path, dtype=getattr(torch, dtype), device_map=device_map, use_safetensors=True,
-        **transformers_quant_config(model_path, weights),
-    )  # never a pickle
+    # transformers' GPTQ path imports GPTQModel (through optimum), which patches transformers for the process
+    library = get_backend("gptq").library() if weights.method == "gptq" else nullcontext()
+    with library:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=getattr(torch, dtype), device_map=device_map, use_safetensors=True,
+            **transformers_quant_config(model_path, weights),
+        )  # never a pickle
     return model.eval()
 
 

@@ -12,10 +12,19 @@ from benchmarks import published_checkpoints as writers
 os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
 
 
+def _need_gptqmodel() -> None:
+    """Skip without GPTQModel, without importing it here (on import it patches transformers for the whole
+    process; recoverlib imports it only where it undoes that)."""
+    import importlib.util
+
+    if importlib.util.find_spec("gptqmodel") is None:
+        pytest.skip("GPTQModel is not installed")
+
+
 @pytest.fixture(scope="session")
 def gptq_written(tiny_model):
     """GPTQModel's checkpoints of the tiny Mixtral (its own expert names), by name (writers.GPTQ_SPECS)."""
-    pytest.importorskip("gptqmodel")
+    _need_gptqmodel()
     root = writers.gptq_set(tiny_model, writers.GPTQ_SPECS, "mixtral")
     return {name: root / name for name in writers.GPTQ_SPECS}
 
@@ -35,7 +44,7 @@ def mistral(tiny_model, tmp_path_factory):
 @pytest.fixture(scope="session")
 def mistral_gptq(mistral):
     """GPTQModel's act-order checkpoint of the dense tiny Mistral."""
-    pytest.importorskip("gptqmodel")
+    _need_gptqmodel()
     return writers.gptq_set(mistral, {"act-g32": writers.G32}, "mistral") / "act-g32"
 
 

@@ -74,13 +74,16 @@ def test_hf_engine_reads_what_gptqmodel_reads(name, gptq_written, gptq_published
     """Every quantized linear, dequantized, equals GPTQModel's own load of the same checkpoint up to its
     fp16 scales rounded to bf16 (GPTQModel casts them), in both layouts; the forward pass runs."""
     import torch
-    from gptqmodel import BACKEND, GPTQModel
 
     from recoverlib.engines.hf import load_causal_lm
+    from recoverlib.quant.backends.gptq import GptqBackend
 
     ours = load_causal_lm(gptq_written[name], "bfloat16")
     published = load_causal_lm(gptq_published[name], "bfloat16")
-    ref = GPTQModel.load(str(gptq_written[name]), backend=BACKEND.TORCH, dtype=torch.bfloat16).model
+    with GptqBackend().library():  # its patches to transformers undone after (later tests load Mixtrals)
+        from gptqmodel import BACKEND, GPTQModel
+
+        ref = GPTQModel.load(str(gptq_written[name]), backend=BACKEND.TORCH, dtype=torch.bfloat16).model
     got, want, same = _dequantized(ours), _dequantized(ref), _dequantized(published)
     assert set(got) == set(want) == set(same)
     assert any(".experts." in n for n in got) != name.startswith("attn")

@@ -184,6 +184,11 @@ class GptqBackend(QuantBackend):
         load)."""
         return self._gptqmodel(router=plan.router.quantized)
 
+    def library(self):
+        """GPTQModel imported for a caller that loads through it (transformers' GPTQ path imports it via
+        optimum), its patches to transformers undone on exit."""
+        return self._gptqmodel(router=False)
+
     @contextmanager
     def _gptqmodel(self, router: bool):
         with environ(GPTQMODEL_CPU_WORKERS=str(os.cpu_count() or 1)), preserved_transformers():
