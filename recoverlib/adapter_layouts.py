@@ -46,6 +46,7 @@ LAYOUT_HELP = {
 }
 SERVED_FORMAT = 1  # bump when a converted folder's meaning changes
 FUSED_PARAMS = ("gate_up_proj", "down_proj")
+CONVERTED_PARAMETERS = ("experts.gate_up_proj", "experts.down_proj", "gate.weight")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
 
@@ -82,14 +83,22 @@ def module_of(key: str) -> str:
 
 def layout_of(cfg: Mapping, modules) -> str:
     """The layout of an adapter with LoRA on ``modules`` (file names, see :func:`module_of`)."""
-    if any("block_sparse_moe" in m.split(".") for m in modules):
+    parts = [m.split(".") for m in modules]
+    if any("block_sparse_moe" in p for p in parts):
         return "published"
-    moe = [m for m in modules if _is_split_router(m) or "experts" in m.split(".")]
-    if not moe:
-        return "linear"
-    if cfg.get("target_parameters"):
+    if any(p[-1] == "experts" for p in parts):
         return "fused"
-    return "split"
+    if any("experts" in p for p in parts):
+        return "split"
+    if any(_is_split_router(m) for m in modules):  # the router alone: a module (split) or a parameter
+        return "fused" if cfg.get("target_parameters") else "split"
+    return "linear"
+
+
+def converts_parameters(cfg: Mapping) -> bool:
+    """Whether every ``target_parameters`` entry is one this module converts exactly (Mixtral's fused experts
+    and its router's weight; PEFT 0.21 itself turns a ``gate`` target into ``gate.weight``)."""
+    return all(p.endswith(CONVERTED_PARAMETERS) for p in cfg.get("target_parameters") or [])
 
 
 def _is_split_router(module: str) -> bool:

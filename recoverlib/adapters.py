@@ -17,6 +17,7 @@ from pathlib import Path
 
 from recoverlib.adapter_layouts import (
     LoraPiece,
+    converts_parameters,
     layout_of,
     lora_pieces,
     module_of,
@@ -307,7 +308,7 @@ def swap_merge_problem(adapter: AdapterInfo) -> str | None:
     """
     cfg = adapter.config
     # LoRA on Mixtral's fused expert parameters is exact per-expert LoRA once its pairs are sliced out
-    exact = ("target_parameters",) if adapter.layout == "fused" else ()
+    exact = ("target_parameters",) if adapter.layout != "linear" and converts_parameters(cfg) else ()
     unsupported = [k for k in NOT_SWAP_MERGEABLE if cfg.get(k) and k not in exact]
     if unsupported:
         return f"adapter {adapter.name!r}: cannot merge from tensors ({', '.join(unsupported)} set)"

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from recoverlib.adapter_layouts import converts_parameters
 from recoverlib.adapters import AdapterInfo, swap_merge_problem
 from recoverlib.engines.base import DEFAULT_CONTEXT_CAP, EngineConfig, resolve_max_model_len
 from recoverlib.engines.device import Device, check_vllm_settings, cpu_thread_binding, resolve_dtype
@@ -91,8 +92,9 @@ def dynamic_problem(adapters: Mapping[str, AdapterInfo], device: Device) -> str 
     on CPU LoRA on the experts or router (its CPU LoRA ops have no fused-MoE path)."""
     for info in sorted(adapters.values(), key=lambda a: a.name):
         cfg = info.config
+        converted = info.layout != "linear" and converts_parameters(cfg)  # served under published names
         refused = [what for key, what in VLLM_REFUSES.items()
-                   if cfg.get(key) and not (key == "target_parameters" and info.layout == "fused")]
+                   if cfg.get(key) and not (key == "target_parameters" and converted)]
         if refused or cfg.get("bias", "none") != "none":
             return (f"adapter {info.name!r} has {(refused or ['a bias'])[0]}, which vLLM does not serve as"
                     " LoRA; use --lora-mode merged or --engine hf")
