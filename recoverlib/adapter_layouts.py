@@ -272,6 +272,13 @@ def write_adapter(path: Path, cfg: Mapping, pieces: Mapping[str, LoraPiece], nam
     return out
 
 
+def lora_rank(cfg: Mapping, module: str) -> int:
+    """The rank adapter_config.json gives ``module`` (its name in the adapter file): ``rank_pattern``, else
+    ``r``."""
+    rank = _pattern_value(cfg, "rank_pattern", module)
+    return int(cfg["r"] if rank is None else rank)
+
+
 def _pattern_value(cfg: Mapping, field: str, module: str):
     short = module.split(".")
     return next((v for k, v in (cfg.get(field) or {}).items() if k in short or module.endswith(k)), None)

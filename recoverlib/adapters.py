@@ -20,6 +20,7 @@ from recoverlib.adapter_layouts import (
     converts_parameters,
     layout_of,
     lora_pieces,
+    lora_rank,
     module_of,
     served_adapter,
 )
@@ -214,6 +215,12 @@ def check_adapters(base: str | Path, adapters: Mapping[str, str | Path]) -> list
                     f" {modules.model_type} model (adapter for another model?)"
                 )
             for module, piece in info.pieces.items():
+                rank = lora_rank(info.config, piece.source)
+                if piece.a_shape[0] != rank:
+                    raise RecoverlibError(
+                        f"adapter {info.name!r}: lora_A of {module} is {piece.a_shape} but"
+                        f" adapter_config.json says r={rank} (damaged, or an adapter for another model?)"
+                    )
                 modules.check(info.name, module, piece.a_shape, piece.b_shape)
             continue
         for key in _tensor_shapes(info.name, info.path):
