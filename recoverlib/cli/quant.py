@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from recoverlib.cli.options import add_out, add_template
+from recoverlib.engines.adapter_serving import inspect_adapter
 from recoverlib.errors import RecoverlibError
 from recoverlib.model_folder import require_model_folder
 from recoverlib.output_paths import check_output_folder
@@ -93,8 +94,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     if (args.path / "adapter_config.json").is_file():
-        from recoverlib.engines.adapter_serving import inspect_adapter
-
         adapter = inspect_adapter(args.path, args.model)
         print(json.dumps(adapter.to_json(), indent=1) if args.json else adapter.table(), file=args.stdout)
         return 0

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
-from recoverlib.adapters import AdapterInfo, swap_merge_problem
+from recoverlib.adapter_layouts import LAYOUT_HELP, served_name
+from recoverlib.adapters import AdapterInfo, check_adapters, read_adapter, swap_merge_problem
 from recoverlib.engines.device import Device
 from recoverlib.engines.lora_mode import merge_blocker
 from recoverlib.engines.vllm_setup import dynamic_problem, needs_fresh_engine
+from recoverlib.module_groups import group_of
+from recoverlib.quant.meta import is_quantized
 
 PLACES = {"hf": None, "vllm on this CPU": Device(), "vllm on a GPU": Device(gpus=1, capability=(9, 0))}
 
@@ -80,16 +84,12 @@ def _vllm_route(info: AdapterInfo, place: str, device: Device, quantized: bool) 
 
 def _example(info: AdapterInfo, naming: str) -> str:
     """One expert (or router) module of ``info`` as ``naming`` calls it."""
-    from recoverlib.adapter_layouts import served_name
-
     moe = [m for m in info.modules if "block_sparse_moe" in m.split(".")]
     return served_name(moe[0], naming) if moe else "no expert module"
 
 
 def summarize_targets(info: AdapterInfo) -> dict[str, dict]:
     """Per module group: how many modules, which projections, in which layers (and experts)."""
-    from recoverlib.module_groups import group_of
-
     out: dict[str, dict] = {}
     for module in info.modules:
         parts = module.split(".")
@@ -125,8 +125,6 @@ class AdapterReport:
     routes: tuple[ServingRoute, ...]
 
     def to_json(self) -> dict:
-        from recoverlib.adapter_layouts import LAYOUT_HELP
-
         cfg = self.info.config
         return {"adapter": str(self.info.path), "rank": self.info.rank, "lora_alpha": cfg.get("lora_alpha"),
                 "layout": self.info.layout, "layout_help": LAYOUT_HELP.get(self.info.layout, ""),
@@ -150,11 +148,6 @@ class AdapterReport:
 def inspect_adapter(path, base=None) -> AdapterReport:
     """Read the adapter at ``path``, check it against ``base`` (else the local folder its config names, if
     any) and say how each engine serves it; an adapter for another model raises the one-line refusal."""
-    from pathlib import Path
-
-    from recoverlib.adapters import check_adapters, read_adapter
-    from recoverlib.quant.meta import is_quantized
-
     info = read_adapter(Path(path).name, path)
     unchecked = None
     if base is None:

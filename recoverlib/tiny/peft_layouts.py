@@ -27,6 +27,7 @@ from pathlib import Path
 
 from recoverlib.cache import cache_dir
 from recoverlib.errors import RecoverlibError
+from recoverlib.quant.moe import split_moe
 
 TF4_PINS = ("transformers==4.57.6", "peft==0.17.1", "tokenizers==0.22.1", "huggingface_hub==0.36.0")
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -132,8 +133,6 @@ def make_tf5_adapter(base: Path, out: Path, targets=ATTENTION, parameters=(), ra
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
-
-    from recoverlib.quant.moe import split_moe
 
     with split_moe() if split else nullcontext():
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
