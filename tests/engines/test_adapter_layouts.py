@@ -320,4 +320,4 @@ def test_whole_merge_streams_over_a_sharded_base(tiny_model, published, tmp_path
     assert set(index["weight_map"]) == set(merged)
     want = load_file(hand_merge(tiny_model, published, tmp_path / "ref") / "model.safetensors")
     assert set(want) == set(merged)
-    assert all(torch.equal(merged[k], want[k].to(torch.float32)) for k in want), "merge differs from W + s*B@A"
+    assert all(torch.equal(merged[k], want[k].to(torch.float32)) for k in want), "not W + s * B @ A"
