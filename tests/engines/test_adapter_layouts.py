@@ -321,3 +321,25 @@ def test_whole_merge_streams_over_a_sharded_base(tiny_model, published, tmp_path
     want = load_file(hand_merge(tiny_model, published, tmp_path / "ref") / "model.safetensors")
     assert set(want) == set(merged)
     assert all(torch.equal(merged[k], want[k].to(torch.float32)) for k in want), "not W + s * B @ A"
+
+
+@pytest.mark.slow
+def test_expert_adapters_on_a_4bit_base_reach_each_quantized_expert(tiny_model, layouts, published, tmp_path):
+    """The seed's setting with experts targeted: a bitsandbytes NF4 base (recoverlib's, experts split and
+    quantized) and adapters in transformers 4's and 5's layouts; PEFT puts a LoRA on every 4-bit expert."""
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")
+    from recoverlib.quant.api import quantize
+
+    base = quantize(tiny_model, "bnb-nf4", tmp_path / "nf4", progress=False)
+    adapters = {"p": published, "f": layouts["fused"]}
+    ids = torch.randint(3, 2000, (1, 16), generator=torch.Generator().manual_seed(2))
+    with make_engine("hf", base, adapters, EngineConfig(lora_mode="dynamic")) as eng:
+        modules = dict(eng.model.named_modules())
+        expert = "base_model.model.model.layers.1.mlp.experts.3.down_proj"
+        assert type(modules[f"{expert}.base_layer"]).__name__ == "Linear4bit"
+        assert {"p", "f"} <= set(modules[f"{expert}.lora_A"].keys())
+        with eng._adapter_context(None):
+            base_logits = _logits(eng.model, ids)
+        for name in adapters:
+            with eng._adapter_context(name):
+                assert (_logits(eng.model, ids) - base_logits).abs().max() > 0.1, name
