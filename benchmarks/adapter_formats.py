@@ -148,9 +148,12 @@ def measure(base: Path, rows, work: Path, sigma: float, layouts) -> pd.DataFrame
                 except RecoverlibError as err:
                     records.append({**record, "status": f"refused: {err}"})
                     continue
+                triples = list(zip(got, ref_out[layout], base_out, strict=True))
                 records.append({**record, "status": "served",
-                                "= reference": sum(g == r for g, r in zip(got, ref_out[layout], strict=True)),
-                                "changed": sum(g != b for g, b in zip(got, base_out, strict=True))})
+                                "= reference": sum(g == r for g, r, _ in triples),
+                                # the rows that prove something: where the adapter moved the reference
+                                "= reference where it changed": sum(g == r != b for g, r, b in triples),
+                                "changed": sum(g != b for g, _, b in triples)})
                 print(json.dumps(records[-1]), flush=True)
     return pd.DataFrame(records)
 
@@ -209,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         "Question: does each engine route serve an adapter in each PEFT layout, and are its greedy"
         " predictions the adapter's? Reference: the base plus W + alpha/r * B @ A by plain tensor arithmetic"
         " (benchmarks/adapter_formats.py, hand_merge; DoRA: PEFT's merge_and_unload), served by the same"
-        " engine; `changed`: rows whose prediction differs from the base's (the control).",
+        " engine. `reference changed`: rows where the reference differs from the base (the control: agreement"
+        " on the others proves nothing); `= reference where it changed`: of those, rows the route got right;"
+        " `changed`: rows where the route's prediction differs from the base's.",
         f"Model: {'random tiny Mixtral' if args.quick else 'trained tiny Mixtral'}, {len(rows)} validation"
         f" rows, greedy, 16 new tokens, float32; adapters rank 8, alpha 16, A and B ~ N(0, {args.sigma}^2),"
         " each written by the library that writes its layout (transformers 4 + PEFT 0.17 for the per-expert"
@@ -219,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {machine_line(machine_info())}. {load_line(before, os.getloadavg())}.",
         "Reproduce: .venv/bin/python -m benchmarks.adapter_formats",
     ]
-    counts = ["reference changed", "= reference", "changed"]
+    counts = ["reference changed", "= reference", "= reference where it changed", "changed"]
     frame[counts] = frame[counts].astype("Int64")
     table = frame.drop(columns=["layout"]).astype(object).where(frame.drop(columns=["layout"]).notna(), "")
     print(write_table(table, out, "adapter_formats", "Adapter formats x engines", notes).read_text())
