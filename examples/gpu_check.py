@@ -166,6 +166,7 @@ def vllm_expert_lora(tiny: Path, work: Path, rows) -> dict:
     gives it for every layout. Greedy rows equal to vLLM on the hand-merged checkpoint (bf16: LoRA applied
     unmerged rounds differently from merged weights, so near-ties may differ), and how many rows the adapter
     changed; merged mode (a fresh engine on the merged checkpoint) and the HF engine beside it."""
+    sys.path.insert(0, str(ROOT))  # the independent hand merge lives in the repository's benchmarks
     from benchmarks.adapter_formats import hand_merge
     from recoverlib.errors import RecoverlibError
     from recoverlib.tiny.peft_layouts import make_layout_adapter

@@ -73,7 +73,8 @@ print("versions", transformers.__version__, peft.__version__)
 def tf4_env(root: Path | None = None, timeout: float = 600) -> Path:
     """The transformers-4 environment (a ``pip --target`` folder), built on first use; a one-line error
     naming pip's complaint when it cannot be built (no package index reachable)."""
-    key = "-".join(pin.replace("==", "") for pin in TF4_PINS)
+    python = f"py{sys.version_info.major}{sys.version_info.minor}"  # tokenizers is a compiled wheel
+    key = "-".join([python, *(pin.replace("==", "") for pin in TF4_PINS)])
     folder = (Path(root) if root else cache_dir("fixture-envs")) / f"tf4-{key}"
     if (folder / ".complete").is_file():
         return folder

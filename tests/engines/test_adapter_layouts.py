@@ -210,7 +210,7 @@ def test_vllm_on_a_gpu_gets_the_published_names_and_the_experts_target(tiny_mode
         assert tuple(w1.lora_a.shape) == (8, 128) and tuple(w1.lora_b.shape) == (256, 8)
 
 
-def test_an_adapter_for_another_model_is_one_line_with_the_evidence(tiny_model, published, tmp_path):
+def test_an_adapter_for_another_model_is_one_line_with_the_evidence(tiny_model, published, tmp_path, capsys):
     from recoverlib.tiny import make_tiny
     from recoverlib.tiny.model import TinySpec
 
@@ -218,6 +218,12 @@ def test_an_adapter_for_another_model_is_one_line_with_the_evidence(tiny_model, 
     with pytest.raises(RecoverlibError, match=r"base model has no module model\.layers\.0\.block_sparse_moe\."
                        r"experts\.2\.w1 \(the base has 2 experts per layer; adapter for another model\?\)"):
         check_adapters(two, {"p": published})
+    from recoverlib.cli import main
+
+    capsys.readouterr()  # make_tiny's progress
+    assert main(["inspect", str(published), "--model", str(two)]) == 2  # the CLI: the same line, exit 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the base has 2 experts per layer" in err[0], err
     wide = make_tiny(tmp_path / "wide", adapters=0, spec=TinySpec(intermediate_size=512)) / "model"
     with pytest.raises(RecoverlibError, match=r"lora_B of model\.layers\.0\.block_sparse_moe\.experts\.0\.w1"
                        r" is \(256, 8\) but the base's w1 gives 512 outputs"):
