@@ -175,10 +175,11 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
                 continue
             ax.bar(x, row["= reference"] / row["rows"], width, color=f"C{j}", label=route if i == 0 else None)
     ax.set_xticks(range(len(formats)), [f.split(":")[0] for f in formats], fontsize=8)
+    ax.tick_params(axis="x", length=0)
     ax.set_ylabel("greedy rows equal to the reference")
     ax.set_ylim(0, 1.05)
     ax.axhline(0.9, color="grey", lw=0.8, ls="--")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(routes))
     ax.set_title("Adapter formats x engines (refused: the engine says why, one line)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
