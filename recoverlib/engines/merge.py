@@ -142,6 +142,12 @@ def merge_full_model(base: Path, adapter: AdapterInfo, out: Path, dtype) -> Path
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if adapter.layout != "linear":  # PEFT's LoRA on fused experts takes no DoRA, bias, ... (ParamWrapper)
+        raise RecoverlibError(
+            f"{swap_merge_problem(adapter)}, and it puts LoRA on Mixtral's experts, which PEFT merges only as"
+            " plain LoRA: serve it with --engine hf --lora-mode dynamic"
+        )
+
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True)
     model = PeftModel.from_pretrained(model, str(adapter.path)).merge_and_unload()
     model.to(dtype).save_pretrained(out, safe_serialization=True)

@@ -349,3 +349,21 @@ def test_expert_adapters_on_a_4bit_base_reach_each_quantized_expert(tiny_model, 
         for name in adapters:
             with eng._adapter_context(name):
                 assert (_logits(eng.model, ids) - base_logits).abs().max() > 0.1, name
+
+
+def test_dora_on_experts_is_served_by_peft_s_layers_and_its_merge_refused_in_one_line(tiny_model, tmp_path):
+    from recoverlib.engines.merge import MergeCache
+    from recoverlib.tiny.peft_layouts import make_tf5_adapter
+
+    dora = make_tf5_adapter(tiny_model, tmp_path / "dora", ["gate_proj", "down_proj"], dora=True, split=True)
+    info = check_adapters(tiny_model, {"d": dora})[0]
+    assert info.layout == "split" and info.targets_experts
+    with pytest.raises(RecoverlibError, match="use_dora set.*serve it with --engine hf --lora-mode dynamic"):
+        MergeCache(tiny_model, tmp_path / "cache").model_folder(info, torch.float32)
+    with make_engine("hf", tiny_model, {"d": dora}, EngineConfig()) as eng:
+        assert eng.lora_mode == "dynamic"  # PEFT's DoRA layers on the split experts
+        ids = torch.randint(3, 2000, (1, 8), generator=torch.Generator().manual_seed(4))
+        with eng._adapter_context(None):
+            base = _logits(eng.model, ids)
+        with eng._adapter_context("d"):
+            assert (_logits(eng.model, ids) - base).abs().max() > 0.01
