@@ -6,12 +6,16 @@ training (4-bit NF4 base through TRL) and serving the adapter; bnb-nf4 / bnb-int
 serving adapters; streaming quantization on the GPU (bnb-nf4, hqq) with sharded output, reloaded onto the
 GPU; the vLLM GPTQ path (``gptq-4`` written by ``recoverlib quantize``, loaded by vLLM's own ``LLM(path)``
 with recoverlib's plugin off, then served by VLLMEngine with two adapters mixed with base requests, greedy
-against the HF engine on the same checkpoint). Writes ``$OUT/gpu_check.json`` (default
-``out/gpu_check.json``). On a machine without CUDA the QLoRA step reports
-its refusal. Run::
+against the HF engine on the same checkpoint); LoRA on the experts served by vLLM's fused-MoE LoRA
+(``vllm_expert_lora``: adapters in transformers 5's fused layout and the split layout, written by PEFT, plus
+transformers 4's per-expert layout where its environment can be built; vLLM gets each under Mixtral's
+published per-expert names with ``experts``/``gate`` targets; greedy against vLLM on the hand-merged
+checkpoint, merged mode and the HF engine beside it). Writes ``$OUT/gpu_check.json`` (default
+``out/gpu_check.json``). On a machine without CUDA the QLoRA step reports its refusal, and
+``vllm_expert_lora`` reports vLLM's CPU refusal of expert LoRA (its other routes still run). Run::
 
-    python examples/gpu_check.py [STEP ...]     # steps: hf_modes qlora bnb stream_cuda vllm_gptq (default:
-    all)
+    python examples/gpu_check.py [STEP ...]     # steps: hf_modes qlora bnb stream_cuda vllm_gptq
+                                                # vllm_expert_lora (default: all)
 """
 
 from __future__ import annotations
@@ -156,7 +160,57 @@ def vllm_gptq(tiny: Path, work: Path, rows) -> dict:
     return out
 
 
-STEPS = {"hf_modes": hf_modes, "qlora": qlora, "bnb": bnb, "stream_cuda": stream_cuda, "vllm_gptq": vllm_gptq}
+def vllm_expert_lora(tiny: Path, work: Path, rows) -> dict:
+    """Adapters on the experts (and router) through vLLM as LoRA: its fused-MoE LoRA on a GPU reads Mixtral's
+    published per-expert names (``experts.E.w1/w2/w3`` packed into its ``experts`` module), which recoverlib
+    gives it for every layout. Greedy rows equal to vLLM on the hand-merged checkpoint (bf16: LoRA applied
+    unmerged rounds differently from merged weights, so near-ties may differ), and how many rows the adapter
+    changed; merged mode (a fresh engine on the merged checkpoint) and the HF engine beside it."""
+    sys.path.insert(0, str(ROOT))  # the independent hand merge lives in the repository's benchmarks
+    from benchmarks.adapter_formats import hand_merge
+    from recoverlib.errors import RecoverlibError
+    from recoverlib.tiny.peft_layouts import make_layout_adapter
+
+    base = tiny / "model"
+    adapters, out = {}, {}
+    for layout in ("fused", "split", "published"):
+        try:
+            adapters[layout] = make_layout_adapter(base, work / "expert_lora" / layout, layout, seed=5)
+        except RecoverlibError as err:  # transformers 4's environment needs the package index
+            out[layout] = {"skipped": str(err)}
+    vllm_cfg = {"dtype": "bfloat16", "merge_cache": str(work / "merged")}
+    if torch.cuda.is_available():
+        vllm_cfg["gpu_memory_utilization"] = 0.3
+
+    def greedy(engine: str, model: Path, ads: dict, cfg: EngineConfig):
+        try:
+            with make_engine(engine, model, ads, cfg) as eng:
+                return eng.generate(prompts(eng, rows), GREEDY, [*ads] or [None])[next(iter(ads), None)]
+        except RecoverlibError as err:  # e.g. vLLM on a CPU refuses expert LoRA: said, not fatal
+            return f"refused: {err}"
+
+    base_out = greedy("vllm", base, {}, EngineConfig(**vllm_cfg))
+    for layout, adapter in adapters.items():
+        ref = greedy("vllm", hand_merge(base, adapter, work / "expert_lora" / f"{layout}-ref"), {},
+                     EngineConfig(**vllm_cfg))
+        if isinstance(ref, str) or isinstance(base_out, str):
+            out[layout] = {"reference": ref if isinstance(ref, str) else base_out}
+            continue
+        changed = sum(a != b for a, b in zip(ref, base_out, strict=True))
+        row = {"rows": len(rows), "reference_changed": changed}
+        for label, engine, cfg in (
+            ("vllm_dynamic", "vllm", EngineConfig(**vllm_cfg, lora_mode="dynamic")),
+            ("vllm_merged", "vllm", EngineConfig(**vllm_cfg, lora_mode="merged")),
+            ("hf_dynamic", "hf", EngineConfig(dtype="bfloat16", lora_mode="dynamic")),
+        ):
+            got = greedy(engine, base, {layout: adapter}, cfg)
+            row[label] = got if isinstance(got, str) else sum(a == b for a, b in zip(got, ref, strict=True))
+        out[layout] = row
+    return out
+
+
+STEPS = {"hf_modes": hf_modes, "qlora": qlora, "bnb": bnb, "stream_cuda": stream_cuda, "vllm_gptq": vllm_gptq,
+         "vllm_expert_lora": vllm_expert_lora}
 
 
 def main(argv: list[str]) -> int:

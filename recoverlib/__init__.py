@@ -25,6 +25,7 @@ _EXPORTS = {
     "AdapterInfo": "adapters",
     "read_adapter": "adapters",
     "check_adapters": "adapters",
+    "inspect_adapter": "engines.adapter_serving",
     "Engine": "engines",
     "EngineConfig": "engines",
     "SamplingConfig": "engines",

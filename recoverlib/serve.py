@@ -151,8 +151,9 @@ class VllmServer:
         import_vllm()
         self.setup = server_setup(self.model, {a.name: a for a in infos}, engine)
         check_vllm_serves(self.model)  # quantization method, expert names, this machine's int4 kernels
+        # vLLM reads LoRA on Mixtral's experts under the published per-expert names (an exact conversion)
         self.argv, self.env = server_command(
-            self.model, {a.name: a.path for a in infos}, self.setup, self.serve
+            self.model, {a.name: a.served_path("published") for a in infos}, self.setup, self.serve
         )
         self.log_file = Path(log_file) if log_file else None
         self.process: subprocess.Popen | None = None

@@ -1,5 +1,5 @@
 """``recoverlib quantize`` (a 16-bit Mixtral to a precision plan) and ``recoverlib inspect`` (audit a
-checkpoint)."""
+checkpoint, or say what an adapter targets and how each engine serves it)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from recoverlib.cli.options import add_out, add_template
+from recoverlib.engines.adapter_serving import inspect_adapter
 from recoverlib.errors import RecoverlibError
 from recoverlib.model_folder import require_model_folder
 from recoverlib.output_paths import check_output_folder
@@ -51,10 +52,15 @@ def add_commands(subparsers) -> None:
     c.set_defaults(func=cmd_convert)
 
     i = subparsers.add_parser(
-        "inspect", help="audit a checkpoint: bits, group size, params and bytes per module group"
+        "inspect",
+        help="audit a checkpoint (bits, group size, params and bytes per module group), or say what a PEFT"
+        " adapter targets and how each engine will serve it",
     )
-    i.add_argument("path", type=Path, help="HF model folder (quantized or not)")
-    i.add_argument("--json", action="store_true", help="print the audit as JSON")
+    i.add_argument("path", type=Path, help="HF model folder (quantized or not), or a PEFT adapter folder")
+    i.add_argument("--model", type=Path, default=None,
+                   help="adapter only: the base to check its shapes against (default: its config's, if"
+                   " local)")
+    i.add_argument("--json", action="store_true", help="print the report as JSON")
     i.set_defaults(func=cmd_inspect)
 
 
@@ -87,6 +93,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    if (args.path / "adapter_config.json").is_file():
+        adapter = inspect_adapter(args.path, args.model)
+        print(json.dumps(adapter.to_json(), indent=1) if args.json else adapter.table(), file=args.stdout)
+        return 0
+    if args.model is not None:
+        raise RecoverlibError(f"--model is for adapters; {args.path} has no adapter_config.json")
     report = inspect_checkpoint(args.path, check=False)
     print(json.dumps(report.to_json(), indent=1) if args.json else report.table(), file=args.stdout)
     if report.plan_dict is not None:

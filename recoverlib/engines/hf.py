@@ -1,7 +1,12 @@
 """HFEngine: transformers + PEFT, the reference engine, and the one for bases vLLM cannot load here.
 
 ``dynamic``: adapters are loaded once into one ``PeftModel`` and switched with ``set_adapter`` (the seed's
-way); the base is served with the adapters disabled. ``merged``: each adapter's merged weights (see
+way); the base is served with the adapters disabled. Where an adapter puts LoRA on Mixtral's experts or router
+(in any PEFT layout: transformers 4's ``block_sparse_moe.experts.E.w1``, transformers 5's fused
+``target_parameters``), the base is built with one ``nn.Linear`` per expert (:func:`recoverlib.quant.moe.
+split_moe`, the same math as transformers' fused block) and each adapter is loaded under those names (an exact
+rename, :mod:`recoverlib.adapter_layouts`), so every expert gets its own LoRA and several adapters with
+different targets live in one ``PeftModel``. ``merged``: each adapter's merged weights (see
 ``merge.py``) are copied into the plain model while its prompts are generated, then the base weights are
 copied back (exact). ``auto`` is ``merged`` where merging is exact (a plain base, plain LoRA adapters), else
 ``dynamic``: merged weights generated 1.10-1.14x as fast as PEFT's layers on the 2-core CPU, 3.2-3.4x on an
@@ -39,19 +44,22 @@ from recoverlib.errors import RecoverlibError
 from recoverlib.model_folder import checkpoint_dtype
 from recoverlib.quant.api import load_quantized
 from recoverlib.quant.backends import get_backend
+from recoverlib.quant.checkpoint import memory_name
 from recoverlib.quant.formats import ServedWeights, find_quant_config, transformers_problem
 from recoverlib.quant.meta import META_FILE, check_plain_loadable, is_quantized
+from recoverlib.quant.moe import split_moe
 
 log = logging.getLogger("recoverlib")
 
 
-def load_causal_lm(model_path: Path, dtype: str):
+def load_causal_lm(model_path: Path, dtype: str, split: bool = False):
     """An HF causal LM for inference, loaded as the checkpoint's own library would. Checkpoints made by
-    ``recoverlib quantize`` load through their backend (its ``recoverlib_quant.json`` says which) and are
-    audited against their plan; a published GPTQ Mixtral (GPTQModel's or the published expert names, any
-    act-order, symmetry and bits) through the same layer-by-layer loader, since plain transformers would start
-    its experts from random weights; others through transformers, given the quantization config wherever the
-    checkpoint keeps it (AutoGPTQ's ``quantize_config.json`` included)."""
+    ``recoverlib quantize`` load through their backend (its ``recoverlib_quant.json`` says which; their
+    experts are split) and are audited against their plan; a published GPTQ Mixtral (GPTQModel's or the
+    published expert names, any act-order, symmetry and bits) through the same layer-by-layer loader, since
+    plain transformers would start its experts from random weights; others through transformers, given the
+    quantization config wherever the checkpoint keeps it (AutoGPTQ's ``quantize_config.json`` included), with
+    one ``nn.Linear`` per Mixtral expert when ``split``."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -68,7 +76,7 @@ def load_causal_lm(model_path: Path, dtype: str):
         raise RecoverlibError(problem)
     # transformers' GPTQ path imports GPTQModel (through optimum), which patches transformers for the process
     library = get_backend("gptq").library() if weights.method == "gptq" else nullcontext()
-    with library:
+    with library, split_moe() if split else nullcontext():
         model = AutoModelForCausalLM.from_pretrained(
             model_path, dtype=getattr(torch, dtype), device_map=device_map, use_safetensors=True,
             **transformers_quant_config(model_path, weights),
@@ -89,6 +97,11 @@ def transformers_quant_config(model_path: Path, weights: ServedWeights) -> dict:
     config = AutoConfig.from_pretrained(model_path)
     config.quantization_config = {"quant_method": weights.method, **qc}
     return {"config": config}
+
+
+def has_split_experts(model) -> bool:
+    """Whether ``model``'s experts are one module per expert (``mlp.experts.0.gate_proj``)."""
+    return any(name.endswith("experts.0.gate_proj") for name, _ in model.named_modules())
 
 
 def compute_dtype(requested: str, device: Device, checkpoint: str | None) -> str:
@@ -133,7 +146,14 @@ class HFEngine(LocalEngine):
         if self._tokenizer.pad_token is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
         self.dtype = compute_dtype(self.config.dtype, current_device(), checkpoint_dtype(self.model_path))
-        self._model = load_causal_lm(self.model_path, self.dtype)
+        # LoRA per expert (or on the router) needs the experts as modules; the fused model holds them as
+        # 3-D parameters
+        moe = sorted(a.name for a in self.adapters.values() if a.layout != "linear")
+        self._model = load_causal_lm(self.model_path, self.dtype, split=bool(moe))
+        self._split = has_split_experts(self._model)
+        if moe and not self._split:
+            raise RecoverlibError(f"adapter(s) {moe} put LoRA on experts, and {self.model_path} did not load"
+                                  " with one module per expert")
         self.lora_mode = self._resolve_lora_mode()
         # A quantized base takes merged adapters only through PEFT's merge (dequantize, add, requantize).
         self._peft_merge = self.lora_mode == "merged" and is_quantized(self.model_path)
@@ -147,11 +167,16 @@ class HFEngine(LocalEngine):
 
             names = sorted(self.adapters)
             self._model = PeftModel.from_pretrained(
-                self._model, str(self.adapters[names[0]].path), adapter_name=names[0]
+                self._model, self._peft_folder(names[0]), adapter_name=names[0]
             )
             for name in names[1:]:
-                self._model.load_adapter(str(self.adapters[name].path), adapter_name=name)
+                self._model.load_adapter(self._peft_folder(name), adapter_name=name)
             self._model.eval()
+
+    def _peft_folder(self, adapter: str) -> str:
+        """The adapter's PEFT folder under the names this model has (split experts: converted, cached)."""
+        info = self.adapters[adapter]
+        return str(info.served_path("split") if self._split else info.path)
 
     def _resolve_lora_mode(self) -> str:
         """``auto``: merged weights where merging is exact, else PEFT's adapter layers.
@@ -218,13 +243,16 @@ class HFEngine(LocalEngine):
 
         info, dtype = self.adapters[adapter], getattr(torch, self.dtype)
         params = dict(self._model.named_parameters())
+        # merged tensors carry checkpoint names (block_sparse_moe.experts.0.w1); a split model calls that one
+        # mlp.experts.0.gate_proj
+        name = memory_name if self._split else str
 
         def load(tensors: dict) -> None:
             with torch.no_grad():
                 for k, v in tensors.items():
-                    params[k].copy_(v)
+                    params[name(k)].copy_(v)
 
-        # e.g. LoRA on fused expert parameters: a whole merged copy is served instead
+        # e.g. DoRA: a whole merged copy (merged through PEFT) is served instead
         return serving_merged(
             self._merges,
             info,
@@ -232,13 +260,13 @@ class HFEngine(LocalEngine):
             swap_merge_problem(info) is not None,
             restart=self._serving_model,
             load=load,
-            read_base=lambda names: {k: params[k].detach().clone() for k in names},
+            read_base=lambda names: {k: params[name(k)].detach().clone() for k in names},
         )
 
     @contextmanager
     def _serving_model(self, folder: Path):
         """A whole merged model in place of the base while generating."""
-        base, self._model = self._model, load_causal_lm(folder, self.dtype)
+        base, self._model = self._model, load_causal_lm(folder, self.dtype, split=self._split)
         try:
             yield
         finally:

@@ -7,12 +7,15 @@ the running model, generates, and swaps the base tensors back.
 Two kinds of cache entry under ``<cache>/<key>/`` (key = fingerprints of base and adapter + dtype):
 
 - ``merged.safetensors``: only the touched modules, under checkpoint names
-(``model.layers.0.self_attn.q_proj.weight``).
-  Made here from the safetensors files alone (no model load), for plain LoRA on ``nn.Linear`` modules; the
-  arithmetic is PEFT's (``scale = lora_alpha / r``, or ``/ sqrt(r)`` with rsLoRA), and a test checks it
+  (``model.layers.0.self_attn.q_proj.weight``). Made here from the safetensors files alone (no model load);
+  the arithmetic is PEFT's (``scale = lora_alpha / r``, or ``/ sqrt(r)`` with rsLoRA), and a test checks it
   against PEFT's ``merge_and_unload``.
-- ``model/``: a complete HF model folder, made by PEFT's ``merge_and_unload`` for adapters on parameters
-  (fused MoE experts), which a running vLLM engine on CPU cannot take by swapping.
+- ``model/``: a complete HF model folder, for adapters a running engine cannot take by swapping (LoRA on
+  Mixtral's experts or router, which vLLM's CPU MoE layer post-processes once at load). Made by
+  :func:`merge_checkpoint` shard by shard over the base's own files, one shard in memory at a time (so it
+  scales to Mixtral-8x7B's 19 shards), for every adapter whose pairs are known module by module, whatever
+  PEFT layout it was written in (:mod:`recoverlib.adapter_layouts`); by PEFT's ``merge_and_unload`` (the
+  whole model loaded) for the rest (DoRA, LoRA on another model's parameters).
 """
 
 from __future__ import annotations
@@ -21,44 +24,25 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+from recoverlib.adapter_layouts import lora_scale, read_pairs
 from recoverlib.adapters import AdapterInfo, swap_merge_problem
-from recoverlib.cache import cache_dir
+from recoverlib.cache import cache_dir, fingerprint
 from recoverlib.errors import RecoverlibError
+from recoverlib.quant.checkpoint import INDEX_FILE, Checkpoint, expert_layout, save_tensors
 
 log = logging.getLogger("recoverlib")
 
-MERGE_FORMAT = 1  # bump when the cached files' meaning changes
-_SAMPLE = 1 << 20
+MERGE_FORMAT = 2  # bump when the cached files' meaning changes
 
 
 def default_cache_dir() -> Path:
     """The merged-weights cache: ``<cache root>/merged`` (see :mod:`recoverlib.cache`)."""
     return cache_dir("merged")
-
-
-def fingerprint(folder: Path, full: bool) -> str:
-    """sha256 over a folder's config and weight files.
-
-    ``full``: every byte (adapters are small). Otherwise name, size, safetensors header and 1 MiB samples at
-    the start, middle and end of each file, so a 90 GB base is fingerprinted in milliseconds.
-    """
-    h = hashlib.sha256()
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".json", ".safetensors") and p.is_file())
-    for p in files:
-        size = p.stat().st_size
-        h.update(f"{p.name}:{size}".encode())
-        with open(p, "rb") as fh:
-            if full or size <= 3 * _SAMPLE:
-                h.update(fh.read())
-                continue
-            for offset in (0, size // 2, size - _SAMPLE):
-                fh.seek(offset)
-                h.update(fh.read(_SAMPLE))
-    return h.hexdigest()
 
 
 def _weight_files(model: Path) -> list[Path]:
@@ -83,46 +67,86 @@ def read_tensors(model: Path, names: set[str]) -> dict:
     return out
 
 
-def _lora_scale(cfg: dict, module: str) -> float:
-    short = module.split(".")
-    rank = next(
-        (v for k, v in cfg.get("rank_pattern", {}).items() if k in short or module.endswith(k)), cfg["r"]
-    )
-    alpha = next(
-        (v for k, v in cfg.get("alpha_pattern", {}).items() if k in short or module.endswith(k)),
-        cfg["lora_alpha"],
-    )
-    return alpha / (rank**0.5 if cfg.get("use_rslora") else rank)
-
-
 def merge_linear_lora(base: Path, adapter: AdapterInfo, dtype) -> dict:
-    """``{checkpoint name: merged weight}`` for every Linear module the adapter touches, in ``dtype``.
+    """``{checkpoint name: merged weight}`` for every module the adapter touches, in ``dtype``.
 
     Computed in float32 from the base's and adapter's safetensors: ``W + scale * B @ A``.
     """
-    from safetensors.torch import load_file
-
     problem = swap_merge_problem(adapter)
     if problem:
         raise RecoverlibError(problem)
+    base_w = read_tensors(base, {f"{m}.weight" for m in adapter.pieces})
+    deltas = lora_deltas(adapter)
+    return {name: _merged(w, deltas[name], dtype) for name, w in base_w.items()}
+
+
+def lora_deltas(adapter: AdapterInfo) -> dict:
+    """``{checkpoint weight name: (scale, B, A)}`` for every LoRA pair of ``adapter``, as stored."""
     cfg = adapter.config
-    lora = load_file(adapter.path / "adapter_model.safetensors")
-    names = {f"{m}.weight" for m in adapter.target_modules}
-    base_w = read_tensors(base, names)
-    merged = {}
-    for module in adapter.target_modules:
-        a = lora[f"base_model.model.{module}.lora_A.weight"].float()
-        b = lora[f"base_model.model.{module}.lora_B.weight"].float()
-        w = base_w[f"{module}.weight"]
-        merged[f"{module}.weight"] = (w.float() + _lora_scale(cfg, module) * (b @ a)).to(dtype or w.dtype)
-    return merged
+    return {f"{module}.weight": (lora_scale(cfg, adapter.pieces[module].source), b, a)
+            for module, (a, b) in read_pairs(adapter.path, adapter.pieces).items()}
+
+
+def _merged(weight, delta, dtype):
+    scale, b, a = delta
+    return (weight.float() + scale * (b.float() @ a.float())).to(dtype or weight.dtype)
+
+
+def merge_checkpoint(base: Path, adapter: AdapterInfo, out: Path, dtype) -> Path:
+    """A complete merged model folder in ``out``, written shard by shard with the base's shard names: each
+    tensor the adapter changes becomes ``W + scale * B @ A`` (float32 arithmetic), every floating tensor is
+    stored in ``dtype``; the other files (config, tokenizer) are copied. One base shard in memory at a
+    time."""
+    problem = swap_merge_problem(adapter)
+    if problem:
+        raise RecoverlibError(problem)
+    source = Checkpoint.open(base)
+    deltas = lora_deltas(adapter)
+    missing = sorted(set(deltas) - set(source.files))
+    if missing:
+        raise RecoverlibError(f"{base}: base has no tensor {missing[0]} that adapter {adapter.name!r} changes"
+                              f" (its checkpoint names experts {expert_layout(source.files)})")
+    out.mkdir(parents=True, exist_ok=True)
+    weight_map, total = {}, 0
+    for file in sorted(set(source.files.values())):
+        names = sorted(n for n, f in source.files.items() if f == file)
+        tensors = source.read(names)
+        for name in names:
+            t = tensors[name]
+            if name in deltas:
+                t = _merged(t, deltas[name], dtype)
+            elif dtype is not None and t.is_floating_point():
+                t = t.to(dtype)
+            tensors[name] = t
+            total += t.numel() * t.element_size()
+            weight_map[name] = file.name
+        save_tensors(tensors, out / file.name)
+        del tensors
+    for other in sorted(Path(base).iterdir()):
+        if other.is_file() and other.suffix != ".safetensors" and other.name != INDEX_FILE:
+            shutil.copy2(other, out / other.name)
+    if (Path(base) / INDEX_FILE).is_file():
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (out / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    if dtype is not None:  # the config says what the shards hold
+        cfg = json.loads((out / "config.json").read_text())
+        cfg["dtype"] = str(dtype).removeprefix("torch.")
+        cfg.pop("torch_dtype", None)
+        (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return out
 
 
 def merge_full_model(base: Path, adapter: AdapterInfo, out: Path, dtype) -> Path:
-    """A complete merged HF model folder through PEFT (any adapter PEFT can merge, experts included)."""
+    """A complete merged HF model folder through PEFT (any adapter PEFT can merge); loads the whole model."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if adapter.layout != "linear":  # PEFT's LoRA on fused experts takes no DoRA, bias, ... (ParamWrapper)
+        raise RecoverlibError(
+            f"{swap_merge_problem(adapter)}, and it puts LoRA on Mixtral's experts, which PEFT merges only as"
+            " plain LoRA: serve it with --engine hf --lora-mode dynamic"
+        )
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True)
     model = PeftModel.from_pretrained(model, str(adapter.path)).merge_and_unload()
@@ -169,7 +193,9 @@ class MergeCache:
             return out
         log.info("merging adapter %s into a full copy of %s (cached in %s)", adapter.name, self.base, out)
         tmp = folder / f".model.{os.getpid()}.tmp"
-        merge_full_model(self.base, adapter, tmp, dtype)
+        shutil.rmtree(tmp, ignore_errors=True)
+        merge = merge_full_model if swap_merge_problem(adapter) else merge_checkpoint
+        merge(self.base, adapter, tmp, dtype)
         os.replace(tmp, out)
         self._write_meta(folder, adapter, dtype)
         return out

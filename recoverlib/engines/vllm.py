@@ -5,8 +5,10 @@ what this machine's vLLM can serve is checked by :mod:`recoverlib.engines.vllm_s
 the plan out. On CPU the engine core runs in-process (about 3 s to start instead of about 30 s) and
 recoverlib's vLLM plugin keeps MoE layers on the CPU kernel when adapters touch attention only. In ``merged``
 mode an adapter on expert weights is served from a merged checkpoint by a fresh engine, since the CPU MoE
-layer cannot take new expert weights by swapping. Where recoverlib's grouped-LoRA cure is not active, base
-requests get a ``generate`` call of their own: vLLM's CPU LoRA ops would apply the last adapter to them.
+layer cannot take new expert weights by swapping. As LoRA (a GPU), an adapter on experts is given to vLLM
+under Mixtral's published per-expert names, the names its fused-MoE LoRA reads. Where recoverlib's
+grouped-LoRA cure is not active, base requests get a ``generate`` call of their own: vLLM's CPU LoRA ops would
+apply the last adapter to them.
 """
 
 from __future__ import annotations
@@ -127,10 +129,13 @@ class VLLMEngine(LocalEngine):
         self._use(self.model_path)
         from vllm.lora.request import LoRARequest
 
+        # vLLM's Mixtral reads LoRA on experts under the published per-expert names: an adapter in another
+        # layout is served from an exact conversion (recoverlib.adapter_layouts)
         self._lora_requests = {
-            name: LoRARequest(lora_name=name, lora_int_id=i + 1, lora_path=str(a.path.resolve()))
+            name: LoRARequest(lora_name=name, lora_int_id=i + 1,
+                              lora_path=str(a.served_path("published").resolve()))
             for i, (name, a) in enumerate(sorted(self.adapters.items()))
-        }
+        } if self.lora_mode == "dynamic" else {}
 
     # -- engine lifecycle
     # ---------------------------------------------------------------------------------------

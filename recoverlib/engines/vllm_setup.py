@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from recoverlib.adapter_layouts import converts_parameters
 from recoverlib.adapters import AdapterInfo, swap_merge_problem
 from recoverlib.engines.base import DEFAULT_CONTEXT_CAP, EngineConfig, resolve_max_model_len
 from recoverlib.engines.device import Device, check_vllm_settings, cpu_thread_binding, resolve_dtype
@@ -75,21 +76,47 @@ def lora_rank_slot(rank: int) -> int:
 
 def needs_fresh_engine(info: AdapterInfo, device: Device) -> bool:
     """Merged mode: a whole merged checkpoint in a fresh engine, where swapping tensors cannot serve ``info``:
-    adapters the shared rule cannot merge from tensors (LoRA on fused expert parameters, DoRA...), and on CPU
-    also expert weights, which vLLM's CPU MoE layer post-processes once at load."""
-    return swap_merge_problem(info) is not None or (device.is_cpu and info.targets_experts)
+    adapters the shared rule cannot merge from tensors (DoRA...), and LoRA on the experts or the router, which
+    vLLM's CPU MoE layer post-processes once at load (a swap into a running MoE layer is not done on a GPU
+    either: untested there)."""
+    return swap_merge_problem(info) is not None or info.touches_moe
+
+
+# adapter_config.json settings vLLM 0.32 refuses when it loads an adapter (vllm/lora/peft_helper.py)
+VLLM_REFUSES = {"use_dora": "DoRA", "lora_bias": "a LoRA bias", "modules_to_save": "modules_to_save",
+                "target_parameters": "LoRA on parameters"}
 
 
 def dynamic_problem(adapters: Mapping[str, AdapterInfo], device: Device) -> str | None:
-    """Why the adapters cannot be served as LoRA by vLLM here (its CPU LoRA ops cannot touch expert
-    weights)."""
-    experts = sorted(a.name for a in adapters.values() if a.targets_experts)
-    if device.is_cpu and experts:
+    """Why the adapters cannot be served as LoRA by vLLM here: what vLLM refuses in any adapter (DoRA...), and
+    on CPU LoRA on the experts or router (its CPU LoRA ops have no fused-MoE path)."""
+    for info in sorted(adapters.values(), key=lambda a: a.name):
+        cfg = info.config
+        converted = info.layout != "linear" and converts_parameters(cfg)  # served under published names
+        refused = [what for key, what in VLLM_REFUSES.items()
+                   if cfg.get(key) and not (key == "target_parameters" and converted)]
+        if refused or cfg.get("bias", "none") != "none":
+            return (f"adapter {info.name!r} has {(refused or ['a bias'])[0]}, which vLLM does not serve as"
+                    " LoRA; use --lora-mode merged or --engine hf")
+    moe = sorted(a.name for a in adapters.values() if a.touches_moe)
+    if device.is_cpu and moe:
         return (
-            f"adapter(s) {experts} put LoRA on MoE expert weights, which vLLM's CPU LoRA path cannot serve;"
-            " use --lora-mode merged or --engine hf"
+            f"adapter(s) {moe} put LoRA on MoE expert weights or the router, which vLLM's CPU LoRA path"
+            " cannot serve; use --lora-mode merged or --engine hf"
         )
     return None
+
+
+def vllm_lora_targets(adapters: Mapping[str, AdapterInfo]) -> list[str]:
+    """vLLM's ``lora_target_modules`` for ``adapters``: its module suffixes (``qkv_proj``'s parts by their own
+    names, ``experts`` for any expert projection: its Mixtral packs ``experts.E.w1/w2/w3`` into one
+    ``experts`` module, which a ``w1`` target would leave without LoRA, silently; the router is ``gate``)."""
+    targets = set()
+    for info in adapters.values():
+        for module in info.modules:
+            parts = module.split(".")
+            targets.add("experts" if "experts" in parts else parts[-1])
+    return sorted(targets)
 
 
 def vllm_merge_problem(config: EngineConfig, model: ModelFacts) -> str | None:
@@ -189,6 +216,6 @@ def lora_kwargs(config: EngineConfig, adapters: Mapping[str, AdapterInfo]) -> di
     ]
     if too_big:
         raise RecoverlibError(f"adapter rank exceeds the engine's max_lora_rank {slot}: {', '.join(too_big)}")
-    targets = sorted({m.rsplit(".", 1)[-1] for a in adapters.values() for m in a.target_modules})
     return {"enable_lora": True, "max_loras": min(config.max_loras or len(adapters), len(adapters)),
-            "max_cpu_loras": len(adapters), "max_lora_rank": slot, "lora_target_modules": targets}
+            "max_cpu_loras": len(adapters), "max_lora_rank": slot,
+            "lora_target_modules": vllm_lora_targets(adapters)}

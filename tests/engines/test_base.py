@@ -32,7 +32,8 @@ def test_not_an_adapter_folder(tmp_path, tiny_model):
 
 def test_adapter_for_another_model_is_refused(tmp_path, tiny_model):
     other = make_tiny(tmp_path / "other", adapters=1, spec=TinySpec(hidden_size=64, num_hidden_layers=1))
-    with pytest.raises(RecoverlibError, match="has shape .* but the base needs"):
+    with pytest.raises(RecoverlibError, match=r"lora_A of model\.layers\.0\.self_attn\.k_proj is \(4, 64\)"
+                       r" but the base's k_proj takes 128 inputs \(adapter for another model\?\)"):
         check_adapters(tiny_model, {"other": other / "adapters" / "tiny-a"})
 
 

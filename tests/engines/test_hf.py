@@ -66,7 +66,9 @@ def test_auto_merges_where_merging_is_exact(tiny_model, tiny_adapters, experts_a
     with make_engine("hf", tiny_model, {"tiny-a": tiny_adapters["tiny-a"]}, EngineConfig()) as eng:
         assert eng.lora_mode == "merged"
     with make_engine("hf", tiny_model, {"experts": experts_adapter}, EngineConfig()) as eng:
-        assert eng.lora_mode == "dynamic"  # LoRA on expert parameters cannot be merged from tensors
+        # LoRA on the fused expert parameters is per-expert LoRA, merged from its sliced pairs into the
+        # split experts
+        assert eng.lora_mode == "merged"
     with make_engine("hf", tiny_model, {}, EngineConfig()) as eng:
         assert eng.lora_mode == "dynamic"
 
