@@ -42,7 +42,7 @@ def write_piecewise(backend, job, source: Checkpoint, record: RunRecord) -> Path
 def _quantize_pieces(job, backend, source: Checkpoint, cfg: dict, record: RunRecord) -> None:
     import torch
 
-    config = lw.mixtral_config(cfg)
+    config = lw.model_config(cfg)
     dtype = getattr(torch, job.plan.compute_dtype)
     todo = [p for p in lw.piece_names(config.num_hidden_layers) if p not in record.done]
     if record.done and job.progress:
@@ -94,7 +94,7 @@ def _pack(job, backend, cfg: dict, record: RunRecord) -> Path:
     if final.exists():
         shutil.rmtree(final)  # an interrupted packing: pieces are all there, pack again
     final.mkdir()
-    pieces = lw.piece_names(lw.mixtral_config(cfg).num_hidden_layers)
+    pieces = lw.piece_names(lw.model_config(cfg).num_hidden_layers)
     parts = Checkpoint.of_files(work / "parts", {record.file(p): None for p in pieces})
     order = [k for p in pieces for k in sorted(parts.files) if parts.files[k] == record.file(p)]
     write_sharded(parts, order, final, job.max_shard_bytes, progress=job.progress)

@@ -29,11 +29,12 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from recoverlib.architectures import architecture_of
 from recoverlib.errors import RecoverlibError
-from recoverlib.model_folder import copy_tokenizer
+from recoverlib.model_folder import copy_tokenizer, read_model_config
 from recoverlib.module_groups import GROUP_REGEX
 from recoverlib.patches import require_attr
-from recoverlib.quant.backends.base import LinearStorage, QuantBackend
+from recoverlib.quant.backends.base import LinearStorage, QuantBackend, bias_storage
 from recoverlib.quant.calibration import calibration_tokenizer
 from recoverlib.quant.checkpoint import disk_name, rewrite_names
 from recoverlib.quant.layerwise import load_model, single_device
@@ -47,12 +48,14 @@ TOKENICER_CACHE_VARS = ("HF_HOME", "HF_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_MOD
 CALIBRATION_BATCH = 8
 
 
-def dynamic_rules(plan: PrecisionPlan) -> tuple[GroupPrecision, dict]:
-    """The base precision (the experts', else attention's) and GPTQModel ``dynamic`` rules for the other
-    groups."""
-    base = plan.experts if plan.experts.quantized else plan.attention
+def dynamic_rules(plan: PrecisionPlan, groups=tuple(GROUP_REGEX)) -> tuple[GroupPrecision, dict]:
+    """The base precision (the feed-forward weights': experts or a dense MLP; else attention's) and
+    GPTQModel ``dynamic`` rules for the other groups among ``groups`` (those the model has)."""
+    base = next((p for p in (plan.experts, plan.mlp, plan.attention) if p.quantized), plan.attention)
     rules: dict[str, dict] = {}
     for group, regex in GROUP_REGEX.items():
+        if group not in groups:
+            continue
         prec = plan.group(group)
         if not prec.quantized:
             if group != "router":  # GPTQModel never quantizes the router unless told (see _router_tree)
@@ -79,8 +82,8 @@ class GptqBackend(QuantBackend):
                 raise RecoverlibError(
                     f"plan {plan.name!r}: the gptq backend keeps {group} in 16 bit; use hqq"
                 )
-        if not (plan.attention.quantized or plan.experts.quantized):
-            raise RecoverlibError(f"plan {plan.name!r}: GPTQ needs attention or experts quantized")
+        if not (plan.attention.quantized or plan.experts.quantized or plan.mlp.quantized):
+            raise RecoverlibError(f"plan {plan.name!r}: GPTQ needs attention, experts or mlp quantized")
 
     calibrated = True
 
@@ -119,7 +122,7 @@ class GptqBackend(QuantBackend):
         finished modules are offloaded to ``scratch/offload``, GPTQModel's logs go to ``scratch/logs``."""
         import torch
 
-        base, rules = dynamic_rules(plan)
+        base, rules = dynamic_rules(plan, architecture_of(read_model_config(model_path)).groups())
         tokenizer = calibration_tokenizer(model_path)
         with self._gptqmodel(router=plan.router.quantized) as (GPTQModel, QuantizeConfig, _):
             cfg = QuantizeConfig(
@@ -166,7 +169,12 @@ class GptqBackend(QuantBackend):
                              register_buffers=False)
         for key in ("qweight", "qzeros", "scales", "g_idx"):
             module.register_buffer(key, state.pop(key).to(device))
-        module.bias = None  # Mixtral's linears have none (register_buffers=True would allocate every buffer)
+        # register_buffers=True would allocate every buffer; a bias (Qwen2's q/k/v) is kept in fp16 as written
+        bias = state.pop("bias", None)
+        if bias is None:
+            module.bias = None
+        else:
+            module.register_buffer("bias", bias.to(device))
         if state:
             raise RecoverlibError(
                 f"gptq checkpoint: unexpected tensors {sorted(state)} beside a quantized linear"
@@ -207,11 +215,12 @@ class GptqBackend(QuantBackend):
             or getattr(module, "qweight", None) is None
         ):
             return None
-        nbytes = sum(_nbytes(getattr(module, k)) for k in ("qweight", "qzeros", "scales", "g_idx"))
+        bias = bias_storage(module)
+        nbytes = sum(_nbytes(getattr(module, k)) for k in ("qweight", "qzeros", "scales", "g_idx")) + bias[1]
         return LinearStorage(
             int(module.bits),
             int(module.group_size),
-            module.in_features * module.out_features,
+            module.in_features * module.out_features + bias[0],
             nbytes,
             f"gptq/{str(module.qweight.dtype).removeprefix('torch.')}",
         )
@@ -224,6 +233,9 @@ class GptqBackend(QuantBackend):
         qzeros = 4 * groups * math.ceil(out_features * prec.bits / 32)
         scales = 2 * groups * out_features  # fp16
         return qweight + qzeros + scales + 4 * in_features  # + int32 g_idx
+
+    def bias_bytes(self, out_features: int, compute_dtype: str) -> int:
+        return 2 * out_features  # GPTQModel stores a quantized linear's bias in fp16
 
 
 def publish_gptq(saved: Path, out: Path) -> None:
