@@ -182,8 +182,8 @@ def check_targets(config: TrainConfig, model_path: str | Path) -> None:
     cfg = read_model_config(model_path)
     moe = bool(cfg.get("num_local_experts") or cfg.get("num_experts"))
     if config.experts and not moe:
-        raise RecoverlibError(f"--targets attention+experts: {model_path} ({cfg.get('model_type')}) is a dense"
-                              " model with no experts; use attention+mlp")
+        raise RecoverlibError(f"--targets attention+experts: {model_path} ({cfg.get('model_type')}) is a"
+                              " dense model with no experts; use attention+mlp")
     if config.targets == "attention+mlp" and moe:
         raise RecoverlibError(f"--targets attention+mlp: {model_path} ({cfg.get('model_type')}) is a mixture"
                               " of experts; use attention+experts")

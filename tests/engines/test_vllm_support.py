@@ -17,7 +17,7 @@ from recoverlib.engines.vllm_support import (
     vllm_problem,
 )
 from recoverlib.quant.backends.gptq import dynamic_rules
-from recoverlib.quant.plan import PRESETS, plan_for_model
+from recoverlib.quant.plan import plan_for_model
 from recoverlib.quant.planner import MIXTRAL_8X7B
 
 GPU = VllmKernels("cuda", "NVIDIA T4")

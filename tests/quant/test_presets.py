@@ -3,9 +3,9 @@ bounded logits error vs bf16, router quantized only by ``+router`` plans."""
 
 import pytest
 
+from recoverlib.model_folder import read_config
 from recoverlib.quant.api import load_quantized
 from recoverlib.quant.compare import logits_error, router_agreement
-from recoverlib.model_folder import read_config
 from recoverlib.quant.plan import GROUPS, PRESETS, GroupPrecision, plan_for_model
 from recoverlib.quant.planner import plan_bytes
 
