@@ -171,9 +171,11 @@ CUDA_CONTEXT = int(0.5e9)
 class QuantizePeak:
     """Peak memory of a streaming quantize, in bytes, with the terms it is the maximum of.
 
-    ``host_bytes`` = :data:`FIXED_HOST` + the largest of (quantizing a piece: its quantized tensors + the
+    ``host_bytes`` = :data:`FIXED_HOST` + the largest of (quantizing a piece: its quantized tensors + its
     largest quantized linear in 16 bit + the quantizer's transient, the transient on the host only for a CPU
-    run) and (packing: one output shard). ``device_bytes``: 0 on the CPU; on a GPU one quantized piece + the
+    run; of the two kinds of piece, a decoder layer or the embeddings/norm/head, the one that peaks higher:
+    ``piece_quantized``, ``largest_linear_16bit`` and ``transient`` are that piece's) and (packing: one output
+    shard). ``device_bytes``: 0 on the CPU; on a GPU one quantized piece + the
     largest 16-bit linear + the transient + :data:`CUDA_CONTEXT`. ``piece_16bit`` (one decoder layer at the
     compute dtype) is what a loader that copied its input would hold; it is reported, not added.
     """
@@ -224,19 +226,26 @@ def quantize_peak(config: str | Path | dict, plan: PrecisionPlan, device: str = 
     plain = DTYPE_BYTES[plan.compute_dtype]
     layer_16, layer_q = _layer_bytes(cfg, plan)
     total = plan_bytes(cfg, plan).total_bytes
-    outer_q = total - shapes.layers * layer_q
-    piece_q = max(layer_q, outer_q)
-    one = ModelShapes(**{**shapes.__dict__, "layers": 1})
-    largest = max(
-        (o * i for g, group in one.linears().items() if plan.group(g).quantized for o, i, _, _ in group),
-        default=0,
-    )
-    transient = int(4 * largest * TRANSIENT_FP32.get(plan.backend, 4.0))
+    one = ModelShapes(**{**shapes.__dict__, "layers": 1}).linears()
+
+    def largest(groups) -> int:
+        return max((o * i for g in groups if plan.group(g).quantized for o, i, _, _ in one[g]), default=0)
+
+    # the piece whose quantizing peaks: a decoder layer, or the outer piece (16-bit unless lm_head is planned)
+    pieces = [(layer_q, largest(("attention", "experts", "mlp", "router"))),
+              (total - shapes.layers * layer_q, largest(("lm_head", "embeddings")))]
+    on_cpu = device == "cpu"
+
+    def term(piece) -> int:
+        transient = int(4 * piece[1] * TRANSIENT_FP32.get(plan.backend, 4.0))
+        return piece[0] + piece[1] * plain + (transient if on_cpu else 0)
+
+    piece_q, big = max(pieces, key=term)
+    transient = int(4 * big * TRANSIENT_FP32.get(plan.backend, 4.0))
     shard = min(max_shard_bytes, total)
-    quantizing = piece_q + largest * plain + (transient if device == "cpu" else 0)
-    host = FIXED_HOST + max(quantizing, shard)
-    device_bytes = 0 if device == "cpu" else piece_q + largest * plain + transient + CUDA_CONTEXT
-    return QuantizePeak(total, layer_16, piece_q, largest * plain, transient, shard, host, device_bytes)
+    host = FIXED_HOST + max(term((piece_q, big)), shard)
+    device_bytes = 0 if on_cpu else piece_q + big * plain + transient + CUDA_CONTEXT
+    return QuantizePeak(total, layer_16, piece_q, big * plain, transient, shard, host, device_bytes)
 
 
 def _layer_bytes(cfg: dict, plan: PrecisionPlan) -> tuple[int, int]:

@@ -130,6 +130,15 @@ def test_dense_quantize_audit_load_and_serve(family, preset, tiny_dense, tmp_pat
     assert main(["inspect", str(out)]) == 0  # the table by group: mlp, and no experts or router rows
     rows = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()}
     assert {"attention", "mlp", "embeddings", "other"} <= rows and not rows & {"experts", "router"}
+    if preset == "gptq-4":  # as GPTQModel alone writes it (no recoverlib_quant.json): same groups and bytes
+        import shutil
+
+        no_meta = shutil.ignore_patterns("recoverlib_quant.json")
+        plain = shutil.copytree(out, tmp_path / "plain", ignore=no_meta)
+        again = inspect_checkpoint(plain)
+        assert {g: (r.params, r.bytes) for g, r in again.groups.items()} == {
+            g: (r.params, r.bytes) for g, r in report.groups.items()
+        }
 
     ids = torch.randint(3, 2048, (2, 24), generator=torch.Generator().manual_seed(0))
     ref = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16).eval()
