@@ -92,3 +92,15 @@ def test_vllm_loads_a_dense_gptq_checkpoint_as_written(family, tiny_dense, sampl
     rows = [k for k in hf if k[1] is None]
     assert sum(hf[k] == vllm[k] for k in rows) >= len(rows) - 2
     assert sum(hf[k] == vllm[k] for k in hf if k[1] == "a") >= len(rows) // 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen2", "gemma"])
+def test_serving_planner_agrees_with_vllm_on_a_dense_base(family, tiny_dense):
+    """Weights (Qwen2's biases, Gemma's tied head), LoRA stacks on attention and the packed gate_up/down MLP,
+    and KV tokens as vLLM holds them: equal to the byte here."""
+    from benchmarks.serving_plan_check import compare
+    from recoverlib.tiny import adapter_paths
+
+    for row in compare(tiny_dense(family) / "model", adapter_paths(tiny_dense(family)), tp=1):
+        assert row["planner"] == row["vllm"], row
