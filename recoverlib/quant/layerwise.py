@@ -21,6 +21,7 @@ names are the full in-memory names (``model.layers.3.mlp.experts.0.gate_proj.wei
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,6 +148,32 @@ def quantize_piece(backend, module, prefix: str, plan: PrecisionPlan, device: st
             n, backend.quantize_linear(linear, plan.group(group_of(prefix + n)), plan, device)
         )
         del linear
+        release_heap()
+
+
+def release_heap() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``), after each quantized linear and each
+    piece. Tensors under glibc's mmap threshold (which rises up to 32 MB as large blocks are freed) come from
+    the heap, whose freed space the process otherwise keeps: with 7 MB expert matrices the peak RSS grew by
+    0.36 GB from 2 to 6 layers with a trim per piece only, and within one layer of 24 such linears by up to
+    0.7 GB, at random from run to run (0.79-1.51 GB over three runs of one 2-layer quantize; 0.772 GB in
+    each of five with a trim per linear). A no-op where glibc is not the C library."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None (looked up once: ``find_library`` runs ``ldconfig``)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
 
 
 def piece_state(backend, module, prefix: str) -> dict:
