@@ -1,4 +1,4 @@
-"""quantize / load / inspect: the entry points of MoE quantization.
+"""quantize / load / inspect: the entry points of quantization (a Mixtral's experts, a dense model's MLP).
 
 Every quantize streams (:mod:`recoverlib.quant.stream`) and is audited against its plan layer by layer; every
 load of a recoverlib checkpoint goes through its backend (named in ``recoverlib_quant.json``,

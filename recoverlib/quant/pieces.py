@@ -1,4 +1,5 @@
-"""recoverlib's piece loop: a 16-bit Mixtral quantized one piece at a time (bitsandbytes, HQQ).
+"""recoverlib's piece loop: a 16-bit model (Mixtral or dense) quantized one piece at a time (bitsandbytes,
+HQQ).
 
 For each piece (the embeddings/norm/head, then each decoder layer) the 16-bit tensors are read with
 ``safe_open``, the piece is built directly (:mod:`recoverlib.quant.layerwise`), its linears are quantized on
@@ -9,6 +10,8 @@ then holds one output shard. Measured at Mixtral-8x7B's full width with bnb-nf4
 (benchmarks/results/quant_scale.md): peak RSS 2.99 GB for 1 and for 2 layers, 4.42 GB for 4 layers (their
 whole 3.79 GB output fits one 5 GB shard; 3.02 GB with 1 GB shards).
 :func:`recoverlib.quant.planner.quantize_peak` estimates the peak from the config (within 8% of those runs).
+At Mistral-7B's full width (benchmarks/results/quant_scale_dense.md): 1.72, 1.73 and 1.79 GB for 1, 2 and 4
+layers, the planner 16-21% above.
 
 A rerun after a kill skips the pieces :class:`~recoverlib.quant.progress.RunRecord` holds as finished; the
 quantizers are deterministic, so the bytes equal an uninterrupted run's.

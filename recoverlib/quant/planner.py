@@ -273,10 +273,11 @@ def _gptq_peak(cfg: dict, plan: PrecisionPlan, device: str, max_shard_bytes: int
 
 
 def format_estimates(estimates: list[PlanEstimate], unit: float = 1e9) -> str:
-    """One row per plan: GB per group, total GB, effective bits per parameter."""
-    head = f"{'plan':<24}" + "".join(f"{g:>12}" for g in GROUPS) + f"{'total GB':>10}{'bits/param':>11}"
+    """One row per plan: GB per group (the groups the models have), total GB, effective bits per parameter."""
+    groups = [g for g in GROUPS if any(e.groups[g].params for e in estimates)]
+    head = f"{'plan':<24}" + "".join(f"{g:>12}" for g in groups) + f"{'total GB':>10}{'bits/param':>11}"
     rows = [head, "-" * len(head)]
     for e in estimates:
-        cells = "".join(f"{e.groups[g].bytes / unit:>12.3f}" for g in GROUPS)
+        cells = "".join(f"{e.groups[g].bytes / unit:>12.3f}" for g in groups)
         rows.append(f"{e.plan:<24}{cells}{e.total_bytes / unit:>10.2f}{e.effective_bits:>11.3f}")
     return "\n".join(rows)

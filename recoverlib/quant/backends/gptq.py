@@ -5,6 +5,9 @@ GPTQModel defuses the Mixtral experts itself (through defuser); here its defused
 recoverlib's split block, whose router is an ``nn.Linear``, so ``+router`` plans can quantize the router too.
 The global patches GPTQModel makes to transformers are undone after every call.
 
+A dense base (Mistral, Llama, Qwen2, Gemma) goes through GPTQModel's own definition of its family, its
+``mlp.gate_proj/up_proj/down_proj`` names kept as written (they are vLLM's and transformers' own).
+
 The checkpoint is written in Mixtral's published layout (``block_sparse_moe.experts.N.w1/w2/w3``, the router
 ``block_sparse_moe.gate``), the names vLLM's Mixtral loader and published GPTQ Mixtrals use:
 ``vllm.LLM(path)`` loads it with nothing of recoverlib installed. GPTQModel writes (and its own
