@@ -19,6 +19,11 @@ GPTQ at full width (GPTQModel's layer loop; about 15 minutes and 14.4 GB RSS per
 committed quant_scale_gptq table (1 and 2 layers, run one at a time, rows merged, report rebuilt with
 --from-csv):
     nice python -m benchmarks.quant_scale --presets gptq-4 --layers 1 2 --name quant_scale_gptq
+A dense base at its full width (``--model``: one of recoverlib's named public configs; the checkpoint in its
+family's own names, Mistral-7B: hidden 4096, intermediate 14336, 32 heads, 8 KV heads, vocab 32000), peak RSS
+and bytes only (``--memory-only``: no timings, ``uptime`` before and after in the report; on a shared machine
+timings are not comparable), the committed quant_scale_dense table:
+    python -m benchmarks.quant_scale --model mistral-7b --memory-only --name quant_scale_dense
 """
 
 from __future__ import annotations
@@ -71,6 +76,13 @@ def _gptq_done(partial: Path) -> bool:
         return False
 
 
+def uptime() -> str:
+    """``uptime``'s line (load averages of the shared machine), for the report."""
+    import subprocess
+
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
 def measure(src: Path, out: Path, preset: str, layers: int, path: str, args) -> dict:
     from recoverlib.model_folder import read_config
     from recoverlib.quant.meta import read_meta
@@ -95,6 +107,8 @@ def measure(src: Path, out: Path, preset: str, layers: int, path: str, args) -> 
            "planned_eq_audited": audit["total_bytes"] == audit["planned_bytes"],
            **{f"rss_{k}_GB": phases.get(k, float("nan")) / 1e9 for k in ("pieces", "pack", "audit")},
            "load_before": load_before, "load_after": load_after}  # 1-minute load average around the run
+    if args.memory_only:
+        del row["wall_s"]
     print(json.dumps(row), file=sys.stderr, flush=True)
     return row
 
@@ -115,7 +129,7 @@ def rows_from_csv(csv: Path, shapes: dict, args) -> list[dict]:
     rows = pd.read_csv(csv).to_dict("records")
     for r in rows:
         if r["path"] == "streaming":
-            cfg = {**shapes, "num_hidden_layers": int(r["layers"]), "model_type": "mixtral"}
+            cfg = {"model_type": "mixtral", **shapes, "num_hidden_layers": int(r["layers"])}
             r["planner_peak_GB"] = (
                 quantize_peak(cfg, PRESETS[r["preset"]], "cpu", _size(args.max_shard_size)).host_bytes / 1e9
             )
@@ -154,9 +168,7 @@ def plot(
         [x for x, _ in extrapolated], [y for _, y in extrapolated], "s--", label="streaming: planner estimate"
     )
     if full32 is not None:
-        ax.axhline(
-            full32, color="purple", lw=0.8, label=f"planner, 32 layers (Mixtral-8x7B): {full32:.1f} GB"
-        )
+        ax.axhline(full32, color="purple", lw=0.8, label=f"planner, the whole model: {full32:.1f} GB")
     ax.plot(
         [r["layers"] for r in stream],
         [r["bf16_GB"] for r in stream],
@@ -187,6 +199,9 @@ def plot(
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="reduced width (hidden 512), results in --scratch")
+    p.add_argument("--model", default="mixtral-8x7b", help="the named public config whose width to use")
+    p.add_argument("--memory-only", action="store_true",
+                   help="peak RSS and bytes only: no timings; uptime before and after in the report")
     p.add_argument("--layers", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--presets", nargs="+", default=["bnb-nf4"])
     p.add_argument("--max-shard-size", default="5GB")
@@ -206,10 +221,21 @@ def main(argv: list[str] | None = None) -> None:
         help="rebuild the report from a results CSV (measured columns kept, planner column recomputed)",
     )
     args = p.parse_args(argv)
+    from recoverlib.architectures import public_config
     from recoverlib.quant.plan import PRESETS
-    from recoverlib.quant.planner import MIXTRAL_8X7B, quantize_peak
+    from recoverlib.quant.planner import quantize_peak
 
-    shapes = QUICK if args.quick else FULL
+    model = public_config(args.model)
+    if model is None:
+        p.error(f"--model {args.model}: not a named public config")
+    if args.model == "mixtral-8x7b":
+        shapes = QUICK if args.quick else FULL
+    else:
+        full = {k: v for k, v in model.items() if k != "num_hidden_layers"}
+        shapes = {**full, **{k: QUICK[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads",
+                                                   "num_key_value_heads", "head_dim", "vocab_size")}} \
+            if args.quick else full
+    args.uptime = [uptime()] if args.from_csv is None else []  # a rebuilt report keeps no stale load
     out_dir = args.out_dir or (args.scratch if args.quick else ROOT / "benchmarks" / "results")
     rows = [] if args.from_csv is None else rows_from_csv(args.from_csv, shapes, args)
     for layers in args.layers if args.from_csv is None else []:
@@ -225,26 +251,31 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(measure(src, out, preset, layers, "streaming", args))
             shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(src)
-    report(rows, args, shapes, out_dir, MIXTRAL_8X7B, PRESETS, quantize_peak)
+    if args.from_csv is None:
+        args.uptime.append(uptime())
+    report(rows, args, shapes, out_dir, model, PRESETS, quantize_peak)
 
 
-def report(rows, args, shapes, out_dir: Path, mixtral: dict, presets, quantize_peak) -> None:
+def report(rows, args, shapes, out_dir: Path, model: dict, presets, quantize_peak) -> None:
     import pandas as pd
 
     notes, extrapolated = [], []
+    layers = model["num_hidden_layers"]
     for preset in args.presets:
         stream = [r for r in rows if r["path"] == "streaming" and r["preset"] == preset]
-        slope, fixed = per_layer_fit(stream)
-        full32 = {**mixtral, **shapes, "num_hidden_layers": 32}
-        est = quantize_peak(full32, presets[preset], "cpu", _size(args.max_shard_size))
+        full = {**model, **shapes, "num_hidden_layers": layers}
+        est = quantize_peak(full, presets[preset], "cpu", _size(args.max_shard_size))
         extrapolated = [(r["layers"], r["planner_peak_GB"]) for r in stream]
         err = [(r["planner_peak_GB"] - r["peak_rss_GB"]) / r["peak_rss_GB"] for r in stream]
+        whole = (f"{layers} layers ({args.model}): a planner peak of {est.host_bytes / 1e9:.2f} GB RSS "
+                 f"({est.weights_bytes / 1e9:.2f} GB written)")
+        if args.memory_only:
+            notes.append(f"{preset}: {whole}")
+        else:
+            slope, fixed = per_layer_fit(stream)
+            notes.append(f"{preset}: {slope:.1f} s per layer + {fixed:.1f} s fixed (least squares over "
+                         f"{len(stream)} runs); {whole}, about {(layers * slope + fixed) / 3600:.2f} h")
         notes += [
-            f"{preset}: {slope:.1f} s per layer + {fixed:.1f} s fixed (least squares over {len(stream)} "
-            "runs); "
-            f"32 layers: about {(32 * slope + fixed) / 3600:.2f} h and a planner peak of "
-            f"{est.host_bytes / 1e9:.2f} GB RSS "
-            f"({est.weights_bytes / 1e9:.2f} GB written)",
             f"{preset}: planner peak vs measured: within "
             f"{100 * max(map(abs, err), default=float('nan')):.0f}% "
             f"(per run, planner minus measured: {', '.join(f'{100 * e:+.0f}%' for e in err)})",
@@ -257,8 +288,12 @@ def report(rows, args, shapes, out_dir: Path, mixtral: dict, presets, quantize_p
             ],
         ]
     frame = pd.DataFrame(rows)
-    width = "Mixtral-8x7B full width" if not args.quick else "reduced width (hidden 512, quick)"
+    width = f"{args.model} full width" if not args.quick else "reduced width (hidden 512, quick)"
     cmd = "python -m benchmarks.quant_scale" + (" --quick" if args.quick else "")
+    if args.model != "mixtral-8x7b":
+        cmd += f" --model {args.model}"
+    if args.memory_only:
+        cmd += " --memory-only"
     if args.presets != ["bnb-nf4"]:
         cmd += " --presets " + " ".join(args.presets)
     if args.name != "quant_scale":
@@ -270,16 +305,12 @@ def report(rows, args, shapes, out_dir: Path, mixtral: dict, presets, quantize_p
         f"{args.max_shard_size})" + ("; report rebuilt from its CSV (--from-csv)" if args.from_csv else ""),
         f"Shapes: {width}; {json.dumps(shapes)}",
         f"Machine: {machine_line(machine_info())}",
+        *(f"uptime {when}: {line}" for when, line in zip(("before", "after"), args.uptime, strict=False)),
         *args.note,
         *notes,
     ]
-    write_table(
-        frame,
-        out_dir,
-        args.name,
-        "recoverlib quantize at Mixtral-8x7B scale: peak RSS and time per layer",
-        notes,
-    )
+    what = "peak RSS and bytes" if args.memory_only else "peak RSS and time per layer"
+    write_table(frame, out_dir, args.name, f"recoverlib quantize at {args.model} scale: {what}", notes)
     plot(
         rows,
         extrapolated,

@@ -49,3 +49,19 @@ def sample_csv():
 @pytest.fixture(scope="session")
 def sample_truth_csv(sample_csv):
     return sample_csv.with_name("sample_truth.csv")
+
+
+@pytest.fixture(scope="session")
+def tiny_dense(tmp_path_factory):
+    """``tiny_dense(family)`` -> a tiny dense base (mistral, llama, qwen2, gemma) with one LoRA adapter
+    (``tiny-a``: attention and MLP), made once per session by transformers' and PEFT's own saves."""
+    from recoverlib.tiny import make_tiny
+
+    root, made = tmp_path_factory.mktemp("tiny-dense"), {}
+
+    def get(family: str):
+        if family not in made:
+            made[family] = make_tiny(root / family, adapters=1, seed=0, family=family)
+        return made[family]
+
+    return get

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from recoverlib.architectures import PUBLIC_CONFIGS, architecture_of, public_config
 from recoverlib.engines import ENGINE_PRESETS
 from recoverlib.engines.memory import (
     ATTENTION_TARGETS,
@@ -31,14 +32,14 @@ from recoverlib.engines.vllm_support import (
 from recoverlib.errors import RecoverlibError
 from recoverlib.model_folder import read_config
 from recoverlib.quant.checkpoint import parse_size
-from recoverlib.quant.plan import PRESETS, load_plan
-from recoverlib.quant.planner import MIXTRAL_8X7B, quantize_peak
-
-PUBLIC_CONFIGS = ("mixtral-8x7b",)  # names accepted instead of a folder or config.json
+from recoverlib.quant.plan import PRESETS, plan_for_model
+from recoverlib.quant.planner import quantize_peak
 
 
 def _model_config(text: str):
-    return dict(MIXTRAL_8X7B) if text.lower() == "mixtral-8x7b" else text
+    """A public config by name (``mistral-7b``; names in :data:`recoverlib.architectures.PUBLIC_CONFIGS`),
+    else the folder or config.json as given."""
+    return public_config(text) or text
 
 
 def add_serving_options(p: argparse.ArgumentParser) -> None:
@@ -118,11 +119,12 @@ def quantize_lines(args) -> tuple[list[str], bool]:
     """The quantization report (weights, peak memory, fits) and whether it fits what was given."""
 
     config = read_config(_model_config(args.model))
-    plan = load_plan(args.plan)
+    plan = plan_for_model(args.plan, config, args.model)
     device = quantize_device(args.device)
     peak = quantize_peak(config, plan, device, parse_size(args.max_shard_size))
     lines = [
-        f"quantizing with {plan.name} ({plan.backend}) on {device}, {config.get('num_hidden_layers')} layers",
+        f"quantizing with {plan.name} ({plan.backend}) on {device}, {config.get('num_hidden_layers')} layers"
+        f" of {architecture_of(config).describe()}",
         f"  weights (quantized)      {peak.weights_bytes / 1e9:9.2f} GB",
         f"  one layer 16-bit         {peak.piece_16bit / 1e9:9.2f} GB, quantized "
         f"{peak.piece_quantized / 1e9:.2f} GB",
@@ -162,7 +164,8 @@ def cmd_plan(args) -> int:
     serving_setup(args)  # the engine settings are checked even where there is no serving plan to make
     if args.plan in PRESETS or args.plan.endswith(".json"):  # a dtype plan (bfloat16) quantizes nothing
         lines, fits = quantize_lines(args)
-        line, servable = vllm_line(load_plan(args.plan), bool(args.gpus))
+        plan = plan_for_model(args.plan, read_config(_model_config(args.model)), args.model)
+        line, servable = vllm_line(plan, bool(args.gpus))
         print("\n".join([*lines, line]), file=args.stdout)
         if not servable:  # the serving plan below is vLLM's: nothing to plan
             print("(no vLLM serving plan: the HF engine serves it)", file=args.stdout)

@@ -1,5 +1,5 @@
-"""``recoverlib quantize`` (a 16-bit Mixtral to a precision plan) and ``recoverlib inspect`` (audit a
-checkpoint, or say what an adapter targets and how each engine serves it)."""
+"""``recoverlib quantize`` (a 16-bit Mixtral or dense base to a precision plan) and ``recoverlib inspect``
+(audit a checkpoint, or say what an adapter targets and how each engine serves it)."""
 
 from __future__ import annotations
 
@@ -23,9 +23,10 @@ def add_commands(subparsers) -> None:
     """Register ``quantize`` and ``inspect`` (``plan`` lives in :mod:`recoverlib.cli.plan`)."""
 
     q = subparsers.add_parser(
-        "quantize", help="quantize a Mixtral checkpoint (experts included) and audit it"
+        "quantize", help="quantize a Mixtral (experts included) or a dense base and audit it"
     )
-    q.add_argument("--model", required=True, type=Path, help="16-bit HF Mixtral folder")
+    q.add_argument("--model", required=True, type=Path,
+                   help="16-bit HF folder: Mixtral, Mistral, Llama, Qwen2 or Gemma")
     q.add_argument("--plan", required=True, help=f"preset ({', '.join(PRESETS)}) or a JSON plan file")
     add_out(q, "output folder")
     q.add_argument("--calibration", type=Path, default=None,

@@ -10,6 +10,7 @@ from recoverlib.cli.options import add_out
 from recoverlib.errors import RecoverlibError
 from recoverlib.output_paths import check_output_folder
 from recoverlib.tiny import make_tiny, make_trained_tiny
+from recoverlib.tiny.model import TINY_FAMILIES
 from recoverlib.tiny.trained import STAMP
 
 
@@ -30,9 +31,13 @@ def out_folder(args) -> Path:
 
 
 def cmd_make_tiny(args) -> int:
-    make = make_trained_tiny if args.trained else make_tiny
+    if args.trained and args.family != "mixtral":
+        raise RecoverlibError(f"--trained makes the tiny Mixtral only (not --family {args.family})")
     check_output_folder(out_folder(args), [], marker=STAMP if args.trained else "tiny.json")
-    out = make(out_folder(args), adapters=args.adapters, seed=args.seed)
+    if args.trained:
+        out = make_trained_tiny(out_folder(args), adapters=args.adapters, seed=args.seed)
+    else:
+        out = make_tiny(out_folder(args), adapters=args.adapters, seed=args.seed, family=args.family)
     print(f"tiny model: {out / 'model'}", file=args.stdout)
     for p in sorted((out / "adapters").glob("*")):
         print(f"adapter {p.name}: {p}", file=args.stdout)
@@ -49,11 +54,13 @@ def add_positional_out(p: argparse.ArgumentParser) -> None:
 def add_commands(sub) -> None:
     """Register ``make-tiny``."""
     p = sub.add_parser(
-        "make-tiny", help="write a tiny Mixtral, its tokenizer and LoRA adapters (no download)"
+        "make-tiny", help="write a tiny Mixtral (or a dense base), its tokenizer and LoRA adapters"
     )
     add_positional_out(p)
     p.add_argument("--adapters", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--family", choices=TINY_FAMILIES, default="mixtral",
+                   help="mixtral, or a dense base of the same widths (default %(default)s)")
     p.add_argument("--trained", action="store_true",
                    help="train the base on the synthetic task, then the adapters (minutes; cached)")
     p.set_defaults(func=cmd_make_tiny)

@@ -1,18 +1,19 @@
 """The serving memory planner: will vLLM serve this model on these devices, and with how much KV cache?
 
-From a Mixtral-style ``config.json``, a precision plan (weight bytes from
-:func:`recoverlib.quant.planner.plan_bytes`) and the engine settings it works out, per device, what vLLM 0.32
-allocates at start-up:
+From a ``config.json`` (a Mixtral, or a dense Mistral, Llama, Qwen2 or Gemma), a precision plan (weight bytes
+from :func:`recoverlib.quant.planner.plan_bytes`) and the engine settings it works out, per device, what vLLM
+0.32 allocates at start-up:
 
-- weights: attention, experts, lm_head and embeddings split over the tensor-parallel ranks; router and norms
-  replicated; K/V projections replicated when ranks outnumber KV heads (vLLM gives each rank at least one KV
-  head);
+- weights: attention, experts or the dense MLP, lm_head and embeddings split over the tensor-parallel ranks;
+  router and norms replicated; K/V projections replicated when ranks outnumber KV heads (vLLM gives each rank
+  at least one KV head);
 - KV cache: ``2 (K and V) x layers x KV heads per rank x head_dim x dtype bytes`` per token, for each rank;
 - LoRA buffers: vLLM preallocates ``max_loras`` slots of ``max_lora_rank`` on every targeted module
   (column-parallel layers hold A whole and B sharded, row-parallel ones the other way round:
   ``vllm/lora/layers/base_linear.py``);
 - activations of the profiling forward (``max_num_batched_tokens`` tokens through attention and the fused-MoE
-  kernel's intermediate caches) and a fixed overhead for the CUDA context, CUDA graphs and all-reduce buffers.
+  kernel's intermediate caches, or the dense MLP's) and a fixed overhead for the CUDA context, CUDA graphs and
+  all-reduce buffers.
 
 What is left of ``gpu_memory_utilization x device memory`` is the KV cache, as vLLM sizes it. The weights and
 KV figures are exact shape arithmetic (checked against vLLM on CPU: ``benchmarks/serving_plan_check.py``); the
@@ -28,7 +29,7 @@ from recoverlib.engines.vllm_setup import CPU_BLOCK_SIZE
 from recoverlib.errors import RecoverlibError
 from recoverlib.model_folder import read_config
 from recoverlib.quant.plan import COMPUTE_DTYPES, DTYPE_BYTES, PrecisionPlan, load_plan
-from recoverlib.quant.planner import MoeShapes, plan_bytes
+from recoverlib.quant.planner import ModelShapes, plan_bytes
 
 GiB = 1024**3
 # Per-GPU overheads outside weights, KV cache and activations. Assumed, not measured here (no GPU was lent to
@@ -41,6 +42,7 @@ GPU_BLOCK_SIZE = 16  # vLLM's KV block on CUDA, which VLLMEngine keeps
 GPU_BATCHED_TOKENS = 8192  # VLLMEngine's max_num_batched_tokens on GPU (at least max_model_len)
 ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 EXPERT_TARGETS = ("w1", "w2", "w3")
+MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")  # a dense MLP (vLLM packs gate and up into gate_up_proj)
 
 
 @dataclass(frozen=True)
@@ -95,11 +97,10 @@ class ServingSetup:
             raise RecoverlibError(
                 f"gpu-memory-utilization must be in (0, 1] (got {self.gpu_memory_utilization})"
             )
-        unknown = sorted(set(self.lora_targets) - set(ATTENTION_TARGETS + EXPERT_TARGETS))
+        known = ATTENTION_TARGETS + EXPERT_TARGETS + MLP_TARGETS
+        unknown = sorted(set(self.lora_targets) - set(known))
         if unknown:
-            raise RecoverlibError(
-                f"LoRA targets {unknown}: choose from {', '.join(ATTENTION_TARGETS + EXPERT_TARGETS)}"
-            )
+            raise RecoverlibError(f"LoRA targets {unknown}: choose from {', '.join(known)}")
 
     def batched_tokens(self, devices: Devices) -> int:
         return self.max_num_batched_tokens or max(
@@ -169,20 +170,20 @@ class ServingEstimate:
 
 def _weights_per_rank(config: dict, plan, tp: int) -> int:
     est = plan_bytes(config, plan)
-    shapes = MoeShapes.from_config(config)
+    shapes = ModelShapes.from_config(config)
     g = {name: e.bytes for name, e in est.groups.items()}
     q, kv = shapes.heads * shapes.head_dim, shapes.kv_heads * shapes.head_dim
     kv_share = 2 * kv / (2 * q + 2 * kv)  # of attention bytes: k_proj and v_proj (equal widths per row)
     kv_per_rank = max(1 / tp, 1 / shapes.kv_heads)  # vLLM replicates KV heads when ranks outnumber them
     attention = g["attention"] * ((1 - kv_share) / tp + kv_share * kv_per_rank)
-    sharded = g["experts"] + g["lm_head"] + g["embeddings"]
+    sharded = g["experts"] + g["mlp"] + g["lm_head"] + g["embeddings"]
     return int(attention + sharded / tp + g["router"] + est.other_bytes)
 
 
 def kv_bytes_per_token(config: dict, tp: int, dtype_bytes: int) -> int:
     """KV-cache bytes one token takes on each rank: K and V of every layer, the rank's KV heads."""
 
-    s = MoeShapes.from_config(config)
+    s = ModelShapes.from_config(config)
     return 2 * s.layers * max(1, s.kv_heads // tp) * s.head_dim * dtype_bytes
 
 
@@ -192,7 +193,7 @@ def lora_buffer_bytes(config: dict, setup: ServingSetup, dtype_bytes: int) -> in
 
     if setup.max_loras == 0:
         return 0
-    s, tp, r = MoeShapes.from_config(config), setup.tensor_parallel_size, setup.max_lora_rank
+    s, tp, r = ModelShapes.from_config(config), setup.tensor_parallel_size, setup.max_lora_rank
     h, q, kv = s.hidden, s.heads * s.head_dim, max(1, s.kv_heads // tp) * s.head_dim
     t = set(setup.lora_targets)
     per_layer = 0
@@ -204,15 +205,30 @@ def lora_buffer_bytes(config: dict, setup: ServingSetup, dtype_bytes: int) -> in
         per_layer += s.experts * 2 * (r * h + r * s.intermediate // tp)
     if "w2" in t:
         per_layer += s.experts * (r * s.intermediate // tp + h * r)
+    if t & {"gate_proj", "up_proj"}:  # one packed gate_up_proj: A whole per slice, B sharded
+        per_layer += 2 * (r * h + r * s.intermediate // tp)
+    if "down_proj" in t:  # row parallel: A sharded, B whole
+        per_layer += r * s.intermediate // tp + h * r
     return per_layer * s.layers * setup.max_loras * dtype_bytes
+
+
+def check_lora_targets(config: dict, setup: ServingSetup) -> None:
+    """LoRA targets the model has: expert weights (w1/w2/w3) on a MoE, gate/up/down_proj on a dense model."""
+    s = ModelShapes.from_config(config)
+    wrong = set(setup.lora_targets) & set(EXPERT_TARGETS if s.dense else MLP_TARGETS)
+    if wrong:
+        kind, right = ("a dense model", MLP_TARGETS) if s.dense else ("a mixture of experts", EXPERT_TARGETS)
+        raise RecoverlibError(
+            f"LoRA targets {sorted(wrong)}: {kind} has none; its feed-forward targets are {', '.join(right)}"
+        )
 
 
 def activation_bytes(config: dict, setup: ServingSetup, devices: Devices, dtype_bytes: int) -> int:
     """Peak activations of vLLM's profiling forward on one rank (an estimate): hidden states, q/k/v, and the
     fused-MoE kernel's three intermediate caches for ``max_num_batched_tokens`` tokens, plus fp32 logits."""
 
-    s, tp = MoeShapes.from_config(config), setup.tensor_parallel_size
-    top_k = int(config.get("num_experts_per_tok", 2))
+    s, tp = ModelShapes.from_config(config), setup.tensor_parallel_size
+    top_k = 1 if s.dense else int(config.get("num_experts_per_tok", 2))  # a dense MLP: every token, once
     per_token = 4 * s.hidden + (s.heads * s.head_dim + 2 * s.kv_heads * s.head_dim) // tp
     per_token += top_k * (3 * s.intermediate // tp + s.hidden)
     logits = setup.max_num_seqs * s.vocab * 4
@@ -237,6 +253,7 @@ def plan_serving(config, plan, setup: ServingSetup, devices: Devices) -> Serving
     if not devices.is_cpu and tp > devices.count:
         raise RecoverlibError(f"tensor parallel size {tp} needs {tp} GPUs; --gpus gives {devices.count}")
     dtype_bytes = DTYPE_BYTES[plan.compute_dtype]
+    check_lora_targets(cfg, setup)
     weights = _weights_per_rank(cfg, plan, tp)
     lora = lora_buffer_bytes(cfg, setup, dtype_bytes)
     if devices.is_cpu:

@@ -1,4 +1,5 @@
-"""MoE-aware quantization of Mixtral: precision plans, backends (bitsandbytes, HQQ, GPTQ), audit and planner.
+"""Quantization of Mixtral (experts included) and dense bases (Mistral, Llama, Qwen2, Gemma): precision plans,
+backends (bitsandbytes, HQQ, GPTQ), audit and planner.
 
     from recoverlib.quant import quantize, inspect_checkpoint
     out = quantize("tiny/model", "hqq-attn4-exp2", "tiny-hqq")

@@ -1,4 +1,4 @@
-"""quantize / load / inspect: the entry points of MoE quantization.
+"""quantize / load / inspect: the entry points of quantization (a Mixtral's experts, a dense model's MLP).
 
 Every quantize streams (:mod:`recoverlib.quant.stream`) and is audited against its plan layer by layer; every
 load of a recoverlib checkpoint goes through its backend (named in ``recoverlib_quant.json``,
@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from recoverlib.architectures import architecture_of
 from recoverlib.errors import RecoverlibError
 from recoverlib.quant.audit import (
     AuditReport,
@@ -23,7 +24,7 @@ from recoverlib.quant.backends.bnb import SKIP_NAMES
 from recoverlib.quant.calibration import calibration_texts
 from recoverlib.quant.checkpoint import parse_size
 from recoverlib.quant.meta import META_FILE, check_plain_loadable, check_source, read_meta
-from recoverlib.quant.plan import GroupPrecision, PrecisionPlan, load_plan
+from recoverlib.quant.plan import GroupPrecision, PrecisionPlan, plan_for_model
 from recoverlib.quant.planner import plan_bytes
 from recoverlib.quant.stream import StreamJob, quantize_streaming
 
@@ -31,7 +32,8 @@ from recoverlib.quant.stream import StreamJob, quantize_streaming
 def quantize(model_path: str | Path, plan: str | Path | PrecisionPlan, out_dir: str | Path,
              calibration: str | Path | Sequence[str] | None = None, seed: int = 0, progress: bool = True,
              device: str = "cpu", max_shard_size: str | int = "5GB", template: str = "auto") -> Path:
-    """Quantize an HF Mixtral folder following ``plan`` (preset name, JSON file or plan) into ``out_dir``.
+    """Quantize an HF model folder (Mixtral, or a dense Mistral, Llama, Qwen2 or Gemma) following ``plan``
+    (preset name, JSON file or plan, fitted to the model's groups) into ``out_dir``.
 
     One decoder layer in memory at a time, quantized on ``device``, written as HF shards of at most
     ``max_shard_size`` (e.g. ``"5GB"``), crash-safe and resumable (:mod:`recoverlib.quant.stream`).
@@ -40,8 +42,9 @@ def quantize(model_path: str | Path, plan: str | Path | PrecisionPlan, out_dir: 
     built-in examples; rows are rendered as ``template`` recovery prompts, plain for a tokenizer without a
     chat template under ``auto``). The result is audited against the plan layer by layer; returns ``out_dir``.
     """
-    plan, model_path = load_plan(plan), Path(model_path)
-    check_source(model_path)  # before reading calibration texts from it
+    model_path = Path(model_path)
+    # before reading calibration texts: the folder, and a plan the model can take
+    plan = plan_for_model(plan, check_source(model_path), f"model {model_path}")
     texts = (
         tuple(calibration_texts(calibration, model_path, seed, template))
         if get_backend(plan.backend).calibrated
@@ -106,11 +109,14 @@ def _load_plain(path: Path):
 
 
 def _implied_plan(cfg: dict) -> PrecisionPlan | None:
-    """The plan an HF bitsandbytes quantization_config asks for: every linear group not in the skip list."""
+    """The plan an HF bitsandbytes quantization_config asks for: every linear group of the model not in the
+    skip list."""
     qc = cfg.get("quantization_config") or {}
     if qc.get("quant_method") != "bitsandbytes":
         return None
     prec = GroupPrecision(8) if qc.get("load_in_8bit") else GroupPrecision(4, 64)
     skip = set(qc.get("llm_int8_skip_modules") or ["lm_head"])
-    groups = {g: prec for g, names in SKIP_NAMES.items() if g != "lm_head" and not skip & set(names)}
+    present = architecture_of(cfg).groups()
+    groups = {g: prec for g, names in SKIP_NAMES.items()
+              if g in present and g != "lm_head" and not skip & set(names)}
     return PrecisionPlan(backend="bnb", name="hf-bitsandbytes", **groups)

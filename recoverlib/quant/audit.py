@@ -19,7 +19,7 @@ from recoverlib.module_groups import group_of
 from recoverlib.quant import layerwise as lw
 from recoverlib.quant.backends import BACKENDS, get_backend
 from recoverlib.quant.checkpoint import Checkpoint, memory_name
-from recoverlib.quant.plan import GROUPS, PrecisionPlan
+from recoverlib.quant.plan import FEED_FORWARD, GROUPS, PrecisionPlan
 
 
 @dataclass
@@ -63,7 +63,8 @@ class GroupReport:
 
 @dataclass
 class AuditReport:
-    """Per-group storage of a model; ``planned_bytes`` is the planner's figure for the plan, when known."""
+    """Per-group storage of a model (the groups it has weights in); ``planned_bytes`` is the planner's figure
+    for the plan, when known."""
 
     groups: dict[str, GroupReport]
     other: GroupReport
@@ -166,7 +167,10 @@ class _Auditor:
             self.visit(f"{name}.{child_name}" if name else child_name, child)
 
     def report(self, plan: PrecisionPlan | None, planned_bytes: int | None) -> AuditReport:
-        return AuditReport(self.groups, self.other, planned_bytes, plan.to_dict() if plan else None)
+        # only the groups the model has: a Mixtral has no mlp, a dense model no experts or router, Gemma no
+        # lm_head
+        groups = {g: r for g, r in self.groups.items() if r.variants}
+        return AuditReport(groups, self.other, planned_bytes, plan.to_dict() if plan else None)
 
 
 def audit_model(model, plan: PrecisionPlan | None = None, planned_bytes: int | None = None) -> AuditReport:
@@ -182,7 +186,7 @@ def audit_checkpoint(
     """Audit a checkpoint written by the streaming quantizer piece by piece (one decoder layer in memory at a
     time)."""
     backend = get_backend(plan.backend)
-    config = lw.mixtral_config(Path(path))
+    config = lw.model_config(Path(path))
     auditor = _Auditor()
     with backend.session(plan, "cpu"):
         pieces = lw.iter_pieces(Path(path), config, plan, backend)
@@ -217,11 +221,13 @@ def _unwrap(model):
 
 def check_plan(report: AuditReport, plan: PrecisionPlan) -> None:
     """Raise a one-line RecoverlibError naming the first group whose realised precision differs from the
-    plan."""
+    plan. A plan's ``experts`` on a dense model (or ``mlp`` on a MoE) is not looked for when the group the
+    model has in its place was planned the same (a preset)."""
     for g in GROUPS:
-        want, got = plan.group(g), report.groups[g]
-        if not got.variants:
-            if want.quantized:
+        want, got = plan.group(g), report.groups.get(g)
+        if got is None:
+            twin = next((f for f in FEED_FORWARD if f != g), None) if g in FEED_FORWARD else None
+            if want.quantized and not (twin in report.groups and plan.group(twin) == want):
                 raise RecoverlibError(
                     f"{g}: planned {want.label()} but the model has no {g} weights (plan {plan.name!r})"
                 )

@@ -60,7 +60,8 @@ def parse_size(text: str | int) -> int:
 
 def disk_name(key: str) -> str:
     """In-memory split name -> Mixtral's checkpoint name (``mlp.experts.0.gate_proj`` ->
-    ``block_sparse_moe.experts.0.w1``)."""
+    ``block_sparse_moe.experts.0.w1``, ``mlp.gate`` -> ``block_sparse_moe.gate``). A dense model's
+    ``mlp.gate_proj`` keeps its name: only an ``mlp`` holding experts or a router is a MoE block."""
     return _renamed(key, "mlp", "block_sparse_moe", EXPERT_PROJ)
 
 
@@ -73,7 +74,7 @@ def _renamed(key: str, block: str, new_block: str, projections: dict[str, str]) 
     parts = key.split(".")
     out = []
     for i, p in enumerate(parts):
-        if p == block:
+        if p == block and i + 1 < len(parts) and parts[i + 1] in ("experts", "gate"):
             p = new_block
         elif p in projections and i >= 2 and parts[i - 2] == "experts":
             p = projections[p]

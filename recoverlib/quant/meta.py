@@ -2,8 +2,8 @@
 folder is.
 
 The metadata records the plan and backend, so reloading never depends on sniffing file names. Also here: the
-one check that a folder is a 16-bit Mixtral to quantize, and that plain transformers can load a checkpoint
-correctly.
+one check that a folder is a 16-bit model of a family recoverlib quantizes (:mod:`recoverlib.architectures`),
+and that plain transformers can load a checkpoint correctly.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from recoverlib.architectures import architecture_of
 from recoverlib.errors import RecoverlibError
 from recoverlib.model_folder import read_model_config
 
@@ -59,12 +60,10 @@ def is_quantized(path: str | Path) -> bool:
 
 
 def check_source(model_path: Path) -> dict:
-    """The config of a 16-bit HF Mixtral folder; raise for anything else (or an already quantized one)."""
+    """The config of a 16-bit HF folder of a family recoverlib quantizes (Mixtral, Mistral, Llama, Qwen2,
+    Gemma); raise for anything else (or an already quantized one)."""
     cfg = read_model_config(model_path)
-    if cfg.get("model_type") != "mixtral":
-        raise RecoverlibError(
-            f"model {model_path}: model_type {cfg.get('model_type')!r}; MoE quantization supports mixtral"
-        )
+    architecture_of(cfg, f"model {model_path}")
     if cfg.get("quantization_config") or (model_path / META_FILE).is_file():
         raise RecoverlibError(f"model {model_path} is already quantized; quantize the 16-bit checkpoint")
     return cfg

@@ -1,4 +1,5 @@
-"""recoverlib's piece loop: a 16-bit Mixtral quantized one piece at a time (bitsandbytes, HQQ).
+"""recoverlib's piece loop: a 16-bit model (Mixtral or dense) quantized one piece at a time (bitsandbytes,
+HQQ).
 
 For each piece (the embeddings/norm/head, then each decoder layer) the 16-bit tensors are read with
 ``safe_open``, the piece is built directly (:mod:`recoverlib.quant.layerwise`), its linears are quantized on
@@ -9,6 +10,8 @@ then holds one output shard. Measured at Mixtral-8x7B's full width with bnb-nf4
 (benchmarks/results/quant_scale.md): peak RSS 2.99 GB for 1 and for 2 layers, 4.42 GB for 4 layers (their
 whole 3.79 GB output fits one 5 GB shard; 3.02 GB with 1 GB shards).
 :func:`recoverlib.quant.planner.quantize_peak` estimates the peak from the config (within 8% of those runs).
+At Mistral-7B's full width (benchmarks/results/quant_scale_dense.md): 1.72, 1.73 and 1.79 GB for 1, 2 and 4
+layers, the planner 16-21% above.
 
 A rerun after a kill skips the pieces :class:`~recoverlib.quant.progress.RunRecord` holds as finished; the
 quantizers are deterministic, so the bytes equal an uninterrupted run's.
@@ -42,7 +45,7 @@ def write_piecewise(backend, job, source: Checkpoint, record: RunRecord) -> Path
 def _quantize_pieces(job, backend, source: Checkpoint, cfg: dict, record: RunRecord) -> None:
     import torch
 
-    config = lw.mixtral_config(cfg)
+    config = lw.model_config(cfg)
     dtype = getattr(torch, job.plan.compute_dtype)
     todo = [p for p in lw.piece_names(config.num_hidden_layers) if p not in record.done]
     if record.done and job.progress:
@@ -65,26 +68,9 @@ def _quantize_pieces(job, backend, source: Checkpoint, cfg: dict, record: RunRec
             record.mark(piece)
             del state
             gc.collect()
-            release_heap()
+            lw.release_heap()
             if job.device.startswith("cuda"):
                 torch.cuda.empty_cache()
-
-
-def release_heap() -> None:
-    """Hand freed heap memory back to the OS (glibc ``malloc_trim``). Tensors under glibc's mmap threshold
-    (at most 32 MB) come from the heap, whose freed space the process otherwise keeps: with 7 MB expert
-    matrices the peak RSS grew by 0.36 GB from 2 to 6 layers without this. A no-op where glibc is not the C
-    library."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        if libc is not None and hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
-    except OSError:
-        return
 
 
 def _pack(job, backend, cfg: dict, record: RunRecord) -> Path:
@@ -94,7 +80,7 @@ def _pack(job, backend, cfg: dict, record: RunRecord) -> Path:
     if final.exists():
         shutil.rmtree(final)  # an interrupted packing: pieces are all there, pack again
     final.mkdir()
-    pieces = lw.piece_names(lw.mixtral_config(cfg).num_hidden_layers)
+    pieces = lw.piece_names(lw.model_config(cfg).num_hidden_layers)
     parts = Checkpoint.of_files(work / "parts", {record.file(p): None for p in pieces})
     order = [k for p in pieces for k in sorted(parts.files) if parts.files[k] == record.file(p)]
     write_sharded(parts, order, final, job.max_shard_bytes, progress=job.progress)

@@ -2,8 +2,15 @@
 
 A plan names its backend and gives each module group a :class:`GroupPrecision`; ``bits=None`` keeps the group
 in the compute dtype. Groups: ``attention`` (q/k/v/o), ``experts`` (w1/w2/w3 = gate/up/down projections of
-every expert), ``router`` (the MoE gate), ``lm_head`` and ``embeddings``. The router stays in the compute
-dtype by default; each preset has a ``+router`` twin that quantizes it like attention (the ablation).
+every expert), ``router`` (the MoE gate), ``mlp`` (a dense model's gate/up/down projections), ``lm_head`` and
+``embeddings``. The router stays in the compute dtype by default; each preset has a ``+router`` twin that
+quantizes it like attention (the ablation, MoE bases only).
+
+One plan serves both kinds of base: a preset gives its feed-forward precision to ``experts`` and ``mlp``
+alike (``hqq-attn4-exp2`` stores a dense MLP in 2 bits), and :meth:`PrecisionPlan.fit_to` keeps the groups a
+model has. A plan that quantizes a group the model lacks, with no equal precision for the group it has in its
+place (a JSON plan naming only ``experts`` for a dense Mistral, a ``+router`` preset for it, ``lm_head`` for
+Gemma's tied head), is a one-line error.
 """
 
 from __future__ import annotations
@@ -12,9 +19,11 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from recoverlib.architectures import architecture_of
 from recoverlib.errors import RecoverlibError
+from recoverlib.module_groups import GROUPS
 
-GROUPS = ("attention", "experts", "router", "lm_head", "embeddings")
+FEED_FORWARD = ("experts", "mlp")  # one model has one of them: a MoE's experts, a dense model's MLP
 ROUTER_SUFFIX = "+router"
 COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
 # GPTQ's column order (GPTQModel 7.6; every one gives static groups, g_idx[i] = i // group_size, which vLLM
@@ -64,6 +73,7 @@ class PrecisionPlan:
     backend: str
     attention: GroupPrecision = FULL
     experts: GroupPrecision = FULL
+    mlp: GroupPrecision = FULL
     router: GroupPrecision = FULL
     lm_head: GroupPrecision = FULL
     embeddings: GroupPrecision = FULL
@@ -100,6 +110,24 @@ class PrecisionPlan:
             )
         return replace(self, router=src, name=self.name + ROUTER_SUFFIX)
 
+    def fit_to(self, groups, what: str = "the model") -> PrecisionPlan:
+        """This plan for a model that has only ``groups`` (its other groups kept 16-bit: they hold nothing).
+
+        A quantized group the model lacks is a one-line error, except ``experts`` or ``mlp`` when the plan
+        gives the group the model has in its place the same precision (a preset, or a JSON plan written for
+        both kinds). ``what`` names the model in messages (e.g. ``a dense mistral model``).
+        """
+        present = set(groups)
+        for g in GROUPS:
+            prec = self.group(g)
+            if g in present or not prec.quantized:
+                continue
+            twin = next((f for f in FEED_FORWARD if f != g), None) if g in FEED_FORWARD else None
+            if twin in present and self.group(twin) == prec:
+                continue
+            raise RecoverlibError(f"plan {self.name!r}: {_absent_message(g, prec, twin, what)}")
+        return replace(self, **{g: FULL for g in GROUPS if g not in present})
+
     def to_dict(self) -> dict:
         order = {} if self.order == GPTQ_ORDERS[0] else {"order": self.order}
         return {"name": self.name, "backend": self.backend, "compute_dtype": self.compute_dtype, **order,
@@ -126,8 +154,24 @@ class PrecisionPlan:
                    name=data.get("name", name), order=data.get("order", GPTQ_ORDERS[0]), **groups)
 
 
-def _preset(name: str, backend: str, attention: GroupPrecision, experts: GroupPrecision) -> PrecisionPlan:
-    return PrecisionPlan(backend=backend, attention=attention, experts=experts, name=name)
+def _absent_message(group: str, prec: GroupPrecision, twin: str | None, what: str) -> str:
+    if group == "router":
+        return f"quantizes the router, but {what} has none: use a plan without +router"
+    if group == "lm_head":
+        return f"quantizes lm_head, but {what} ties it to its embeddings (no lm_head weights): keep it null"
+    if twin is not None:
+        return (f"gives {group} {prec.label()}, but {what} has no {group}: give its feed-forward weights as "
+                f"{twin} (the same precision in both makes one plan for both kinds)")
+    return f"quantizes {group}, which {what} does not have"
+
+
+def _preset(
+    name: str, backend: str, attention: GroupPrecision, feed_forward: GroupPrecision
+) -> PrecisionPlan:
+    """A preset: ``feed_forward`` is the experts' precision on a MoE base and the MLP's on a dense one."""
+    return PrecisionPlan(
+        backend=backend, attention=attention, experts=feed_forward, mlp=feed_forward, name=name
+    )
 
 
 def _base_presets() -> list[PrecisionPlan]:
@@ -177,3 +221,10 @@ def load_plan(spec: str | Path | PrecisionPlan) -> PrecisionPlan:
             raise RecoverlibError(f"plan file {path}: expected a JSON object")
         return PrecisionPlan.from_dict(data, name=path.stem)
     raise RecoverlibError(f"unknown plan {text!r}: give a JSON file or one of {', '.join(PRESETS)}")
+
+
+def plan_for_model(spec: str | Path | PrecisionPlan, cfg: dict, what: str = "model") -> PrecisionPlan:
+    """The plan ``spec`` (see :func:`load_plan`) fitted to the model ``cfg`` describes
+    (:meth:`PrecisionPlan.fit_to`): what ``quantize``, the audit and the planners apply."""
+    arch = architecture_of(cfg, what)
+    return load_plan(spec).fit_to(arch.groups(), arch.describe())

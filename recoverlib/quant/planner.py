@@ -1,9 +1,12 @@
 """The memory planner: exact weight bytes of a plan from a ``config.json`` alone, no weights loaded.
 
-Each group's linears come from the Mixtral shapes; quantized linears are costed by their backend's
-:meth:`~recoverlib.quant.backends.base.QuantBackend.linear_bytes`, everything else at the compute dtype. On a
-model the audit measures, the two agree to the byte. Figures are weights only: no KV cache, activations,
-CUDA context or allocator slack, which the published runtime figures include.
+Each group's linears come from the model's shapes (:class:`ModelShapes`: a Mixtral, or a dense Mistral,
+Llama, Qwen2 or Gemma, :mod:`recoverlib.architectures`); quantized linears are costed by their backend's
+:meth:`~recoverlib.quant.backends.base.QuantBackend.linear_bytes` (and :meth:`bias_bytes` for Qwen2's q/k/v
+biases), everything else at the compute dtype. The plan is first fitted to the model
+(:func:`~recoverlib.quant.plan.plan_for_model`). On a model the audit measures, the two agree to the byte.
+Figures are weights only: no KV cache, activations, CUDA context or allocator slack, which the published
+runtime figures include.
 """
 
 from __future__ import annotations
@@ -11,22 +14,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from recoverlib.architectures import MOE, architecture_of, completed, public_config
 from recoverlib.errors import RecoverlibError
 from recoverlib.model_folder import read_config
+from recoverlib.module_groups import GROUPS
 from recoverlib.quant.backends import get_backend
-from recoverlib.quant.plan import DTYPE_BYTES, GROUPS, PrecisionPlan
+from recoverlib.quant.plan import DTYPE_BYTES, PrecisionPlan, plan_for_model
 
-# Mixtral-8x7B's public config, the fields the planner reads.
-MIXTRAL_8X7B = {
-    "model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "num_local_experts": 8,
-    "num_experts_per_tok": 2, "vocab_size": 32000, "tie_word_embeddings": False,
-}
+# Mixtral-8x7B's public config, the fields the planner reads (the others: recoverlib.architectures).
+MIXTRAL_8X7B = public_config("mixtral-8x7b")
 
 
 @dataclass(frozen=True)
-class MoeShapes:
-    """The Mixtral shapes weight memory depends on."""
+class ModelShapes:
+    """The shapes weight memory depends on. ``experts`` is 0 for a dense model (an ``mlp`` per layer)."""
 
     hidden: int
     intermediate: int
@@ -34,17 +35,23 @@ class MoeShapes:
     heads: int
     kv_heads: int
     head_dim: int
-    experts: int
     vocab: int
     tied: bool
+    experts: int = 0
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
 
     @classmethod
-    def from_config(cls, cfg: dict) -> MoeShapes:
-        missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                               "num_local_experts", "vocab_size") if k not in cfg]
+    def from_config(cls, cfg: dict) -> ModelShapes:
+        arch = architecture_of(cfg, "config")
+        cfg = completed(cfg)
+        needed = ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "vocab_size"]
+        missing = [k for k in needed + (["num_local_experts"] if arch.kind == MOE else []) if k not in cfg]
         if missing:
             raise RecoverlibError(
-                f"config has no {', '.join(missing)}: the planner needs a Mixtral-style MoE config"
+                f"config has no {', '.join(missing)}: the planner needs them for {arch.describe()}"
             )
         heads = cfg["num_attention_heads"]
         return cls(
@@ -54,23 +61,31 @@ class MoeShapes:
             heads,
             cfg.get("num_key_value_heads") or heads,
             cfg.get("head_dim") or cfg["hidden_size"] // heads,
-            cfg["num_local_experts"],
             cfg["vocab_size"],
-            bool(cfg.get("tie_word_embeddings", False)),
+            arch.tied,
+            cfg["num_local_experts"] if arch.kind == MOE else 0,
+            arch.qkv_bias,
+            arch.o_bias,
+            arch.mlp_bias,
         )
 
-    def linears(self) -> dict[str, list[tuple[int, int, int]]]:
-        """group -> [(out_features, in_features, how many)]; embeddings are a (vocab x hidden) table."""
-        h, L, q, kv = self.hidden, self.layers, self.heads * self.head_dim, self.kv_heads * self.head_dim
+    @property
+    def dense(self) -> bool:
+        return self.experts == 0
+
+    def linears(self) -> dict[str, list[tuple[int, int, int, bool]]]:
+        """group -> [(out_features, in_features, how many, with a bias)]; embeddings are a (vocab x hidden)
+        table."""
+        h, L, i = self.hidden, self.layers, self.intermediate
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        e = self.experts
         return {
-            "attention": [(q, h, L), (kv, h, 2 * L), (h, q, L)],
-            "experts": [
-                (self.intermediate, h, 2 * self.experts * L),
-                (h, self.intermediate, self.experts * L),
-            ],
-            "router": [(self.experts, h, L)],
-            "lm_head": [] if self.tied else [(self.vocab, h, 1)],
-            "embeddings": [(self.vocab, h, 1)],
+            "attention": [(q, h, L, self.qkv_bias), (kv, h, 2 * L, self.qkv_bias), (h, q, L, self.o_bias)],
+            "experts": [(i, h, 2 * e * L, False), (h, i, e * L, False)],
+            "mlp": [(i, h, 2 * L, self.mlp_bias), (h, i, L, self.mlp_bias)] if self.dense else [],
+            "router": [(e, h, L, False)] if e else [],
+            "lm_head": [] if self.tied else [(self.vocab, h, 1, False)],
+            "embeddings": [(self.vocab, h, 1, False)],
         }
 
     @property
@@ -109,21 +124,24 @@ class PlanEstimate:
 
 
 def plan_bytes(config: str | Path | dict, plan: PrecisionPlan) -> PlanEstimate:
-    """Exact in-memory weight bytes of ``plan`` applied to the model described by ``config``."""
-    shapes = MoeShapes.from_config(read_config(config))
+    """Exact in-memory weight bytes of ``plan`` (fitted to the model) applied to the model described by
+    ``config``."""
+    cfg = read_config(config)
+    shapes = ModelShapes.from_config(cfg)
+    plan = plan_for_model(plan, cfg, "config")
     backend = get_backend(plan.backend)
     plain = DTYPE_BYTES[plan.compute_dtype]
     groups = {}
     for g in GROUPS:
         prec = plan.group(g)
         params = nbytes = 0
-        for out_f, in_f, count in shapes.linears()[g]:
-            params += out_f * in_f * count
-            one = (
-                backend.linear_bytes(out_f, in_f, prec, plan.compute_dtype)
-                if prec.quantized
-                else out_f * in_f * plain
-            )
+        for out_f, in_f, count, bias in shapes.linears()[g]:
+            params += (out_f * in_f + (out_f if bias else 0)) * count
+            if prec.quantized:
+                one = backend.linear_bytes(out_f, in_f, prec, plan.compute_dtype)
+                one += backend.bias_bytes(out_f, plan.compute_dtype) if bias else 0
+            else:
+                one = (out_f * in_f + (out_f if bias else 0)) * plain
             nbytes += one * count
         groups[g] = GroupEstimate(prec.bits if prec.quantized else 8 * plain, prec.group_size, params, nbytes)
     return PlanEstimate(plan.name, groups, shapes.norm_params * plain, shapes.norm_params)
@@ -153,9 +171,11 @@ CUDA_CONTEXT = int(0.5e9)
 class QuantizePeak:
     """Peak memory of a streaming quantize, in bytes, with the terms it is the maximum of.
 
-    ``host_bytes`` = :data:`FIXED_HOST` + the largest of (quantizing a piece: its quantized tensors + the
+    ``host_bytes`` = :data:`FIXED_HOST` + the largest of (quantizing a piece: its quantized tensors + its
     largest quantized linear in 16 bit + the quantizer's transient, the transient on the host only for a CPU
-    run) and (packing: one output shard). ``device_bytes``: 0 on the CPU; on a GPU one quantized piece + the
+    run; of the two kinds of piece, a decoder layer or the embeddings/norm/head, the one that peaks higher:
+    ``piece_quantized``, ``largest_linear_16bit`` and ``transient`` are that piece's) and (packing: one output
+    shard). ``device_bytes``: 0 on the CPU; on a GPU one quantized piece + the
     largest 16-bit linear + the transient + :data:`CUDA_CONTEXT`. ``piece_16bit`` (one decoder layer at the
     compute dtype) is what a loader that copied its input would hold; it is reported, not added.
     """
@@ -170,16 +190,18 @@ class QuantizePeak:
     device_bytes: int
 
 
-def gptq_working_set(shapes: MoeShapes, plan: PrecisionPlan) -> int:
+def gptq_working_set(shapes: ModelShapes, plan: PrecisionPlan) -> int:
     """Bytes GPTQModel adds while quantizing one decoder layer: the largest set of modules it quantizes
-    together (q/k/v; o; every expert's gate and up; every expert's down; the router with a ``+router`` plan),
-    each with its fp32 Hessian (in x in) and :data:`GPTQ_WORK_FP32` fp32 copies of its weight."""
+    together (q/k/v; o; every expert's gate and up; every expert's down; the router with a ``+router`` plan;
+    a dense MLP's gate and up; its down), each with its fp32 Hessian (in x in) and :data:`GPTQ_WORK_FP32`
+    fp32 copies of its weight. ``plan`` is fitted to the model."""
     h, i, e = shapes.hidden, shapes.intermediate, shapes.experts
     q, kv = shapes.heads * shapes.head_dim, shapes.kv_heads * shapes.head_dim
     subsets = {
         "attention": [[(q, h), (kv, h), (kv, h)], [(h, q)]],
-        "experts": [[(i, h)] * (2 * e), [(h, i)] * e],
-        "router": [[(e, h)]],
+        "experts": [[(i, h)] * (2 * e), [(h, i)] * e] if e else [],
+        "mlp": [] if e else [[(i, h)] * 2, [(h, i)]],
+        "router": [[(e, h)]] if e else [],
     }
     return max(
         (
@@ -197,25 +219,33 @@ def quantize_peak(config: str | Path | dict, plan: PrecisionPlan, device: str = 
     """Peak host and device memory of ``recoverlib quantize`` with ``plan`` on ``device``, from the config
     alone."""
     cfg = read_config(config)
+    plan = plan_for_model(plan, cfg, "config")
     if get_backend(plan.backend).calibrated:
         return _gptq_peak(cfg, plan, device, max_shard_bytes)
-    shapes = MoeShapes.from_config(cfg)
+    shapes = ModelShapes.from_config(cfg)
     plain = DTYPE_BYTES[plan.compute_dtype]
     layer_16, layer_q = _layer_bytes(cfg, plan)
     total = plan_bytes(cfg, plan).total_bytes
-    outer_q = total - shapes.layers * layer_q
-    piece_q = max(layer_q, outer_q)
-    one = MoeShapes(**{**shapes.__dict__, "layers": 1})
-    largest = max(
-        (o * i for g, group in one.linears().items() if plan.group(g).quantized for o, i, _ in group),
-        default=0,
-    )
-    transient = int(4 * largest * TRANSIENT_FP32.get(plan.backend, 4.0))
+    one = ModelShapes(**{**shapes.__dict__, "layers": 1}).linears()
+
+    def largest(groups) -> int:
+        return max((o * i for g in groups if plan.group(g).quantized for o, i, _, _ in one[g]), default=0)
+
+    # the piece whose quantizing peaks: a decoder layer, or the outer piece (16-bit unless lm_head is planned)
+    pieces = [(layer_q, largest(("attention", "experts", "mlp", "router"))),
+              (total - shapes.layers * layer_q, largest(("lm_head", "embeddings")))]
+    on_cpu = device == "cpu"
+
+    def term(piece) -> int:
+        transient = int(4 * piece[1] * TRANSIENT_FP32.get(plan.backend, 4.0))
+        return piece[0] + piece[1] * plain + (transient if on_cpu else 0)
+
+    piece_q, big = max(pieces, key=term)
+    transient = int(4 * big * TRANSIENT_FP32.get(plan.backend, 4.0))
     shard = min(max_shard_bytes, total)
-    quantizing = piece_q + largest * plain + (transient if device == "cpu" else 0)
-    host = FIXED_HOST + max(quantizing, shard)
-    device_bytes = 0 if device == "cpu" else piece_q + largest * plain + transient + CUDA_CONTEXT
-    return QuantizePeak(total, layer_16, piece_q, largest * plain, transient, shard, host, device_bytes)
+    host = FIXED_HOST + max(term((piece_q, big)), shard)
+    device_bytes = 0 if on_cpu else piece_q + big * plain + transient + CUDA_CONTEXT
+    return QuantizePeak(total, layer_16, piece_q, big * plain, transient, shard, host, device_bytes)
 
 
 def _layer_bytes(cfg: dict, plan: PrecisionPlan) -> tuple[int, int]:
@@ -234,7 +264,7 @@ def _gptq_peak(cfg: dict, plan: PrecisionPlan, device: str, max_shard_bytes: int
     device for a GPU run; the host then holds the layer while it is moved, not measured)."""
     layer_16, layer_q = _layer_bytes(cfg, plan)
     total = plan_bytes(cfg, plan).total_bytes
-    working = gptq_working_set(MoeShapes.from_config(cfg), plan)
+    working = gptq_working_set(ModelShapes.from_config(cfg), plan)
     shard = min(max_shard_bytes, total)
     on_gpu = device != "cpu"
     host = FIXED_HOST + max(layer_16 + (0 if on_gpu else working), shard)
@@ -243,10 +273,11 @@ def _gptq_peak(cfg: dict, plan: PrecisionPlan, device: str, max_shard_bytes: int
 
 
 def format_estimates(estimates: list[PlanEstimate], unit: float = 1e9) -> str:
-    """One row per plan: GB per group, total GB, effective bits per parameter."""
-    head = f"{'plan':<24}" + "".join(f"{g:>12}" for g in GROUPS) + f"{'total GB':>10}{'bits/param':>11}"
+    """One row per plan: GB per group (the groups the models have), total GB, effective bits per parameter."""
+    groups = [g for g in GROUPS if any(e.groups[g].params for e in estimates)]
+    head = f"{'plan':<24}" + "".join(f"{g:>12}" for g in groups) + f"{'total GB':>10}{'bits/param':>11}"
     rows = [head, "-" * len(head)]
     for e in estimates:
-        cells = "".join(f"{e.groups[g].bytes / unit:>12.3f}" for g in GROUPS)
+        cells = "".join(f"{e.groups[g].bytes / unit:>12.3f}" for g in groups)
         rows.append(f"{e.plan:<24}{cells}{e.total_bytes / unit:>10.2f}{e.effective_bits:>11.3f}")
     return "\n".join(rows)

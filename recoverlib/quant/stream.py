@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from recoverlib.errors import RecoverlibError
@@ -29,7 +29,7 @@ from recoverlib.quant.audit import audit_checkpoint, check_plan
 from recoverlib.quant.backends import get_backend
 from recoverlib.quant.checkpoint import Checkpoint, parse_size
 from recoverlib.quant.meta import check_source, write_meta
-from recoverlib.quant.plan import PrecisionPlan
+from recoverlib.quant.plan import PrecisionPlan, plan_for_model
 from recoverlib.quant.planner import plan_bytes
 from recoverlib.quant.progress import RunRecord
 
@@ -84,8 +84,12 @@ def check_device(device: str) -> str:
 
 
 def quantize_streaming(job: StreamJob) -> Path:
-    """Quantize ``job.model_path`` into ``job.out_dir``; resume an interrupted run. Returns OUT."""
+    """Quantize ``job.model_path`` into ``job.out_dir``; resume an interrupted run. Returns OUT.
+
+    The plan is first fitted to the model (:func:`~recoverlib.quant.plan.plan_for_model`): the checkpoint
+    records the groups the model has, e.g. ``mlp`` and no ``experts`` for a dense Mistral."""
     cfg = check_source(job.model_path)
+    job = replace(job, plan=plan_for_model(job.plan, cfg, f"model {job.model_path}"))
     backend = get_backend(job.plan.backend)
     backend.validate(job.plan)
     if backend.calibrated and not job.calibration:

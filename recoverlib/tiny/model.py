@@ -1,10 +1,13 @@
-"""A deterministic tiny Mixtral, its tokenizer and LoRA adapters, made here without any download.
+"""A deterministic tiny Mixtral (or a tiny dense Mistral, Llama, Qwen2 or Gemma), its tokenizer and LoRA
+adapters, made here without any download.
 
 The shapes follow Mixtral (sparse MoE, top-2 routing, GQA) at a size a 2-core CPU serves in seconds; head_dim
-64 is one vLLM's CPU attention supports. Layout written by :func:`make_tiny`::
+64 is one vLLM's CPU attention supports. ``family`` picks a dense base of the same widths instead
+(:mod:`recoverlib.tiny.dense`: each family's own config class, biases, tied embeddings and chat markup).
+Layout written by :func:`make_tiny`::
 
     OUT/model/               HF model folder (config, bf16 safetensors, fast tokenizer, chat template)
-    OUT/adapters/<name>/     PEFT LoRA folders on the attention projections, one rank each
+    OUT/adapters/<name>/     PEFT LoRA folders on the attention projections (and a dense MLP), one rank each
 
 Same seed, same bytes: weights come from a seeded ``torch.Generator``, never the global RNG.
 """
@@ -17,15 +20,12 @@ from pathlib import Path
 
 from recoverlib.errors import RecoverlibError
 from recoverlib.prompt import INSTRUCTION, RESPONSE_PREFIX
+from recoverlib.tiny.chat import FAMILY_CHATS, MIXTRAL_CHAT, ChatFormat
 from recoverlib.tiny.corpus import corpus_texts
+from recoverlib.tiny.dense import DENSE_FAMILIES, MLP_MODULES, dense_config
 
-# Mixtral-Instruct's own turn markers; BOS is added by the template, not by the tokenizer.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
-    "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
-)
-SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "[INST]", "[/INST]")
 ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+TINY_FAMILIES = ("mixtral", *DENSE_FAMILIES)
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,9 @@ def tokenizer_corpus() -> list[str]:
     return [INSTRUCTION, RESPONSE_PREFIX, "Original text:", "Rewritten text:", *corpus_texts()]
 
 
-def train_tokenizer(vocab_size: int, corpus: list[str] | None = None):
-    """A byte-level BPE fast tokenizer with ``<pad> <s> </s>`` and a Mixtral-style chat template.
+def train_tokenizer(vocab_size: int, corpus: list[str] | None = None, chat: ChatFormat = MIXTRAL_CHAT):
+    """A byte-level BPE fast tokenizer with ``chat``'s special tokens and chat template (default: ``<pad> <s>
+    </s>`` and a Mixtral-style template).
 
     ``corpus``: the texts to learn merges from (default: :func:`tokenizer_corpus`).
     """
@@ -65,15 +66,15 @@ def train_tokenizer(vocab_size: int, corpus: list[str] | None = None):
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(chat.specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     core.train_from_iterator(corpus if corpus is not None else tokenizer_corpus(), trainer=trainer)
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token=None
+        tokenizer_object=core, bos_token=chat.bos, eos_token=chat.eos, pad_token=chat.pad, unk_token=None
     )
-    tok.chat_template = CHAT_TEMPLATE
+    tok.chat_template = chat.template
     tok.padding_side = "left"
     return tok
 
@@ -101,30 +102,36 @@ def mixtral_config(spec: TinySpec, tokenizer):
     )
 
 
-def _init_(module, generator, std: float) -> None:
-    """Fill every parameter from ``generator``: normal(0, std), norms at 1."""
+def _init_(module, generator, std: float, norm: float = 1.0) -> None:
+    """Fill every parameter from ``generator``: normal(0, std), norms at ``norm`` (1: the identity of an
+    RMSNorm's ``w``; Gemma's ``1 + w`` wants 0)."""
     import torch
 
     with torch.no_grad():
         for name, p in module.named_parameters():
             if "norm" in name:
-                p.fill_(1.0)
+                p.fill_(norm)
             else:
                 p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float32) * std)
 
 
-def make_base(out_dir: str | Path, spec: TinySpec | None = None, seed: int = 0):
-    """Write the tiny Mixtral with random weights and its tokenizer to ``out_dir``; return the model
-    (fp32)."""
+def make_base(out_dir: str | Path, spec: TinySpec | None = None, seed: int = 0, family: str = "mixtral"):
+    """Write the tiny model of ``family`` (``mixtral`` or a dense family of :mod:`recoverlib.tiny.dense`)
+    with random weights and its tokenizer to ``out_dir``; return the model (fp32) and tokenizer."""
     import torch
-    from transformers import MixtralForCausalLM
+    from transformers import AutoModelForCausalLM
 
     spec = spec or TinySpec()
     out_dir = Path(out_dir)
-    tokenizer = train_tokenizer(spec.vocab_size)
-    config = mixtral_config(spec, tokenizer)
-    model = MixtralForCausalLM(config)
-    _init_(model, torch.Generator().manual_seed(seed), std=0.05)
+    if family == "mixtral":
+        tokenizer = train_tokenizer(spec.vocab_size)
+        config = mixtral_config(spec, tokenizer)
+    else:
+        tokenizer = train_tokenizer(spec.vocab_size, chat=FAMILY_CHATS[family])
+        config = dense_config(family, spec, tokenizer)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    _init_(model, torch.Generator().manual_seed(seed), std=0.05, norm=0.0 if family == "gemma" else 1.0)
+    model.tie_weights()  # Gemma: lm_head is the embedding, after both were drawn
     save_model(model, tokenizer, out_dir)
     return model, tokenizer
 
@@ -161,18 +168,25 @@ def make_adapter(model, out_dir: str | Path, rank: int, seed: int, targets=ATTEN
     return Path(out_dir)
 
 
-def make_tiny(out_dir: str | Path, adapters: int = 2, seed: int = 0, spec: TinySpec | None = None) -> Path:
-    """Write the tiny model and ``adapters`` LoRA adapters (``tiny-a``, ``tiny-b``, ...) under ``out_dir``."""
+def make_tiny(out_dir: str | Path, adapters: int = 2, seed: int = 0, spec: TinySpec | None = None,
+              family: str = "mixtral") -> Path:
+    """Write the tiny model of ``family`` and ``adapters`` LoRA adapters (``tiny-a``, ``tiny-b``, ...) under
+    ``out_dir``. Families: ``mixtral`` (the default) and the dense ``mistral``, ``llama``, ``qwen2``,
+    ``gemma``, whose adapters also put LoRA on the MLP."""
     spec = spec or TinySpec()
+    if family not in TINY_FAMILIES:
+        raise RecoverlibError(f"tiny family {family!r}: choose one of {', '.join(TINY_FAMILIES)}")
     if not 0 <= adapters <= len(spec.adapter_ranks):
         raise RecoverlibError(f"adapters must be between 0 and {len(spec.adapter_ranks)} (got {adapters})")
     out_dir = Path(out_dir)
-    model, _ = make_base(out_dir / "model", spec, seed)
+    model, _ = make_base(out_dir / "model", spec, seed, family)
+    targets = ATTENTION_MODULES if family == "mixtral" else ATTENTION_MODULES + MLP_MODULES
     for k in range(adapters):
         name = f"tiny-{chr(ord('a') + k)}"
-        make_adapter(model, out_dir / "adapters" / name, spec.adapter_ranks[k], seed=seed * 1000 + k + 1)
+        make_adapter(model, out_dir / "adapters" / name, spec.adapter_ranks[k], seed=seed * 1000 + k + 1,
+                     targets=targets)
     (out_dir / "tiny.json").write_text(
-        json.dumps({"seed": seed, "adapters": adapters, **asdict(spec)}, indent=1)
+        json.dumps({"seed": seed, "adapters": adapters, "family": family, **asdict(spec)}, indent=1)
     )
     return out_dir
 

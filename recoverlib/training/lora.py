@@ -19,6 +19,7 @@ from pathlib import Path
 from recoverlib.adapters import ADAPTER_META  # the engines read the prime from it
 from recoverlib.errors import RecoverlibError
 from recoverlib.metric import Scorer
+from recoverlib.model_folder import read_model_config
 from recoverlib.prompt import TEMPLATE_KINDS, RecoveryTemplate
 from recoverlib.runtime import kept_environ
 from recoverlib.training.checkpoints import (
@@ -34,7 +35,8 @@ log = logging.getLogger("recoverlib")
 
 ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 EXPERT_PARAMETERS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
-TARGETS = ("attention", "attention+experts")
+MLP_MODULES = ("gate_proj", "up_proj", "down_proj")  # a dense model's MLP (Mistral, Llama, Qwen2, Gemma)
+TARGETS = ("attention", "attention+experts", "attention+mlp")
 # The base model precision while training: a bnb-nf4 base (QLoRA, CUDA only), 16-bit, or chosen by the
 # machine.
 PLANS = ("auto", "none", "bnb-nf4")
@@ -46,7 +48,8 @@ class TrainConfig:
 
     rank: int = 8
     alpha: float = 16.0
-    targets: str = "attention"  # or "attention+experts" (LoRA on the fused expert weights too)
+    # or "attention+experts" (LoRA on a MoE's fused expert weights too), "attention+mlp" (a dense MLP too)
+    targets: str = "attention"
     prime: str = ""  # fixed opening of every completion (e.g. "Rewrite"); only rows starting with it are used
     epochs: int = 2
     lr: float = 2e-4
@@ -168,8 +171,22 @@ def lora_config(config: TrainConfig):
     from peft import LoraConfig
 
     extra = {"target_parameters": list(EXPERT_PARAMETERS)} if config.experts else {}
+    modules = ATTENTION_MODULES + (MLP_MODULES if config.targets == "attention+mlp" else ())
     return LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
-                      target_modules=list(ATTENTION_MODULES), task_type="CAUSAL_LM", **extra)
+                      target_modules=list(modules), task_type="CAUSAL_LM", **extra)
+
+
+def check_targets(config: TrainConfig, model_path: str | Path) -> None:
+    """LoRA targets the base has: expert weights on a mixture of experts, an MLP on a dense model; one line
+    otherwise (PEFT would fail deep inside, or find no module to wrap)."""
+    cfg = read_model_config(model_path)
+    moe = bool(cfg.get("num_local_experts") or cfg.get("num_experts"))
+    if config.experts and not moe:
+        raise RecoverlibError(f"--targets attention+experts: {model_path} ({cfg.get('model_type')}) is a"
+                              " dense model with no experts; use attention+mlp")
+    if config.targets == "attention+mlp" and moe:
+        raise RecoverlibError(f"--targets attention+mlp: {model_path} ({cfg.get('model_type')}) is a mixture"
+                              " of experts; use attention+experts")
 
 
 @contextlib.contextmanager
@@ -310,6 +327,7 @@ def build_trainer(model_path: str | Path, train_rows, val_rows, config: TrainCon
     SFTTrainer = import_trl().SFTTrainer
     from transformers import AutoTokenizer
 
+    check_targets(config, model_path)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     dedicated_pad(tokenizer)
     template = RecoveryTemplate(kind=config.template).for_tokenizer(

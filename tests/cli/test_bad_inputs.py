@@ -66,6 +66,8 @@ def ws_template(tmp_path_factory, tiny_model, tiny_adapters, sample_csv, sample_
     (llama / "config.json").write_text(
         json.dumps({**cfg, "model_type": "llama", "architectures": ["LlamaForCausalLM"]})
     )
+    (root / "gpt2").mkdir()  # a family recoverlib does not quantize
+    (root / "gpt2" / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
     pickled = root / "pickled_model"
     pickled.mkdir()
     shutil.copy(tiny_model / "config.json", pickled / "config.json")
@@ -491,6 +493,12 @@ CASES = [
         "adapters must be",
     ),
     ("make-tiny", "out-missing", lambda w: _tiny(w), "give the output folder"),
+    (
+        "make-tiny",
+        "trained-dense",
+        lambda w: _tiny(w, "--out", f"{w}/t", "--trained", "--family", "gemma"),
+        "makes the tiny Mixtral only",
+    ),
     # make-task
     ("make-task", "rows-0", lambda w: _task(w, "--out", f"{w}/task", "--rows", "0"), "must be >= 1"),
     (
@@ -540,7 +548,13 @@ CASES = [
     ),
     # quantize (input checks only; quantization itself is quant/'s)
     ("quantize", "model-missing", lambda w: _quantize(w, model="nope"), "no such folder"),
-    ("quantize", "not-a-mixtral", lambda w: _quantize(w, model="llama"), "llama"),
+    ("quantize", "unknown-family", lambda w: _quantize(w, model="gpt2"), "model_type 'gpt2'; recoverlib"),
+    (
+        "quantize",
+        "router-plan-on-a-dense-model",
+        lambda w: _quantize(w, model="llama", plan="bnb-int8+router"),
+        "quantizes the router, but a dense llama model has none",
+    ),
     ("quantize", "out-is-model", lambda w: _quantize(w, out="model"), "overlaps --model"),
     ("quantize", "unknown-plan", lambda w: _quantize(w, plan="nope"), "unknown plan 'nope'"),
     ("quantize", "plan-not-json", lambda w: _quantize(w, plan=f"{w}/not.json"), "not.json"),

@@ -17,7 +17,8 @@ from recoverlib.engines.vllm_support import (
     vllm_problem,
 )
 from recoverlib.quant.backends.gptq import dynamic_rules
-from recoverlib.quant.plan import PRESETS
+from recoverlib.quant.plan import plan_for_model
+from recoverlib.quant.planner import MIXTRAL_8X7B
 
 GPU = VllmKernels("cuda", "NVIDIA T4")
 AMX = VllmKernels("cpu", "Intel Xeon", ("avx2", "avx512f", "avx512_bf16", "amx_tile"), True, True)
@@ -57,7 +58,7 @@ def test_the_rule(weights, kernels, want):
 
 @pytest.mark.parametrize("preset", ["gptq-4", "gptq-attn8-exp4"])
 def test_group_bits_read_back_from_the_dynamic_rules_recoverlib_writes(preset):
-    plan = PRESETS[preset]
+    plan = plan_for_model(preset, MIXTRAL_8X7B)
     base, rules = dynamic_rules(plan)
     qc = {"quant_method": "gptq", "bits": base.bits, "group_size": base.group_size, "dynamic": rules}
     assert gptq_group_bits(qc) == {g: p.bits for g, p in plan.groups().items() if p.quantized}

@@ -78,7 +78,7 @@ def test_gptq_peak_holds_a_whole_layer_and_its_largest_module_set():
     gpu = quantize_peak(MIXTRAL_8X7B, PRESETS["gptq-4"], "cuda")
     assert gpu.device_bytes > down and gpu.host_bytes < full.host_bytes
     attention_only = quantize_peak(
-        MIXTRAL_8X7B, dataclasses.replace(PRESETS["gptq-4"], experts=GroupPrecision())
+        MIXTRAL_8X7B, dataclasses.replace(PRESETS["gptq-4"], experts=GroupPrecision(), mlp=GroupPrecision())
     )
     assert attention_only.transient < full.transient / 20
 

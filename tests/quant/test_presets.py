@@ -3,9 +3,10 @@ bounded logits error vs bf16, router quantized only by ``+router`` plans."""
 
 import pytest
 
+from recoverlib.model_folder import read_config
 from recoverlib.quant.api import load_quantized
 from recoverlib.quant.compare import logits_error, router_agreement
-from recoverlib.quant.plan import GROUPS, PRESETS
+from recoverlib.quant.plan import GROUPS, PRESETS, GroupPrecision, plan_for_model
 from recoverlib.quant.planner import plan_bytes
 
 from .conftest import ERROR_BOUND
@@ -23,10 +24,14 @@ def _params():
 def test_preset(preset, quantized, base, ref_model, input_ids):
     import torch
 
-    plan = PRESETS[preset]
+    plan = plan_for_model(preset, read_config(base))  # the preset's feed-forward precision on the experts
+    assert plan.mlp == GroupPrecision() and plan.experts == PRESETS[preset].experts
     q = quantized(preset)
+    assert q.report.plan_dict == plan.to_dict()  # the checkpoint records the plan it was given, fitted
     for report in (q.report, _audit_of_the_loaded_model(q, plan)):
-        for g in GROUPS:
+        assert "mlp" not in report.groups  # a Mixtral has none
+        assert set(report.groups) == set(GROUPS) - {"mlp"}
+        for g in report.groups:
             want = plan.group(g)
             got = report.groups[g]
             assert got.bits == (want.bits if want.quantized else 16), (g, got.label())

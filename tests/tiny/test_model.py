@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from recoverlib.tiny import TinySpec, adapter_paths, make_tiny
 
 
@@ -42,3 +44,33 @@ def test_tokenizer_has_pad_distinct_from_eos(tiny_model):
     assert (
         tok.decode(tok("Rewrite this text.", add_special_tokens=False)["input_ids"]) == "Rewrite this text."
     )
+
+
+def test_dense_families_as_transformers_saves_them(tiny_dense):
+    """What each dense family brings: its config class, Qwen2's q/k/v biases, Gemma's tied head (no lm_head
+    tensor), its own chat template without a system role; every family renders the recovery prompt."""
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+
+    from recoverlib.prompt import RecoveryTemplate
+
+    for family in ("mistral", "llama", "qwen2", "gemma"):
+        model = tiny_dense(family) / "model"
+        cfg = json.loads((model / "config.json").read_text())
+        with safe_open(str(model / "model.safetensors"), "pt") as fh:
+            names = set(fh.keys())
+        assert cfg["model_type"] == family and cfg["head_dim"] == 64
+        assert ("lm_head.weight" in names) == (family != "gemma") == (not cfg["tie_word_embeddings"])
+        assert any(n.endswith("q_proj.bias") for n in names) == (family == "qwen2")
+        assert not any("experts" in n for n in names)
+        tok = AutoTokenizer.from_pretrained(model)
+        assert tok.pad_token_id != tok.eos_token_id
+        prompt = RecoveryTemplate(kind="chat").render(tok, "The cat sat.", "THE CAT SAT.")
+        assert prompt.endswith("into the rewritten text was:") and "The cat sat." in prompt
+        adapter = json.loads((tiny_dense(family) / "adapters" / "tiny-a" / "adapter_config.json").read_text())
+        assert {"gate_proj", "up_proj", "down_proj", "q_proj"} <= set(adapter["target_modules"])
+    gemma = AutoTokenizer.from_pretrained(tiny_dense("gemma") / "model")
+    assert "<start_of_turn>model\n" in RecoveryTemplate(kind="chat").render(gemma, "a", "b")
+    with pytest.raises(Exception, match="System role not supported"):
+        gemma.apply_chat_template([{"role": "system", "content": "x"}, {"role": "user", "content": "y"}],
+                                  tokenize=False)

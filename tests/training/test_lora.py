@@ -234,3 +234,36 @@ def test_train_killed_after_an_epoch_resumes_to_the_same_adapter(base, task, tmp
     assert meta[0]["best_epoch"] == meta[1]["best_epoch"]
     a, b = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("whole", "cut"))
     assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() < 1e-5 for k in a)
+
+
+@pytest.mark.slow  # ~40 s each
+@pytest.mark.parametrize("family", ["gemma", "qwen2"])
+def test_train_cli_on_a_dense_base(family, tiny_dense, task, tmp_path, capsys):
+    """A LoRA on attention and the MLP of a dense base (Gemma: tied head, chat template without a system
+    role), through the command line; it loads and changes what the base says."""
+    from recoverlib.adapters import read_adapter
+    from recoverlib.engines import EngineConfig, SamplingConfig, make_engine
+
+    base, out = tiny_dense(family) / "model", tmp_path / "ad"
+    args = ["train", "--model", str(base), "--train", str(task / "train.csv"), "--out", str(out),
+            "--epochs", "1", "--max-rows", "16", "--batch-size", "4", "--score-rows", "0", "--rank", "4",
+            "--lr", "5e-2", "--targets", "attention+mlp"]
+    assert main(args) == 0, capsys.readouterr().err[-2000:]
+    info = read_adapter("d", out)
+    assert {m.rsplit(".", 1)[-1] for m in info.target_modules} == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+    }
+    with make_engine("hf", base, {"d": out}, EngineConfig(dtype="float32")) as engine:
+        prompt = RecoveryTemplate().render(engine.tokenizer, "The cat sat.", "THE CAT SAT.")
+        got = engine.generate([prompt], SamplingConfig(temperature=0, max_new_tokens=6), adapters=[None, "d"])
+    assert got["d"] != got[None]
+
+
+def test_lora_targets_the_base_lacks_are_one_line(tiny_dense, base, task, tmp_path, capsys):
+    for model, targets, want in ((tiny_dense("gemma") / "model", "attention+experts", "use attention+mlp"),
+                                 (base, "attention+mlp", "use attention+experts")):
+        args = ["train", "--model", str(model), "--train", str(task / "train.csv"), "--out",
+                str(tmp_path / targets), "--epochs", "1", "--targets", targets]
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(want) and len(err.splitlines()) == 1, err

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 from recoverlib.errors import RecoverlibError
 from recoverlib.quant.pieces import write_piecewise
-from recoverlib.quant.plan import GroupPrecision, PrecisionPlan
+from recoverlib.quant.plan import DTYPE_BYTES, GroupPrecision, PrecisionPlan
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,8 @@ class LinearStorage:
 
     bits: int
     group_size: int | None
-    params: int  # out_features * in_features
-    bytes: int  # quantized payload plus its scales/zeros/absmax/indices, as held in memory
+    params: int  # out_features * in_features, + out_features with a bias
+    bytes: int  # quantized payload plus its scales/zeros/absmax/indices and bias, as held in memory
     dtype: str  # storage kind, e.g. "nf4/uint8", "hqq/uint8", "gptq/int32"
 
 
@@ -106,7 +106,21 @@ class QuantBackend(ABC):
     def linear_bytes(
         self, out_features: int, in_features: int, prec: GroupPrecision, compute_dtype: str
     ) -> int:
-        """Bytes of one quantized ``out x in`` linear at ``prec`` as :meth:`describe` counts them."""
+        """Bytes of one quantized ``out x in`` linear at ``prec`` as :meth:`describe` counts them (weights
+        only: a bias is :meth:`bias_bytes`)."""
+
+    def bias_bytes(self, out_features: int, compute_dtype: str) -> int:
+        """Bytes of a quantized linear's bias (Qwen2's q/k/v): kept in the compute dtype."""
+        return out_features * DTYPE_BYTES[compute_dtype]
+
+
+def bias_storage(module) -> tuple[int, int]:
+    """``(params, bytes)`` of a quantized module's bias, (0, 0) without one; :meth:`QuantBackend.describe`
+    adds them to the weight's."""
+    bias = getattr(module, "bias", None)
+    if bias is None:
+        return 0, 0
+    return bias.numel(), bias.numel() * bias.element_size()
 
 
 def require_group_sizes(

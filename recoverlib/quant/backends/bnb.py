@@ -1,4 +1,4 @@
-"""bitsandbytes: NF4 (block 64) or LLM.int8 (per-row scales), experts included.
+"""bitsandbytes: NF4 (block 64) or LLM.int8 (per-row scales), experts or a dense MLP included.
 
 Linears are quantized with the same calls as transformers' bitsandbytes integration (so the bytes equal a
 transformers load with a ``BitsAndBytesConfig``, checked in the tests), one at a time by recoverlib's piece
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from recoverlib.errors import RecoverlibError
 from recoverlib.patches import require_attr
-from recoverlib.quant.backends.base import LinearStorage, QuantBackend, require_group_sizes
+from recoverlib.quant.backends.base import LinearStorage, QuantBackend, bias_storage, require_group_sizes
 from recoverlib.quant.moe import split_moe
 from recoverlib.quant.plan import GroupPrecision, PrecisionPlan
 
@@ -25,6 +25,9 @@ CPU_BLOCK_N = 32  # bitsandbytes CPU 4-bit kernel packs output rows in blocks of
 SKIP_NAMES = {
     "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
     "experts": ["experts"],
+    # transformers skips a module whose name ends with an entry: a dense model's mlp.gate_proj, and not
+    # Mixtral's mlp.experts.0.gate_proj
+    "mlp": ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
     "router": ["gate"],
     "lm_head": ["lm_head"],
 }
@@ -55,7 +58,7 @@ class BnbBackend(QuantBackend):
         self.require("bitsandbytes")
         skip = [n for g, names in SKIP_NAMES.items() if not plan.group(g).quantized for n in names]
         compute = getattr(torch, plan.compute_dtype)
-        if plan.attention.bits == 8 or plan.experts.bits == 8:
+        if any(p.bits == 8 for p in plan.groups().values()):
             return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
         return BitsAndBytesConfig(
             load_in_4bit=True,
@@ -78,7 +81,8 @@ class BnbBackend(QuantBackend):
             )
         return cpu_safe(model).eval()
 
-    def _empty_linear(self, out_features: int, in_features: int, prec: GroupPrecision, plan: PrecisionPlan):
+    def _empty_linear(self, out_features: int, in_features: int, prec: GroupPrecision, plan: PrecisionPlan,
+                      bias: bool = False):
         """A bitsandbytes linear on the meta device, as transformers' ``replace_with_bnb_linear`` builds
         it."""
         import torch
@@ -87,13 +91,13 @@ class BnbBackend(QuantBackend):
         config = self.config(plan)
         with torch.device("meta"):
             if prec.bits == 8:
-                new = bnb.nn.Linear8bitLt(in_features, out_features, False, has_fp16_weights=False,
+                new = bnb.nn.Linear8bitLt(in_features, out_features, bias, has_fp16_weights=False,
                                           threshold=config.llm_int8_threshold)
             else:
                 new = bnb.nn.Linear4bit(
                     in_features,
                     out_features,
-                    False,
+                    bias,
                     config.bnb_4bit_compute_dtype,
                     compress_statistics=config.bnb_4bit_use_double_quant,
                     quant_type=config.bnb_4bit_quant_type,
@@ -105,8 +109,11 @@ class BnbBackend(QuantBackend):
         # The same calls as transformers' Bnb4bitQuantize / Bnb8bitQuantize, so the bytes equal a whole-model
         # load's.
         import bitsandbytes as bnb
+        from torch import nn
 
-        new = self._empty_linear(linear.out_features, linear.in_features, prec, plan)
+        new = self._empty_linear(linear.out_features, linear.in_features, prec, plan, linear.bias is not None)
+        if linear.bias is not None:  # in the compute dtype, as transformers loads it beside a bnb weight
+            new.bias = nn.Parameter(linear.bias.data.to(device), requires_grad=False)
         kwargs = dict(new.weight.__dict__)
         if prec.bits == 8:
             kwargs.pop("SCB", None)
@@ -121,8 +128,12 @@ class BnbBackend(QuantBackend):
         self, state: dict, shape: tuple[int, int], prec: GroupPrecision, plan: PrecisionPlan, device: str
     ):
         import bitsandbytes as bnb
+        from torch import nn
 
-        new = self._empty_linear(shape[0], shape[1], prec, plan)
+        bias = state.pop("bias", None)
+        new = self._empty_linear(shape[0], shape[1], prec, plan, bias is not None)
+        if bias is not None:
+            new.bias = nn.Parameter(bias.to(device), requires_grad=False)
         weight = state.pop("weight")
         if prec.bits == 8:
             state.pop("weight_format", None)
@@ -139,6 +150,7 @@ class BnbBackend(QuantBackend):
 
     def describe(self, module) -> LinearStorage | None:
         name = type(module).__name__
+        bias = bias_storage(module)
         if name == "Linear4bit":
             qs = module.weight.quant_state
             extra = qs.absmax.numel() * qs.absmax.element_size() + qs.code.numel() * qs.code.element_size()
@@ -147,14 +159,12 @@ class BnbBackend(QuantBackend):
                     qs.state2.absmax.numel() * qs.state2.absmax.element_size() + qs.state2.code.numel() * 4
                 )
             params = math.prod(qs.shape)
-            return LinearStorage(
-                4, qs.blocksize, params, _nbytes(module.weight) + extra, f"{qs.quant_type}/uint8"
-            )
+            return LinearStorage(4, qs.blocksize, params + bias[0], _nbytes(module.weight) + extra + bias[1],
+                                 f"{qs.quant_type}/uint8")
         if name == "Linear8bitLt":
             scb = module.weight.SCB if getattr(module.weight, "SCB", None) is not None else module.state.SCB
-            return LinearStorage(
-                8, None, module.weight.numel(), _nbytes(module.weight) + _nbytes(scb), "int8"
-            )
+            return LinearStorage(8, None, module.weight.numel() + bias[0],
+                                 _nbytes(module.weight) + _nbytes(scb) + bias[1], "int8")
         return None
 
     def linear_bytes(

@@ -5,6 +5,9 @@ GPTQModel defuses the Mixtral experts itself (through defuser); here its defused
 recoverlib's split block, whose router is an ``nn.Linear``, so ``+router`` plans can quantize the router too.
 The global patches GPTQModel makes to transformers are undone after every call.
 
+A dense base (Mistral, Llama, Qwen2, Gemma) goes through GPTQModel's own definition of its family, its
+``mlp.gate_proj/up_proj/down_proj`` names kept as written (they are vLLM's and transformers' own).
+
 The checkpoint is written in Mixtral's published layout (``block_sparse_moe.experts.N.w1/w2/w3``, the router
 ``block_sparse_moe.gate``), the names vLLM's Mixtral loader and published GPTQ Mixtrals use:
 ``vllm.LLM(path)`` loads it with nothing of recoverlib installed. GPTQModel writes (and its own
@@ -30,11 +33,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from recoverlib.architectures import architecture_of
 from recoverlib.errors import RecoverlibError
-from recoverlib.model_folder import copy_tokenizer
+from recoverlib.model_folder import copy_tokenizer, read_model_config
 from recoverlib.module_groups import GROUP_REGEX
 from recoverlib.patches import require_attr
-from recoverlib.quant.backends.base import LinearStorage, QuantBackend
+from recoverlib.quant.backends.base import LinearStorage, QuantBackend, bias_storage
 from recoverlib.quant.calibration import calibration_tokenizer
 from recoverlib.quant.checkpoint import Checkpoint, disk_name, rewrite_names
 from recoverlib.quant.formats import gidx_kind
@@ -56,12 +60,14 @@ ORDER_ARGS = {
 }
 
 
-def dynamic_rules(plan: PrecisionPlan) -> tuple[GroupPrecision, dict]:
-    """The base precision (the experts', else attention's) and GPTQModel ``dynamic`` rules for the other
-    groups."""
-    base = plan.experts if plan.experts.quantized else plan.attention
+def dynamic_rules(plan: PrecisionPlan, groups=tuple(GROUP_REGEX)) -> tuple[GroupPrecision, dict]:
+    """The base precision (the feed-forward weights': experts or a dense MLP; else attention's) and
+    GPTQModel ``dynamic`` rules for the other groups among ``groups`` (those the model has)."""
+    base = next((p for p in (plan.experts, plan.mlp, plan.attention) if p.quantized), plan.attention)
     rules: dict[str, dict] = {}
     for group, regex in GROUP_REGEX.items():
+        if group not in groups:
+            continue
         prec = plan.group(group)
         if not prec.quantized:
             if group != "router":  # GPTQModel never quantizes the router unless told (see _router_tree)
@@ -88,8 +94,8 @@ class GptqBackend(QuantBackend):
                 raise RecoverlibError(
                     f"plan {plan.name!r}: the gptq backend keeps {group} in 16 bit; use hqq"
                 )
-        if not (plan.attention.quantized or plan.experts.quantized):
-            raise RecoverlibError(f"plan {plan.name!r}: GPTQ needs attention or experts quantized")
+        if not (plan.attention.quantized or plan.experts.quantized or plan.mlp.quantized):
+            raise RecoverlibError(f"plan {plan.name!r}: GPTQ needs attention, experts or mlp quantized")
 
     calibrated = True
 
@@ -128,7 +134,7 @@ class GptqBackend(QuantBackend):
         finished modules are offloaded to ``scratch/offload``, GPTQModel's logs go to ``scratch/logs``."""
         import torch
 
-        base, rules = dynamic_rules(plan)
+        base, rules = dynamic_rules(plan, architecture_of(read_model_config(model_path)).groups())
         tokenizer = calibration_tokenizer(model_path)
         with self._gptqmodel(router=plan.router.quantized) as (GPTQModel, QuantizeConfig, _):
             cfg = QuantizeConfig(
@@ -216,11 +222,12 @@ class GptqBackend(QuantBackend):
             or getattr(module, "qweight", None) is None
         ):
             return None
-        nbytes = sum(_nbytes(getattr(module, k)) for k in ("qweight", "qzeros", "scales", "g_idx"))
+        bias = bias_storage(module)
+        nbytes = sum(_nbytes(getattr(module, k)) for k in ("qweight", "qzeros", "scales", "g_idx")) + bias[1]
         return LinearStorage(
             int(module.bits),
             int(module.group_size),
-            module.in_features * module.out_features,
+            module.in_features * module.out_features + bias[0],
             nbytes,
             f"gptq/{str(module.qweight.dtype).removeprefix('torch.')}",
         )
@@ -233,6 +240,9 @@ class GptqBackend(QuantBackend):
         qzeros = 4 * groups * math.ceil(out_features * prec.bits / 32)
         scales = 2 * groups * out_features  # fp16
         return qweight + qzeros + scales + 4 * in_features  # + int32 g_idx
+
+    def bias_bytes(self, out_features: int, compute_dtype: str) -> int:
+        return 2 * out_features  # GPTQModel stores a quantized linear's bias in fp16
 
 
 @dataclass(frozen=True)
@@ -275,7 +285,12 @@ def gptq_linear(state: dict, shape: tuple[int, int], prec: GroupPrecision, devic
         raise RecoverlibError(f"gptq checkpoint: a quantized linear lacks its {missing[0]}")
     for key in ("qweight", "qzeros", "scales", "g_idx"):
         module.register_buffer(key, state.pop(key).to(device))
-    module.bias = None  # Mixtral's linears have none (register_buffers=True would allocate every buffer)
+    # register_buffers=True would allocate every buffer; a bias (Qwen2's q/k/v) is kept in fp16 as written
+    bias = state.pop("bias", None)
+    if bias is None:
+        module.bias = None
+    else:
+        module.register_buffer("bias", bias.to(device))
     if state:
         raise RecoverlibError(
             f"gptq checkpoint: unexpected tensors {sorted(state)} beside a quantized linear"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from recoverlib.errors import RecoverlibError
 from recoverlib.patches import PATCHES, require_attr, version_matches
-from recoverlib.quant.backends.base import LinearStorage, QuantBackend
+from recoverlib.quant.backends.base import LinearStorage, QuantBackend, bias_storage
 from recoverlib.quant.layerwise import load_model, single_device
 from recoverlib.quant.plan import DTYPE_BYTES, GroupPrecision, PrecisionPlan
 
@@ -106,12 +106,13 @@ class HqqBackend(QuantBackend):
         if type(module).__name__ != "HQQLinear" or getattr(module, "W_q", None) is None:
             return None
         meta = module.meta
-        nbytes = _nbytes(module.W_q) + _nbytes(meta["scale"]) + _nbytes(meta["zero"])
+        bias = bias_storage(module)  # hqq keeps a bias (Qwen2's q/k/v) in the compute dtype
+        nbytes = _nbytes(module.W_q) + _nbytes(meta["scale"]) + _nbytes(meta["zero"]) + bias[1]
         bits, group = int(meta["nbits"]), int(meta["group_size"])
         return LinearStorage(
             bits,
             group,
-            math.prod(meta["shape"]),
+            math.prod(meta["shape"]) + bias[0],
             nbytes,
             f"hqq/{str(module.W_q.dtype).removeprefix('torch.')}",
         )
