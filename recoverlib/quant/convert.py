@@ -33,7 +33,7 @@ from recoverlib.model_folder import read_json_object, read_model_config
 from recoverlib.quant.checkpoint import disk_name, rewrite_names
 from recoverlib.quant.formats import PACKED_TENSOR, ServedWeights, exact_rewrites, write_quant_config
 from recoverlib.quant.plan import PRESETS
-from recoverlib.quant.planner import MIXTRAL_8X7B, MoeShapes, quantize_peak
+from recoverlib.quant.planner import MIXTRAL_8X7B, ModelShapes, quantize_peak
 
 # benchmarks/results/quant_scale_gptq.md: recoverlib quantize --plan gptq-4 of one full-width Mixtral-8x7B
 # layer on 2 AMD EPYC cores, start-up, load, save and audit included.
@@ -106,7 +106,7 @@ def requantize_cost(path: str | Path) -> str:
     cfg = read_model_config(path)
     try:
         peak = quantize_peak(cfg, PRESETS["gptq-4"]).host_bytes
-        shapes, full = MoeShapes.from_config(cfg), MoeShapes.from_config(MIXTRAL_8X7B)
+        shapes, full = ModelShapes.from_config(cfg), ModelShapes.from_config(MIXTRAL_8X7B)
     except RecoverlibError as err:
         return f"recoverlib quantize --plan gptq-4 ({err})"
     per_layer = _layer_params(shapes) / _layer_params(full) * GPTQ_SECONDS_PER_FULL_LAYER
@@ -117,6 +117,6 @@ def requantize_cost(path: str | Path) -> str:
             " full-width Mixtral-8x7B layer measured here)")
 
 
-def _layer_params(shapes: MoeShapes) -> int:
-    one = MoeShapes(**{**shapes.__dict__, "layers": 1})
-    return sum(o * i * n for group in one.linears().values() for o, i, n in group)
+def _layer_params(shapes: ModelShapes) -> int:
+    one = ModelShapes(**{**shapes.__dict__, "layers": 1})
+    return sum(o * i * n for group in one.linears().values() for o, i, n, _ in group)

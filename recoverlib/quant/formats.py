@@ -37,6 +37,12 @@ SAMPLE_MODULES = {
     "router": "model.layers.0.block_sparse_moe.gate",
     "lm_head": "lm_head",
 }
+# A dense model's in vLLM's names (its feed-forward weights are the ``mlp`` group; no experts, no router).
+DENSE_SAMPLE_MODULES = {
+    "attention": "model.layers.0.self_attn.qkv_proj",
+    "mlp": "model.layers.0.mlp.gate_up_proj",
+    "lm_head": "lm_head",
+}
 
 
 @dataclass(frozen=True)
@@ -95,11 +101,11 @@ class ServedWeights:
                     if isinstance(p, dict) and p.get("bits") is not None}
             return cls(str(path), method, bits, expert_layout(names), model_type=model_type)
         scheme = _scheme(method, qc)
-        bits = _group_bits(method, qc, scheme, names)
+        bits = _group_bits(method, qc, scheme, names, _is_moe(cfg))
         g_idx = None
         if scheme["desc_act"] and scheme["group_size"] not in (None, -1) and ckpt is not None:
             g_idx = gidx_kind(ckpt, scheme["group_size"])
-        rules = gptq_group_bits(qc) if method == "gptq" else {}
+        rules = gptq_group_bits(qc, moe=_is_moe(cfg)) if method == "gptq" else {}
         hf_proj = any(".block_sparse_moe.experts." in n and n.split(".")[-2] in EXPERT_PROJ for n in names)
         return cls(str(path), method, bits, expert_layout(names), scheme["group_size"], scheme["sym"],
                    scheme["desc_act"], g_idx, where, scheme["version"], model_type, rules, hf_proj)
@@ -219,13 +225,18 @@ def _ct_weights(qc: dict) -> dict:
     return {}
 
 
-def _group_bits(method: str | None, qc: dict, scheme: dict, names) -> dict[str, int]:
+def _is_moe(cfg: dict) -> bool:
+    """A mixture of experts by its config (Mixtral's ``num_local_experts``, Qwen-MoE's ``num_experts``)."""
+    return bool(cfg.get("num_local_experts") or cfg.get("num_experts"))
+
+
+def _group_bits(method: str | None, qc: dict, scheme: dict, names, moe: bool = True) -> dict[str, int]:
     """Bits of each quantized group: which groups are quantized from the tensors (where the method packs
     its weights), how many bits from the config (GPTQ's ``dynamic`` rules included)."""
     if method is None:
         return {}
     if method == "gptq":
-        by_config = gptq_group_bits(qc)
+        by_config = gptq_group_bits(qc, moe=moe)
         base = int(qc.get("bits", 4))
     elif method == "compressed-tensors":
         base = int(_ct_weights(qc).get("num_bits", 4))
@@ -240,18 +251,18 @@ def _group_bits(method: str | None, qc: dict, scheme: dict, names) -> dict[str, 
     return {g: int(by_config.get(g, base)) for g in sorted(seen)}
 
 
-def gptq_group_bits(qc: Mapping) -> dict[str, int]:
+def gptq_group_bits(qc: Mapping, moe: bool = True) -> dict[str, int]:
     """Bits of each group a GPTQ ``quantization_config`` quantizes, as vLLM reads it: ``bits`` for every
     linear, the first ``dynamic`` rule matching a group's module overriding it (``-:`` skips the module); the
     router and ``lm_head`` only where a rule or ``lm_head: true`` says so (vLLM keeps Mixtral's router 16-bit
-    regardless)."""
+    regardless). ``moe``: a Mixtral's groups (experts, router), else a dense model's (``mlp``)."""
     import re
 
     out = {}
-    for group, module in SAMPLE_MODULES.items():
+    for group, module in (SAMPLE_MODULES if moe else DENSE_SAMPLE_MODULES).items():
         bits = (
             qc.get("bits")
-            if group in ("attention", "experts") or (group == "lm_head" and qc.get("lm_head"))
+            if group in ("attention", "experts", "mlp") or (group == "lm_head" and qc.get("lm_head"))
             else None
         )
         for rule, override in (qc.get("dynamic") or {}).items():

@@ -155,3 +155,10 @@ def test_published_formats_on_any_device(weights, want):
 def test_published_formats_on_cpus(weights, kernels, want):
     problem = vllm_problem(weights, kernels)
     assert (problem is None) if want is None else bool(re.search(want, problem or "")), problem
+
+
+def test_a_dense_gptq_config_quantizes_the_mlp_not_experts():
+    """A dense model's GPTQ config read as vLLM reads it: its MLP, no experts (which would ask for the MoE
+    kernel) and no skip rule for experts it does not have."""
+    assert gptq_group_bits({"quant_method": "gptq", "bits": 4}, moe=False) == {"attention": 4, "mlp": 4}
+    assert gptq_group_bits({"bits": 4, "dynamic": {"-:.*mlp.*": {}}}, moe=False) == {"attention": 4}
