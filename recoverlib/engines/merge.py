@@ -28,11 +28,11 @@ from pathlib import Path
 from recoverlib.adapters import AdapterInfo, swap_merge_problem
 from recoverlib.cache import cache_dir
 from recoverlib.errors import RecoverlibError
+from recoverlib.model_folder import folder_fingerprint
 
 log = logging.getLogger("recoverlib")
 
 MERGE_FORMAT = 1  # bump when the cached files' meaning changes
-_SAMPLE = 1 << 20
 
 
 def default_cache_dir() -> Path:
@@ -41,24 +41,9 @@ def default_cache_dir() -> Path:
 
 
 def fingerprint(folder: Path, full: bool) -> str:
-    """sha256 over a folder's config and weight files.
-
-    ``full``: every byte (adapters are small). Otherwise name, size, safetensors header and 1 MiB samples at
-    the start, middle and end of each file, so a 90 GB base is fingerprinted in milliseconds.
-    """
-    h = hashlib.sha256()
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".json", ".safetensors") and p.is_file())
-    for p in files:
-        size = p.stat().st_size
-        h.update(f"{p.name}:{size}".encode())
-        with open(p, "rb") as fh:
-            if full or size <= 3 * _SAMPLE:
-                h.update(fh.read())
-                continue
-            for offset in (0, size // 2, size - _SAMPLE):
-                fh.seek(offset)
-                h.update(fh.read(_SAMPLE))
-    return h.hexdigest()
+    """sha256 over a folder's config and weight files (:func:`folder_fingerprint` of its ``.json`` and
+    ``.safetensors``, the files a merge reads)."""
+    return folder_fingerprint(folder, full, (".json", ".safetensors"))
 
 
 def _weight_files(model: Path) -> list[Path]:

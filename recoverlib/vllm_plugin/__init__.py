@@ -32,10 +32,15 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 
 from recoverlib.module_groups import names_expert_weights
 from recoverlib.patches import PATCHES, version_matches
 from recoverlib.vllm_plugin.whole_requests import install as install_whole_requests
+from recoverlib.vllm_plugin.whole_requests import install_tag_check
+
+# vLLM's completion endpoint; in a server's API process it is imported before vLLM loads the plugins
+COMPLETION_SERVING = "vllm.entrypoints.openai.completion.serving"
 
 log = logging.getLogger("recoverlib")
 
@@ -101,6 +106,11 @@ def _whole_requests() -> None:
 
     if not getattr(Scheduler.add_request, "_recoverlib", False):
         install_whole_requests(Scheduler)
+    serving = sys.modules.get(COMPLETION_SERVING)  # the API server's process only: nothing imported here
+    if serving is not None:
+        cls = serving.OpenAIServingCompletion
+        if not getattr(cls.render_completion_request, "_recoverlib", False):
+            install_tag_check(cls)
 
 
 CURES = {"vllm-cpu-moe-kernel": _keep_cpu_moe_kernel, "vllm-grouped-lora": _grouped_lora_products,
