@@ -162,6 +162,7 @@ class VllmServer:
     ):
         self.model = require_model_folder(model)
         self.serve, engine = serve or ServeConfig(), engine or EngineConfig()
+        self._check_port()  # before vLLM is even imported: a taken port is one line at once
         if engine.lora_mode == "merged":
             raise RecoverlibError(
                 "a server serves adapters as LoRA in one batch; --lora-mode merged is for predict"
@@ -193,15 +194,10 @@ class VllmServer:
         """Start the server and wait until it answers; its failure to start is one line."""
         if self.process is not None:
             return self
-        host, port = self.serve.host, self.serve.port
-        if port_in_use(host or "0.0.0.0", port):
-            raise RecoverlibError(
-                f"port {port} on {host} is taken (another server, or an old one still running): stop it or"
-                " choose another --port (nothing was started)"
-            )
-        if host not in LOOPBACK and "VLLM_API_KEY" not in self.env:
+        self._check_port()
+        if self.serve.host not in LOOPBACK and "VLLM_API_KEY" not in self.env:
             log.warning("serving on %s without an API key: anyone who reaches this machine can use it (set"
-                        " RECOVERLIB_API_KEY, or --api-key)", host or "every address")
+                        " RECOVERLIB_API_KEY, or --api-key)", self.serve.host or "every address")
         self._owned.start()
         deadline = time.monotonic() + self.serve.start_timeout_s
         while True:
@@ -222,6 +218,14 @@ class VllmServer:
                     f"vLLM's server did not answer within {self.serve.start_timeout_s:.0f} s"
                 )
             time.sleep(0.5)
+
+    def _check_port(self) -> None:
+        host, port = self.serve.host, self.serve.port
+        if port_in_use(host or "0.0.0.0", port):
+            raise RecoverlibError(
+                f"port {port} on {host} is taken (another server, or an earlier one still running): stop it"
+                " or choose another --port (nothing was started)"
+            )
 
     def _not_ours(self) -> str | None:
         """None when the server answering at :attr:`url` serves our model; "starting" while none answers;

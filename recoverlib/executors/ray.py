@@ -83,6 +83,14 @@ class RayConfig:
             raise RecoverlibError(f"ray executor: max_ahead must be >= 1 (got {self.max_ahead})")
         if not self.reserve_timeout_s > 0:
             raise RecoverlibError("ray executor: the reserve timeout must be > 0")
+        missing = [n for n in self.forwarded_names if n not in os.environ]
+        if missing:
+            raise RecoverlibError(f"--ray-env {', '.join(missing)}: not set here, so workers cannot get it")
+
+    @property
+    def forwarded_names(self) -> list[str]:
+        """The variables ``--ray-env`` names."""
+        return [n.strip() for n in (self.ray_env or "").split(",") if n.strip()]
 
     @property
     def ahead(self) -> int:
@@ -107,12 +115,8 @@ def worker_env(config: RayConfig, environ: Mapping[str, str] | None = None) -> d
     """The variables workers run with: the driver's that steer engines (no secrets), those ``ray_env``
     names, then ``config.env``."""
     environ = os.environ if environ is None else environ
-    asked = [n.strip() for n in (config.ray_env or "").split(",") if n.strip()]
-    missing = [n for n in asked if n not in environ]
-    if missing:
-        raise RecoverlibError(f"--ray-env {', '.join(missing)}: not set here, so workers cannot get it")
     env = {k: v for k, v in environ.items() if k.startswith(FORWARDED_ENV) and not is_secret(k)}
-    return {**env, **{n: environ[n] for n in asked}, **config.env}
+    return {**env, **{n: environ[n] for n in config.forwarded_names if n in environ}, **config.env}
 
 
 def placeable_workers(nodes: list[Mapping[str, float]], cpus: float, gpus: float) -> int:

@@ -66,7 +66,7 @@ def test_a_resume_with_other_settings_is_refused_naming_the_first_difference(tmp
         SampleStore(path, ["1", "2"], resume=True, settings={**SETTINGS, "seed": 7, "engine": "hf"})
     with pytest.raises(RecoverlibError, match="written with model sha256:aa; this run has model sha256:bb"):
         SampleStore(path, ["1", "2"], resume=True, settings={**SETTINGS, "model": "sha256:bb"})
-    with pytest.raises(RecoverlibError, match="written with adapter a None; this run has adapter a sha256:cc"):
+    with pytest.raises(RecoverlibError, match="with adapter a None; this run has adapter a sha256:cc"):
         SampleStore(path, ["1", "2"], resume=True, settings={**SETTINGS, "adapter a": "sha256:cc"})
     assert path.read_bytes() == before
     store = SampleStore(path, ["1", "2"], resume=True, settings=dict(SETTINGS))  # the same: continued
