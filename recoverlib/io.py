@@ -55,12 +55,23 @@ def is_parquet(path: str | Path) -> bool:
     return Path(path).suffix.lower() in PARQUET
 
 
+def require_pyarrow():
+    """pyarrow (what reads and writes Parquet here), or a one-line error naming the extra to install."""
+    try:
+        import pyarrow
+    except ImportError as err:
+        raise RecoverlibError(f"Parquet needs pyarrow ({err}): pip install 'recoverlib[parquet]'") from None
+    return pyarrow
+
+
 def read_table(path: str | Path, columns: tuple[str, ...]) -> pd.DataFrame:
     """Read a CSV or Parquet file as strings (ids stay as written) and check the required columns exist,
     once."""
     path = Path(path)
     if not path.is_file():
         raise RecoverlibError(f"{path}: no such file")
+    if is_parquet(path):
+        require_pyarrow()
     try:
         if is_parquet(path):
             frame = pd.read_parquet(path).astype("string").astype(object)
@@ -143,6 +154,8 @@ class SubmissionWriter:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if is_parquet(self.path):
+            require_pyarrow()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         os.close(fd)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from recoverlib.adapters import check_adapters
 from recoverlib.engines.base import EngineConfig
-from recoverlib.engines.openai_client import SERVER_KEY_ENV, api_key_from
+from recoverlib.engines.openai_client import SERVER_KEY_ENV, api_key_from, import_requests
 from recoverlib.engines.vllm import active_cures, import_vllm, vllm_device
 from recoverlib.engines.vllm_setup import ModelFacts, VllmSetup, plan_vllm
 from recoverlib.engines.vllm_support import check_vllm_serves
@@ -230,8 +230,7 @@ class VllmServer:
     def _not_ours(self) -> str | None:
         """None when the server answering at :attr:`url` serves our model; "starting" while none answers;
         else what answers instead."""
-        import requests
-
+        requests = import_requests()
         root = self.url.removesuffix("/v1")
         key = self.env.get("VLLM_API_KEY")
         try:

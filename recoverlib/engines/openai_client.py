@@ -31,6 +31,16 @@ SERVER_KEY_ENV = ("RECOVERLIB_API_KEY", "VLLM_API_KEY")
 RESUME_HINT = "finished rows are in the samples file; rerun with --resume"
 
 
+def import_requests():
+    """requests (the client's and the server's HTTP), or a one-line error naming the extra to install."""
+    try:
+        import requests
+    except ImportError as err:
+        raise RecoverlibError(f"talking to a server needs requests ({err}): pip install 'recoverlib[openai]'"
+                              ) from None
+    return requests
+
+
 def api_key_from(given: str | None, names: Sequence[str] = CLIENT_KEY_ENV,
                  environ: Mapping[str, str] | None = None) -> str | None:
     """``given``, else the first of the environment variables ``names`` that is set (None: no key)."""
@@ -66,8 +76,7 @@ class ServerClient:
 
     def __init__(self, url: str, api_key: str | None = None, retries: int = 5, timeout_s: float = 600.0,
                  backoff_s: float = 1.0):
-        import requests
-
+        requests = import_requests()
         self.root = server_root(url)
         self.retries, self.timeout_s, self.backoff_s = retries, timeout_s, backoff_s
         self.session = requests.Session()
@@ -80,8 +89,7 @@ class ServerClient:
 
         ``body``: the JSON body, or a function that builds it (called again for every attempt); ``what``:
         the request in words, for the line a timeout ends in."""
-        import requests
-
+        requests = import_requests()
         timeout = timeout_s or self.timeout_s
         for attempt in range(self.retries + 1):
             try:

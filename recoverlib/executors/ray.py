@@ -102,7 +102,7 @@ def import_ray():
     try:
         import ray
     except ImportError as err:
-        raise RecoverlibError(f"--executor ray needs Ray ({err}): pip install ray==2.60.0") from None
+        raise RecoverlibError(f"--executor ray needs Ray ({err}): pip install 'recoverlib[ray]'") from None
     return ray
 
 

@@ -25,7 +25,7 @@ from recoverlib.engines.vllm_support import choose_engine
 from recoverlib.errors import RecoverlibError
 from recoverlib.executors import EXECUTORS
 from recoverlib.executors.base import EngineSpec, Executor, serve_in_order
-from recoverlib.io import Row, read_rows
+from recoverlib.io import Row, is_parquet, read_rows, require_pyarrow
 from recoverlib.output_paths import check_output_file
 from recoverlib.pipeline.chunks import Chunk, plan_chunks
 from recoverlib.pipeline.config import BaseModel, PredictConfig, Prediction
@@ -108,6 +108,8 @@ def predict(model: str | Path | Sequence[BaseModel], input_path: str | Path, out
     if getattr(engine_config, "max_model_len", None) is not None:
         prompt_budget(engine_config.max_model_len, config.sampling.max_new_tokens)
     bases = _bases(model, adapters)
+    if is_parquet(out) or is_parquet(input_path):
+        require_pyarrow()  # before hours of sampling, not when the submission is written
     check_output_file(out, [("the input", input_path), ("the samples file", samples_file)])
     if samples_file is not None:
         check_output_file(samples_file, [("the input", input_path)])
