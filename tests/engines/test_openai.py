@@ -156,18 +156,23 @@ def _texts(line, adapter):
 
 @pytest.fixture(scope="module")
 def other_tokenizer(tiny_model, tmp_path_factory):
-    """The tiny model's folder with a tokenizer that splits the probe text otherwise (one added token, saved
-    by transformers)."""
-    from transformers import AutoTokenizer
-
+    """The tiny model's folder with another model's tokenizer (the tiny tokenizer trained to a smaller
+    vocabulary, saved by transformers)."""
     from recoverlib.engines.openai import PROBE_TEXT
+    from recoverlib.tiny.model import train_tokenizer
 
     out = tmp_path_factory.mktemp("other") / "model"
     shutil.copytree(tiny_model, out)
-    tok = AutoTokenizer.from_pretrained(out)
-    assert tok.add_tokens([PROBE_TEXT.split()[0]]) == 1
+    tok = train_tokenizer(512)
     tok.save_pretrained(out)
+    assert tok(PROBE_TEXT)["input_ids"] != _tokenizer(tiny_model)(PROBE_TEXT)["input_ids"]
     return out
+
+
+def _tokenizer(folder):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
 
 
 def test_a_local_folder_with_another_tokenizer_is_refused(server, other_tokenizer, work, capsys):
