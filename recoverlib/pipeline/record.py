@@ -65,7 +65,8 @@ class SampleStore:
     is dropped, with a warning, and its row sampled again); otherwise a file that already holds samples is
     refused. ``settings``: what the samples depend on
     (:func:`~recoverlib.pipeline.run_settings.run_settings`), recorded in the file's first line and checked
-    on resume.
+    on resume. The file is started (replacing one without samples) when the first rows are recorded, so a
+    run that stops before any row leaves nothing behind.
     """
 
     def __init__(self, path: str | Path | None, ids: Sequence[str], resume: bool = False,
@@ -74,6 +75,7 @@ class SampleStore:
         self._ids = set(ids)
         self._memory: dict[str, tuple[Sample, ...]] = {}
         self._index: dict[str, list[int]] | None = None
+        self._start: dict | None = None  # the settings line to start the file with, before its first rows
         if self.path is None:
             return
         written, has_samples = read_samples_header(self.path) if self.path.is_file() else (None, False)
@@ -92,11 +94,9 @@ class SampleStore:
                     " not resuming"
                 )
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if settings is None:
-            self.path.write_text("")
-        else:
-            write_samples_header(self.path, settings)
+        # Started (replacing a file without samples) when the first rows come: a run that stops before any
+        # row is sampled leaves nothing behind.
+        self._start = settings if settings is not None else {}
 
     def _check_resumable(self, written: dict | None, settings: dict | None) -> None:
         """One line naming the first setting the file was written with that this run changes."""
@@ -116,7 +116,7 @@ class SampleStore:
 
     def done(self, base: str | None) -> set[str]:
         """The rows ``base`` already sampled (read from the file; none in memory before the run)."""
-        if self.path is None or not self.path.is_file():
+        if self.path is None or self._start is not None or not self.path.is_file():
             return set()
         done = {row_id for row_id, b, _ in iter_sample_lines(self.path) if b == base}
         log.info("resuming: %d of %d rows already sampled in %s", len(done), len(self._ids), self.path)
@@ -128,6 +128,15 @@ class SampleStore:
             for row_id, samples in rows:
                 self._memory[row_id] = self._memory.get(row_id, ()) + tuple(samples)
             return
+        if not rows:
+            return
+        if self._start is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self._start:
+                write_samples_header(self.path, self._start)
+            else:
+                self.path.write_text("")
+            self._start = None
         append_samples(self.path, rows, base)
         self._index = None  # the file grew
 
@@ -136,6 +145,8 @@ class SampleStore:
         bounded)."""
         if self.path is None:
             return {i: self._memory.get(i, ()) for i in ids}
+        if self._start is not None:  # no row sampled yet: the file is not ours yet
+            return {}
         if self._index is None:
             self._index = _line_offsets(self.path)
         out: dict[str, tuple[Sample, ...]] = {}
