@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -56,8 +57,9 @@ def run_case(argv: list[str], workspace: Path, expect: str, tree: Path, timeout_
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "recoverlib.cli", *argv], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=workspace, start_new_session=True)
+    code = None
     try:
-        code, err = None, proc.communicate(timeout=timeout_s)[1]
+        err = proc.communicate(timeout=timeout_s)[1]
         code = proc.returncode
     except subprocess.TimeoutExpired:
         err = end_tree(proc)
@@ -75,8 +77,9 @@ def run_case(argv: list[str], workspace: Path, expect: str, tree: Path, timeout_
         outcome = "exit 0" + (", files changed" if changed else "")
     else:
         outcome = f"exit {code}, {len(errors)} error line(s)" + (", files changed" if changed else "")
-    return {"exit": code, "outcome": outcome, "seconds": round(seconds, 2), "files_changed": changed,
-            "said": (errors or [line for line in err.splitlines() if line.strip()] or [""])[-1][:160]}
+    said = (errors or [line for line in err.splitlines() if line.strip()] or [""])[-1]
+    return {"exit": "none" if code is None else str(code), "outcome": outcome, "seconds": round(seconds, 1),
+            "files_changed": changed, "said": re.sub(r"\x1b\[[0-9;]*m", "", said)[:160].replace("|", "/")}
 
 
 def end_tree(proc: subprocess.Popen) -> str:
@@ -92,7 +95,11 @@ def end_tree(proc: subprocess.Popen) -> str:
             os.killpg(os.getpgid(pid), signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             continue
-    return proc.communicate()[1] or ""
+    try:
+        return proc.communicate(timeout=30)[1] or ""
+    except subprocess.TimeoutExpired:  # something outside the tree still holds its stderr
+        proc.stderr.close()
+        return ""
 
 
 def baseline_cases(tree: Path) -> set[tuple[str, str]]:
