@@ -186,7 +186,7 @@ class VllmServer:
     @property
     def url(self) -> str:
         """The OpenAI-compatible base URL (``http://HOST:PORT/v1``)."""
-        host = "127.0.0.1" if self.serve.host in ("0.0.0.0", "") else self.serve.host
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.serve.host, self.serve.host)
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.serve.port}/v1"
 

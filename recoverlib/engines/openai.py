@@ -119,13 +119,21 @@ class OpenAIEngine(Engine):
         self.adapters = adapter_infos(adapters or {})
         self.model = model
         folder = Path(model)
-        local = _local_tokenizer(folder) if (folder / "config.json").is_file() else None
-        served = {self._check_served(client, str(model), local) for client in self.clients}
+        here = (folder / "config.json").is_file()
+        bases = [self._served_base(client, str(model), here) for client in self.clients]  # before any load
+        served = {(str(base["id"]), int(base.get("max_model_len") or 4096)) for base, _ in bases}
         if len(served) > 1:
             raise RecoverlibError(
                 f"the servers {', '.join(urls)} serve different models or contexts: {sorted(served)}"
             )
         self.base_model, self._max_len = served.pop()
+        local = _local_tokenizer(folder) if here else None
+        for client, (base, named) in zip(self.clients, bases, strict=True):
+            if local is not None:
+                check_same_tokenizer(client, self.base_model, local, str(model))
+                if not named:  # another name for the same model (a copy of the folder elsewhere)
+                    log.warning("the server at %s serves %s under the name %s (its tokenizer is %s's)",
+                                client.root, base.get("root"), base["id"], model)
         # a free slot per (server, request in flight): each request takes one and gives it back
         self._slots: queue.Queue = queue.Queue()
         for _ in range(c.concurrency):
@@ -139,24 +147,20 @@ class OpenAIEngine(Engine):
                 c.concurrency,
             )
 
-    def _check_served(self, client: ServerClient, model: str, local) -> tuple[str, int]:
-        """The server's name for the base and its context; the base must be ``model`` (by name, or the only
-        base when its tokenizer is ``local``'s) and every adapter asked for listed (else one line)."""
+    def _served_base(self, client: ServerClient, model: str, folder_here: bool) -> tuple[dict, bool]:
+        """The server's card of the base and whether it was found by name: ``model`` by name, else the only
+        base when ``model`` is a folder here (its tokenizer is checked next); every adapter asked for must be
+        listed (else one line)."""
         cards = client.models()
         bases = [c for c in cards if not c.get("parent")]
         named = [c for c in bases if model in (c.get("id"), c.get("root"))] or \
                 [c for c in bases if Path(str(c.get("root", ""))).resolve() == Path(model).resolve()]
-        base = named[0] if named else (bases[0] if len(bases) == 1 and local is not None else None)
+        base = named[0] if named else (bases[0] if len(bases) == 1 and folder_here else None)
         if base is None:
             raise RecoverlibError(
                 f"the server at {client.root} serves {[c.get('id') for c in bases]}, not {model}: give"
                 " --model the served name, or serve that model there"
             )
-        if local is not None:
-            check_same_tokenizer(client, str(base["id"]), local, model)
-            if not named:  # another name for the same model (a copy of the folder elsewhere)
-                log.warning("the server at %s serves %s under the name %s (its tokenizer is %s's)",
-                            client.root, base.get("root"), base["id"], model)
         served = {c.get("id") for c in cards}
         missing = sorted(set(self.adapters) - served)
         if missing:
@@ -165,7 +169,7 @@ class OpenAIEngine(Engine):
                 f" (it serves {', '.join(sorted(map(str, served)))}); start it with them"
                 " (recoverlib serve --adapter NAME=PATH)"
             )
-        return str(base["id"]), int(base.get("max_model_len") or 4096)
+        return base, bool(named)
 
     @classmethod
     def samples_kind(cls, config, sampling: SamplingConfig, chunk_rows: int) -> str:

@@ -115,9 +115,9 @@ class ServerClient:
                 log.warning("%s%s: %s; retrying in %.0f s (%d of %d)", self.root, path, problem, wait,
                             attempt + 1, self.retries)
                 time.sleep(wait)
+        hint = f": {RESUME_HINT} once it is back" if path.endswith("/completions") else ""
         raise RecoverlibError(
-            f"the server at {self.root} does not answer {path} ({problem}, after {self.retries}"
-            f" retries): {RESUME_HINT} once it is back"
+            f"the server at {self.root} does not answer {path} ({problem}, after {self.retries} retries){hint}"
         )
 
     def _json(self, path: str, resp) -> dict:
