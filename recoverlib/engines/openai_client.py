@@ -117,7 +117,8 @@ class ServerClient:
                 time.sleep(wait)
         hint = f": {RESUME_HINT} once it is back" if path.endswith("/completions") else ""
         raise RecoverlibError(
-            f"the server at {self.root} does not answer {path} ({problem}, after {self.retries} retries){hint}"
+            f"the server at {self.root} does not answer {path} ({problem}, after {self.retries}"
+            f" retries){hint}"
         )
 
     def _json(self, path: str, resp) -> dict:
