@@ -169,18 +169,31 @@ def cure_hold(folder: Path, hold_s: float) -> pd.DataFrame:
 
 
 def plot(frame: pd.DataFrame, path: Path) -> None:
-    """Seconds to the answer per case, this tree (and the baseline where it ran), longest first."""
+    """Left: the cases the baseline ran, seconds to the answer here and there (a hang drawn at its limit).
+    Right: seconds to the answer over every case here."""
     plt = pyplot()
     frame = frame.assign(label=frame["command"] + ":" + frame["case"])
-    here = frame[frame.tree == "this tree"].sort_values("seconds")
-    fig, ax = plt.subplots(figsize=(8, max(4, 0.12 * len(here))))
-    ax.barh(here["label"], here["seconds"], color="tab:blue", label="this tree")
-    base = frame[frame.tree == "baseline"].set_index("label")["seconds"]
-    shown = here[here.label.isin(base.index)]
-    ax.barh(shown["label"], base.loc[shown["label"]], color="tab:red", alpha=0.5, label="baseline")
-    ax.set_xlabel("seconds to the answer (python -m recoverlib.cli, interpreter start included)")
-    ax.tick_params(axis="y", labelsize=5)
-    ax.legend()
+    here = frame[frame.tree == "this tree"].set_index("label")
+    base = frame[frame.tree == "baseline"].set_index("label")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, max(4.0, 0.3 * len(base) + 1)),
+                                      gridspec_kw={"width_ratios": [2, 1]})
+    if len(base):
+        labels = list(base.index)
+        ys = range(len(labels))
+        left.barh([y + 0.2 for y in ys], here.loc[labels, "seconds"], height=0.4, label="this tree")
+        left.barh([y - 0.2 for y in ys], base["seconds"], height=0.4, color="tab:red", alpha=0.6,
+                  label="baseline")
+        for y, label in zip(ys, labels, strict=True):
+            left.text(base.loc[label, "seconds"], y - 0.2, f" {base.loc[label, 'outcome']}", va="center",
+                      fontsize=6)
+        left.set_yticks(list(ys), labels, fontsize=7)
+        left.set_xlabel("seconds to the answer")
+        left.legend(loc="lower right")
+        left.set_title("the cases the baseline's table lacks")
+    right.hist(here["seconds"], bins=30)
+    right.set_xlabel("seconds to the answer")
+    right.set_ylabel("cases")
+    right.set_title(f"every case here ({len(here)})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -193,9 +206,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", default=None, help="only cases whose command:case contains this")
     p.add_argument("--no-cure", action="store_true", help="skip the server (the cure's table)")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--plot-only", action="store_true", help="redraw the plot from the committed csv")
     args = p.parse_args(argv)
     out_dir = args.out or REPO / "benchmarks" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.plot_only:
+        plot(pd.read_csv(out_dir / "bad_inputs.csv"), out_dir / "bad_inputs.png")
+        return
     folder = tiny_model(cache_dir("bench-serving") / "tiny3", adapters=3)  # the tests' tiny model
     load_before, start = os.getloadavg(), time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, socket.socket() as busy:
