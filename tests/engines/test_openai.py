@@ -183,6 +183,14 @@ def test_a_local_folder_with_another_tokenizer_is_refused(server, other_tokenize
     assert not (work / "x.csv").exists()
 
 
+def test_a_second_server_on_a_live_servers_port_is_one_line(server, tiny_model, capsys):
+    port = server.url.rsplit(":", 1)[1].removesuffix("/v1")
+    start = time.monotonic()
+    assert main(["serve", "--model", str(tiny_model), "--port", port]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"port {port} on 127.0.0.1 is taken" in last and time.monotonic() - start < 30, last
+
+
 def test_the_server_refuses_a_group_tag_that_does_not_fit_its_request(server):
     import requests
 
