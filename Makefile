@@ -7,7 +7,8 @@ LOCK ?= requirements/lock-cpu.txt
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install tcmalloc demo test lint clean-cache wheelhouse wheelhouse-cpu wheelhouse-cuda wheelhouse-check
+.PHONY: install tcmalloc demo test lint clean-cache wheelhouse wheelhouse-cpu wheelhouse-cuda wheelhouse-check \
+	wheel-check
 
 install: $(STAMP)
 
@@ -71,3 +72,20 @@ wheelhouse-check: wheelhouse-cpu
 	  --input $(CURDIR)/examples/data/sample.csv --out sub.csv
 	cd $(CHECK) && HF_HUB_OFFLINE=1 venv/bin/recoverlib score --predictions sub.csv \
 	  --truth $(CURDIR)/examples/data/sample_truth.csv --embedder minilm
+
+# The package as a user installs it: a wheel built from this repository, installed with its feature extras into a
+# fresh virtual environment (the lock as constraints, so the versions are CI's; vLLM left out, as on a client
+# machine: vLLM's CPU build asks for torchvision/torchaudio builds the lock keeps out), and the commands' help
+# from it. Downloads what the lock pins (about 1 GB; minutes), so it is run on purpose, not by `make test`.
+WHEEL_CHECK ?= /tmp/recoverlib-wheel-check
+wheel-check:
+	rm -rf $(WHEEL_CHECK) && mkdir -p $(WHEEL_CHECK)/dist
+	python3 -m pip wheel -q --disable-pip-version-check --no-deps -w $(WHEEL_CHECK)/dist .
+	python3 -m venv $(WHEEL_CHECK)/venv
+	grep -v '^#' $(LOCK) > $(WHEEL_CHECK)/constraints.txt
+	$(WHEEL_CHECK)/venv/bin/python -m pip install -q --disable-pip-version-check \
+	  -c $(WHEEL_CHECK)/constraints.txt "$$(ls $(WHEEL_CHECK)/dist/recoverlib-*.whl)[ray,openai,parquet]"
+	cd $(WHEEL_CHECK) && venv/bin/recoverlib --help >/dev/null && venv/bin/recoverlib serve --help >/dev/null && \
+	  venv/bin/recoverlib predict --executor ray --help >/dev/null && \
+	  venv/bin/python -c "import ray, requests, pyarrow, recoverlib.executors.ray, recoverlib.serve"
+	@echo "wheel-check: the wheel installs with its extras and its commands answer"

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import statistics
 import subprocess
@@ -38,6 +37,7 @@ from recoverlib.cache import cache_dir
 from recoverlib.cli import main as cli_main
 from recoverlib.engines import EngineConfig
 from recoverlib.engines.vllm_support import cpu_identity
+from recoverlib.io import read_sample_lines
 from recoverlib.runtime import kept_environ
 from recoverlib.serve import ServeConfig, VllmServer
 from recoverlib.tiny import adapter_paths
@@ -77,8 +77,7 @@ def predict_once(model: Path, adapters: dict[str, Path], url: str, rows: Path, o
         code = cli_main(argv)
     if code != 0:
         raise SystemExit(f"predict failed: {err.getvalue()[-2000:]}")
-    lines = out.with_suffix(".jsonl").read_text().splitlines()
-    return [s["text"] for line in lines for s in json.loads(line)["samples"]]
+    return [s.text for _, _, samples in read_sample_lines(out.with_suffix(".jsonl")) for s in samples]
 
 
 def runs_against(model: Path, adapters: dict[str, Path], args, cures: list[str], label: str) -> dict:

@@ -6,11 +6,10 @@ machine; and the fingerprints that key what is cached there.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
-_SAMPLE = 1 << 20
+from recoverlib.model_folder import folder_fingerprint
 
 
 def cache_root() -> Path:
@@ -24,21 +23,6 @@ def cache_dir(*parts: str) -> Path:
 
 
 def fingerprint(folder: Path, full: bool) -> str:
-    """sha256 over a folder's config and weight files.
-
-    ``full``: every byte (adapters are small). Otherwise name, size, safetensors header and 1 MiB samples at
-    the start, middle and end of each file, so a 90 GB base is fingerprinted in milliseconds.
-    """
-    h = hashlib.sha256()
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".json", ".safetensors") and p.is_file())
-    for p in files:
-        size = p.stat().st_size
-        h.update(f"{p.name}:{size}".encode())
-        with open(p, "rb") as fh:
-            if full or size <= 3 * _SAMPLE:
-                h.update(fh.read())
-                continue
-            for offset in (0, size // 2, size - _SAMPLE):
-                fh.seek(offset)
-                h.update(fh.read(_SAMPLE))
-    return h.hexdigest()
+    """sha256 over a folder's config and weight files (``.json``, ``.safetensors``: what a merge or a
+    conversion reads); :func:`recoverlib.model_folder.folder_fingerprint` says how."""
+    return folder_fingerprint(folder, full, (".json", ".safetensors"))

@@ -55,12 +55,23 @@ def is_parquet(path: str | Path) -> bool:
     return Path(path).suffix.lower() in PARQUET
 
 
+def require_pyarrow():
+    """pyarrow (what reads and writes Parquet here), or a one-line error naming the extra to install."""
+    try:
+        import pyarrow
+    except ImportError as err:
+        raise RecoverlibError(f"Parquet needs pyarrow ({err}): pip install 'recoverlib[parquet]'") from None
+    return pyarrow
+
+
 def read_table(path: str | Path, columns: tuple[str, ...]) -> pd.DataFrame:
     """Read a CSV or Parquet file as strings (ids stay as written) and check the required columns exist,
     once."""
     path = Path(path)
     if not path.is_file():
         raise RecoverlibError(f"{path}: no such file")
+    if is_parquet(path):
+        require_pyarrow()
     try:
         if is_parquet(path):
             frame = pd.read_parquet(path).astype("string").astype(object)
@@ -143,6 +154,8 @@ class SubmissionWriter:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if is_parquet(self.path):
+            require_pyarrow()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         os.close(fd)
@@ -184,8 +197,43 @@ class SubmissionWriter:
             self._tmp.unlink(missing_ok=True)
 
 
-# -- the samples file: JSONL, one line per row, {"id": ..., "samples": [{"adapter", "index", "text"}, ...]}
-# -----
+# -- the samples file: JSONL, one line per row, {"id": ..., "samples": [{"adapter", "index", "text"}, ...]},
+# after a first line {"recoverlib_samples": FORMAT, "settings": {...}} with what the run sampled with (files
+# written before it have none; readers skip it)
+SAMPLES_HEADER_KEY = "recoverlib_samples"
+SAMPLES_FORMAT = 1
+
+
+def is_samples_header(line: str | bytes) -> bool:
+    """Whether a samples file's line is its settings header (the first line, when there is one)."""
+    text = line.decode(errors="replace") if isinstance(line, bytes) else line
+    return text.lstrip().startswith(f'{{"{SAMPLES_HEADER_KEY}"')
+
+
+def write_samples_header(path: str | Path, settings: dict) -> None:
+    """Start a samples file (replacing what is there) with the settings header, on disk."""
+    with open(path, "w") as fh:
+        fh.write(json.dumps({SAMPLES_HEADER_KEY: SAMPLES_FORMAT, "settings": settings}) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_samples_header(path: str | Path) -> tuple[dict | None, bool]:
+    """``(the settings of the header or None, whether any sample line follows)`` of a samples file."""
+    settings, lines = None, 0
+    with open(path) as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            if lines == 0 and is_samples_header(line):
+                try:
+                    settings = json.loads(line).get("settings") or {}
+                except (ValueError, AttributeError):
+                    raise RecoverlibError(f"{path}:1: a broken settings line") from None
+                lines = 1
+                continue
+            return settings, True
+    return settings, False
 
 
 def append_samples(path: str | Path, rows, base: str | None = None) -> None:
@@ -246,7 +294,7 @@ def iter_sample_lines(path: str | Path) -> Iterator[tuple[str, str | None, tuple
         raise RecoverlibError(f"{path}: no such samples file")
     with open(path) as fh:
         for n, line in enumerate(fh, 1):
-            if line.strip():
+            if line.strip() and not (n == 1 and is_samples_header(line)):
                 yield parse_sample_line(line, path, n)
 
 

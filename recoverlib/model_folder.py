@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -78,3 +79,31 @@ def copy_tokenizer(src: Path, dst: Path) -> None:
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
+
+
+_SAMPLE = 1 << 20
+# What makes a model or adapter folder what it is: config, weights, tokenizer (and its chat template).
+FOLDER_FILES = (".json", ".safetensors", ".jinja", ".model", ".txt")
+
+
+def folder_fingerprint(folder: str | Path, full: bool = False,
+                       suffixes: tuple[str, ...] = FOLDER_FILES) -> str:
+    """sha256 over a folder's files with ``suffixes`` (top level).
+
+    ``full``: every byte (adapters are small). Otherwise name, size, and the whole of files up to 3 MiB, 1 MiB
+    samples at the start (a safetensors header), middle and end of larger ones, so a 90 GB base is
+    fingerprinted in milliseconds.
+    """
+    h = hashlib.sha256()
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix in suffixes and p.is_file())
+    for p in files:
+        size = p.stat().st_size
+        h.update(f"{p.name}:{size}".encode())
+        with open(p, "rb") as fh:
+            if full or size <= 3 * _SAMPLE:
+                h.update(fh.read())
+                continue
+            for offset in (0, size // 2, size - _SAMPLE):
+                fh.seek(offset)
+                h.update(fh.read(_SAMPLE))
+    return h.hexdigest()

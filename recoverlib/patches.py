@@ -60,9 +60,10 @@ PATCHES = {
             "vllm-whole-requests",
             "vllm",
             "0.32.0",
-            "vllm.v1.core.sched.scheduler.Scheduler.add_request/finish_requests",
-            "a client request's prompts start in one step (held until all arrive), so a server's seeded "
-            "samples repeat under load",
+            "vllm.v1.core.sched.scheduler.Scheduler.add_request/finish_requests/has_requests, "
+            "OpenAIServingCompletion.render_completion_request (a server's API process)",
+            "a client request's prompts start in one step (held until all arrive, at most a deadline; a tag "
+            "that does not fit its request refused), so a server's seeded samples repeat under load",
         ),
         Patch(
             "transformers-split-moe",

@@ -1,24 +1,79 @@
-"""The process environment engines and libraries read: variables set for the length of a call, restored
-after."""
+"""The process environment's one owner: every write recoverlib makes to ``os.environ``, and how it is undone.
+
+``os.environ`` is process state that every later library call and child process (a vLLM server, a Ray worker,
+an engine's own processes) inherits, so recoverlib writes it in exactly three ways, all through
+:class:`EnvironWrites` (a record of ``(name, before, after)`` undone by name, newest first, leaving a
+variable someone else changed since):
+
+- :func:`environ`: defaults for the length of a block (a variable the user set keeps the user's value): an
+  engine's settings while vLLM reads them, a command's logging defaults (the CLI), GPTQModel's workers;
+- :func:`kept_environ`: names a library writes when imported, put back after the import (TRL's
+  ``VLLM_LOGGING_LEVEL=ERROR``, GPTQModel's cache folders);
+- :class:`HeldEnviron` (:data:`ENGINE_ENVIRON`): what vLLM writes while it builds an in-process engine, held
+  while any engine lives and undone when the last one closes.
+
+Child processes get their additions as an explicit ``env`` (:func:`allocator_env`, a server's engine
+settings), never by writing here first; the one process-level exception is the allocator relaunch below,
+done before anything else runs (``predict`` only: ``serve`` runs no model itself, its server gets the
+allocator through its ``env``).
+"""
 
 from __future__ import annotations
 
 import os
 import weakref
+from collections.abc import Iterable
 from contextlib import contextmanager
+
+
+class EnvironWrites:
+    """Writes to ``os.environ`` recorded as ``(name, before, after)`` and undone by name, newest first; a
+    variable changed since (someone else's) is left as it is."""
+
+    def __init__(self):
+        self._writes: list[tuple[str, str | None, str | None]] = []
+
+    def setdefault(self, values: dict[str, str]) -> None:
+        """Set each variable that is not set yet (a user's value stays), recorded."""
+        for name, value in values.items():
+            if name not in os.environ:
+                os.environ[name] = value
+                self._writes.append((name, None, value))
+
+    @contextmanager
+    def recording(self, names: Iterable[str] | None = None):
+        """Record what the block changes (of ``names`` only, when given; every variable otherwise)."""
+        watched = list(names) if names is not None else None
+        before = {k: os.environ.get(k) for k in watched} if watched is not None else dict(os.environ)
+        try:
+            yield self
+        finally:
+            keys = watched if watched is not None else sorted(set(before) | set(os.environ))
+            self._writes += [(k, before.get(k), os.environ.get(k)) for k in keys
+                             if before.get(k) != os.environ.get(k)]
+
+    def undo(self) -> None:
+        """Put every recorded variable back, newest write first, unless it was changed since."""
+        for name, before, after in reversed(self._writes):
+            if os.environ.get(name) != after:
+                continue  # changed since by someone else: theirs
+            if before is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = before
+        self._writes = []
 
 
 @contextmanager
 def environ(**values: str):
     """Set environment variables for the duration (a variable the user already set keeps the user's value),
     then put the environment back as it was."""
-    values = {k: v for k, v in values.items() if k not in os.environ}
-    os.environ.update(values)
+    writes = EnvironWrites()
+    writes.setdefault(values)
     try:
         yield
     finally:
-        for k in values:
-            os.environ.pop(k, None)
+        writes.undo()
 
 
 @contextmanager
@@ -26,18 +81,15 @@ def kept_environ(*names: str):
     """Put ``names`` back as they were after the block: for imports that write process-wide settings (TRL
     sets ``VLLM_LOGGING_LEVEL=ERROR`` when imported, which would silence vLLM in every later engine and child
     process, ``-v`` included)."""
-    before = {k: os.environ.get(k) for k in names}
+    writes = EnvironWrites()
     try:
-        yield
+        with writes.recording(names):
+            yield
     finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        writes.undo()
 
 
-class HeldEnviron:
+class HeldEnviron(EnvironWrites):
     """What vLLM writes into ``os.environ`` while it builds an engine, undone when the last engine closes.
 
     vLLM writes its own variables into ``os.environ`` while it builds an engine in this process
@@ -49,35 +101,23 @@ class HeldEnviron:
     """
 
     def __init__(self):
+        super().__init__()
         self._holders: weakref.WeakSet = weakref.WeakSet()
-        self._written: list[tuple[str, str | None, str | None]] = []  # (name, before, after), in order
 
     @contextmanager
     def building(self, holder):
         """Hold the environment for ``holder`` (an engine) while the block builds it; what the block leaves
         changed in ``os.environ`` is undone once no holder is left. After a failed build the caller calls
         :meth:`release` (what the failed build wrote is recorded all the same)."""
-        before = dict(os.environ)
         self._holders.add(holder)
-        try:
+        with self.recording():
             yield
-        finally:
-            self._written += [(k, before.get(k), os.environ.get(k))
-                              for k in sorted(set(before) | set(os.environ))
-                              if before.get(k) != os.environ.get(k)]
 
     def release(self, holder) -> None:
+        """``holder`` no longer needs the environment; the last one to go undoes what the builds wrote."""
         self._holders.discard(holder)
-        if self._holders:
-            return
-        for name, before, after in reversed(self._written):
-            if os.environ.get(name) != after:
-                continue  # changed since by someone else: theirs
-            if before is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = before
-        self._written = []
+        if not self._holders:
+            self.undo()
 
 
 # The one process-wide record (the environment is process state, so its holders are too).

@@ -7,19 +7,21 @@ the adapters (without ``--lora-target-modules`` the plugin's MoE-kernel cure can
 touches the experts, and every completion fails on CPU), and every engine setting ``predict`` would use,
 decided by the same pure :func:`~recoverlib.engines.vllm_setup.plan_vllm` and checked by the same
 quantized-base rules (:mod:`~recoverlib.engines.vllm_support`), all before the server starts. recoverlib's
-vLLM plugin runs in the server's processes through vLLM's plugin entry point. Loopback by default.
+vLLM plugin runs in the server's processes through vLLM's plugin entry point. Loopback by default; the API
+key goes to the server in its environment (``VLLM_API_KEY``), never on its command line (``ps`` shows that to
+every user), and listening beyond loopback without one is warned about.
 
-The server always runs vLLM's multiprocess engine (API server, engine core and a worker process); they share a
-process group of their own, which :meth:`VllmServer.stop` (and SIGINT/SIGTERM to ``recoverlib serve``) ends.
+The server always runs vLLM's multiprocess engine (API server, engine core and a worker process), started as
+an :class:`~recoverlib.owned_process.OwnedProcess`: it dies with the process that started it, however that
+ends, and with the :class:`VllmServer` object. A port something already listens on is refused before the
+server starts, and the server is ready when *it* answers: its process alive, ``/health`` up, and
+``/v1/models`` naming the model it was started with.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Mapping
@@ -28,13 +30,16 @@ from pathlib import Path
 
 from recoverlib.adapters import check_adapters
 from recoverlib.engines.base import EngineConfig
+from recoverlib.engines.openai_client import SERVER_KEY_ENV, api_key_from, import_requests
 from recoverlib.engines.vllm import active_cures, import_vllm, vllm_device
 from recoverlib.engines.vllm_setup import ModelFacts, VllmSetup, plan_vllm
 from recoverlib.engines.vllm_support import check_vllm_serves
 from recoverlib.errors import RecoverlibError
 from recoverlib.model_folder import require_model_folder
+from recoverlib.owned_process import OwnedProcess, port_in_use
 from recoverlib.runtime import allocator_env
 from recoverlib.settings import setting
+from recoverlib.vllm_plugin.whole_requests import DEFAULT_HOLD_S, HOLD_ENV
 
 log = logging.getLogger("recoverlib")
 
@@ -49,17 +54,26 @@ class ServeConfig:
 
     host: str = setting("127.0.0.1", help="address to listen on (default loopback: this machine only)")
     port: int = setting(8000, help="port to listen on")
-    api_key: str | None = setting(None, help="clients must send this key (Authorization: Bearer KEY)")
+    api_key: str | None = setting(
+        None, help="clients must send this key (Authorization: Bearer KEY); default: $RECOVERLIB_API_KEY,"
+        " else $VLLM_API_KEY (a variable keeps it out of `ps`)"
+    )
     served_model_name: str | None = setting(
         None, help="the base model's name for clients (default: its path)"
     )
     start_timeout_s: float = setting(
         600.0, help="seconds the server may take to answer before it is given up"
     )
+    group_hold_s: float | None = setting(
+        None, help="seconds the server holds a request's prompts for the rest of its group before starting"
+        f" them anyway (recoverlib's whole-requests cure; default {DEFAULT_HOLD_S:g})"
+    )
 
     def __post_init__(self):
         if not 0 < self.port < 65536:
             raise RecoverlibError(f"port {self.port}: give 1-65535")
+        if self.group_hold_s is not None and not self.group_hold_s > 0:
+            raise RecoverlibError(f"group hold {self.group_hold_s}: give a number of seconds > 0")
 
 
 def server_setup(model: Path, adapters, engine: EngineConfig) -> VllmSetup:
@@ -119,11 +133,16 @@ def server_command(model: Path, adapters: Mapping[str, Path], setup: VllmSetup, 
         ]
     if serve.served_model_name:
         argv += ["--served-model-name", serve.served_model_name]
-    if serve.api_key:
-        argv += ["--api-key", serve.api_key]
     env = {k: v for k, v in setup.env.items() if k not in IN_PROCESS_ONLY}
-    # tcmalloc and libiomp5 in every server process (the CPU build's advice)
-    return argv, env | allocator_env()
+    if serve.group_hold_s is not None:
+        env[HOLD_ENV] = str(serve.group_hold_s)
+    key = api_key_from(serve.api_key, SERVER_KEY_ENV)
+    # the key in the server's environment (vLLM reads VLLM_API_KEY), never in its argv; tcmalloc and libiomp5
+    # in every server process (the CPU build's advice)
+    return argv, env | ({"VLLM_API_KEY": key} if key else {}) | allocator_env()
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class VllmServer:
@@ -143,6 +162,7 @@ class VllmServer:
     ):
         self.model = require_model_folder(model)
         self.serve, engine = serve or ServeConfig(), engine or EngineConfig()
+        self._check_port()  # before vLLM is even imported: a taken port is one line at once
         if engine.lora_mode == "merged":
             raise RecoverlibError(
                 "a server serves adapters as LoRA in one batch; --lora-mode merged is for predict"
@@ -156,41 +176,83 @@ class VllmServer:
             self.model, {a.name: a.served_path("published") for a in infos}, self.setup, self.serve
         )
         self.log_file = Path(log_file) if log_file else None
-        self.process: subprocess.Popen | None = None
+        self.served_name = self.serve.served_model_name or str(self.model)
+        self._owned = OwnedProcess(self.argv, self.env, self.log_file)
+
+    @property
+    def process(self):
+        """The server's ``subprocess.Popen`` (None before :meth:`start`)."""
+        return self._owned.process
 
     @property
     def url(self) -> str:
         """The OpenAI-compatible base URL (``http://HOST:PORT/v1``)."""
-        host = "127.0.0.1" if self.serve.host in ("0.0.0.0", "") else self.serve.host
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.serve.host, self.serve.host)
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.serve.port}/v1"
 
     def start(self) -> VllmServer:
         """Start the server and wait until it answers; its failure to start is one line."""
-        out = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115 (the server holds it)
-        self.process = subprocess.Popen(self.argv, env={**os.environ, **self.env}, stdout=out or sys.stderr,
-                                        stderr=subprocess.STDOUT if out else None, start_new_session=True)
-        if out:
-            out.close()
+        if self.process is not None:
+            return self
+        self._check_port()
+        if self.serve.host not in LOOPBACK and "VLLM_API_KEY" not in self.env:
+            log.warning("serving on %s without an API key: anyone who reaches this machine can use it (set"
+                        " RECOVERLIB_API_KEY, or --api-key)", self.serve.host or "every address")
+        self._owned.start()
         deadline = time.monotonic() + self.serve.start_timeout_s
-        while not self._healthy():
-            if self.process.poll() is not None:
-                raise RecoverlibError(f"vLLM's server exited ({self.process.returncode}) before it answered:"
-                                      f" {self._last_error()}")
+        while True:
+            code = self._owned.returncode
+            if code is not None:
+                raise RecoverlibError(
+                    f"vLLM's server exited ({code}) before it answered: {self._last_error()}"
+                )
+            problem = self._not_ours()
+            if problem is None:
+                return self
+            if problem != "starting":
+                self.stop()
+                raise RecoverlibError(f"{problem}; the server started here was stopped")
             if time.monotonic() > deadline:
                 self.stop()
                 raise RecoverlibError(
                     f"vLLM's server did not answer within {self.serve.start_timeout_s:.0f} s"
                 )
             time.sleep(0.5)
-        return self
 
-    def _healthy(self) -> bool:
-        import requests
+    def _check_port(self) -> None:
+        host, port = self.serve.host, self.serve.port
+        if port_in_use(host or "0.0.0.0", port):
+            raise RecoverlibError(
+                f"port {port} on {host} is taken (another server, or an earlier one still running): stop it"
+                " or choose another --port (nothing was started)"
+            )
 
+    def _not_ours(self) -> str | None:
+        """None when the server answering at :attr:`url` serves our model; "starting" while none answers;
+        else what answers instead."""
+        requests = import_requests()
+        root = self.url.removesuffix("/v1")
+        key = self.env.get("VLLM_API_KEY")
         try:
-            return requests.get(self.url.removesuffix("/v1") + "/health", timeout=2).status_code == 200
+            if requests.get(root + "/health", timeout=2).status_code != 200:
+                return "starting"
+            resp = requests.get(root + "/v1/models", timeout=5,
+                                headers={"Authorization": f"Bearer {key}"} if key else {})
         except requests.RequestException:
-            return False
+            return "starting"
+        taken = "another server holds the port"
+        if resp.status_code != 200:
+            return f"the server at {root} refused /v1/models ({resp.status_code}): {taken}"
+        try:
+            cards = resp.json().get("data", [])
+        except ValueError:
+            cards = []
+        ours = [c for c in cards if c.get("id") == self.served_name and c.get("root") == str(self.model)]
+        if not ours:
+            names = [c.get("id") for c in cards if not c.get("parent")]
+            return f"the server at {root} serves {names}, not {self.served_name}: {taken}"
+        return None
 
     def _last_error(self) -> str:
         if not self.log_file or not self.log_file.is_file():
@@ -201,26 +263,18 @@ class VllmServer:
 
     def wait(self) -> int:
         """Until the server exits by itself; its exit status."""
-        return self.process.wait() if self.process else 0
+        return self._owned.wait()
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the server's process group (no wait)."""
-        if self.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, sig)
+        self._owned.signal(sig)
 
-    def stop(self, grace_s: float = 20.0) -> None:
+    def stop(self) -> None:
         """Stop the server and every process it started (its process group): SIGTERM, then SIGKILL."""
-        if self.process is None:
-            return
-        self.signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(grace_s)
-        self.signal(signal.SIGKILL)  # whatever of the group is left
-        self.process.wait()
+        self._owned.stop()
 
     def __enter__(self) -> VllmServer:
-        return self.start() if self.process is None else self
+        return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()

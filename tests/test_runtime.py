@@ -12,8 +12,10 @@ from recoverlib.runtime import (
     PRELOAD_ENV,
     TCMALLOC_HINT,
     HeldEnviron,
+    environ,
     find_iomp,
     find_tcmalloc,
+    kept_environ,
     preload_plan,
 )
 
@@ -104,6 +106,27 @@ def test_a_variable_changed_since_a_build_is_left_alone(monkeypatch):
     os.environ["LD_PRELOAD"] = "libtcmalloc.so"  # someone else's since
     held.release(a)
     assert os.environ["LD_PRELOAD"] == "libtcmalloc.so"
+
+
+def test_defaults_for_a_block_and_names_an_import_writes_are_undone(monkeypatch):
+    absent(monkeypatch, "A_DEFAULT", "WRITTEN_ON_IMPORT")
+    monkeypatch.setenv("USERS", "mine")
+    with environ(A_DEFAULT="1", USERS="ours"):
+        assert (os.environ["A_DEFAULT"], os.environ["USERS"]) == ("1", "mine")  # the user's value stays
+    assert "A_DEFAULT" not in os.environ and os.environ["USERS"] == "mine"
+    with kept_environ("WRITTEN_ON_IMPORT", "USERS"):
+        os.environ["WRITTEN_ON_IMPORT"] = "x"  # as TRL's import writes VLLM_LOGGING_LEVEL
+        os.environ["USERS"] = "changed by the import"
+    assert "WRITTEN_ON_IMPORT" not in os.environ and os.environ["USERS"] == "mine"
+
+
+def test_a_command_leaves_the_environment_as_it_found_it(monkeypatch, capsys):
+    from recoverlib.cli import main
+
+    absent(monkeypatch, "VLLM_LOGGING_LEVEL", "VLLM_LOGGING_STREAM", "HF_DATASETS_DISABLE_PROGRESS_BARS")
+    before = dict(os.environ)
+    assert main(["predict", "--model", "/nonexistent", "--input", "x.csv", "--out", "y.csv"]) == 2
+    assert dict(os.environ) == before
 
 
 def absent(monkeypatch, *names):

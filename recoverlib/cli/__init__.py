@@ -17,7 +17,7 @@ import warnings
 
 from recoverlib.cli.options import check_required
 from recoverlib.errors import RecoverlibError
-from recoverlib.runtime import relaunch_with_allocator, uses_cpu_vllm
+from recoverlib.runtime import environ, relaunch_with_allocator, uses_cpu_vllm
 
 log = logging.getLogger("recoverlib")
 
@@ -58,27 +58,19 @@ def _quiet_libraries(verbose: bool):
     env = {"VLLM_LOGGING_STREAM": "ext://sys.stderr", "VLLM_LOGGING_LEVEL": "INFO" if verbose else "ERROR"}
     if not verbose:
         env["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
-    saved = {k: os.environ.get(k) for k in env}
-    for k, v in env.items():
-        os.environ.setdefault(k, v)
     loggers = {name: logging.getLogger(name) for name in NOISY_LOGGERS}
     levels = {name: lg.level for name, lg in loggers.items()}
     if not verbose:
         for lg in loggers.values():
             lg.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+        with environ(**env), contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
             if not verbose:  # vLLM's deprecation notices about torch, at every engine start
                 warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
             yield stdout
     finally:
         for name, lg in loggers.items():
             lg.setLevel(levels[name])
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def main(argv: list[str] | None = None, process_exits: bool = False) -> int:
@@ -107,14 +99,15 @@ def main(argv: list[str] | None = None, process_exits: bool = False) -> int:
         log.propagate = saved[1]
 
 
-# Commands that start vLLM: on its CPU build they run with the allocator and OpenMP runtime vLLM asks for.
-VLLM_COMMANDS = ("predict", "serve")
+# Commands that run vLLM in their own process: on its CPU build they run with the allocator and OpenMP runtime
+# vLLM asks for. ``serve`` runs no model itself (its server process gets them in its environment).
+VLLM_COMMANDS = ("predict",)
 
 
 def run() -> None:
     """Console entry point: :func:`main`, then exit without tearing the interpreter down.
 
-    ``predict`` and ``serve`` on vLLM's CPU build first relaunch themselves with tcmalloc and libiomp5
+    ``predict`` on vLLM's CPU build first relaunches itself with tcmalloc and libiomp5
     preloaded (:func:`recoverlib.runtime.relaunch_with_allocator`; ``RECOVERLIB_PRELOAD=0`` turns it off).
 
     With vLLM and torch loaded, interpreter finalization took about 2 s after the work was done, and shutting

@@ -9,7 +9,12 @@ from pathlib import Path
 
 from recoverlib.cli.predict import adapter_arg, add_engine_options, engine_config, parse_adapters
 from recoverlib.cli.settings import add_settings, settings_from_args
+from recoverlib.errors import RecoverlibError
 from recoverlib.serve import ServeConfig, VllmServer
+
+# Handled: the server is stopped in order. Whatever ends this process otherwise (SIGKILL, the OOM killer)
+# ends the server too (its parent-death signal, recoverlib.owned_process).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def cmd_serve(args) -> int:
@@ -24,9 +29,22 @@ def cmd_serve(args) -> int:
         server.signal(signal.SIGTERM if not stopped else signal.SIGKILL)
         stopped.append(signum)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, stop)
-    server.start()
+    before = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    try:
+        return _serve(server, args, stopped)
+    finally:
+        server.stop()
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _serve(server: VllmServer, args, stopped: list) -> int:
+    try:
+        server.start()
+    except RecoverlibError:
+        if stopped:  # asked to stop while the server was starting: not an error
+            return 0
+        raise
     names = ", ".join(sorted(parse_adapters(args.adapter or []))) or "none"
     print(
         f"serving {args.model} at {server.url} (adapters: {names}); Ctrl-C stops it",
@@ -34,7 +52,6 @@ def cmd_serve(args) -> int:
         flush=True,
     )
     code = server.wait()
-    server.stop()  # any process of the group still there
     if stopped:
         return 0
     print(f"recoverlib: error: vLLM's server exited by itself ({code})", file=sys.stderr)

@@ -232,6 +232,13 @@ class Engine(ABC):
     chunk_rows: ClassVar[int] = 64
     adapters: Mapping[str, AdapterInfo]
 
+    @classmethod
+    def samples_kind(cls, config, sampling: SamplingConfig, chunk_rows: int) -> str:
+        """What, besides the model, adapters and sampling settings, decides this engine's samples (pure;
+        recorded in the samples file, so ``--resume`` never mixes two kinds): by default the engine's
+        name. An engine that seeds a request or batch of rows together names its size too."""
+        return cls.name
+
     @property
     @abstractmethod
     def tokenizer(self): ...

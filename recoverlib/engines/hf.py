@@ -272,6 +272,13 @@ class HFEngine(LocalEngine):
         finally:
             self._model = base
 
+    @classmethod
+    def samples_kind(cls, config, sampling: SamplingConfig, chunk_rows: int) -> str:
+        """A batch is seeded by its first row: batches start every ``batch_size`` rows of a chunk."""
+        batch = (config or cls.config_type()).batch_size
+        grid = f"{batch} rows" if chunk_rows % batch == 0 else f"{batch} rows in chunks of {chunk_rows}"
+        return f"hf, seeded per batch of {grid}"
+
     def generate(self, prompts: Prompts, sampling: SamplingConfig, adapters: Sequence[str | None],
                  keys: Sequence[int] | None = None) -> Samples:
         requests = self._requests(prompts, adapters)

@@ -4,8 +4,11 @@ name.
 vLLM's server (``recoverlib serve``) is the one it is made for: ``/v1/completions`` with ``model`` = the
 adapter's name (the base's for base requests), the prompts as token ids, and every sampling field sent
 explicitly (a field left out would take the server's defaults): ``n``, ``seed``, ``temperature``, ``top_p``
-and the rest as the in-process engine uses them. Before any row, ``/v1/models`` must list every adapter asked
-for.
+and the rest as the in-process engine uses them. Before any row, ``/v1/models`` must list the model and every
+adapter asked for, and a model folder given here must tokenize as the server does (one probe text through
+``/tokenize``): a server of another model is one line, never token ids of one model sent to another. The API
+key is ``--api-key`` or ``RECOVERLIB_API_KEY``. A request's timeout grows with the tokens it asks for, and a
+request that timed out is not sent again (see :mod:`~recoverlib.engines.openai_client`).
 
 Repeatable by design: a chunk's prompts go in one request per adapter, as a list, named a group in
 ``vllm_xargs``: recoverlib's vLLM plugin (loaded by any vLLM server where recoverlib is installed,
@@ -23,6 +26,7 @@ with comma-separated URLs) share the requests, each at ``concurrency``.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import uuid
 from collections.abc import Mapping, Sequence
@@ -32,7 +36,7 @@ from pathlib import Path
 
 from recoverlib.adapters import AdapterInfo, read_adapter
 from recoverlib.engines.base import Engine, Prompts, Samples, SamplingConfig, repeat_greedy
-from recoverlib.engines.openai_client import RemoteTokenizer, ServerClient
+from recoverlib.engines.openai_client import RemoteTokenizer, ServerClient, api_key_from, server_root
 from recoverlib.errors import RecoverlibError
 from recoverlib.settings import setting
 from recoverlib.vllm_plugin.whole_requests import group_xargs
@@ -49,7 +53,7 @@ class OpenAIConfig:
         help="openai: the server's URL (http://HOST:PORT, /v1 optional); several"
         " servers of the same model: comma-separated",
     )
-    api_key: str | None = setting(None, help="openai: the server's API key")
+    api_key: str | None = setting(None, help="openai: the server's API key (default: $RECOVERLIB_API_KEY)")
     concurrency: int = setting(
         1,
         help="openai: requests in flight per server (1 repeats seeded sampling byte for"
@@ -58,12 +62,28 @@ class OpenAIConfig:
     retries: int = setting(
         5, help="openai: retries of a request on a connection error, 429 or 5xx (with backoff)"
     )
-    timeout_s: float = setting(600.0, help="openai: seconds one request may take")
+    timeout_s: float = setting(
+        600.0, help="openai: seconds a request may take, plus one second for every --min-tokens-per-s"
+        " tokens it asks for (not sent again once it timed out)"
+    )
+    min_tokens_per_s: float = setting(
+        10.0, help="openai: the slowest generation a request's timeout allows for (tokens per second)"
+    )
     backoff_s: float = setting(1.0, cli=False, help="first retry's wait, doubled at each retry")
 
     def __post_init__(self):
-        if self.concurrency < 1 or self.retries < 0 or not self.timeout_s > 0:
-            raise RecoverlibError("openai: concurrency must be >= 1, retries >= 0 and the timeout > 0")
+        if self.concurrency < 1 or self.retries < 0 or not (self.timeout_s > 0 and self.min_tokens_per_s > 0):
+            raise RecoverlibError(
+                "openai: concurrency must be >= 1, retries >= 0, the timeout and --min-tokens-per-s > 0"
+            )
+        if self.server_url is not None:
+            for url in self.server_url.split(","):
+                if url.strip():
+                    server_root(url)  # "not a url" is one line here, before anything else
+
+    def request_timeout(self, tokens: int) -> float:
+        """Seconds a request asking for ``tokens`` generated tokens may take (pure)."""
+        return self.timeout_s + math.ceil(tokens / self.min_tokens_per_s)
 
 
 def adapter_infos(adapters: Mapping[str, str | Path]) -> dict[str, AdapterInfo]:
@@ -94,22 +114,32 @@ class OpenAIEngine(Engine):
             raise RecoverlibError("--engine openai needs --server-url (the server's URL, e.g. http://127.0.0.1:8000)")
         c = self.config
         urls = [u.strip() for u in c.server_url.split(",") if u.strip()]
-        self.clients = [ServerClient(u, c.api_key, c.retries, c.timeout_s, c.backoff_s) for u in urls]
+        key = api_key_from(c.api_key)
+        self.clients = [ServerClient(u, key, c.retries, c.timeout_s, c.backoff_s) for u in urls]
         self.adapters = adapter_infos(adapters or {})
-        served = {self._check_served(client, str(model)) for client in self.clients}
+        self.model = model
+        folder = Path(model)
+        here = (folder / "config.json").is_file()
+        bases = [self._served_base(client, str(model), here) for client in self.clients]  # before any load
+        served = {(str(base["id"]), int(base.get("max_model_len") or 4096)) for base, _ in bases}
         if len(served) > 1:
             raise RecoverlibError(
                 f"the servers {', '.join(urls)} serve different models or contexts: {sorted(served)}"
             )
         self.base_model, self._max_len = served.pop()
+        local = _local_tokenizer(folder) if here else None
+        for client, (base, named) in zip(self.clients, bases, strict=True):
+            if local is not None:
+                check_same_tokenizer(client, self.base_model, local, str(model))
+                if not named:  # another name for the same model (a copy of the folder elsewhere)
+                    log.warning("the server at %s serves %s under the name %s (its tokenizer is %s's)",
+                                client.root, base.get("root"), base["id"], model)
         # a free slot per (server, request in flight): each request takes one and gives it back
         self._slots: queue.Queue = queue.Queue()
         for _ in range(c.concurrency):
             for client in self.clients:
                 self._slots.put(client)
-        folder = Path(model)
-        self._tokenizer = _local_tokenizer(folder) if (folder / "config.json").is_file() else \
-            RemoteTokenizer(self.clients[0], self.base_model)
+        self._tokenizer = local or RemoteTokenizer(self.clients[0], self.base_model)
         if c.concurrency > 1:
             log.warning(
                 "openai: %d requests in flight share the server's batches by arrival time, so seeded samples"
@@ -117,17 +147,19 @@ class OpenAIEngine(Engine):
                 c.concurrency,
             )
 
-    def _check_served(self, client: ServerClient, model: str) -> tuple[str, int]:
-        """The server's name for the base and its context; every adapter asked for must be listed (one
-        line)."""
+    def _served_base(self, client: ServerClient, model: str, folder_here: bool) -> tuple[dict, bool]:
+        """The server's card of the base and whether it was found by name: ``model`` by name, else the only
+        base when ``model`` is a folder here (its tokenizer is checked next); every adapter asked for must be
+        listed (else one line)."""
         cards = client.models()
         bases = [c for c in cards if not c.get("parent")]
         named = [c for c in bases if model in (c.get("id"), c.get("root"))] or \
                 [c for c in bases if Path(str(c.get("root", ""))).resolve() == Path(model).resolve()]
-        base = named[0] if named else (bases[0] if len(bases) == 1 else None)
+        base = named[0] if named else (bases[0] if len(bases) == 1 and folder_here else None)
         if base is None:
             raise RecoverlibError(
-                f"the server at {client.root} serves {[c.get('id') for c in bases]}, not {model}"
+                f"the server at {client.root} serves {[c.get('id') for c in bases]}, not {model}: give"
+                " --model the served name, or serve that model there"
             )
         served = {c.get("id") for c in cards}
         missing = sorted(set(self.adapters) - served)
@@ -137,7 +169,12 @@ class OpenAIEngine(Engine):
                 f" (it serves {', '.join(sorted(map(str, served)))}); start it with them"
                 " (recoverlib serve --adapter NAME=PATH)"
             )
-        return str(base["id"]), int(base.get("max_model_len") or 4096)
+        return base, bool(named)
+
+    @classmethod
+    def samples_kind(cls, config, sampling: SamplingConfig, chunk_rows: int) -> str:
+        """Greedy texts are the in-process vLLM engine's; seeded ones come per request (a chunk's rows)."""
+        return "vllm" if sampling.greedy else f"vllm server, seeded per request of {chunk_rows} rows"
 
     @property
     def tokenizer(self):
@@ -178,12 +215,18 @@ class OpenAIEngine(Engine):
             "ignore_eos": sampling.ignore_eos,
             "skip_special_tokens": True,
             "stream": False,
-            "echo": False,
-            "vllm_xargs": group_xargs(uuid.uuid4().hex, len(ids), n),  # start together (whole_requests)
+            "echo": False,  # + vllm_xargs per attempt: its prompts start together (whole_requests)
         }
+        tokens = len(ids) * n * sampling.max_new_tokens
         client = self._slots.get()
         try:
-            answer = client.call("POST", "/v1/completions", body)
+            # a fresh group name for every attempt: a retry is a new request to the server's scheduler
+            answer = client.call(
+                "POST", "/v1/completions",
+                lambda: {**body, "vllm_xargs": group_xargs(uuid.uuid4().hex, len(ids), n)},
+                timeout_s=self.config.request_timeout(tokens),
+                what=f" for {len(ids)} prompt(s) x {n} sample(s) of up to {sampling.max_new_tokens} tokens",
+            )
         finally:
             self._slots.put(client)
         choices = sorted(answer["choices"], key=lambda c: c["index"])
@@ -197,6 +240,23 @@ class OpenAIEngine(Engine):
     def close(self) -> None:
         for client in self.clients:
             client.session.close()
+
+
+# Words, digits, accents, punctuation and a newline: two tokenizers that agree on it are taken for the same.
+PROBE_TEXT = "Rewrite the text as a pirate, 1,234 times: «Ünïcödé» — ok?\n  Done."
+
+
+def check_same_tokenizer(client: ServerClient, served: str, local, model: str) -> None:
+    """The server's tokenizer of ``served`` must give :data:`PROBE_TEXT` the ids ``local`` gives it (one line
+    if not: prompts tokenized here would be another model's ids there)."""
+    theirs = client.call("POST", "/tokenize", {"model": served, "prompt": PROBE_TEXT,
+                                                "add_special_tokens": True}, timeout_s=60).get("tokens")
+    ours = list(local(PROBE_TEXT, add_special_tokens=True)["input_ids"])
+    if theirs != ours:
+        raise RecoverlibError(
+            f"the server at {client.root} serves {served}, whose tokenizer is not {model}'s (a probe text"
+            " gets other token ids there): serve that model there, or give --model the served name"
+        )
 
 
 def _local_tokenizer(folder: Path):

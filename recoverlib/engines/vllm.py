@@ -158,6 +158,12 @@ class VLLMEngine(LocalEngine):
     def tokenizer(self):
         return self._llm.get_tokenizer()
 
+    def _core_apart(self) -> bool:
+        """Whether the engine core runs in a process of its own (requests then reach it one by one)."""
+        from vllm.v1.engine.core_client import InprocClient
+
+        return not isinstance(self._llm.llm_engine.engine_core, InprocClient)
+
     @property
     def max_model_len(self) -> int:
         return self._llm.llm_engine.model_config.max_model_len
@@ -178,8 +184,9 @@ class VLLMEngine(LocalEngine):
             # Token ids only: vLLM's incremental detokenizer serves streaming (about 3 % of a profiled 512-row
             # prediction on the tiny model); one batch decode at the end is cheaper. Stopping is by eos token.
             detokenize=False,
-            # With a multiprocess engine core the requests reach it one by one while it runs: held until the
-            # last is in (the plugin's whole-requests cure), a call's batches do not depend on timing
+            # With an engine core in a process of its own the requests reach it one by one while it runs:
+            # held until the last is in (the plugin's whole-requests cure), a call's batches do not depend on
+            # timing. In process, generate adds them all before the first step: no group.
             extra_args=group,
         )
 
@@ -188,7 +195,8 @@ class VLLMEngine(LocalEngine):
         """One ``generate`` call over every (adapter, prompt) pair; LoRA requests attached when ``lora``."""
         tok = self.tokenizer
         flat_prompts, flat_params, flat_loras = [], [], []
-        group = group_xargs(uuid.uuid4().hex, sum(len(p) for p in requests.values()), sampling.draws)
+        group = group_xargs(uuid.uuid4().hex, sum(len(p) for p in requests.values()), sampling.draws) \
+            if self._core_apart() else None
         for adapter, adapter_prompts in requests.items():
             # Token ids, not strings: the prompt already holds its BOS (chat template); vLLM would add
             # another.

@@ -25,12 +25,13 @@ from recoverlib.engines.vllm_support import choose_engine
 from recoverlib.errors import RecoverlibError
 from recoverlib.executors import EXECUTORS
 from recoverlib.executors.base import EngineSpec, Executor, serve_in_order
-from recoverlib.io import Row, read_rows
+from recoverlib.io import Row, is_parquet, read_rows, require_pyarrow
 from recoverlib.output_paths import check_output_file
 from recoverlib.pipeline.chunks import Chunk, plan_chunks
 from recoverlib.pipeline.config import BaseModel, PredictConfig, Prediction
 from recoverlib.pipeline.finish import finish_blocks, finish_rows, write_predictions
 from recoverlib.pipeline.record import InOrder, SampleStore
+from recoverlib.pipeline.run_settings import BaseRun, run_settings
 from recoverlib.pipeline.sample import ChunkSampler, prompt_budget
 
 log = logging.getLogger("recoverlib")
@@ -57,8 +58,13 @@ def predict_rows(engine: Engine, rows: Sequence[Row], config: PredictConfig | No
     config = config or PredictConfig()
     # before the samples file is touched: a template mismatch is one line
     sampler = ChunkSampler(engine, config)
-    store = SampleStore(samples_file, [r.id for r in rows], resume)
-    chunks = plan_chunks(rows, config.chunk_rows or engine.chunk_rows, store.done(None))
+    chunk_rows = config.chunk_rows or engine.chunk_rows
+    settings = run_settings(config, [BaseRun(
+        engine.name, getattr(engine, "model_path", None) or getattr(engine, "model", ""),
+        {name: a.path for name, a in engine.adapters.items()}, getattr(engine, "config", None), chunk_rows,
+    )]) if samples_file else None
+    store = SampleStore(samples_file, [r.id for r in rows], resume, settings)
+    chunks = plan_chunks(rows, chunk_rows, store.done(None))
     record(store, None, chunks, serve_in_order(sampler, chunks))
     return finish_rows(rows, store.samples_of([r.id for r in rows]), config, context or CombineContext())
 
@@ -102,6 +108,8 @@ def predict(model: str | Path | Sequence[BaseModel], input_path: str | Path, out
     if getattr(engine_config, "max_model_len", None) is not None:
         prompt_budget(engine_config.max_model_len, config.sampling.max_new_tokens)
     bases = _bases(model, adapters)
+    if is_parquet(out) or is_parquet(input_path):
+        require_pyarrow()  # before hours of sampling, not when the submission is written
     check_output_file(out, [("the input", input_path), ("the samples file", samples_file)])
     if samples_file is not None:
         check_output_file(samples_file, [("the input", input_path)])
@@ -109,12 +117,21 @@ def predict(model: str | Path | Sequence[BaseModel], input_path: str | Path, out
     context = context or CombineContext()
     if needs_embeddings(config.combination):  # an embedder that cannot load fails now, not after sampling
         context.get_scorer().model  # noqa: B018 (loads it)
-    store = SampleStore(samples_file, [r.id for r in rows], resume)
-    for base in bases:
-        spec = _spec(engine, base, engine_config, config, rows)
-        chunks = plan_chunks(rows, config.chunk_rows or runner.chunk_rows(spec), store.done(base.name))
-        if chunks:
-            record(store, base.name, chunks, runner.run(spec, chunks, config, base.name))
+    specs = [(base, _spec(engine, base, engine_config, config, rows)) for base in bases]
+    chunk_rows = {base.name: config.chunk_rows or runner.chunk_rows(spec) for base, spec in specs}
+    settings = run_settings(config, [
+        BaseRun(spec.engine, spec.model, spec.adapters, spec.config, chunk_rows[base.name], base.name)
+        for base, spec in specs
+    ]) if samples_file else None
+    store = SampleStore(samples_file, [r.id for r in rows], resume, settings)
+    try:
+        for base, spec in specs:
+            chunks = plan_chunks(rows, chunk_rows[base.name], store.done(base.name))
+            if chunks:
+                record(store, base.name, chunks, runner.run(spec, chunks, config, base.name))
+    except BaseException:
+        runner.close()  # workers, a local Ray, engine processes: not left to a process that exits at once
+        raise
     if close_engine:
         runner.close()
     written, fallbacks = write_predictions(out, finish_blocks(rows, store, config, context))

@@ -32,10 +32,27 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
+from pathlib import Path
 
 from recoverlib.module_groups import names_expert_weights
 from recoverlib.patches import PATCHES, version_matches
 from recoverlib.vllm_plugin.whole_requests import install as install_whole_requests
+from recoverlib.vllm_plugin.whole_requests import install_tag_check
+
+# vLLM's completion endpoint, and the modules that run vLLM's OpenAI server as ``python -m``
+COMPLETION_SERVING = "vllm.entrypoints.openai.completion.serving"
+API_SERVER_MAINS = ("vllm.entrypoints.launchers.api_server.entry", "vllm.entrypoints.openai.api_server")
+
+
+def api_server_process() -> bool:
+    """Whether this process is a vLLM OpenAI server's API process (not its engine core or workers, which
+    vLLM starts as children of it)."""
+    import multiprocessing
+
+    main = getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", "")
+    by_cli = Path(sys.argv[0]).name == "vllm" and sys.argv[1:2] == ["serve"]
+    return (main in API_SERVER_MAINS or by_cli) and multiprocessing.parent_process() is None
 
 log = logging.getLogger("recoverlib")
 
@@ -101,6 +118,12 @@ def _whole_requests() -> None:
 
     if not getattr(Scheduler.add_request, "_recoverlib", False):
         install_whole_requests(Scheduler)
+    if api_server_process():  # imported here a little before the server does
+        import importlib
+
+        cls = importlib.import_module(COMPLETION_SERVING).OpenAIServingCompletion
+        if not getattr(cls.render_completion_request, "_recoverlib", False):
+            install_tag_check(cls)
 
 
 CURES = {"vllm-cpu-moe-kernel": _keep_cpu_moe_kernel, "vllm-grouped-lora": _grouped_lora_products,

@@ -47,5 +47,5 @@ def test_quick_ensemble_quality_writes_results(tmp_path):
     )
     common = plain.index.intersection(t5like.index)  # the tuned row's name may differ between geometries
     assert len(common) > 10 and (t5like.loc[common] > plain.loc[common]).mean() > 0.9
-    line = json.loads((tmp_path / "cache" / "samples-1.0" / "test.jsonl").read_text().splitlines()[0])
+    line = json.loads((tmp_path / "cache" / "samples-1.0" / "test.jsonl").read_text().splitlines()[1])
     assert {s["adapter"] for s in line["samples"]} == {"tiny-a", "tiny-b"}

@@ -4,7 +4,9 @@ written.
 Every case runs ``recoverlib.cli.main`` in-process inside a workspace of valid and broken files; the
 workspace is fingerprinted (every file's bytes, every link) before and after, so a case also fails if
 anything was created, changed or removed. Every command the CLI registers must have cases here (asserted
-below).
+below). The workspace also holds a port something listens on (``busy_port``) and a samples file written
+with known settings (``resumable.jsonl``). ``benchmarks/bad_inputs.py`` runs this table as a user would (one
+``python -m recoverlib.cli`` per case) and times each answer.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import socket
 from collections import Counter
 from pathlib import Path
 
@@ -28,7 +31,17 @@ ERROR_LINE = re.compile(r"^recoverlib( [\w-]+)?: error: ")
 @pytest.fixture(scope="module")
 def ws_template(tmp_path_factory, tiny_model, tiny_adapters, sample_csv, sample_truth_csv):
     """Valid and broken inputs, made once; each case gets a fresh copy."""
-    root = tmp_path_factory.mktemp("ws")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        yield build_workspace(tmp_path_factory.mktemp("ws"), tiny_model, tiny_adapters, sample_csv,
+                              sample_truth_csv, busy.getsockname()[1])
+
+
+def build_workspace(root: Path, tiny_model: Path, tiny_adapters, sample_csv: Path, sample_truth_csv: Path,
+                    busy_port: int) -> Path:
+    """The files every case runs among (``busy_port``: a port the caller keeps listening on)."""
+    (root / "busy_port").write_text(str(busy_port))
     shutil.copy(sample_csv, root / "in.csv")
     shutil.copy(sample_truth_csv, root / "truth.csv")
     ids = list(pd.read_csv(sample_csv, dtype=str)["id"])
@@ -73,7 +86,23 @@ def ws_template(tmp_path_factory, tiny_model, tiny_adapters, sample_csv, sample_
     shutil.copy(tiny_model / "config.json", pickled / "config.json")
     (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
     _adapter_variants(root, tiny_adapters["tiny-a"])
+    _resumable(root, ids)
     return root
+
+
+def _resumable(root: Path, ids: list[str]) -> None:
+    """``resumable.jsonl``: a samples file with one row, written with the settings of :func:`_predict`."""
+    from recoverlib.engines import EngineConfig, SamplingConfig
+    from recoverlib.engines.hf import HFEngine
+    from recoverlib.io import Sample
+    from recoverlib.pipeline import PredictConfig
+    from recoverlib.pipeline.record import SampleStore
+    from recoverlib.pipeline.run_settings import BaseRun, run_settings
+
+    config = PredictConfig(SamplingConfig(samples=1, max_new_tokens=4))
+    settings = run_settings(config, [BaseRun("hf", root / "model", {}, EngineConfig(), HFEngine.chunk_rows)])
+    store = SampleStore(root / "resumable.jsonl", ids, settings=settings)
+    store.append([(ids[0], (Sample(None, 0, "Rewrite it"),))], None)
 
 
 def _adapter_variants(root: Path, good: Path) -> None:
@@ -159,6 +188,14 @@ def _predict(w, *extra, out="out.csv", model="model"):
         "1",
         *extra,
     ]
+
+
+def _openai(w, url, *extra):
+    return _predict(w, "--engine", "openai", "--server-url", url, *extra)
+
+
+def _resume(w, *extra, model="model"):
+    return _predict(w, "--samples-file", f"{w}/resumable.jsonl", "--resume", *extra, model=model)
 
 
 def _link(kind):
@@ -454,6 +491,90 @@ CASES = [
         lambda w: _predict(w, "--engine", "openai", "--preset", "kaggle-t4x2"),
         "engine 'openai' has its own settings",
     ),
+    ("predict", "openai-not-a-url", lambda w: _openai(w, "not a url"), "is not a server URL"),
+    ("predict", "openai-url-without-scheme", lambda w: _openai(w, "127.0.0.1:8000"), "is not a server URL"),
+    (
+        "predict",
+        "openai-url-port-out-of-range",
+        lambda w: _openai(w, "http://127.0.0.1:99999"),
+        "out of range",
+    ),
+    (
+        "predict",
+        "openai-min-tokens-per-s-0",
+        lambda w: _openai(w, "http://127.0.0.1:1", "--min-tokens-per-s", "0"),
+        "--min-tokens-per-s > 0",
+    ),
+    # predict: resuming a samples file written with other settings (nothing sampled, nothing written)
+    (
+        "predict",
+        "resume-other-seed",
+        lambda w: _resume(w, "--seed", "9"),
+        "written with seed 0; this run has seed 9",
+    ),
+    (
+        "predict",
+        "resume-other-samples",
+        lambda w: _resume(w, "--samples", "3"),
+        "written with samples 1; this run",
+    ),
+    (
+        "predict",
+        "resume-other-temperature",
+        lambda w: _resume(w, "--temperature", "0.2"),
+        "with temperature 0.7",
+    ),
+    ("predict", "resume-other-top-p", lambda w: _resume(w, "--top-p", "0.5"), "with top p 0.95; this run"),
+    (
+        "predict",
+        "resume-other-max-new-tokens",
+        lambda w: _resume(w, "--max-new-tokens", "8"),
+        "max new tokens 4",
+    ),
+    ("predict", "resume-other-template", lambda w: _resume(w, "--template", "plain"), "template kind auto"),
+    (
+        "predict",
+        "resume-other-model",
+        lambda w: _resume(w, model="untokenized"),
+        "written with model sha256:",
+    ),
+    (
+        "predict",
+        "resume-other-adapters",
+        lambda w: _resume(w, "--adapter", f"a={w}/adapter"),
+        "written with adapter a None; this run has adapter a sha256:",
+    ),
+    (
+        "predict",
+        "resume-other-engine",
+        lambda w: _resume(w, "--batch-size", "3"),
+        "seeded per batch of 16 rows",
+    ),
+    # predict: a Ray cluster that cannot give what is asked
+    (
+        "predict",
+        "ray-gpus-on-a-cluster-without",
+        lambda w: _predict(w, "--executor", "ray", "--gpus-per-worker", "1"),
+        "--gpus-per-worker 1: the Ray cluster has no GPU",
+    ),
+    (
+        "predict",
+        "ray-env-not-set",
+        lambda w: _predict(w, "--executor", "ray", "--ray-env", "RECOVERLIB_NEVER_SET"),
+        "--ray-env RECOVERLIB_NEVER_SET: not set here",
+    ),
+    (
+        "predict",
+        "ray-address-malformed",
+        lambda w: _predict(w, "--executor", "ray", "--ray-address", "nowhere"),
+        "give auto or HOST:PORT",
+    ),
+    (
+        "predict",
+        "ray-max-ahead-0",
+        lambda w: _predict(w, "--executor", "ray", "--max-ahead", "0"),
+        "max_ahead",
+    ),
     # score
     ("score", "predictions-missing", lambda w: _score(w, pred="nope.csv"), "no such file"),
     ("score", "predictions-folder", lambda w: _score(w, pred="folder"), "no such file"),
@@ -657,6 +778,18 @@ CASES = [
     ("serve", "port-0", lambda w: ["serve", "--model", f"{w}/model", "--port", "0"], "port 0"),
     (
         "serve",
+        "port-taken",
+        lambda w: ["serve", "--model", f"{w}/model", "--port", (w / "busy_port").read_text()],
+        "is taken (another server, or an earlier one still running)",
+    ),
+    (
+        "serve",
+        "group-hold-0",
+        lambda w: ["serve", "--model", f"{w}/model", "--group-hold-s", "0"],
+        "group hold 0.0: give a number of seconds > 0",
+    ),
+    (
+        "serve",
         "lora-mode-merged",
         lambda w: ["serve", "--model", f"{w}/model", "--lora-mode", "merged"],
         "a server serves adapters as LoRA",
@@ -738,7 +871,14 @@ def test_every_command_has_its_bad_inputs():
     assert {c for c in commands if counts[c] < 3} == set(), counts
 
 
-@pytest.mark.parametrize(("command", "case", "argv", "expect"), CASES, ids=[f"{c[0]}:{c[1]}" for c in CASES])
+# Cases that start something first (a local Ray: about 15 s on two busy cores)
+SLOW_CASES = {"predict:ray-gpus-on-a-cluster-without"}
+
+
+@pytest.mark.parametrize(("command", "case", "argv", "expect"), [
+    pytest.param(*c, id=f"{c[0]}:{c[1]}", marks=[pytest.mark.slow] if f"{c[0]}:{c[1]}" in SLOW_CASES else [])
+    for c in CASES
+])
 def test_bad_input_is_one_line_and_changes_nothing(command, case, argv, expect, ws, capsys):
     args = argv(ws)
     assert args[0] == command

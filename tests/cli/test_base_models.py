@@ -48,7 +48,7 @@ def test_predict_on_a_base_model(engine, base_model, tiny_adapters, sample_csv, 
                                    "--out", tmp_path / "sub.csv", "--samples-file", tmp_path / "s.jsonl"])
     assert code == 0, err[-2000:]
     assert err.count(NOTE) == 1  # said once per run, not per chunk or row
-    lines = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()[1:]]  # 0: settings
     assert lines and {s["adapter"] for s in lines[0]["samples"]} == {None, "a"}
     code, _, err = _run(capsys, ["predict", "--engine", engine, "--template", "chat", "--model", base_model,
                                  "--input", sample_csv, "--out", tmp_path / "x.csv"])

@@ -148,7 +148,7 @@ def test_predict_with_a_tuned_combination_file(tiny_model, tiny_adapters, sample
     )
     assert res.returncode == 0, res.stderr[-2000:]
     sub = pd.read_csv(out, dtype=str, keep_default_na=False)
-    samples = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
+    samples = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()[1:]]  # 0: settings
     for prompt, row in zip(sub["rewrite_prompt"], samples, strict=True):
         texts = [s["text"] for s in row["samples"] if s["text"]]
         assert prompt in texts or not texts  # medoid picks one of the row's own samples
@@ -208,15 +208,15 @@ def test_two_bases_in_one_run_resume_across_bases(tiny_dir, sample_csv, tmp_path
     ]
     res = run_cli(*argv)
     assert res.returncode == 0, res.stderr[-2000:]
-    lines = [json.loads(line) for line in samples.read_text().splitlines()]
+    lines = [json.loads(line) for line in samples.read_text().splitlines()[1:]]  # 0: the run's settings
     assert [line["base"] for line in lines] == ["first"] * 3 + ["second"] * 3
     got = read_samples(samples)
     assert {(s.base, s.adapter) for s in got[lines[0]["id"]]} == {("first", "a"), ("second", "x")}
     full = out.read_bytes()
     # as if killed after the first base
-    samples.write_text("\n".join(samples.read_text().splitlines()[:3]) + "\n")
+    samples.write_text("\n".join(samples.read_text().splitlines()[:4]) + "\n")
     res = run_cli(*argv, "--resume")
     assert res.returncode == 0, res.stderr[-2000:]
-    assert out.read_bytes() == full and len(samples.read_text().splitlines()) == 6
+    assert out.read_bytes() == full and len(samples.read_text().splitlines()) == 1 + 6
     bad = run_cli(*argv[:5], "--adapter", f"a={tiny_dir / 'adapters' / 'tiny-a'}", *argv[9:])
     assert bad.returncode == 2 and "BASE:NAME=PATH" in bad.stderr

@@ -1,12 +1,17 @@
 """``recoverlib serve`` (vLLM's own OpenAI-compatible server, started here on 127.0.0.1) and ``--engine
 openai`` against it: the same greedy predictions as the in-process engine, seeded samples that repeat,
-one-line refusals, and a server killed mid-run, then resumed, writing what a run that never stopped writes."""
+one-line refusals (another model, a group tag that does not fit its request), a server killed mid-run, then
+resumed, writing what a run that never stopped writes, and ``recoverlib serve`` itself killed (SIGKILL,
+SIGHUP) leaving no process behind."""
 
 from __future__ import annotations
 
 import filecmp
+import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,12 +23,14 @@ import pytest
 
 from benchmarks.seeded_repeats import busy_cores
 from recoverlib.cli import main
+from recoverlib.io import read_sample_lines
 from tests.executors.conftest import free_port
 
 pytest.importorskip("vllm", reason="vLLM is not installed")
 pytestmark = pytest.mark.slow  # each server takes 20-40 s to start on 2 cores
 
 KEY = "test-key"
+SERVED = "tiny-served"  # the base's name on the server (its root is the folder)
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +40,8 @@ def server(tiny_model, tiny_adapters, tmp_path_factory):
 
     adapters = {"a": tiny_adapters["tiny-a"], "b": tiny_adapters["tiny-b"]}
     log = tmp_path_factory.mktemp("server") / "server.log"
-    with VllmServer(
-        tiny_model, adapters, EngineConfig(), ServeConfig(port=free_port(), api_key=KEY), log
-    ) as srv:
+    serve = ServeConfig(port=free_port(), api_key=KEY, served_model_name=SERVED)
+    with VllmServer(tiny_model, adapters, EngineConfig(), serve, log) as srv:
         yield srv
 
 
@@ -110,7 +116,8 @@ def test_seeded_sampling_through_the_server_repeats_on_a_busy_machine(
     first = runs[0].with_suffix(".jsonl")
     differ = [r.name for r in runs[1:] if not filecmp.cmp(first, r.with_suffix(".jsonl"), shallow=False)]
     assert not differ, differ
-    lines = first.read_text().splitlines()
+    header, *lines = first.read_text().splitlines()
+    assert json.loads(header)["settings"]["engine"] == "vllm server, seeded per request of 256 rows"
     assert len(lines) == 12 and '"adapter": "a"' in lines[0] and '"adapter": null' in lines[0]
 
 
@@ -133,17 +140,67 @@ def test_a_model_name_without_a_folder_here_uses_the_servers_tokenizer(
     assert _predict(capsys, tiny_model, ad, work / "folder.csv", *greedy)[0] == 0
     # by name: the adapters are the server's (no folder here: no prime, no recorded template); the tokenizer
     # remote
-    code, err = _predict(capsys, f"{tiny_model}-not-here", {"a": "a"}, work / "remote.csv", *greedy)
+    code, err = _predict(capsys, SERVED, {"a": "a"}, work / "remote.csv", *greedy)
     assert code == 0, err[-2000:]
-    folder = [line for line in (work / "folder.jsonl").read_text().splitlines()]
-    remote = [line for line in (work / "remote.jsonl").read_text().splitlines()]
+    folder = read_sample_lines(work / "folder.jsonl")
+    remote = read_sample_lines(work / "remote.jsonl")
     assert [_texts(x, "a") for x in remote] == [_texts(x, "a") for x in folder]
+    # a name the server does not serve is no longer its only model: one line
+    code, err = _predict(capsys, f"{tiny_model}-not-here", {}, work / "nowhere.csv", *greedy)
+    assert code == 2 and f"serves ['{SERVED}'], not {tiny_model}-not-here" in err.strip().splitlines()[-1]
 
 
-def _texts(line: str, adapter):
-    import json
+def _texts(line, adapter):
+    return [s.text for s in line[2] if s.adapter == adapter]
 
-    return [s["text"] for s in json.loads(line)["samples"] if s["adapter"] == adapter]
+
+@pytest.fixture(scope="module")
+def other_tokenizer(tiny_model, tmp_path_factory):
+    """The tiny model's folder with another model's tokenizer (the tiny tokenizer trained to a smaller
+    vocabulary, saved by transformers)."""
+    from recoverlib.engines.openai import PROBE_TEXT
+    from recoverlib.tiny.model import train_tokenizer
+
+    out = tmp_path_factory.mktemp("other") / "model"
+    shutil.copytree(tiny_model, out)
+    tok = train_tokenizer(512)
+    tok.save_pretrained(out)
+    assert tok(PROBE_TEXT)["input_ids"] != _tokenizer(tiny_model)(PROBE_TEXT)["input_ids"]
+    return out
+
+
+def _tokenizer(folder):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def test_a_local_folder_with_another_tokenizer_is_refused(server, other_tokenizer, work, capsys):
+    code, err = _predict(capsys, other_tokenizer, {}, work / "x.csv", "--engine", "openai", "--server-url",
+                         server.url, "--api-key", KEY)
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "whose tokenizer is not" in last and "other token ids there" in last, last
+    assert not (work / "x.csv").exists()
+
+
+def test_a_second_server_on_a_live_servers_port_is_one_line(server, tiny_model, capsys):
+    port = server.url.rsplit(":", 1)[1].removesuffix("/v1")
+    start = time.monotonic()
+    assert main(["serve", "--model", str(tiny_model), "--port", port]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"port {port} on 127.0.0.1 is taken" in last and time.monotonic() - start < 30, last
+
+
+def test_the_server_refuses_a_group_tag_that_does_not_fit_its_request(server):
+    import requests
+
+    body = {"model": "a", "prompt": ["one", "two"], "n": 2, "max_tokens": 2,
+            "vllm_xargs": {"recoverlib_group": "g", "recoverlib_group_size": 3}}
+    start = time.monotonic()
+    resp = requests.post(server.url + "/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                         timeout=60)
+    assert resp.status_code == 400 and time.monotonic() - start < 5
+    assert "recoverlib_group_size 3 does not match the request: 2 prompt(s) x n=2 = 4" in resp.text
 
 
 @pytest.mark.parametrize(("extra", "message"), [
@@ -205,6 +262,42 @@ def _serve_cli(model, adapters, port: int, log: Path) -> subprocess.Popen:
     line = proc.stdout.readline()  # printed once the server answers
     assert line.startswith("serving ") and f"127.0.0.1:{port}/v1" in line, (line, log.read_text()[-2000:])
     return proc
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGHUP"])
+def test_nothing_outlives_recoverlib_serve(how, tiny_model, tmp_path):
+    """`recoverlib serve` itself killed (SIGKILL: no handler runs; SIGHUP: a closed terminal): its server's
+    API process, engine core and worker are gone within seconds and the port is free."""
+    port = free_port()
+    serve = _serve_cli(tiny_model, {}, port, tmp_path / "server.log")
+    tree = [p.pid for p in psutil.Process(serve.pid).children(recursive=True)]
+    assert len(tree) >= 3, tree  # API server, engine core, worker
+    start = time.monotonic()
+    serve.send_signal(getattr(signal, how))
+    serve.wait(60)
+    alive = tree
+    while alive and time.monotonic() - start < 60:
+        alive = [p for p in tree if _running(p)]
+        time.sleep(0.1)
+    took = time.monotonic() - start
+    assert not alive and took < 30, (alive, took)
+    assert not _listening(port)
+    print(f"{how}: the server's {len(tree)} processes gone {took:.1f} s after recoverlib serve was killed")
 
 
 def test_the_server_killed_mid_run_then_resumed(tiny_model, tiny_adapters, sample_csv, tmp_path):

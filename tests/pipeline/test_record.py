@@ -52,3 +52,39 @@ def test_store_refuses_to_overwrite_or_to_resume_another_input(tmp_path):
     with pytest.raises(RecoverlibError, match="samples for ids not in the input"):
         SampleStore(path, ["9"], resume=True)
     assert SampleStore(path, ["1"], resume=True).done(None) == {"1"}
+
+
+SETTINGS = {"samples": 4, "seed": 0, "model": "sha256:aa", "engine": "vllm"}
+
+
+def test_a_resume_with_other_settings_is_refused_naming_the_first_difference(tmp_path):
+    path = tmp_path / "s.jsonl"
+    SampleStore(path, ["1", "2"], settings=SETTINGS).append([("1", _samples("x"))], None)
+    before = path.read_bytes()
+    with pytest.raises(RecoverlibError, match=r"written with seed 0; this run has seed 7: resume with the"
+                                              r" settings it was written with.*nothing was changed"):
+        SampleStore(path, ["1", "2"], resume=True, settings={**SETTINGS, "seed": 7, "engine": "hf"})
+    with pytest.raises(RecoverlibError, match="written with model sha256:aa; this run has model sha256:bb"):
+        SampleStore(path, ["1", "2"], resume=True, settings={**SETTINGS, "model": "sha256:bb"})
+    with pytest.raises(RecoverlibError, match="with adapter a None; this run has adapter a sha256:cc"):
+        SampleStore(path, ["1", "2"], resume=True, settings={**SETTINGS, "adapter a": "sha256:cc"})
+    assert path.read_bytes() == before
+    store = SampleStore(path, ["1", "2"], resume=True, settings=dict(SETTINGS))  # the same: continued
+    assert store.done(None) == {"1"}
+
+
+def test_a_samples_file_from_before_the_settings_line_is_resumed_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "s.jsonl"
+    SampleStore(path, ["1", "2"]).append([("1", _samples("x"))], None)  # no settings: the old format
+    assert path.read_text().startswith('{"id": "1"')
+    store = SampleStore(path, ["1", "2"], resume=True, settings=SETTINGS)
+    assert store.done(None) == {"1"} and "resuming it without checking" in caplog.text
+
+
+def test_a_file_with_settings_but_no_samples_yet_is_started_again(tmp_path):
+    path = tmp_path / "s.jsonl"
+    SampleStore(path, ["1"], settings=SETTINGS)  # a run that stopped before its first chunk
+    SampleStore(path, ["1"], settings={**SETTINGS, "seed": 3})  # not "already holds samples"
+    store = SampleStore(path, ["1"], resume=True, settings={**SETTINGS, "seed": 5})
+    store.append([("1", _samples("x"))], None)
+    assert '"seed": 5' in path.read_text().splitlines()[0] and store.samples_of(["1"])["1"][0].text == "x-0"

@@ -100,11 +100,12 @@ def test_samples_file_lines_in_input_order_and_resume(engine, sample_csv, tmp_pa
     rows = read_rows(sample_csv)[:5]
     path = tmp_path / "s.jsonl"
     first = predict_rows(engine, rows, CFG, samples_file=path)
-    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    header, *lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert header["settings"]["seed"] == CFG.sampling.seed  # what --resume checks
     assert [x["id"] for x in lines] == [r.id for r in rows]
     assert {"adapter", "index", "text"} <= set(lines[0]["samples"][0])
     # Simulate a run that stopped after two chunks: resume samples only the missing row.
-    path.write_text("\n".join(path.read_text().splitlines()[:4]) + "\n")
+    path.write_text("\n".join(path.read_text().splitlines()[:5]) + "\n")
     calls = []
     real = engine.generate
     monkeypatch.setattr(
