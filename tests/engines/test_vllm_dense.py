@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from recoverlib.cli import main
+from recoverlib.io import read_samples
 
 pytest.importorskip("vllm", reason="vLLM is not installed")
 
@@ -25,8 +26,8 @@ def _predict(engine: str, model, adapter, sample_csv, tmp_path) -> dict[tuple[st
             "--samples", "1", "--temperature", "0", "--max-new-tokens", "8", "--input", sample_csv,
             "--out", out / "sub.csv", "--samples-file", out / "s.jsonl"]
     assert main([str(a) for a in argv]) == 0
-    rows = [json.loads(line) for line in (out / "s.jsonl").read_text().splitlines()]
-    return {(r["id"], s["adapter"]): s["text"] for r in rows for s in r["samples"]}
+    rows = read_samples(out / "s.jsonl")
+    return {(row_id, s.adapter): s.text for row_id, samples in rows.items() for s in samples}
 
 
 FAMILIES = ["gemma", *(pytest.param(f, marks=pytest.mark.slow) for f in ("mistral", "qwen2"))]
