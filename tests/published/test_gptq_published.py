@@ -117,7 +117,7 @@ def test_dense_mistral_both_config_files(mistral_gptq, tmp_path):
 
     w = ServedWeights.from_folder(mistral_gptq)
     assert (w.model_type, w.desc_act, w.g_idx, dict(w.bits)) == ("mistral", True, "permuted",
-                                                                  {"attention": 4, "other": 4})
+                                                                  {"attention": 4, "mlp": 4})
     old = writers.autogptq_layout(mistral_gptq, tmp_path / "autogptq")
     ids = torch.randint(3, 2048, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
