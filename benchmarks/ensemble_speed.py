@@ -115,7 +115,7 @@ def serve_jobs(variant: str, model: str, adapters: dict[str, str]) -> None:
 class Worker:
     """A variant's engine process (see :func:`serve_jobs`)."""
 
-    def __init__(self, variant: str, model: Path, adapters: dict, log: Path):
+    def __init__(self, variant: str, model: Path, adapters: dict, log: Path, env: dict | None = None):
         self.variant = variant
         cmd = [
             sys.executable,
@@ -130,7 +130,7 @@ class Worker:
         ]
         with open(log, "a") as err:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                         text=True, env=variant_env(variant))
+                                         text=True, env=env or variant_env(variant))
         assert json.loads(self._line()).get("ready"), f"{variant} did not start; see {log}"
 
     def _line(self) -> str:

@@ -57,6 +57,15 @@ PATCHES = {
             "top-p without sorting the whole vocabulary on CPU (same tokens kept)",
         ),
         Patch(
+            "vllm-cpu-moe-gemm",
+            "vllm",
+            "0.32.0",
+            "vllm CPUUnquantizedExperts.process_weights_after_loading/apply (ISA vec: x86 without AMX)",
+            "16-bit experts as one oneDNN GEMM per expert, vLLM's linear-layer GEMM (2.3x its portable "
+            "grouped GEMM at full width on an AVX-512 EPYC; stands aside where oneDNN has no bf16 GEMM, e.g. "
+            "AVX2 only)",
+        ),
+        Patch(
             "vllm-whole-requests",
             "vllm",
             "0.32.0",

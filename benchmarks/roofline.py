@@ -1,0 +1,293 @@
+"""Question: how far from this machine's limit does each engine serve the ensemble job, phase by phase, and
+what does the experts-as-oneDNN-GEMMs cure (``vllm-cpu-moe-gemm``) close of the distance?
+
+1. The machine's ceilings, measured here: GEMM through ``torch.nn.functional.linear`` in bf16 and float32
+   (oneDNN; without bf16 instructions, float32's FMAs are what bf16 work runs on) at the job's prefill and
+   decode shapes (an expert's ``w13``: hidden -> 2 x intermediate), memory read and copy bandwidth, and, at
+   the same shapes, the two MoE kernels: vLLM's CPU grouped GEMM (``cpu_fused_moe``, the ISA vLLM picks
+   here) and the cure's per-expert oneDNN GEMMs (``experts_forward``). int4: vLLM's int4 MoE
+   kernel runs only with AMX (or zentorch); where it cannot run the table says so.
+2. The job's cost from the model's config and the real prompt lengths (``benchmarks/job_cost.py``): the
+   prefill of every distinct prompt at the prefill GEMM rate, each decode step at the larger of its FLOPs
+   and its bytes (the weights it touches, every sequence's KV cache) at the measured bandwidth.
+3. Each engine, warm, in a process of its own, on fresh texts every run: the prefill (every sequence's first
+   token: ``max_tokens=1``) and the whole job (``tokens`` new tokens) on two prompt sets of equal lengths;
+   decode = whole - prefill. Variants: ``vllm-defaults`` (vLLM as a user starts it for LoRA on a Mixtral,
+   see ``benchmarks/ensemble_speed.py``), recoverlib's engine without the moe-gemm cure, and with every cure.
+   Engines run one after another (a full-width engine holds about 8 GB), each for every repeat.
+
+Reported: each phase's median seconds and its fraction of the roofline (roofline seconds / measured
+seconds: 1.0 is the machine's limit), tokens/s of the whole job; the CPU, its features and the load average
+before and after. Writes ``benchmarks/results/roofline_MODEL{,_ceilings,_runs}`` (md, csv) and a png.
+
+Reproduce (2 quiet cores; ~25 min full width, ~5 min tiny)::
+
+    python -m benchmarks.roofline --model fullwidth
+    python -m benchmarks.roofline --model tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from benchmarks.ensemble_speed import DEFAULTS, KAGGLE_TOKENS, Worker, rows_of, variant_env
+from benchmarks.job_cost import Job, Shapes, experts_touched, roofline
+from benchmarks.report import load_line, log_path, machine_info, machine_line, pyplot, write_table
+from benchmarks.serving import fullwidth_model, tiny_model
+from recoverlib.cache import cache_dir
+from recoverlib.engines.vllm_support import cpu_identity
+from recoverlib.tiny import adapter_paths
+from recoverlib.vllm_plugin import CURES, DISABLE_ENV
+
+CURE = "vllm-cpu-moe-gemm"
+VARIANTS = {  # label: (worker variant, plugin cures; None: the variant's own)
+    DEFAULTS: (DEFAULTS, None),
+    "recoverlib, no moe-gemm cure": ("b32", [c for c in CURES if c != CURE]),
+    "recoverlib": ("b32", None),
+}
+
+
+def _timed(fn, *args, min_seconds: float = 0.5) -> float:
+    """Seconds per call of ``fn(*args)`` (two warm-up calls, then as many as fill ``min_seconds``; the
+    median)."""
+    fn(*args), fn(*args)
+    times: list[float] = []
+    while sum(times) < min_seconds or len(times) < 3:
+        start = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bandwidth(gigabytes: float = 1.0) -> dict[str, float]:
+    """Memory read (a float32 sum) and copy (read + write counted) bandwidth, bytes/s."""
+    import torch
+
+    x = torch.ones(int(gigabytes * 2**30) // 4)
+    y = torch.empty_like(x)
+    size = x.numel() * 4
+    return {"read": size / _timed(x.sum), "copy": 2 * size / _timed(y.copy_, x)}
+
+
+def gemm_rate(m: int, k: int, n: int, dtype: str = "bfloat16", seed: int = 0) -> float:
+    """``linear`` FLOP/s at (m x k) @ (k x n) in ``dtype``."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=gen).to(getattr(torch, dtype))
+    w = torch.randn(n, k, generator=gen).to(getattr(torch, dtype))
+    return 2.0 * m * k * n / _timed(torch.nn.functional.linear, x, w)
+
+
+def moe_rates(s: Shapes, tokens: list[int], seed: int = 0) -> dict[tuple[str, int], float]:
+    """FLOP/s of vLLM's CPU MoE kernel and of the cure's per-expert GEMMs on ``s``'s experts (random bf16
+    weights, uniform top-k routing), for each token count; NaN for the cure where oneDNN has no bf16 GEMM."""
+    import torch
+    from vllm import _custom_ops as ops
+    from vllm.platforms import current_platform
+
+    from recoverlib.vllm_plugin.moe_gemm import ExpertGemms, experts_forward, onednn_serves
+
+    current_platform.import_kernels()
+    gen = torch.Generator().manual_seed(seed)
+    w13 = torch.empty(s.experts, 2 * s.intermediate, s.hidden, dtype=torch.bfloat16)
+    w2 = torch.empty(s.experts, s.hidden, s.intermediate, dtype=torch.bfloat16)
+    for w in (w13, w2):
+        for e in range(s.experts):
+            w[e].copy_(torch.randn(w.shape[1:], generator=gen) * 0.02)
+    isa = "amx" if torch.cpu._is_amx_tile_supported() else "vec"
+    packed = [ops.cpu_prepack_moe_weight(w, isa) for w in (w13, w2)]
+    gemms = ExpertGemms.of(w13, w2) if onednn_serves() else None
+    del w13, w2
+    rates = {}
+    for t in tokens:
+        x = torch.randn(t, s.hidden, generator=gen).bfloat16()
+        logits = torch.randn(t, s.experts, generator=gen)
+        weights, ids = torch.topk(torch.softmax(logits, -1), s.top_k, -1)
+        weights, ids = weights.float().contiguous(), ids.int().contiguous()
+        out = torch.empty_like(x)
+        flops = 2.0 * t * s.top_k * s.expert_params
+        rates[(f"vLLM cpu_fused_moe ({isa})", t)] = flops / _timed(
+            ops.cpu_fused_moe, out, x, *packed, None, None, weights, ids, "silu", isa, False)
+        rates[("cure: per-expert oneDNN", t)] = (flops / _timed(experts_forward, out, x, weights, ids, gemms)
+                                                 if gemms else float("nan"))
+    return rates
+
+
+def ceilings(s: Shapes, job: Job, int4_moe: str) -> tuple[pd.DataFrame, dict[str, float]]:
+    """The machine's measured ceilings at the job's shapes: a table, and the rates the roofline uses (per
+    phase, the best GEMM measured at its shape: on a CPU without bf16 instructions, float32's FMAs are what
+    bf16 work runs on, and a MoE kernel can beat torch's bf16 ``linear``)."""
+    prefill_rows, decode_rows = min(sum(job.prompt_lengths), 4096), job.sequences
+    table = []
+    bw = bandwidth()
+    for kind, value in bw.items():
+        table.append({"what": f"memory {kind}", "shape": "1 GiB", "value": value / 1e9, "unit": "GB/s"})
+    best = {"prefill": 0.0, "decode": 0.0}
+    for phase, m in (("prefill", prefill_rows), ("decode", decode_rows)):
+        for dtype in ("bfloat16", "float32"):
+            rate = gemm_rate(m, s.hidden, 2 * s.intermediate, dtype)
+            best[phase] = max(best[phase], rate)
+            table.append({"what": f"{dtype} GEMM, {phase} (torch linear)",
+                          "shape": f"{m} x {s.hidden} x {2 * s.intermediate}", "value": rate / 1e12,
+                          "unit": "TFLOP/s"})
+    for (kernel, t), rate in moe_rates(s, [decode_rows, prefill_rows]).items():
+        phase = "decode" if t == decode_rows else "prefill"
+        best[phase] = max(best[phase], rate) if rate == rate else best[phase]  # NaN: not served here
+        table.append({"what": f"bf16 MoE, {kernel}", "shape": f"{t} tokens, top-{s.top_k} of {s.experts}",
+                      "value": rate / 1e12, "unit": "TFLOP/s"})
+    table.append({"what": "int4 MoE (vLLM CPUExpertsInt4)", "shape": "-", "value": float("nan"),
+                  "unit": int4_moe})
+    return pd.DataFrame(table), {**best, "read": bw["read"]}
+
+
+def paired_prompts(tokenizer, rows: int, seed: int, tokens: tuple[int, int] = KAGGLE_TOKENS
+                   ) -> tuple[list[str], list[str]]:
+    """Two sets of ``rows`` fresh recovery prompts with the same token lengths (drawn from ``tokens``,
+    Kaggle's range by default): one for the prefill run, one for the whole job (no prefix in common)."""
+    from recoverlib.prompt import RecoveryTemplate
+
+    tpl = RecoveryTemplate().for_tokenizer(tokenizer)
+    rng = random.Random(seed)
+    lengths = [rng.randint(*tokens) for _ in range(rows)]
+    sets = []
+    for tag in (seed, seed + 500_000):
+        pairs = rows_of("kaggle", rows, tag)
+        sets.append([tpl.render_fitted(tokenizer, o, r, n)[0]
+                     for (o, r), n in zip(pairs, lengths, strict=True)])
+    return sets[0], sets[1]
+
+
+def measure(args, model: Path, adapters: dict, log: Path, tokenizer) -> tuple[list[dict], list[int]]:
+    """Every variant's prefill and whole-job seconds per repeat, and the whole job's prompt lengths."""
+    rows, lengths = [], []
+    names = sorted(adapters)
+    variants = {k: v for k, v in VARIANTS.items() if args.cure_applies or k != "recoverlib, no moe-gemm cure"}
+    for label, (variant, cures) in tqdm(variants.items(), desc="engines", disable=None):
+        env = {**variant_env(variant), **({DISABLE_ENV: ",".join(cures)} if cures is not None else {})}
+        worker = Worker(variant, model, adapters, log, env)
+        try:
+            for repeat in range(args.repeats + 1):  # repeat 0 warms the engine up and is not kept
+                # every engine the same texts (each has its own prefix cache), fresh for every repeat
+                first, whole = paired_prompts(tokenizer, args.rows, 7919 * (repeat + 1), args.prompt_tokens)
+                timings = [worker.run({"prompts": dict.fromkeys(names, ps), "n": args.samples, "tokens": t,
+                                       "seed": repeat}) for ps, t in ((first, 1), (whole, args.tokens))]
+                if repeat:
+                    lengths = [len(tokenizer(p)["input_ids"]) for p in whole] * len(names)
+                    rows.append({"variant": label, "repeat": repeat, "prefill_s": timings[0]["seconds"],
+                                 "whole_s": timings[1]["seconds"], "tokens": timings[1]["tokens"],
+                                 "prompt_tokens": sum(lengths), "load_1min": os.getloadavg()[0]})
+                    print(json.dumps(rows[-1]), flush=True)
+        finally:
+            worker.close()
+    return rows, lengths
+
+
+def summarize(runs: pd.DataFrame, top) -> pd.DataFrame:
+    """Medians per variant beside the roofline (``top``), each phase as a fraction of it."""
+    out = []
+    for label, part in runs.groupby("variant", sort=False):
+        pre, whole = part["prefill_s"].median(), part["whole_s"].median()
+        decode = (part["whole_s"] - part["prefill_s"]).median()
+        out.append({"variant": label, "prefill_s": pre, "decode_s": decode, "whole_s": whole,
+                    "tok_per_s": part["tokens"].median() / whole, "prefill_of_roofline": top.prefill_s / pre,
+                    "decode_of_roofline": top.decode_s / decode, "whole_of_roofline": top.total_s / whole,
+                    "repeats": len(part)})
+    tokens = runs["tokens"].median()
+    out.append({"variant": "roofline", "prefill_s": top.prefill_s, "decode_s": top.decode_s,
+                "whole_s": top.total_s, "tok_per_s": tokens / top.total_s, "prefill_of_roofline": 1.0,
+                "decode_of_roofline": 1.0, "whole_of_roofline": 1.0, "repeats": 0})
+    return pd.DataFrame(out)
+
+
+def plot(frame: pd.DataFrame, path: Path, title: str) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    labels = list(frame["variant"])
+    ax.barh(labels, frame["prefill_s"], label="prefill (first token of every sequence)")
+    ax.barh(labels, frame["decode_s"], left=frame["prefill_s"], label="decode (the other tokens)")
+    for i, rec in enumerate(frame.itertuples(index=False)):
+        ax.text(rec.whole_s, i, f"  {rec.whole_of_roofline:.2f} of roofline", va="center", fontsize=8)
+    ax.set_xlabel("seconds for the whole job (median)")
+    ax.set_title(title, fontsize=10)
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_xlim(0, frame["whole_s"].max() * 1.35)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", choices=("tiny", "fullwidth"), default="fullwidth")
+    p.add_argument("--rows", type=int, default=8)
+    p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--tokens", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--prompt-tokens", type=int, nargs=2, default=KAGGLE_TOKENS, metavar=("MIN", "MAX"),
+                   help="recovery prompt lengths, drawn uniformly (default: Kaggle's %(default)s)")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument("--name", default=None, help="results file stem (default roofline_MODEL)")
+    args = p.parse_args(argv)
+    from transformers import AutoTokenizer
+
+    from recoverlib.engines.vllm_support import probe_vllm_kernels
+    from recoverlib.vllm_plugin.moe_gemm import onednn_serves
+
+    cache = cache_dir("bench-serving")
+    folder = fullwidth_model(cache) if args.model == "fullwidth" else tiny_model(cache / "tiny4", adapters=4)
+    model = folder / "model"
+    adapters = dict(sorted(adapter_paths(folder).items())[:4])
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    shapes = Shapes.from_config(json.loads((model / "config.json").read_text()))
+    load_before, start = os.getloadavg(), time.perf_counter()
+    kernels = probe_vllm_kernels()
+    args.cure_applies = onednn_serves() and "amx_tile" not in kernels.cpu_features
+    planned = Job(tuple(len(tokenizer(q)["input_ids"])
+                        for q in paired_prompts(tokenizer, args.rows, 1, args.prompt_tokens)[1])
+                  * len(adapters), args.samples, args.tokens, 16)
+    table, rates = ceilings(shapes, planned, "runs here" if kernels.int4_moe else "no kernel on this CPU"
+                            " (needs AMX or zentorch)")
+    runs, lengths = measure(args, model, adapters, log_path(f"roofline_{args.model}"), tokenizer)
+    job = Job(tuple(lengths), args.samples, args.tokens, 16)
+    top = roofline(shapes, job, rates["prefill"], rates["decode"], rates["read"])
+    frame = summarize(pd.DataFrame(runs), top)
+    name = args.name or f"roofline_{args.model}"
+    cpu, touched = cpu_identity()[0], experts_touched(shapes, job.sequences)
+    notes = [
+        f"Machine: {machine_line(machine_info())}; {kernels.describe()}",
+        f"{load_line(load_before, os.getloadavg())}; {time.perf_counter() - start:.0f} s in all",
+        f"Model: {folder.name} ({shapes}); job: {args.rows} rows x {len(adapters)} rank-16 adapters x"
+        f" {args.samples} samples x {args.tokens} tokens = {job.generated} tokens, {sum(lengths)} prompt"
+        f" tokens in {len(lengths)} distinct prefills; {args.repeats} repeats per engine (after a warm-up"
+        " run), fresh texts every run",
+        f"Roofline: prefill {top.prefill.flops / 1e12:.2f} TFLOP at {rates['prefill'] / 1e12:.3f} TFLOP/s;"
+        f" {args.tokens - 1} decode steps, {top.decode.bytes / 1e9:.1f} GB read ({touched:.2f} of"
+        f" {shapes.experts} experts a step) at {rates['read'] / 1e9:.1f} GB/s,"
+        f" {top.decode.flops / 1e12:.2f} TFLOP at {rates['decode'] / 1e12:.3f} TFLOP/s",
+        "Fractions: roofline seconds / measured seconds of that phase (1.0: the machine's limit)",
+        "The moe-gemm cure " + ("serves the experts here" if args.cure_applies else "stands aside on this CPU"
+                                " (oneDNN has no bf16 GEMM, or vLLM's AMX kernel serves): no row without it"),
+        "Command: python -m benchmarks.roofline " + " ".join(argv if argv is not None else sys.argv[1:]),
+    ]
+    write_table(table, args.out, f"{name}_ceilings", f"This machine's ceilings ({cpu})", notes[:2])
+    write_table(frame, args.out, name, f"The ensemble job against the roofline ({cpu})", notes)
+    pd.DataFrame(runs).to_csv(args.out / f"{name}_runs.csv", index=False)
+    plot(frame, args.out / f"{name}.png", f"Ensemble job vs roofline, {args.model} ({cpu})")
+    print((args.out / f"{name}_ceilings.md").read_text())
+    print((args.out / f"{name}.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
