@@ -1,5 +1,5 @@
 """Question: how far from this machine's limit does each engine serve the ensemble job, phase by phase, and
-what does the experts-as-oneDNN-GEMMs cure (``vllm-cpu-moe-gemm``) close of the distance?
+what do the plugin's kernel cures close of the distance?
 
 1. The machine's ceilings, measured here: GEMM through ``torch.nn.functional.linear`` in bf16 and float32
    (oneDNN; without bf16 instructions, float32's FMAs are what bf16 work runs on) at the job's prefill and
@@ -13,7 +13,9 @@ what does the experts-as-oneDNN-GEMMs cure (``vllm-cpu-moe-gemm``) close of the 
 3. Each engine, warm, in a process of its own, on fresh texts every run: the prefill (every sequence's first
    token: ``max_tokens=1``) and the whole job (``tokens`` new tokens) on two prompt sets of equal lengths;
    decode = whole - prefill. Variants: ``vllm-defaults`` (vLLM as a user starts it for LoRA on a Mixtral,
-   see ``benchmarks/ensemble_speed.py``), recoverlib's engine without the moe-gemm cure, and with every cure.
+   see ``benchmarks/ensemble_speed.py``), recoverlib's engine without each kernel cure that applies on this
+   CPU (``vllm-cpu-moe-gemm`` where oneDNN has a bf16 GEMM and no AMX; ``vllm-cpu-upcast-linear`` where it has
+   none, AVX2 alone), and with every cure.
    Engines run one after another (a full-width engine holds about 8 GB), each for every repeat.
 
 Reported: each phase's median seconds and its fraction of the roofline (roofline seconds / measured
@@ -49,12 +51,17 @@ from recoverlib.engines.vllm_support import cpu_identity
 from recoverlib.tiny import adapter_paths
 from recoverlib.vllm_plugin import CURES, DISABLE_ENV
 
-CURE = "vllm-cpu-moe-gemm"
-VARIANTS = {  # label: (worker variant, plugin cures; None: the variant's own)
-    DEFAULTS: (DEFAULTS, None),
-    "recoverlib, no moe-gemm cure": ("b32", [c for c in CURES if c != CURE]),
-    "recoverlib": ("b32", None),
-}
+KERNEL_CURES = ("vllm-cpu-moe-gemm", "vllm-cpu-upcast-linear")  # the cures that change the CPU's GEMMs
+
+
+def variants(applying: list[str]) -> dict[str, tuple[str, list[str] | None]]:
+    """label: (worker variant, plugin cures; None: the variant's own). vLLM as users start it, recoverlib
+    without each kernel cure that applies on this machine, and recoverlib with every cure."""
+    out: dict[str, tuple[str, list[str] | None]] = {DEFAULTS: (DEFAULTS, None)}
+    for cure in applying:
+        out[f"recoverlib, no {cure}"] = ("b32", [c for c in CURES if c != cure])
+    out["recoverlib"] = ("b32", None)
+    return out
 
 
 def _timed(fn, *args, min_seconds: float = 0.5) -> float:
@@ -172,8 +179,7 @@ def measure(args, model: Path, adapters: dict, log: Path, tokenizer) -> tuple[li
     """Every variant's prefill and whole-job seconds per repeat, and the whole job's prompt lengths."""
     rows, lengths = [], []
     names = sorted(adapters)
-    variants = {k: v for k, v in VARIANTS.items() if args.cure_applies or k != "recoverlib, no moe-gemm cure"}
-    for label, (variant, cures) in tqdm(variants.items(), desc="engines", disable=None):
+    for label, (variant, cures) in tqdm(variants(args.cures).items(), desc="engines", disable=None):
         env = {**variant_env(variant), **({DISABLE_ENV: ",".join(cures)} if cures is not None else {})}
         worker = Worker(variant, model, adapters, log, env)
         try:
@@ -252,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     shapes = Shapes.from_config(json.loads((model / "config.json").read_text()))
     load_before, start = os.getloadavg(), time.perf_counter()
     kernels = probe_vllm_kernels()
-    args.cure_applies = onednn_serves() and "amx_tile" not in kernels.cpu_features
+    amx, onednn = "amx_tile" in kernels.cpu_features, onednn_serves()
+    args.cures = [c for c, ok in zip(KERNEL_CURES, (onednn and not amx, not onednn), strict=True) if ok]
     planned = Job(tuple(len(tokenizer(q)["input_ids"])
                         for q in paired_prompts(tokenizer, args.rows, 1, args.prompt_tokens)[1])
                   * len(adapters), args.samples, args.tokens, 16)
@@ -276,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         f" {shapes.experts} experts a step) at {rates['read'] / 1e9:.1f} GB/s,"
         f" {top.decode.flops / 1e12:.2f} TFLOP at {rates['decode'] / 1e12:.3f} TFLOP/s",
         "Fractions: roofline seconds / measured seconds of that phase (1.0: the machine's limit)",
-        "The moe-gemm cure " + ("serves the experts here" if args.cure_applies else "stands aside on this CPU"
-                                " (oneDNN has no bf16 GEMM, or vLLM's AMX kernel serves): no row without it"),
+        f"Kernel cures that apply on this CPU: {', '.join(args.cures) or 'none'} (a row without each);"
+        f" standing aside: {', '.join(c for c in KERNEL_CURES if c not in args.cures) or 'none'}",
         "Command: python -m benchmarks.roofline " + " ".join(argv if argv is not None else sys.argv[1:]),
     ]
     write_table(table, args.out, f"{name}_ceilings", f"This machine's ceilings ({cpu})", notes[:2])

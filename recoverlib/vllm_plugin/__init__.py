@@ -1,7 +1,7 @@
 """recoverlib's vLLM plugin (entry point ``vllm.general_plugins``): multi-LoRA on MoE models on CPU, and
 seeded samples that repeat through a server.
 
-Five cures; the first four are active on the CPU platform only:
+Six cures; the first five are active on the CPU platform only:
 
 1. **MoE kernel.** vLLM chooses its fused-MoE kernel by "is LoRA enabled at all"
    (``FusedMoEConfig.is_lora_enabled``), not by which modules the adapters touch. On CPU that selects the
@@ -19,7 +19,10 @@ Five cures; the first four are active on the CPU platform only:
 4. **Experts as oneDNN GEMMs** (:mod:`moe_gemm`). On a CPU without AMX vLLM runs 16-bit experts through a
    portable grouped GEMM at about 0.4x the rate of the oneDNN GEMM it uses for every dense linear; each
    expert's two projections become two oneDNN GEMMs over the tokens routed to it.
-5. **Whole requests** (:mod:`whole_requests`, every platform). The prompts of one client request that names
+5. **16-bit linears in float32 where vLLM has only torch's** (:mod:`upcast_linear`). On AVX2 alone oneDNN has
+   no bf16 GEMM and vLLM leaves every dense linear to torch's slow bf16 ``linear``; a float32 GEMM with the
+   weight converted per call is 1.6x (decode) to 7x (prefill) faster there.
+6. **Whole requests** (:mod:`whole_requests`, every platform). The prompts of one client request that names
    itself a group start in the same step, whatever the machine's load, so a server's batches (and numerics)
    for recoverlib's ``--engine openai`` are those of the in-process engine and seeded samples repeat.
 
@@ -125,6 +128,15 @@ def _moe_gemms() -> None:
         install(CPUUnquantizedExperts)
 
 
+def _upcast_linears() -> None:
+    from vllm.model_executor.layers import utils
+
+    from recoverlib.vllm_plugin.upcast_linear import install  # torch: only where a cure is installed
+
+    if not getattr(utils.dispatch_cpu_unquantized_gemm, "_recoverlib", False):
+        install(utils)
+
+
 def _whole_requests() -> None:
     from vllm.v1.core.sched.scheduler import Scheduler
 
@@ -140,7 +152,7 @@ def _whole_requests() -> None:
 
 CURES = {"vllm-cpu-moe-kernel": _keep_cpu_moe_kernel, "vllm-grouped-lora": _grouped_lora_products,
          "vllm-top-p": _top_p_without_sort, "vllm-cpu-moe-gemm": _moe_gemms,
-         "vllm-whole-requests": _whole_requests}
+         "vllm-cpu-upcast-linear": _upcast_linears, "vllm-whole-requests": _whole_requests}
 ANY_PLATFORM = ("vllm-whole-requests",)  # the others change CPU kernels
 DISABLE_ENV = "RECOVERLIB_VLLM_PLUGIN"  # "0": off; a comma-separated list of cure names: only those
 
