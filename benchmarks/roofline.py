@@ -54,6 +54,9 @@ from recoverlib.vllm_plugin import CURES, DISABLE_ENV
 KERNEL_CURES = ("vllm-cpu-moe-gemm", "vllm-cpu-upcast-linear")  # the cures that change the CPU's GEMMs
 
 
+PREFILL_ROWS = 1024
+
+
 def variants(applying: list[str]) -> dict[str, tuple[str, list[str] | None]]:
     """label: (worker variant, plugin cures; None: the variant's own). vLLM as users start it, recoverlib
     without each kernel cure that applies on this machine, and recoverlib with every cure."""
@@ -65,11 +68,11 @@ def variants(applying: list[str]) -> dict[str, tuple[str, list[str] | None]]:
 
 
 def _timed(fn, *args, min_seconds: float = 0.5) -> float:
-    """Seconds per call of ``fn(*args)`` (two warm-up calls, then as many as fill ``min_seconds``; the
-    median)."""
-    fn(*args), fn(*args)
+    """Seconds per call of ``fn(*args)`` (a warm-up call, then as many as fill ``min_seconds``, at least
+    two; the median)."""
+    fn(*args)
     times: list[float] = []
-    while sum(times) < min_seconds or len(times) < 3:
+    while sum(times) < min_seconds or len(times) < 2:
         start = time.perf_counter()
         fn(*args)
         times.append(time.perf_counter() - start)
@@ -135,7 +138,8 @@ def ceilings(s: Shapes, job: Job, int4_moe: str) -> tuple[pd.DataFrame, dict[str
     """The machine's measured ceilings at the job's shapes: a table, and the rates the roofline uses (per
     phase, the best GEMM measured at its shape: on a CPU without bf16 instructions, float32's FMAs are what
     bf16 work runs on, and a MoE kernel can beat torch's bf16 ``linear``)."""
-    prefill_rows, decode_rows = min(sum(job.prompt_lengths), 4096), job.sequences
+    # 1,024 rows stand for the prefill (rates are flat beyond; torch bf16 linear on AVX2 takes ~20 s there)
+    prefill_rows, decode_rows = min(sum(job.prompt_lengths), PREFILL_ROWS), job.sequences
     table = []
     bw = bandwidth()
     for kind, value in bw.items():
@@ -183,17 +187,19 @@ def measure(args, model: Path, adapters: dict, log: Path, tokenizer) -> tuple[li
         env = {**variant_env(variant), **({DISABLE_ENV: ",".join(cures)} if cures is not None else {})}
         worker = Worker(variant, model, adapters, log, env)
         try:
-            for repeat in range(args.repeats + 1):  # repeat 0 warms the engine up and is not kept
+            # a small untimed job first: the engine's first-call costs stay out of the timings
+            warm = paired_prompts(tokenizer, 1, 1, args.prompt_tokens)[0]
+            worker.run({"prompts": dict.fromkeys(names, warm), "n": args.samples, "tokens": 2, "seed": 0})
+            for repeat in range(1, args.repeats + 1):
                 # every engine the same texts (each has its own prefix cache), fresh for every repeat
-                first, whole = paired_prompts(tokenizer, args.rows, 7919 * (repeat + 1), args.prompt_tokens)
+                first, whole = paired_prompts(tokenizer, args.rows, 7919 * repeat, args.prompt_tokens)
                 timings = [worker.run({"prompts": dict.fromkeys(names, ps), "n": args.samples, "tokens": t,
                                        "seed": repeat}) for ps, t in ((first, 1), (whole, args.tokens))]
-                if repeat:
-                    lengths = [len(tokenizer(p)["input_ids"]) for p in whole] * len(names)
-                    rows.append({"variant": label, "repeat": repeat, "prefill_s": timings[0]["seconds"],
-                                 "whole_s": timings[1]["seconds"], "tokens": timings[1]["tokens"],
-                                 "prompt_tokens": sum(lengths), "load_1min": os.getloadavg()[0]})
-                    print(json.dumps(rows[-1]), flush=True)
+                lengths = [len(tokenizer(p)["input_ids"]) for p in whole] * len(names)
+                rows.append({"variant": label, "repeat": repeat, "prefill_s": timings[0]["seconds"],
+                             "whole_s": timings[1]["seconds"], "tokens": timings[1]["tokens"],
+                             "prompt_tokens": sum(lengths), "load_1min": os.getloadavg()[0]})
+                print(json.dumps(rows[-1]), flush=True)
         finally:
             worker.close()
     return rows, lengths
@@ -276,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{load_line(load_before, os.getloadavg())}; {time.perf_counter() - start:.0f} s in all",
         f"Model: {folder.name} ({shapes}); job: {args.rows} rows x {len(adapters)} rank-16 adapters x"
         f" {args.samples} samples x {args.tokens} tokens = {job.generated} tokens, {sum(lengths)} prompt"
-        f" tokens in {len(lengths)} distinct prefills; {args.repeats} repeats per engine (after a warm-up"
-        " run), fresh texts every run",
+        f" tokens in {len(lengths)} distinct prefills; {args.repeats} repeats per engine (after a small"
+        " warm-up job), fresh texts every run",
         f"Roofline: prefill {top.prefill.flops / 1e12:.2f} TFLOP at {rates['prefill'] / 1e12:.3f} TFLOP/s;"
         f" {args.tokens - 1} decode steps, {top.decode.bytes / 1e9:.1f} GB read ({touched:.2f} of"
         f" {shapes.experts} experts a step) at {rates['read'] / 1e9:.1f} GB/s,"
