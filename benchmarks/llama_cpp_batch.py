@@ -26,7 +26,8 @@ import sys
 sys.path.insert(0, sys.argv[1])
 import convert_hf_to_gguf
 from conversion import base
-base.TextModel.get_vocab_base_pre = lambda self, tokenizer: sys.argv[2]
+pre = sys.argv[2]
+base.TextModel.get_vocab_base_pre = lambda self, tokenizer: pre
 sys.argv = [convert_hf_to_gguf.__file__, *sys.argv[3:]]
 convert_hf_to_gguf.main()
 """
@@ -74,6 +75,7 @@ def quantize(bf16: Path, out: Path, kind: str, threads: int) -> Path:
     if out.is_file():
         return out
     lc = require_llama_cpp()
+    keep = quiet(lc)  # noqa: F841 (C holds the callback while it lives)
     params = lc.llama_model_quantize_default_params()
     params.nthread, params.ftype = threads, FTYPES[kind]
     tmp = out.with_suffix(".tmp")
@@ -81,6 +83,13 @@ def quantize(bf16: Path, out: Path, kind: str, threads: int) -> Path:
         raise RuntimeError(f"llama.cpp could not quantize {bf16} to {kind}")
     tmp.rename(out)
     return out
+
+
+def quiet(lc):
+    """Silence llama.cpp's log (per tensor and per load, on stderr); the callback must be kept alive."""
+    callback = lc.llama_log_callback(lambda level, text, data: None)
+    lc.llama_log_set(callback, ctypes.c_void_p())
+    return callback
 
 
 @dataclass(frozen=True)
@@ -106,8 +115,7 @@ class BatchedLlama:
     def __init__(self, gguf: Path, threads: int, repack: bool, n_batch: int = 2048, n_ubatch: int = 512):
         self.lc = lc = require_llama_cpp()
         lc.llama_backend_init()
-        self._quiet = lc.llama_log_callback(lambda level, text, data: None)  # kept: C holds the pointer
-        lc.llama_log_set(self._quiet, ctypes.c_void_p())
+        self._quiet = quiet(lc)  # kept: C holds the callback
         params = lc.llama_model_default_params()
         params.use_extra_bufts = repack  # weight repacking (on an AMX CPU its Q4_0 load segfaulted)
         self.model = lc.llama_model_load_from_file(str(gguf).encode(), params)
