@@ -90,7 +90,7 @@ def time_llama(gguf: Path, args, tokenizer, repack: bool) -> list[dict]:
             _, ids = prompt_ids(tokenizer, args.rows, r)
             got = engine.generate(ids, args.samples, args.tokens, Sampling(), r)
             out.append({"prefill_s": got.prefill_s, "decode_s": got.decode_s, "generated": got.generated,
-                        "prompt_tokens": sum(map(len, ids))})
+                        "prompt_tokens": sum(map(len, ids)), "sampler_s": got.sample_s})
             print(f"llama.cpp {gguf.stem:7s} run {r}: {got}", flush=True)
         return out
     finally:
@@ -127,7 +127,8 @@ def summary(engine: str, runs: list[dict]) -> dict:
             "decode_s": statistics.median(r["decode_s"] for r in runs), "whole_s": med,
             "tok_per_s": runs[0]["generated"] / med, "tok_per_s_min": runs[0]["generated"] / max(whole),
             "tok_per_s_max": runs[0]["generated"] / min(whole),
-            "prompt_tokens": statistics.median(r["prompt_tokens"] for r in runs), "repeats": len(runs)}
+            "prompt_tokens": statistics.median(r["prompt_tokens"] for r in runs), "repeats": len(runs),
+            "llama_sampler_s": statistics.median(r.get("sampler_s", float("nan")) for r in runs)}
 
 
 def measure(args, folder: Path, log: Path) -> pd.DataFrame:
@@ -213,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         f" top-p 0.95, {args.threads} threads; fresh texts every run, the same for every engine; median of"
         f" {args.repeats} runs",
         f"llama.cpp weight repacking {'on' if args.repack else 'off'}; llama.cpp's prefill and decode timed"
-        " directly; recoverlib's prefill is a one-token run of the same prompts, its decode the rest",
+        " directly (llama_sampler_s: the part of both in llama.cpp's sampler, called from Python per"
+        " sequence); recoverlib's prefill is a one-token run of the same prompts, its decode the rest",
         "LoRA ensemble on llama.cpp: not measured (its adapters apply to a whole context, not per sequence)",
         "Command: python -m benchmarks.llama_cpp " + " ".join(argv if argv is not None else sys.argv[1:]),
     ]

@@ -99,6 +99,7 @@ class Phases:
     prefill_s: float
     decode_s: float
     generated: int
+    sample_s: float  # of the two, the seconds in llama.cpp's sampler (temperature, top-p, draw)
 
 
 @dataclass(frozen=True)
@@ -155,29 +156,31 @@ class BatchedLlama:
         chain = self._sampler(sampling, seed)
         try:
             start = time.perf_counter()
-            current = self._prefill(ctx, batch, chain, prompts, n)
+            current, sampling_s = self._prefill(ctx, batch, chain, prompts, n)
             mid = time.perf_counter()
-            self._decode(ctx, batch, chain, current, [len(p) for p in prompts for _ in range(n)], tokens)
+            lengths = [len(p) for p in prompts for _ in range(n)]
+            sampling_s += self._decode(ctx, batch, chain, current, lengths, tokens)
             end = time.perf_counter()
         finally:
             lc.llama_sampler_free(chain)
             lc.llama_batch_free(batch)
             lc.llama_free(ctx)
-        return Phases(mid - start, end - mid, width * tokens)
+        return Phases(mid - start, end - mid, width * tokens, sampling_s)
 
     def _run(self, ctx, batch, count: int) -> None:
         batch.n_tokens = count
         if (rc := self.lc.llama_decode(ctx, batch)) != 0:
             raise RuntimeError(f"llama_decode returned {rc} (context too small?)")
 
-    def _prefill(self, ctx, batch, chain, prompts: list[list[int]], n: int) -> list[int]:
+    def _prefill(self, ctx, batch, chain, prompts: list[list[int]], n: int) -> tuple[list[int], float]:
         """Prompts packed into batches of ``n_batch`` tokens, prompt p as sequence p*n; once a prompt is
-        in, its cells are shared with sequences p*n+1 .. p*n+n-1 and its n first tokens sampled."""
+        in, its cells are shared with sequences p*n+1 .. p*n+n-1 and its n first tokens sampled. Returns
+        the first tokens and the seconds spent sampling them."""
         lc = self.lc
         memory = lc.llama_get_memory(ctx)
         first: list[int] = []
         pending: list[tuple[int, int]] = []  # (prompt, batch index of its last token)
-        fill = 0
+        fill, sampling_s = 0, 0.0
         for p, ids in enumerate(prompts):
             for pos, tok in enumerate(ids):
                 last = pos == len(ids) - 1
@@ -190,18 +193,24 @@ class BatchedLlama:
                     for q, idx in pending:
                         for k in range(1, n):
                             lc.llama_memory_seq_cp(memory, q * n, q * n + k, -1, -1)
+                        start = time.perf_counter()
                         first += [lc.llama_sampler_sample(chain, ctx, idx) for _ in range(n)]
+                        sampling_s += time.perf_counter() - start
                     pending, fill = [], 0
-        return first
+        return first, sampling_s
 
-    def _decode(self, ctx, batch, chain, current: list[int], lengths: list[int], tokens: int) -> None:
+    def _decode(self, ctx, batch, chain, current: list[int], lengths: list[int], tokens: int) -> float:
         """``tokens - 1`` steps, every sequence's last token in one batch (the first came with the
-        prefill)."""
+        prefill); the seconds spent sampling."""
+        sampling_s = 0.0
         for step in range(tokens - 1):
             for s, tok in enumerate(current):
                 self._put(batch, s, tok, lengths[s] + step, s, True)
             self._run(ctx, batch, len(current))
+            start = time.perf_counter()
             current = [self.lc.llama_sampler_sample(chain, ctx, s) for s in range(len(current))]
+            sampling_s += time.perf_counter() - start
+        return sampling_s
 
     @staticmethod
     def _put(batch, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
