@@ -17,9 +17,10 @@ of a run). Engines, one at a time, each warmed up on a small job first:
   preloaded) through ``ensemble_speed``'s warm ``Worker``, no adapters loaded. Its prefill is a run of the
   same prompts (a leading marker so no prefix is cached) with one new token; decode = whole run - that.
 
-The ensemble with LoRA (4 rank-16 attention adapters) is not measured on llama.cpp: it applies LoRA adapters
-to a whole context (``llama_set_adapters_lora``), not per sequence, so an ensemble is one pass per adapter
-instead of one batch.
+The ensemble with LoRA (4 rank-16 attention adapters) is not measured on llama.cpp: 0.3.36's llama.cpp sets
+LoRA adapters on a whole context (``llama_set_adapters_lora``), not per sequence, and its server batches only
+slots with equal adapter sets (``server_slot::can_batch_with``), so an ensemble there is one pass per adapter,
+not one batch.
 
 Getting llama.cpp (a source build, 5-30 min on 2 cores; kept out of the project's locked .venv, and
 ``--no-deps`` so nothing in the target folder shadows the venv's numpy; the sdist also holds the converter)::
@@ -216,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         f"llama.cpp weight repacking {'on' if args.repack else 'off'}; llama.cpp's prefill and decode timed"
         " directly (llama_sampler_s: the part of both in llama.cpp's sampler, called from Python per"
         " sequence); recoverlib's prefill is a one-token run of the same prompts, its decode the rest",
-        "LoRA ensemble on llama.cpp: not measured (its adapters apply to a whole context, not per sequence)",
+        "LoRA ensemble on llama.cpp: not measured (llama_set_adapters_lora sets adapters on a whole context,"
+        " not per sequence; llama-server batches only slots with equal adapters: one pass per adapter)",
         "Command: python -m benchmarks.llama_cpp " + " ".join(argv if argv is not None else sys.argv[1:]),
     ]
     write_table(frame, out, name, f"llama.cpp beside recoverlib's vLLM engine ({info['cpu']})", notes)
