@@ -35,8 +35,11 @@ Reproduce (GGUFs cached under ~/.cache/recoverlib/bench-llama-cpp; results in be
 
     export PYTHONPATH=$PWD:/work/llamacpp-env
     export LLAMA_CPP_SRC=/work/llamacpp-src/llama_cpp_python-0.3.36/vendor/llama.cpp
-    .venv/bin/python -m benchmarks.llama_cpp --model tiny            # about 3 min
-    .venv/bin/python -m benchmarks.llama_cpp --model fullwidth       # conversion ~10 min once, then ~15 min
+    .venv/bin/python -m benchmarks.llama_cpp --model tiny        # about 2 min
+    .venv/bin/python -m benchmarks.llama_cpp --model fullwidth   # GGUFs ~4 min once; the run 23 min here
+
+(On the AVX2-only EPYC here, most of the full-width run is recoverlib's prefill: 2 x 200 s per timed run.)
+Test (slow; skips without llama_cpp or LLAMA_CPP_SRC): ``pytest tests/benchmarks/test_llama_cpp.py -m slow``.
 """
 
 from __future__ import annotations
