@@ -38,7 +38,8 @@ Reproduce (GGUFs cached under ~/.cache/recoverlib/bench-llama-cpp; results in be
     .venv/bin/python -m benchmarks.llama_cpp --model tiny        # about 2 min
     .venv/bin/python -m benchmarks.llama_cpp --model fullwidth   # GGUFs ~4 min once; the run 23 min here
 
-(On the AVX2-only EPYC here, most of the full-width run is recoverlib's prefill: 2 x 200 s per timed run.)
+(On the AVX2-only EPYC here most of the full-width run is recoverlib's engine: each repeat is a whole run,
+about 260 s, and a one-token run for its prefill, about 200 s.)
 Test (slow; skips without llama_cpp or LLAMA_CPP_SRC): ``pytest tests/benchmarks/test_llama_cpp.py -m slow``.
 """
 
