@@ -22,8 +22,9 @@ LoRA adapters on a whole context (``llama_set_adapters_lora``), not per sequence
 slots with equal adapter sets (``server_slot::can_batch_with``), so an ensemble there is one pass per adapter,
 not one batch.
 
-Getting llama.cpp (a source build, 5-30 min on 2 cores; kept out of the project's locked .venv, and
-``--no-deps`` so nothing in the target folder shadows the venv's numpy; the sdist also holds the converter)::
+Getting llama.cpp (a source build, 25 min on 2 shared cores here; kept out of the project's locked .venv, and
+``--no-deps`` so nothing in the target folder shadows the venv's numpy; the sdist also holds the converter,
+which imports the ``gguf`` package from its own ``gguf-py`` folder)::
 
     .venv/bin/python -m pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36 \\
         -d /work/llamacpp-src
