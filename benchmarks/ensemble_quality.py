@@ -23,6 +23,8 @@ Reproduce (about 35 minutes on 2 busy CPU cores from scratch, training three mod
 
     PYTHONPATH=. .venv/bin/python -m benchmarks.ensemble_quality
 
+``--train-rows N --pretrain-epochs E`` train smaller models (faster, lower scores); ``--tag TAG`` names the
+results ``ensemble_quality_TAG`` and ``combination_TAG_<level>`` so they sit beside the default ones.
 ``--quick``: 2 adapters, 8 rows, 2 samples, 200 resamples; uses the full trained models when cached, else
 trains a tiny one (quality meaningless; for tests and smoke runs).
 """
@@ -89,6 +91,7 @@ def parse(argv):
     p.add_argument("--rows", type=int, help="rows per split (default: all)")
     p.add_argument("--head-rows", type=int, help="training rows sampled for the heads (default 300)")
     p.add_argument("--no-heads", action="store_true", help="leave the learned heads out")
+    p.add_argument("--tag", default="", help="results named ensemble_quality_TAG, combination_TAG_<level>")
     p.add_argument("--train-rows", type=int, help="train a smaller model: training rows (default 6000)")
     p.add_argument("--pretrain-epochs", type=int, help="train a smaller model: base epochs (default 3)")
     p.add_argument(
@@ -215,6 +218,11 @@ def sample_splits(model_dir: Path, setup: Setup, samples_dir: Path) -> dict[str,
     return out
 
 
+def tag(args) -> str:
+    """``_TAG`` for ``--tag TAG`` (results of another setup beside the default ones), else ""."""
+    return f"_{args.tag}" if args.tag else ""
+
+
 def geometry_suffix(embedder: str) -> str:
     """File-name suffix of an embedder's results: "" for plain MiniLM, "_t5like" for ``minilm@t5like``."""
     return "".join(f"_{m}" for m in embedder.split("@")[1:])
@@ -305,7 +313,8 @@ def tune_and_score(
     start = time.perf_counter()
     frame = combination.run(cargs, ctx)
     seconds = time.perf_counter() - start
-    combination.write(frame, cargs, seconds, name=f"combination_{level}{geometry_suffix(embedder)}")
+    name = f"combination{tag(args)}_{level}{geometry_suffix(embedder)}"
+    combination.write(frame, cargs, seconds, name=name)
     return frame, seconds
 
 
@@ -389,7 +398,7 @@ def level_notes(info: dict, setup: Setup) -> list[str]:
 
 
 def write_outputs(frame: pd.DataFrame, infos: list[dict], setup: Setup, args, seconds: float) -> list[Path]:
-    name = "ensemble_quality_quick" if args.quick else "ensemble_quality"
+    name = f"ensemble_quality{tag(args)}" + ("_quick" if args.quick else "")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     cols = [

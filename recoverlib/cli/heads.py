@@ -4,20 +4,19 @@ them)."""
 
 from __future__ import annotations
 
+from recoverlib.combine.context import CombineContext
 from recoverlib.errors import RecoverlibError
+from recoverlib.heads.model import HEAD_META
+from recoverlib.io import read_samples
+from recoverlib.metric import Scorer
 from recoverlib.model_folder import require_model_folder
 from recoverlib.output_paths import check_output_folder
+from recoverlib.training.head_data import embedding_examples, verifier_examples
+from recoverlib.training.heads import HeadTrainConfig, train_head
 from recoverlib.training.rows import load_training_rows, subset
 
 
 def cmd_train_head(args) -> int:
-    from recoverlib.combine.context import CombineContext
-    from recoverlib.heads.model import HEAD_META
-    from recoverlib.io import read_samples
-    from recoverlib.metric import Scorer
-    from recoverlib.training.head_data import embedding_examples, verifier_examples
-    from recoverlib.training.heads import HeadTrainConfig, train_head
-
     config = HeadTrainConfig(
         kind=args.head,
         rank=args.rank,

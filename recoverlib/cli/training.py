@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from recoverlib.cli.heads import cmd_train_head
 from recoverlib.cli.options import add_embedder, add_out, add_samples_file, add_template, old_name
 from recoverlib.cli.tiny import add_positional_out, out_folder
 from recoverlib.errors import RecoverlibError
@@ -27,8 +28,6 @@ def cmd_make_task(args) -> int:
 
 def cmd_train(args) -> int:
     if args.head:
-        from recoverlib.cli.heads import cmd_train_head
-
         return cmd_train_head(args)
     config = TrainConfig(
         rank=args.rank,

@@ -24,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from recoverlib.engines.hf import load_causal_lm
 from recoverlib.errors import RecoverlibError
 from recoverlib.prompt import RecoveryTemplate
+from recoverlib.training.rows import dedicated_pad
 
 HEAD_META = "recoverlib_head.json"
 HEAD_WEIGHTS = "head.safetensors"
@@ -77,15 +79,11 @@ def compute_dtype() -> str:
 
 def load_base_model(model_path: str | Path):
     """The base causal LM through the HF engine's loader (plain, recoverlib-quantized or GPTQ checkpoints)."""
-    from recoverlib.engines.hf import load_causal_lm
-
     return load_causal_lm(Path(model_path), compute_dtype())
 
 
 def load_tokenizer(model_path: str | Path):
     from transformers import AutoTokenizer
-
-    from recoverlib.training.rows import dedicated_pad
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     dedicated_pad(tokenizer)
