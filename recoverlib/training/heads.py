@@ -76,31 +76,86 @@ def split_rows(examples: Sequence[HeadExample], holdout: float, seed: int):
     return [e for e in examples if e.row not in held], [e for e in examples if e.row in held]
 
 
-def _loss(kind: str, out, target):
+def _loss(kind: str, out, target, group):
+    """Embedding: 1 - cosine. Verifier: squared error of the scores centred within each row (the strategies
+    compare a row's candidates with each other only), plus a quarter of the plain squared error (keeps the
+    scale). ``group``: (batch,) row index of each example within the batch."""
     import torch
 
-    if kind == "verifier":
-        return torch.nn.functional.mse_loss(out[:, 0], target[:, 0])
-    return (1 - torch.nn.functional.cosine_similarity(out, target, dim=1)).mean()
+    if kind == "embedding":
+        return (1 - torch.nn.functional.cosine_similarity(out, target, dim=1)).mean()
+    pred, want = out[:, 0], target[:, 0]
+    counts = torch.bincount(group).clamp(min=1).to(pred.dtype)
+
+    def centred(x):
+        return x - (torch.zeros_like(counts).index_add(0, group, x) / counts)[group]
+
+    mse = torch.nn.functional.mse_loss
+    return mse(centred(pred), centred(want)) + 0.25 * mse(pred, want)
 
 
-def _batches(inputs, targets, batch_size: int, rng: np.random.Generator | None):
-    order = rng.permutation(len(inputs)) if rng is not None else np.arange(len(inputs))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        yield [inputs[i] for i in idx], targets[idx]
+def _batches(rows: Sequence[str], batch_size: int, rng: np.random.Generator | None):
+    """Index arrays of whole rows (a row's examples stay in one batch, for the within-row loss), about
+    ``batch_size`` examples each, with each example's row number within the batch; rows shuffled by
+    ``rng``."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(r, []).append(i)
+    order = list(groups.values())
+    if rng is not None:
+        order = [order[k] for k in rng.permutation(len(order))]
+    idx, grp = [], []
+    for g in order:
+        idx += g
+        grp += [grp[-1] + 1 if grp else 0] * len(g)
+        if len(idx) >= batch_size:
+            yield np.array(idx), np.array(grp)
+            idx, grp = [], []
+    if idx:
+        yield np.array(idx), np.array(grp)
 
 
-def _epoch_loss(kind, model, head, inputs, targets, batch_size, pad_id) -> float:
+def _run_epoch(kind, model, head, inputs, targets, rows, batch_size, pad_id, opt=None, rng=None) -> float:
+    """One pass: a training epoch with ``opt`` (``rng`` shuffles), else the held-out loss; the mean loss."""
     import torch
 
-    model.eval()
+    model.train(opt is not None)
     total = 0.0
-    with torch.no_grad():
-        for batch, target in _batches(inputs, targets, batch_size, None):
-            total += float(_loss(kind, head(pooled(model, batch, pad_id)), target)) * len(batch)
-    model.train()
+    bar = _bar(len(inputs), f"head {kind} " + ("training" if opt else "held out"))
+    with torch.set_grad_enabled(opt is not None):
+        for idx, grp in _batches(rows, batch_size, rng):
+            group = torch.tensor(grp, device=targets.device)
+            out = head(pooled(model, [inputs[i] for i in idx], pad_id))
+            loss = _loss(kind, out, targets[torch.as_tensor(idx, device=targets.device)], group)
+            if opt is not None:
+                opt[0].zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(opt[2], 1.0)
+                opt[0].step()
+                opt[1].step()
+            total += loss.item() * len(idx)
+            bar.update(len(idx))
+    bar.close()
     return total / max(1, len(inputs))
+
+
+def _encode(part, tokenizer, template, config: HeadTrainConfig):
+    import torch
+
+    cands = None if config.kind == "embedding" else [e.candidate for e in part]
+    pairs = [(e.original, e.rewritten) for e in part]
+    inputs = render_inputs(tokenizer, template, pairs, cands, config.max_length)
+    return inputs, torch.tensor([e.target for e in part], dtype=torch.float32), [e.row for e in part]
+
+
+def _new_head(model, targets):
+    import torch
+
+    head = torch.nn.Linear(model.get_decoder().config.hidden_size, targets.shape[1]).to(targets.device)
+    with torch.no_grad():
+        head.weight.mul_(0.1)
+        head.bias.copy_(targets.mean(dim=0))  # start at the mean target: early steps learn the differences
+    return head
 
 
 def train_head(
@@ -130,60 +185,53 @@ def train_head(
         tokenizer, f"the tokenizer of {model_path}"
     )
     train, held = split_rows(examples, config.holdout, config.seed)
-
-    def encode(part):
-        cands = None if config.kind == "embedding" else [e.candidate for e in part]
-        inputs = render_inputs(
-            tokenizer, template, [(e.original, e.rewritten) for e in part], cands, config.max_length
-        )
-        return inputs, torch.tensor([e.target for e in part], dtype=torch.float32)
-
-    (tr_in, tr_t), (va_in, va_t) = encode(train), encode(held)
+    (tr_in, tr_t, tr_rows), (va_in, va_t, va_rows) = (
+        _encode(p, tokenizer, template, config) for p in (train, held)
+    )
+    pad = tokenizer.pad_token_id
     with preserved_rng():
         torch.manual_seed(config.seed)
         lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=list(ATTENTION_MODULES))
         model = get_peft_model(load_base_model(model_path), lora)
         device = next(model.parameters()).device
         tr_t, va_t = tr_t.to(device), va_t.to(device)
-        head = torch.nn.Linear(model.get_decoder().config.hidden_size, tr_t.shape[1]).to(device)
-        with torch.no_grad():
-            head.weight.mul_(0.1)
-            head.bias.copy_(tr_t.mean(dim=0))  # start at the mean target: early steps learn the differences
+        head = _new_head(model, tr_t)
         params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
         opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
         steps = config.epochs * -(-len(tr_in) // config.batch_size)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / max(1, steps)))
         rng = np.random.default_rng(config.seed)
         history, best = [], (None, 0, None)
-        model.train()
         for epoch in range(1, config.epochs + 1):
-            total, bar = 0.0, _bar(len(tr_in), f"head {config.kind} epoch {epoch}")
-            for batch, target in _batches(tr_in, tr_t, config.batch_size, rng):
-                loss = _loss(config.kind, head(pooled(model, batch, tokenizer.pad_token_id)), target)
-                opt.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                sched.step()
-                total += loss.item() * len(batch)
-                bar.update(len(batch))
-            bar.close()
-            entry = {"epoch": epoch, "train_loss": round(total / len(tr_in), 6)}
+            loss = _run_epoch(
+                config.kind,
+                model,
+                head,
+                tr_in,
+                tr_t,
+                tr_rows,
+                config.batch_size,
+                pad,
+                (opt, sched, params),
+                rng,
+            )
+            entry = {"epoch": epoch, "train_loss": round(loss, 6)}
             if va_in:
                 entry["val_loss"] = round(
-                    _epoch_loss(
-                        config.kind, model, head, va_in, va_t, config.batch_size, tokenizer.pad_token_id
-                    ),
-                    6,
+                    _run_epoch(config.kind, model, head, va_in, va_t, va_rows, config.batch_size, pad), 6
                 )
             history.append(entry)
             log.info("head epoch %d: %s", epoch, entry)
-            key = entry.get("val_loss", 0.0)
-            if best[0] is None or key <= best[0]:
+            if best[0] is None or entry.get("val_loss", 0.0) <= best[0]:
                 state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
-                best = (key, epoch, (state, {k: v.detach().clone() for k, v in head.state_dict().items()}))
+                best = (
+                    entry.get("val_loss", 0.0),
+                    epoch,
+                    (state, {k: v.clone() for k, v in head.state_dict().items()}),
+                )
         set_peft_model_state_dict(model, best[2][0])
         head.load_state_dict(best[2][1])
+    model.eval()
     info = HeadInfo(
         kind=config.kind,
         dim=int(tr_t.shape[1]),

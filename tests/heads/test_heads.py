@@ -227,3 +227,21 @@ def test_cli_trains_a_verifier_then_tune_and_combine_use_it(
         == 0
     )
     assert len(sub.read_text().splitlines()) == len(val) + 1
+
+
+def test_batches_keep_rows_whole_and_the_verifier_loss_ignores_a_rows_offset():
+    import torch
+
+    from recoverlib.training.heads import _batches, _loss
+
+    rows = ["a", "a", "b", "c", "c", "c", "d"]
+    got = list(_batches(rows, 3, np.random.default_rng(0)))
+    assert sorted(i for idx, _ in got for i in idx) == list(range(7))
+    for idx, grp in got:
+        for i, g in zip(idx, grp, strict=True):  # same row, same group; different rows, different groups
+            assert all((rows[i] == rows[j]) == (g == h) for j, h in zip(idx, grp, strict=True))
+    target = torch.tensor([[0.2], [0.5], [0.9], [0.1]])
+    group = torch.tensor([0, 0, 1, 1])
+    shifted = target + torch.tensor([[0.3], [0.3], [-0.2], [-0.2]])  # a constant per row: same ranking
+    assert float(_loss("verifier", shifted, target, group)) == pytest.approx(0.25 * 0.065, abs=1e-6)
+    assert float(_loss("verifier", target, target, group)) == 0.0
