@@ -89,16 +89,21 @@ def head_notes(heads: dict, embedder: str, checks: dict, train_gen_s: float) -> 
     lines = []
     for kind, info in (("verifier", heads["verifier"][embedder]), ("embedding", heads["embedding"])):
         c = checks.get(kind)
+        source = (
+            f"the model's own samples on the training split (sampling them {train_gen_s:.0f} s)"
+            if kind == "verifier"
+            else "the training split's truths"
+        )
         lines.append(
-            f"Head **{kind}**: {info['examples']} training examples from the model's own samples on the "
-            f"training split (sampling them {train_gen_s:.0f} s), trained {info['train_s']:.0f} s (held-out "
-            f"loss by epoch {[h.get('val_loss') for h in info['history']]}); served weights "
+            f"Head **{kind}**: {info['examples']} training examples from {source}, trained "
+            f"{info['train_s']:.0f} s (held-out loss by epoch {[h.get('val_loss') for h in info['history']]}); served weights "
             f"{info['weights_mb']} MB, loading adds {info['load_rss_mb']} MB resident."
             + (
                 f" Test: tuned **{c['strategy']}** {c['score']:.4f} vs best fixed **{c['fixed']}** "
                 f"{c['fixed_score']:.4f}: {c['diff']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]; "
-                f"goal (>= +0.01, "
-                f"interval above 0): **{c['goal']}**; scoring {c['s_per_row'] * 1000:.1f} ms/row."
+                f"goal (>= +0.01, interval above 0): **{c['goal']}**; its slowest strategy "
+                f"{c['s_per_row'] * 1000:.1f} ms/row "
+                "(candidates, head scoring, mbr; the first of a head also loads it)."
                 if c
                 else ""
             )
