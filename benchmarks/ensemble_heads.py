@@ -96,7 +96,8 @@ def head_notes(heads: dict, embedder: str, checks: dict, train_gen_s: float) -> 
         )
         lines.append(
             f"Head **{kind}**: {info['examples']} training examples from {source}, trained "
-            f"{info['train_s']:.0f} s (held-out loss by epoch {[h.get('val_loss') for h in info['history']]}); "
+            f"{info['train_s']:.0f} s (held-out loss by epoch {[h.get('val_loss') for h in info['history']]}"
+            "); "
             "served weights "
             f"{info['weights_mb']} MB, loading adds {info['load_rss_mb']} MB resident."
             + (
