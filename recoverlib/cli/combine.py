@@ -22,6 +22,7 @@ from recoverlib.combine.search import (
 )
 from recoverlib.combine.tune import Candidate, format_table, matched_ids, tune
 from recoverlib.errors import RecoverlibError
+from recoverlib.heads.model import read_info
 from recoverlib.io import read_rows, read_samples, read_truth, write_submission
 from recoverlib.metric import Scorer
 from recoverlib.output_paths import check_output_file
@@ -40,6 +41,8 @@ def _head_rows(args) -> Path | None:
     if heads and args.rows is None:
         raise RecoverlibError(f"--{heads[0].replace('_', '-')} needs --rows: the CSV of the sampled rows "
                               "(id, original_text, rewritten_text)")
+    for name in heads:
+        read_info(getattr(args, name))  # before any scoring: a bad folder leaves no partial tune behind
     return args.rows
 
 
