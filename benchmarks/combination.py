@@ -13,6 +13,10 @@ Writes ``benchmarks/results/combination.{md,csv,png}``. Reproduce the table with
         [--mean-prompt MEAN.txt] [--suffix SUFFIX.txt] [--seed 0]
 
 (samples files from ``recoverlib predict --save-samples``; truth CSVs with ``id, rewrite_prompt``).
+With ``--verifier DIR`` / ``--embedding-head DIR`` (``recoverlib train --head ...``) and ``--val-rows`` /
+``--test-rows`` (the splits' input CSVs, whose texts the heads read) the heads' strategies join the grid, and
+the test table says whether the head strategy tuned on validation beats the best fixed strategy on test
+(paired difference with its bootstrap interval).
 ``--quick`` scores a small grid with 200 resamples (for tests and smoke runs).
 """
 
@@ -29,9 +33,16 @@ import pandas as pd
 from benchmarks.report import pyplot, results_dir
 from recoverlib.combine.context import CombineContext
 from recoverlib.combine.mean_prompt import read_text_file
-from recoverlib.combine.tune import default_candidates, format_table, score_candidates, select
+from recoverlib.combine.tune import (
+    bootstrap_interval,
+    default_candidates,
+    format_table,
+    head_candidates,
+    score_candidates,
+    select,
+)
 from recoverlib.errors import RecoverlibError
-from recoverlib.io import read_samples, read_truth
+from recoverlib.io import read_rows, read_samples, read_truth
 from recoverlib.metric import Scorer
 from recoverlib.pipeline import DEFAULT_FALLBACK
 
@@ -47,6 +58,10 @@ def parse(argv):
     p.add_argument("--mean-prompt", type=Path)
     p.add_argument("--suffix", type=Path)
     p.add_argument("--strategies", nargs="+", help="grid names (default: all; --quick: a small grid)")
+    p.add_argument("--verifier", type=Path, help="verifier head folder: adds its strategies")
+    p.add_argument("--embedding-head", type=Path, help="embedding head folder: adds its strategies")
+    p.add_argument("--val-rows", type=Path, help="validation input CSV (the heads read its texts)")
+    p.add_argument("--test-rows", type=Path, help="test input CSV (the heads read its texts)")
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true")
@@ -63,7 +78,13 @@ def run(args, ctx: CombineContext) -> pd.DataFrame:
     mean = read_text_file(args.mean_prompt, "--mean-prompt") if args.mean_prompt else None
     suffix = read_text_file(args.suffix, "--suffix") if args.suffix else None
     names = args.strategies or (QUICK if args.quick else None)
-    candidates = select(default_candidates(mean, suffix), names)
+    heads = {k: str(v) for k, v in (("verifier", args.verifier), ("embedding", args.embedding_head)) if v}
+    if heads and not (args.val_rows and args.test_rows):
+        raise RecoverlibError("--verifier / --embedding-head need --val-rows and --test-rows")
+    candidates = select(default_candidates(mean, suffix), names) + head_candidates(
+        heads.get("verifier"), heads.get("embedding"))
+    ctx.pairs = {r.id: (r.original_text, r.rewritten_text)
+                 for f in (args.val_rows, args.test_rows) if f for r in read_rows(f)}
     n_boot = 200 if args.quick else args.bootstrap
     rng = np.random.default_rng(args.seed)
     splits = {s: (read_samples(getattr(args, f"{s}_samples")), read_truth(getattr(args, f"{s}_truth")))
@@ -89,9 +110,43 @@ def run(args, ctx: CombineContext) -> pd.DataFrame:
         ]
     )
     frame.attrs.update(
-        rows={s: len(v[0]) for s, v in splits.items()}, table=format_table(test), tuned=val[0].name
+        rows={s: len(v[0]) for s, v in splits.items()}, table=format_table(test), tuned=val[0].name,
+        heads=head_checks(val, test, rng, n_boot),
     )
     return frame
+
+
+def is_head(name: str) -> bool:
+    return name.startswith(("verifier", "embedding"))
+
+
+def head_checks(val, test, rng, n_boot: int) -> dict:
+    """Per head (verifier, embedding): its strategy tuned on validation vs the best fixed strategy on test
+    (the best non-head score there: a strict baseline), paired difference [95% interval], and the goal
+    (difference >= 0.01 with the interval above 0); seconds per row of scoring."""
+    fixed = max((r for r in test if not is_head(r.name)), key=lambda r: r.score)
+    out = {}
+    for kind in ("verifier", "embedding"):
+        mine = [r for r in val if r.name.startswith(kind)]
+        if not mine:
+            continue
+        pick = next(r for r in test if r.name == max(mine, key=lambda r: r.score).name)
+        diff = pick.rows - fixed.rows
+        low, high = bootstrap_interval(diff, rng, n_boot)
+        out[kind] = {"strategy": pick.name, "score": pick.score, "fixed": fixed.name,
+                     "fixed_score": fixed.score,
+                     "diff": float(diff.mean()), "low": low, "high": high,
+                     "goal": bool(diff.mean() >= 0.01 and low > 0),
+                     "s_per_row": max(r.seconds for r in test if r.name.startswith(kind)) / len(pick.rows)}
+    return out
+
+
+def head_lines(checks: dict) -> list[str]:
+    """The head checks as markdown lines."""
+    return [f"Head **{k}**: tuned on validation **{c['strategy']}** {c['score']:.4f} vs best fixed on test "
+            f"**{c['fixed']}** {c['fixed_score']:.4f}: {c['diff']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]; "
+            f"goal (>= +0.01, interval above 0): **{c['goal']}**; scoring at most {c['s_per_row'] * 1000:.1f}"
+            " ms/row (the first strategy of a head also loads it).  " for k, c in checks.items()]
 
 
 def write(frame: pd.DataFrame, args, seconds: float, name: str = "combination") -> list[Path]:
@@ -107,7 +162,7 @@ def write(frame: pd.DataFrame, args, seconds: float, name: str = "combination") 
           f"Embedder `{args.embedder}`; {rows['val']} validation rows, {rows['test']} test rows; "
           f"tuned choice: **{frame.attrs['tuned']}**; seed {args.seed}; {seconds:.0f} s.", "",
           "Test split (scores: mean cos^3; intervals: bootstrap 95%; *vs first*: paired difference):", "",
-          frame.attrs["table"], "", "Validation scores: " +
+          frame.attrs["table"], "", *head_lines(frame.attrs.get("heads", {})), "", "Validation scores: " +
           ", ".join(f"{r.strategy} {r.val_score:.4f}" for r in frame.itertuples()), ""]
     (out / f"{name}.md").write_text("\n".join(md))
     fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(frame)), 3.8))

@@ -11,7 +11,9 @@ are mean cos^3 with bootstrap 95% intervals and paired differences against the f
 prediction, under two metric geometries: MiniLM as it is, and MiniLM moved toward sentence-t5's anisotropy
 (``minilm@t5like``, a simulation; see ``benchmarks/geometry.py``), since whether hedging pays depends on it.
 Then ``benchmarks/combination.py`` tunes a combination on the validation samples and scores every strategy on
-the test samples (rows marked ``test``), under each geometry.
+the test samples (rows marked ``test``), under each geometry. The grid includes the strategies of two learned
+heads (``benchmarks/ensemble_heads.py``): a verifier and an embedding regressor on the same base, trained on
+the model's own samples on a slice of the training split (``--head-rows``; ``--no-heads`` leaves them out).
 
 Writes ``benchmarks/results/ensemble_quality.{md,csv,png}`` and
 ``combination_<level>[_t5like].{md,csv,png}``; the samples files (``recoverlib tune`` / ``combination.py``
@@ -21,6 +23,8 @@ Reproduce (about 35 minutes on 2 busy CPU cores from scratch, training three mod
 
     PYTHONPATH=. .venv/bin/python -m benchmarks.ensemble_quality
 
+``--train-rows N --pretrain-epochs E`` train smaller models (faster, lower scores); ``--tag TAG`` names the
+results ``ensemble_quality_TAG`` and ``combination_TAG_<level>`` so they sit beside the default ones.
 ``--quick``: 2 adapters, 8 rows, 2 samples, 200 resamples; uses the full trained models when cached, else
 trains a tiny one (quality meaningless; for tests and smoke runs).
 """
@@ -38,8 +42,9 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import combination
+from benchmarks.ensemble_heads import QUICK_HEADS, HeadSetup, head_notes, train_heads
 from benchmarks.ensemble_rows import GREEDY, SAMPLED, Generated, baseline_name, score_table, table_specs
-from benchmarks.report import machine_info, machine_line, pyplot, results_dir
+from benchmarks.report import load_line, machine_info, machine_line, pyplot, results_dir
 from recoverlib.cache import cache_root
 from recoverlib.combine import CombineContext, Sample
 from recoverlib.engines.base import SamplingConfig
@@ -65,9 +70,14 @@ class Setup:
     max_new_tokens: int = 32
     bootstrap: int = 2000
     seed: int = 0
+    heads: HeadSetup | None = HeadSetup()  # None: no learned heads
+    train_rows: int | None = None  # a smaller trained model: its training rows (None: TaskConfig's 6000)
+    pretrain_epochs: int | None = None  # and its base's epochs (None: PretrainConfig's 3)
 
 
-QUICK = Setup(levels=(0.5, 1.0), adapters=2, rows=8, samples=2, counts=(1, 2), bootstrap=200)
+QUICK = Setup(
+    levels=(0.5, 1.0), adapters=2, rows=8, samples=2, counts=(1, 2), bootstrap=200, heads=QUICK_HEADS
+)
 
 
 def parse(argv):
@@ -78,6 +88,12 @@ def parse(argv):
     )
     p.add_argument("--adapters", type=int, help="trained adapters (default 4; --quick: 2)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rows", type=int, help="rows per split (default: all)")
+    p.add_argument("--head-rows", type=int, help="training rows sampled for the heads (default 300)")
+    p.add_argument("--no-heads", action="store_true", help="leave the learned heads out")
+    p.add_argument("--tag", default="", help="results named ensemble_quality_TAG, combination_TAG_<level>")
+    p.add_argument("--train-rows", type=int, help="train a smaller model: training rows (default 6000)")
+    p.add_argument("--pretrain-epochs", type=int, help="train a smaller model: base epochs (default 3)")
     p.add_argument(
         "--out", type=Path, default=None, help="results folder (default benchmarks/results; --quick: scratch)"
     )
@@ -97,14 +113,28 @@ def setup_of(args) -> Setup:
     setup = replace(QUICK if args.quick else Setup(), seed=args.seed)
     if args.levels:
         setup = replace(setup, levels=tuple(args.levels))
+    if args.rows:
+        setup = replace(setup, rows=args.rows)
+    setup = replace(setup, train_rows=args.train_rows, pretrain_epochs=args.pretrain_epochs)
+    if args.no_heads:
+        setup = replace(setup, heads=None)
+    elif args.head_rows:
+        setup = replace(setup, heads=replace(setup.heads, rows=args.head_rows))
     return replace(setup, adapters=args.adapters) if args.adapters else setup
 
 
 def trained_model(cache: Path, level: float, setup: Setup, quick: bool) -> tuple[Path, str]:
     """The trained tiny for ``level`` (cached); in quick mode a tiny one when the full one is not cached."""
     config = TrainedTinyConfig(task=TaskConfig(ambiguity=level))
-    cached = cache_root() / f"trained-tiny-{cache_key(setup.adapters, setup.seed, config)}" / STAMP
     note = "full trained model"
+    if setup.train_rows or setup.pretrain_epochs:
+        config = TrainedTinyConfig(
+            task=replace(config.task, rows=setup.train_rows or config.task.rows),
+            pretrain=PretrainConfig(epochs=setup.pretrain_epochs or config.pretrain.epochs),
+        )
+        note = (f"smaller trained model ({config.task.rows} training rows, {config.pretrain.epochs} base "
+                "epochs)")
+    cached = cache_root() / f"trained-tiny-{cache_key(setup.adapters, setup.seed, config)}" / STAMP
     if quick and not cached.is_file():
         print(
             f"level {level}: no cached full trained model; training a tiny one (--quick: quality meaningless)"
@@ -122,8 +152,9 @@ def trained_model(cache: Path, level: float, setup: Setup, quick: bool) -> tuple
 
 def split_files(model_dir: Path, split: str) -> tuple[Path, Path]:
     task = model_dir / "task"
-    return (task / "validation.csv", task / "validation.csv") if split == "validation" else \
-        (task / "test.csv", task / "test_truth.csv")
+    if split in ("validation", "train"):
+        return task / f"{split}.csv", task / f"{split}.csv"
+    return task / "test.csv", task / "test_truth.csv"
 
 
 def generate(engine, rows, setup: Setup, out_dir: Path) -> Generated:
@@ -181,7 +212,15 @@ def sample_splits(model_dir: Path, setup: Setup, samples_dir: Path) -> dict[str,
         for split in SPLITS:
             rows = read_rows(split_files(model_dir, split)[0])[: setup.rows]
             out[split] = generate(eng, rows, setup, samples_dir / split)
+        if setup.heads is not None:  # the heads' training data: the model's own samples on training rows
+            rows = read_rows(split_files(model_dir, "train")[0])[: setup.heads.rows]
+            out["train"] = generate(eng, rows, setup, samples_dir / "train")
     return out
+
+
+def tag(args) -> str:
+    """``_TAG`` for ``--tag TAG`` (results of another setup beside the default ones), else ""."""
+    return f"_{args.tag}" if args.tag else ""
 
 
 def geometry_suffix(embedder: str) -> str:
@@ -202,6 +241,10 @@ def run_level(
     samples_dir = args.cache / f"samples-{level}"
     gen = sample_splits(model_dir, setup, samples_dir / "passes")
     files = {s: write_samples(samples_dir / f"{s}.jsonl", combined_samples(gen[s])) for s in SPLITS}
+    heads = None
+    if setup.heads is not None:
+        heads = train_heads(model_dir, combined_samples(gen["train"]), contexts, setup.heads, setup.seed,
+                            args.cache / f"heads-{level}")
     rows, infos = [], []
     for embedder, ctx in contexts.items():
         rng = np.random.default_rng([setup.seed, int(level * 1000)])
@@ -214,7 +257,8 @@ def run_level(
             r.update(level=level, split="validation")
         constant_file = samples_dir / f"constant{geometry_suffix(embedder)}.txt"
         constant_file.write_text(const + "\n")
-        frame, comb_s = tune_and_score(model_dir, files, constant_file, level, setup, args, ctx, embedder)
+        frame, comb_s = tune_and_score(model_dir, files, constant_file, level, setup, args, ctx, embedder,
+                                       heads)
         got += combination_rows(frame, gen["test"], adapters, setup, level)
         rows += [{**r, "embedder": embedder} for r in got]
         infos.append(
@@ -227,14 +271,17 @@ def run_level(
                 "constant_train": const_train,
                 "combination_s": round(comb_s, 1),
                 "criterion": criterion(frame),
-                "generation_s": {s: round(sum(g.seconds.values()), 1) for s, g in gen.items()},
+                "generation_s": {s: round(sum(g.seconds.values()), 1) for s, g in gen.items() if s in SPLITS},
+                "heads": heads and head_notes(heads, embedder, frame.attrs["heads"],
+                                              sum(gen["train"].seconds.values())),
             }
         )
     return rows, infos
 
 
 def tune_and_score(
-    model_dir: Path, files: dict, mean: Path, level: float, setup: Setup, args, ctx, embedder: str
+    model_dir: Path, files: dict, mean: Path, level: float, setup: Setup, args, ctx, embedder: str,
+    heads: dict | None = None,
 ):
     """``benchmarks/combination.py`` on this level: tune on validation, score on test; writes its files."""
     argv = [
@@ -257,11 +304,17 @@ def tune_and_score(
         "--embedder",
         embedder,
     ] + (["--quick"] if args.quick else [])
+    if heads is not None:
+        argv += ["--verifier", heads["verifier"][embedder]["path"],
+                 "--embedding-head", heads["embedding"]["path"],
+                 "--val-rows", str(split_files(model_dir, "validation")[0]),
+                 "--test-rows", str(split_files(model_dir, "test")[0])]
     cargs = combination.parse(argv)
     start = time.perf_counter()
     frame = combination.run(cargs, ctx)
     seconds = time.perf_counter() - start
-    combination.write(frame, cargs, seconds, name=f"combination_{level}{geometry_suffix(embedder)}")
+    name = f"combination{tag(args)}_{level}{geometry_suffix(embedder)}"
+    combination.write(frame, cargs, seconds, name=name)
     return frame, seconds
 
 
@@ -340,11 +393,12 @@ def level_notes(info: dict, setup: Setup) -> list[str]:
         f"is not the best: **{c['above_concat']}**; first {c['first_score']:.4f}, tuned >= max(first, "
         "concat) "
         f"- 0.01: **{c['better_side']}**.",
+        *(info["heads"] or []),
     ]
 
 
 def write_outputs(frame: pd.DataFrame, infos: list[dict], setup: Setup, args, seconds: float) -> list[Path]:
-    name = "ensemble_quality_quick" if args.quick else "ensemble_quality"
+    name = f"ensemble_quality{tag(args)}" + ("_quick" if args.quick else "")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     cols = [
@@ -364,6 +418,7 @@ def write_outputs(frame: pd.DataFrame, infos: list[dict], setup: Setup, args, se
     ]
     frame[cols].to_csv(out / f"{name}.csv", index=False, float_format="%.5f")
     cmd = "PYTHONPATH=. .venv/bin/python -m benchmarks.ensemble_quality" + (" --quick" if args.quick else "")
+    cmd += "".join(f" {a}" for a in args.argv)
     md = [
         f"# {__doc__.split(chr(10) + chr(10))[0].split(':')[0]}",
         "",
@@ -371,6 +426,7 @@ def write_outputs(frame: pd.DataFrame, infos: list[dict], setup: Setup, args, se
         "",
         f"Machine: {machine_line(machine_info())}  ",
         f"Command: {cmd}  ",
+        f"{load_line(args.load_before, os.getloadavg())} (the machine is shared: times are upper bounds).  ",
         f"Rows per split: {setup.rows or 'all'}; samples {setup.samples}; bootstrap {setup.bootstrap}; "
         f"seed {setup.seed}; embedders {', '.join(args.embedders)}; total {seconds / 60:.1f} min.  ",
         "Geometry: `minilm` is all-MiniLM-L6-v2 as it is (unrelated texts near cosine 0.1-0.3); "
@@ -424,9 +480,11 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse(argv)
+    args.argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--quick"]
     setup = setup_of(args)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     start = time.perf_counter()
+    args.load_before = os.getloadavg()
     contexts = {e: CombineContext(Scorer(e, progress=False)) for e in args.embedders}
     rows, infos = [], []
     for level in setup.levels:

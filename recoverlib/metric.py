@@ -121,7 +121,11 @@ class Scorer:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), dim) float32 embeddings (moved toward the shared direction in ``t5like`` mode)."""
-        emb = self.encode(texts)
+        return self.apply_modes(self.encode(texts))
+
+    def apply_modes(self, emb: np.ndarray) -> np.ndarray:
+        """Embeddings of the embedder itself (``encode``'s, or a head's prediction of them) put into this
+        scorer's geometry: moved toward the shared direction in ``t5like`` mode, else unchanged."""
         if "t5like" not in self.modes:
             return emb
         if self._shift is None:

@@ -22,14 +22,28 @@ from recoverlib.combine.search import (
 )
 from recoverlib.combine.tune import Candidate, format_table, matched_ids, tune
 from recoverlib.errors import RecoverlibError
-from recoverlib.io import read_samples, read_truth, write_submission
+from recoverlib.heads.model import read_info
+from recoverlib.io import read_rows, read_samples, read_truth, write_submission
 from recoverlib.metric import Scorer
 from recoverlib.output_paths import check_output_file
 from recoverlib.pipeline import DEFAULT_FALLBACK
 
 
-def _context(embedder: str):
-    return CombineContext(Scorer(embedder))
+def _context(embedder: str, rows: Path | None = None):
+    """The combine context; ``rows``: a CSV with the rows' texts, for strategies with a learned head."""
+    pairs = {} if rows is None else {r.id: (r.original_text, r.rewritten_text) for r in read_rows(rows)}
+    return CombineContext(Scorer(embedder), pairs=pairs)
+
+
+def _head_rows(args) -> Path | None:
+    """``--rows``, required when a head is named (its strategies read the rows' texts)."""
+    heads = [f for f in ("verifier", "embedding_head") if getattr(args, f, None)]
+    if heads and args.rows is None:
+        raise RecoverlibError(f"--{heads[0].replace('_', '-')} needs --rows: the CSV of the sampled rows "
+                              "(id, original_text, rewritten_text)")
+    for name in heads:
+        read_info(getattr(args, name))  # before any scoring: a bad folder leaves no partial tune behind
+    return args.rows
 
 
 def _search_config(args):
@@ -116,7 +130,7 @@ def cmd_search_suffix(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    _check_out(args, "samples_file", "truth", "mean_prompt", "suffix", "pipeline")
+    _check_out(args, "samples_file", "truth", "mean_prompt", "suffix", "pipeline", "rows")
     _at_least("--bootstrap", args.bootstrap, 0)
     samples, truth = _samples_and_truth(args)
     mean = read_text_file(args.mean_prompt, "--mean-prompt") if args.mean_prompt else None
@@ -126,10 +140,12 @@ def cmd_tune(args) -> int:
     results = tune(
         samples,
         truth,
-        _context(args.embedder),
+        _context(args.embedder, _head_rows(args)),
         strategies=args.strategies,
         mean_prompt=mean,
         suffix=suffix,
+        verifier=str(args.verifier) if args.verifier else None,
+        embedding=str(args.embedding_head) if args.embedding_head else None,
         extra=extra,
         n_boot=args.bootstrap,
         seed=args.seed,
@@ -145,10 +161,10 @@ def cmd_tune(args) -> int:
 
 
 def cmd_combine(args) -> int:
-    _check_out(args, "samples_file", "combination")
+    _check_out(args, "samples_file", "combination", "rows")
     config = load_combination(args.combination)
     samples = read_samples(args.samples_file)
-    prompts = combine_rows(samples, config, _context(args.embedder))
+    prompts = combine_rows(samples, config, _context(args.embedder, args.rows))
     empty = [i for i, p in prompts.items() if not p.strip()]
     texts = [prompts[i].strip() or args.fallback_prompt or DEFAULT_FALLBACK for i in samples]
     write_submission(args.out, list(samples), texts)
@@ -192,6 +208,11 @@ def _search_options(p, steps: int, vocab_size: int) -> None:
     add_embedder(p)
 
 
+def _rows_option(p) -> None:
+    p.add_argument("--rows", type=Path, help="CSV of the sampled rows (id, original_text, rewritten_text): "
+                   "what a verifier or embedding head reads")
+
+
 def add_commands(subparsers) -> None:
     """Register ``optimize-prompt``, ``search-suffix``, ``tune`` and ``combine``."""
     p = subparsers.add_parser(
@@ -230,6 +251,11 @@ def add_commands(subparsers) -> None:
     p.add_argument("--suffix", type=Path, help="suffix file (search-suffix): adds its variants")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verifier", type=Path, help="verifier head folder (train --head verifier): adds its"
+                   " strategies (needs --rows)")
+    p.add_argument("--embedding-head", type=Path, help="embedding head folder (train --head embedding): adds"
+                   " its strategies (needs --rows)")
+    _rows_option(p)
     add_out(p, "combination file (JSON) for the best")
     add_embedder(p)
     p.set_defaults(func=cmd_tune)
@@ -241,5 +267,6 @@ def add_commands(subparsers) -> None:
     p.add_argument("--combination", required=True, type=Path, help="combination file (tune --out)")
     add_out(p, "submission CSV (id, rewrite_prompt)", old=("--output",))
     p.add_argument("--fallback-prompt", default=None, help="for rows whose samples are all empty")
+    _rows_option(p)
     add_embedder(p)
     p.set_defaults(func=cmd_combine)

@@ -1,13 +1,15 @@
 """``recoverlib make-task`` (the synthetic recovery task) and ``recoverlib train`` (a LoRA adapter through
-TRL)."""
+TRL, or with ``--head`` a learned verifier or embedding head)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from recoverlib.cli.options import add_embedder, add_out, add_template, old_name
+from recoverlib.cli.heads import cmd_train_head
+from recoverlib.cli.options import add_embedder, add_out, add_samples_file, add_template, old_name
 from recoverlib.cli.tiny import add_positional_out, out_folder
 from recoverlib.errors import RecoverlibError
+from recoverlib.heads.model import KINDS
 from recoverlib.model_folder import require_model_folder
 from recoverlib.output_paths import check_output_folder
 from recoverlib.synthetic.generator import TaskConfig, write_task
@@ -25,6 +27,8 @@ def cmd_make_task(args) -> int:
 
 
 def cmd_train(args) -> int:
+    if args.head:
+        return cmd_train_head(args)
     config = TrainConfig(
         rank=args.rank,
         alpha=args.alpha,
@@ -102,4 +106,8 @@ def add_commands(sub) -> None:
     train.add_argument(
         "--resume", action="store_true", help="continue the run checkpointed under --out/.checkpoints"
     )
+    train.add_argument("--head", choices=KINDS, help="train a learned head instead of a recovery adapter: "
+                       "a verifier (scores candidates; needs --samples-file) or an embedding regressor")
+    add_samples_file(train, "verifier: the model's samples on the --train rows (predict --samples-file)",
+                     required=False, old=())
     train.set_defaults(func=cmd_train)

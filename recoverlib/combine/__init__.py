@@ -21,12 +21,14 @@ _EXPORTS = {
     "load_combination": "configio",
     "save_combination": "configio",
     "CombineContext": "context",
+    "EmbeddingConfig": "embedding",
     "FirstConfig": "first",
     "MbrConfig": "mbr",
     "MeanPromptConfig": "mean_prompt",
     "MedoidConfig": "medoid",
     "PipelineConfig": "pipeline",
     "SuffixConfig": "suffix",
+    "VerifierConfig": "verifier",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)

@@ -56,14 +56,17 @@ class Strategy:
     configs and in :data:`STRATEGIES`), its handler, whether it embeds, and an optional prefetch hook.
 
     ``prefetch(config, samples, ctx) -> texts`` names texts the handler will embed for a row, so
-    :func:`combine_rows` can embed them for every row in one batch before the per-row loop. A strategy module
-    defines one as ``STRATEGY``.
+    :func:`combine_rows` can embed them for every row in one batch before the per-row loop. ``prepare(config,
+    rows, ctx)`` does a strategy's own batch work across rows (``id -> samples``) once, before that loop (a
+    learned head scores every row's candidates in one pass); the handler finds its row as ``ctx.row``. A
+    strategy module defines one as ``STRATEGY``.
     """
 
     config_type: type
     handler: Callable
     embeds: bool = False
     prefetch: Callable | None = field(default=None, compare=False)
+    prepare: Callable | None = field(default=None, compare=False)
 
     @property
     def name(self) -> str:
@@ -74,7 +77,8 @@ class Strategy:
 STRATEGIES = Registry("combination strategy", "recoverlib.strategies", {
     name: f"recoverlib.combine.{module}:STRATEGY" for name, module in (
         ("concat", "concat"), ("first", "first"), ("medoid", "medoid"), ("mbr", "mbr"),
-        ("mean-prompt", "mean_prompt"), ("suffix", "suffix"), ("budget", "budget"), ("pipeline", "pipeline"))
+        ("mean-prompt", "mean_prompt"), ("suffix", "suffix"), ("budget", "budget"), ("pipeline", "pipeline"),
+        ("verifier", "verifier"), ("embedding", "embedding"))
 })
 
 
@@ -126,17 +130,20 @@ def apply(config, samples: Sequence[Sample], ctx, draft: Draft | None = None) ->
     return out if isinstance(out, Draft) else Draft((Part(out),) if out else ())
 
 
-def combine(samples: Sequence[Sample], config, ctx=None) -> str:
+def combine(samples: Sequence[Sample], config, ctx=None, row: str | None = None) -> str:
     """One prompt from a row's samples, by the strategy ``config``'s type names. May return "" (no usable
     text).
 
     ``ctx``: a :class:`CombineContext`; needed only by strategies that embed (one with the competition's
-    embedder is made on demand). For many rows, :func:`combine_rows` embeds in batches and is much faster.
+    embedder is made on demand). ``row``: the row's id (strategies with a learned head look its pair up in
+    ``ctx.pairs``). For many rows, :func:`combine_rows` embeds in batches and is much faster.
     """
     strategy_for(config)
     if ctx is None:
 
         ctx = CombineContext()
+    if row is not None:
+        return combine_rows({row: samples}, config, ctx, progress=False)[row]
     return apply(config, samples, ctx).text
 
 
@@ -153,8 +160,11 @@ def combine_rows(
             hook = strategy_for(sub).prefetch
             if hook is not None:
                 ctx.prefetch(t for samples in rows.values() for t in hook(sub, samples, ctx))
+    for sub in sub_configs(config):
+        if (prepare := strategy_for(sub).prepare) is not None:
+            prepare(sub, rows, ctx)
     bar = tqdm(rows.items(), desc="combine", unit="row", disable=not progress or len(rows) < 100)
-    return {rid: apply(config, samples, ctx).text for rid, samples in bar}
+    return {rid: apply(config, samples, ctx.at_row(rid)).text for rid, samples in bar}
 
 
 def round_robin(samples: Sequence[Sample]) -> list[Sample]:

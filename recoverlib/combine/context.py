@@ -7,11 +7,12 @@ at most once per context, so a tuning run that tries twenty strategies embeds ea
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from recoverlib.errors import RecoverlibError
 from recoverlib.metric import COMPETITION_EMBEDDER, Scorer, sharpen
 
 
@@ -27,8 +28,27 @@ class CombineContext:
     scorer: Scorer | None = None
     embedder: str = COMPETITION_EMBEDDER
     power: int = 3
+    # id -> (original_text, rewritten_text): what strategies with a learned head (verifier, embedding) read
+    pairs: Mapping[str, tuple[str, str]] = field(default_factory=dict, repr=False)
+    row: str | None = None  # the row being combined (set by combine_rows)
+    heads: dict = field(default_factory=dict, repr=False)  # loaded heads and their outputs, by strategy
     _vectors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _tokens: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def at_row(self, row: str) -> CombineContext:
+        """This context, now combining ``row`` (its pair is ``pairs[row]``)."""
+        self.row = row
+        return self
+
+    def pair(self, row: str | None = None) -> tuple[str, str]:
+        """(original_text, rewritten_text) of ``row`` (default: the current row); one line when unknown."""
+        row = self.row if row is None else row
+        if row not in self.pairs:
+            raise RecoverlibError(
+                f"row {row!r} has no (original, rewritten) pair: a learned head needs the rows' texts "
+                "(pass the split's CSV, e.g. tune/combine --rows FILE)"
+            )
+        return self.pairs[row]
 
     def get_scorer(self) -> Scorer:
         if self.scorer is None:

@@ -27,12 +27,14 @@ from recoverlib.combine.base import Sample, combine_rows
 from recoverlib.combine.budget import BudgetConfig
 from recoverlib.combine.concat import ConcatConfig
 from recoverlib.combine.configio import config_to_dict, save_combination
+from recoverlib.combine.embedding import EmbeddingConfig
 from recoverlib.combine.first import FirstConfig
 from recoverlib.combine.mbr import MbrConfig
 from recoverlib.combine.mean_prompt import MeanPromptConfig
 from recoverlib.combine.medoid import MedoidConfig
 from recoverlib.combine.pipeline import PipelineConfig
 from recoverlib.combine.suffix import SuffixConfig
+from recoverlib.combine.verifier import VerifierConfig
 from recoverlib.errors import RecoverlibError
 from recoverlib.metric import sharpen
 
@@ -47,8 +49,26 @@ class Candidate:
     config: object
 
 
-def default_candidates(mean_prompt: str | None = None, suffix: str | None = None) -> list[Candidate]:
-    """The standard grid: selectors alone, then with the mean prompt and the suffix when given (texts)."""
+def head_candidates(verifier: str | None = None, embedding: str | None = None) -> list[Candidate]:
+    """Strategies with a learned head (folders): the verifier reranking mbr's candidates alone and mixed
+    half and half with mbr, dropping its lower half, weighting the samples; the embedding head reranking alone
+    and mixed."""
+    out = []
+    if verifier:
+        out += [Candidate("verifier-rerank", VerifierConfig(path=verifier)),
+                Candidate("verifier-mix", VerifierConfig(path=verifier, weight=0.5)),
+                Candidate("verifier-drop", VerifierConfig(path=verifier, mode="drop")),
+                Candidate("verifier-weight", VerifierConfig(path=verifier, mode="weight"))]
+    if embedding:
+        out += [Candidate("embedding-rerank", EmbeddingConfig(path=embedding)),
+                Candidate("embedding-mix", EmbeddingConfig(path=embedding, weight=0.5))]
+    return out
+
+
+def default_candidates(mean_prompt: str | None = None, suffix: str | None = None, verifier: str | None = None,
+                       embedding: str | None = None) -> list[Candidate]:
+    """The standard grid: selectors alone, then with the mean prompt and the suffix when given (texts), then
+    the strategies of the learned heads when given (folders)."""
     budget = BudgetConfig()
     dedup = ConcatConfig(dedup_threshold=0.9)
     out = [Candidate(BASELINE, FirstConfig()), Candidate("medoid", MedoidConfig()),
@@ -73,7 +93,7 @@ def default_candidates(mean_prompt: str | None = None, suffix: str | None = None
             out.append(
                 Candidate("mbr-4+mean?+suffix", PipelineConfig((MbrConfig(mean_prompt=append), tail, budget)))
             )
-    return out
+    return out + head_candidates(verifier, embedding)
 
 
 def select(candidates: Sequence[Candidate], names: Sequence[str] | None) -> list[Candidate]:
@@ -256,13 +276,16 @@ def format_table(results: Sequence[Result]) -> str:
 
 def tune(samples: Mapping[str, Sequence[Sample]], truth: Mapping[str, str], ctx, *,
          strategies: Sequence[str] | None = None, mean_prompt: str | None = None, suffix: str | None = None,
-         extra: Sequence[Candidate] = (), n_boot: int = 1000, seed: int = 0,
+         verifier: str | None = None, embedding: str | None = None, extra: Sequence[Candidate] = (),
+         n_boot: int = 1000, seed: int = 0,
          fallback: str | None = None, out: str | None = None, tuned_on: str = "") -> list[Result]:
     """``recoverlib tune``: score the grid (``strategies`` of it, plus ``extra`` candidates) on rows with
     known truths, best first; with ``out``, write the best as a combination file (its info holds the whole
-    table)."""
+    table). ``verifier`` / ``embedding``: head folders; their strategies join the grid (``ctx.pairs`` must
+    hold the rows' texts)."""
 
-    candidates = select(default_candidates(mean_prompt, suffix), strategies) + list(extra)
+    grid = default_candidates(mean_prompt, suffix, verifier, embedding)
+    candidates = select(grid, strategies) + list(extra)
     partial = None if out is None else Path(f"{out}.partial.jsonl")
     results = score_candidates(samples, truth, candidates, ctx, np.random.default_rng(seed), n_boot, fallback,
                                partial=partial)

@@ -41,6 +41,11 @@ def test_quick_ensemble_quality_writes_results(tmp_path):
     for name in ("combination_1.0.csv", "combination_1.0_t5like.csv"):
         comb = pd.read_csv(tmp_path / name)
         assert comb["tuned"].sum() == 1 and "first" in set(comb["strategy"])
+        # the learned heads' strategies are in the grid, each checked against the best fixed strategy
+        assert {"verifier-rerank", "verifier-drop", "embedding-rerank"} <= set(comb["strategy"])
+        md = (tmp_path / name).with_suffix(".md").read_text()
+        assert "Head **verifier**" in md and "Head **embedding**" in md
+    assert "served weights" in (tmp_path / "ensemble_quality_quick.md").read_text()
     # the anisotropic geometry raises every score of the same texts (cosines move toward 1)
     plain, t5like = (
         frame[frame.embedder == e].set_index(["split", "strategy"]).score for e in ("minilm", "minilm@t5like")

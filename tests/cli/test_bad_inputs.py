@@ -651,6 +651,7 @@ CASES = [
     ("train", "train-binary", lambda w: _train(w, train="binary.csv"), "binary.csv"),
     ("train", "validation-missing", _trainw("--validation", "/nonexistent/v.csv"), "no such file"),
     ("train", "epochs-0", _trainw("--epochs", "0"), "epochs 0"),
+    ("train", "head-verifier-without-samples", _trainw("--head", "verifier"), "needs --samples-file"),
     ("train", "rank-0", _trainw("--rank", "0"), "rank 0"),
     ("train", "lr-negative", _trainw("--lr", "-1"), "lr -1"),
     ("train", "batch-size-0", _trainw("--batch-size", "0"), "batch_size 0"),
@@ -830,6 +831,9 @@ CASES = [
     ("tune", "bootstrap-negative", lambda w: _tune(w, "--bootstrap", "-1"), "bootstrap"),
     ("tune", "mean-prompt-missing", lambda w: _tune(w, "--mean-prompt", f"{w}/nope.txt"), "nope.txt"),
     ("tune", "pipeline-not-json", lambda w: _tune(w, "--pipeline", f"{w}/not.json"), "not JSON"),
+    ("tune", "verifier-without-rows", lambda w: _tune(w, "--verifier", f"{w}/folder"), "needs --rows"),
+    ("tune", "verifier-not-a-head", lambda w: _tune(w, "--verifier", f"{w}/folder", "--rows", f"{w}/in.csv",
+                                                   "--strategies", "verifier-rerank"), "not a head folder"),
     (
         "tune",
         "embedder-cannot-load",
@@ -837,6 +841,7 @@ CASES = [
         "cannot load embedder",
     ),
     # combine
+    ("combine", "rows-without-texts", lambda w: _combine(w, "--rows", f"{w}/truth.csv"), "missing column"),
     ("combine", "samples-missing", lambda w: _combine(w, samples="nope.jsonl"), "no such samples file"),
     (
         "combine",

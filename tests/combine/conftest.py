@@ -28,4 +28,7 @@ def cli_scorer(monkeypatch, scorer):
     import importlib
 
     cli = importlib.import_module("recoverlib.cli.combine")
-    monkeypatch.setattr(cli, "_context", lambda embedder: CombineContext(scorer=scorer))
+    own = cli._context  # makes the pairs of --rows; its Scorer loads nothing until used
+    monkeypatch.setattr(cli, "_context",
+                        lambda embedder, rows=None: CombineContext(scorer=scorer,
+                                                                   pairs=own(embedder, rows).pairs))

@@ -35,3 +35,28 @@ def test_bad_input_is_one_line(tmp_path, ctx, capsys):
             "--quick", "--out", str(tmp_path / "out")]
     assert load().main(argv, ctx) == 2
     assert "no such samples file" in capsys.readouterr().err
+
+
+def test_head_check_compares_the_validation_choice_with_the_best_fixed_on_test():
+    import numpy as np
+
+    from recoverlib.combine.tune import Result
+
+    def result(name, rows, seconds=1.0):
+        rows = np.array(rows, dtype=float)
+        return Result(name, None, rows.mean(), 0, 0, 0, 0, 0, seconds, rows)
+
+    val = [result("mbr-4", [0.5] * 4), result("verifier-drop", [0.6] * 4),
+           result("verifier-rerank", [0.4] * 4)]
+    test = [result("mbr-4", [0.5, 0.5, 0.5, 0.5]), result("medoid", [0.6, 0.4, 0.6, 0.4]),
+            result("verifier-drop", [0.55, 0.56, 0.57, 0.58], seconds=2.0),
+            result("verifier-rerank", [0.9] * 4)]
+    got = load().head_checks(val, test, np.random.default_rng(0), 200)
+    assert set(got) == {"verifier"}  # no embedding head in the grid
+    check = got["verifier"]
+    # the head strategy chosen on validation (drop), not the one best on test (rerank)
+    assert (check["strategy"], check["fixed"]) == ("verifier-drop", "mbr-4")
+    assert abs(check["diff"] - 0.065) < 1e-9
+    assert check["low"] > 0 and check["goal"] and check["s_per_row"] == 0.5
+    md = "\n".join(load().head_lines(got))
+    assert "verifier-drop" in md and "**True**" in md
