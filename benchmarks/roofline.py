@@ -179,8 +179,9 @@ def paired_prompts(tokenizer, rows: int, seed: int, tokens: tuple[int, int] = KA
     return sets[0], sets[1]
 
 
-def measure(args, model: Path, adapters: dict, log: Path, tokenizer) -> tuple[list[dict], list[int]]:
-    """Every variant's prefill and whole-job seconds per repeat, and the whole job's prompt lengths."""
+def measure(args, model: Path, adapters: dict, log: Path, tokenizer, top_of) -> tuple[list[dict], list[int]]:
+    """Every variant's prefill and whole-job seconds per repeat beside that repeat's roofline (``top_of``:
+    prompt lengths -> :class:`Roofline`), and the last whole job's prompt lengths."""
     rows, lengths = [], []
     names = sorted(adapters)
     for label, (variant, cures) in tqdm(variants(args.cures).items(), desc="engines", disable=None):
@@ -196,28 +197,36 @@ def measure(args, model: Path, adapters: dict, log: Path, tokenizer) -> tuple[li
                 timings = [worker.run({"prompts": dict.fromkeys(names, ps), "n": args.samples, "tokens": t,
                                        "seed": repeat}) for ps, t in ((first, 1), (whole, args.tokens))]
                 lengths = [len(tokenizer(p)["input_ids"]) for p in whole] * len(names)
+                top = top_of(lengths)
                 rows.append({"variant": label, "repeat": repeat, "prefill_s": timings[0]["seconds"],
                              "whole_s": timings[1]["seconds"], "tokens": timings[1]["tokens"],
-                             "prompt_tokens": sum(lengths), "load_1min": os.getloadavg()[0]})
+                             "prompt_tokens": sum(lengths), "roofline_prefill_s": top.prefill_s,
+                             "roofline_decode_s": top.decode_s, "load_1min": os.getloadavg()[0]})
                 print(json.dumps(rows[-1]), flush=True)
         finally:
             worker.close()
     return rows, lengths
 
 
-def summarize(runs: pd.DataFrame, top) -> pd.DataFrame:
-    """Medians per variant beside the roofline (``top``), each phase as a fraction of it."""
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    """Medians per variant beside the roofline; each phase's fraction of it is the median over repeats of
+    (that repeat's roofline seconds / its measured seconds): every repeat has prompts of its own."""
+    runs = runs.assign(decode_s=runs["whole_s"] - runs["prefill_s"],
+                       roofline_whole_s=runs["roofline_prefill_s"] + runs["roofline_decode_s"])
     out = []
     for label, part in runs.groupby("variant", sort=False):
-        pre, whole = part["prefill_s"].median(), part["whole_s"].median()
-        decode = (part["whole_s"] - part["prefill_s"]).median()
-        out.append({"variant": label, "prefill_s": pre, "decode_s": decode, "whole_s": whole,
-                    "tok_per_s": part["tokens"].median() / whole, "prefill_of_roofline": top.prefill_s / pre,
-                    "decode_of_roofline": top.decode_s / decode, "whole_of_roofline": top.total_s / whole,
+        whole = part["whole_s"].median()
+        out.append({"variant": label, "prefill_s": part["prefill_s"].median(),
+                    "decode_s": part["decode_s"].median(), "whole_s": whole,
+                    "tok_per_s": part["tokens"].median() / whole,
+                    **{f"{ph}_of_roofline": (part[f"roofline_{ph}_s"] / part[f"{ph}_s"]).median()
+                       for ph in ("prefill", "decode", "whole")},
                     "repeats": len(part)})
-    tokens = runs["tokens"].median()
-    out.append({"variant": "roofline", "prefill_s": top.prefill_s, "decode_s": top.decode_s,
-                "whole_s": top.total_s, "tok_per_s": tokens / top.total_s, "prefill_of_roofline": 1.0,
+    phases = ["roofline_prefill_s", "roofline_decode_s", "roofline_whole_s"]
+    top = runs.groupby("repeat")[phases].first().median()
+    out.append({"variant": "roofline", "prefill_s": top["roofline_prefill_s"],
+                "decode_s": top["roofline_decode_s"], "whole_s": top["roofline_whole_s"],
+                "tok_per_s": runs["tokens"].median() / top["roofline_whole_s"], "prefill_of_roofline": 1.0,
                 "decode_of_roofline": 1.0, "whole_of_roofline": 1.0, "repeats": 0})
     return pd.DataFrame(out)
 
@@ -271,10 +280,14 @@ def main(argv: list[str] | None = None) -> int:
                   * len(adapters), args.samples, args.tokens, 16)
     table, rates = ceilings(shapes, planned, "runs here" if kernels.int4_moe else "no kernel on this CPU"
                             " (needs AMX or zentorch)")
-    runs, lengths = measure(args, model, adapters, log_path(f"roofline_{args.model}"), tokenizer)
+    def top_of(lengths: list[int]):
+        return roofline(shapes, Job(tuple(lengths), args.samples, args.tokens, 16), rates["prefill"],
+                        rates["decode"], rates["read"])
+
+    runs, lengths = measure(args, model, adapters, log_path(f"roofline_{args.model}"), tokenizer, top_of)
     job = Job(tuple(lengths), args.samples, args.tokens, 16)
-    top = roofline(shapes, job, rates["prefill"], rates["decode"], rates["read"])
-    frame = summarize(pd.DataFrame(runs), top)
+    top = top_of(lengths)
+    frame = summarize(pd.DataFrame(runs))
     name = args.name or f"roofline_{args.model}"
     cpu, touched = cpu_identity()[0], experts_touched(shapes, job.sequences)
     notes = [
@@ -284,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         f" {args.samples} samples x {args.tokens} tokens = {job.generated} tokens, {sum(lengths)} prompt"
         f" tokens in {len(lengths)} distinct prefills; {args.repeats} repeats per engine (after a small"
         " warm-up job), fresh texts every run",
-        f"Roofline: prefill {top.prefill.flops / 1e12:.2f} TFLOP at {rates['prefill'] / 1e12:.3f} TFLOP/s;"
+        f"Roofline (the last repeat's prompts): prefill {top.prefill.flops / 1e12:.2f} TFLOP at"
+        f" {rates['prefill'] / 1e12:.3f} TFLOP/s;"
         f" {args.tokens - 1} decode steps, {top.decode.bytes / 1e9:.1f} GB read ({touched:.2f} of"
         f" {shapes.experts} experts a step) at {rates['read'] / 1e9:.1f} GB/s,"
         f" {top.decode.flops / 1e12:.2f} TFLOP at {rates['decode'] / 1e12:.3f} TFLOP/s",
