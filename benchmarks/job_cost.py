@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from recoverlib.quant.planner import ModelShapes
+
 WEIGHT_BYTES = 2  # bf16
 
 
@@ -33,11 +35,11 @@ class Shapes:
 
     @classmethod
     def from_config(cls, cfg: dict) -> Shapes:
-        """From a Mixtral ``config.json`` (a dense model counts as one expert, always chosen)."""
-        heads = cfg["num_attention_heads"]
-        return cls(cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], heads,
-                   cfg.get("num_key_value_heads", heads), cfg.get("head_dim") or cfg["hidden_size"] // heads,
-                   cfg.get("num_local_experts", 1), cfg.get("num_experts_per_tok", 1), cfg["vocab_size"])
+        """From a ``config.json``, read as the planner reads it (a dense model counts as one expert, always
+        chosen)."""
+        m = ModelShapes.from_config(cfg)
+        return cls(m.hidden, m.intermediate, m.layers, m.heads, m.kv_heads, m.head_dim, max(m.experts, 1),
+                   cfg.get("num_experts_per_tok", 1) if m.experts else 1, m.vocab)
 
     @property
     def attention_params(self) -> int:

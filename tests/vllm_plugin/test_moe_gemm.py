@@ -3,17 +3,12 @@ op by op and through a whole engine."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("vllm", reason="vLLM is not installed")
 
-from recoverlib.vllm_plugin import CURES, DISABLE_ENV  # noqa: E402
+from recoverlib.vllm_plugin import CURES  # noqa: E402
 from recoverlib.vllm_plugin.moe_gemm import ExpertGemms, experts_forward, onednn_serves  # noqa: E402
 
 E, H, INTER, K = 4, 128, 256, 2  # the tiny Mixtral's experts
@@ -71,36 +66,19 @@ def test_weights_already_applied_are_not_applied_again():
     assert torch.equal(unweighted, expected) and not torch.equal(weighted, unweighted)
 
 
-GREEDY = """
-import json, sys
-from vllm import LLM, SamplingParams
-llm = LLM(sys.argv[1], enforce_eager=True, seed=0, max_model_len=512, block_size=32)
-prompts = [{"prompt_token_ids": [3 + (7 * i + 11 * j) % 2000 for j in range(20 + i)]} for i in range(16)]
-outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=8, logprobs=0), use_tqdm=False)
-served = llm.apply_model(lambda m: sum(hasattr(getattr(getattr(getattr(mod, "quant_method", None),
-    "moe_kernel", None), "fused_experts", None), "_recoverlib_gemms") for mod in m.modules()))[0]
-print(json.dumps({"served": served, "tokens": [list(o.outputs[0].token_ids) for o in outs],
-                  "first_logprob": [next(iter(o.outputs[0].logprobs[0].values())).logprob for o in outs]}))
-"""
-
-
-def _greedy(model, cures: list[str]) -> dict:
-    env = {**os.environ, DISABLE_ENV: ",".join(cures), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    res = subprocess.run([sys.executable, "-c", GREEDY, str(model)], capture_output=True, text=True, env=env,
-                         timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads(res.stdout.strip().splitlines()[-1])
+SERVED = {"served": "lambda mod: hasattr(getattr(getattr(getattr(mod, 'quant_method', None), 'moe_kernel',"
+                     " None), 'fused_experts', None), '_recoverlib_gemms')"}
 
 
 @pytest.mark.slow
-def test_an_engine_with_the_cure_generates_as_vllms_kernel(tiny_model):
+def test_an_engine_with_the_cure_generates_as_vllms_kernel(tiny_model, greedy):
     """The tiny Mixtral (2 MoE layers) greedy, cure on and off: the first token of every prompt equal, its
     log-probability within bf16 rounding, and most 8-token continuations equal (random weights: near-ties)."""
     _kernels(gemms=False)
     if not hasattr(torch.ops._C, "cpu_fused_moe"):
         pytest.skip("this vLLM build has no CPU MoE kernel")
-    on = _greedy(tiny_model, list(CURES))
-    off = _greedy(tiny_model, [c for c in CURES if c != "vllm-cpu-moe-gemm"])
+    on = greedy(tiny_model, list(CURES), SERVED)
+    off = greedy(tiny_model, [c for c in CURES if c != "vllm-cpu-moe-gemm"], SERVED)
     serves = onednn_serves() and not torch.cpu._is_amx_tile_supported()  # vLLM's AMX kernel is left alone
     assert on["served"] == (2 if serves else 0) and off["served"] == 0
     assert [t[0] for t in on["tokens"]] == [t[0] for t in off["tokens"]]
