@@ -35,7 +35,9 @@ FAMILIES = ["gemma", *(pytest.param(f, marks=pytest.mark.slow) for f in ("mistra
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_predict_with_an_adapter_agrees_with_the_hf_engine(family, tiny_dense, sample_csv, tmp_path):
-    """Base rows agree on every row (12 of 12 for each family here). Adapter rows on most: these random
+    """Base rows agree on all rows but at most one (12 of 12 for each family on the AVX-512 EPYC; 11 of 12 for
+    Qwen2 on an AVX2-only EPYC, where the plugin's float32 GEMM serves vLLM's linears and torch's bf16 path
+    HF's: a near-tie flipped). Adapter rows on most: these random
     weights give near-uniform logits (top tokens within 0.1 nats), where vLLM's bf16 LoRA and PEFT's differ
     by about 0.02 in log-probability and flip near-ties within 8 tokens (measured: Mistral 10, Qwen2 8,
     Gemma 6 of 12 rows identical; the first token agreed on 11 of 12 Gemma rows)."""
@@ -46,7 +48,7 @@ def test_predict_with_an_adapter_agrees_with_the_hf_engine(family, tiny_dense, s
     same_base = sum(hf[k] == vllm[k] for k in base)
     same_adapter = sum(hf[k] == vllm[k] for k in hf if k[1] == "a")
     print(f"{family}: vLLM = HF on {same_base}/{len(base)} base, {same_adapter}/{len(base)} adapter rows")
-    assert same_base == len(base)
+    assert same_base >= len(base) - 1
     # chance agreement of two 8-token strings from a 2048-token vocabulary is nil: a third is the same LoRA
     assert same_adapter >= len(base) // 3
     assert sum(hf[(r, None)] != hf[(r, "a")] for r, _ in base) >= len(base) // 2  # the adapter is applied
