@@ -40,7 +40,7 @@ def head_cost(folder: Path) -> dict:
 
     before = rss_mb()
     head = load_head(folder)
-    params = sum(p.numel() * p.element_size() for p in head.model.parameters())
+    params = sum(p.numel() * p.element_size() for p in head.engine.model.parameters())
     params += sum(p.numel() * p.element_size() for p in head.head.parameters())
     return {"weights_mb": round(params / 2**20, 2), "load_rss_mb": round(rss_mb() - before, 1)}
 

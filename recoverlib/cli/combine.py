@@ -22,6 +22,7 @@ from recoverlib.combine.search import (
 )
 from recoverlib.combine.tune import Candidate, format_table, matched_ids, tune
 from recoverlib.errors import RecoverlibError
+from recoverlib.heads.engines import DEFAULT_HEAD_ENGINE, HEAD_ENGINES
 from recoverlib.heads.model import read_info
 from recoverlib.io import read_rows, read_samples, read_truth, write_submission
 from recoverlib.metric import Scorer
@@ -29,10 +30,11 @@ from recoverlib.output_paths import check_output_file
 from recoverlib.pipeline import DEFAULT_FALLBACK
 
 
-def _context(embedder: str, rows: Path | None = None):
-    """The combine context; ``rows``: a CSV with the rows' texts, for strategies with a learned head."""
+def _context(embedder: str, rows: Path | None = None, head_engine: str = DEFAULT_HEAD_ENGINE):
+    """The combine context; ``rows``: a CSV with the rows' texts, for strategies with a learned head, which
+    run on ``head_engine``."""
     pairs = {} if rows is None else {r.id: (r.original_text, r.rewritten_text) for r in read_rows(rows)}
-    return CombineContext(Scorer(embedder), pairs=pairs)
+    return CombineContext(Scorer(embedder), pairs=pairs, head_engine=head_engine)
 
 
 def _head_rows(args) -> Path | None:
@@ -140,7 +142,7 @@ def cmd_tune(args) -> int:
     results = tune(
         samples,
         truth,
-        _context(args.embedder, _head_rows(args)),
+        _context(args.embedder, _head_rows(args), args.head_engine),
         strategies=args.strategies,
         mean_prompt=mean,
         suffix=suffix,
@@ -164,7 +166,7 @@ def cmd_combine(args) -> int:
     _check_out(args, "samples_file", "combination", "rows")
     config = load_combination(args.combination)
     samples = read_samples(args.samples_file)
-    prompts = combine_rows(samples, config, _context(args.embedder, args.rows))
+    prompts = combine_rows(samples, config, _context(args.embedder, args.rows, args.head_engine))
     empty = [i for i, p in prompts.items() if not p.strip()]
     texts = [prompts[i].strip() or args.fallback_prompt or DEFAULT_FALLBACK for i in samples]
     write_submission(args.out, list(samples), texts)
@@ -211,6 +213,9 @@ def _search_options(p, steps: int, vocab_size: int) -> None:
 def _rows_option(p) -> None:
     p.add_argument("--rows", type=Path, help="CSV of the sampled rows (id, original_text, rewritten_text): "
                    "what a verifier or embedding head reads")
+    p.add_argument("--head-engine", default=DEFAULT_HEAD_ENGINE, choices=HEAD_ENGINES.names(),
+                   help="where learned heads run: hf (transformers + PEFT) or vllm (its pooling runner, "
+                   "the head's LoRA per request)")
 
 
 def add_commands(subparsers) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recoverlib.errors import RecoverlibError
+from recoverlib.heads.engines import DEFAULT_HEAD_ENGINE
 from recoverlib.metric import COMPETITION_EMBEDDER, Scorer, sharpen
 
 
@@ -31,6 +32,7 @@ class CombineContext:
     # id -> (original_text, rewritten_text): what strategies with a learned head (verifier, embedding) read
     pairs: Mapping[str, tuple[str, str]] = field(default_factory=dict, repr=False)
     row: str | None = None  # the row being combined (set by combine_rows)
+    head_engine: str = DEFAULT_HEAD_ENGINE  # where learned heads run (recoverlib.heads.engines)
     heads: dict = field(default_factory=dict, repr=False)  # loaded heads and their outputs, by strategy
     _vectors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _tokens: dict[str, int] = field(default_factory=dict, repr=False)

@@ -4,32 +4,37 @@ verifier strategies loads the head and scores each (row, candidate) once."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 
 from recoverlib.errors import RecoverlibError
-from recoverlib.heads.model import LoadedHead, load_head
+from recoverlib.heads.engines import make_head_engine
+from recoverlib.heads.model import LoadedHead, load_head, read_info
 from recoverlib.metric import split_embedder
 
 
 def loaded(ctx, path: str, kind: str) -> LoadedHead:
-    """The head at ``path`` (loaded on first use into ``ctx.heads``); one line when its kind or its
-    embedder does not fit ``ctx``."""
+    """The head at ``path`` (loaded on first use into ``ctx.heads``, served by ``ctx.head_engine``; heads on
+    one base share its engine); one line when its kind or its embedder does not fit ``ctx``."""
     key = ("model", path)
-    if key not in ctx.heads:
-        ctx.heads[key] = load_head(path)
-    head = ctx.heads[key]
-    if head.info.kind != kind:
-        raise RecoverlibError(f"{path} is a {head.info.kind} head; the {kind} strategy needs a {kind} head")
+    info = ctx.heads[key].info if key in ctx.heads else read_info(path)
+    if info.kind != kind:
+        raise RecoverlibError(f"{path} is a {info.kind} head; the {kind} strategy needs a {kind} head")
     # a verifier's scores are of one geometry; an embedding head's prediction is moved into any
-    want = head.info.embedder if kind == "verifier" else split_embedder(head.info.embedder)[0]
+    want = info.embedder if kind == "verifier" else split_embedder(info.embedder)[0]
     have = ctx.embedder_name if kind == "verifier" else split_embedder(ctx.embedder_name)[0]
     if want != have:
         raise RecoverlibError(
             f"{path} was trained for embedder {want!r}, this run scores with {have!r}: "
             "train a head for this embedder"
         )
-    return head
+    if key not in ctx.heads:
+        engine_key = ("engine", ctx.head_engine, str(Path(info.base).resolve()))
+        if engine_key not in ctx.heads:
+            ctx.heads[engine_key] = make_head_engine(ctx.head_engine, info.base)
+        ctx.heads[key] = load_head(path, engine=ctx.heads[engine_key])
+    return ctx.heads[key]
 
 
 def verifier_scores(ctx, path: str, row: str, texts: Iterable[str]) -> np.ndarray:

@@ -10,9 +10,10 @@ Two kinds, after the competition's 3rd and 2nd/5th places:
   metric's embedder (``dim`` outputs, trained with a cosine loss); a strategy then reranks candidates by it.
 
 A head folder is a PEFT adapter folder (``adapter_config.json``, ``adapter_model.safetensors``) plus
-``head.safetensors`` (the linear head) and ``recoverlib_head.json`` (:class:`HeadInfo`). It is served through
-the HF engine's loader (:func:`recoverlib.engines.hf.load_causal_lm`), so any base the HF engine loads
-(quantized or not) can carry one.
+``head.safetensors`` (the linear head) and ``recoverlib_head.json`` (:class:`HeadInfo`). It is
+served by a head engine (:mod:`recoverlib.heads.engines`): ``hf``, through the HF engine's loader
+(:func:`recoverlib.engines.hf.load_causal_lm`), so any base the HF engine loads (quantized or not) can carry
+one, or ``vllm``, vLLM's pooling runner with the head's LoRA per request.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 
 from recoverlib.engines.hf import load_causal_lm
 from recoverlib.errors import RecoverlibError
+from recoverlib.heads.engines import DEFAULT_HEAD_ENGINE, HeadEngine, make_head_engine
 from recoverlib.prompt import RecoveryTemplate
 from recoverlib.training.rows import dedicated_pad
 
@@ -111,35 +113,20 @@ def render_inputs(
     return out
 
 
-def pooled(model, batch: Sequence[Sequence[int]], pad_id: int):
-    """(batch, hidden) last-token hidden states of the decoder (LoRA applied), right padding."""
-    import torch
-
-    device = next(model.parameters()).device
-    width = max(len(x) for x in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(batch), width), dtype=torch.long, device=device)
-    for i, x in enumerate(batch):
-        ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
-        mask[i, : len(x)] = 1
-    # the decoder alone: no vocabulary projection (the LM head) is computed
-    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-    last = mask.sum(dim=1) - 1
-    return hidden[torch.arange(len(batch), device=device), last].float()
-
-
 @dataclass
 class LoadedHead:
-    """A head ready to predict: model (LoRA applied), linear head, tokenizer, template, info."""
+    """A head ready to predict: the engine serving its LoRA (under ``name``), linear head, tokenizer,
+    template, info."""
 
-    model: object
+    engine: HeadEngine
+    name: str
     head: object
     tokenizer: object
     template: RecoveryTemplate
     info: HeadInfo
 
     def predict(
-        self, pairs: Sequence[tuple[str, str]], candidates: Sequence[str] | None = None, batch_size: int = 32
+        self, pairs: Sequence[tuple[str, str]], candidates: Sequence[str] | None = None
     ) -> np.ndarray:
         """(n,) predicted scores (verifier: give ``candidates``, one per pair) or (n, dim) predicted
         embeddings, unnormalised (embedding head)."""
@@ -149,35 +136,40 @@ class LoadedHead:
             raise RecoverlibError(
                 f"a {self.info.kind} head {'takes' if candidates is None else 'takes no'} candidates"
             )
+        if not pairs:
+            return np.zeros((0,) if self.info.kind == "verifier" else (0, self.info.dim), dtype=np.float32)
         inputs = render_inputs(self.tokenizer, self.template, pairs, candidates, self.info.max_length)
-        order = np.argsort([len(x) for x in inputs], kind="stable")  # similar lengths share a batch
-        out = np.zeros((len(inputs), self.info.dim), dtype=np.float32)
+        feats = torch.from_numpy(self.engine.last_hidden(self.name, inputs))
         with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                feats = pooled(self.model, [inputs[i] for i in idx], self.tokenizer.pad_token_id)
-                out[idx] = self.head(feats).float().cpu().numpy()
+            out = self.head(feats.to(self.head.weight.device)).float().cpu().numpy()
         return out[:, 0] if self.info.kind == "verifier" else out
 
 
-def load_head(folder: str | Path, model_path: str | Path | None = None) -> LoadedHead:
-    """Load a head folder onto its base (``model_path``, default the base it records)."""
+def load_head(
+    folder: str | Path, model_path: str | Path | None = None, engine: str | HeadEngine = DEFAULT_HEAD_ENGINE
+) -> LoadedHead:
+    """Load a head folder onto its base (``model_path``, default the base it records), served by the head
+    engine ``engine`` (a name, or a running engine on that base that other heads share)."""
     import torch
-    from peft import PeftModel
     from safetensors.torch import load_file
 
     info = read_info(folder)
     base = Path(model_path or info.base)
     if not (base / "config.json").is_file():
         raise RecoverlibError(f"head {folder}: its base {base} is not a model folder; pass the base's path")
-    tokenizer = load_tokenizer(base)
-    model = PeftModel.from_pretrained(load_base_model(base), str(folder)).eval()
+    if isinstance(engine, str):
+        engine = make_head_engine(engine, base)
+    elif engine.base.resolve() != base.resolve():
+        raise RecoverlibError(
+            f"head {folder} sits on {base}; the {engine.name} head engine given serves {engine.base}"
+        )
+    name = str(Path(folder).resolve())
+    engine.add(name, Path(folder), info.max_length)
     weights = load_file(str(Path(folder) / HEAD_WEIGHTS))
     head = torch.nn.Linear(weights["weight"].shape[1], info.dim)
     head.load_state_dict(weights)
-    head.to(next(model.parameters()).device).eval()
-    template = RecoveryTemplate(kind=info.template)
-    return LoadedHead(model, head, tokenizer, template, info)
+    head.eval()
+    return LoadedHead(engine, name, head, load_tokenizer(base), RecoveryTemplate(kind=info.template), info)
 
 
 def save_head(folder: Path, model, head, info: HeadInfo) -> None:

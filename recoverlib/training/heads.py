@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from recoverlib.errors import RecoverlibError
+from recoverlib.heads.hf_engine import pooled
 from recoverlib.heads.model import (
     KINDS,
     HeadInfo,
     load_base_model,
     load_tokenizer,
-    pooled,
     render_inputs,
     save_head,
 )

@@ -8,62 +8,14 @@ import json
 import numpy as np
 import pytest
 
-from recoverlib.combine import CombineContext, Sample, VerifierConfig, combine_rows
+from recoverlib.combine import CombineContext, VerifierConfig, combine_rows
 from recoverlib.errors import RecoverlibError
+from recoverlib.heads.cache import loaded
 from recoverlib.heads.model import HEAD_META, load_head, read_info
 from recoverlib.io import read_rows
-from recoverlib.synthetic import TaskConfig, generate, write_task
 from recoverlib.training.head_data import embedding_examples, verifier_examples
 from recoverlib.training.heads import HeadTrainConfig, split_rows, train_head
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return write_task(tmp_path_factory.mktemp("task"), TaskConfig(rows=40, eval_rows=12, seed=5))
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """An untrained tiny Mixtral whose tokenizer was learned on the task's text (short sequences)."""
-    from recoverlib.tiny.model import TinySpec, save_model
-    from recoverlib.training.pretrain import new_model, task_tokenizer
-
-    rows = generate(TaskConfig(rows=300, eval_rows=1, seed=9))["train"]
-    tok = task_tokenizer(
-        [t for r in rows for t in (r.original_text, r.rewritten_text, r.rewrite_prompt)], 1024
-    )
-    return save_model(
-        new_model(tok, TinySpec(vocab_size=1024), seed=0), tok, tmp_path_factory.mktemp("b") / "m"
-    )
-
-
-def fake_samples(rows):
-    """Per row: its truth, another row's prompt and the truth again (a stand-in for the model's samples)."""
-    return {
-        r.id: (
-            Sample("a", 0, r.rewrite_prompt),
-            Sample("a", 1, rows[(k + 7) % len(rows)].rewrite_prompt),
-            Sample("b", 0, r.rewrite_prompt),
-        )
-        for k, r in enumerate(rows)
-    }
-
-
-@pytest.fixture(scope="module")
-def train_rows(task):
-    return read_rows(task / "train.csv", with_truth=True)
-
-
-@pytest.fixture(scope="module")
-def examples(train_rows, scorer):
-    return verifier_examples(train_rows, fake_samples(train_rows), CombineContext(scorer=scorer))
-
-
-@pytest.fixture(scope="module")
-def verifier(base, examples, tmp_path_factory):
-    out = tmp_path_factory.mktemp("verifier")
-    config = HeadTrainConfig(kind="verifier", epochs=3, lr=3e-3, batch_size=16, max_length=160)
-    return train_head(base, examples, out, "minilm", config)
+from tests.heads.stand_ins import fake_samples
 
 
 def test_verifier_examples_score_each_candidate_against_the_truth(examples, train_rows):
@@ -118,12 +70,31 @@ def test_the_verifier_strategy_serves_a_trained_head(verifier, train_rows, score
     assert set(got) == {r.id for r in rows} and all(got.values())
 
 
-def test_an_embedding_head_trains_with_a_cosine_loss(base, train_rows, scorer, tmp_path):
-    config = HeadTrainConfig(kind="embedding", epochs=2, lr=3e-3, batch_size=8, max_length=160)
-    result = train_head(base, embedding_examples(train_rows, scorer), tmp_path / "e", "minilm", config)
+def test_an_embedding_head_trains_with_a_cosine_loss(embedding_head, train_rows):
+    result = embedding_head
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     pred = load_head(result.folder).predict([(train_rows[0].original_text, train_rows[0].rewritten_text)])
     assert pred.shape == (1, 384)
+
+
+def test_heads_on_one_base_share_an_engine_and_keep_their_own_lora(
+    verifier, embedding_head, train_rows, scorer
+):
+    pairs = [(r.original_text, r.rewritten_text) for r in train_rows[:5]]
+    ctx = CombineContext(scorer=scorer, pairs={r.id: p for r, p in zip(train_rows, pairs, strict=False)})
+    shared_v = loaded(ctx, str(verifier.folder), "verifier")
+    shared_e = loaded(ctx, str(embedding_head.folder), "embedding")
+    assert shared_v.engine is shared_e.engine  # one base in memory for both heads
+    alone_e = load_head(embedding_head.folder)
+    alone_v = load_head(verifier.folder)
+    cands = [r.rewrite_prompt for r in train_rows[:5]]
+    # loading the second LoRA into the shared engine changes neither head's outputs
+    assert np.allclose(shared_e.predict(pairs), alone_e.predict(pairs), atol=1e-5)
+    assert np.allclose(shared_v.predict(pairs, cands), alone_v.predict(pairs, cands), atol=1e-5)
+    with pytest.raises(RecoverlibError, match="is a embedding head; the verifier strategy"):
+        loaded(ctx, str(embedding_head.folder), "verifier")
+    with pytest.raises(RecoverlibError, match="unknown head engine 'tgi'"):
+        load_head(verifier.folder, engine="tgi")
 
 
 def test_bad_settings_and_folders_are_one_line(tmp_path, examples, base):
@@ -147,7 +118,10 @@ def test_cli_trains_a_verifier_then_tune_and_combine_use_it(
     cli = importlib.import_module("recoverlib.cli.combine")
     own = cli._context
     monkeypatch.setattr(
-        cli, "_context", lambda e, rows=None: CombineContext(scorer=scorer, pairs=own(e, rows).pairs)
+        cli,
+        "_context",
+        lambda e, rows=None, engine="hf": CombineContext(scorer=scorer, pairs=own(e, rows).pairs,
+                                                          head_engine=engine),
     )
     samples = tmp_path / "samples.jsonl"
     val = read_rows(task / "validation.csv", with_truth=True)
