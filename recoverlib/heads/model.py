@@ -18,6 +18,7 @@ one, or ``vllm``, vLLM's pooling runner with the head's LoRA per request.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -163,7 +164,8 @@ def load_head(
         raise RecoverlibError(
             f"head {folder} sits on {base}; the {engine.name} head engine given serves {engine.base}"
         )
-    name = str(Path(folder).resolve())
+    # one name per folder, usable as a PEFT adapter name (no dots) and a vLLM LoRA name
+    name = "head_" + hashlib.sha1(str(Path(folder).resolve()).encode()).hexdigest()[:12]
     engine.add(name, Path(folder), info.max_length)
     weights = load_file(str(Path(folder) / HEAD_WEIGHTS))
     head = torch.nn.Linear(weights["weight"].shape[1], info.dim)
