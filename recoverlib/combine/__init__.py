@@ -22,6 +22,7 @@ _EXPORTS = {
     "save_combination": "configio",
     "CombineContext": "context",
     "EmbeddingConfig": "embedding",
+    "EmbeddingSearchConfig": "embedding_search",
     "FirstConfig": "first",
     "MbrConfig": "mbr",
     "MeanPromptConfig": "mean_prompt",

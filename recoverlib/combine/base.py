@@ -78,7 +78,8 @@ STRATEGIES = Registry("combination strategy", "recoverlib.strategies", {
     name: f"recoverlib.combine.{module}:STRATEGY" for name, module in (
         ("concat", "concat"), ("first", "first"), ("medoid", "medoid"), ("mbr", "mbr"),
         ("mean-prompt", "mean_prompt"), ("suffix", "suffix"), ("budget", "budget"), ("pipeline", "pipeline"),
-        ("verifier", "verifier"), ("embedding", "embedding"))
+        ("verifier", "verifier"), ("embedding", "embedding"),
+        ("embedding-search", "embedding_search"))
 })
 
 

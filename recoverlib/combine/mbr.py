@@ -105,17 +105,24 @@ def candidates(config: MbrConfig, samples: Sequence[Sample], ctx) -> list[Draft]
 
 def expected_scores(config: MbrConfig, drafts: Sequence[Draft], samples: Sequence[Sample], ctx) -> np.ndarray:
     """(len(drafts),) expected metric of each candidate under the samples (and the prior, if weighted)."""
-    cand = ctx.embed([d.text for d in drafts])
+    texts = [d.text for d in drafts]
+    return expected_of(config, texts, ctx.embed(texts), samples, ctx)
+
+
+def expected_of(config: MbrConfig, texts: Sequence[str], cand: np.ndarray, samples: Sequence[Sample],
+                ctx) -> np.ndarray:
+    """:func:`expected_scores` of ``texts`` whose normalised embeddings ``cand`` the caller already has (a
+    search embeds its throwaway candidates without caching them)."""
     targets = _targets(samples)
     if not targets:
-        score = np.zeros(len(drafts))
+        score = np.zeros(len(texts))
     else:
         sharp = ctx.sharp(cand, ctx.embed(targets))
         mask = np.ones_like(sharp, dtype=bool)
         if config.leave_one_out and len(targets) > 1:
-            for i, d in enumerate(drafts):
-                if d.text in targets:
-                    mask[i, targets.index(d.text)] = False
+            for i, text in enumerate(texts):
+                if text in targets:
+                    mask[i, targets.index(text)] = False
         score = (sharp * mask).sum(axis=1) / mask.sum(axis=1)
     if config.prior_weight > 0:
         prior = ctx.sharp(cand, ctx.embed([config.mean_prompt.resolved]))[:, 0]

@@ -28,6 +28,7 @@ from recoverlib.combine.budget import BudgetConfig
 from recoverlib.combine.concat import ConcatConfig
 from recoverlib.combine.configio import config_to_dict, save_combination
 from recoverlib.combine.embedding import EmbeddingConfig
+from recoverlib.combine.embedding_search import EmbeddingSearchConfig
 from recoverlib.combine.first import FirstConfig
 from recoverlib.combine.mbr import MbrConfig
 from recoverlib.combine.mean_prompt import MeanPromptConfig
@@ -52,7 +53,7 @@ class Candidate:
 def head_candidates(verifier: str | None = None, embedding: str | None = None) -> list[Candidate]:
     """Strategies with a learned head (folders): the verifier reranking mbr's candidates alone and mixed
     half and half with mbr, dropping its lower half, weighting the samples; the embedding head reranking alone
-    and mixed."""
+    and mixed, and searching words toward its prediction from there (alone and mixed)."""
     out = []
     if verifier:
         out += [Candidate("verifier-rerank", VerifierConfig(path=verifier)),
@@ -61,7 +62,9 @@ def head_candidates(verifier: str | None = None, embedding: str | None = None) -
                 Candidate("verifier-weight", VerifierConfig(path=verifier, mode="weight"))]
     if embedding:
         out += [Candidate("embedding-rerank", EmbeddingConfig(path=embedding)),
-                Candidate("embedding-mix", EmbeddingConfig(path=embedding, weight=0.5))]
+                Candidate("embedding-mix", EmbeddingConfig(path=embedding, weight=0.5)),
+                Candidate("embedding-search", EmbeddingSearchConfig(path=embedding)),
+                Candidate("embedding-search-mix", EmbeddingSearchConfig(path=embedding, weight=0.5))]
     return out
 
 
