@@ -30,5 +30,5 @@ def cli_scorer(monkeypatch, scorer):
     cli = importlib.import_module("recoverlib.cli.combine")
     own = cli._context  # makes the pairs of --rows; its Scorer loads nothing until used
     monkeypatch.setattr(cli, "_context",
-                        lambda embedder, rows=None: CombineContext(scorer=scorer,
-                                                                   pairs=own(embedder, rows).pairs))
+                        lambda embedder, rows=None, engine="hf": CombineContext(
+                            scorer=scorer, pairs=own(embedder, rows).pairs, head_engine=engine))

@@ -151,7 +151,6 @@ def test_tune_grid_adds_the_head_strategies_only_when_given():
         "verifier-weight",
         "embedding-rerank",
         "embedding-mix",
-        "embedding-search",
         "embedding-search-mix",
     }
 
