@@ -91,6 +91,8 @@ def parse(argv):
     p.add_argument("--rows", type=int, help="rows per split (default: all)")
     p.add_argument("--head-rows", type=int, help="training rows sampled for the heads (default 300)")
     p.add_argument("--no-heads", action="store_true", help="leave the learned heads out")
+    p.add_argument("--head-engine", choices=("hf", "vllm"), default="hf",
+                   help="where the heads score (recoverlib.heads.engines; training is hf)")
     p.add_argument("--tag", default="", help="results named ensemble_quality_TAG, combination_TAG_<level>")
     p.add_argument("--train-rows", type=int, help="train a smaller model: training rows (default 6000)")
     p.add_argument("--pretrain-epochs", type=int, help="train a smaller model: base epochs (default 3)")
@@ -428,7 +430,8 @@ def write_outputs(frame: pd.DataFrame, infos: list[dict], setup: Setup, args, se
         f"Command: {cmd}  ",
         f"{load_line(args.load_before, os.getloadavg())} (the machine is shared: times are upper bounds).  ",
         f"Rows per split: {setup.rows or 'all'}; samples {setup.samples}; bootstrap {setup.bootstrap}; "
-        f"seed {setup.seed}; embedders {', '.join(args.embedders)}; total {seconds / 60:.1f} min.  ",
+        f"seed {setup.seed}; embedders {', '.join(args.embedders)}; heads scored by the "
+        f"`{args.head_engine}` head engine; total {seconds / 60:.1f} min.  ",
         "Geometry: `minilm` is all-MiniLM-L6-v2 as it is (unrelated texts near cosine 0.1-0.3); "
         "`minilm@t5like` "
         "is a simulation of sentence-t5's anisotropy on it (every embedding moved toward one shared "
@@ -485,7 +488,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     start = time.perf_counter()
     args.load_before = os.getloadavg()
-    contexts = {e: CombineContext(Scorer(e, progress=False)) for e in args.embedders}
+    contexts = {e: CombineContext(Scorer(e, progress=False), head_engine=args.head_engine)
+                for e in args.embedders}
     rows, infos = [], []
     for level in setup.levels:
         got, level_infos = run_level(level, setup, args, contexts)
