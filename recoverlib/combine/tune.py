@@ -51,10 +51,11 @@ class Candidate:
 
 
 def head_candidates(verifier: str | None = None, embedding: str | None = None) -> list[Candidate]:
-    """Strategies with a learned head (folders): the verifier reranking mbr's candidates alone and mixed
-    half and half with mbr, dropping its lower half, weighting the samples; the embedding head reranking alone
-    and mixed, and searching words toward its prediction from the mixed pick (mixed: the search costs about a
-    second a row, and alone it chases the prediction's errors)."""
+    """Strategies with a learned head (folders): the verifier reranking mbr's candidates alone and mixed half
+    and half with mbr, dropping its lower half, weighting the samples; the embedding head reranking alone and
+    mixed, gating the samples by it as the verifier does (drop, weight), and searching words toward its
+    prediction from the mixed pick (mixed: the search costs about a second a row, and alone it chases the
+    prediction's errors)."""
     out = []
     if verifier:
         out += [Candidate("verifier-rerank", VerifierConfig(path=verifier)),
@@ -64,6 +65,8 @@ def head_candidates(verifier: str | None = None, embedding: str | None = None) -
     if embedding:
         out += [Candidate("embedding-rerank", EmbeddingConfig(path=embedding)),
                 Candidate("embedding-mix", EmbeddingConfig(path=embedding, weight=0.5)),
+                Candidate("embedding-drop", VerifierConfig(path=embedding, mode="drop")),
+                Candidate("embedding-weight", VerifierConfig(path=embedding, mode="weight")),
                 Candidate("embedding-search-mix", EmbeddingSearchConfig(path=embedding, weight=0.5))]
     return out
 

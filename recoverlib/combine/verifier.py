@@ -11,6 +11,10 @@ the row's unknown truth. Three modes, all over mbr's candidates (:func:`recoverl
 - ``weight``: mbr with each sample weighted by the verifier's score (a softmax at ``temperature``), so an
   implausible sample counts less as evidence of the answer.
 
+The judge may also be an embedding head (``recoverlib train --head embedding``): a text's score is then its
+metric score against the predicted embedding, the same quantity estimated another way, so ``drop`` and
+``weight`` gate the samples by the predicted target.
+
 Needs the rows' pairs in the context (``CombineContext.pairs``: ``tune``/``combine --rows CSV``).
 """
 
@@ -25,16 +29,17 @@ import numpy as np
 from recoverlib.combine.base import Draft, Sample, Strategy, distinct_texts
 from recoverlib.combine.mbr import MbrConfig, candidates, expected_scores
 from recoverlib.errors import RecoverlibError
-from recoverlib.heads.cache import score_many, verifier_scores
+from recoverlib.heads.cache import judge_many, judged_scores
 
 MODES = ("rerank", "drop", "weight")
 
 
 @dataclass(frozen=True)
 class VerifierConfig:
-    """``path``: the verifier head folder; ``mode``: rerank, drop or weight; ``weight`` in [0, 1] (rerank:
-    the verifier's share against mbr's expected score); ``keep`` in (0, 1] (drop: fraction of distinct texts
-    kept); ``temperature`` > 0 (weight: softmax temperature of the scores); ``max_parts``: mbr's."""
+    """``path``: the verifier head folder (or an embedding head's: see the module docstring); ``mode``:
+    rerank, drop or weight; ``weight`` in [0, 1] (rerank: the verifier's share against mbr's expected score);
+    ``keep`` in (0, 1] (drop: fraction of distinct texts kept); ``temperature`` > 0 (weight: softmax
+    temperature of the scores); ``max_parts``: mbr's."""
 
     strategy: ClassVar[str] = "verifier"  # its name in JSON configs and the registry
 
@@ -101,7 +106,7 @@ def _prefetch(config: VerifierConfig, samples: Sequence[Sample], ctx) -> list[st
 
 
 def _prepare(config: VerifierConfig, rows: Mapping[str, Sequence[Sample]], ctx) -> None:
-    score_many(
+    judge_many(
         ctx, config.path, [(rid, t) for rid, samples in rows.items() for t in _texts(config, samples, ctx)]
     )
 
@@ -112,16 +117,16 @@ def _verifier(config: VerifierConfig, samples: Sequence[Sample], ctx, draft) -> 
         return Draft()
     if config.mode == "drop":
         texts = distinct_texts(usable)
-        scores = dict(zip(texts, verifier_scores(ctx, config.path, ctx.row, texts), strict=True))
+        scores = dict(zip(texts, judged_scores(ctx, config.path, ctx.row, texts), strict=True))
         usable = kept_samples(usable, scores, config.keep)
     drafts = candidates(config.mbr, usable, ctx)
     if config.mode == "drop":
         return drafts[int(np.argmax(expected_scores(config.mbr, drafts, usable, ctx)))]
     if config.mode == "weight":
-        own = verifier_scores(ctx, config.path, ctx.row, [s.text.strip() for s in usable])
+        own = judged_scores(ctx, config.path, ctx.row, [s.text.strip() for s in usable])
         weights = np.exp((own - own.max()) / config.temperature)
         return drafts[int(np.argmax(weighted_expected(drafts, usable, weights, ctx)))]
-    judged = verifier_scores(ctx, config.path, ctx.row, [d.text for d in drafts])
+    judged = judged_scores(ctx, config.path, ctx.row, [d.text for d in drafts])
     mixed = (1 - config.weight) * expected_scores(config.mbr, drafts, usable, ctx) + config.weight * judged
     return drafts[int(np.argmax(mixed))]
 

@@ -70,3 +70,32 @@ def predicted_embeddings(ctx, path: str, rows: Iterable[str]) -> dict[str, np.nd
         moved = moved / np.clip(np.linalg.norm(moved, axis=1, keepdims=True), 1e-12, None)
         cache.update(zip(todo, moved, strict=True))
     return cache
+
+
+def head_kind(ctx, path: str) -> str:
+    """The kind of the head folder at ``path`` (read once per context)."""
+    if ("model", path) in ctx.heads:
+        return ctx.heads[("model", path)].info.kind
+    key = ("kind", path)
+    if key not in ctx.heads:
+        ctx.heads[key] = read_info(path).kind
+    return ctx.heads[key]
+
+
+def judged_scores(ctx, path: str, row: str, texts: Iterable[str]) -> np.ndarray:
+    """How well each text fits ``row`` by the head at ``path``: a verifier's predicted metric score, or for
+    an embedding head the metric score against its predicted embedding (cos^3 in ``ctx``'s geometry): both
+    estimate the score a text gets against the unknown truth."""
+    texts = list(texts)
+    if head_kind(ctx, path) == "verifier":
+        return verifier_scores(ctx, path, row, texts)
+    target = predicted_embeddings(ctx, path, [row])[row]
+    return ctx.sharp(ctx.embed(texts), target[None, :])[:, 0].astype(np.float64)
+
+
+def judge_many(ctx, path: str, items: list[tuple[str, str]]) -> None:
+    """Whatever :func:`judged_scores` needs for many (row, text) items, in one batched pass per head."""
+    if head_kind(ctx, path) == "verifier":
+        score_many(ctx, path, items)
+    else:
+        predicted_embeddings(ctx, path, [r for r, _ in items])

@@ -129,3 +129,23 @@ def test_a_row_without_its_pair_is_refused(scorer):
     ctx.heads[("model", "head")] = SimpleNamespace(info=info, predict=lambda pairs: pytest.fail("predicted"))
     with pytest.raises(RecoverlibError, match="no \\(original, rewritten\\) pair"):
         combine_rows({"r9": ROWS["r1"]}, EmbeddingSearchConfig(path="head"), ctx, progress=False)
+
+
+@pytest.mark.parametrize("mode", ["drop", "rerank"])  # weight leaves a sample's own copy out: see test_heads
+def test_an_embedding_head_judges_for_the_verifier_modes(scorer, mode):
+    # the prediction is one sample's text: the judge's score of a text is its metric score against it
+    ctx = with_predictions(scorer, {"r1": POEM, "r2": SHORT})
+    ctx.heads[("kind", "head")] = "embedding"
+    from recoverlib.combine import VerifierConfig
+    from recoverlib.heads.cache import judged_scores
+
+    texts = [PIRATE, POEM, SHORT]
+    got = judged_scores(ctx, "head", "r1", texts)
+    assert np.allclose(got, ctx.sharp(ctx.embed(texts), ctx.embed([POEM]))[:, 0], atol=1e-6)
+    config = VerifierConfig(path="head", mode=mode, keep=0.25, temperature=0.01)
+    picked = combine_rows(ROWS, config, ctx, progress=False)
+    # gated or reranked toward the prediction: each row's pick is the sample the head predicts, which the
+    # samples alone would not choose (PIRATE and PIRATE2 are the majority in both rows)
+    assert picked == {"r1": POEM, "r2": SHORT}
+    plain = combine_rows(ROWS, EmbeddingConfig(path="head", weight=0.0), ctx, progress=False)
+    assert plain["r1"] != POEM and plain["r2"] != SHORT

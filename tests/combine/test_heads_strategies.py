@@ -151,6 +151,8 @@ def test_tune_grid_adds_the_head_strategies_only_when_given():
         "verifier-weight",
         "embedding-rerank",
         "embedding-mix",
+        "embedding-drop",
+        "embedding-weight",
         "embedding-search-mix",
     }
 
