@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,21 +66,27 @@ def trained(model: Path, examples, out: Path, embedder: str, config: HeadTrainCo
     return result
 
 
-def rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
+# run in a fresh process: in the benchmark's own, memory freed by earlier work hides what a load adds
+COST_SCRIPT = """
+import json, sys
+import psutil, peft, torch, transformers  # imported first: their own memory is not the head's
+from recoverlib.heads.model import load_head
+proc = psutil.Process()
+before = proc.memory_info().rss
+head = load_head(sys.argv[1])
+params = sum(p.numel() * p.element_size() for p in head.engine.model.parameters())
+params += sum(p.numel() * p.element_size() for p in head.head.parameters())
+print(json.dumps({"weights_mb": round(params / 2**20, 2),
+                  "load_rss_mb": round((proc.memory_info().rss - before) / 2**20, 1)}))
+"""
 
 
 def head_cost(folder: Path) -> dict:
-    """Weights of the served head (base + LoRA + linear, MB) and the resident memory loading it adds (MB)."""
-    from recoverlib.heads.model import load_head
-
-    before = rss_mb()
-    head = load_head(folder)
-    params = sum(p.numel() * p.element_size() for p in head.engine.model.parameters())
-    params += sum(p.numel() * p.element_size() for p in head.head.parameters())
-    return {"weights_mb": round(params / 2**20, 2), "load_rss_mb": round(rss_mb() - before, 1)}
+    """Weights of the served head (base + LoRA + linear, MB) and the resident memory loading it adds (MB),
+    measured in a fresh process (the HF head engine)."""
+    done = subprocess.run([sys.executable, "-c", COST_SCRIPT, str(folder)], capture_output=True, text=True,
+                          check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def train_heads(
@@ -120,8 +128,8 @@ def head_notes(heads: dict, embedder: str, checks: dict, train_gen_s: float) -> 
         lines.append(
             f"Head **{kind}**: {info['examples']} training examples from {source}, trained "
             f"{info['train_s']:.0f} s{when} (held-out loss by epoch {losses}); "
-            "served weights "
-            f"{info['weights_mb']} MB, loading adds {info['load_rss_mb']} MB resident."
+            f"served weights {info['weights_mb']} MB, loading it adds {info['load_rss_mb']} MB resident "
+            "(a fresh process, the model code it imports included)."
             + (
                 f" Test: tuned **{c['strategy']}** {c['score']:.4f} vs best fixed **{c['fixed']}** "
                 f"{c['fixed_score']:.4f}: {c['diff']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]; "

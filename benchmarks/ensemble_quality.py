@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -241,6 +242,9 @@ def run_level(
     model_dir, note = trained_model(args.cache, level, setup, args.quick)
     adapters = sorted(p.name for p in (model_dir / "adapters").iterdir() if p.is_dir())
     samples_dir = args.cache / f"samples-{level}"
+    # every run samples afresh (its timings are the table's): an earlier run's passes, whole or cut short by a
+    # kill, would be refused as a samples file that already holds samples
+    shutil.rmtree(samples_dir / "passes", ignore_errors=True)
     gen = sample_splits(model_dir, setup, samples_dir / "passes")
     files = {s: write_samples(samples_dir / f"{s}.jsonl", combined_samples(gen[s])) for s in SPLITS}
     heads = None

@@ -7,8 +7,10 @@ the LoRA would disagree) and saved as ``recoverlib train --head`` saves one; spe
 on training. Each head engine (``recoverlib.heads.engines``: ``hf``, ``vllm``) loads it, scores a warm-up set,
 then ``--repeats`` fresh sets of ``--rows`` synthetic pairs x ``--candidates`` candidates each (no set is seen
 twice by an engine, so vLLM's prefix cache only shares what a row's candidates share in real use: its pair).
-Engines run one after another in this process. Reported per engine: start seconds (load + first set), median
-seconds per set, inputs/s, the ratio against ``hf``, and the largest difference of its scores from ``hf``'s.
+Each engine runs alone in a fresh process, one after the other. Reported per engine: start seconds (load +
+first set), the resident memory loading the base and head added (the process's RSS after the first set less
+before loading), median seconds per set, inputs/s, the ratio against ``hf``, and the largest difference of its
+scores from ``hf``'s, with the scores' spread and the rank correlation.
 
 Reproduce (2 quiet cores; ~1 min tiny, ~8 min full width)::
 
@@ -19,8 +21,11 @@ Reproduce (2 quiet cores; ~1 min tiny, ~8 min full width)::
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -75,18 +80,37 @@ def input_sets(sets: int, rows: int, candidates: int, seed: int) -> list[tuple[l
 
 
 def run_engine(name: str, folder: Path, sets: list, progress: bool) -> dict:
-    """Load the head on engine ``name``, score the warm-up set (start), then each timed set."""
+    """Load the head on engine ``name``, score the warm-up set (start), then each timed set; the resident
+    memory before loading and after the first set (this process's)."""
+    import psutil
+
+    proc = psutil.Process()
+    rss0 = proc.memory_info().rss
     start = time.perf_counter()
     head = load_head(folder, engine=name)
     first = head.predict(*sets[0])
     started = time.perf_counter() - start
+    rss1 = proc.memory_info().rss
     seconds, scores = [], [first]
     for pairs, cands in tqdm(sets[1:], desc=name, unit="set", disable=not progress):
         t = time.perf_counter()
         scores.append(head.predict(pairs, cands))
         seconds.append(time.perf_counter() - t)
-    head.engine.close()
-    return {"start_s": started, "timing": Timing.of(seconds), "scores": np.concatenate(scores)}
+    return {"start_s": started, "seconds": seconds, "scores": np.concatenate(scores).tolist(),
+            "rss_added_mb": (rss1 - rss0) / 2**20}
+
+
+def in_child(name: str, folder: Path, args) -> dict:
+    """:func:`run_engine` in a fresh process (each engine alone: its memory is its own, and vLLM's thread
+    binding in one engine cannot slow the other)."""
+    cmd = [sys.executable, "-m", "benchmarks.head_engines", "--worker", name, "--folder", str(folder),
+           "--rows", str(args.rows), "--candidates", str(args.candidates), "--repeats", str(args.repeats),
+           "--seed", str(args.seed)]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "got.json"
+        subprocess.run([*cmd, "--result", str(out)], check=True)
+        got = json.loads(out.read_text())
+    return {**got, "timing": Timing.of(got["seconds"]), "scores": np.asarray(got["scores"])}
 
 
 def main(argv=None) -> int:
@@ -97,18 +121,26 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="timed sets per engine")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path)
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # run one engine (in_child) and write --result
+    p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.worker:
+        sets = input_sets(args.repeats + 1, args.rows, args.candidates, args.seed)
+        args.result.write_text(json.dumps(run_engine(args.worker, args.folder, sets, progress=True)))
+        return 0
     cache = cache_dir("bench-serving")
     base = fullwidth_model(cache) if args.model == "fullwidth" else tiny_model(cache / "tiny4", adapters=4)
     base = base / "model" if (base / "model" / "config.json").is_file() else base
     folder = random_head(base, cache_dir("bench-heads") / f"{args.model}-verifier-{args.seed}", args.seed)
     sets = input_sets(args.repeats + 1, args.rows, args.candidates, args.seed)
     before = os.getloadavg()
-    got = {name: run_engine(name, folder, sets, progress=True) for name in ("hf", "vllm")}
+    got = {name: in_child(name, folder, args) for name in ("hf", "vllm")}
     after = os.getloadavg()
     ref = got["hf"]
     frame = pd.DataFrame([
         {"engine": name, "inputs per set": len(sets[0][0]), "start s": r["start_s"],
+         "resident MB added": r["rss_added_mb"],
          "s per set (median)": r["timing"].median, "min": r["timing"].min, "max": r["timing"].max,
          "inputs/s": len(sets[0][0]) / r["timing"].median,
          "speed vs hf": ref["timing"].median / r["timing"].median,
