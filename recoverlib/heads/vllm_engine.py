@@ -6,7 +6,7 @@ The engine is planned like the generation engine (:func:`recoverlib.engines.vllm
 served dynamically (a head's LoRA sits on attention, which vLLM's CPU LoRA serves with recoverlib's MoE-kernel
 cure), what vLLM cannot serve here refused in one line first (:func:`check_vllm_serves`). It starts on the
 first request, holding every head added so far; a head whose rank or context the running engine cannot hold
-restarts it with all of them.
+restarts it with all of them (a larger rank, a longer context or other target modules).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 from recoverlib.adapters import AdapterInfo, read_adapter
 from recoverlib.engines.base import FROZEN_HEAP, EngineConfig
 from recoverlib.engines.vllm import active_cures, import_vllm, vllm_device
-from recoverlib.engines.vllm_setup import ModelFacts, VllmSetup, lora_rank_slot, plan_vllm
+from recoverlib.engines.vllm_setup import ModelFacts, VllmSetup, lora_rank_slot, plan_vllm, vllm_lora_targets
 from recoverlib.engines.vllm_support import check_vllm_serves
 from recoverlib.heads.model import compute_dtype
 from recoverlib.runtime import ENGINE_ENVIRON, environ
@@ -44,6 +44,14 @@ def plan_heads(base: Path, heads: dict[str, AdapterInfo], max_length: int, devic
                      cores=sorted(os.sched_getaffinity(0)))
 
 
+def holds(slot: int, targets: set[str], context: int, info: AdapterInfo, max_length: int) -> bool:
+    """Whether an engine started with ``max_lora_rank`` ``slot``, LoRA ``targets`` and ``context`` tokens
+    serves the head LoRA ``info`` on inputs of ``max_length`` (vLLM would leave a module outside ``targets``
+    without its LoRA, silently)."""
+    return (lora_rank_slot(info.rank) <= slot and max_length <= context
+            and set(vllm_lora_targets({info.name: info})) <= targets)
+
+
 class VLLMHeadEngine:
     """vLLM's pooling runner serving heads' LoRAs (see the module docstring)."""
 
@@ -58,6 +66,7 @@ class VLLMHeadEngine:
         self.max_length = 0
         self._llm = None
         self._slot = 0  # the running engine's max_lora_rank
+        self._targets: set[str] = set()  # and its LoRA target modules
         self._ids: dict[str, int] = {}  # vLLM caches a LoRA by its id: an id never names another head
 
     def add(self, name: str, folder: Path, max_length: int) -> None:
@@ -66,7 +75,7 @@ class VLLMHeadEngine:
         info = read_adapter(name, folder)
         heads = {**self.heads, name: info}
         plan_heads(self.base, heads, max(self.max_length, max_length), self.device)  # refuses in one line
-        if self._llm is not None and (lora_rank_slot(info.rank) > self._slot or max_length > self.max_length):
+        if self._llm is not None and not holds(self._slot, self._targets, self.max_length, info, max_length):
             self.close()  # the running engine cannot hold it: the next request starts one that can
         self.heads, self.max_length = heads, max(self.max_length, max_length)
         self._ids.setdefault(name, len(self._ids) + 1)
@@ -84,6 +93,7 @@ class VLLMHeadEngine:
             ENGINE_ENVIRON.release(self)
             raise
         self._slot = setup.llm_kwargs["max_lora_rank"]
+        self._targets = set(setup.llm_kwargs["lora_target_modules"])
 
     def _request(self, name: str):
         from vllm.lora.request import LoRARequest

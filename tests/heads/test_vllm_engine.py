@@ -82,3 +82,15 @@ def test_an_unknown_head_is_refused_before_vllm_starts(verifier, tmp_path):
 
     with pytest.raises(RecoverlibError, match="not a head folder"):
         load_head(tmp_path, engine="vllm")
+
+
+def test_a_running_engine_restarts_only_for_a_head_it_cannot_hold(verifier):
+    from recoverlib.adapters import read_adapter
+    from recoverlib.heads.vllm_engine import holds
+
+    info = read_adapter("v", verifier.folder)  # rank 8 on q/k/v/o
+    attention = {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert holds(8, attention, 320, info, 160)
+    assert not holds(8, attention, 128, info, 160)  # a longer context
+    assert not holds(1, attention, 320, info, 160)  # a larger rank
+    assert not holds(8, {"q_proj", "v_proj"}, 320, info, 160)  # modules the engine has no LoRA slots on
