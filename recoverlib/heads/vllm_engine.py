@@ -22,7 +22,6 @@ from recoverlib.engines.base import FROZEN_HEAP, EngineConfig
 from recoverlib.engines.vllm import active_cures, import_vllm, vllm_device
 from recoverlib.engines.vllm_setup import ModelFacts, VllmSetup, lora_rank_slot, plan_vllm, vllm_lora_targets
 from recoverlib.engines.vllm_support import check_vllm_serves
-from recoverlib.heads.model import compute_dtype
 from recoverlib.runtime import ENGINE_ENVIRON, environ
 
 KV_CACHE_GIB = 1.0  # pooling keeps no KV cache after a request; vLLM still sizes one at start
@@ -38,7 +37,10 @@ def pooling_kwargs() -> dict:
 
 def plan_heads(base: Path, heads: dict[str, AdapterInfo], max_length: int, device) -> VllmSetup:
     """The vLLM setup serving ``heads`` (name -> adapter) on ``base`` for inputs up to ``max_length``."""
-    config = EngineConfig(dtype=compute_dtype(), lora_mode="dynamic", max_model_len=max_length,
+    # as the HF head engine computes (compute_dtype), told from vLLM's device: asking torch.cuda here would
+    # put a CUDA context on GPU 0 before vLLM's workers start
+    dtype = "float32" if device.is_cpu else "bfloat16"
+    config = EngineConfig(dtype=dtype, lora_mode="dynamic", max_model_len=max_length,
                           kv_cache_gib=KV_CACHE_GIB)
     return plan_vllm(config, device, heads, ModelFacts.read(base), active_cures(device),
                      cores=sorted(os.sched_getaffinity(0)))
