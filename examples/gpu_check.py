@@ -10,12 +10,13 @@ against the HF engine on the same checkpoint); LoRA on the experts served by vLL
 (``vllm_expert_lora``: adapters in transformers 5's fused layout and the split layout, written by PEFT, plus
 transformers 4's per-expert layout where its environment can be built; vLLM gets each under Mixtral's
 published per-expert names with ``experts``/``gate`` targets; greedy against vLLM on the hand-merged
-checkpoint, merged mode and the HF engine beside it). Writes ``$OUT/gpu_check.json`` (default
+checkpoint, merged mode and the HF engine beside it); a learned head served by vLLM's pooling runner against
+the HF head engine (``vllm_heads``). Writes ``$OUT/gpu_check.json`` (default
 ``out/gpu_check.json``). On a machine without CUDA the QLoRA step reports its refusal, and
 ``vllm_expert_lora`` reports vLLM's CPU refusal of expert LoRA (its other routes still run). Run::
 
     python examples/gpu_check.py [STEP ...]     # steps: hf_modes qlora bnb stream_cuda vllm_gptq
-                                                # vllm_expert_lora (default: all)
+                                                # vllm_expert_lora vllm_heads (default: all)
 """
 
 from __future__ import annotations
@@ -209,8 +210,29 @@ def vllm_expert_lora(tiny: Path, work: Path, rows) -> dict:
     return out
 
 
+def vllm_heads(tiny: Path, work: Path, rows) -> dict:
+    """A verifier head (seeded random LoRA + linear head, written by PEFT) scored by the vLLM head engine
+    (pooling runner, the head's LoRA per request) first, then by the HF head engine: the largest difference
+    against the scores' spread (bf16 on a GPU: expect rounding, not disagreement)."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))  # the head maker and inputs live in the repository's benchmarks
+    from benchmarks.head_engines import input_sets, random_head
+    from recoverlib.heads.model import load_head
+
+    folder = random_head(tiny / "model", work / "head", seed=0)
+    pairs, cands = input_sets(1, 8, 4, seed=0)[0]
+    got = {}
+    for name in ("vllm", "hf"):  # vLLM first: it sizes its memory from what is free at its start
+        head = load_head(folder, engine=name)
+        got[name] = head.predict(pairs, cands)
+        head.engine.close()
+    return {"inputs": len(pairs), "max_abs_diff": float(np.abs(got["vllm"] - got["hf"]).max()),
+            "spread": float(got["hf"].std())}
+
+
 STEPS = {"hf_modes": hf_modes, "qlora": qlora, "bnb": bnb, "stream_cuda": stream_cuda, "vllm_gptq": vllm_gptq,
-         "vllm_expert_lora": vllm_expert_lora}
+         "vllm_expert_lora": vllm_expert_lora, "vllm_heads": vllm_heads}
 
 
 def main(argv: list[str]) -> int:
