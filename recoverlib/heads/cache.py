@@ -10,7 +10,7 @@ import numpy as np
 
 from recoverlib.errors import RecoverlibError
 from recoverlib.heads.engines import make_head_engine
-from recoverlib.heads.model import LoadedHead, load_head, read_info
+from recoverlib.heads.model import HeadInfo, LoadedHead, load_head, read_info
 from recoverlib.metric import split_embedder
 
 
@@ -18,7 +18,7 @@ def loaded(ctx, path: str, kind: str) -> LoadedHead:
     """The head at ``path`` (loaded on first use into ``ctx.heads``, served by ``ctx.head_engine``; heads on
     one base share its engine); one line when its kind or its embedder does not fit ``ctx``."""
     key = ("model", path)
-    info = ctx.heads[key].info if key in ctx.heads else read_info(path)
+    info = head_info(ctx, path)
     if info.kind != kind:
         raise RecoverlibError(f"{path} is a {info.kind} head; the {kind} strategy needs a {kind} head")
     # a verifier's scores are of one geometry; an embedding head's prediction is moved into any
@@ -72,13 +72,12 @@ def predicted_embeddings(ctx, path: str, rows: Iterable[str]) -> dict[str, np.nd
     return cache
 
 
-def head_kind(ctx, path: str) -> str:
-    """The kind of the head folder at ``path`` (read once per context)."""
-    if ("model", path) in ctx.heads:
-        return ctx.heads[("model", path)].info.kind
-    key = ("kind", path)
+def head_info(ctx, path: str) -> HeadInfo:
+    """The :class:`HeadInfo` of the head folder at ``path`` (read once per context; a loaded head's own)."""
+    key = ("info", path)
     if key not in ctx.heads:
-        ctx.heads[key] = read_info(path).kind
+        model = ctx.heads.get(("model", path))
+        ctx.heads[key] = model.info if model is not None else read_info(path)
     return ctx.heads[key]
 
 
@@ -87,7 +86,7 @@ def judged_scores(ctx, path: str, row: str, texts: Iterable[str]) -> np.ndarray:
     an embedding head the metric score against its predicted embedding (cos^3 in ``ctx``'s geometry): both
     estimate the score a text gets against the unknown truth."""
     texts = list(texts)
-    if head_kind(ctx, path) == "verifier":
+    if head_info(ctx, path).kind == "verifier":
         return verifier_scores(ctx, path, row, texts)
     target = predicted_embeddings(ctx, path, [row])[row]
     return ctx.sharp(ctx.embed(texts), target[None, :])[:, 0].astype(np.float64)
@@ -95,7 +94,7 @@ def judged_scores(ctx, path: str, row: str, texts: Iterable[str]) -> np.ndarray:
 
 def judge_many(ctx, path: str, items: list[tuple[str, str]]) -> None:
     """Whatever :func:`judged_scores` needs for many (row, text) items, in one batched pass per head."""
-    if head_kind(ctx, path) == "verifier":
+    if head_info(ctx, path).kind == "verifier":
         score_many(ctx, path, items)
     else:
         predicted_embeddings(ctx, path, [r for r, _ in items])

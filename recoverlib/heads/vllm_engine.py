@@ -5,8 +5,8 @@ decoder gives it), each head's LoRA given per request as the generation engine g
 The engine is planned like the generation engine (:func:`recoverlib.engines.vllm_setup.plan_vllm`): LoRA
 served dynamically (a head's LoRA sits on attention, which vLLM's CPU LoRA serves with recoverlib's MoE-kernel
 cure), what vLLM cannot serve here refused in one line first (:func:`check_vllm_serves`). It starts on the
-first request, holding every head added so far; a head whose rank or context the running engine cannot hold
-restarts it with all of them (a larger rank, a longer context or other target modules).
+first request, holding every head added so far; a head the running engine cannot hold (a larger rank, a
+longer context, other target modules) restarts it with all of them.
 """
 
 from __future__ import annotations

@@ -135,7 +135,7 @@ def test_a_row_without_its_pair_is_refused(scorer):
 def test_an_embedding_head_judges_for_the_verifier_modes(scorer, mode):
     # the prediction is one sample's text: the judge's score of a text is its metric score against it
     ctx = with_predictions(scorer, {"r1": POEM, "r2": SHORT})
-    ctx.heads[("kind", "head")] = "embedding"
+    ctx.heads[("info", "head")] = HeadInfo("embedding", 384, "minilm", "base", "chat", 160)
     from recoverlib.combine import VerifierConfig
     from recoverlib.heads.cache import judged_scores
 
