@@ -495,13 +495,17 @@ def main(argv=None) -> int:
     contexts = {e: CombineContext(Scorer(e, progress=False), head_engine=args.head_engine)
                 for e in args.embedders}
     rows, infos = [], []
-    for level in setup.levels:
-        got, level_infos = run_level(level, setup, args, contexts)
-        rows += got
-        infos += level_infos
-        frame = pd.DataFrame(rows)
-        paths = write_outputs(frame, infos, setup, args, time.perf_counter() - start)
-        print(md_table(frame[frame.level == level]))
+    try:
+        for level in setup.levels:
+            got, level_infos = run_level(level, setup, args, contexts)
+            rows += got
+            infos += level_infos
+            frame = pd.DataFrame(rows)
+            paths = write_outputs(frame, infos, setup, args, time.perf_counter() - start)
+            print(md_table(frame[frame.level == level]))
+    finally:
+        for ctx in contexts.values():
+            ctx.close()
     print(f"wrote {', '.join(map(str, paths))}")
     return 0
 

@@ -188,9 +188,12 @@ def measure(args, model: Path, adapters: dict, log: Path, tokenizer, top_of) -> 
         env = {**variant_env(variant), **({DISABLE_ENV: ",".join(cures)} if cures is not None else {})}
         worker = Worker(variant, model, adapters, log, env)
         try:
-            # a small untimed job first: the engine's first-call costs stay out of the timings
-            warm = paired_prompts(tokenizer, 1, 1, args.prompt_tokens)[0]
-            worker.run({"prompts": dict.fromkeys(names, warm), "n": args.samples, "tokens": 2, "seed": 0})
+            # an untimed job of the timed jobs' shape first (its own texts): the engine's first-call costs
+            # (new batch shapes included) stay out of the timings. With a one-prompt warm-up the first timed
+            # prefill of the tiny model took longer than the whole job after it (CI, AMD EPYC).
+            warm = paired_prompts(tokenizer, args.rows, 1, args.prompt_tokens)
+            for ps, t in zip(warm, (1, args.tokens), strict=True):
+                worker.run({"prompts": dict.fromkeys(names, ps), "n": args.samples, "tokens": t, "seed": 0})
             for repeat in range(1, args.repeats + 1):
                 # every engine the same texts (each has its own prefix cache), fresh for every repeat
                 first, whole = paired_prompts(tokenizer, args.rows, 7919 * repeat, args.prompt_tokens)

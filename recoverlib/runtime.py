@@ -113,6 +113,11 @@ class HeldEnviron(EnvironWrites):
         with self.recording():
             yield
 
+    @property
+    def holders(self) -> int:
+        """How many engines hold the environment now."""
+        return len(self._holders)
+
     def release(self, holder) -> None:
         """``holder`` no longer needs the environment; the last one to go undoes what the builds wrote."""
         self._holders.discard(holder)

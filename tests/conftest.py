@@ -65,3 +65,19 @@ def tiny_dense(tmp_path_factory):
         return made[family]
 
     return get
+
+
+@pytest.fixture(scope="module", autouse=True)
+def engines_closed_by_module_end():
+    """Every vLLM engine a test module starts in this process is closed by the module's end: an engine left
+    open holds what vLLM wrote into ``os.environ`` (``LD_PRELOAD`` with torch's libgomp), and every process
+    started later (a user's ``predict``, a server) would inherit it. Found when a module-scoped head engine
+    made a later test's ``predict`` start without libiomp5."""
+    from recoverlib.runtime import ENGINE_ENVIRON
+
+    before = os.environ.get("LD_PRELOAD")
+    yield
+    held = ENGINE_ENVIRON.holders
+    if os.environ.get("LD_PRELOAD") != before:
+        pytest.fail(f"this module left LD_PRELOAD={os.environ.get('LD_PRELOAD')!r} (it was {before!r}); "
+                    f"{held} vLLM engine(s) still open: close them in the fixture that made them")

@@ -139,22 +139,23 @@ def cmd_tune(args) -> int:
     suffix = read_text_file(args.suffix, "--suffix") if args.suffix else None
     extra = [Candidate(Path(p).stem, load_combination(p)) for p in args.pipeline or []]
     start = time.perf_counter()
-    results = tune(
-        samples,
-        truth,
-        _context(args.embedder, _head_rows(args), args.head_engine),
-        strategies=args.strategies,
-        mean_prompt=mean,
-        suffix=suffix,
-        verifier=str(args.verifier) if args.verifier else None,
-        embedding=str(args.embedding_head) if args.embedding_head else None,
-        extra=extra,
-        n_boot=args.bootstrap,
-        seed=args.seed,
-        fallback=DEFAULT_FALLBACK,
-        out=args.out,
-        tuned_on=str(args.samples_file),
-    )
+    with _context(args.embedder, _head_rows(args), args.head_engine) as ctx:
+        results = tune(
+            samples,
+            truth,
+            ctx,
+            strategies=args.strategies,
+            mean_prompt=mean,
+            suffix=suffix,
+            verifier=str(args.verifier) if args.verifier else None,
+            embedding=str(args.embedding_head) if args.embedding_head else None,
+            extra=extra,
+            n_boot=args.bootstrap,
+            seed=args.seed,
+            fallback=DEFAULT_FALLBACK,
+            out=args.out,
+            tuned_on=str(args.samples_file),
+        )
     best = results[0]
     print(format_table(results), file=args.stdout)
     print(f"best: {best.name} ({best.score:.4f}, {best.diff:+.4f} vs first) over {len(samples)} rows "
@@ -166,7 +167,8 @@ def cmd_combine(args) -> int:
     _check_out(args, "samples_file", "combination", "rows")
     config = load_combination(args.combination)
     samples = read_samples(args.samples_file)
-    prompts = combine_rows(samples, config, _context(args.embedder, args.rows, args.head_engine))
+    with _context(args.embedder, args.rows, args.head_engine) as ctx:
+        prompts = combine_rows(samples, config, ctx)
     empty = [i for i, p in prompts.items() if not p.strip()]
     texts = [prompts[i].strip() or args.fallback_prompt or DEFAULT_FALLBACK for i in samples]
     write_submission(args.out, list(samples), texts)

@@ -75,6 +75,21 @@ class CombineContext:
         self._vectors.clear()
         self._tokens.clear()
 
+    def close(self) -> None:
+        """Close the head engines this context started (a vLLM head engine holds the process environment
+        vLLM wrote, e.g. ``LD_PRELOAD``, until it closes) and drop the heads; the context stays usable (a
+        later head starts its engine again)."""
+        for key, engine in list(self.heads.items()):
+            if key[0] == "engine":
+                engine.close()
+        self.heads.clear()
+
+    def __enter__(self) -> CombineContext:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def embed(self, texts: Sequence[str], remember: bool = True) -> np.ndarray:
         """(len(texts), dim) normalised embeddings, from the cache where possible.
 

@@ -11,7 +11,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed")
 def test_tiny_roofline_writes_results(tmp_path):
     from benchmarks.roofline import main
 
-    argv = ["--model", "tiny", "--rows", "2", "--samples", "2", "--tokens", "3", "--repeats", "1",
+    argv = ["--model", "tiny", "--rows", "2", "--samples", "2", "--tokens", "3", "--repeats", "2",
             "--prompt-tokens", "40", "60", "--out", str(tmp_path)]
     assert main(argv) == 0
     frame = pd.read_csv(tmp_path / "roofline_tiny.csv")

@@ -34,3 +34,20 @@ def test_strategies_that_do_not_embed_never_load_a_model():
     assert combine(rows_of("a", "b"), ConcatConfig(), ctx) == "a b"
     assert combine_rows({"1": rows_of("a")}, ConcatConfig(), ctx, progress=False) == {"1": "a"}
     assert ctx.scorer is None
+
+
+class _Engine:
+    closed = 0
+
+    def close(self):
+        self.closed += 1
+
+
+def test_closing_a_context_closes_the_head_engines_it_started():
+    engine = _Engine()
+    with CombineContext() as ctx:
+        ctx.heads[("engine", "vllm", "/base")] = engine
+        ctx.heads[("model", "/head")] = object()  # a head on it: dropped, not closed itself
+    assert engine.closed == 1 and ctx.heads == {}
+    ctx.close()  # again: nothing left to close
+    assert engine.closed == 1

@@ -22,7 +22,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def contexts(train_rows, scorer):
     pairs = {r.id: (r.original_text, r.rewritten_text) for r in train_rows}
-    return {name: CombineContext(scorer=scorer, pairs=pairs, head_engine=name) for name in ("hf", "vllm")}
+    contexts = {name: CombineContext(scorer=scorer, pairs=pairs, head_engine=name) for name in ("hf", "vllm")}
+    yield contexts
+    for ctx in contexts.values():
+        ctx.close()
 
 
 def test_vllm_predicts_what_hf_predicts_for_both_heads_on_one_engine(
