@@ -66,8 +66,11 @@ def test_the_command_goes_through_the_death_signal_launcher():
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGHUP"])
 def test_the_tree_dies_with_an_owner_killed_without_warning(how, tmp_path):
+    # SIGHUP's default action restored: under nohup (or any parent ignoring it) the owner inherits SIG_IGN
+    # and would outlive the signal; a user's terminal closing delivers it with the default action
     owner_code = textwrap.dedent(f"""
-        import sys, time
+        import signal, sys, time
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
         from recoverlib.owned_process import OwnedProcess
         child = OwnedProcess({ALONE!r}).start()
         print(child.pid, flush=True)

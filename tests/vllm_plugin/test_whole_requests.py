@@ -184,10 +184,11 @@ def test_vllms_scheduler_holds_a_malformed_group_until_its_deadline(tiny_model, 
     pytest.importorskip("vllm", reason="vLLM is not installed")
     from vllm import LLM, SamplingParams
 
-    from recoverlib.runtime import environ
+    from recoverlib.runtime import ENGINE_ENVIRON, environ
 
     monkeypatch.setenv(HOLD_ENV, "2")
-    with environ(VLLM_ENABLE_V1_MULTIPROCESSING="0"):
+    holder = Clock()  # the engine's stand-in (any class instance): what vLLM writes is undone at release
+    with ENGINE_ENVIRON.building(holder), environ(VLLM_ENABLE_V1_MULTIPROCESSING="0"):
         llm = LLM(str(tiny_model), max_model_len=256, enforce_eager=True, max_num_seqs=8)
     try:
         from vllm.v1.core.sched.scheduler import Scheduler as VllmScheduler
@@ -206,3 +207,4 @@ def test_vllms_scheduler_holds_a_malformed_group_until_its_deadline(tiny_model, 
         assert 2.0 <= held < untagged + 20, (held, untagged)
     finally:
         del llm
+        ENGINE_ENVIRON.release(holder)
