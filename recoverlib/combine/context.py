@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recoverlib.errors import RecoverlibError
+from recoverlib.heads.cache import close_heads
 from recoverlib.heads.engines import DEFAULT_HEAD_ENGINE
 from recoverlib.metric import COMPETITION_EMBEDDER, Scorer, sharpen
 
@@ -79,10 +80,7 @@ class CombineContext:
         """Close the head engines this context started (a vLLM head engine holds the process environment
         vLLM wrote, e.g. ``LD_PRELOAD``, until it closes) and drop the heads; the context stays usable (a
         later head starts its engine again)."""
-        for key, engine in list(self.heads.items()):
-            if key[0] == "engine":
-                engine.close()
-        self.heads.clear()
+        close_heads(self)
 
     def __enter__(self) -> CombineContext:
         return self

@@ -37,6 +37,15 @@ def loaded(ctx, path: str, kind: str) -> LoadedHead:
     return ctx.heads[key]
 
 
+def close_heads(ctx) -> None:
+    """Close the head engines ``ctx`` started and forget its heads and their outputs (a vLLM head engine holds
+    the process environment vLLM wrote until it closes)."""
+    for key, value in list(ctx.heads.items()):
+        if key[0] == "engine":
+            value.close()
+    ctx.heads.clear()
+
+
 def verifier_scores(ctx, path: str, row: str, texts: Iterable[str]) -> np.ndarray:
     """The verifier's predicted score of each text for ``row`` (cached per row and text)."""
     texts = list(texts)
